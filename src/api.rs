@@ -1,0 +1,334 @@
+//! The HTTP surface: Harbor's webhook, the jobs API, health and metrics.
+//!
+//! A webhook is answered `202` only after its jobs are flushed to disk;
+//! everything refused gets a status and a JSON body saying why, and nothing
+//! is stored for it. Order of checks: auth (401), content type (415), size
+//! (413), then the payload (400).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::event::{self, EventKind, Format, Parsed};
+use crate::jobs::{Job, JobSpec, JobState, Store};
+use crate::metrics::Metrics;
+use crate::rules::RuleSet;
+
+/// Largest webhook body accepted; Harbor's are about 1 KiB.
+pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
+
+/// What request handlers share.
+pub struct AppState {
+    /// The job store.
+    pub store: Arc<Store>,
+    /// Compiled rules.
+    pub rules: RuleSet,
+    /// The `Authorization` value webhooks must carry, if any.
+    pub webhook_auth: Option<Secret>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/webhooks/harbor", post(harbor_webhook))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
+/// open requests finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": message.into(), "status": status.as_u16() })),
+    )
+        .into_response()
+}
+
+/// Compares the presented `Authorization` header with the configured one
+/// in time that does not depend on where they differ.
+fn authorized(expected: &Secret, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    bool::from(presented.ct_eq(expected.expose().as_bytes()))
+}
+
+fn format_of(headers: &HeaderMap) -> Option<Format> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = ct.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(Format::Default),
+        "application/cloudevents+json" => Some(Format::CloudEvents),
+        _ => None,
+    }
+}
+
+async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let format = format_of(&parts.headers);
+    let label = format.map_or("unknown", Format::as_str);
+    let count = |outcome: &str| {
+        app.metrics
+            .webhooks
+            .with_label_values(&[label, outcome])
+            .inc()
+    };
+
+    if let Some(expected) = &app.webhook_auth
+        && !authorized(expected, &parts.headers)
+    {
+        count("unauthorized");
+        tracing::warn!("webhook refused: missing or wrong Authorization header");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong Authorization header: it must equal the webhook's auth header configured in Harbor",
+        );
+    }
+    let Some(format) = format else {
+        count("unsupported_media_type");
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json (Harbor's Default payload) or application/cloudevents+json (CloudEvents)",
+        );
+    };
+    let bytes = match axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            count("too_large");
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_WEBHOOK_BYTES} bytes"),
+            );
+        }
+    };
+    let parsed = match event::parse(format, &bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            count("bad_request");
+            tracing::info!(error = %e, "webhook refused");
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    let ev = match parsed {
+        Parsed::Ignored { event_type, reason } => {
+            count("ignored");
+            return (
+                StatusCode::OK,
+                axum::Json(
+                    json!({ "status": "ignored", "event_type": event_type, "reason": reason }),
+                ),
+            )
+                .into_response();
+        }
+        Parsed::Artifact(ev) => ev,
+    };
+    if ev.kind == EventKind::Delete {
+        count("ignored");
+        return (
+            StatusCode::OK,
+            axum::Json(json!({
+                "status": "ignored",
+                "event_type": "DELETE_ARTIFACT",
+                "repository": ev.repository,
+                "reason": "deletions are acknowledged but not replicated by this version",
+            })),
+        )
+            .into_response();
+    }
+
+    let mut specs = Vec::new();
+    let mut skipped = Vec::new();
+    for a in &ev.artifacts {
+        let (plans, skips) = app.rules.plans(&ev.project, &ev.repository, &a.reference);
+        if plans.is_empty() {
+            let why: Vec<String> = skips
+                .iter()
+                .map(|(r, s)| format!("rule '{r}': {s}"))
+                .collect();
+            skipped.push(format!(
+                "{}{}: {}",
+                ev.repository,
+                a.reference,
+                if why.is_empty() {
+                    "no rules are configured".to_string()
+                } else {
+                    why.join("; ")
+                }
+            ));
+        }
+        specs.extend(plans.into_iter().map(|p| JobSpec {
+            rule: p.rule,
+            from: p.from,
+            to: p.to,
+            source_repository: p.source_repository,
+            target_repository: p.target_repository,
+            reference: a.reference.clone(),
+            digest: a.digest.clone(),
+            occurred_at: ev.occurred_at,
+        }));
+    }
+    if specs.is_empty() {
+        count("ignored");
+        return (
+            StatusCode::OK,
+            axum::Json(
+                json!({ "status": "ignored", "reason": "no rule matches", "details": skipped }),
+            ),
+        )
+            .into_response();
+    }
+
+    let targets: Vec<String> = specs
+        .iter()
+        .map(|s| format!("{}/{}{}", s.to, s.target_repository, s.reference))
+        .collect();
+    let rules: Vec<String> = specs.iter().map(|s| s.rule.clone()).collect();
+    match app.store.enqueue(specs).await {
+        Ok(done) => {
+            count("accepted");
+            app.metrics.queue_depth.set(app.store.queued() as i64);
+            let jobs: Vec<_> = done
+                .iter()
+                .zip(rules.iter().zip(targets.iter()))
+                .map(|(e, (rule, target))| {
+                    json!({ "id": e.id, "rule": rule, "target": target, "coalesced": e.coalesced })
+                })
+                .collect();
+            tracing::info!(repository = %ev.repository, jobs = jobs.len(), "webhook accepted");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "status": "accepted", "jobs": jobs, "skipped": skipped })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            count("error");
+            tracing::error!(error = %e, "cannot store webhook jobs");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot store the job, nothing was accepted: {e}"),
+            )
+        }
+    }
+}
+
+fn rfc3339(ms: Option<u64>) -> Option<String> {
+    ms.map(|ms| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string()
+    })
+}
+
+/// A job as the API shows it.
+pub fn job_json(j: &Job) -> serde_json::Value {
+    let s = &j.spec;
+    json!({
+        "id": j.id,
+        "state": j.state.as_str(),
+        "rule": s.rule,
+        "source": format!("{}/{}{}", s.from, s.source_repository, s.reference),
+        "target": format!("{}/{}{}", s.to, s.target_repository, s.reference),
+        "source_registry": s.from,
+        "source_repository": s.source_repository,
+        "target_registry": s.to,
+        "target_repository": s.target_repository,
+        "reference": s.reference.as_str(),
+        "event_digest": s.digest,
+        "attempts": j.attempts,
+        "coalesced": j.coalesced,
+        "created_at": rfc3339(Some(j.created_ms)),
+        "started_at": rfc3339(j.started_ms),
+        "finished_at": rfc3339(j.finished_ms),
+        "duration_seconds": match (j.started_ms, j.finished_ms) {
+            (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
+            _ => None,
+        },
+        "digest": j.summary.as_ref().map(|x| x.digest.clone()),
+        "bytes_copied": j.summary.as_ref().map_or(0, |x| x.bytes_copied),
+        "blobs_copied": j.summary.as_ref().map_or(0, |x| x.blobs_copied),
+        "blobs_skipped": j.summary.as_ref().map_or(0, |x| x.blobs_skipped),
+        "manifests_copied": j.summary.as_ref().map_or(0, |x| x.manifests_copied),
+        "last_error": j.last_error,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_jobs(State(app): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Response {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => match JobState::parse(s) {
+            Some(s) => Some(s),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "state must be one of queued, running, succeeded, failed",
+                );
+            }
+        },
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match app.store.list(state, limit) {
+        Ok(jobs) => axum::Json(json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }))
+            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id must be a number");
+    };
+    match app.store.get(id) {
+        Ok(Some(j)) => axum::Json(job_json(&j)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    app.metrics.queue_depth.set(app.store.queued() as i64);
+    app.metrics.jobs_running.set(app.store.running() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}

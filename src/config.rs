@@ -1,0 +1,802 @@
+//! The configuration file: what the daemon listens on, where it keeps its
+//! store, which registries it talks to and which rules say what to copy.
+//!
+//! The file is TOML. Every string may hold `${VAR}`, replaced from the
+//! environment after parsing (so a value can never inject TOML syntax).
+//! Secrets come from the environment or from `password_file`, never need to
+//! be written into the file itself, and are wrapped in [`Secret`] so that a
+//! stray `{:?}` cannot print them.
+//!
+//! Loading validates everything a running daemon would otherwise trip over
+//! later (unknown keys, bad URLs, rules naming unknown registries, unreadable
+//! CA files) and refuses with one message naming the file, the key and the
+//! problem.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration file was refused. Each variant names the file; the
+/// invalid ones also name the key, so the admin knows exactly what to edit.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("config {file}: cannot read: {source}")]
+    Read {
+        /// The configuration file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has keys or types we do not know.
+    #[error("config {file}: {message}")]
+    Parse {
+        /// The configuration file.
+        file: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("config {file}: {key}: {problem}")]
+    Invalid {
+        /// The configuration file.
+        file: PathBuf,
+        /// The dotted key, e.g. `registries.integrated.tls.ca_file`.
+        key: String,
+        /// What is wrong and, where possible, how to fix it.
+        problem: String,
+    },
+}
+
+/// A secret value (password, webhook token). Its `Debug` and `Display` never
+/// show the value, so it cannot leak through logs or error messages.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (for messages).
+    pub file: PathBuf,
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// The durable job store.
+    pub store: StoreConfig,
+    /// How jobs run.
+    pub jobs: JobsConfig,
+    /// Registries by the name rules use for them.
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// Replication rules, in file order.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the webhook, API and metrics listener binds.
+    pub listen: SocketAddr,
+    /// When set, the exact `Authorization` header value a webhook must carry.
+    pub webhook_auth: Option<Secret>,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the embedded database.
+    pub path: PathBuf,
+}
+
+/// `[jobs]`: how many jobs and blobs move at once, and how long a stopping
+/// daemon waits for running jobs.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Jobs run at the same time.
+    pub workers: usize,
+    /// Blobs of one job copied at the same time.
+    pub blob_concurrency: usize,
+    /// How long SIGTERM waits for running jobs before leaving them to the
+    /// next start.
+    pub shutdown_grace: Duration,
+}
+
+/// How to verify a registry's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The system's trusted roots.
+    System,
+    /// Trust exactly the CA certificates in this PEM (the recommended way to
+    /// reach an integrated Harbor with a self-signed certificate).
+    Pinned {
+        /// The PEM file, for messages.
+        file: PathBuf,
+        /// Its contents.
+        pem: Vec<u8>,
+    },
+    /// Do not verify at all (logged as a warning at start).
+    InsecureSkipVerify,
+}
+
+/// `[registries.NAME]`.
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// The name used in rules and messages.
+    pub name: String,
+    /// Base URL, `https://host[:port]` or `http://host[:port]`.
+    pub url: url::Url,
+    /// Basic-auth / token-service user name.
+    pub username: Option<String>,
+    /// Its password, from the environment, the file or `password_file`.
+    pub password: Option<Secret>,
+    /// Certificate verification.
+    pub tls: TlsMode,
+}
+
+impl RegistryConfig {
+    /// `host[:port]` as it appears in image references.
+    pub fn host(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }
+    }
+
+    /// True for `http://` registries (no TLS).
+    pub fn is_plain_http(&self) -> bool {
+        self.url.scheme() == "http"
+    }
+}
+
+/// `[[rules]]`: which pushes replicate and where to.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Unique name, used in job records and metrics.
+    pub name: String,
+    /// Source registry name.
+    pub from: String,
+    /// Target registry name.
+    pub to: String,
+    /// Globs over the source project (Harbor namespace).
+    pub projects: Vec<String>,
+    /// Target project; `{project}` stands for the source project.
+    pub target_project: String,
+    /// Globs a tag must match.
+    pub tags: Vec<String>,
+    /// Globs that exclude a tag even when `tags` matches.
+    pub exclude_tags: Vec<String>,
+}
+
+// ---- the file as written -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    store: Option<RawStore>,
+    #[serde(default)]
+    jobs: RawJobs,
+    #[serde(default)]
+    registries: BTreeMap<String, RawRegistry>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    webhook_auth: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJobs {
+    workers: Option<usize>,
+    blob_concurrency: Option<usize>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<String>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    from: String,
+    to: String,
+    projects: Option<Vec<String>>,
+    target_project: Option<String>,
+    tags: Option<Vec<String>>,
+    exclude_tags: Option<Vec<String>>,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Self::parse(file, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates configuration text; `env` looks up `${VAR}`s.
+    /// Split from [`Config::load`] so tests need not touch the process
+    /// environment.
+    pub fn parse(
+        file: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Loader { file, env }.build(raw)
+    }
+}
+
+struct Loader<'a> {
+    file: &'a Path,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Loader<'_> {
+    fn invalid(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Replaces every `${VAR}` from the environment; a missing variable is
+    /// an error naming the key, not a silent empty string.
+    fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| self.invalid(key, "unclosed `${` (write `${NAME}`)"))?;
+            let name = &after[..end];
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(self.invalid(key, format!("`${{{name}}}` is not a variable name")));
+            }
+            let v = (self.env)(name).ok_or_else(|| {
+                self.invalid(
+                    key,
+                    format!("environment variable {name} is not set (used as ${{{name}}})"),
+                )
+            })?;
+            out.push_str(&v);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    fn expand_opt(&self, key: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
+        value.map(|v| self.expand(key, &v)).transpose()
+    }
+
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_text = self
+            .expand_opt("server.listen", raw.server.listen)?
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            self.invalid(
+                "server.listen",
+                format!("`{listen_text}` is not an address like 0.0.0.0:8080"),
+            )
+        })?;
+        let webhook_auth = self
+            .expand_opt("server.webhook_auth", raw.server.webhook_auth)?
+            .map(|v| {
+                if v.is_empty() {
+                    Err(self.invalid(
+                        "server.webhook_auth",
+                        "is empty; remove the key to accept webhooks without auth",
+                    ))
+                } else {
+                    Ok(Secret::new(v))
+                }
+            })
+            .transpose()?;
+
+        let store = raw
+            .store
+            .ok_or_else(|| self.invalid("store.path", "missing: say where the job store lives"))?;
+        let store_path = self.expand("store.path", &store.path)?;
+        if store_path.is_empty() {
+            return Err(self.invalid("store.path", "is empty"));
+        }
+
+        let jobs = self.jobs(raw.jobs)?;
+
+        let mut registries = BTreeMap::new();
+        for (name, r) in raw.registries {
+            let reg = self.registry(&name, r)?;
+            registries.insert(name, reg);
+        }
+
+        let mut rules: Vec<RuleConfig> = Vec::new();
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let rule = self.rule(i, r, &registries)?;
+            if rules.iter().any(|o| o.name == rule.name) {
+                return Err(self.invalid(
+                    format!("rules[{i}].name"),
+                    format!(
+                        "duplicate rule name '{}'; give each rule its own `name`",
+                        rule.name
+                    ),
+                ));
+            }
+            rules.push(rule);
+        }
+
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            server: ServerConfig {
+                listen,
+                webhook_auth,
+            },
+            store: StoreConfig {
+                path: PathBuf::from(store_path),
+            },
+            jobs,
+            registries,
+            rules,
+        })
+    }
+
+    fn jobs(&self, raw: RawJobs) -> Result<JobsConfig, ConfigError> {
+        let workers = raw.workers.unwrap_or(4);
+        if !(1..=256).contains(&workers) {
+            return Err(self.invalid("jobs.workers", "must be between 1 and 256"));
+        }
+        let blob_concurrency = raw.blob_concurrency.unwrap_or(4);
+        if !(1..=64).contains(&blob_concurrency) {
+            return Err(self.invalid("jobs.blob_concurrency", "must be between 1 and 64"));
+        }
+        let shutdown_grace = match raw.shutdown_grace {
+            None => Duration::from_secs(30),
+            Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                self.invalid(
+                    "jobs.shutdown_grace",
+                    format!("`{text}` is not a duration like \"30s\" or \"2m\": {e}"),
+                )
+            })?,
+        };
+        Ok(JobsConfig {
+            workers,
+            blob_concurrency,
+            shutdown_grace,
+        })
+    }
+
+    fn registry(&self, name: &str, r: RawRegistry) -> Result<RegistryConfig, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(self.invalid(
+                format!("registries.{name}"),
+                "a registry name may hold only letters, digits, '-' and '_'",
+            ));
+        }
+        let url_text = self.expand(&key("url"), &r.url)?;
+        let url = url::Url::parse(&url_text)
+            .map_err(|e| self.invalid(key("url"), format!("`{url_text}` is not a URL: {e}")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.invalid(
+                key("url"),
+                format!("`{url_text}`: scheme must be https:// or http://"),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.invalid(key("url"), format!("`{url_text}` has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(
+                key("url"),
+                "must not carry credentials; use `username` and `password`/`password_file`",
+            ));
+        }
+        if (url.path() != "/" && !url.path().is_empty()) || url.query().is_some() {
+            return Err(self.invalid(
+                key("url"),
+                format!(
+                    "`{url_text}` has a path or query; give only scheme, host and port (the registry API lives at /v2/)"
+                ),
+            ));
+        }
+
+        let username = self.expand_opt(&key("username"), r.username)?;
+        let password = match (r.password, r.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    key("password"),
+                    "set either `password` or `password_file`, not both",
+                ));
+            }
+            (Some(p), None) => Some(Secret::new(self.expand(&key("password"), &p)?)),
+            (None, Some(f)) => {
+                let path = self.expand(&key("password_file"), &f)?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(key("password_file"), format!("cannot read {path}: {e}"))
+                })?;
+                let pw = text.trim_end_matches(['\n', '\r']).to_string();
+                if pw.is_empty() {
+                    return Err(self.invalid(key("password_file"), format!("{path} is empty")));
+                }
+                Some(Secret::new(pw))
+            }
+            (None, None) => None,
+        };
+        if password.is_some() && username.as_deref().is_none_or(str::is_empty) {
+            return Err(self.invalid(key("username"), "a password is set but no username"));
+        }
+
+        let tls = match r.tls {
+            None => TlsMode::System,
+            Some(t) => {
+                if url.scheme() == "http" {
+                    return Err(self.invalid(
+                        key("tls"),
+                        "the registry URL is http://, so TLS settings would be ignored; remove `tls` or use https://",
+                    ));
+                }
+                match (t.ca_file, t.insecure_skip_verify) {
+                    (Some(_), true) => {
+                        return Err(self.invalid(
+                            key("tls"),
+                            "set either `ca_file` (recommended) or `insecure_skip_verify`, not both",
+                        ));
+                    }
+                    (Some(f), false) => {
+                        let path = self.expand(&key("tls.ca_file"), &f)?;
+                        let pem = std::fs::read(&path).map_err(|e| {
+                            self.invalid(key("tls.ca_file"), format!("cannot read {path}: {e}"))
+                        })?;
+                        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                            self.invalid(
+                                key("tls.ca_file"),
+                                format!("{path} is not a PEM certificate: {e}"),
+                            )
+                        })?;
+                        if certs.is_empty() {
+                            return Err(self.invalid(
+                                key("tls.ca_file"),
+                                format!("{path} holds no PEM certificate"),
+                            ));
+                        }
+                        TlsMode::Pinned {
+                            file: PathBuf::from(path),
+                            pem,
+                        }
+                    }
+                    (None, true) => TlsMode::InsecureSkipVerify,
+                    (None, false) => TlsMode::System,
+                }
+            }
+        };
+
+        Ok(RegistryConfig {
+            name: name.to_string(),
+            url,
+            username,
+            password,
+            tls,
+        })
+    }
+
+    fn rule(
+        &self,
+        i: usize,
+        r: RawRule,
+        registries: &BTreeMap<String, RegistryConfig>,
+    ) -> Result<RuleConfig, ConfigError> {
+        let key = |k: &str| format!("rules[{i}].{k}");
+        for (k, v) in [("from", &r.from), ("to", &r.to)] {
+            if !registries.contains_key(v) {
+                let known: Vec<&str> = registries.keys().map(String::as_str).collect();
+                return Err(self.invalid(
+                    key(k),
+                    format!(
+                        "unknown registry '{v}' (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        let name = match r.name {
+            Some(n) => self.expand(&key("name"), &n)?,
+            None => format!("{}-to-{}", r.from, r.to),
+        };
+        if name.is_empty() {
+            return Err(self.invalid(key("name"), "is empty"));
+        }
+        let list = |k: &str,
+                    v: Option<Vec<String>>,
+                    default: &[&str]|
+         -> Result<Vec<String>, ConfigError> {
+            let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            let v = v
+                .iter()
+                .map(|p| self.expand(&key(k), p))
+                .collect::<Result<Vec<_>, _>>()?;
+            for p in &v {
+                globset::Glob::new(p)
+                    .map_err(|e| self.invalid(key(k), format!("`{p}` is not a glob: {e}")))?;
+            }
+            Ok(v)
+        };
+        let projects = list("projects", r.projects, &["**"])?;
+        let tags = list("tags", r.tags, &["**"])?;
+        let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
+        let target_project = self
+            .expand_opt(&key("target_project"), r.target_project)?
+            .unwrap_or_else(|| "{project}".to_string());
+        let probe = target_project.replace("{project}", "project");
+        if probe.contains('{') || probe.contains('}') {
+            return Err(self.invalid(
+                key("target_project"),
+                format!("`{target_project}`: the only placeholder is {{project}}"),
+            ));
+        }
+        if !crate::reference::is_valid_repository(&probe) || probe.contains('/') {
+            return Err(self.invalid(
+                key("target_project"),
+                format!(
+                    "`{target_project}` is not a valid project name (lowercase letters, digits, '.', '_', '-')"
+                ),
+            ));
+        }
+        Ok(RuleConfig {
+            name,
+            from: r.from,
+            to: r.to,
+            projects,
+            target_project,
+            tags,
+            exclude_tags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/relay.toml"), text, &|name| match name {
+            "PW" => Some("s3cret".to_string()),
+            "HOOK" => Some("Bearer hook".to_string()),
+            _ => None,
+        })
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:9000"
+        webhook_auth = "${HOOK}"
+        [store]
+        path = "/var/lib/relay"
+        [registries.external]
+        url = "http://127.0.0.1:5000"
+        [registries.integrated]
+        url = "https://harbor.local:8443"
+        username = "admin"
+        password = "${PW}"
+        tls = { insecure_skip_verify = true }
+        [[rules]]
+        from = "external"
+        to = "integrated"
+        projects = ["library", "team-*"]
+    "#;
+
+    #[test]
+    fn parses_a_good_file_with_defaults() {
+        let c = parse(GOOD).expect("valid config");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(
+            c.server.webhook_auth.as_ref().map(Secret::expose),
+            Some("Bearer hook")
+        );
+        let integrated = &c.registries["integrated"];
+        assert_eq!(integrated.host(), "harbor.local:8443");
+        assert_eq!(
+            integrated.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert_eq!(integrated.tls, TlsMode::InsecureSkipVerify);
+        assert!(c.registries["external"].is_plain_http());
+        let rule = &c.rules[0];
+        assert_eq!(rule.name, "external-to-integrated");
+        assert_eq!(rule.target_project, "{project}");
+        assert_eq!(rule.tags, vec!["**"]);
+        assert!(rule.exclude_tags.is_empty());
+        assert_eq!(c.jobs.workers, 4);
+        assert_eq!(c.jobs.blob_concurrency, 4);
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = parse(GOOD).expect("valid config");
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("s3cret"), "{dump}");
+        assert!(!dump.contains("Bearer hook"), "{dump}");
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_file_and_key() {
+        let e = error_of(&GOOD.replace("listen =", "lisen ="));
+        assert!(e.starts_with("config /etc/relay.toml:"), "{e}");
+        assert!(e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn missing_env_var_names_key_and_variable() {
+        let e = error_of(&GOOD.replace("${PW}", "${NOPE}"));
+        assert!(e.contains("registries.integrated.password"), "{e}");
+        assert!(e.contains("NOPE is not set"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_refused() {
+        let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "ftp://x"));
+        assert!(e.contains("registries.external.url"), "{e}");
+        let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "not a url"));
+        assert!(e.contains("registries.external.url"), "{e}");
+        let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "http://h/v2/"));
+        assert!(e.contains("path"), "{e}");
+    }
+
+    #[test]
+    fn rule_with_unknown_registry_is_refused() {
+        let e = error_of(&GOOD.replace("to = \"integrated\"", "to = \"nowhere\""));
+        assert!(e.contains("rules[0].to"), "{e}");
+        assert!(e.contains("unknown registry 'nowhere'"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_ca_file_is_refused() {
+        let e = error_of(&GOOD.replace(
+            "insecure_skip_verify = true",
+            "ca_file = \"/nonexistent/ca.pem\"",
+        ));
+        assert!(e.contains("registries.integrated.tls.ca_file"), "{e}");
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn ca_file_that_is_not_pem_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("ca.pem");
+        std::fs::write(&f, "hello").expect("write");
+        let e = error_of(&GOOD.replace(
+            "insecure_skip_verify = true",
+            &format!("ca_file = \"{}\"", f.display()),
+        ));
+        assert!(e.contains("tls.ca_file"), "{e}");
+    }
+
+    #[test]
+    fn both_tls_modes_are_refused() {
+        let e = error_of(&GOOD.replace(
+            "insecure_skip_verify = true",
+            "insecure_skip_verify = true, ca_file = \"/x\"",
+        ));
+        assert!(e.contains("registries.integrated.tls"), "{e}");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from-file\n").expect("write");
+        let c = parse(&GOOD.replace(
+            "password = \"${PW}\"",
+            &format!("password_file = \"{}\"", f.display()),
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.registries["integrated"]
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("from-file")
+        );
+    }
+
+    #[test]
+    fn duplicate_default_rule_names_are_refused() {
+        let text = format!("{GOOD}\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n");
+        let e = error_of(&text);
+        assert!(e.contains("rules[1].name"), "{e}");
+    }
+
+    #[test]
+    fn missing_store_is_refused() {
+        let e = error_of(&GOOD.replace("[store]\n        path = \"/var/lib/relay\"", ""));
+        assert!(e.contains("store.path"), "{e}");
+    }
+
+    #[test]
+    fn bad_target_project_is_refused() {
+        let text = GOOD.replace(
+            "projects = [\"library\", \"team-*\"]",
+            "target_project = \"{repo}\"",
+        );
+        let e = error_of(&text);
+        assert!(e.contains("rules[0].target_project"), "{e}");
+    }
+}

@@ -1,0 +1,489 @@
+//! Turning a webhook body into an [`Event`]: Harbor's Default payload and its
+//! CloudEvents (structured mode) payload.
+//!
+//! Pure functions, no I/O: easy to test against the fixtures and to fuzz.
+//! Everything a later step puts into a URL (repository, tag, digest) is
+//! validated here against the OCI grammar, so nothing hostile gets further.
+
+use serde::Deserialize;
+
+use crate::reference::{self, Reference};
+
+/// Which of Harbor's two webhook payload formats a body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `Content-Type: application/json`, Harbor's "Default" format.
+    Default,
+    /// `Content-Type: application/cloudevents+json`, structured CloudEvents 1.0.
+    CloudEvents,
+}
+
+impl Format {
+    /// The label used in metrics and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Default => "default",
+            Format::CloudEvents => "cloudevents",
+        }
+    }
+}
+
+/// What happened to an artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `PUSH_ARTIFACT` / `harbor.artifact.pushed`.
+    Push,
+    /// `DELETE_ARTIFACT` / `harbor.artifact.deleted`.
+    Delete,
+}
+
+/// One artifact named by an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    /// The tag it was pushed with, or its digest when pushed by digest.
+    pub reference: Reference,
+    /// The manifest digest Harbor reported.
+    pub digest: Option<String>,
+}
+
+/// A validated artifact event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Push or delete.
+    pub kind: EventKind,
+    /// The Harbor project (first path component of the repository).
+    pub project: String,
+    /// The full repository path, e.g. `team-a/platform/api`.
+    pub repository: String,
+    /// The artifacts (Harbor sends exactly one).
+    pub artifacts: Vec<Artifact>,
+    /// When Harbor saw the event, in Unix seconds.
+    pub occurred_at: Option<i64>,
+}
+
+/// The outcome of parsing a well-formed body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// An artifact event the daemon acts on.
+    Artifact(Event),
+    /// A valid event of a type the daemon does not act on.
+    Ignored {
+        /// The event type as Harbor named it.
+        event_type: String,
+        /// Why nothing is done.
+        reason: String,
+    },
+}
+
+/// Why a body was refused (answered with `400`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not JSON, or a field of the wrong type.
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    /// A required field is absent.
+    #[error("missing field {0}")]
+    Missing(String),
+    /// A field is present but its value is not acceptable.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The JSON path of the field.
+        field: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// How many resources one event may name; Harbor sends one.
+pub const MAX_RESOURCES: usize = 100;
+
+#[derive(Deserialize)]
+struct DefaultPayload {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    occur_at: Option<i64>,
+    event_data: Option<EventData>,
+}
+
+#[derive(Deserialize)]
+struct CloudEvent {
+    specversion: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    time: Option<String>,
+    data: Option<EventData>,
+}
+
+#[derive(Deserialize)]
+struct EventData {
+    resources: Option<Vec<Resource>>,
+    repository: Option<Repository>,
+}
+
+#[derive(Deserialize)]
+struct Resource {
+    digest: Option<String>,
+    tag: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    namespace: Option<String>,
+    repo_full_name: Option<String>,
+}
+
+/// Parses a webhook body in the given format.
+pub fn parse(format: Format, body: &[u8]) -> Result<Parsed, EventError> {
+    match format {
+        Format::Default => parse_default(body),
+        Format::CloudEvents => parse_cloudevents(body),
+    }
+}
+
+/// Parses Harbor's Default format.
+pub fn parse_default(body: &[u8]) -> Result<Parsed, EventError> {
+    let p: DefaultPayload = from_json(body)?;
+    let event_type = p.event_type.ok_or_else(|| missing("type"))?;
+    let kind = match event_type.as_str() {
+        "PUSH_ARTIFACT" => EventKind::Push,
+        "DELETE_ARTIFACT" => EventKind::Delete,
+        _ => return Ok(ignored(event_type)),
+    };
+    let data = p.event_data.ok_or_else(|| missing("event_data"))?;
+    artifact_event(kind, data, "event_data", p.occur_at)
+}
+
+/// Parses Harbor's CloudEvents (structured mode) format.
+pub fn parse_cloudevents(body: &[u8]) -> Result<Parsed, EventError> {
+    let e: CloudEvent = from_json(body)?;
+    let version = e.specversion.ok_or_else(|| missing("specversion"))?;
+    if version != "1.0" {
+        return Err(EventError::Invalid {
+            field: "specversion".into(),
+            problem: format!("'{version}' is not supported; expected \"1.0\""),
+        });
+    }
+    let event_type = e.event_type.ok_or_else(|| missing("type"))?;
+    let kind = match event_type.as_str() {
+        "harbor.artifact.pushed" => EventKind::Push,
+        "harbor.artifact.deleted" => EventKind::Delete,
+        _ => return Ok(ignored(event_type)),
+    };
+    let occurred_at = match e.time {
+        None => None,
+        Some(t) => Some(
+            humantime::parse_rfc3339_weak(&t)
+                .ok()
+                .and_then(|st| st.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .ok_or_else(|| EventError::Invalid {
+                    field: "time".into(),
+                    problem: format!("'{}' is not an RFC 3339 time", short(&t)),
+                })?,
+        ),
+    };
+    let data = e.data.ok_or_else(|| missing("data"))?;
+    artifact_event(kind, data, "data", occurred_at)
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, EventError> {
+    serde_json::from_slice(body).map_err(|e| EventError::Json(e.to_string()))
+}
+
+fn missing(field: &str) -> EventError {
+    EventError::Missing(field.to_string())
+}
+
+fn ignored(event_type: String) -> Parsed {
+    let reason = match event_type.as_str() {
+        "PULL_ARTIFACT" | "harbor.artifact.pulled" => {
+            "a pull changes nothing on the source, so there is nothing to replicate"
+        }
+        "REPLICATION" | "harbor.replication.status.changed" => {
+            "Harbor's own replication status is not acted on"
+        }
+        "SCANNING_COMPLETED"
+        | "SCANNING_FAILED"
+        | "SCANNING_STOPPED"
+        | "harbor.scan.completed"
+        | "harbor.scan.failed"
+        | "harbor.scan.stopped" => "scan results are not replicated",
+        "QUOTA_EXCEED" | "QUOTA_WARNING" | "harbor.quota.exceeded" | "harbor.quota.warned" => {
+            "quota events are not acted on"
+        }
+        "TAG_RETENTION" | "harbor.tag_retention.finished" => {
+            "tag retention runs are not acted on (deleted artifacts arrive as DELETE_ARTIFACT)"
+        }
+        _ => "only PUSH_ARTIFACT and DELETE_ARTIFACT events are acted on",
+    };
+    Parsed::Ignored {
+        event_type: short(&event_type),
+        reason: reason.to_string(),
+    }
+}
+
+fn artifact_event(
+    kind: EventKind,
+    data: EventData,
+    prefix: &str,
+    occurred_at: Option<i64>,
+) -> Result<Parsed, EventError> {
+    let repo = data
+        .repository
+        .ok_or_else(|| missing(&format!("{prefix}.repository")))?;
+    let full = repo
+        .repo_full_name
+        .ok_or_else(|| missing(&format!("{prefix}.repository.repo_full_name")))?;
+    let field = format!("{prefix}.repository.repo_full_name");
+    reference::repository(&full).map_err(|e| EventError::Invalid {
+        field: field.clone(),
+        problem: e.to_string(),
+    })?;
+    let Some((project, _)) = full.split_once('/') else {
+        return Err(EventError::Invalid {
+            field,
+            problem: format!("'{full}' has no project: Harbor repositories are <project>/<name>"),
+        });
+    };
+    if let Some(ns) = &repo.namespace
+        && ns != project
+    {
+        return Err(EventError::Invalid {
+            field: format!("{prefix}.repository.namespace"),
+            problem: format!(
+                "'{}' does not match the project of repo_full_name '{full}'",
+                short(ns)
+            ),
+        });
+    }
+
+    let resources = data
+        .resources
+        .ok_or_else(|| missing(&format!("{prefix}.resources")))?;
+    if resources.is_empty() {
+        return Err(EventError::Invalid {
+            field: format!("{prefix}.resources"),
+            problem: "is empty: an artifact event names at least one artifact".into(),
+        });
+    }
+    if resources.len() > MAX_RESOURCES {
+        return Err(EventError::Invalid {
+            field: format!("{prefix}.resources"),
+            problem: format!(
+                "{} resources; at most {MAX_RESOURCES} are accepted",
+                resources.len()
+            ),
+        });
+    }
+    let artifacts = resources
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| artifact(&format!("{prefix}.resources[{i}]"), r))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Parsed::Artifact(Event {
+        kind,
+        project: project.to_string(),
+        repository: full,
+        artifacts,
+        occurred_at,
+    }))
+}
+
+fn artifact(prefix: &str, r: Resource) -> Result<Artifact, EventError> {
+    let invalid = |field: &str, e: reference::ReferenceError| EventError::Invalid {
+        field: format!("{prefix}.{field}"),
+        problem: e.to_string(),
+    };
+    let digest = match r.digest {
+        Some(d) => match reference::digest(&d).map_err(|e| invalid("digest", e))? {
+            Reference::Digest(d) => Some(d),
+            Reference::Tag(_) => None,
+        },
+        None => None,
+    };
+    // Harbor puts the digest into `tag` when an artifact was pushed by digest.
+    let reference = match r.tag {
+        Some(t) if t.contains(':') => {
+            let r = reference::digest(&t).map_err(|e| invalid("tag", e))?;
+            if let Some(d) = &digest
+                && d != r.as_str()
+            {
+                return Err(EventError::Invalid {
+                    field: format!("{prefix}.tag"),
+                    problem: "holds a digest that differs from `digest`".into(),
+                });
+            }
+            r
+        }
+        Some(t) => reference::tag(&t).map_err(|e| invalid("tag", e))?,
+        None => match &digest {
+            Some(d) => Reference::Digest(d.clone()),
+            None => return Err(missing(&format!("{prefix}.digest"))),
+        },
+    };
+    Ok(Artifact { reference, digest })
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/harbor")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn event(p: Parsed) -> Event {
+        match p {
+            Parsed::Artifact(e) => e,
+            other => panic!("expected an artifact event, got {other:?}"),
+        }
+    }
+
+    const D947: &str = "sha256:947f187506f7629c81c81879a2cb2256455038e4ac770091d897fa0a8b945e3b";
+    const D586: &str = "sha256:5861314d7fccb39c2192173240eab44fa35ca66426201ca2acd0630a6258dd51";
+
+    #[test]
+    fn push_by_tag() {
+        let e = event(parse_default(&fixture("push-by-tag.json")).expect("parses"));
+        assert_eq!(e.kind, EventKind::Push);
+        assert_eq!(e.project, "library");
+        assert_eq!(e.repository, "library/nginx");
+        assert_eq!(e.occurred_at, Some(1724572800));
+        assert_eq!(
+            e.artifacts,
+            vec![Artifact {
+                reference: Reference::Tag("1.4.2".into()),
+                digest: Some(D947.into())
+            }]
+        );
+    }
+
+    #[test]
+    fn push_by_digest_into_nested_repository() {
+        let e = event(parse_default(&fixture("push-by-digest-nested.json")).expect("parses"));
+        assert_eq!(e.project, "team-a");
+        assert_eq!(e.repository, "team-a/platform/api");
+        assert_eq!(e.artifacts[0].reference, Reference::Digest(D586.into()));
+    }
+
+    #[test]
+    fn cloudevents_push() {
+        let e = event(parse_cloudevents(&fixture("push-cloudevents.json")).expect("parses"));
+        assert_eq!(e.kind, EventKind::Push);
+        assert_eq!(e.repository, "library/nginx");
+        assert_eq!(e.occurred_at, Some(1724572800));
+        assert_eq!(e.artifacts[0].reference, Reference::Tag("1.4.2".into()));
+    }
+
+    #[test]
+    fn multiarch_sequence_parses_each_event() {
+        let all: Vec<serde_json::Value> =
+            serde_json::from_slice(&fixture("push-multiarch-sequence.json")).expect("json");
+        let refs: Vec<Reference> = all
+            .iter()
+            .map(|v| {
+                let body = serde_json::to_vec(v).expect("json");
+                event(parse_default(&body).expect("parses")).artifacts[0]
+                    .reference
+                    .clone()
+            })
+            .collect();
+        assert!(matches!(refs[0], Reference::Digest(_)));
+        assert!(matches!(refs[1], Reference::Digest(_)));
+        assert_eq!(refs[2], Reference::Tag("2.0".into()));
+    }
+
+    #[test]
+    fn delete_is_parsed() {
+        let e = event(parse_default(&fixture("delete-artifact.json")).expect("parses"));
+        assert_eq!(e.kind, EventKind::Delete);
+        assert_eq!(e.artifacts[0].digest.as_deref(), Some(D947));
+    }
+
+    #[test]
+    fn other_event_types_are_ignored_with_a_reason() {
+        for (name, ty) in [
+            ("pull-artifact.json", "PULL_ARTIFACT"),
+            ("quota-exceed.json", "QUOTA_EXCEED"),
+            ("replication.json", "REPLICATION"),
+            ("scanning-completed.json", "SCANNING_COMPLETED"),
+            ("tag-retention.json", "TAG_RETENTION"),
+        ] {
+            match parse_default(&fixture(name)).expect(name) {
+                Parsed::Ignored { event_type, reason } => {
+                    assert_eq!(event_type, ty);
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    fn body_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fixture("push-by-tag.json")).expect("json");
+        edit(&mut v);
+        serde_json::to_vec(&v).expect("json")
+    }
+
+    #[test]
+    fn malformed_bodies_say_what_is_wrong() {
+        let e = parse_default(b"{not json").expect_err("refused");
+        assert!(matches!(e, EventError::Json(_)), "{e}");
+
+        let e = parse_default(&body_with(|v| {
+            v["event_data"]["repository"]
+                .as_object_mut()
+                .expect("object")
+                .remove("repo_full_name");
+        }))
+        .expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "missing field event_data.repository.repo_full_name"
+        );
+
+        let e = parse_default(&body_with(|v| {
+            v["event_data"]["repository"]["repo_full_name"] = "library/../etc".into();
+        }))
+        .expect_err("refused");
+        assert!(e.to_string().contains("invalid repository name"), "{e}");
+
+        let e = parse_default(&body_with(|v| {
+            v["event_data"]["resources"][0]["digest"] = "sha256:abc".into();
+        }))
+        .expect_err("refused");
+        assert!(
+            e.to_string()
+                .starts_with("event_data.resources[0].digest: invalid digest"),
+            "{e}"
+        );
+
+        let e = parse_default(&body_with(|v| {
+            v["event_data"]["resources"][0]["tag"] = "-bad".into();
+        }))
+        .expect_err("refused");
+        assert!(e.to_string().contains("invalid tag"), "{e}");
+
+        let e = parse_default(&body_with(|v| {
+            v["occur_at"] = "yesterday".into();
+        }))
+        .expect_err("refused");
+        assert!(matches!(e, EventError::Json(_)), "{e}");
+
+        let e = parse_default(&body_with(|v| {
+            v["event_data"]["repository"]["namespace"] = "other".into();
+        }))
+        .expect_err("refused");
+        assert!(e.to_string().contains("namespace"), "{e}");
+    }
+}

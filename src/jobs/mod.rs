@@ -1,0 +1,141 @@
+//! Jobs: one artifact to copy under one rule, kept durably until done.
+//!
+//! [`store`] keeps jobs in the embedded database and hands them to
+//! [`workers`], which run them through [`crate::replicate`]. A job holds no
+//! credentials: only names of registries, repositories and references.
+
+pub mod store;
+pub mod workers;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reference::Reference;
+
+pub use store::{Enqueued, Store, StoreError};
+pub use workers::Workers;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker is copying it (or was, when the daemon died).
+    Running,
+    /// Copied; the tag resolves on the target.
+    Succeeded,
+    /// Gave up; `last_error` says why.
+    Failed,
+}
+
+impl JobState {
+    /// The name used in the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Parses the API's `?state=` value.
+    pub fn parse(s: &str) -> Option<JobState> {
+        match s {
+            "queued" => Some(JobState::Queued),
+            "running" => Some(JobState::Running),
+            "succeeded" => Some(JobState::Succeeded),
+            "failed" => Some(JobState::Failed),
+            _ => None,
+        }
+    }
+
+    /// True while the job still has work to do.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// What to copy: everything a job needs, decided when it is enqueued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The rule that asked for it.
+    pub rule: String,
+    /// Source registry name.
+    pub from: String,
+    /// Target registry name.
+    pub to: String,
+    /// Repository on the source.
+    pub source_repository: String,
+    /// Repository on the target.
+    pub target_repository: String,
+    /// Tag or digest to copy.
+    pub reference: Reference,
+    /// The digest the event reported, if any.
+    pub digest: Option<String>,
+    /// When the event happened (Unix seconds), for lag.
+    pub occurred_at: Option<i64>,
+}
+
+impl JobSpec {
+    /// Two deliveries of the same event (or the same push seen twice) give
+    /// the same key; while a job with this key is active, new ones join it.
+    pub fn dedupe_key(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n{}\n{}",
+            self.rule,
+            self.source_repository,
+            self.target_repository,
+            self.reference,
+            self.digest.as_deref().unwrap_or("")
+        )
+    }
+}
+
+/// What a finished copy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Digest of the top manifest copied.
+    pub digest: String,
+    /// Manifests written to the target (children and top).
+    pub manifests_copied: u64,
+    /// Blobs uploaded.
+    pub blobs_copied: u64,
+    /// Blobs already on the target.
+    pub blobs_skipped: u64,
+    /// Bytes uploaded.
+    pub bytes_copied: u64,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique, increasing id.
+    pub id: u64,
+    /// What to copy.
+    pub spec: JobSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// How many times a worker started it.
+    pub attempts: u32,
+    /// When it was accepted (Unix milliseconds).
+    pub created_ms: u64,
+    /// When the last attempt started.
+    pub started_ms: Option<u64>,
+    /// When it finished.
+    pub finished_ms: Option<u64>,
+    /// How many more deliveries were folded into this job.
+    pub coalesced: u32,
+    /// What the copy did, once succeeded.
+    pub summary: Option<Summary>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

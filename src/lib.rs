@@ -1,0 +1,39 @@
+//! # harbor-relay
+//!
+//! A replication daemon for Harbor: an "external" Harbor sends a webhook for
+//! every push, and harbor-relay copies the artifact, byte for byte, into a
+//! second registry (typically the "integrated" Harbor of vSphere with Tanzu,
+//! whose certificate is self-signed), over the OCI Distribution API.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! Harbor ─POST─▶ api ─▶ event ─▶ rules ─▶ jobs::Store (durable) ─▶ 202
+//! jobs::Workers ─claim─▶ replicate ─▶ registry (source: read, target: write)
+//!                              └─▶ jobs::Store, metrics
+//! ```
+//!
+//! Modules, each one concept (see `ARCHITECTURE.md` for why each exists):
+//! - [`config`]: the TOML file, validated, secrets from env or files.
+//! - [`event`]: webhook bodies (Harbor Default and CloudEvents) to events.
+//! - [`reference`]: OCI names, tags and digests, checked before any use.
+//! - [`rules`]: which events replicate, and to which target repository.
+//! - [`jobs`]: the job model, the durable sled store, the worker pool.
+//! - [`replicate`]: copying one artifact: manifests, children, blobs, tag.
+//! - [`manifest`]: manifest media types and children, bytes untouched.
+//! - [`registry`]: one OCI Distribution client per registry (auth, TLS).
+//! - [`api`]: the axum router: webhook, jobs API, health, metrics.
+//! - [`metrics`]: every Prometheus metric.
+//! - [`daemon`]: wires it all together; `run(config, listener, shutdown)`.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod jobs;
+pub mod manifest;
+pub mod metrics;
+pub mod reference;
+pub mod registry;
+pub mod replicate;
+pub mod rules;

@@ -1,0 +1,180 @@
+//! The `harbor-relay` command: the daemon and its one-shot helpers.
+//! Business logic lives in the library; this file parses arguments, sets up
+//! logging and signals, and turns errors into messages and exit codes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use harbor_relay::config::Config;
+use harbor_relay::daemon;
+use harbor_relay::reference;
+use harbor_relay::replicate::{CopyRequest, Replicator};
+
+/// Replicates Harbor artifacts to a second registry when Harbor says they were pushed.
+#[derive(Parser)]
+#[command(name = "harbor-relay", version, about, long_about = None)]
+struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: receive webhooks, replicate, serve the API and metrics.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Copy one artifact now, in the foreground, and report what was done.
+    Replicate {
+        /// The configuration file (for the registries).
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// Source registry name, as in [registries.NAME].
+        #[arg(long)]
+        from: String,
+        /// Target registry name.
+        #[arg(long)]
+        to: String,
+        /// Repository on the target (default: the same as on the source).
+        #[arg(long)]
+        target_repository: Option<String>,
+        /// What to copy: repository:tag or repository@sha256:…
+        image: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("harbor-relay: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("harbor-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Version => {
+            println!("harbor-relay {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Serve { config } => serve(config).await,
+        Command::Replicate {
+            config,
+            from,
+            to,
+            target_repository,
+            image,
+        } => replicate(config, from, to, target_repository, image).await,
+    }
+}
+
+async fn serve(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    daemon::run(config, listener, shutdown).await?;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+async fn replicate(
+    path: PathBuf,
+    from: String,
+    to: String,
+    target_repository: Option<String>,
+    image: String,
+) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let image = reference::parse_image(&image)?;
+    let target_repository = match target_repository {
+        Some(r) => reference::repository(&r)?.to_string(),
+        None => image.repository.clone(),
+    };
+    let registries = daemon::registries(&config)?;
+    let Some(source) = registries.get(&from) else {
+        bail!("no registry '{from}' in {}", path.display());
+    };
+    let Some(target) = registries.get(&to) else {
+        bail!("no registry '{to}' in {}", path.display());
+    };
+    let started = Instant::now();
+    let replicator = Replicator::new(config.jobs.blob_concurrency, None);
+    let s = replicator
+        .copy(&CopyRequest {
+            source,
+            source_repository: &image.repository,
+            reference: &image.reference,
+            target,
+            target_repository: &target_repository,
+        })
+        .await?;
+    println!(
+        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {} written\n  blobs      {} copied, {} already present\n  bytes      {}\n  time       {:.2}s",
+        image.reference,
+        s.digest,
+        s.manifests_copied,
+        s.blobs_copied,
+        s.blobs_skipped,
+        s.bytes_copied,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Copying one artifact from a source registry to a target registry.
+//!
+//! The order is what keeps the target consistent:
+//! 1. read the top manifest from the source (by tag: what the tag points at
+//!    *now*, so out-of-order events still leave the newest content);
+//! 2. if the target already has that digest, only write the tag;
+//! 3. otherwise walk the graph: an index's child manifests first (each
+//!    with its blobs), an image's config and layers (several at a time),
+//!    each blob HEADed and, when missing, streamed from source to target;
+//! 4. write each manifest by digest once everything it points at is there;
+//! 5. write the tag last.
+//!
+//! Manifests are pushed with their original bytes and media type, so
+//! digests are preserved. Blob bytes are hashed on the way (the source
+//! stream verifies the digest) and never held whole in memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use crate::jobs::Summary;
+use crate::manifest::{Children, Descriptor, Manifest};
+use crate::metrics::Metrics;
+use crate::reference::Reference;
+use crate::registry::{Registry, RegistryError, Tap};
+
+/// How deep indexes may nest (an index of indexes is legal but rare; a
+/// deeper chain is treated as malformed rather than followed forever).
+const MAX_DEPTH: usize = 4;
+
+/// Why a copy failed. The message is what the job record and the CLI show.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// A registry call failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A manifest could not be understood.
+    #[error("source '{registry}': {source}")]
+    Manifest {
+        /// Source registry name.
+        registry: String,
+        /// The problem.
+        source: crate::manifest::ManifestError,
+    },
+    /// Reading from the source failed while the target was being written.
+    #[error("copying blob {digest}: reading from source '{registry}' failed: {detail}")]
+    SourceRead {
+        /// Source registry name.
+        registry: String,
+        /// The blob.
+        digest: String,
+        /// What the source stream said (e.g. a digest mismatch).
+        detail: String,
+    },
+    /// An index nests deeper than [`MAX_DEPTH`].
+    #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
+    TooDeep(String),
+}
+
+/// Copies artifacts; one per daemon, shared by all workers.
+#[derive(Clone)]
+pub struct Replicator {
+    blob_concurrency: usize,
+    inflight: Inflight,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// One copy's endpoints.
+pub struct CopyRequest<'a> {
+    /// Where to read.
+    pub source: &'a Registry,
+    /// Repository on the source.
+    pub source_repository: &'a str,
+    /// Tag or digest to copy.
+    pub reference: &'a Reference,
+    /// Where to write.
+    pub target: &'a Registry,
+    /// Repository on the target.
+    pub target_repository: &'a str,
+}
+
+#[derive(Default)]
+struct Progress {
+    manifests_copied: AtomicU64,
+    blobs_copied: AtomicU64,
+    blobs_skipped: AtomicU64,
+    bytes_copied: AtomicU64,
+}
+
+impl Replicator {
+    /// A replicator moving `blob_concurrency` blobs of a job at a time.
+    pub fn new(blob_concurrency: usize, metrics: Option<Arc<Metrics>>) -> Replicator {
+        Replicator {
+            blob_concurrency: blob_concurrency.max(1),
+            inflight: Inflight::default(),
+            metrics,
+        }
+    }
+
+    /// Copies one artifact and says what it did.
+    pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
+        let progress = Progress::default();
+        let top = req
+            .source
+            .get_manifest(req.source_repository, req.reference)
+            .await?;
+        if !req
+            .target
+            .has_manifest(req.target_repository, &top.digest)
+            .await?
+        {
+            self.copy_manifest(req, &top, 0, &progress).await?;
+        } else {
+            tracing::debug!(digest = %top.digest, "manifest already on target");
+        }
+        if let Reference::Tag(_) = req.reference {
+            req.target
+                .put_manifest(req.target_repository, req.reference, &top)
+                .await?;
+        }
+        Ok(Summary {
+            digest: top.digest,
+            manifests_copied: progress.manifests_copied.into_inner(),
+            blobs_copied: progress.blobs_copied.into_inner(),
+            blobs_skipped: progress.blobs_skipped.into_inner(),
+            bytes_copied: progress.bytes_copied.into_inner(),
+        })
+    }
+
+    fn copy_manifest<'a>(
+        &'a self,
+        req: &'a CopyRequest<'a>,
+        m: &'a Manifest,
+        depth: usize,
+        progress: &'a Progress,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), ReplicateError>> {
+        Box::pin(async move {
+            if depth > MAX_DEPTH {
+                return Err(ReplicateError::TooDeep(m.digest.clone()));
+            }
+            let children = m.children().map_err(|source| ReplicateError::Manifest {
+                registry: req.source.name().to_string(),
+                source,
+            })?;
+            match children {
+                Children::Manifests(list) => {
+                    let mut seen = HashSet::new();
+                    for child in list {
+                        if !seen.insert(child.digest.clone())
+                            || req
+                                .target
+                                .has_manifest(req.target_repository, &child.digest)
+                                .await?
+                        {
+                            continue;
+                        }
+                        let cm = req
+                            .source
+                            .get_manifest(
+                                req.source_repository,
+                                &Reference::Digest(child.digest.clone()),
+                            )
+                            .await?;
+                        self.copy_manifest(req, &cm, depth + 1, progress).await?;
+                    }
+                }
+                Children::Blobs(blobs) => {
+                    let mut seen = HashSet::new();
+                    let unique: Vec<Descriptor> = blobs
+                        .into_iter()
+                        .filter(|b| seen.insert(b.digest.clone()))
+                        .collect();
+                    stream::iter(unique)
+                        .map(|b| async move { self.copy_blob(req, &b, progress).await })
+                        .buffer_unordered(self.blob_concurrency)
+                        .try_collect::<Vec<()>>()
+                        .await?;
+                }
+            }
+            req.target
+                .put_manifest(
+                    req.target_repository,
+                    &Reference::Digest(m.digest.clone()),
+                    m,
+                )
+                .await?;
+            progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    async fn copy_blob(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        // One upload of a (repository, digest) at a time: a second job that
+        // wants the same blob waits, then finds it present.
+        let _turn = self
+            .inflight
+            .acquire(req.target.name(), req.target_repository, &blob.digest)
+            .await;
+        if req
+            .target
+            .has_blob(req.target_repository, &blob.digest)
+            .await?
+        {
+            progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.metrics {
+                m.blobs.with_label_values(&["skipped"]).inc();
+            }
+            return Ok(());
+        }
+        let body = req
+            .source
+            .get_blob(req.source_repository, &blob.digest)
+            .await?;
+        let (tap, body) = Tap::wrap(body);
+        let sent = req
+            .target
+            .put_blob(req.target_repository, &blob.digest, blob.size, body)
+            .await;
+        if let Err(e) = sent {
+            if let Some(detail) = tap.source_error() {
+                return Err(ReplicateError::SourceRead {
+                    registry: req.source.name().to_string(),
+                    digest: blob.digest.clone(),
+                    detail,
+                });
+            }
+            return Err(e.into());
+        }
+        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
+        progress
+            .bytes_copied
+            .fetch_add(tap.count(), Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.blobs.with_label_values(&["copied"]).inc();
+            m.bytes_copied.inc_by(tap.count());
+        }
+        tracing::debug!(digest = %blob.digest, bytes = tap.count(), "blob copied");
+        Ok(())
+    }
+}
+
+/// Per-(registry, repository, digest) upload turns.
+#[derive(Clone, Default)]
+struct Inflight {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+struct Turn {
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    owner: Inflight,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut map = self.owner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Three references are ours: the map's, `lock` and the guard's.
+        // Anyone else waiting holds more, and removes the entry when done.
+        if Arc::strong_count(&self.lock) <= 3 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl Inflight {
+    async fn acquire(&self, registry: &str, repository: &str, digest: &str) -> Turn {
+        let key = format!("{registry}/{repository}@{digest}");
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        Turn {
+            key,
+            lock,
+            owner: self.clone(),
+            _guard: guard,
+        }
+    }
+}
