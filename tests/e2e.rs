@@ -1,0 +1,532 @@
+//! End to end: real `docker-registry` processes as source and target, the
+//! real `harbor-relay serve` process, Harbor-shaped webhooks, and checks on
+//! what the target holds.
+
+mod support;
+
+use std::time::Duration;
+
+use harbor_relay::config::TlsMode;
+use harbor_relay::reference::Reference;
+use harbor_relay::registry::Registry;
+use support::*;
+
+const USER: &str = "relay";
+const PASS: &str = "target-pa55word";
+
+/// A plain-HTTP source, a TLS + basic-auth target with a test CA, and
+/// clients for both.
+struct World {
+    source: RegistryProc,
+    target: RegistryProc,
+    _pki_dir: tempfile::TempDir,
+    pki: Pki,
+    src: Registry,
+    dst: Registry,
+}
+
+impl World {
+    async fn new() -> World {
+        let pki_dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(pki_dir.path());
+        let source = RegistryProc::start(None, Auth::None).await;
+        let target = RegistryProc::start(
+            Some(&pki),
+            Auth::Basic {
+                user: USER.into(),
+                pass: PASS.into(),
+            },
+        )
+        .await;
+        let src = client(&source.url, None, TlsMode::System);
+        let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
+        World {
+            source,
+            target,
+            _pki_dir: pki_dir,
+            pki,
+            src,
+            dst,
+        }
+    }
+
+    /// Registries and one rule; the target pinned to the test CA.
+    fn config(&self) -> String {
+        self.config_with_tls(&format!(
+            "{{ ca_file = \"{}\" }}",
+            self.pki.ca_pem.display()
+        ))
+    }
+
+    fn config_with_tls(&self, tls: &str) -> String {
+        format!(
+            "{}{}{RULE}",
+            registry_toml("external", &self.source.url, None, ""),
+            registry_toml("integrated", &self.target.url, Some((USER, PASS)), tls),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_image_by_tag_reaches_pinned_ca_target() {
+    let w = World::new().await;
+    let img = TestImage::random(&[200_000, 1_000_000, 30_000]);
+    img.push(&w.src, "library/nginx", &Reference::Tag("1.4.2".into()))
+        .await;
+    let relay = Relay::start(&w.config()).await;
+
+    let ids = relay
+        .push(push_event("library/nginx", Some("1.4.2"), &img.digest))
+        .await;
+    assert_eq!(ids.len(), 1);
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["digest"], img.digest.as_str());
+    assert_eq!(job["blobs_copied"], 4);
+    assert_eq!(job["blobs_skipped"], 0);
+    assert_eq!(job["source"], "external/library/nginx:1.4.2");
+    assert_eq!(job["target"], "integrated/library/nginx:1.4.2");
+    assert!(job["bytes_copied"].as_u64().expect("bytes") >= 1_230_000);
+    assert_image_on(&w.dst, "library/nginx", &img, Some("1.4.2")).await;
+
+    // The daemon reports what it did in its metrics.
+    let (status, metrics) = relay.get("/metrics").await;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().expect("text").to_string();
+    assert!(
+        text.contains(
+            "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("harbor_relay_blobs_total{outcome=\"copied\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "harbor_relay_webhooks_received_total{format=\"default\",outcome=\"accepted\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("harbor_relay_queue_depth 0"), "{text}");
+    assert!(
+        text.contains("harbor_relay_job_duration_seconds_count 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_by_digest_into_nested_repository() {
+    let w = World::new().await;
+    let img = TestImage::random(&[100_000]);
+    img.push(
+        &w.src,
+        "team-a/platform/api",
+        &Reference::Digest(img.digest.clone()),
+    )
+    .await;
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay
+        .push(push_event("team-a/platform/api", None, &img.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(
+        job["target"],
+        format!("integrated/team-a/platform/api@{}", img.digest)
+    );
+    assert_image_on(&w.dst, "team-a/platform/api", &img, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_index_copies_every_platform_and_keeps_its_digest() {
+    let w = World::new().await;
+    let index = TestIndex::random();
+    index.push(&w.src, "library/multi", "2.0").await;
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay
+        .push(push_event("library/multi", Some("2.0"), &index.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["manifests_copied"], 3);
+    let top = w
+        .dst
+        .get_manifest("library/multi", &Reference::Tag("2.0".into()))
+        .await
+        .expect("index on target");
+    assert_eq!(top.digest, index.digest);
+    assert_eq!(top.bytes, index.manifest);
+    assert_eq!(top.media_type, harbor_relay::manifest::OCI_INDEX);
+    for img in &index.images {
+        assert_image_on(&w.dst, "library/multi", img, None).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents_body_is_replicated() {
+    let w = World::new().await;
+    let img = TestImage::random(&[50_000]);
+    img.push(&w.src, "library/ce", &Reference::Tag("v1".into()))
+        .await;
+    let relay = Relay::start(&w.config()).await;
+    let (status, v) = relay
+        .webhook(
+            push_cloudevent("library/ce", "v1", &img.digest),
+            "application/cloudevents+json",
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let id = v["jobs"][0]["id"].as_u64().expect("id");
+    relay.wait_success(id).await;
+    assert_image_on(&w.dst, "library/ce", &img, Some("v1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_verify_target_works_and_warns_at_start() {
+    let w = World::new().await;
+    let img = TestImage::random(&[10_000]);
+    img.push(&w.src, "library/insecure", &Reference::Tag("1".into()))
+        .await;
+    let relay = Relay::start(&w.config_with_tls("{ insecure_skip_verify = true }")).await;
+    let ids = relay
+        .push(push_event("library/insecure", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/insecure", &img, Some("1")).await;
+    let log = relay.logs();
+    assert!(
+        log.contains("TLS certificate verification is OFF") && log.contains("integrated"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_fails_the_job_with_the_tls_reason() {
+    let w = World::new().await;
+    let img = TestImage::random(&[10_000]);
+    img.push(&w.src, "library/untrusted", &Reference::Tag("1".into()))
+        .await;
+    // Verification on, system roots only: the test CA is not trusted.
+    let relay = Relay::start(&w.config_with_tls("")).await;
+    let ids = relay
+        .push(push_event("library/untrusted", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(err.contains("certificate not trusted"), "{err}");
+    assert!(
+        err.contains("set tls.ca_file for registry 'integrated'"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_target() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(pki_dir.path());
+    let issuer = TokenIssuer::start(USER, PASS).await;
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(Some(&pki), Auth::Token(issuer.clone())).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
+
+    let img = TestImage::random(&[300_000, 20_000]);
+    img.push(&src, "library/tok", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    let before = issuer.requests.load(std::sync::atomic::Ordering::Relaxed);
+    let ids = relay
+        .push(push_event("library/tok", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert!(
+        issuer.requests.load(std::sync::atomic::Ordering::Relaxed) > before,
+        "the relay never asked the token service"
+    );
+    assert_image_on(&dst, "library/tok", &img, Some("1")).await;
+
+    // Wrong password: the token service refuses, the job says access denied.
+    let bad = config.replace(PASS, "wrong");
+    let relay2 = Relay::start(&bad).await;
+    let ids = relay2
+        .push(push_event("library/tok", Some("1"), &img.digest))
+        .await;
+    let job = relay2.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(err.contains("access denied"), "{err}");
+    assert!(
+        !err.contains("wrong"),
+        "password leaked into the error: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_webhook_is_one_job() {
+    let w = World::new().await;
+    // A slow source keeps the first job running while Harbor "retries".
+    let proxy = SlowProxy::start(w.source.addr, 1_000_000).await;
+    let img = TestImage::random(&[3_000_000]);
+    img.push(&w.src, "library/redeliver", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    let body = push_event("library/redeliver", Some("1"), &img.digest);
+    let first = relay.push(body.clone()).await;
+    let (status, v) = relay
+        .webhook(body.clone(), "application/json", Some(WEBHOOK_SECRET))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["jobs"][0]["id"].as_u64(), Some(first[0]), "{v}");
+    assert_eq!(v["jobs"][0]["coalesced"], true, "{v}");
+    let job = relay.wait_success(first[0]).await;
+    assert_eq!(job["coalesced"], 1);
+    let (_, all) = relay.get("/api/v1/jobs").await;
+    assert_eq!(all["jobs"].as_array().expect("jobs").len(), 1, "{all}");
+    assert_image_on(&w.dst, "library/redeliver", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_push_sends_only_new_layers_and_tag_only_when_present() {
+    let w = World::new().await;
+    let base = vec![random_bytes(400_000), random_bytes(300_000)];
+    let v1 = TestImage::from_layers(
+        [base.clone(), vec![random_bytes(100_000)]].concat(),
+        "linux",
+        "amd64",
+    );
+    let v2 = TestImage::from_layers(
+        [base.clone(), vec![random_bytes(120_000)]].concat(),
+        "linux",
+        "amd64",
+    );
+    v1.push(&w.src, "library/app", &Reference::Tag("v1".into()))
+        .await;
+    v2.push(&w.src, "library/app", &Reference::Tag("v2".into()))
+        .await;
+    let relay = Relay::start(&w.config()).await;
+    let a = relay
+        .push(push_event("library/app", Some("v1"), &v1.digest))
+        .await;
+    let ja = relay.wait_success(a[0]).await;
+    assert_eq!(ja["blobs_copied"], 4);
+    let b = relay
+        .push(push_event("library/app", Some("v2"), &v2.digest))
+        .await;
+    let jb = relay.wait_success(b[0]).await;
+    // The new layer and the new config; the two base layers were there.
+    assert_eq!(jb["blobs_copied"], 2, "{jb}");
+    assert_eq!(jb["blobs_skipped"], 2, "{jb}");
+    assert_eq!(jb["bytes_copied"], 120_000 + v2.config.len() as u64, "{jb}");
+    assert_image_on(&w.dst, "library/app", &v2, Some("v2")).await;
+
+    // Same artifact under another tag: the manifest is there, so only the
+    // tag is written, with no blob traffic.
+    v2.push(&w.src, "library/app", &Reference::Tag("stable".into()))
+        .await;
+    let c = relay
+        .push(push_event("library/app", Some("stable"), &v2.digest))
+        .await;
+    let jc = relay.wait_success(c[0]).await;
+    assert_eq!(jc["blobs_copied"], 0, "{jc}");
+    assert_eq!(jc["blobs_skipped"], 0, "{jc}");
+    assert_eq!(jc["manifests_copied"], 0, "{jc}");
+    assert_image_on(&w.dst, "library/app", &v2, Some("stable")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_webhooks_get_precise_answers_and_store_nothing() {
+    let w = World::new().await;
+    let relay = Relay::start(&w.config()).await;
+    let d = format!("sha256:{}", "a".repeat(64));
+    let good = push_event("library/nginx", Some("1"), &d);
+
+    let (s, v) = relay.webhook(good.clone(), "application/json", None).await;
+    assert_eq!(s, 401, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("Authorization")
+    );
+    let (s, _) = relay
+        .webhook(good.clone(), "application/json", Some("Bearer wrong"))
+        .await;
+    assert_eq!(s, 401);
+
+    let (s, v) = relay
+        .webhook(good.clone(), "text/plain", Some(WEBHOOK_SECRET))
+        .await;
+    assert_eq!(s, 415, "{v}");
+
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let (s, v) = relay
+        .webhook(big, "application/json", Some(WEBHOOK_SECRET))
+        .await;
+    assert_eq!(s, 413, "{v}");
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "malformed JSON"),
+        (
+            br#"{"type":"PUSH_ARTIFACT","event_data":{"resources":[{"digest":"sha256:aa"}]}}"#
+                .to_vec(),
+            "missing field event_data.repository",
+        ),
+        (
+            push_event("library/../etc", Some("1"), &d),
+            "invalid repository name",
+        ),
+        (
+            push_event("library/nginx", Some("1"), "sha256:1234"),
+            "invalid digest",
+        ),
+        (
+            push_event(
+                "library/nginx",
+                Some("1"),
+                &format!("md5:{}", "a".repeat(32)),
+            ),
+            "invalid digest",
+        ),
+    ];
+    for (body, expect) in cases {
+        let (s, v) = relay
+            .webhook(body, "application/json", Some(WEBHOOK_SECRET))
+            .await;
+        assert_eq!(s, 400, "{v}");
+        let msg = v["error"].as_str().expect("error");
+        assert!(msg.contains(expect), "expected '{expect}' in '{msg}'");
+    }
+
+    // Valid but not acted on: 200 with a reason.
+    let pull = std::fs::read("tests/fixtures/harbor/pull-artifact.json").expect("fixture");
+    let (s, v) = relay
+        .webhook(pull, "application/json", Some(WEBHOOK_SECRET))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "ignored");
+    assert!(v["reason"].as_str().expect("reason").contains("pull"));
+    let del = std::fs::read("tests/fixtures/harbor/delete-artifact.json").expect("fixture");
+    let (s, v) = relay
+        .webhook(del, "application/json", Some(WEBHOOK_SECRET))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["event_type"], "DELETE_ARTIFACT");
+
+    let (_, all) = relay.get("/api/v1/jobs").await;
+    assert_eq!(all["jobs"].as_array().expect("jobs").len(), 0, "{all}");
+    let (_, metrics) = relay.get("/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains(
+            "harbor_relay_webhooks_received_total{format=\"default\",outcome=\"unauthorized\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(!relay.logs().contains("webhook-s3cret"), "secret in log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_copy_then_restart_completes_the_job() {
+    let w = World::new().await;
+    // 4 layers of 6 MiB through a 6 MB/s source: the copy takes seconds.
+    let proxy = SlowProxy::start(w.source.addr, 6_000_000).await;
+    let img = TestImage::random(&[6 << 20, 6 << 20, 6 << 20, 6 << 20]);
+    img.push(&w.src, "library/big", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    // One blob at a time, so the crash falls between layers.
+    let mut relay = Relay::start_with_jobs("blob_concurrency = 1\n", &config).await;
+    let ids = relay
+        .push(push_event("library/big", Some("1"), &img.digest))
+        .await;
+
+    // Wait until some layer has landed on the target but not all.
+    let layers: Vec<String> = img.blob_digests()[1..].to_vec();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut present = 0;
+        for d in &layers {
+            if w.dst.has_blob("library/big", d).await.expect("HEAD") {
+                present += 1;
+            }
+        }
+        if present >= 1 {
+            assert!(present < layers.len(), "copy finished before the crash");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no layer arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.kill9();
+    assert!(
+        w.dst
+            .get_manifest("library/big", &Reference::Tag("1".into()))
+            .await
+            .is_err(),
+        "tag written before its blobs"
+    );
+
+    relay.restart().await;
+    assert!(
+        relay.logs().contains("re-queued jobs interrupted"),
+        "{}",
+        relay.logs()
+    );
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert!(
+        job["blobs_skipped"].as_u64().expect("skipped") >= 1,
+        "blobs finished before the crash were sent again: {job}"
+    );
+    assert_image_on(&w.dst, "library/big", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_queued_work_survives() {
+    let w = World::new().await;
+    let img = TestImage::random(&[10_000]);
+    img.push(&w.src, "library/term", &Reference::Tag("1".into()))
+        .await;
+    let mut relay = Relay::start(&w.config()).await;
+    let ids = relay
+        .push(push_event("library/term", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    let status = relay.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        relay.logs()
+    );
+    assert!(relay.logs().contains("stopped"));
+}

@@ -1,0 +1,801 @@
+//! Test harness: real registries, real certificates, a real token issuer,
+//! the real daemon binary, and a small slowing proxy.
+//!
+//! - [`RegistryProc`] runs the Debian `docker-registry` binary (CNCF
+//!   distribution, what Harbor embeds) on a free loopback port with its own
+//!   temp storage: plain HTTP, or TLS with a certificate from [`Pki`], with
+//!   no auth, htpasswd basic auth, or Docker token auth via [`TokenIssuer`].
+//! - [`TestImage`] / [`TestIndex`] build random images and push them with
+//!   the project's own registry client.
+//! - [`Relay`] runs `harbor-relay serve` as a child process.
+//! - [`SlowProxy`] forwards TCP to an upstream at a set byte rate, to make
+//!   copies last long enough to be interrupted.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harbor_relay::config::{RegistryConfig, Secret, TlsMode};
+use harbor_relay::manifest::{OCI_INDEX, OCI_MANIFEST, sha256_digest};
+use harbor_relay::reference::Reference;
+use harbor_relay::registry::Registry;
+use rand::RngCore;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// The registry binary, or a loud failure that says how to install it.
+pub fn registry_binary() -> PathBuf {
+    for p in ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!(
+        "the CNCF distribution registry is not installed; the end-to-end tests need it:\n    apt-get install -y docker-registry\n(scripts/test.sh installs it)"
+    );
+}
+
+/// A free loopback port (bound and released; the window for a race is tiny).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A test CA and a server certificate for 127.0.0.1 and localhost.
+pub struct Pki {
+    pub ca_pem: PathBuf,
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "harbor-relay test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut sp = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+        sp.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        let cert = sp.signed_by(&key, &issuer).expect("server cert");
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let out = Pki {
+            ca_pem: dir.join("ca.pem"),
+            cert_pem: dir.join("server.pem"),
+            key_pem: dir.join("server.key"),
+        };
+        std::fs::write(&out.ca_pem, ca_cert.pem()).expect("write ca");
+        std::fs::write(&out.cert_pem, cert.pem()).expect("write cert");
+        std::fs::write(&out.key_pem, key.serialize_pem()).expect("write key");
+        out
+    }
+}
+
+/// How a test registry authenticates.
+pub enum Auth {
+    None,
+    Basic { user: String, pass: String },
+    Token(Arc<TokenIssuer>),
+}
+
+/// A running `docker-registry`.
+pub struct RegistryProc {
+    child: Child,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+}
+
+impl Drop for RegistryProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RegistryProc {
+    /// Starts a registry; `tls` makes it HTTPS with that PKI's certificate.
+    pub async fn start(tls: Option<&Pki>, auth: Auth) -> RegistryProc {
+        let bin = registry_binary();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: test-secret\n",
+            dir.path().join("data").display()
+        );
+        if let Some(p) = tls {
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                p.cert_pem.display(),
+                p.key_pem.display()
+            ));
+        }
+        match &auth {
+            Auth::None => {}
+            Auth::Basic { user, pass } => {
+                let hash = bcrypt::hash(pass, 4).expect("bcrypt");
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n")).expect("htpasswd");
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                    file.display()
+                ));
+            }
+            Auth::Token(issuer) => {
+                cfg.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    issuer.url, issuer.service, issuer.issuer, issuer.cert_pem.display()
+                ));
+            }
+        }
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).expect("registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let r = RegistryProc {
+            child,
+            url: format!("{scheme}://{addr}"),
+            addr,
+            dir,
+        };
+        r.wait_ready().await;
+        r
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "registry did not start on {}; its log:\n{}",
+            self.addr,
+            self.log()
+        );
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+/// A Docker token issuer (the `/service/token` flow Harbor uses): checks
+/// Basic credentials and signs an ES256 JWT granting the requested scopes.
+pub struct TokenIssuer {
+    pub url: String,
+    pub service: String,
+    pub issuer: String,
+    pub cert_pem: PathBuf,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    _dir: TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenIssuer {
+    pub async fn start(user: &str, pass: &str) -> Arc<TokenIssuer> {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use base64::Engine as _;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("signing key");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("signing params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "token-signer");
+        let cert = params.self_signed(&key).expect("signing cert");
+        let cert_pem = dir.path().join("token-signer.pem");
+        std::fs::write(&cert_pem, cert.pem()).expect("write cert");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key");
+
+        struct St {
+            user: String,
+            pass: String,
+            x5c: String,
+            key: jsonwebtoken::EncodingKey,
+            requests: Arc<std::sync::atomic::AtomicUsize>,
+        }
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let st = Arc::new(St {
+            user: user.into(),
+            pass: pass.into(),
+            x5c,
+            key: encoding,
+            requests: requests.clone(),
+        });
+        async fn token(
+            State(st): State<Arc<St>>,
+            headers: HeaderMap,
+            Query(q): Query<Vec<(String, String)>>,
+        ) -> axum::response::Response {
+            use base64::Engine as _;
+            st.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", st.user, st.pass))
+            );
+            let ok = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == expected);
+            if !ok {
+                return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+            }
+            let access: Vec<Value> = q
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    let (t, n, a) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(json!({"type": t, "name": n, "actions": a.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs();
+            let claims = json!({
+                "iss": "test-issuer", "sub": st.user, "aud": "test-registry",
+                "exp": now + 300, "nbf": now - 10, "iat": now,
+                "jti": format!("{now}-{}", rand::random::<u64>()),
+                "access": access,
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.x5c = Some(vec![st.x5c.clone()]);
+            let jwt = jsonwebtoken::encode(&header, &claims, &st.key).expect("sign");
+            axum::Json(json!({"token": jwt, "access_token": jwt, "expires_in": 300}))
+                .into_response()
+        }
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(st);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Arc::new(TokenIssuer {
+            url: format!("http://{addr}"),
+            service: "test-registry".into(),
+            issuer: "test-issuer".into(),
+            cert_pem,
+            requests,
+            _dir: dir,
+            _task: task,
+        })
+    }
+}
+
+/// A client for a test registry, built like the daemon builds its own.
+pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
+    Registry::new(&RegistryConfig {
+        name: "test".into(),
+        url: url.parse().expect("url"),
+        username: user.map(|u| u.0.to_string()),
+        password: user.map(|u| Secret::new(u.1)),
+        tls,
+    })
+    .expect("client")
+}
+
+/// A CA pin for [`client`].
+pub fn pinned(pki: &Pki) -> TlsMode {
+    TlsMode::Pinned {
+        file: pki.ca_pem.clone(),
+        pem: std::fs::read(&pki.ca_pem).expect("ca"),
+    }
+}
+
+/// Random bytes.
+pub fn random_bytes(n: usize) -> Bytes {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// A single-platform OCI image made of given layers.
+#[derive(Clone)]
+pub struct TestImage {
+    pub config: Bytes,
+    pub layers: Vec<Bytes>,
+    pub manifest: Bytes,
+    pub digest: String,
+}
+
+impl TestImage {
+    pub fn random(layer_sizes: &[usize]) -> TestImage {
+        Self::from_layers(
+            layer_sizes.iter().map(|&n| random_bytes(n)).collect(),
+            "linux",
+            "amd64",
+        )
+    }
+
+    pub fn from_layers(layers: Vec<Bytes>, os: &str, arch: &str) -> TestImage {
+        let config = Bytes::from(
+            serde_json::to_vec(&json!({
+                "architecture": arch, "os": os,
+                "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| sha256_digest(l)).collect::<Vec<_>>()},
+                "config": {"Labels": {"nonce": rand::random::<u64>().to_string()}},
+            }))
+            .expect("config json"),
+        );
+        let desc = |mt: &str, b: &Bytes| json!({"mediaType": mt, "digest": sha256_digest(b), "size": b.len()});
+        let manifest = Bytes::from(
+            serde_json::to_vec_pretty(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": desc("application/vnd.oci.image.config.v1+json", &config),
+                "layers": layers.iter().map(|l| desc("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+            }))
+            .expect("manifest json"),
+        );
+        let digest = sha256_digest(&manifest);
+        TestImage {
+            config,
+            layers,
+            manifest,
+            digest,
+        }
+    }
+
+    pub fn blob_digests(&self) -> Vec<String> {
+        std::iter::once(&self.config)
+            .chain(self.layers.iter())
+            .map(|b| sha256_digest(b))
+            .collect()
+    }
+
+    pub async fn push(&self, reg: &Registry, repo: &str, reference: &Reference) {
+        for b in std::iter::once(&self.config).chain(self.layers.iter()) {
+            reg.put_blob_bytes(repo, b.clone())
+                .await
+                .expect("push blob");
+        }
+        let m = harbor_relay::manifest::Manifest::from_bytes(self.manifest.clone(), None)
+            .expect("manifest");
+        reg.put_manifest(repo, reference, &m)
+            .await
+            .expect("push manifest");
+    }
+}
+
+/// A two-platform OCI index.
+pub struct TestIndex {
+    pub images: Vec<TestImage>,
+    pub manifest: Bytes,
+    pub digest: String,
+}
+
+impl TestIndex {
+    pub fn random() -> TestIndex {
+        let images = vec![
+            TestImage::from_layers(
+                vec![random_bytes(300_000), random_bytes(50_000)],
+                "linux",
+                "amd64",
+            ),
+            TestImage::from_layers(
+                vec![random_bytes(280_000), random_bytes(40_000)],
+                "linux",
+                "arm64",
+            ),
+        ];
+        let manifest = Bytes::from(
+            serde_json::to_vec_pretty(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": images.iter().zip(["amd64", "arm64"]).map(|(i, arch)| json!({
+                    "mediaType": OCI_MANIFEST, "digest": i.digest, "size": i.manifest.len(),
+                    "platform": {"os": "linux", "architecture": arch}
+                })).collect::<Vec<_>>(),
+            }))
+            .expect("index json"),
+        );
+        let digest = sha256_digest(&manifest);
+        TestIndex {
+            images,
+            manifest,
+            digest,
+        }
+    }
+
+    pub async fn push(&self, reg: &Registry, repo: &str, tag: &str) {
+        for i in &self.images {
+            i.push(reg, repo, &Reference::Digest(i.digest.clone()))
+                .await;
+        }
+        let m = harbor_relay::manifest::Manifest::from_bytes(self.manifest.clone(), None)
+            .expect("index");
+        reg.put_manifest(repo, &Reference::Tag(tag.into()), &m)
+            .await
+            .expect("push index");
+    }
+}
+
+/// Asserts that `repo` on `reg` holds the image whole: manifest by digest,
+/// every blob, and (if given) the tag resolving to the same digest.
+pub async fn assert_image_on(reg: &Registry, repo: &str, image: &TestImage, tag: Option<&str>) {
+    let m = reg
+        .get_manifest(repo, &Reference::Digest(image.digest.clone()))
+        .await
+        .expect("manifest on target");
+    assert_eq!(m.bytes, image.manifest, "manifest bytes differ");
+    for d in image.blob_digests() {
+        assert!(
+            reg.has_blob(repo, &d).await.expect("HEAD blob"),
+            "blob {d} missing on target"
+        );
+    }
+    if let Some(t) = tag {
+        let m = reg
+            .get_manifest(repo, &Reference::Tag(t.into()))
+            .await
+            .expect("tag on target");
+        assert_eq!(m.digest, image.digest, "tag {t} resolves elsewhere");
+    }
+}
+
+/// A Harbor Default-format PUSH_ARTIFACT body.
+pub fn push_event(repo_full: &str, tag: Option<&str>, digest: &str) -> Vec<u8> {
+    let (ns, name) = repo_full.split_once('/').expect("project/name");
+    let reference = tag.unwrap_or(digest);
+    let url = match tag {
+        Some(t) => format!("harbor.example.com/{repo_full}:{t}"),
+        None => format!("harbor.example.com/{repo_full}@{digest}"),
+    };
+    serde_json::to_vec(&json!({
+        "type": "PUSH_ARTIFACT",
+        "occur_at": 1724572800,
+        "operator": "robot$library+ci",
+        "event_data": {
+            "resources": [{"digest": digest, "tag": reference, "resource_url": url}],
+            "repository": {"date_created": 1724500000, "name": name, "namespace": ns,
+                            "repo_full_name": repo_full, "repo_type": "private"}
+        }
+    }))
+    .expect("json")
+}
+
+/// The same event in Harbor's CloudEvents format.
+pub fn push_cloudevent(repo_full: &str, tag: &str, digest: &str) -> Vec<u8> {
+    let (ns, name) = repo_full.split_once('/').expect("project/name");
+    serde_json::to_vec(&json!({
+        "specversion": "1.0",
+        "id": format!("{:032x}", rand::random::<u128>()),
+        "source": "/projects/1/webhook/policies/3",
+        "type": "harbor.artifact.pushed",
+        "datacontenttype": "application/json",
+        "time": "2024-08-25T08:00:00Z",
+        "operator": "robot$library+ci",
+        "data": {
+            "resources": [{"digest": digest, "tag": tag, "resource_url": format!("harbor.example.com/{repo_full}:{tag}")}],
+            "repository": {"date_created": 1724500000, "name": name, "namespace": ns,
+                            "repo_full_name": repo_full, "repo_type": "private"}
+        }
+    }))
+    .expect("json")
+}
+
+/// A running `harbor-relay serve`.
+pub struct Relay {
+    child: Option<Child>,
+    pub url: String,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub const WEBHOOK_SECRET: &str = "Bearer webhook-s3cret";
+
+impl Relay {
+    /// Writes a config with `[server]` and `[store]` filled in, followed by
+    /// `rest` (registries and rules), and starts the daemon.
+    pub async fn start(rest: &str) -> Relay {
+        Self::start_with_jobs("", rest).await
+    }
+
+    /// Like [`Relay::start`], with extra lines for the `[jobs]` section.
+    pub async fn start_with_jobs(jobs: &str, rest: &str) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\nshutdown_grace = \"5s\"\n{jobs}\n{rest}",
+            dir.path().join("store").display()
+        );
+        let config_path = dir.path().join("relay.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let mut r = Relay {
+            child: None,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            config_path,
+            http: reqwest::Client::new(),
+        };
+        r.spawn().await;
+        r
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("relay.log")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,harbor_relay=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start harbor-relay");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("harbor-relay exited with {status}; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("harbor-relay did not become healthy; log:\n{}", self.logs());
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = c.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    /// POSTs a webhook; returns status and JSON body.
+    pub async fn webhook(
+        &self,
+        body: Vec<u8>,
+        content_type: &str,
+        auth: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/harbor", self.url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.expect("POST webhook");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    /// Sends a push webhook with the right secret and returns the job ids.
+    pub async fn push(&self, body: Vec<u8>) -> Vec<u64> {
+        let (status, v) = self
+            .webhook(body, "application/json", Some(WEBHOOK_SECRET))
+            .await;
+        assert_eq!(status, 202, "webhook answer: {v}");
+        v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_u64().expect("id"))
+            .collect()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn job(&self, id: u64) -> Value {
+        let (status, v) = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Waits until job `id` has finished, and returns it.
+    pub async fn wait_job(&self, id: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let j = self.job(id).await;
+            if j["state"] == "succeeded" || j["state"] == "failed" {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} did not finish: {j}\nlog:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the job and asserts it succeeded.
+    pub async fn wait_success(&self, id: u64) -> Value {
+        let j = self.wait_job(id).await;
+        assert_eq!(
+            j["state"],
+            "succeeded",
+            "job failed: {j}\nlog:\n{}",
+            self.logs()
+        );
+        j
+    }
+}
+
+/// Config text for a registry entry.
+pub fn registry_toml(name: &str, url: &str, user: Option<(&str, &str)>, tls: &str) -> String {
+    let mut s = format!("[registries.{name}]\nurl = \"{url}\"\n");
+    if let Some((u, p)) = user {
+        s.push_str(&format!("username = \"{u}\"\npassword = \"{p}\"\n"));
+    }
+    if !tls.is_empty() {
+        s.push_str(&format!("tls = {tls}\n"));
+    }
+    s.push('\n');
+    s
+}
+
+pub const RULE: &str = "[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n";
+
+/// A TCP proxy that forwards to `upstream`, sending the upstream's bytes
+/// back at no more than `bytes_per_sec`.
+pub struct SlowProxy {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SlowProxy {
+    pub async fn start(upstream: SocketAddr, bytes_per_sec: u64) -> SlowProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    let to_up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut uw).await;
+                        let _ = uw.shutdown().await;
+                    });
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let start = Instant::now();
+                    let mut sent: u64 = 0;
+                    loop {
+                        let n = match ur.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        let due = Duration::from_secs_f64(sent as f64 / bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    let _ = cw.shutdown().await;
+                    to_up.abort();
+                });
+            }
+        });
+        SlowProxy { addr, task }
+    }
+}
