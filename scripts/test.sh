@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# All of harbor-relay's checks, as CI runs them: formatting, lints, unit
+# tests and end-to-end tests against real registries.
+#
+# On a fresh Debian machine it first installs what the tests need
+# (the CNCF distribution registry, Debian package `docker-registry`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ! -x /usr/bin/docker-registry ]; then
+  echo "docker-registry is still missing; install it with: apt-get install -y docker-registry" >&2
+  exit 1
+fi
+
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    log "adding rustup component $component"
+    rustup component add "$component"
+  fi
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+log "cargo test"
+cargo test --locked
