@@ -791,6 +791,46 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("external.password");
+        std::fs::write(&pw, "robot-secret\n").expect("write");
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        std::fs::write(&ca, cert.cert.pem()).expect("write");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("config/harbor-relay.example.toml"),
+        )
+        .expect("example config")
+        .replace(
+            "/etc/harbor-relay/external.password",
+            &pw.display().to_string(),
+        )
+        .replace(
+            "/etc/harbor-relay/integrated-ca.pem",
+            &ca.display().to_string(),
+        );
+        let env = |name: &str| match name {
+            "HARBOR_WEBHOOK_SECRET" | "INTEGRATED_PASSWORD" => Some(format!("value-of-{name}")),
+            _ => None,
+        };
+        let c = Config::parse(Path::new("example.toml"), &text, &env).expect("example parses");
+        assert_eq!(c.rules[0].name, "tanzu");
+        assert_eq!(c.rules[0].exclude_tags, vec!["*-rc*"]);
+        assert!(matches!(
+            c.registries["integrated"].tls,
+            TlsMode::Pinned { .. }
+        ));
+        assert_eq!(
+            c.registries["external"]
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("robot-secret")
+        );
+    }
+
+    #[test]
     fn bad_target_project_is_refused() {
         let text = GOOD.replace(
             "projects = [\"library\", \"team-*\"]",

@@ -530,3 +530,110 @@ async fn sigterm_stops_cleanly_and_queued_work_survives() {
     );
     assert!(relay.logs().contains("stopped"));
 }
+
+fn relay_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run harbor-relay")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_command_copies_one_artifact_and_reports() {
+    let w = World::new().await;
+    let img = TestImage::random(&[70_000, 5_000]);
+    img.push(&w.src, "library/cli", &Reference::Tag("3.1".into()))
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"{}\"\n\n{}",
+            dir.path().join("store").display(),
+            w.config()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("utf-8");
+    let out = relay_cmd(&[
+        "replicate",
+        "--config",
+        cfg,
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        "library/cli:3.1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&img.digest), "{stdout}");
+    assert!(stdout.contains("3 copied, 0 already present"), "{stdout}");
+    assert_image_on(&w.dst, "library/cli", &img, Some("3.1")).await;
+
+    // Again: everything is there, nothing is copied.
+    let out = relay_cmd(&[
+        "replicate",
+        "--config",
+        cfg,
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        "library/cli:3.1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("0 copied"), "{stdout}");
+
+    // A tag that does not exist: non-zero exit and the reason.
+    let out = relay_cmd(&[
+        "replicate",
+        "--config",
+        cfg,
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        "library/cli:nope",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("registry 'external': manifest library/cli:nope not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_config_with_file_and_key() {
+    let out = relay_cmd(&["serve", "--config", "/nonexistent/relay.toml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config /nonexistent/relay.toml: cannot read"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        "[store]\npath = \"/tmp/x\"\n[registries.a]\nurl = \"http://127.0.0.1:1\"\n[[rules]]\nfrom = \"a\"\nto = \"b\"\n",
+    )
+    .expect("config");
+    let out = relay_cmd(&["serve", "--config", cfg.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rules[0].to: unknown registry 'b'"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&cfg.display().to_string()), "{stderr}");
+}
