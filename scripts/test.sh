@@ -39,4 +39,14 @@ log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
 log "cargo test"
-cargo test --locked
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --locked 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$out" | awk '{s += $1} END {print s + 0}')
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"

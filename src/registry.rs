@@ -105,8 +105,7 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// True when the error is the registry's, not ours, and a later
-    /// attempt may succeed (connection problems, 5xx).
+    /// True when the registry said the thing asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::NotFound { .. })
     }
@@ -460,10 +459,14 @@ impl Registry {
                     TlsMode::InsecureSkipVerify => "TLS handshake failed".to_string(),
                 }
             };
+            let detail = match lower.find("invalid peer certificate") {
+                Some(i) => chain[i..].to_string(),
+                None => last_cause(&chain),
+            };
             return RegistryError::Tls {
                 registry,
                 hint,
-                detail: last_cause(&chain),
+                detail,
             };
         }
         let is_connect = match &e {

@@ -214,6 +214,7 @@ async fn untrusted_certificate_fails_the_job_with_the_tls_reason() {
     let job = relay.wait_job(ids[0]).await;
     assert_eq!(job["state"], "failed");
     let err = job["last_error"].as_str().expect("error");
+    eprintln!("last_error: {err}");
     assert!(err.contains("certificate not trusted"), "{err}");
     assert!(
         err.contains("set tls.ca_file for registry 'integrated'"),
@@ -265,6 +266,7 @@ async fn token_auth_target() {
     let job = relay2.wait_job(ids[0]).await;
     assert_eq!(job["state"], "failed");
     let err = job["last_error"].as_str().expect("error");
+    eprintln!("last_error: {err}");
     assert!(err.contains("access denied"), "{err}");
     assert!(
         !err.contains("wrong"),
@@ -636,4 +638,38 @@ fn serve_refuses_a_bad_config_with_file_and_key() {
         "{stderr}"
     );
     assert!(stderr.contains(&cfg.display().to_string()), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_for_a_large_layer() {
+    const LAYER: usize = 160 << 20;
+    let w = World::new().await;
+    let img = TestImage::random(&[LAYER]);
+    img.push(&w.src, "library/huge", &Reference::Tag("1".into()))
+        .await;
+    let relay = Relay::start(&w.config()).await;
+    let before = relay.peak_rss();
+    let ids = relay
+        .push(push_event("library/huge", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(
+        job["bytes_copied"].as_u64(),
+        Some(LAYER as u64 + img.config.len() as u64)
+    );
+    let peak = relay.peak_rss();
+    eprintln!(
+        "relay peak RSS: {} MiB before, {} MiB after a {} MiB layer",
+        before >> 20,
+        peak >> 20,
+        LAYER >> 20
+    );
+    assert!(
+        peak < before + (48 << 20),
+        "peak RSS grew from {} MiB to {} MiB copying a {} MiB layer: the blob is being buffered",
+        before >> 20,
+        peak >> 20,
+        LAYER >> 20
+    );
+    assert_image_on(&w.dst, "library/huge", &img, Some("1")).await;
 }

@@ -606,6 +606,18 @@ impl Relay {
         panic!("harbor-relay did not become healthy; log:\n{}", self.logs());
     }
 
+    /// Peak resident memory of the daemon so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM")
+            * 1024
+    }
+
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
