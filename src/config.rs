@@ -281,11 +281,32 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            file: file.to_path_buf(),
-            message: e.to_string().trim_end().replace('\n', " "),
+        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(file, text, "", &e))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            parse_error(file, text, &key, e.inner())
         })?;
         Loader { file, env }.build(raw)
+    }
+}
+
+/// "line L, column C: KEY: what is wrong", from the parser's error.
+fn parse_error(file: &Path, text: &str, key: &str, e: &toml::de::Error) -> ConfigError {
+    let mut message = String::new();
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        message.push_str(&format!("line {line}, column {column}: "));
+    }
+    if !key.is_empty() && key != "." {
+        message.push_str(key);
+        message.push_str(": ");
+    }
+    message.push_str(e.message().trim());
+    ConfigError::Parse {
+        file: file.to_path_buf(),
+        message,
     }
 }
 
@@ -699,8 +720,16 @@ mod tests {
     #[test]
     fn unknown_key_is_refused_with_file_and_key() {
         let e = error_of(&GOOD.replace("listen =", "lisen ="));
-        assert!(e.starts_with("config /etc/relay.toml:"), "{e}");
-        assert!(e.contains("lisen"), "{e}");
+        assert!(
+            e.starts_with("config /etc/relay.toml: line 3, column 9: "),
+            "{e}"
+        );
+        assert!(e.contains("unknown field `lisen`"), "{e}");
+        let e = error_of(&GOOD.replace("username = \"admin\"", "username = 7"));
+        assert!(
+            e.contains("registries.integrated.username: invalid type"),
+            "{e}"
+        );
     }
 
     #[test]

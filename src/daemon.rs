@@ -73,6 +73,11 @@ pub async fn run(
             "re-queued jobs interrupted by the last stop"
         );
     }
+    if config.server.webhook_auth.is_none() {
+        tracing::warn!(
+            "server.webhook_auth is not set: anyone who can reach this port can queue replication jobs; set it and Harbor's webhook Auth Header to the same secret"
+        );
+    }
     let rules = RuleSet::new(&config.rules)?;
     if rules.is_empty() {
         tracing::warn!(

@@ -223,13 +223,21 @@ async fn untrusted_certificate_fails_the_job_with_the_tls_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_auth_target() {
+async fn token_auth_target_and_basic_auth_source() {
     let pki_dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(pki_dir.path());
     let issuer = TokenIssuer::start(USER, PASS).await;
-    let source = RegistryProc::start(None, Auth::None).await;
+    // The source wants Basic auth over plain HTTP; the target, tokens.
+    let source = RegistryProc::start(
+        None,
+        Auth::Basic {
+            user: "reader".into(),
+            pass: "source-pw".into(),
+        },
+    )
+    .await;
     let target = RegistryProc::start(Some(&pki), Auth::Token(issuer.clone())).await;
-    let src = client(&source.url, None, TlsMode::System);
+    let src = client(&source.url, Some(("reader", "source-pw")), TlsMode::System);
     let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
 
     let img = TestImage::random(&[300_000, 20_000]);
@@ -237,7 +245,7 @@ async fn token_auth_target() {
         .await;
     let config = format!(
         "{}{}{RULE}",
-        registry_toml("external", &source.url, None, ""),
+        registry_toml("external", &source.url, Some(("reader", "source-pw")), ""),
         registry_toml(
             "integrated",
             &target.url,
@@ -672,4 +680,46 @@ async fn memory_stays_flat_for_a_large_layer() {
         LAYER >> 20
     );
     assert_image_on(&w.dst, "library/huge", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_source_blob_fails_the_job_and_never_reaches_the_target() {
+    let w = World::new().await;
+    let img = TestImage::random(&[500_000]);
+    img.push(&w.src, "library/corrupt", &Reference::Tag("1".into()))
+        .await;
+    // Flip the stored bytes of the layer behind the source registry's back:
+    // it will serve them under the original digest.
+    let layer = img.blob_digests()[1].clone();
+    let hex = layer.trim_start_matches("sha256:");
+    let data = w.source.dir.path().join(format!(
+        "data/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    std::fs::write(&data, random_bytes(500_000)).expect("corrupt the blob");
+
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay
+        .push(push_event("library/corrupt", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    eprintln!("last_error: {err}");
+    assert!(err.contains(&layer), "{err}");
+    assert!(err.to_lowercase().contains("digest"), "{err}");
+    assert!(
+        !w.dst
+            .has_blob("library/corrupt", &layer)
+            .await
+            .expect("HEAD"),
+        "corrupted blob reached the target"
+    );
+    assert!(
+        !w.dst
+            .has_manifest("library/corrupt", &img.digest)
+            .await
+            .expect("HEAD"),
+        "manifest written without its blobs"
+    );
 }
