@@ -119,13 +119,25 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             "Content-Type must be application/json (Harbor's Default payload) or application/cloudevents+json (CloudEvents)",
         );
     };
-    let bytes = match axum::body::to_bytes(Body::new(body), MAX_WEBHOOK_BYTES).await {
+    let bytes = match read_limited(Body::new(body)).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(BodyError::TooLarge) => {
             count("too_large");
-            return error(
+            let mut r = error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("body over {MAX_WEBHOOK_BYTES} bytes"),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+        Err(BodyError::Broken(e)) => {
+            count("bad_request");
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body failed: {e}"),
             );
         }
     };
@@ -238,6 +250,40 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             )
         }
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Broken(axum::Error),
+}
+
+/// How much of an oversized body is read and thrown away before answering
+/// 413, so that a client still sending gets to read the answer.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Reads a body of at most [`MAX_WEBHOOK_BYTES`]. An oversized body is
+/// drained (up to [`DRAIN_LIMIT`]) rather than cut off mid-send.
+async fn read_limited(body: Body) -> Result<bytes::Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Broken)?;
+        seen += chunk.len();
+        if seen > MAX_WEBHOOK_BYTES {
+            if seen > DRAIN_LIMIT {
+                return Err(BodyError::TooLarge);
+            }
+            buf.clear();
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if seen > MAX_WEBHOOK_BYTES {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(buf.freeze())
 }
 
 fn rfc3339(ms: Option<u64>) -> Option<String> {
