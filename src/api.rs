@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::event::{self, EventKind, Format, Parsed};
-use crate::jobs::{Job, JobSpec, JobState, Store};
+use crate::jobs::{Job, JobSpec, JobState, RetryError, Store};
 use crate::metrics::Metrics;
 use crate::rules::RuleSet;
 
@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/webhooks/harbor", post(harbor_webhook))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -315,6 +316,7 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "created_at": rfc3339(Some(j.created_ms)),
         "started_at": rfc3339(j.started_ms),
         "finished_at": rfc3339(j.finished_ms),
+        "next_attempt_at": rfc3339(j.next_attempt_ms),
         "duration_seconds": match (j.started_ms, j.finished_ms) {
             (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
             _ => None,
@@ -342,7 +344,7 @@ async fn list_jobs(State(app): State<Arc<AppState>>, Query(q): Query<ListQuery>)
             None => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    "state must be one of queued, running, succeeded, failed",
+                    "state must be one of queued, running, retrying, succeeded, failed",
                 );
             }
         },
@@ -366,9 +368,28 @@ async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Re
     }
 }
 
+async fn retry_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id must be a number");
+    };
+    match app.store.retry(id).await {
+        Ok(j) => {
+            tracing::info!(id, "failed job queued again by API request");
+            app.metrics.queue_depth.set(app.store.queued() as i64);
+            (StatusCode::ACCEPTED, axum::Json(job_json(&j))).into_response()
+        }
+        Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ (RetryError::NotFailed { .. } | RetryError::Duplicate { .. })) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(RetryError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     app.metrics.queue_depth.set(app.store.queued() as i64);
     app.metrics.jobs_running.set(app.store.running() as i64);
+    app.metrics.jobs_retrying.set(app.store.retrying() as i64);
     (
         [(
             header::CONTENT_TYPE,

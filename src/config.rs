@@ -124,6 +124,14 @@ pub struct JobsConfig {
     /// How long SIGTERM waits for running jobs before leaving them to the
     /// next start.
     pub shutdown_grace: Duration,
+    /// Attempts before a job counts as failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles (with jitter) each time.
+    pub retry_initial_delay: Duration,
+    /// Longest wait between two attempts.
+    pub retry_max_delay: Duration,
+    /// How long finished jobs stay in the store before they are pruned.
+    pub retention: Duration,
 }
 
 /// How to verify a registry's TLS certificate.
@@ -228,6 +236,10 @@ struct RawJobs {
     workers: Option<usize>,
     blob_concurrency: Option<usize>,
     shutdown_grace: Option<String>,
+    max_attempts: Option<u32>,
+    retry_initial_delay: Option<String>,
+    retry_max_delay: Option<String>,
+    retention: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +274,37 @@ struct RawRule {
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+
+/// The URL of the API of a daemon running with this config file, read
+/// without loading the rest (so `harbor-relay jobs` works in a shell that
+/// lacks the daemon's secrets). A wildcard listen address becomes loopback.
+pub fn api_url(file: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: file.to_path_buf(),
+        message: e.message().to_string(),
+    })?;
+    let listen = value
+        .get("server")
+        .and_then(|s| s.get("listen"))
+        .and_then(|l| l.as_str())
+        .unwrap_or(DEFAULT_LISTEN);
+    let addr: SocketAddr = listen.parse().map_err(|_| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: "server.listen".into(),
+        problem: format!("`{listen}` is not an address like 0.0.0.0:8080"),
+    })?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    Ok(format!("http://{host}:{}", addr.port()))
+}
 
 impl Config {
     /// Reads, parses and validates a configuration file.
@@ -437,19 +480,53 @@ impl Loader<'_> {
         if !(1..=64).contains(&blob_concurrency) {
             return Err(self.invalid("jobs.blob_concurrency", "must be between 1 and 64"));
         }
-        let shutdown_grace = match raw.shutdown_grace {
-            None => Duration::from_secs(30),
+        let duration = |key: &str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
             Some(text) => humantime::parse_duration(&text).map_err(|e| {
                 self.invalid(
-                    "jobs.shutdown_grace",
-                    format!("`{text}` is not a duration like \"30s\" or \"2m\": {e}"),
+                    format!("jobs.{key}"),
+                    format!("`{text}` is not a duration like \"30s\", \"10m\" or \"7d\": {e}"),
                 )
-            })?,
+            }),
         };
+        let shutdown_grace = duration(
+            "shutdown_grace",
+            raw.shutdown_grace,
+            Duration::from_secs(30),
+        )?;
+        let max_attempts = raw.max_attempts.unwrap_or(8);
+        if !(1..=1000).contains(&max_attempts) {
+            return Err(self.invalid("jobs.max_attempts", "must be between 1 and 1000"));
+        }
+        let retry_initial_delay = duration(
+            "retry_initial_delay",
+            raw.retry_initial_delay,
+            Duration::from_secs(10),
+        )?;
+        let retry_max_delay = duration(
+            "retry_max_delay",
+            raw.retry_max_delay,
+            Duration::from_secs(15 * 60),
+        )?;
+        if retry_max_delay < retry_initial_delay {
+            return Err(self.invalid(
+                "jobs.retry_max_delay",
+                "is shorter than jobs.retry_initial_delay",
+            ));
+        }
+        let retention = duration(
+            "retention",
+            raw.retention,
+            Duration::from_secs(7 * 24 * 3600),
+        )?;
         Ok(JobsConfig {
             workers,
             blob_concurrency,
             shutdown_grace,
+            max_attempts,
+            retry_initial_delay,
+            retry_max_delay,
+            retention,
         })
     }
 
@@ -703,6 +780,8 @@ mod tests {
         assert!(rule.exclude_tags.is_empty());
         assert_eq!(c.jobs.workers, 4);
         assert_eq!(c.jobs.blob_concurrency, 4);
+        assert_eq!(c.jobs.max_attempts, 8);
+        assert_eq!(c.jobs.retention, Duration::from_secs(7 * 24 * 3600));
     }
 
     #[test]

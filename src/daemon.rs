@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, TlsMode};
-use crate::jobs::{Store, Workers, workers::Context};
+use crate::jobs::workers::{Context, RetryPolicy};
+use crate::jobs::{Store, Workers};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replicate::Replicator;
@@ -92,6 +93,12 @@ pub async fn run(
         registries,
         replicator: Replicator::new(config.jobs.blob_concurrency, Some(metrics.clone())),
         metrics: metrics.clone(),
+        retry: RetryPolicy {
+            max_attempts: config.jobs.max_attempts,
+            initial_delay: config.jobs.retry_initial_delay,
+            max_delay: config.jobs.retry_max_delay,
+        },
+        retention: config.jobs.retention,
     });
     let workers = Workers::spawn(config.jobs.workers, ctx, shutdown.clone());
     let state = Arc::new(AppState {

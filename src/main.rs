@@ -56,8 +56,42 @@ enum Command {
         /// What to copy: repository:tag or repository@sha256:…
         image: String,
     },
+    /// Look at and retry the jobs of a running daemon, through its API.
+    Jobs {
+        /// The daemon's base URL (default: from --config's server.listen, else http://127.0.0.1:8080).
+        #[arg(long, env = "HARBOR_RELAY_URL", global = true)]
+        url: Option<String>,
+        /// The daemon's configuration file, to find its address.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, running, retrying, succeeded, failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job in full (JSON).
+    Show {
+        /// The job id.
+        id: u64,
+    },
+    /// Queue a failed job again.
+    Retry {
+        /// The job id.
+        id: u64,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -106,7 +140,90 @@ async fn run(command: Command) -> anyhow::Result<()> {
             target_repository,
             image,
         } => replicate(config, from, to, target_repository, image).await,
+        Command::Jobs {
+            url,
+            config,
+            action,
+        } => jobs(url, config, action).await,
     }
+}
+
+async fn jobs(
+    url: Option<String>,
+    config: Option<PathBuf>,
+    action: JobsAction,
+) -> anyhow::Result<()> {
+    let base = match (url, config) {
+        (Some(u), _) => u.trim_end_matches('/').to_string(),
+        (None, Some(c)) => harbor_relay::config::api_url(&c)?,
+        (None, None) => "http://127.0.0.1:8080".to_string(),
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let base_for_errors = base.clone();
+    let call = |req: reqwest::RequestBuilder| {
+        let base = base_for_errors.clone();
+        async move {
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach harbor-relay at {base}"))?;
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.context("reading the answer")?;
+            if !status.is_success() {
+                bail!(
+                    "{}: {}",
+                    status,
+                    body["error"].as_str().unwrap_or("request failed")
+                );
+            }
+            Ok::<_, anyhow::Error>(body)
+        }
+    };
+    match action {
+        JobsAction::List { state, limit } => {
+            let mut req = http
+                .get(format!("{base}/api/v1/jobs"))
+                .query(&[("limit", limit.to_string())]);
+            if let Some(s) = state {
+                req = req.query(&[("state", s)]);
+            }
+            let body = call(req).await?;
+            let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
+            println!(
+                "{:>6}  {:<9}  {:>3}  {:<20}  {:<50}  LAST ERROR",
+                "ID", "STATE", "TRY", "RULE", "SOURCE -> TARGET"
+            );
+            for j in &jobs {
+                let text = |k: &str| j[k].as_str().unwrap_or("").to_string();
+                println!(
+                    "{:>6}  {:<9}  {:>3}  {:<20}  {:<50}  {}",
+                    j["id"],
+                    text("state"),
+                    j["attempts"],
+                    text("rule"),
+                    format!("{} -> {}", text("source"), text("target")),
+                    text("last_error")
+                );
+            }
+            if jobs.is_empty() {
+                println!("(no jobs)");
+            }
+        }
+        JobsAction::Show { id } => {
+            let body = call(http.get(format!("{base}/api/v1/jobs/{id}"))).await?;
+            println!("{}", serde_json::to_string_pretty(&body)?);
+        }
+        JobsAction::Retry { id } => {
+            let body = call(http.post(format!("{base}/api/v1/jobs/{id}/retry"))).await?;
+            println!(
+                "job {id} queued again ({})",
+                body["source"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// Jobs being copied.
     pub jobs_running: IntGauge,
+    /// Jobs waiting for their next attempt.
+    pub jobs_retrying: IntGauge,
+    /// Failed attempts that will be retried, by `rule`.
+    pub job_retries: IntCounterVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate name).
@@ -80,6 +84,19 @@ impl Metrics {
             "harbor_relay_jobs_running",
             "Replication jobs being copied now.",
         )?;
+        let jobs_retrying = IntGauge::new(
+            "harbor_relay_jobs_retrying",
+            "Replication jobs waiting for their next attempt after a failure.",
+        )?;
+        let job_retries = IntCounterVec::new(
+            Opts::new(
+                "harbor_relay_job_retries_total",
+                "Failed replication attempts that will be retried, by rule.",
+            ),
+            &["rule"],
+        )?;
+        registry.register(Box::new(jobs_retrying.clone()))?;
+        registry.register(Box::new(job_retries.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
         registry.register(Box::new(jobs_finished.clone()))?;
         registry.register(Box::new(blobs.clone()))?;
@@ -100,6 +117,8 @@ impl Metrics {
             job_duration,
             queue_depth,
             jobs_running,
+            jobs_retrying,
+            job_retries,
         })
     }
 

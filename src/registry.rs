@@ -105,6 +105,19 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// True when retrying cannot help until someone changes something: an
+    /// untrusted certificate, refused credentials, a missing artifact, a
+    /// manifest we cannot copy.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Tls { .. }
+                | RegistryError::Unauthorized { .. }
+                | RegistryError::NotFound { .. }
+                | RegistryError::Manifest { .. }
+        )
+    }
+
     /// True when the registry said the thing asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::NotFound { .. })

@@ -59,6 +59,18 @@ pub enum ReplicateError {
     TooDeep(String),
 }
 
+impl ReplicateError {
+    /// True when another attempt cannot succeed without someone changing
+    /// something (config, credentials, the source): such jobs fail at once.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ReplicateError::Registry(e) => e.is_permanent(),
+            ReplicateError::Manifest { .. } | ReplicateError::TooDeep(_) => true,
+            ReplicateError::SourceRead { .. } => false,
+        }
+    }
+}
+
 /// Copies artifacts; one per daemon, shared by all workers.
 #[derive(Clone)]
 pub struct Replicator {

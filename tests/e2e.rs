@@ -698,12 +698,19 @@ async fn corrupted_source_blob_fails_the_job_and_never_reaches_the_target() {
     ));
     std::fs::write(&data, random_bytes(500_000)).expect("corrupt the blob");
 
-    let relay = Relay::start(&w.config()).await;
+    // A mismatch may be a fault on the wire, so it is retried; here the
+    // source itself is corrupt, so every attempt fails the same way.
+    let relay = Relay::start_with_jobs(
+        "max_attempts = 2\nretry_initial_delay = \"100ms\"\n",
+        &w.config(),
+    )
+    .await;
     let ids = relay
         .push(push_event("library/corrupt", Some("1"), &img.digest))
         .await;
     let job = relay.wait_job(ids[0]).await;
     assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
     let err = job["last_error"].as_str().expect("error");
     eprintln!("last_error: {err}");
     assert!(err.contains(&layer), "{err}");
@@ -721,5 +728,130 @@ async fn corrupted_source_blob_fails_the_job_and_never_reaches_the_target() {
             .await
             .expect("HEAD"),
         "manifest written without its blobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_down_when_the_webhook_arrives_then_back_later() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(pki_dir.path());
+    let source = RegistryProc::start(None, Auth::None).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let img = TestImage::random(&[100_000]);
+    img.push(&src, "library/later", &Reference::Tag("1".into()))
+        .await;
+
+    // The target's address is known, but nothing listens there yet.
+    let port = free_port();
+    let target_url = format!("https://127.0.0.1:{port}");
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &target_url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start_with_jobs(
+        "max_attempts = 50\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"500ms\"\n",
+        &config,
+    )
+    .await;
+    let ids = relay
+        .push(push_event("library/later", Some("1"), &img.digest))
+        .await;
+    let j = relay.wait_state(ids[0], "retrying").await;
+    let err = j["last_error"].as_str().expect("error");
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(j["next_attempt_at"].is_string(), "{j}");
+
+    // Harbor retries its webhook meanwhile: it joins the waiting job.
+    let again = relay
+        .push(push_event("library/later", Some("1"), &img.digest))
+        .await;
+    assert_eq!(again, ids);
+
+    let target = RegistryProc::start_on(
+        port,
+        Some(&pki),
+        Auth::Basic {
+            user: USER.into(),
+            pass: PASS.into(),
+        },
+    )
+    .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert!(job["attempts"].as_u64().expect("attempts") >= 2, "{job}");
+    let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
+    assert_image_on(&dst, "library/later", &img, Some("1")).await;
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .expect("text")
+            .contains("harbor_relay_job_retries_total{rule=\"external-to-integrated\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_job_is_listed_and_retried_from_the_cli() {
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    let relay = Relay::start(&w.config()).await;
+    // Harbor says it was pushed, but the source does not have it (yet):
+    // not found is not worth retrying on a timer, so the job fails at once.
+    let ids = relay
+        .push(push_event("library/late", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(
+        job["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("not found")
+    );
+
+    let url = relay.url.clone();
+    let out = relay_cmd(&["jobs", "--url", &url, "list", "--state", "failed"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("external/library/late:1"), "{stdout}");
+    assert!(stdout.contains("failed"), "{stdout}");
+
+    img.push(&w.src, "library/late", &Reference::Tag("1".into()))
+        .await;
+    let id = ids[0].to_string();
+    let out = relay_cmd(&["jobs", "--url", &url, "retry", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued again"));
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/late", &img, Some("1")).await;
+
+    // The config file is enough to find the daemon.
+    let cfg = relay.config_path.to_str().expect("utf-8").to_string();
+    let out = relay_cmd(&["jobs", "--config", &cfg, "show", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");
+    // Retrying a job that succeeded is refused with the reason.
+    let out = relay_cmd(&["jobs", "--url", &url, "retry", &id]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only failed jobs can be retried"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

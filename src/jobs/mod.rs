@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::reference::Reference;
 
-pub use store::{Enqueued, Store, StoreError};
+pub use store::{Enqueued, RetryError, Store, StoreError};
 pub use workers::Workers;
 
 /// Where a job is in its life.
@@ -22,6 +22,8 @@ pub enum JobState {
     Queued,
     /// A worker is copying it (or was, when the daemon died).
     Running,
+    /// The last attempt failed; another is due at `next_attempt_ms`.
+    Retrying,
     /// Copied; the tag resolves on the target.
     Succeeded,
     /// Gave up; `last_error` says why.
@@ -34,6 +36,7 @@ impl JobState {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Retrying => "retrying",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
         }
@@ -44,6 +47,7 @@ impl JobState {
         match s {
             "queued" => Some(JobState::Queued),
             "running" => Some(JobState::Running),
+            "retrying" => Some(JobState::Retrying),
             "succeeded" => Some(JobState::Succeeded),
             "failed" => Some(JobState::Failed),
             _ => None,
@@ -52,7 +56,10 @@ impl JobState {
 
     /// True while the job still has work to do.
     pub fn is_active(self) -> bool {
-        matches!(self, JobState::Queued | JobState::Running)
+        matches!(
+            self,
+            JobState::Queued | JobState::Running | JobState::Retrying
+        )
     }
 }
 
@@ -130,6 +137,25 @@ pub struct Job {
     pub summary: Option<Summary>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// When the next attempt is due, while `retrying`.
+    #[serde(default)]
+    pub next_attempt_ms: Option<u64>,
+}
+
+/// How an attempt ended, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Copied.
+    Succeeded(Summary),
+    /// Failed; try again at `at_ms`.
+    Retry {
+        /// Why it failed.
+        error: String,
+        /// When to try again (Unix milliseconds).
+        at_ms: u64,
+    },
+    /// Failed for good (attempts used up, or an error retrying cannot fix).
+    Failed(String),
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,8 +1,8 @@
 //! The durable job store, on sled.
 //!
-//! Three trees: `jobs` (id → job as JSON), `queue` (ids waiting for a
-//! worker, in order) and `dedupe` (dedupe key → id of the active job with
-//! that key). Every change is flushed to disk before the caller is told it
+//! Four trees: `jobs` (id → job as JSON), `queue` (ids waiting for a
+//! worker, in order), `delayed` (due time + id of jobs waiting to retry)
+//! and `dedupe` (dedupe key → id of the active job with that key). Every change is flushed to disk before the caller is told it
 //! happened, so a `202` to a webhook means the job survives `kill -9`.
 //! On open, jobs left `running` by a crash are queued again, and the queue
 //! is rebuilt from the jobs themselves, so a crash between two tree writes
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use super::{Job, JobSpec, JobState, Summary, now_ms};
+use super::{Job, JobSpec, JobState, Outcome, now_ms};
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -28,6 +28,37 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("job store: bad record: {0}")]
     Record(#[from] serde_json::Error),
+}
+
+/// Why a manual retry was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// No job with that id.
+    #[error("no job {0}")]
+    NotFound(u64),
+    /// Only failed jobs can be retried.
+    #[error("job {id} is {state}; only failed jobs can be retried")]
+    NotFailed {
+        /// The job.
+        id: u64,
+        /// Its state.
+        state: &'static str,
+    },
+    /// Another job for the same artifact is already active.
+    #[error("job {active} is already replicating the same artifact")]
+    Duplicate {
+        /// The active job.
+        active: u64,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for RetryError {
+    fn from(e: sled::Error) -> Self {
+        RetryError::Store(StoreError::Db(e))
+    }
 }
 
 /// The outcome of enqueueing one spec.
@@ -44,16 +75,33 @@ pub struct Store {
     db: sled::Db,
     jobs: sled::Tree,
     queue: sled::Tree,
+    delayed: sled::Tree,
     dedupe: sled::Tree,
     /// Serialises read-modify-write sequences across trees.
     lock: Mutex<()>,
     queued: AtomicUsize,
     running: AtomicUsize,
+    retrying: AtomicUsize,
     wake: Notify,
 }
 
 fn key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
+}
+
+fn id_of(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let tail = &k[k.len().saturating_sub(8)..];
+    b[8 - tail.len()..].copy_from_slice(tail);
+    u64::from_be_bytes(b)
+}
+
+/// `delayed` key: due time first, so the tree is ordered by it.
+fn delayed_key(at_ms: u64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&at_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
 }
 
 impl Store {
@@ -67,11 +115,13 @@ impl Store {
         let store = Store {
             jobs: db.open_tree("jobs")?,
             queue: db.open_tree("queue")?,
+            delayed: db.open_tree("delayed")?,
             dedupe: db.open_tree("dedupe")?,
             db,
             lock: Mutex::new(()),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
             wake: Notify::new(),
         };
         let recovered = store.recover()?;
@@ -88,7 +138,9 @@ impl Store {
         let _g = self.guard();
         let mut recovered = 0;
         let mut queued = 0;
+        let mut retrying = 0;
         self.queue.clear()?;
+        self.delayed.clear()?;
         for item in self.jobs.iter() {
             let (k, v) = item?;
             let mut job: Job = serde_json::from_slice(&v)?;
@@ -97,14 +149,23 @@ impl Store {
                 self.jobs.insert(&k, serde_json::to_vec(&job)?)?;
                 recovered += 1;
             }
-            if job.state == JobState::Queued {
-                self.queue.insert(&k, &[])?;
-                self.dedupe.insert(job.spec.dedupe_key().as_bytes(), &k)?;
-                queued += 1;
+            match job.state {
+                JobState::Queued => {
+                    self.queue.insert(&k, &[])?;
+                    queued += 1;
+                }
+                JobState::Retrying => {
+                    let at = job.next_attempt_ms.unwrap_or(0);
+                    self.delayed.insert(delayed_key(at, job.id), &[])?;
+                    retrying += 1;
+                }
+                _ => continue,
             }
+            self.dedupe.insert(job.spec.dedupe_key().as_bytes(), &k)?;
         }
         self.db.flush()?;
         self.queued.store(queued, Ordering::Relaxed);
+        self.retrying.store(retrying, Ordering::Relaxed);
         Ok(recovered)
     }
 
@@ -129,7 +190,7 @@ impl Store {
             for spec in specs {
                 let dkey = spec.dedupe_key();
                 if let Some(existing) = self.dedupe.get(dkey.as_bytes())? {
-                    let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or([0; 8]));
+                    let id = id_of(&existing);
                     if let Some(mut job) = self.load(id)?
                         && job.state.is_active()
                     {
@@ -154,6 +215,7 @@ impl Store {
                     coalesced: 0,
                     summary: None,
                     last_error: None,
+                    next_attempt_ms: None,
                 };
                 self.save(&job)?;
                 self.dedupe.insert(dkey.as_bytes(), &key(id))?;
@@ -179,7 +241,7 @@ impl Store {
                     break None;
                 };
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+                let id = id_of(&k);
                 let Some(mut job) = self.load(id)? else {
                     continue;
                 };
@@ -200,12 +262,9 @@ impl Store {
         Ok(job)
     }
 
-    /// Records how a running job ended.
-    pub async fn finish(
-        &self,
-        id: u64,
-        outcome: Result<Summary, String>,
-    ) -> Result<Option<Job>, StoreError> {
+    /// Records how an attempt ended: done, failed for good, or to be
+    /// retried later.
+    pub async fn finish(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {
         let job = {
             let _g = self.guard();
             let Some(mut job) = self.load(id)? else {
@@ -214,27 +273,141 @@ impl Store {
             if job.state == JobState::Running {
                 self.running.fetch_sub(1, Ordering::Relaxed);
             }
-            job.finished_ms = Some(now_ms());
-            match outcome {
-                Ok(summary) => {
+            let finished = match outcome {
+                Outcome::Succeeded(summary) => {
                     job.state = JobState::Succeeded;
                     job.summary = Some(summary);
                     job.last_error = None;
+                    true
                 }
-                Err(e) => {
+                Outcome::Failed(e) => {
                     job.state = JobState::Failed;
                     job.last_error = Some(e);
+                    true
+                }
+                Outcome::Retry { error, at_ms } => {
+                    job.state = JobState::Retrying;
+                    job.last_error = Some(error);
+                    job.next_attempt_ms = Some(at_ms);
+                    self.delayed.insert(delayed_key(at_ms, id), &[])?;
+                    self.retrying.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            };
+            if finished {
+                job.finished_ms = Some(now_ms());
+                job.next_attempt_ms = None;
+                let dkey = job.spec.dedupe_key();
+                if self.dedupe.get(dkey.as_bytes())?.as_deref() == Some(&key(id)[..]) {
+                    self.dedupe.remove(dkey.as_bytes())?;
                 }
             }
             self.save(&job)?;
-            let dkey = job.spec.dedupe_key();
-            if self.dedupe.get(dkey.as_bytes())?.as_deref() == Some(&key(id)[..]) {
-                self.dedupe.remove(dkey.as_bytes())?;
-            }
             job
         };
         self.db.flush_async().await?;
         Ok(Some(job))
+    }
+
+    /// Moves retrying jobs whose time has come back to the queue. Returns
+    /// how many moved.
+    pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        {
+            let _g = self.guard();
+            loop {
+                let Some((k, _)) = self.delayed.first()? else {
+                    break;
+                };
+                let due = id_of(&k[..8]);
+                if due > now {
+                    break;
+                }
+                self.delayed.remove(&k)?;
+                self.retrying.fetch_sub(1, Ordering::Relaxed);
+                let id = id_of(&k);
+                let Some(mut job) = self.load(id)? else {
+                    continue;
+                };
+                if job.state != JobState::Retrying {
+                    continue;
+                }
+                job.state = JobState::Queued;
+                job.next_attempt_ms = None;
+                self.save(&job)?;
+                self.queue.insert(key(id), &[])?;
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.db.flush_async().await?;
+            self.wake.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    /// When the earliest retry is due, if any.
+    pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.delayed.first()?.map(|(k, _)| id_of(&k[..8])))
+    }
+
+    /// Queues a failed job again, with a fresh count of attempts.
+    pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
+        let job = {
+            let _g = self.guard();
+            let mut job = self.load(id)?.ok_or(RetryError::NotFound(id))?;
+            if job.state != JobState::Failed {
+                return Err(RetryError::NotFailed {
+                    id,
+                    state: job.state.as_str(),
+                });
+            }
+            let dkey = job.spec.dedupe_key();
+            if let Some(other) = self.dedupe.get(dkey.as_bytes())? {
+                let other = id_of(&other);
+                if other != id && self.load(other)?.is_some_and(|o| o.state.is_active()) {
+                    return Err(RetryError::Duplicate { active: other });
+                }
+            }
+            job.state = JobState::Queued;
+            job.attempts = 0;
+            job.finished_ms = None;
+            job.next_attempt_ms = None;
+            self.save(&job)?;
+            self.dedupe.insert(dkey.as_bytes(), &key(id))?;
+            self.queue.insert(key(id), &[])?;
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            job
+        };
+        self.db.flush_async().await?;
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    /// Deletes finished jobs that finished before `before_ms`. Returns how
+    /// many were deleted.
+    pub async fn prune(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        {
+            let _g = self.guard();
+            let mut doomed = Vec::new();
+            for item in self.jobs.iter() {
+                let (k, v) = item?;
+                let job: Job = serde_json::from_slice(&v)?;
+                if !job.state.is_active() && job.finished_ms.is_some_and(|f| f < before_ms) {
+                    doomed.push(k);
+                }
+            }
+            for k in doomed {
+                self.jobs.remove(k)?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.db.flush_async().await?;
+        }
+        Ok(removed)
     }
 
     /// One job by id.
@@ -268,6 +441,11 @@ impl Store {
         self.running.load(Ordering::Relaxed)
     }
 
+    /// Jobs waiting for their next attempt.
+    pub fn retrying(&self) -> usize {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
     /// Waits until new work may be there. Create the future (and `enable`
     /// it) *before* checking the queue, so no wake-up is missed.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
@@ -284,6 +462,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::Summary;
     use crate::reference::Reference;
 
     fn spec(tag: &str) -> JobSpec {
@@ -328,7 +507,7 @@ mod tests {
         assert!(again[0].coalesced);
 
         let done = store
-            .finish(job.id, Ok(Summary::default()))
+            .finish(job.id, Outcome::Succeeded(Summary::default()))
             .await
             .expect("finish")
             .expect("exists");
@@ -358,5 +537,93 @@ mod tests {
         let job = store.claim().await.expect("claim").expect("job");
         assert_eq!(job.id, id);
         assert_eq!(job.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_wait_then_run_again_and_survive_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let (store, _) = Store::open(dir.path()).expect("open");
+            let e = store.enqueue(vec![spec("1")]).await.expect("enqueue");
+            let job = store.claim().await.expect("claim").expect("job");
+            let at = now_ms() + 60_000;
+            let j = store
+                .finish(
+                    job.id,
+                    Outcome::Retry {
+                        error: "503".into(),
+                        at_ms: at,
+                    },
+                )
+                .await
+                .expect("finish")
+                .expect("job");
+            assert_eq!(j.state, JobState::Retrying);
+            assert_eq!(j.next_attempt_ms, Some(at));
+            // Still active: a redelivery joins it.
+            assert!(store.enqueue(vec![spec("1")]).await.expect("enqueue")[0].coalesced);
+            assert_eq!(store.promote_due(now_ms()).await.expect("promote"), 0);
+            assert_eq!(store.next_due().expect("due"), Some(at));
+            e[0].id
+        };
+        let (store, _) = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.retrying(), 1);
+        assert!(store.claim().await.expect("claim").is_none());
+        assert_eq!(
+            store
+                .promote_due(now_ms() + 120_000)
+                .await
+                .expect("promote"),
+            1
+        );
+        let job = store.claim().await.expect("claim").expect("job");
+        assert_eq!(job.id, id);
+        assert_eq!(job.attempts, 2);
+        let j = store
+            .finish(id, Outcome::Failed("gave up".into()))
+            .await
+            .expect("finish")
+            .expect("job");
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.last_error.as_deref(), Some("gave up"));
+    }
+
+    #[tokio::test]
+    async fn manual_retry_and_pruning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = Store::open(dir.path()).expect("open");
+        let e = store.enqueue(vec![spec("1")]).await.expect("enqueue");
+        let id = e[0].id;
+        assert!(matches!(
+            store.retry(id).await,
+            Err(RetryError::NotFailed { .. })
+        ));
+        store.claim().await.expect("claim").expect("job");
+        store
+            .finish(id, Outcome::Failed("x".into()))
+            .await
+            .expect("finish");
+        // Another job for the same artifact blocks the retry.
+        let other = store.enqueue(vec![spec("1")]).await.expect("enqueue")[0].id;
+        assert!(
+            matches!(store.retry(id).await, Err(RetryError::Duplicate { active }) if active == other)
+        );
+        store.claim().await.expect("claim").expect("job");
+        store
+            .finish(other, Outcome::Succeeded(Summary::default()))
+            .await
+            .expect("finish");
+        let j = store.retry(id).await.expect("retry");
+        assert_eq!(j.state, JobState::Queued);
+        assert_eq!(j.attempts, 0);
+        assert!(matches!(
+            store.retry(999).await,
+            Err(RetryError::NotFound(999))
+        ));
+
+        // Pruning removes finished jobs only, by age.
+        assert_eq!(store.prune(now_ms() + 1).await.expect("prune"), 1);
+        assert!(store.get(other).expect("get").is_none());
+        assert!(store.get(id).expect("get").is_some());
     }
 }

@@ -1,6 +1,11 @@
 //! The worker pool: takes queued jobs from the store, runs each through the
 //! replicator, records the outcome.
 //!
+//! A failed attempt is retried with exponential backoff and jitter, unless
+//! retrying cannot help (an untrusted certificate, refused credentials, an
+//! artifact that does not exist) or the attempts are used up. A scheduler
+//! task moves due retries back to the queue and prunes old finished jobs.
+//!
 //! On shutdown a worker takes no new job and finishes the one it has; the
 //! daemon waits for them for a grace period. A job cut off by the end of
 //! that period stays `running` on disk and is queued again at next start.
@@ -13,7 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Job, Store};
+use backon::BackoffBuilder;
+
+use super::{Job, Outcome, Store, now_ms};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replicate::{CopyRequest, Replicator};
@@ -28,7 +35,44 @@ pub struct Context {
     pub replicator: Replicator,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// When failed attempts are tried again.
+    pub retry: RetryPolicy,
+    /// How long finished jobs are kept.
+    pub retention: Duration,
 }
+
+/// Attempts and backoff for failed jobs.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before a job counts as failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry.
+    pub initial_delay: Duration,
+    /// Longest wait.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1-based): doubling
+    /// from the initial delay up to the maximum, plus up to 100% jitter so
+    /// that jobs failed together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.max_delay)
+    }
+}
+
+/// How often the scheduler looks for due retries at most.
+const SCHEDULER_TICK: Duration = Duration::from_millis(250);
+/// How often finished jobs past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The running pool.
 pub struct Workers {
@@ -39,6 +83,11 @@ impl Workers {
     /// Starts `count` workers that stop when `shutdown` is cancelled.
     pub fn spawn(count: usize, ctx: Arc<Context>, shutdown: CancellationToken) -> Workers {
         let mut tasks = JoinSet::new();
+        {
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { scheduler(ctx, shutdown).await });
+        }
         for n in 0..count {
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
@@ -56,6 +105,35 @@ impl Workers {
         } else {
             self.tasks.abort_all();
             false
+        }
+    }
+}
+
+/// Moves due retries to the queue and prunes old finished jobs.
+async fn scheduler(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut last_prune: Option<Instant> = None;
+    loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let cutoff = now_ms().saturating_sub(ctx.retention.as_millis() as u64);
+            match ctx.store.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "pruned finished jobs past their retention"),
+                Err(e) => tracing::error!(error = %e, "pruning finished jobs"),
+            }
+            last_prune = Some(Instant::now());
+        }
+        if let Err(e) = ctx.store.promote_due(now_ms()).await {
+            tracing::error!(error = %e, "moving due retries to the queue");
+        }
+        let wait = match ctx.store.next_due() {
+            Ok(Some(due)) => {
+                Duration::from_millis(due.saturating_sub(now_ms())).min(SCHEDULER_TICK)
+            }
+            _ => SCHEDULER_TICK,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -100,9 +178,10 @@ async fn run_job(ctx: &Context, job: Job) {
     );
     async {
         ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
+        ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
         ctx.metrics.jobs_running.set(ctx.store.running() as i64);
         let started = Instant::now();
-        let outcome = match (ctx.registries.get(&spec.from), ctx.registries.get(&spec.to)) {
+        let result = match (ctx.registries.get(&spec.from), ctx.registries.get(&spec.to)) {
             (Some(source), Some(target)) => ctx
                 .replicator
                 .copy(&CopyRequest {
@@ -113,16 +192,19 @@ async fn run_job(ctx: &Context, job: Job) {
                     target_repository: &spec.target_repository,
                 })
                 .await
-                .map_err(|e| e.to_string()),
-            _ => Err(format!(
-                "registry '{}' or '{}' is no longer in the config",
-                spec.from, spec.to
+                .map_err(|e| (e.to_string(), e.is_permanent())),
+            _ => Err((
+                format!(
+                    "registry '{}' or '{}' is no longer in the config",
+                    spec.from, spec.to
+                ),
+                true,
             )),
         };
         let elapsed = started.elapsed();
-        ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
-        match &outcome {
+        let outcome = match result {
             Ok(s) => {
+                ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
                 ctx.metrics
                     .jobs_finished
                     .with_label_values(&[spec.rule.as_str(), "succeeded"])
@@ -132,23 +214,51 @@ async fn run_job(ctx: &Context, job: Job) {
                     blobs_copied = s.blobs_copied,
                     blobs_skipped = s.blobs_skipped,
                     bytes = s.bytes_copied,
+                    attempt = job.attempts,
                     seconds = elapsed.as_secs_f64(),
                     "job succeeded"
                 );
+                Outcome::Succeeded(s)
             }
-            Err(e) => {
+            Err((error, permanent)) if permanent || job.attempts >= ctx.retry.max_attempts => {
+                ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
                 ctx.metrics
                     .jobs_finished
                     .with_label_values(&[spec.rule.as_str(), "failed"])
                     .inc();
-                tracing::warn!(error = %e, seconds = elapsed.as_secs_f64(), "job failed");
+                let why = if permanent {
+                    "retrying cannot fix this".to_string()
+                } else {
+                    format!("attempt {} of {}", job.attempts, ctx.retry.max_attempts)
+                };
+                tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
+                Outcome::Failed(error)
             }
-        }
+            Err((error, _)) => {
+                let delay = ctx.retry.delay(job.attempts);
+                ctx.metrics
+                    .job_retries
+                    .with_label_values(&[spec.rule.as_str()])
+                    .inc();
+                tracing::warn!(
+                    error = %error,
+                    attempt = job.attempts,
+                    max_attempts = ctx.retry.max_attempts,
+                    retry_in = ?delay,
+                    "attempt failed; will retry"
+                );
+                Outcome::Retry {
+                    error,
+                    at_ms: now_ms() + delay.as_millis() as u64,
+                }
+            }
+        };
         if let Err(e) = ctx.store.finish(job.id, outcome).await {
             tracing::error!(error = %e, "cannot record the job's outcome; it will run again at next start");
         }
         ctx.metrics.jobs_running.set(ctx.store.running() as i64);
         ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
+        ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
     }
     .instrument(span)
     .await

@@ -115,9 +115,13 @@ impl Drop for RegistryProc {
 impl RegistryProc {
     /// Starts a registry; `tls` makes it HTTPS with that PKI's certificate.
     pub async fn start(tls: Option<&Pki>, auth: Auth) -> RegistryProc {
+        Self::start_on(free_port(), tls, auth).await
+    }
+
+    /// Starts a registry on a given loopback port.
+    pub async fn start_on(port: u16, tls: Option<&Pki>, auth: Auth) -> RegistryProc {
         let bin = registry_binary();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: test-secret\n",
@@ -717,6 +721,23 @@ impl Relay {
             assert!(
                 Instant::now() < deadline,
                 "job {id} did not finish: {j}\nlog:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until job `id` is in `state`.
+    pub async fn wait_state(&self, id: u64, state: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = self.job(id).await;
+            if j["state"] == state {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never became {state}: {j}\nlog:\n{}",
                 self.logs()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
