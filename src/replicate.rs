@@ -226,9 +226,9 @@ impl Replicator {
             }
             return Ok(());
         }
-        let body = req
+        let (body, _) = req
             .source
-            .get_blob(req.source_repository, &blob.digest)
+            .get_blob(req.source_repository, &blob.digest, blob.size)
             .await?;
         let (tap, body) = Tap::wrap(body);
         let sent = req

@@ -1,0 +1,478 @@
+//! One OCI Distribution client per configured registry.
+//!
+//! Written directly on reqwest rather than over `oci-client`, because a
+//! replicator that an SRE can trust on a bad day needs what that crate does
+//! not expose: the response headers (`Retry-After`, `Content-Type`,
+//! `Location`), a token with two scopes for a cross-repository mount,
+//! per-host pacing after a `429`, retries of idempotent requests, and the
+//! request itself for errors that say what to do. The Distribution API is
+//! small; all of it used here is in this module:
+//!
+//! - manifests: `GET`/`HEAD`/`PUT /v2/<name>/manifests/<ref>`, bytes kept
+//!   exactly, media type from `Content-Type`;
+//! - blobs: `HEAD`, streamed `GET` (hashed on the way by [`verify`]),
+//!   upload as `POST` then one streamed `PUT` with a known length, and
+//!   `POST …?mount=&from=`;
+//! - auth ([`auth`]): the `401` challenge, Basic, or the Docker token flow;
+//! - [`transport`]: TLS per registry (system roots, one pinned CA, or none),
+//!   connect and stall timeouts, retries on connect errors, 408, 429 and
+//!   5xx with backoff, and `Retry-After` honoured for every request to the
+//!   host while it lasts.
+
+pub mod auth;
+mod transport;
+pub mod verify;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+
+use crate::config::RegistryConfig;
+use crate::manifest::{self, Manifest};
+use crate::reference::Reference;
+
+pub use transport::RequestLimits;
+pub use verify::ByteStream;
+
+/// The `User-Agent` every request carries.
+pub const USER_AGENT: &str = concat!("harbor-relay/", env!("CARGO_PKG_VERSION"));
+
+/// A registry request that failed, in words that say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The TLS handshake failed.
+    #[error("registry '{registry}': certificate not trusted: {hint} ({detail})")]
+    Tls {
+        /// Registry name from the config.
+        registry: String,
+        /// How to fix it.
+        hint: String,
+        /// The TLS library's reason.
+        detail: String,
+    },
+    /// No connection at all, or it broke or stalled.
+    #[error("registry '{registry}': cannot connect to {url}: {detail}")]
+    Connect {
+        /// Registry name.
+        registry: String,
+        /// The registry URL.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// The registry refused our credentials or lacks a permission.
+    #[error(
+        "registry '{registry}': access denied for {what}: check its username/password and that the account may pull/push there ({detail})"
+    )]
+    Unauthorized {
+        /// Registry name.
+        registry: String,
+        /// What we tried.
+        what: String,
+        /// The registry's words.
+        detail: String,
+    },
+    /// The manifest, blob or repository does not exist.
+    #[error("registry '{registry}': {what} not found")]
+    NotFound {
+        /// Registry name.
+        registry: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// The content did not hash to its digest.
+    #[error("registry '{registry}': {what}: digest mismatch: {detail}")]
+    DigestMismatch {
+        /// Registry name.
+        registry: String,
+        /// What was read.
+        what: String,
+        /// Expected and actual digests.
+        detail: String,
+    },
+    /// A manifest we cannot copy.
+    #[error("registry '{registry}': {source}")]
+    Manifest {
+        /// Registry name.
+        registry: String,
+        /// The problem.
+        source: manifest::ManifestError,
+    },
+    /// The registry answered with an error status.
+    #[error("registry '{registry}': {what}: {detail}")]
+    Status {
+        /// Registry name.
+        registry: String,
+        /// What we tried.
+        what: String,
+        /// The status code.
+        status: u16,
+        /// The registry's words, and a hint where one helps.
+        detail: String,
+    },
+    /// Any other failure (protocol errors, bad answers).
+    #[error("registry '{registry}': {what}: {detail}")]
+    Other {
+        /// Registry name.
+        registry: String,
+        /// What we tried.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl RegistryError {
+    /// True when retrying cannot help until someone changes something: an
+    /// untrusted certificate, refused credentials, a missing artifact, a
+    /// manifest we cannot copy.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Tls { .. }
+                | RegistryError::Unauthorized { .. }
+                | RegistryError::NotFound { .. }
+                | RegistryError::Manifest { .. }
+        )
+    }
+
+    /// True when the registry said the thing asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RegistryError::NotFound { .. })
+    }
+}
+
+/// A client for one configured registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    t: Arc<transport::Transport>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("name", &self.t.name)
+            .field("url", &self.t.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pull(repository: &str) -> Vec<String> {
+    vec![auth::scope(repository, "pull")]
+}
+
+fn push(repository: &str) -> Vec<String> {
+    vec![auth::scope(repository, "pull,push")]
+}
+
+impl Registry {
+    /// Builds the client for a configured registry. A bad TLS setting is an
+    /// error here, never a silently different client.
+    pub fn new(cfg: &RegistryConfig) -> Result<Registry, RegistryError> {
+        Self::with_limits(cfg, RequestLimits::default())
+    }
+
+    /// Like [`Registry::new`], with explicit request limits.
+    pub fn with_limits(
+        cfg: &RegistryConfig,
+        limits: RequestLimits,
+    ) -> Result<Registry, RegistryError> {
+        Ok(Registry {
+            t: Arc::new(transport::Transport::new(cfg, limits)?),
+        })
+    }
+
+    /// The configured name.
+    pub fn name(&self) -> &str {
+        &self.t.name
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{path}", self.t.base)
+    }
+
+    /// Reads a manifest, byte for byte, with its media type, and checks it
+    /// against the digest when the reference is one.
+    pub async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<Manifest, RegistryError> {
+        let what = format!("manifest {repository}{reference}");
+        let url = self.url(&format!("{repository}/manifests/{}", reference.as_str()));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| {
+                c.get(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
+            })
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
+        let bytes = self
+            .t
+            .read_limited(resp, manifest::MAX_MANIFEST_BYTES, &what)
+            .await?;
+        let m = Manifest::from_bytes(bytes, content_type.as_deref()).map_err(|source| {
+            RegistryError::Manifest {
+                registry: self.t.name.clone(),
+                source,
+            }
+        })?;
+        if let Reference::Digest(d) = reference
+            && *d != m.digest
+        {
+            return Err(RegistryError::DigestMismatch {
+                registry: self.t.name.clone(),
+                what,
+                detail: format!("asked for {d}, got content hashing to {}", m.digest),
+            });
+        }
+        Ok(m)
+    }
+
+    /// True if the repository holds a manifest with this digest.
+    pub async fn has_manifest(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let what = format!("manifest {repository}@{digest}");
+        let url = self.url(&format!("{repository}/manifests/{digest}"));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| {
+                c.head(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.t.status_error(resp, &what).await),
+        }
+    }
+
+    /// Writes a manifest under a tag or its digest, with its media type.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        m: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let what = format!("writing manifest {repository}{reference}");
+        let url = self.url(&format!("{repository}/manifests/{}", reference.as_str()));
+        let resp = self
+            .t
+            .send(&what, &push(repository), true, &|c| {
+                c.put(&url)
+                    .header(CONTENT_TYPE, m.media_type.as_str())
+                    .body(m.bytes.clone())
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        Ok(())
+    }
+
+    /// True if the repository holds a blob with this digest.
+    pub async fn has_blob(&self, repository: &str, digest: &str) -> Result<bool, RegistryError> {
+        let what = format!("blob {repository}@{digest}");
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| c.head(&url))
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.t.status_error(resp, &what).await),
+        }
+    }
+
+    /// Opens a blob for reading. The stream hashes every byte and yields an
+    /// error at its end if the content does not match `digest` and `size`.
+    pub async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+    ) -> Result<(ByteStream, Arc<AtomicU64>), RegistryError> {
+        let what = format!("reading blob {repository}@{digest}");
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| c.get(&url))
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        let raw: ByteStream = Box::pin(
+            resp.bytes_stream()
+                .map(|r| r.map_err(std::io::Error::other)),
+        );
+        let seen = Arc::new(AtomicU64::new(0));
+        let verified = verify::Verify::new(raw, digest, size, seen.clone());
+        Ok((Box::pin(verified), seen))
+    }
+
+    /// Starts an upload session; returns its URL.
+    async fn start_upload(&self, repository: &str, what: &str) -> Result<url::Url, RegistryError> {
+        let url = self.url(&format!("{repository}/blobs/uploads/"));
+        let resp = self
+            .t
+            .send(what, &push(repository), true, &|c| {
+                c.post(&url).header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.t.status_error(resp, what).await);
+        }
+        self.t.location(&resp, what)
+    }
+
+    /// Uploads a blob from a stream: a `POST` for the session, then one
+    /// `PUT` with the whole body and its length. Memory use does not depend
+    /// on the blob size. The body is not replayable, so this request is not
+    /// retried here; the caller retries the whole blob.
+    pub async fn put_blob<S>(
+        &self,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let what = format!("uploading blob {repository}@{digest} ({size} bytes)");
+        let mut location = self.start_upload(repository, &what).await?;
+        location.query_pairs_mut().append_pair("digest", digest);
+        let url = location.to_string();
+        let body = reqwest::Body::wrap_stream(body);
+        let body = Mutex::new(Some(body));
+        let resp = self
+            .t
+            .send(&what, &push(repository), false, &|c| {
+                let rb = c
+                    .put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size);
+                match body.lock().ok().and_then(|mut b| b.take()) {
+                    Some(b) => rb.body(b),
+                    None => rb,
+                }
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        Ok(())
+    }
+
+    /// Uploads a small blob held in memory (test images, configs).
+    pub async fn put_blob_bytes(
+        &self,
+        repository: &str,
+        data: Bytes,
+    ) -> Result<String, RegistryError> {
+        let digest = manifest::sha256_digest(&data);
+        let size = data.len() as u64;
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(data) });
+        self.put_blob(repository, &digest, size, body).await?;
+        Ok(digest)
+    }
+
+    /// Asks the registry to link a blob it already holds in `from` into
+    /// `repository`, without sending its bytes. Returns false when the
+    /// registry declined (it then opened an upload, which is cancelled).
+    pub async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let what = format!("mounting blob {digest} from {from} into {repository}");
+        let url = format!(
+            "{}?mount={}&from={}",
+            self.url(&format!("{repository}/blobs/uploads/")),
+            digest,
+            from
+        );
+        let scopes = vec![
+            auth::scope(repository, "pull,push"),
+            auth::scope(from, "pull"),
+        ];
+        let resp = self
+            .t
+            .send(&what, &scopes, true, &|c| {
+                c.post(&url).header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                if let Ok(loc) = self.t.location(&resp, &what) {
+                    let loc = loc.to_string();
+                    let cancel = self
+                        .t
+                        .send(&what, &scopes, true, &|c| c.request(Method::DELETE, &loc))
+                        .await;
+                    if let Err(e) = cancel {
+                        tracing::debug!(error = %e, "cancelling the upload a declined mount opened");
+                    }
+                }
+                Ok(false)
+            }
+            _ => Err(self.t.status_error(resp, &what).await),
+        }
+    }
+}
+
+/// Wraps a blob stream to count bytes and remember the first read error, so
+/// that when the upload fails because the *source* failed, the job says so.
+pub struct Tap {
+    bytes: Arc<AtomicU64>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl Tap {
+    /// Wraps `s`.
+    pub fn wrap(s: ByteStream) -> (Tap, ByteStream) {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let error = Arc::new(Mutex::new(None));
+        let (b, e) = (bytes.clone(), error.clone());
+        let wrapped = s.inspect(move |item| match item {
+            Ok(chunk) => {
+                b.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                if let Ok(mut slot) = e.lock()
+                    && slot.is_none()
+                {
+                    *slot = Some(err.to_string());
+                }
+            }
+        });
+        (Tap { bytes, error }, Box::pin(wrapped))
+    }
+
+    /// The first source error, if any.
+    pub fn source_error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Bytes read so far.
+    pub fn count(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
