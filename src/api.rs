@@ -325,6 +325,8 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "bytes_copied": j.summary.as_ref().map_or(0, |x| x.bytes_copied),
         "blobs_copied": j.summary.as_ref().map_or(0, |x| x.blobs_copied),
         "blobs_skipped": j.summary.as_ref().map_or(0, |x| x.blobs_skipped),
+        "blobs_mounted": j.summary.as_ref().map_or(0, |x| x.blobs_mounted),
+        "blobs_resumed": j.summary.as_ref().map_or(0, |x| x.blobs_resumed),
         "manifests_copied": j.summary.as_ref().map_or(0, |x| x.manifests_copied),
         "last_error": j.last_error,
     })

@@ -164,6 +164,38 @@ pub struct RegistryConfig {
     pub password: Option<Secret>,
     /// Certificate verification.
     pub tls: TlsMode,
+    /// How hard we may push this registry, and how blobs are uploaded.
+    pub limits: RegistryLimits,
+}
+
+/// Per-registry limits and upload settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Requests in flight to this registry at once.
+    pub max_concurrent_requests: Option<usize>,
+    /// Blob bytes per second to or from this registry (a bandwidth cap).
+    pub max_bytes_per_second: Option<u64>,
+    /// Attempts for a request that can safely be repeated.
+    pub request_attempts: u32,
+    /// No byte moved for this long: the transfer counts as stalled.
+    pub stall_timeout: Duration,
+    /// Blobs larger than this are uploaded in chunks, resumably.
+    pub chunk_size_threshold: u64,
+    /// Size of each chunk (raised to the registry's `OCI-Chunk-Min-Length`).
+    pub chunk_size: u64,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_concurrent_requests: None,
+            max_bytes_per_second: None,
+            request_attempts: 5,
+            stall_timeout: Duration::from_secs(60),
+            chunk_size_threshold: 64 * 1024 * 1024,
+            chunk_size: 16 * 1024 * 1024,
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -250,6 +282,20 @@ struct RawRegistry {
     password: Option<String>,
     password_file: Option<String>,
     tls: Option<RawTls>,
+    max_concurrent_requests: Option<usize>,
+    max_bytes_per_second: Option<RawSize>,
+    request_attempts: Option<u32>,
+    stall_timeout: Option<String>,
+    chunk_size_threshold: Option<RawSize>,
+    chunk_size: Option<RawSize>,
+}
+
+/// A size: a number of bytes, or text like "64MiB".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -639,12 +685,68 @@ impl Loader<'_> {
             }
         };
 
+        let size = |k: &str, v: Option<RawSize>| -> Result<Option<u64>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(RawSize::Bytes(n)) => Ok(Some(n)),
+                Some(RawSize::Text(t)) => {
+                    let t = self.expand(&key(k), &t)?;
+                    t.parse::<bytesize::ByteSize>()
+                        .map(|b| Some(b.as_u64()))
+                        .map_err(|e| {
+                            self.invalid(key(k), format!("`{t}` is not a size like \"64MiB\": {e}"))
+                        })
+                }
+            }
+        };
+        let defaults = RegistryLimits::default();
+        let limits = RegistryLimits {
+            max_concurrent_requests: match r.max_concurrent_requests {
+                Some(0) => {
+                    return Err(self.invalid(key("max_concurrent_requests"), "must be at least 1"));
+                }
+                v => v,
+            },
+            max_bytes_per_second: match size("max_bytes_per_second", r.max_bytes_per_second)? {
+                Some(n) if n < 1024 => {
+                    return Err(self.invalid(
+                        key("max_bytes_per_second"),
+                        "must be at least 1KiB (omit it for no limit)",
+                    ));
+                }
+                v => v,
+            },
+            request_attempts: match r.request_attempts {
+                Some(0) => return Err(self.invalid(key("request_attempts"), "must be at least 1")),
+                Some(n) => n,
+                None => defaults.request_attempts,
+            },
+            stall_timeout: match r.stall_timeout {
+                None => defaults.stall_timeout,
+                Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                    self.invalid(
+                        key("stall_timeout"),
+                        format!("`{t}` is not a duration: {e}"),
+                    )
+                })?,
+            },
+            chunk_size_threshold: size("chunk_size_threshold", r.chunk_size_threshold)?
+                .unwrap_or(defaults.chunk_size_threshold),
+            chunk_size: match size("chunk_size", r.chunk_size)? {
+                Some(n) if n < 64 * 1024 => {
+                    return Err(self.invalid(key("chunk_size"), "must be at least 64KiB"));
+                }
+                Some(n) => n,
+                None => defaults.chunk_size,
+            },
+        };
         Ok(RegistryConfig {
             name: name.to_string(),
             url,
             username,
             password,
             tls,
+            limits,
         })
     }
 
@@ -773,6 +875,7 @@ mod tests {
         );
         assert_eq!(integrated.tls, TlsMode::InsecureSkipVerify);
         assert!(c.registries["external"].is_plain_http());
+        assert_eq!(integrated.limits, RegistryLimits::default());
         let rule = &c.rules[0];
         assert_eq!(rule.name, "external-to-integrated");
         assert_eq!(rule.target_project, "{project}");
@@ -896,6 +999,26 @@ mod tests {
     fn missing_store_is_refused() {
         let e = error_of(&GOOD.replace("[store]\n        path = \"/var/lib/relay\"", ""));
         assert!(e.contains("store.path"), "{e}");
+    }
+
+    #[test]
+    fn registry_limits_take_sizes_and_durations() {
+        let c = parse(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            "tls = { insecure_skip_verify = true }\nmax_bytes_per_second = \"10MiB\"\nchunk_size = 1048576\nchunk_size_threshold = \"1 GiB\"\nstall_timeout = \"2m\"\nmax_concurrent_requests = 8",
+        ))
+        .expect("valid");
+        let l = &c.registries["integrated"].limits;
+        assert_eq!(l.max_bytes_per_second, Some(10 * 1024 * 1024));
+        assert_eq!(l.chunk_size, 1024 * 1024);
+        assert_eq!(l.chunk_size_threshold, 1024 * 1024 * 1024);
+        assert_eq!(l.stall_timeout, Duration::from_secs(120));
+        assert_eq!(l.max_concurrent_requests, Some(8));
+        let e = error_of(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            "chunk_size = \"lots\"",
+        ));
+        assert!(e.contains("registries.integrated.chunk_size"), "{e}");
     }
 
     #[test]

@@ -91,7 +91,11 @@ pub async fn run(
     let ctx = Arc::new(Context {
         store: store.clone(),
         registries,
-        replicator: Replicator::new(config.jobs.blob_concurrency, Some(metrics.clone())),
+        replicator: Replicator::new(
+            config.jobs.blob_concurrency,
+            Some(metrics.clone()),
+            store.clone(),
+        ),
         metrics: metrics.clone(),
         retry: RetryPolicy {
             max_attempts: config.jobs.max_attempts,

@@ -274,7 +274,11 @@ async fn replicate(
         bail!("no registry '{to}' in {}", path.display());
     };
     let started = Instant::now();
-    let replicator = Replicator::new(config.jobs.blob_concurrency, None);
+    let replicator = Replicator::new(
+        config.jobs.blob_concurrency,
+        None,
+        std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
+    );
     let s = replicator
         .copy(&CopyRequest {
             source,
@@ -285,12 +289,13 @@ async fn replicate(
         })
         .await?;
     println!(
-        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {} written\n  blobs      {} copied, {} already present\n  bytes      {}\n  time       {:.2}s",
+        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {} written\n  blobs      {} copied, {} already present, {} mounted\n  bytes      {}\n  time       {:.2}s",
         image.reference,
         s.digest,
         s.manifests_copied,
         s.blobs_copied,
         s.blobs_skipped,
+        s.blobs_mounted,
         s.bytes_copied,
         started.elapsed().as_secs_f64()
     );

@@ -59,7 +59,7 @@ impl Metrics {
         let blobs = IntCounterVec::new(
             Opts::new(
                 "harbor_relay_blobs_total",
-                "Blobs handled by replication: copied (uploaded) or skipped (already on the target).",
+                "Blobs handled by replication: copied (uploaded), skipped (already on the target), mounted (linked from another repository of the target), resumed (an interrupted upload continued; also counted as copied).",
             ),
             &["outcome"],
         )?;
@@ -105,7 +105,7 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(jobs_running.clone()))?;
         // Make the usual series visible at zero before anything happens.
-        for o in ["copied", "skipped"] {
+        for o in ["copied", "skipped", "mounted", "resumed"] {
             blobs.with_label_values(&[o]);
         }
         Ok(Metrics {

@@ -110,6 +110,12 @@ pub struct Summary {
     pub blobs_copied: u64,
     /// Blobs already on the target.
     pub blobs_skipped: u64,
+    /// Blobs linked from another repository of the target (no bytes sent).
+    #[serde(default)]
+    pub blobs_mounted: u64,
+    /// Blobs whose upload continued where an earlier attempt stopped.
+    #[serde(default)]
+    pub blobs_resumed: u64,
     /// Bytes uploaded.
     pub bytes_copied: u64,
 }

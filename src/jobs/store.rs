@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use super::{Job, JobSpec, JobState, Outcome, now_ms};
+use crate::replicate::ledger::{UploadRecord, remember};
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -77,6 +78,8 @@ pub struct Store {
     queue: sled::Tree,
     delayed: sled::Tree,
     dedupe: sled::Tree,
+    uploads: sled::Tree,
+    blobs: sled::Tree,
     /// Serialises read-modify-write sequences across trees.
     lock: Mutex<()>,
     queued: AtomicUsize,
@@ -116,6 +119,8 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             queue: db.open_tree("queue")?,
             delayed: db.open_tree("delayed")?,
+            uploads: db.open_tree("uploads")?,
+            blobs: db.open_tree("blobs")?,
             dedupe: db.open_tree("dedupe")?,
             db,
             lock: Mutex::new(()),
@@ -456,6 +461,61 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+/// The replicator's memory: uploads in progress and blob locations, kept
+/// in the same database as the jobs. Errors are logged: the worst outcome
+/// of a lost record is bytes sent again.
+impl crate::replicate::ledger::Ledger for Store {
+    fn upload(&self, key: &str) -> Option<UploadRecord> {
+        match self.uploads.get(key.as_bytes()) {
+            Ok(Some(v)) => serde_json::from_slice(&v).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading upload progress");
+                None
+            }
+        }
+    }
+
+    fn save_upload(&self, key: &str, record: &UploadRecord) {
+        let result = serde_json::to_vec(record)
+            .map_err(StoreError::from)
+            .and_then(|v| Ok(self.uploads.insert(key.as_bytes(), v)?))
+            .and_then(|_| Ok(self.db.flush()?));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "recording upload progress");
+        }
+    }
+
+    fn clear_upload(&self, key: &str) {
+        if let Err(e) = self.uploads.remove(key.as_bytes()) {
+            tracing::warn!(error = %e, "clearing upload progress");
+        }
+    }
+
+    fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String> {
+        self.blobs
+            .get(format!("{registry}\n{digest}").as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default()
+    }
+
+    fn blob_seen(&self, registry: &str, digest: &str, repository: &str) {
+        let key = format!("{registry}\n{digest}");
+        let result = self.blobs.fetch_and_update(key.as_bytes(), |old| {
+            let mut list: Vec<String> = old
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            remember(&mut list, repository);
+            serde_json::to_vec(&list).ok()
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "recording a blob location");
+        }
     }
 }
 

@@ -35,7 +35,6 @@ use crate::config::RegistryConfig;
 use crate::manifest::{self, Manifest};
 use crate::reference::Reference;
 
-pub use transport::RequestLimits;
 pub use verify::ByteStream;
 
 /// The `User-Agent` every request carries.
@@ -173,22 +172,33 @@ impl Registry {
     /// Builds the client for a configured registry. A bad TLS setting is an
     /// error here, never a silently different client.
     pub fn new(cfg: &RegistryConfig) -> Result<Registry, RegistryError> {
-        Self::with_limits(cfg, RequestLimits::default())
-    }
-
-    /// Like [`Registry::new`], with explicit request limits.
-    pub fn with_limits(
-        cfg: &RegistryConfig,
-        limits: RequestLimits,
-    ) -> Result<Registry, RegistryError> {
         Ok(Registry {
-            t: Arc::new(transport::Transport::new(cfg, limits)?),
+            t: Arc::new(transport::Transport::new(cfg)?),
         })
     }
 
     /// The configured name.
     pub fn name(&self) -> &str {
         &self.t.name
+    }
+
+    /// Holds a blob stream to `max_bytes_per_second`, if one is set.
+    fn paced(&self, s: ByteStream) -> ByteStream {
+        match &self.t.pacer {
+            None => s,
+            Some(p) => {
+                let p = p.clone();
+                Box::pin(s.then(move |item| {
+                    let p = p.clone();
+                    async move {
+                        if let Ok(b) = &item {
+                            p.take(b.len()).await;
+                        }
+                        item
+                    }
+                }))
+            }
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -320,13 +330,19 @@ impl Registry {
             resp.bytes_stream()
                 .map(|r| r.map_err(std::io::Error::other)),
         );
+        let raw = self.paced(raw);
         let seen = Arc::new(AtomicU64::new(0));
         let verified = verify::Verify::new(raw, digest, size, seen.clone());
         Ok((Box::pin(verified), seen))
     }
 
-    /// Starts an upload session; returns its URL.
-    async fn start_upload(&self, repository: &str, what: &str) -> Result<url::Url, RegistryError> {
+    /// Starts an upload session; returns its URL and the registry's
+    /// smallest accepted chunk (`OCI-Chunk-Min-Length`), if it says.
+    pub async fn begin_upload(
+        &self,
+        repository: &str,
+        what: &str,
+    ) -> Result<(url::Url, Option<u64>), RegistryError> {
         let url = self.url(&format!("{repository}/blobs/uploads/"));
         let resp = self
             .t
@@ -337,7 +353,176 @@ impl Registry {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.t.status_error(resp, what).await);
         }
-        self.t.location(&resp, what)
+        let min = resp
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        Ok((self.t.location(&resp, what)?, min))
+    }
+
+    async fn start_upload(&self, repository: &str, what: &str) -> Result<url::Url, RegistryError> {
+        Ok(self.begin_upload(repository, what).await?.0)
+    }
+
+    /// How many bytes an upload session holds, asked of the registry
+    /// (`GET` on the upload URL). `None` if the session is gone.
+    pub async fn upload_offset(
+        &self,
+        repository: &str,
+        location: &str,
+    ) -> Result<Option<(url::Url, u64)>, RegistryError> {
+        let what = format!("checking upload progress in {repository}");
+        let resp = self
+            .t
+            .send(&what, &push(repository), true, &|c| c.get(location))
+            .await?;
+        match resp.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.t.status_error(resp, &what).await),
+        }
+        let end = resp
+            .headers()
+            .get(reqwest::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.rsplit('-').next())
+            .and_then(|e| e.trim().parse::<u64>().ok());
+        // Distribution answers "0-0" both for nothing and for one byte; we
+        // only ever resume at offsets we recorded after whole chunks.
+        let offset = match end {
+            Some(0) | None => 0,
+            Some(e) => e + 1,
+        };
+        let loc = match self.t.location(&resp, &what) {
+            Ok(l) => l,
+            Err(_) => url::Url::parse(location).map_err(|e| RegistryError::Other {
+                registry: self.t.name.clone(),
+                what: what.clone(),
+                detail: e.to_string(),
+            })?,
+        };
+        Ok(Some((loc, offset)))
+    }
+
+    /// Sends one chunk (`PATCH` with `Content-Range`) from a stream of
+    /// exactly `len` bytes; returns the session URL for the next request.
+    pub async fn upload_chunk(
+        &self,
+        repository: &str,
+        location: &url::Url,
+        offset: u64,
+        len: u64,
+        body: ByteStream,
+    ) -> Result<url::Url, RegistryError> {
+        let what = format!(
+            "uploading bytes {offset}-{} in {repository}",
+            offset + len.saturating_sub(1)
+        );
+        let body = Mutex::new(Some(reqwest::Body::wrap_stream(self.paced(body))));
+        let url = location.to_string();
+        let resp = self
+            .t
+            .send(&what, &push(repository), false, &|c| {
+                let rb = c
+                    .patch(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, len)
+                    .header(
+                        "content-range",
+                        format!("{offset}-{}", offset + len.saturating_sub(1)),
+                    );
+                match body.lock().ok().and_then(|mut b| b.take()) {
+                    Some(b) => rb.body(b),
+                    None => rb,
+                }
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED && resp.status() != StatusCode::NO_CONTENT {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        self.t.location(&resp, &what)
+    }
+
+    /// Closes an upload session: the registry checks the digest and links
+    /// the blob.
+    pub async fn finish_upload(
+        &self,
+        repository: &str,
+        location: &url::Url,
+        digest: &str,
+    ) -> Result<(), RegistryError> {
+        let what = format!("completing upload of blob {repository}@{digest}");
+        let mut url = location.clone();
+        url.query_pairs_mut().append_pair("digest", digest);
+        let url = url.to_string();
+        let resp = self
+            .t
+            .send(&what, &push(repository), true, &|c| {
+                c.put(&url).header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.t.status_error(resp, &what).await);
+        }
+        Ok(())
+    }
+
+    /// Abandons an upload session (best effort).
+    pub async fn cancel_upload(&self, repository: &str, location: &str) {
+        let what = format!("cancelling an upload in {repository}");
+        if let Err(e) = self
+            .t
+            .send(&what, &push(repository), true, &|c| c.delete(location))
+            .await
+        {
+            tracing::debug!(error = %e, "cancelling an upload");
+        }
+    }
+
+    /// Reads a blob from `offset` on (`Range`), unverified: the caller
+    /// hashes, having restored the hash of the part before `offset`.
+    pub async fn get_blob_from(
+        &self,
+        repository: &str,
+        digest: &str,
+        offset: u64,
+    ) -> Result<ByteStream, RegistryError> {
+        let what = format!("reading blob {repository}@{digest} from byte {offset}");
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| {
+                let rb = c.get(&url);
+                if offset > 0 {
+                    rb.header(reqwest::header::RANGE, format!("bytes={offset}-"))
+                } else {
+                    rb
+                }
+            })
+            .await?;
+        let skip = match resp.status() {
+            StatusCode::PARTIAL_CONTENT => 0,
+            // The registry ignored Range: drop the bytes we already have.
+            StatusCode::OK => offset,
+            _ => return Err(self.t.status_error(resp, &what).await),
+        };
+        let raw: ByteStream = Box::pin(
+            resp.bytes_stream()
+                .map(|r| r.map_err(std::io::Error::other)),
+        );
+        let raw = if skip == 0 {
+            raw
+        } else {
+            skip_bytes(raw, skip)
+        };
+        Ok(self.paced(raw))
+    }
+
+    /// The chunked-upload settings for uploads to this registry:
+    /// (threshold, chunk size).
+    pub fn chunking(&self) -> (u64, u64) {
+        (self.t.limits.chunk_size_threshold, self.t.limits.chunk_size)
     }
 
     /// Uploads a blob from a stream: a `POST` for the session, then one
@@ -358,7 +543,7 @@ impl Registry {
         let mut location = self.start_upload(repository, &what).await?;
         location.query_pairs_mut().append_pair("digest", digest);
         let url = location.to_string();
-        let body = reqwest::Body::wrap_stream(body);
+        let body = reqwest::Body::wrap_stream(self.paced(Box::pin(body)));
         let body = Mutex::new(Some(body));
         let resp = self
             .t
@@ -436,6 +621,27 @@ impl Registry {
             _ => Err(self.t.status_error(resp, &what).await),
         }
     }
+}
+
+/// Drops the first `n` bytes of a stream.
+fn skip_bytes(s: ByteStream, n: u64) -> ByteStream {
+    let mut left = n;
+    Box::pin(s.filter_map(move |item| {
+        let out = match item {
+            Ok(mut b) if left > 0 => {
+                if (b.len() as u64) <= left {
+                    left -= b.len() as u64;
+                    None
+                } else {
+                    let rest = b.split_off(left as usize);
+                    left = 0;
+                    Some(Ok(rest))
+                }
+            }
+            other => Some(other),
+        };
+        std::future::ready(out)
+    }))
 }
 
 /// Wraps a blob stream to count bytes and remember the first read error, so

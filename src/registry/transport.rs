@@ -20,34 +20,43 @@ use tokio::time::Instant;
 
 use super::RegistryError;
 use super::auth::{self, Challenge, TokenCache};
-use crate::config::{RegistryConfig, Secret, TlsMode};
+use crate::config::{RegistryConfig, RegistryLimits, Secret, TlsMode};
 
 /// How long to wait for a TCP + TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Limits for talking to one registry.
-#[derive(Debug, Clone)]
-pub struct RequestLimits {
-    /// Requests in flight at once (`None`: no limit).
-    pub max_concurrent_requests: Option<usize>,
-    /// Attempts for a replayable request before its error is returned.
-    pub attempts: u32,
-    /// First backoff between attempts; it doubles, with jitter.
-    pub backoff: Duration,
-    /// Longest backoff (a `Retry-After` is honoured as given, not capped).
-    pub max_backoff: Duration,
-    /// No byte moved for this long: the transfer counts as stalled.
-    pub stall_timeout: Duration,
+/// First wait between attempts of a request; it doubles, with jitter.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between attempts (a `Retry-After` is honoured as given).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Spreads blob bytes over time so they do not exceed a rate: each chunk
+/// reserves its slot after the previous one and waits for it.
+pub(super) struct Pacer {
+    bytes_per_second: u64,
+    next: Mutex<Instant>,
 }
 
-impl Default for RequestLimits {
-    fn default() -> Self {
-        RequestLimits {
-            max_concurrent_requests: None,
-            attempts: 5,
-            backoff: Duration::from_millis(250),
-            max_backoff: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(60),
+impl Pacer {
+    fn new(bytes_per_second: u64) -> Pacer {
+        Pacer {
+            bytes_per_second: bytes_per_second.max(1),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may pass.
+    pub(super) async fn take(&self, n: usize) {
+        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
+        let start = {
+            let mut next = lock(&self.next);
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + cost;
+            start
+        };
+        if start > Instant::now() {
+            tokio::time::sleep_until(start).await;
         }
     }
 }
@@ -63,7 +72,8 @@ pub(super) struct Transport {
     tokens: Mutex<TokenCache>,
     not_before: Mutex<Option<Instant>>,
     permits: Option<Semaphore>,
-    limits: RequestLimits,
+    pub(super) pacer: Option<std::sync::Arc<Pacer>>,
+    pub(super) limits: RegistryLimits,
 }
 
 /// What to put in `Authorization`.
@@ -103,10 +113,8 @@ fn is_retryable(status: StatusCode) -> bool {
 }
 
 impl Transport {
-    pub(super) fn new(
-        cfg: &RegistryConfig,
-        limits: RequestLimits,
-    ) -> Result<Transport, RegistryError> {
+    pub(super) fn new(cfg: &RegistryConfig) -> Result<Transport, RegistryError> {
+        let limits = cfg.limits.clone();
         let mut b = Client::builder()
             .user_agent(super::USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
@@ -141,6 +149,9 @@ impl Transport {
             tokens: Mutex::new(TokenCache::default()),
             not_before: Mutex::new(None),
             permits: limits.max_concurrent_requests.map(Semaphore::new),
+            pacer: limits
+                .max_bytes_per_second
+                .map(|r| std::sync::Arc::new(Pacer::new(r))),
             limits,
         })
     }
@@ -159,8 +170,8 @@ impl Transport {
         let mut attempt: u32 = 0;
         let mut reauthed = false;
         let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.limits.backoff)
-            .with_max_delay(self.limits.max_backoff)
+            .with_min_delay(BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
             .with_jitter()
             .without_max_times()
             .build();
@@ -174,14 +185,14 @@ impl Transport {
             };
             let sent = apply(make(&self.http), &auth).send().await;
             drop(permit);
-            let may_retry = replayable && attempt < self.limits.attempts;
+            let may_retry = replayable && attempt < self.limits.request_attempts;
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     let err = self.transport_error(&e, what);
                     let transient = !matches!(err, RegistryError::Tls { .. });
                     if may_retry && transient {
-                        let wait = backoff.next().unwrap_or(self.limits.max_backoff);
+                        let wait = backoff.next().unwrap_or(MAX_BACKOFF);
                         tracing::debug!(registry = %self.name, %what, error = %err, attempt, ?wait, "retrying after a transport error");
                         tokio::time::sleep(wait).await;
                         continue;
@@ -203,8 +214,7 @@ impl Transport {
                     self.pace(wait);
                 }
                 if may_retry {
-                    let wait =
-                        asked.unwrap_or_else(|| backoff.next().unwrap_or(self.limits.max_backoff));
+                    let wait = asked.unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF));
                     tracing::info!(registry = %self.name, %what, status = status.as_u16(), attempt, ?wait, "registry asked to back off; retrying");
                     tokio::time::sleep(wait).await;
                     continue;
@@ -347,8 +357,8 @@ impl Transport {
         make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
         let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.limits.backoff)
-            .with_max_delay(self.limits.max_backoff)
+            .with_min_delay(BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
             .with_jitter()
             .without_max_times()
             .build();
@@ -357,18 +367,20 @@ impl Transport {
             attempt += 1;
             self.wait_pacing().await;
             match make(&self.http).send().await {
-                Ok(r) if is_retryable(r.status()) && attempt < self.limits.attempts => {
+                Ok(r) if is_retryable(r.status()) && attempt < self.limits.request_attempts => {
                     let wait = retry_after(r.headers())
-                        .unwrap_or_else(|| backoff.next().unwrap_or(self.limits.max_backoff));
+                        .unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF));
                     tokio::time::sleep(wait).await;
                 }
                 Ok(r) => return Ok(r),
                 Err(e) => {
                     let err = self.transport_error(&e, what);
-                    if attempt >= self.limits.attempts || matches!(err, RegistryError::Tls { .. }) {
+                    if attempt >= self.limits.request_attempts
+                        || matches!(err, RegistryError::Tls { .. })
+                    {
                         return Err(err);
                     }
-                    tokio::time::sleep(backoff.next().unwrap_or(self.limits.max_backoff)).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                 }
             }
         }

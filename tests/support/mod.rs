@@ -317,6 +317,7 @@ pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
         username: user.map(|u| u.0.to_string()),
         password: user.map(|u| Secret::new(u.1)),
         tls,
+        limits: Default::default(),
     })
     .expect("client")
 }

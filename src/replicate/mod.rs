@@ -13,6 +13,14 @@
 //! Manifests are pushed with their original bytes and media type, so
 //! digests are preserved. Blob bytes are hashed on the way (the source
 //! stream verifies the digest) and never held whole in memory.
+//!
+//! A missing blob is first mounted from another repository of the target
+//! that is known (from the [`ledger`]) to hold it; otherwise it is uploaded,
+//! in one request, or above the target's `chunk_size_threshold` in chunks
+//! that resume after failures and restarts ([`chunked`]).
+
+pub mod chunked;
+pub mod ledger;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +33,12 @@ use crate::manifest::{Children, Descriptor, Manifest};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::registry::{Registry, RegistryError, Tap};
+
+use ledger::Ledger;
+
+/// Attempts for one blob within one job attempt, for failures that may
+/// pass (a dropped connection, a 5xx after the request retries).
+const BLOB_ATTEMPTS: u32 = 3;
 
 /// How deep indexes may nest (an index of indexes is legal but rare; a
 /// deeper chain is treated as malformed rather than followed forever).
@@ -69,6 +83,18 @@ impl ReplicateError {
             ReplicateError::SourceRead { .. } => false,
         }
     }
+
+    /// True when content did not match its digest: worth another job
+    /// attempt later (it may have been the wire), not an immediate retry.
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            ReplicateError::Registry(RegistryError::DigestMismatch { .. }) => true,
+            ReplicateError::SourceRead { detail, .. } => {
+                detail.contains("digest mismatch") || detail.contains("size mismatch")
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Copies artifacts; one per daemon, shared by all workers.
@@ -77,6 +103,7 @@ pub struct Replicator {
     blob_concurrency: usize,
     inflight: Inflight,
     metrics: Option<Arc<Metrics>>,
+    ledger: Arc<dyn Ledger>,
 }
 
 /// One copy's endpoints.
@@ -98,16 +125,30 @@ struct Progress {
     manifests_copied: AtomicU64,
     blobs_copied: AtomicU64,
     blobs_skipped: AtomicU64,
+    blobs_mounted: AtomicU64,
+    blobs_resumed: AtomicU64,
     bytes_copied: AtomicU64,
 }
 
 impl Replicator {
-    /// A replicator moving `blob_concurrency` blobs of a job at a time.
-    pub fn new(blob_concurrency: usize, metrics: Option<Arc<Metrics>>) -> Replicator {
+    /// A replicator moving `blob_concurrency` blobs of a job at a time,
+    /// remembering uploads and blob locations in `ledger`.
+    pub fn new(
+        blob_concurrency: usize,
+        metrics: Option<Arc<Metrics>>,
+        ledger: Arc<dyn Ledger>,
+    ) -> Replicator {
         Replicator {
             blob_concurrency: blob_concurrency.max(1),
             inflight: Inflight::default(),
             metrics,
+            ledger,
+        }
+    }
+
+    fn count(&self, outcome: &str) {
+        if let Some(m) = &self.metrics {
+            m.blobs.with_label_values(&[outcome]).inc();
         }
     }
 
@@ -137,6 +178,8 @@ impl Replicator {
             manifests_copied: progress.manifests_copied.into_inner(),
             blobs_copied: progress.blobs_copied.into_inner(),
             blobs_skipped: progress.blobs_skipped.into_inner(),
+            blobs_mounted: progress.blobs_mounted.into_inner(),
+            blobs_resumed: progress.blobs_resumed.into_inner(),
             bytes_copied: progress.bytes_copied.into_inner(),
         })
     }
@@ -215,14 +258,68 @@ impl Replicator {
             .inflight
             .acquire(req.target.name(), req.target_repository, &blob.digest)
             .await;
-        if req
-            .target
-            .has_blob(req.target_repository, &blob.digest)
-            .await?
-        {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.copy_blob_once(req, blob, progress).await {
+                Ok(()) => {
+                    self.ledger
+                        .blob_seen(req.target.name(), &blob.digest, req.target_repository);
+                    return Ok(());
+                }
+                Err(e) if attempt < BLOB_ATTEMPTS && !e.is_permanent() && !e.is_corrupt() => {
+                    let wait = std::time::Duration::from_millis(500 * u64::from(attempt));
+                    tracing::info!(digest = %blob.digest, error = %e, attempt, "blob copy failed; trying again");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn copy_blob_once(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let (target, repo) = (req.target, req.target_repository);
+        if target.has_blob(repo, &blob.digest).await? {
             progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-            if let Some(m) = &self.metrics {
-                m.blobs.with_label_values(&["skipped"]).inc();
+            self.count("skipped");
+            return Ok(());
+        }
+        let known = self.ledger.blob_locations(target.name(), &blob.digest);
+        for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
+            match target.mount_blob(repo, &blob.digest, from).await {
+                Ok(true) => {
+                    progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    self.count("mounted");
+                    tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
+                }
+            }
+        }
+        let (threshold, _) = target.chunking();
+        if blob.size > threshold && blob.digest.starts_with("sha256:") {
+            let on_chunk = |n: u64| {
+                if let Some(m) = &self.metrics {
+                    m.bytes_copied.inc_by(n);
+                }
+            };
+            let done = chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk).await?;
+            progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_copied
+                .fetch_add(done.sent, Ordering::Relaxed);
+            self.count("copied");
+            if done.resumed {
+                progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);
+                self.count("resumed");
             }
             return Ok(());
         }
@@ -231,10 +328,7 @@ impl Replicator {
             .get_blob(req.source_repository, &blob.digest, blob.size)
             .await?;
         let (tap, body) = Tap::wrap(body);
-        let sent = req
-            .target
-            .put_blob(req.target_repository, &blob.digest, blob.size, body)
-            .await;
+        let sent = target.put_blob(repo, &blob.digest, blob.size, body).await;
         if let Err(e) = sent {
             if let Some(detail) = tap.source_error() {
                 return Err(ReplicateError::SourceRead {
@@ -249,8 +343,8 @@ impl Replicator {
         progress
             .bytes_copied
             .fetch_add(tap.count(), Ordering::Relaxed);
+        self.count("copied");
         if let Some(m) = &self.metrics {
-            m.blobs.with_label_values(&["copied"]).inc();
             m.bytes_copied.inc_by(tap.count());
         }
         tracing::debug!(digest = %blob.digest, bytes = tap.count(), "blob copied");
