@@ -855,3 +855,65 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_layers_are_mounted_across_repositories_on_a_token_auth_target() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(pki_dir.path());
+    let issuer = TokenIssuer::start(USER, PASS).await;
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(Some(&pki), Auth::Token(issuer.clone())).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
+
+    let base = vec![random_bytes(600_000), random_bytes(400_000)];
+    let app1 = TestImage::from_layers(
+        [base.clone(), vec![random_bytes(50_000)]].concat(),
+        "linux",
+        "amd64",
+    );
+    let app2 = TestImage::from_layers(
+        [base.clone(), vec![random_bytes(60_000)]].concat(),
+        "linux",
+        "amd64",
+    );
+    app1.push(&src, "team-a/app1", &Reference::Tag("1".into()))
+        .await;
+    app2.push(&src, "team-a/app2", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    let a = relay
+        .push(push_event("team-a/app1", Some("1"), &app1.digest))
+        .await;
+    relay.wait_success(a[0]).await;
+    let b = relay
+        .push(push_event("team-a/app2", Some("1"), &app2.digest))
+        .await;
+    let jb = relay.wait_success(b[0]).await;
+    assert_eq!(jb["blobs_mounted"], 2, "{jb}");
+    assert_eq!(jb["blobs_copied"], 2, "{jb}");
+    assert_eq!(
+        jb["bytes_copied"],
+        60_000 + app2.config.len() as u64,
+        "shared layers were uploaded again: {jb}"
+    );
+    assert_image_on(&dst, "team-a/app2", &app2, Some("1")).await;
+    let scopes = issuer.scopes.lock().expect("scopes").clone();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.contains("repository:team-a/app2:pull,push")
+                && s.contains("repository:team-a/app1:pull")),
+        "no token asked for both repositories: {scopes:?}"
+    );
+}

@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod fault;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -201,6 +203,8 @@ pub struct TokenIssuer {
     pub issuer: String,
     pub cert_pem: PathBuf,
     pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// The scope parameters of every token request, space-joined.
+    pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
     _dir: TempDir,
     _task: tokio::task::JoinHandle<()>,
 }
@@ -232,14 +236,17 @@ impl TokenIssuer {
             x5c: String,
             key: jsonwebtoken::EncodingKey,
             requests: Arc<std::sync::atomic::AtomicUsize>,
+            scopes: Arc<std::sync::Mutex<Vec<String>>>,
         }
         let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let st = Arc::new(St {
             user: user.into(),
             pass: pass.into(),
             x5c,
             key: encoding,
             requests: requests.clone(),
+            scopes: scopes.clone(),
         });
         async fn token(
             State(st): State<Arc<St>>,
@@ -249,6 +256,12 @@ impl TokenIssuer {
             use base64::Engine as _;
             st.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let asked: Vec<&str> = q
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            st.scopes.lock().expect("scopes").push(asked.join(" "));
             let expected = format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD
@@ -303,6 +316,7 @@ impl TokenIssuer {
             issuer: "test-issuer".into(),
             cert_pem,
             requests,
+            scopes,
             _dir: dir,
             _task: task,
         })

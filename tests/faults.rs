@@ -1,0 +1,316 @@
+//! Fault tests: real registries behind a fault-injecting proxy. Each ends
+//! with the target whole and correct, or the job failed with the right
+//! reason, and no job lost.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use harbor_relay::config::TlsMode;
+use harbor_relay::reference::Reference;
+use harbor_relay::registry::Registry;
+use support::fault::{Fault, FaultProxy};
+use support::*;
+
+/// Plain-HTTP source and target, each behind its own fault proxy.
+struct Faulty {
+    _source: RegistryProc,
+    _target: RegistryProc,
+    src_proxy: FaultProxy,
+    dst_proxy: FaultProxy,
+    src: Registry,
+    dst: Registry,
+}
+
+impl Faulty {
+    async fn new() -> Faulty {
+        let source = RegistryProc::start(None, Auth::None).await;
+        let target = RegistryProc::start(None, Auth::None).await;
+        let src_proxy = FaultProxy::start(&source.url).await;
+        let dst_proxy = FaultProxy::start(&target.url).await;
+        let src = client(&source.url, None, TlsMode::System);
+        let dst = client(&target.url, None, TlsMode::System);
+        Faulty {
+            _source: source,
+            _target: target,
+            src_proxy,
+            dst_proxy,
+            src,
+            dst,
+        }
+    }
+
+    /// Registries (through the proxies) and a rule; `target_extra` adds
+    /// keys to the target's registry entry.
+    fn config(&self, target_extra: &str) -> String {
+        format!(
+            "[registries.external]\nurl = \"{}\"\n\n[registries.integrated]\nurl = \"{}\"\n{target_extra}\n\n{RULE}",
+            self.src_proxy.url, self.dst_proxy.url
+        )
+    }
+}
+
+const FAST_RETRIES: &str =
+    "max_attempts = 5\nretry_initial_delay = \"200ms\"\nretry_max_delay = \"1s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_source_is_paced_by_retry_after() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[200_000, 100_000]);
+    img.push(&f.src, "library/paced", &Reference::Tag("1".into()))
+        .await;
+    f.src_proxy.inject(
+        Some("GET"),
+        "/blobs/",
+        3,
+        Fault::Status {
+            status: 429,
+            retry_after: Some("1".into()),
+        },
+    );
+    let relay = Relay::start(&f.config("")).await;
+    let ids = relay
+        .push(push_event("library/paced", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(
+        job["attempts"], 1,
+        "the requests were retried, not the job: {job}"
+    );
+    assert_eq!(f.src_proxy.injected(), 3);
+    assert_image_on(&f.dst, "library/paced", &img, Some("1")).await;
+
+    // After the first 429, no request reached the source for a second:
+    // the whole host was paced, not just the request that got it. (Requests
+    // already on their way when the 429 was sent are allowed 50 ms.)
+    let mut log = f.src_proxy.requests();
+    log.sort_by_key(|r| r.0);
+    let first_429 = log.iter().position(|r| r.3 == 429).expect("a 429");
+    let t0 = log[first_429].0;
+    for r in &log[first_429 + 1..] {
+        let gap = r.0.duration_since(t0);
+        if gap < Duration::from_millis(50) {
+            continue;
+        }
+        assert!(
+            gap >= Duration::from_millis(950),
+            "{} {} went out {gap:?} after a 429 with Retry-After: 1",
+            r.1,
+            r.2
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_502_and_503_from_the_target_are_ridden_out() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[100_000]);
+    img.push(&f.src, "library/bursty", &Reference::Tag("1".into()))
+        .await;
+    f.dst_proxy.inject(
+        None,
+        "/v2/library/bursty/",
+        2,
+        Fault::Status {
+            status: 502,
+            retry_after: None,
+        },
+    );
+    f.dst_proxy.inject(
+        Some("PUT"),
+        "/manifests/",
+        2,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let relay = Relay::start(&f.config("")).await;
+    let ids = relay
+        .push(push_event("library/bursty", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_eq!(f.dst_proxy.injected(), 4);
+    assert_image_on(&f.dst, "library/bursty", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_reset_in_the_middle_of_a_large_blob() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[200 << 20]);
+    img.push(&f.src, "library/reset", &Reference::Tag("1".into()))
+        .await;
+    let layer = img.blob_digests()[1].clone();
+    f.src_proxy
+        .inject(Some("GET"), &layer, 1, Fault::ResetAfter(50 << 20));
+    let relay = Relay::start_with_jobs(FAST_RETRIES, &f.config("")).await;
+    let ids = relay
+        .push(push_event("library/reset", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_eq!(f.src_proxy.injected(), 1);
+    assert_image_on(&f.dst, "library/reset", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_detected_and_retried() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[2 << 20]);
+    img.push(&f.src, "library/stall", &Reference::Tag("1".into()))
+        .await;
+    let layer = img.blob_digests()[1].clone();
+    f.src_proxy.inject(
+        Some("GET"),
+        &layer,
+        1,
+        Fault::StallAfter(100_000, Duration::from_secs(30)),
+    );
+    let config = format!(
+        "[registries.external]\nurl = \"{}\"\nstall_timeout = \"1s\"\n\n[registries.integrated]\nurl = \"{}\"\n\n{RULE}",
+        f.src_proxy.url, f.dst_proxy.url
+    );
+    let relay = Relay::start_with_jobs(FAST_RETRIES, &config).await;
+    let started = Instant::now();
+    let ids = relay
+        .push(push_event("library/stall", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stall was waited out instead of detected"
+    );
+    assert_image_on(&f.dst, "library/stall", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_flipped_in_transit_fails_the_job_with_no_manifest_pushed() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[300_000]);
+    img.push(&f.src, "library/flip", &Reference::Tag("1".into()))
+        .await;
+    let layer = img.blob_digests()[1].clone();
+    f.src_proxy
+        .inject(Some("GET"), &layer, 1000, Fault::FlipByte(12_345));
+    let relay = Relay::start_with_jobs(
+        "max_attempts = 2\nretry_initial_delay = \"100ms\"\n",
+        &f.config(""),
+    )
+    .await;
+    let ids = relay
+        .push(push_event("library/flip", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(
+        err.contains("digest mismatch") && err.contains(&layer),
+        "{err}"
+    );
+    assert!(!f.dst.has_blob("library/flip", &layer).await.expect("HEAD"));
+    assert!(
+        !f.dst
+            .has_manifest("library/flip", &img.digest)
+            .await
+            .expect("HEAD")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_resumes_after_kill_9_without_resending_the_blob() {
+    const SIZE: u64 = 12 << 20;
+    const CHUNK: u64 = 1 << 20;
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[SIZE as usize]);
+    img.push(&f.src, "library/chunky", &Reference::Tag("1".into()))
+        .await;
+    // Chunks of 1 MiB above 2 MiB, at most 3 MiB/s: the copy takes seconds.
+    let config = f.config(
+        "chunk_size_threshold = \"2MiB\"\nchunk_size = \"1MiB\"\nmax_bytes_per_second = \"3MiB\"",
+    );
+    let mut relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("library/chunky", Some("1"), &img.digest))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.dst_proxy.uploaded() < 4 * CHUNK {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.kill9();
+    let before = f.dst_proxy.uploaded();
+    assert!(before < SIZE, "finished before the kill");
+
+    relay.restart().await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["blobs_resumed"], 1, "{job}");
+    let total = f.dst_proxy.uploaded();
+    let layer_total = total - img.config.len() as u64;
+    eprintln!("uploaded {before} bytes before the kill, {total} in all, for a {SIZE}-byte layer");
+    assert!(
+        layer_total < SIZE + 2 * CHUNK,
+        "the resumed upload sent {layer_total} bytes for a {SIZE}-byte layer"
+    );
+    assert!(
+        job["bytes_copied"].as_u64().expect("bytes") <= SIZE - 3 * CHUNK + CHUNK,
+        "{job}"
+    );
+    // PATCHes carried the layer.
+    assert!(
+        f.dst_proxy
+            .requests()
+            .iter()
+            .filter(|r| r.1 == "PATCH")
+            .count()
+            >= 12
+    );
+    assert_image_on(&f.dst, "library/chunky", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_cap_holds_uploads_to_the_configured_rate() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[3 << 20]);
+    img.push(&f.src, "library/capped", &Reference::Tag("1".into()))
+        .await;
+    let relay = Relay::start(&f.config("max_bytes_per_second = \"1MiB\"")).await;
+    let started = Instant::now();
+    let ids = relay
+        .push(push_event("library/capped", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900),
+        "3 MiB at 1 MiB/s took only {took:?}"
+    );
+    assert_image_on(&f.dst, "library/capped", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_down_for_a_while_then_back() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[50_000]);
+    img.push(&f.src, "library/outage", &Reference::Tag("1".into()))
+        .await;
+    // Every request fails for a while, more than the request retries cover.
+    f.dst_proxy.inject(
+        None,
+        "/v2/",
+        40,
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+    );
+    let relay = Relay::start_with_jobs(
+        "max_attempts = 30\nretry_initial_delay = \"100ms\"\nretry_max_delay = \"300ms\"\n",
+        &f.config("request_attempts = 2"),
+    )
+    .await;
+    let ids = relay
+        .push(push_event("library/outage", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert!(job["attempts"].as_u64().expect("attempts") > 1, "{job}");
+    assert_image_on(&f.dst, "library/outage", &img, Some("1")).await;
+}

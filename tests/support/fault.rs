@@ -1,0 +1,251 @@
+//! An HTTP proxy in front of a real (plain-HTTP) registry that injects the
+//! faults registries and networks produce on a bad day: error statuses with
+//! or without `Retry-After`, connections dropped in the middle of a body, a
+//! body that stalls, a flipped byte. It streams bodies both ways, rewrites
+//! `Location` headers so uploads keep going through it, and counts the
+//! bytes it forwards upstream (what the daemon actually uploaded).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+/// One injected fault.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status (and `Retry-After`, if given) instead of
+    /// forwarding.
+    Status {
+        status: u16,
+        retry_after: Option<String>,
+    },
+    /// Forward, but drop the connection after this many response bytes.
+    ResetAfter(u64),
+    /// Forward, but stop sending for a while after this many bytes.
+    StallAfter(u64, Duration),
+    /// Forward, with the byte at this offset of the response body flipped.
+    FlipByte(u64),
+}
+
+/// A fault for the first `times` requests that match.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub method: Option<&'static str>,
+    pub path_contains: String,
+    pub times: usize,
+    pub fault: Fault,
+}
+
+#[derive(Default)]
+pub struct Log {
+    /// (arrival, method, path, status answered) of every request.
+    pub requests: Mutex<Vec<(Instant, String, String, u16)>>,
+    /// Request body bytes forwarded upstream.
+    pub uploaded: AtomicU64,
+    /// Faults injected so far.
+    pub injected: AtomicUsize,
+}
+
+struct St {
+    upstream: String,
+    me: String,
+    http: reqwest::Client,
+    rules: Mutex<Vec<Rule>>,
+    log: Arc<Log>,
+}
+
+pub struct FaultProxy {
+    pub url: String,
+    pub log: Arc<Log>,
+    state: Arc<St>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy for `upstream` (e.g. `http://127.0.0.1:5000`).
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let me = format!("http://{}", listener.local_addr().expect("addr"));
+        let log = Arc::new(Log::default());
+        let state = Arc::new(St {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            me: me.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            rules: Mutex::new(Vec::new()),
+            log: log.clone(),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultProxy {
+            url: me,
+            log,
+            state,
+            task,
+        }
+    }
+
+    /// Adds a fault rule.
+    pub fn inject(
+        &self,
+        method: Option<&'static str>,
+        path_contains: &str,
+        times: usize,
+        fault: Fault,
+    ) {
+        self.state.rules.lock().expect("rules").push(Rule {
+            method,
+            path_contains: path_contains.to_string(),
+            times,
+            fault,
+        });
+    }
+
+    pub fn uploaded(&self) -> u64 {
+        self.log.uploaded.load(Ordering::Relaxed)
+    }
+
+    pub fn injected(&self) -> usize {
+        self.log.injected.load(Ordering::Relaxed)
+    }
+
+    pub fn requests(&self) -> Vec<(Instant, String, String, u16)> {
+        self.log.requests.lock().expect("log").clone()
+    }
+}
+
+fn take_fault(st: &St, method: &str, path: &str) -> Option<Fault> {
+    let mut rules = st.rules.lock().expect("rules");
+    for r in rules.iter_mut() {
+        if r.times > 0 && r.method.is_none_or(|m| m == method) && path.contains(&r.path_contains) {
+            r.times -= 1;
+            st.log.injected.fetch_add(1, Ordering::Relaxed);
+            return Some(r.fault.clone());
+        }
+    }
+    None
+}
+
+async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
+    let arrived = Instant::now();
+    let method = req.method().as_str().to_string();
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let fault = take_fault(&st, &method, &path_q);
+    let record = |status: u16| {
+        st.log.requests.lock().expect("log").push((
+            arrived,
+            method.clone(),
+            path_q.clone(),
+            status,
+        ));
+    };
+    if let Some(Fault::Status {
+        status,
+        retry_after,
+    }) = &fault
+    {
+        record(*status);
+        let mut r = (
+            StatusCode::from_u16(*status).expect("status"),
+            "injected fault\n",
+        )
+            .into_response();
+        if let Some(ra) = retry_after {
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_str(ra).expect("header"));
+        }
+        return r;
+    }
+
+    let (parts, body) = req.into_parts();
+    let counter = st.log.clone();
+    let upload = body.into_data_stream().map(move |c| {
+        if let Ok(b) = &c {
+            counter
+                .uploaded
+                .fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        c
+    });
+    let mut fwd = st
+        .http
+        .request(parts.method.clone(), format!("{}{}", st.upstream, path_q));
+    for (name, value) in parts.headers.iter() {
+        if name != "host" && name != "transfer-encoding" {
+            fwd = fwd.header(name, value);
+        }
+    }
+    let resp = match fwd.body(reqwest::Body::wrap_stream(upload)).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            record(502);
+            return (StatusCode::BAD_GATEWAY, format!("proxy: {e}\n")).into_response();
+        }
+    };
+    let status = resp.status().as_u16();
+    record(status);
+    let mut out = Response::builder().status(status);
+    for (name, value) in resp.headers().iter() {
+        if name == "location" {
+            let v = value.to_str().unwrap_or("").replace(&st.upstream, &st.me);
+            out = out.header(name, v);
+        } else if name != "transfer-encoding" && name != "connection" {
+            out = out.header(name, value);
+        }
+    }
+    let mut sent: u64 = 0;
+    let fault = fault.clone();
+    let stream = resp.bytes_stream().then(move |chunk| {
+        let fault = fault.clone();
+        let start = sent;
+        let chunk = chunk.map_err(std::io::Error::other);
+        if let Ok(b) = &chunk {
+            sent += b.len() as u64;
+        }
+        async move {
+            let mut b = chunk?;
+            let end = start + b.len() as u64;
+            match fault {
+                Some(Fault::ResetAfter(n)) if end > n => {
+                    return Err(std::io::Error::other("injected connection reset"));
+                }
+                Some(Fault::StallAfter(n, d)) if start <= n && end > n => {
+                    tokio::time::sleep(d).await;
+                }
+                Some(Fault::FlipByte(at)) if start <= at && at < end => {
+                    let mut v = b.to_vec();
+                    v[(at - start) as usize] ^= 0xff;
+                    b = Bytes::from(v);
+                }
+                _ => {}
+            }
+            Ok::<_, std::io::Error>(b)
+        }
+    });
+    out.body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
