@@ -132,6 +132,9 @@ pub struct JobsConfig {
     pub retry_max_delay: Duration,
     /// How long finished jobs stay in the store before they are pruned.
     pub retention: Duration,
+    /// A repeated event within this time after its job succeeded joins
+    /// that job instead of copying again.
+    pub coalesce_window: Duration,
 }
 
 /// How to verify a registry's TLS certificate.
@@ -272,6 +275,7 @@ struct RawJobs {
     retry_initial_delay: Option<String>,
     retry_max_delay: Option<String>,
     retention: Option<String>,
+    coalesce_window: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -565,6 +569,11 @@ impl Loader<'_> {
             raw.retention,
             Duration::from_secs(7 * 24 * 3600),
         )?;
+        let coalesce_window = duration(
+            "coalesce_window",
+            raw.coalesce_window,
+            Duration::from_secs(600),
+        )?;
         Ok(JobsConfig {
             workers,
             blob_concurrency,
@@ -573,6 +582,7 @@ impl Loader<'_> {
             retry_initial_delay,
             retry_max_delay,
             retention,
+            coalesce_window,
         })
     }
 

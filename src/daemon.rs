@@ -67,6 +67,7 @@ pub async fn run(
     let registries = Arc::new(registries(&config)?);
     let (store, recovered) = Store::open(&config.store.path)
         .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
+    store.set_coalesce_window(config.jobs.coalesce_window);
     let store = Arc::new(store);
     if recovered > 0 {
         tracing::info!(

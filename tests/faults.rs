@@ -314,3 +314,47 @@ async fn target_down_for_a_while_then_back() {
     assert!(job["attempts"].as_u64().expect("attempts") > 1, "{job}");
     assert_image_on(&f.dst, "library/outage", &img, Some("1")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_transfer_saves_progress_and_exits_within_the_grace_period() {
+    const SIZE: u64 = 8 << 20;
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[SIZE as usize]);
+    img.push(&f.src, "library/term", &Reference::Tag("1".into()))
+        .await;
+    let config = f.config(
+        "chunk_size_threshold = \"2MiB\"\nchunk_size = \"1MiB\"\nmax_bytes_per_second = \"2MiB\"",
+    );
+    let mut relay = Relay::start_with_jobs("shutdown_grace = \"1s\"\n", &config).await;
+    let ids = relay
+        .push(push_event("library/term", Some("1"), &img.digest))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.dst_proxy.uploaded() < 2 << 20 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let status = relay.terminate();
+    let took = stopping.elapsed();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        relay.logs()
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} to stop with a 1s grace period"
+    );
+    assert!(
+        relay.logs().contains("resume at next start"),
+        "{}",
+        relay.logs()
+    );
+
+    relay.restart().await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["blobs_resumed"], 1, "{job}");
+    assert!(f.dst_proxy.uploaded() - (img.config.len() as u64) < SIZE + (2 << 20));
+    assert_image_on(&f.dst, "library/term", &img, Some("1")).await;
+}

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
@@ -86,7 +86,18 @@ pub struct Store {
     running: AtomicUsize,
     retrying: AtomicUsize,
     wake: Notify,
+    /// Group commit: tickets taken after writing, and the highest ticket
+    /// known to be on disk. One caller flushes for all who wait.
+    written: AtomicU64,
+    flushed: AtomicU64,
+    flush_turn: tokio::sync::Mutex<()>,
+    /// A delivery of an event whose job succeeded less than this long ago
+    /// joins that job instead of copying again.
+    coalesce_window_ms: AtomicU64,
 }
+
+/// Default for [`Store::set_coalesce_window`]: ten minutes.
+pub const DEFAULT_COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
 fn key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
@@ -128,6 +139,10 @@ impl Store {
             running: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             wake: Notify::new(),
+            written: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_turn: tokio::sync::Mutex::new(()),
+            coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
         };
         let recovered = store.recover()?;
         Ok((store, recovered))
@@ -137,6 +152,31 @@ impl Store {
         // A panic while holding the lock leaves the trees consistent (each
         // write is whole), so a poisoned lock is safe to take.
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long after success a repeated event still joins its job.
+    pub fn set_coalesce_window(&self, window: std::time::Duration) {
+        self.coalesce_window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Returns once everything written before the call is on disk. Callers
+    /// that arrive while a flush runs share the next one, so a burst of
+    /// webhooks costs a few fsyncs, not one each.
+    async fn durable(&self) -> Result<(), StoreError> {
+        let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
+        loop {
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            let _turn = self.flush_turn.lock().await;
+            if self.flushed.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            let covers = self.written.load(Ordering::SeqCst);
+            self.db.flush_async().await?;
+            self.flushed.fetch_max(covers, Ordering::SeqCst);
+        }
     }
 
     fn recover(&self) -> Result<usize, StoreError> {
@@ -196,8 +236,13 @@ impl Store {
                 let dkey = spec.dedupe_key();
                 if let Some(existing) = self.dedupe.get(dkey.as_bytes())? {
                     let id = id_of(&existing);
+                    let window = self.coalesce_window_ms.load(Ordering::Relaxed);
+                    let recent = |j: &Job| {
+                        j.state == JobState::Succeeded
+                            && j.finished_ms.is_some_and(|f| f + window >= now_ms())
+                    };
                     if let Some(mut job) = self.load(id)?
-                        && job.state.is_active()
+                        && (job.state.is_active() || recent(&job))
                     {
                         job.coalesced += 1;
                         self.save(&job)?;
@@ -232,7 +277,7 @@ impl Store {
                 });
             }
         }
-        self.db.flush_async().await?;
+        self.durable().await?;
         self.wake.notify_waiters();
         Ok(out)
     }
@@ -262,7 +307,7 @@ impl Store {
             }
         };
         if job.is_some() {
-            self.db.flush_async().await?;
+            self.durable().await?;
         }
         Ok(job)
     }
@@ -302,15 +347,19 @@ impl Store {
             if finished {
                 job.finished_ms = Some(now_ms());
                 job.next_attempt_ms = None;
+                // A failed job's key goes, so a redelivery tries again; a
+                // succeeded job's stays for the coalesce window.
                 let dkey = job.spec.dedupe_key();
-                if self.dedupe.get(dkey.as_bytes())?.as_deref() == Some(&key(id)[..]) {
+                if job.state == JobState::Failed
+                    && self.dedupe.get(dkey.as_bytes())?.as_deref() == Some(&key(id)[..])
+                {
                     self.dedupe.remove(dkey.as_bytes())?;
                 }
             }
             self.save(&job)?;
             job
         };
-        self.db.flush_async().await?;
+        self.durable().await?;
         Ok(Some(job))
     }
 
@@ -346,7 +395,7 @@ impl Store {
             }
         }
         if moved > 0 {
-            self.db.flush_async().await?;
+            self.durable().await?;
             self.wake.notify_waiters();
         }
         Ok(moved)
@@ -385,7 +434,7 @@ impl Store {
             self.queued.fetch_add(1, Ordering::Relaxed);
             job
         };
-        self.db.flush_async().await?;
+        self.durable().await.map_err(RetryError::Store)?;
         self.wake.notify_waiters();
         Ok(job)
     }
@@ -407,6 +456,21 @@ impl Store {
             for k in doomed {
                 self.jobs.remove(k)?;
                 removed += 1;
+            }
+            // Dedupe keys of jobs that are gone or long finished.
+            let window = self.coalesce_window_ms.load(Ordering::Relaxed);
+            let mut stale = Vec::new();
+            for item in self.dedupe.iter() {
+                let (k, v) = item?;
+                let keep = self.load(id_of(&v))?.is_some_and(|j| {
+                    j.state.is_active() || j.finished_ms.is_some_and(|f| f + window >= now_ms())
+                });
+                if !keep {
+                    stale.push(k);
+                }
+            }
+            for k in stale {
+                self.dedupe.remove(k)?;
             }
         }
         if removed > 0 {
@@ -572,7 +636,18 @@ mod tests {
             .expect("finish")
             .expect("exists");
         assert_eq!(done.state, JobState::Succeeded);
-        // Finished: the same event now makes a new job.
+        // Just succeeded: a late redelivery joins it.
+        let late = store.enqueue(vec![spec("1")]).await.expect("enqueue");
+        assert_eq!(
+            late[0],
+            Enqueued {
+                id: job.id,
+                coalesced: true
+            }
+        );
+        // Outside the window, the same event makes a new job.
+        store.set_coalesce_window(std::time::Duration::ZERO);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let fresh = store.enqueue(vec![spec("1")]).await.expect("enqueue");
         assert!(!fresh[0].coalesced);
         assert_ne!(fresh[0].id, job.id);

@@ -406,6 +406,13 @@ impl TestImage {
 
     pub async fn push(&self, reg: &Registry, repo: &str, reference: &Reference) {
         for b in std::iter::once(&self.config).chain(self.layers.iter()) {
+            if reg
+                .has_blob(repo, &sha256_digest(b))
+                .await
+                .expect("HEAD blob")
+            {
+                continue;
+            }
             reg.put_blob_bytes(repo, b.clone())
                 .await
                 .expect("push blob");
@@ -567,8 +574,13 @@ impl Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\nshutdown_grace = \"5s\"\n{jobs}\n{rest}",
-            dir.path().join("store").display()
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
+            dir.path().join("store").display(),
+            if jobs.contains("shutdown_grace") {
+                ""
+            } else {
+                "shutdown_grace = \"5s\"\n"
+            }
         );
         let config_path = dir.path().join("relay.toml");
         std::fs::write(&config_path, config).expect("config");
