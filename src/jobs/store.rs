@@ -91,6 +91,7 @@ pub struct Store {
     written: AtomicU64,
     flushed: AtomicU64,
     flush_turn: tokio::sync::Mutex<()>,
+    flushes: AtomicU64,
     /// A delivery of an event whose job succeeded less than this long ago
     /// joins that job instead of copying again.
     coalesce_window_ms: AtomicU64,
@@ -142,6 +143,7 @@ impl Store {
             written: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_turn: tokio::sync::Mutex::new(()),
+            flushes: AtomicU64::new(0),
             coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
         };
         let recovered = store.recover()?;
@@ -175,6 +177,7 @@ impl Store {
             }
             let covers = self.written.load(Ordering::SeqCst);
             self.db.flush_async().await?;
+            self.flushes.fetch_add(1, Ordering::Relaxed);
             self.flushed.fetch_max(covers, Ordering::SeqCst);
         }
     }
@@ -508,6 +511,11 @@ impl Store {
     /// Jobs being copied now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Group-commit flushes done so far (each one an fsync).
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting for their next attempt.
