@@ -358,3 +358,30 @@ async fn sigterm_during_a_transfer_saves_progress_and_exits_within_the_grace_per
     assert!(f.dst_proxy.uploaded() - (img.config.len() as u64) < SIZE + (2 << 20));
     assert_image_on(&f.dst, "library/term", &img, Some("1")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_taking_an_upload_is_detected() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[24 << 20]);
+    img.push(&f.src, "library/hang", &Reference::Tag("1".into()))
+        .await;
+    let layer = img.blob_digests()[1].clone();
+    f.dst_proxy.inject(
+        Some("PUT"),
+        &format!("digest={}", layer.replace(':', "%3A")),
+        1,
+        Fault::StallUpload(1 << 20, Duration::from_secs(60)),
+    );
+    let relay = Relay::start_with_jobs(FAST_RETRIES, &f.config("stall_timeout = \"1s\"")).await;
+    let started = Instant::now();
+    let ids = relay
+        .push(push_event("library/hang", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_eq!(f.dst_proxy.injected(), 1, "the stall was never injected");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the hung upload was waited out instead of detected"
+    );
+    assert_image_on(&f.dst, "library/hang", &img, Some("1")).await;
+}

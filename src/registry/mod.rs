@@ -182,6 +182,72 @@ impl Registry {
         &self.t.name
     }
 
+    /// Sends a streamed body of `len` bytes once (it cannot be replayed),
+    /// paced to the bandwidth cap, and gives up if the registry stops
+    /// taking bytes for `stall_timeout` (reads have their own timeout).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_body(
+        &self,
+        what: &str,
+        repository: &str,
+        method: Method,
+        url: &str,
+        len: u64,
+        body: ByteStream,
+        content_range: Option<String>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let sent = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(Mutex::new(std::time::Instant::now()));
+        let (s2, l2) = (sent.clone(), last.clone());
+        let tracked: ByteStream = Box::pin(self.paced(body).inspect(move |item| {
+            if let Ok(b) = item {
+                s2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if let Ok(mut t) = l2.lock() {
+                    *t = std::time::Instant::now();
+                }
+            }
+        }));
+        let body = Mutex::new(Some(reqwest::Body::wrap_stream(tracked)));
+        let scopes = push(repository);
+        let make = |c: &reqwest::Client| {
+            let mut rb = c
+                .request(method.clone(), url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, len);
+            if let Some(r) = &content_range {
+                rb = rb.header("content-range", r.as_str());
+            }
+            match body.lock().ok().and_then(|mut b| b.take()) {
+                Some(b) => rb.body(b),
+                None => rb,
+            }
+        };
+        let send = self.t.send(what, &scopes, false, &make);
+        let stall = self.t.limits.stall_timeout;
+        let watchdog = async {
+            loop {
+                tokio::time::sleep((stall / 4).min(std::time::Duration::from_secs(1))).await;
+                if sent.load(Ordering::Relaxed) >= len {
+                    // The body is out; waiting for the answer is the read
+                    // timeout's business.
+                    std::future::pending::<()>().await;
+                }
+                let idle = last.lock().map(|t| t.elapsed()).unwrap_or_default();
+                if idle >= stall {
+                    return idle;
+                }
+            }
+        };
+        tokio::select! {
+            r = send => r,
+            idle = watchdog => Err(RegistryError::Connect {
+                registry: self.t.name.clone(),
+                url: self.t.base.clone(),
+                detail: format!("{what}: stalled, the registry took no bytes for {idle:?}"),
+            }),
+        }
+    }
+
     /// Holds a blob stream to `max_bytes_per_second`, if one is set.
     fn paced(&self, s: ByteStream) -> ByteStream {
         match &self.t.pacer {
@@ -419,24 +485,17 @@ impl Registry {
             "uploading bytes {offset}-{} in {repository}",
             offset + len.saturating_sub(1)
         );
-        let body = Mutex::new(Some(reqwest::Body::wrap_stream(self.paced(body))));
-        let url = location.to_string();
+        let range = format!("{offset}-{}", offset + len.saturating_sub(1));
         let resp = self
-            .t
-            .send(&what, &push(repository), false, &|c| {
-                let rb = c
-                    .patch(&url)
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, len)
-                    .header(
-                        "content-range",
-                        format!("{offset}-{}", offset + len.saturating_sub(1)),
-                    );
-                match body.lock().ok().and_then(|mut b| b.take()) {
-                    Some(b) => rb.body(b),
-                    None => rb,
-                }
-            })
+            .send_body(
+                &what,
+                repository,
+                Method::PATCH,
+                location.as_str(),
+                len,
+                body,
+                Some(range),
+            )
             .await?;
         if resp.status() != StatusCode::ACCEPTED && resp.status() != StatusCode::NO_CONTENT {
             return Err(self.t.status_error(resp, &what).await);
@@ -543,20 +602,16 @@ impl Registry {
         let mut location = self.start_upload(repository, &what).await?;
         location.query_pairs_mut().append_pair("digest", digest);
         let url = location.to_string();
-        let body = reqwest::Body::wrap_stream(self.paced(Box::pin(body)));
-        let body = Mutex::new(Some(body));
         let resp = self
-            .t
-            .send(&what, &push(repository), false, &|c| {
-                let rb = c
-                    .put(&url)
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size);
-                match body.lock().ok().and_then(|mut b| b.take()) {
-                    Some(b) => rb.body(b),
-                    None => rb,
-                }
-            })
+            .send_body(
+                &what,
+                repository,
+                Method::PUT,
+                &url,
+                size,
+                Box::pin(body),
+                None,
+            )
             .await?;
         if resp.status() != StatusCode::CREATED {
             return Err(self.t.status_error(resp, &what).await);

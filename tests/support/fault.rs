@@ -31,6 +31,9 @@ pub enum Fault {
     StallAfter(u64, Duration),
     /// Forward, with the byte at this offset of the response body flipped.
     FlipByte(u64),
+    /// Forward, but stop reading the request body for a while after this
+    /// many bytes (a target that hangs during an upload).
+    StallUpload(u64, Duration),
 }
 
 /// A fault for the first `times` requests that match.
@@ -183,13 +186,29 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
 
     let (parts, body) = req.into_parts();
     let counter = st.log.clone();
-    let upload = body.into_data_stream().map(move |c| {
+    let stall_upload = match &fault {
+        Some(Fault::StallUpload(n, d)) => Some((*n, *d)),
+        _ => None,
+    };
+    let mut taken: u64 = 0;
+    let upload = body.into_data_stream().then(move |c| {
+        let start = taken;
         if let Ok(b) = &c {
+            taken += b.len() as u64;
             counter
                 .uploaded
                 .fetch_add(b.len() as u64, Ordering::Relaxed);
         }
-        c
+        let end = taken;
+        async move {
+            if let Some((n, d)) = stall_upload
+                && start <= n
+                && end > n
+            {
+                tokio::time::sleep(d).await;
+            }
+            c
+        }
     });
     let mut fwd = st
         .http
