@@ -96,7 +96,8 @@ pub async fn run(
             config.jobs.blob_concurrency,
             Some(metrics.clone()),
             store.clone(),
-        ),
+        )
+        .with_stop(shutdown.clone()),
         metrics: metrics.clone(),
         retry: RetryPolicy {
             max_attempts: config.jobs.max_attempts,

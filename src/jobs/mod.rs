@@ -162,6 +162,8 @@ pub enum Outcome {
     },
     /// Failed for good (attempts used up, or an error retrying cannot fix).
     Failed(String),
+    /// Not finished, not failed: stopped for shutdown. Queued again.
+    Interrupted,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -338,6 +338,13 @@ impl Store {
                     job.last_error = Some(e);
                     true
                 }
+                Outcome::Interrupted => {
+                    job.state = JobState::Queued;
+                    job.attempts = job.attempts.saturating_sub(1);
+                    self.queue.insert(key(id), &[])?;
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
                 Outcome::Retry { error, at_ms } => {
                     job.state = JobState::Retrying;
                     job.last_error = Some(error);

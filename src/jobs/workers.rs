@@ -192,13 +192,17 @@ async fn run_job(ctx: &Context, job: Job) {
                     target_repository: &spec.target_repository,
                 })
                 .await
-                .map_err(|e| (e.to_string(), e.is_permanent())),
+                .map_err(|e| match e {
+                    crate::replicate::ReplicateError::Interrupted => (String::new(), false, true),
+                    e => (e.to_string(), e.is_permanent(), false),
+                }),
             _ => Err((
                 format!(
                     "registry '{}' or '{}' is no longer in the config",
                     spec.from, spec.to
                 ),
                 true,
+                false,
             )),
         };
         let elapsed = started.elapsed();
@@ -220,7 +224,11 @@ async fn run_job(ctx: &Context, job: Job) {
                 );
                 Outcome::Succeeded(s)
             }
-            Err((error, permanent)) if permanent || job.attempts >= ctx.retry.max_attempts => {
+            Err((_, _, true)) => {
+                tracing::info!("stopped between chunks for shutdown; queued for the next start");
+                Outcome::Interrupted
+            }
+            Err((error, permanent, _)) if permanent || job.attempts >= ctx.retry.max_attempts => {
                 ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
                 ctx.metrics
                     .jobs_finished
@@ -234,7 +242,7 @@ async fn run_job(ctx: &Context, job: Job) {
                 tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
                 Outcome::Failed(error)
             }
-            Err((error, _)) => {
+            Err((error, _, _)) => {
                 let delay = ctx.retry.delay(job.attempts);
                 ctx.metrics
                     .job_retries

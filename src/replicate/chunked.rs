@@ -11,6 +11,15 @@
 //! a resumed 2 GiB layer costs only the bytes still missing, on both sides.
 //! The digest is checked before the upload is closed; a mismatch abandons
 //! the session and nothing is linked on the target.
+//!
+//! A limit of the registries, not of this code: CNCF distribution (and so
+//! Harbor) writes a chunk as it arrives, and when a later request names an
+//! offset other than the bytes it holds, it cancels the whole session
+//! ("upload resumed at wrong offset"). So an upload cut off *in the middle
+//! of* a chunk (a `kill -9`, a dropped connection) cannot continue there,
+//! and starts over; one stopped *between* chunks continues. That is why a
+//! stopping daemon finishes the chunk in flight before it exits, and why
+//! chunks should not be larger than a few seconds of transfer.
 
 use std::sync::Arc;
 
@@ -102,17 +111,22 @@ pub async fn copy(
     blob: &Descriptor,
     ledger: &dyn Ledger,
     on_chunk: &(dyn Fn(u64) + Sync),
+    stopping: &tokio_util::sync::CancellationToken,
 ) -> Result<Chunked, ReplicateError> {
     let target = req.target;
     let repo = req.target_repository;
     let key = upload_key(target.name(), repo, &blob.digest);
 
+    // (session, bytes the target holds, hash state at `recorded`, recorded)
     let mut resume = None;
     if let Some(rec) = ledger.upload(&key) {
         match target.upload_offset(repo, &rec.location).await {
-            Ok(Some((loc, held))) if held == rec.offset && held < blob.size => {
+            // The target may hold more than recorded: part of the chunk in
+            // flight when we were cut off. Those bytes are re-hashed from
+            // the source below, not sent again.
+            Ok(Some((loc, held))) if held >= rec.offset && held <= blob.size => {
                 if let Some(h) = load_state(&rec.hash_state) {
-                    resume = Some((loc, held, h));
+                    resume = Some((loc, held, h, rec.offset));
                 }
             }
             Ok(Some((_, held))) => {
@@ -131,10 +145,10 @@ pub async fn copy(
         }
     }
     let resumed = resume.is_some();
-    let (mut location, mut offset, hasher, min_chunk) = match resume {
-        Some((loc, off, h)) => {
-            tracing::info!(digest = %blob.digest, offset = off, size = blob.size, "resuming upload");
-            (loc, off, h, None)
+    let (mut location, mut offset, hasher, hashed, min_chunk) = match resume {
+        Some((loc, held, h, recorded)) => {
+            tracing::info!(digest = %blob.digest, offset = held, recorded, size = blob.size, "resuming upload");
+            (loc, held, h, recorded, None)
         }
         None => {
             let what = format!("uploading blob {repo}@{} in chunks", blob.digest);
@@ -149,23 +163,38 @@ pub async fn copy(
                     updated_ms: now_ms(),
                 },
             );
-            (loc, 0, h, min)
+            (loc, 0, h, 0, min)
         }
     };
     let (_, configured) = target.chunking();
     let chunk = configured.max(min_chunk.unwrap_or(0)).max(1);
 
+    // Read from where the hash state stands; bytes the target already
+    // holds beyond it only go through the hasher.
     let source = req
         .source
-        .get_blob_from(req.source_repository, &blob.digest, offset)
+        .get_blob_from(req.source_repository, &blob.digest, hashed)
         .await?;
     let feed = Arc::new(tokio::sync::Mutex::new(Feed {
         source,
         leftover: None,
         hasher,
     }));
+    if offset > hashed {
+        let mut catch_up = chunk_body(feed.clone(), offset - hashed);
+        while let Some(item) = catch_up.next().await {
+            item.map_err(|e| ReplicateError::SourceRead {
+                registry: req.source.name().to_string(),
+                digest: blob.digest.clone(),
+                detail: e.to_string(),
+            })?;
+        }
+    }
     let mut sent = 0;
     while offset < blob.size {
+        if stopping.is_cancelled() {
+            return Err(ReplicateError::Interrupted);
+        }
         let len = chunk.min(blob.size - offset);
         let body = chunk_body(feed.clone(), len);
         let result = target

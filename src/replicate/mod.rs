@@ -71,6 +71,10 @@ pub enum ReplicateError {
     /// An index nests deeper than [`MAX_DEPTH`].
     #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
     TooDeep(String),
+    /// The daemon is stopping; the upload stopped between two chunks and
+    /// continues at the next start.
+    #[error("stopped between chunks for shutdown; the upload continues at the next start")]
+    Interrupted,
 }
 
 impl ReplicateError {
@@ -80,7 +84,7 @@ impl ReplicateError {
         match self {
             ReplicateError::Registry(e) => e.is_permanent(),
             ReplicateError::Manifest { .. } | ReplicateError::TooDeep(_) => true,
-            ReplicateError::SourceRead { .. } => false,
+            ReplicateError::SourceRead { .. } | ReplicateError::Interrupted => false,
         }
     }
 
@@ -104,6 +108,7 @@ pub struct Replicator {
     inflight: Inflight,
     metrics: Option<Arc<Metrics>>,
     ledger: Arc<dyn Ledger>,
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// One copy's endpoints.
@@ -143,7 +148,17 @@ impl Replicator {
             inflight: Inflight::default(),
             metrics,
             ledger,
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Chunked uploads stop between two chunks once `stopping` is
+    /// cancelled, so that they resume cleanly at the next start: a registry
+    /// that received part of a chunk (CNCF distribution, and so Harbor)
+    /// invalidates the whole upload session.
+    pub fn with_stop(mut self, stopping: tokio_util::sync::CancellationToken) -> Replicator {
+        self.stopping = stopping;
+        self
     }
 
     fn count(&self, outcome: &str) {
@@ -267,7 +282,12 @@ impl Replicator {
                         .blob_seen(req.target.name(), &blob.digest, req.target_repository);
                     return Ok(());
                 }
-                Err(e) if attempt < BLOB_ATTEMPTS && !e.is_permanent() && !e.is_corrupt() => {
+                Err(e)
+                    if attempt < BLOB_ATTEMPTS
+                        && !e.is_permanent()
+                        && !e.is_corrupt()
+                        && !matches!(e, ReplicateError::Interrupted) =>
+                {
                     let wait = std::time::Duration::from_millis(500 * u64::from(attempt));
                     tracing::info!(digest = %blob.digest, error = %e, attempt, "blob copy failed; trying again");
                     tokio::time::sleep(wait).await;
@@ -311,7 +331,8 @@ impl Replicator {
                     m.bytes_copied.inc_by(n);
                 }
             };
-            let done = chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk).await?;
+            let done =
+                chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
             progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
             progress
                 .bytes_copied

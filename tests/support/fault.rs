@@ -34,6 +34,9 @@ pub enum Fault {
     /// Forward, but stop reading the request body for a while after this
     /// many bytes (a target that hangs during an upload).
     StallUpload(u64, Duration),
+    /// Hold the request without reading it, then answer 503 without
+    /// forwarding (a request stuck in front of the registry).
+    HoldThenFail(Duration),
 }
 
 /// A fault for the first `times` requests that match.
@@ -41,6 +44,8 @@ pub enum Fault {
 pub struct Rule {
     pub method: Option<&'static str>,
     pub path_contains: String,
+    /// Matching requests to let through before the fault applies.
+    pub skip: usize,
     pub times: usize,
     pub fault: Fault,
 }
@@ -116,9 +121,22 @@ impl FaultProxy {
         times: usize,
         fault: Fault,
     ) {
+        self.inject_after(method, path_contains, 0, times, fault);
+    }
+
+    /// Adds a fault rule that lets `skip` matching requests through first.
+    pub fn inject_after(
+        &self,
+        method: Option<&'static str>,
+        path_contains: &str,
+        skip: usize,
+        times: usize,
+        fault: Fault,
+    ) {
         self.state.rules.lock().expect("rules").push(Rule {
             method,
             path_contains: path_contains.to_string(),
+            skip,
             times,
             fault,
         });
@@ -141,6 +159,10 @@ fn take_fault(st: &St, method: &str, path: &str) -> Option<Fault> {
     let mut rules = st.rules.lock().expect("rules");
     for r in rules.iter_mut() {
         if r.times > 0 && r.method.is_none_or(|m| m == method) && path.contains(&r.path_contains) {
+            if r.skip > 0 {
+                r.skip -= 1;
+                continue;
+            }
             r.times -= 1;
             st.log.injected.fetch_add(1, Ordering::Relaxed);
             return Some(r.fault.clone());
@@ -166,6 +188,11 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
             status,
         ));
     };
+    if let Some(Fault::HoldThenFail(d)) = &fault {
+        tokio::time::sleep(*d).await;
+        record(503);
+        return (StatusCode::SERVICE_UNAVAILABLE, "held, then dropped\n").into_response();
+    }
     if let Some(Fault::Status {
         status,
         retry_after,
