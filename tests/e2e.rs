@@ -567,16 +567,19 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     )
     .expect("config");
     let cfg = cfg.to_str().expect("utf-8");
-    let out = relay_cmd(&[
-        "replicate",
-        "--config",
-        cfg,
-        "--from",
-        "external",
-        "--to",
-        "integrated",
-        "library/cli:3.1",
-    ]);
+    let replicate = |image: &str| {
+        relay_cmd(&[
+            "replicate",
+            "--config",
+            cfg,
+            "--from",
+            "external",
+            "--to",
+            "integrated",
+            image,
+        ])
+    };
+    let out = replicate("library/cli:3.1");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -588,31 +591,13 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     assert_image_on(&w.dst, "library/cli", &img, Some("3.1")).await;
 
     // Again: everything is there, nothing is copied.
-    let out = relay_cmd(&[
-        "replicate",
-        "--config",
-        cfg,
-        "--from",
-        "external",
-        "--to",
-        "integrated",
-        "library/cli:3.1",
-    ]);
+    let out = replicate("library/cli:3.1");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("0 copied"), "{stdout}");
 
     // A tag that does not exist: non-zero exit and the reason.
-    let out = relay_cmd(&[
-        "replicate",
-        "--config",
-        cfg,
-        "--from",
-        "external",
-        "--to",
-        "integrated",
-        "library/cli:nope",
-    ]);
+    let out = replicate("library/cli:nope");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

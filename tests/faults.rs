@@ -65,7 +65,7 @@ async fn rate_limited_source_is_paced_by_retry_after() {
         3,
         Fault::Status {
             status: 429,
-            retry_after: Some("1".into()),
+            retry_after: Some("2".into()),
         },
     );
     let relay = Relay::start(&f.config("")).await;
@@ -80,7 +80,7 @@ async fn rate_limited_source_is_paced_by_retry_after() {
     assert_eq!(f.src_proxy.injected(), 3);
     assert_image_on(&f.dst, "library/paced", &img, Some("1")).await;
 
-    // After the first 429, no request reached the source for a second:
+    // After the first 429, no request reached the source for two seconds:
     // the whole host was paced, not just the request that got it. (Requests
     // already on their way when the 429 was sent are allowed 50 ms.)
     let mut log = f.src_proxy.requests();
@@ -93,8 +93,8 @@ async fn rate_limited_source_is_paced_by_retry_after() {
             continue;
         }
         assert!(
-            gap >= Duration::from_millis(950),
-            "{} {} went out {gap:?} after a 429 with Retry-After: 1",
+            gap >= Duration::from_millis(1950),
+            "{} {} went out {gap:?} after a 429 with Retry-After: 2",
             r.1,
             r.2
         );
@@ -409,4 +409,65 @@ async fn a_target_that_stops_taking_an_upload_is_detected() {
         "the hung upload was waited out instead of detected"
     );
     assert_image_on(&f.dst, "library/hang", &img, Some("1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_limiting_body_size_gets_chunks_instead() {
+    let f = Faulty::new().await;
+    let img = TestImage::random(&[3 << 20]);
+    img.push(&f.src, "library/big-body", &Reference::Tag("1".into()))
+        .await;
+    let layer = img.blob_digests()[1].clone();
+    // Like nginx's client_max_body_size: the one-request upload is refused.
+    f.dst_proxy.inject(
+        Some("PUT"),
+        &format!("digest={}", layer.replace(':', "%3A")),
+        1,
+        Fault::Status {
+            status: 413,
+            retry_after: None,
+        },
+    );
+    let relay = Relay::start(&f.config("chunk_size = \"1MiB\"")).await;
+    let ids = relay
+        .push(push_event("library/big-body", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(
+        f.dst_proxy
+            .requests()
+            .iter()
+            .filter(|r| r.1 == "PATCH")
+            .count()
+            >= 3,
+        "no chunks were sent"
+    );
+    assert!(relay.logs().contains("uploading in chunks"));
+    assert_image_on(&f.dst, "library/big-body", &img, Some("1")).await;
+
+    // When chunks are refused too, the job says what to change.
+    let img2 = TestImage::random(&[1 << 20]);
+    img2.push(&f.src, "library/big-body", &Reference::Tag("2".into()))
+        .await;
+    f.dst_proxy.inject(
+        None,
+        "/blobs/uploads/",
+        1000,
+        Fault::Status {
+            status: 413,
+            retry_after: None,
+        },
+    );
+    let relay2 = Relay::start_with_jobs("max_attempts = 1\n", &f.config("")).await;
+    let ids = relay2
+        .push(push_event("library/big-body", Some("2"), &img2.digest))
+        .await;
+    let job = relay2.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(
+        err.contains("413") && err.contains("chunk_size_threshold"),
+        "{err}"
+    );
 }

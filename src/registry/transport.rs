@@ -108,6 +108,16 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
+/// Waits between attempts of one request: doubling, with jitter.
+fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 fn is_retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
@@ -169,12 +179,7 @@ impl Transport {
     ) -> Result<Response, RegistryError> {
         let mut attempt: u32 = 0;
         let mut reauthed = false;
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = backoff();
         loop {
             attempt += 1;
             let auth = self.auth_header(scopes, what).await?;
@@ -263,6 +268,19 @@ impl Transport {
         changed || had_token
     }
 
+    /// Our credentials as Basic auth (none if there is no username).
+    fn basic(&self) -> AuthHeader {
+        match (&self.username, &self.password) {
+            (Some(u), p) => AuthHeader::Basic(
+                u.clone(),
+                p.as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            ),
+            _ => AuthHeader::None,
+        }
+    }
+
     async fn auth_header(
         &self,
         scopes: &[String],
@@ -271,15 +289,7 @@ impl Transport {
         let challenge = lock(&self.challenge).clone();
         match challenge {
             None => Ok(AuthHeader::None),
-            Some(Challenge::Basic) => Ok(match (&self.username, &self.password) {
-                (Some(u), p) => AuthHeader::Basic(
-                    u.clone(),
-                    p.as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                ),
-                _ => AuthHeader::None,
-            }),
+            Some(Challenge::Basic) => Ok(self.basic()),
             Some(Challenge::Bearer { realm, service }) => {
                 let key = scopes.join(" ");
                 if let Some(t) = lock(&self.tokens).get(&key) {
@@ -309,15 +319,7 @@ impl Transport {
         for s in scopes {
             query.push(("scope", s));
         }
-        let creds = match (&self.username, &self.password) {
-            (Some(u), p) => AuthHeader::Basic(
-                u.clone(),
-                p.as_ref()
-                    .map(|p| p.expose().to_string())
-                    .unwrap_or_default(),
-            ),
-            _ => AuthHeader::None,
-        };
+        let creds = self.basic();
         let token_what = format!("token for {what}");
         let resp = self
             .send_plain(&token_what, &|c| apply(c.get(realm).query(&query), &creds))
@@ -356,12 +358,7 @@ impl Transport {
         what: &str,
         make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = backoff();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -445,10 +442,16 @@ impl Transport {
             401 | 403 => RegistryError::Unauthorized {
                 registry,
                 what,
-                detail: format!("{status}{}", detail.map(|d| format!(": {d}")).unwrap_or_default()),
+                detail: format!(
+                    "{status}{}",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
             },
             404 => RegistryError::NotFound { registry, what },
-            400 if detail.as_deref().is_some_and(|d| d.contains("DIGEST_INVALID")) => {
+            400 if detail
+                .as_deref()
+                .is_some_and(|d| d.contains("DIGEST_INVALID")) =>
+            {
                 RegistryError::DigestMismatch {
                     registry,
                     what,
@@ -459,7 +462,10 @@ impl Transport {
                 registry,
                 what,
                 status: 413,
-                detail: "answered 413 Request Entity Too Large: a proxy in front of the registry limits request body size; raise its limit (nginx: client_max_body_size 0)".into(),
+                detail: format!(
+                    "answered 413 Request Entity Too Large: a proxy in front of registry '{}' limits request body size; set its chunk_size_threshold and chunk_size below that limit, or raise the limit (nginx: client_max_body_size 0)",
+                    self.name
+                ),
             },
             _ => RegistryError::Status {
                 registry,

@@ -325,24 +325,9 @@ impl Replicator {
             }
         }
         let (threshold, _) = target.chunking();
-        if blob.size > threshold && blob.digest.starts_with("sha256:") {
-            let on_chunk = |n: u64| {
-                if let Some(m) = &self.metrics {
-                    m.bytes_copied.inc_by(n);
-                }
-            };
-            let done =
-                chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
-            progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
-            progress
-                .bytes_copied
-                .fetch_add(done.sent, Ordering::Relaxed);
-            self.count("copied");
-            if done.resumed {
-                progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);
-                self.count("resumed");
-            }
-            return Ok(());
+        let chunkable = blob.digest.starts_with("sha256:");
+        if blob.size > threshold && chunkable {
+            return self.copy_chunked(req, blob, progress).await;
         }
         let (body, _) = req
             .source
@@ -358,6 +343,12 @@ impl Replicator {
                     detail,
                 });
             }
+            // A proxy in front of the target refused the body's size: send
+            // it again in chunks, which such proxies usually let through.
+            if chunkable && matches!(e, RegistryError::Status { status: 413, .. }) {
+                tracing::info!(digest = %blob.digest, size = blob.size, "target refused one request this large (413); uploading in chunks");
+                return self.copy_chunked(req, blob, progress).await;
+            }
             return Err(e.into());
         }
         progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
@@ -369,6 +360,33 @@ impl Replicator {
             m.bytes_copied.inc_by(tap.count());
         }
         tracing::debug!(digest = %blob.digest, bytes = tap.count(), "blob copied");
+        Ok(())
+    }
+}
+
+impl Replicator {
+    async fn copy_chunked(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let on_chunk = |n: u64| {
+            if let Some(m) = &self.metrics {
+                m.bytes_copied.inc_by(n);
+            }
+        };
+        let done =
+            chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
+        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
+        progress
+            .bytes_copied
+            .fetch_add(done.sent, Ordering::Relaxed);
+        self.count("copied");
+        if done.resumed {
+            progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);
+            self.count("resumed");
+        }
         Ok(())
     }
 }
