@@ -46,15 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let (store, _) = Store::open(dir.path())?;
         let store = Arc::new(store);
-        let rules = RuleSet::new(&[RuleConfig {
-            name: "bench".into(),
-            from: "external".into(),
-            to: "integrated".into(),
-            projects: vec!["**".into()],
-            target_project: "{project}".into(),
-            tags: vec!["**".into()],
-            exclude_tags: vec![],
-        }])?;
+        let rules = RuleSet::new(&[RuleConfig::new("bench", "external", "integrated")])?;
         let state = Arc::new(AppState {
             store: store.clone(),
             rules,

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::event::{self, EventKind, Format, Parsed};
-use crate::jobs::{Job, JobSpec, JobState, RetryError, Store};
+use crate::jobs::{Action, Job, JobSpec, JobState, RetryError, Store};
 use crate::metrics::Metrics;
+use crate::reference::Reference;
 use crate::rules::RuleSet;
 
 /// Largest webhook body accepted; Harbor's are about 1 KiB.
@@ -163,24 +164,21 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
         }
         Parsed::Artifact(ev) => ev,
     };
-    if ev.kind == EventKind::Delete {
-        count("ignored");
-        return (
-            StatusCode::OK,
-            axum::Json(json!({
-                "status": "ignored",
-                "event_type": "DELETE_ARTIFACT",
-                "repository": ev.repository,
-                "reason": "deletions are acknowledged but not replicated by this version",
-            })),
-        )
-            .into_response();
-    }
-
+    let deleting = ev.kind == EventKind::Delete;
+    let action = if deleting {
+        Action::Delete
+    } else {
+        Action::Copy
+    };
     let mut specs = Vec::new();
     let mut skipped = Vec::new();
     for a in &ev.artifacts {
-        let (plans, skips) = app.rules.plans(&ev.project, &ev.repository, &a.reference);
+        let (plans, skips) = if deleting {
+            app.rules
+                .delete_plans(&ev.project, &ev.repository, &a.reference)
+        } else {
+            app.rules.plans(&ev.project, &ev.repository, &a.reference)
+        };
         if plans.is_empty() {
             let why: Vec<String> = skips
                 .iter()
@@ -190,12 +188,25 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
                 "{}{}: {}",
                 ev.repository,
                 a.reference,
-                if why.is_empty() {
+                if why.is_empty() && deleting {
+                    "no rule has replicate_deletes = true".to_string()
+                } else if why.is_empty() {
                     "no rules are configured".to_string()
                 } else {
                     why.join("; ")
                 }
             ));
+        }
+        let digest = a.digest.clone().or_else(|| match &a.reference {
+            Reference::Digest(d) => Some(d.clone()),
+            Reference::Tag(_) => None,
+        });
+        if deleting && digest.is_none() {
+            skipped.push(format!(
+                "{}{}: a deletion without a digest cannot be replicated safely",
+                ev.repository, a.reference
+            ));
+            continue;
         }
         specs.extend(plans.into_iter().map(|p| JobSpec {
             rule: p.rule,
@@ -204,17 +215,22 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             source_repository: p.source_repository,
             target_repository: p.target_repository,
             reference: a.reference.clone(),
-            digest: a.digest.clone(),
+            digest: digest.clone(),
             occurred_at: ev.occurred_at,
+            action,
+            overwrite: p.overwrite,
         }));
     }
     if specs.is_empty() {
         count("ignored");
         return (
             StatusCode::OK,
-            axum::Json(
-                json!({ "status": "ignored", "reason": "no rule matches", "details": skipped }),
-            ),
+            axum::Json(json!({
+                "status": "ignored",
+                "event_type": if deleting { "DELETE_ARTIFACT" } else { "PUSH_ARTIFACT" },
+                "reason": if deleting { "no rule replicates this deletion" } else { "no rule matches" },
+                "details": skipped,
+            })),
         )
             .into_response();
     }
@@ -302,6 +318,7 @@ pub fn job_json(j: &Job) -> serde_json::Value {
     json!({
         "id": j.id,
         "state": j.state.as_str(),
+        "action": s.action.as_str(),
         "rule": s.rule,
         "source": format!("{}/{}{}", s.from, s.source_repository, s.reference),
         "target": format!("{}/{}{}", s.to, s.target_repository, s.reference),
@@ -328,6 +345,8 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "blobs_mounted": j.summary.as_ref().map_or(0, |x| x.blobs_mounted),
         "blobs_resumed": j.summary.as_ref().map_or(0, |x| x.blobs_resumed),
         "manifests_copied": j.summary.as_ref().map_or(0, |x| x.manifests_copied),
+        "deleted": j.summary.as_ref().is_some_and(|x| x.deleted),
+        "skipped": j.summary.as_ref().and_then(|x| x.skipped.clone()),
         "last_error": j.last_error,
     })
 }

@@ -228,12 +228,40 @@ pub struct RuleConfig {
     pub to: String,
     /// Globs over the source project (Harbor namespace).
     pub projects: Vec<String>,
-    /// Target project; `{project}` stands for the source project.
+    /// Globs over the repository path inside the project.
+    pub repositories: Vec<String>,
+    /// Target project; `{project}` stands for the source project. With
+    /// `{repository}` it is the whole target path.
     pub target_project: String,
+    /// Path components of the repository (inside the project) to drop.
+    pub flatten: usize,
     /// Globs a tag must match.
     pub tags: Vec<String>,
     /// Globs that exclude a tag even when `tags` matches.
     pub exclude_tags: Vec<String>,
+    /// Overwrite a target tag that points at another digest.
+    pub overwrite: bool,
+    /// Replicate `DELETE_ARTIFACT` events.
+    pub replicate_deletes: bool,
+}
+
+impl RuleConfig {
+    /// A rule with every optional key at its default, for code and tests.
+    pub fn new(name: &str, from: &str, to: &str) -> RuleConfig {
+        RuleConfig {
+            name: name.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            projects: vec!["**".into()],
+            repositories: vec!["**".into()],
+            target_project: "{project}".into(),
+            flatten: 0,
+            tags: vec!["**".into()],
+            exclude_tags: vec![],
+            overwrite: true,
+            replicate_deletes: false,
+        }
+    }
 }
 
 // ---- the file as written -------------------------------------------------
@@ -317,9 +345,14 @@ struct RawRule {
     from: String,
     to: String,
     projects: Option<Vec<String>>,
+    repositories: Option<Vec<String>>,
     target_project: Option<String>,
+    flatten: Option<usize>,
     tags: Option<Vec<String>>,
     exclude_tags: Option<Vec<String>>,
+    #[serde(rename = "override")]
+    overwrite: Option<bool>,
+    replicate_deletes: Option<bool>,
 }
 
 /// Default listen address.
@@ -808,17 +841,21 @@ impl Loader<'_> {
         let projects = list("projects", r.projects, &["**"])?;
         let tags = list("tags", r.tags, &["**"])?;
         let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
+        let repositories = list("repositories", r.repositories, &["**"])?;
         let target_project = self
             .expand_opt(&key("target_project"), r.target_project)?
             .unwrap_or_else(|| "{project}".to_string());
-        let probe = target_project.replace("{project}", "project");
+        let whole_path = target_project.contains("{repository}");
+        let probe = target_project
+            .replace("{project}", "project")
+            .replace("{repository}", "repo");
         if probe.contains('{') || probe.contains('}') {
             return Err(self.invalid(
                 key("target_project"),
-                format!("`{target_project}`: the only placeholder is {{project}}"),
+                format!("`{target_project}`: the placeholders are {{project}} and {{repository}}"),
             ));
         }
-        if !crate::reference::is_valid_repository(&probe) || probe.contains('/') {
+        if !crate::reference::is_valid_repository(&probe) || (probe.contains('/') && !whole_path) {
             return Err(self.invalid(
                 key("target_project"),
                 format!(
@@ -831,9 +868,13 @@ impl Loader<'_> {
             from: r.from,
             to: r.to,
             projects,
+            repositories,
             target_project,
+            flatten: r.flatten.unwrap_or(0),
             tags,
             exclude_tags,
+            overwrite: r.overwrite.unwrap_or(true),
+            replicate_deletes: r.replicate_deletes.unwrap_or(false),
         })
     }
 }

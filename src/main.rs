@@ -67,8 +67,25 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Check the rules of a config against an image, without copying.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum RulesAction {
+    /// Print which rules match a pushed image and where each would write.
+    Test {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The image as Harbor names it: project/repository:tag or @sha256:…
+        image: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,7 +162,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             action,
         } => jobs(url, config, action).await,
+        Command::Rules {
+            action: RulesAction::Test { config, image },
+        } => rules_test(config, image),
     }
+}
+
+fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let image = reference::parse_image(&image)?;
+    let Some((project, _)) = image.repository.split_once('/') else {
+        bail!(
+            "'{}' has no project: Harbor repositories are <project>/<name>",
+            image.repository
+        );
+    };
+    let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
+    let (plans, skips) = rules.plans(project, &image.repository, &image.reference);
+    for p in &plans {
+        println!(
+            "rule '{}': {}/{image} -> {}/{}{}{}",
+            p.rule,
+            p.from,
+            p.to,
+            p.target_repository,
+            image.reference,
+            if p.overwrite {
+                ""
+            } else {
+                " (override = false)"
+            }
+        );
+    }
+    for (rule, why) in &skips {
+        println!("rule '{rule}': no match ({why})");
+    }
+    if plans.is_empty() {
+        println!("nothing would be replicated");
+    }
+    Ok(())
 }
 
 async fn jobs(
@@ -286,6 +341,7 @@ async fn replicate(
             reference: &image.reference,
             target,
             target_repository: &target_repository,
+            overwrite: true,
         })
         .await?;
     println!(

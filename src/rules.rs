@@ -16,6 +16,7 @@ pub struct Rule {
     /// The rule as configured.
     pub config: RuleConfig,
     projects: GlobSet,
+    repositories: GlobSet,
     tags: GlobSet,
     exclude_tags: GlobSet,
     all_tags: bool,
@@ -34,6 +35,8 @@ pub struct Plan {
     pub source_repository: String,
     /// Repository on the target.
     pub target_repository: String,
+    /// Overwrite a target tag that points elsewhere.
+    pub overwrite: bool,
 }
 
 /// Why a rule did not match, for messages.
@@ -41,6 +44,8 @@ pub struct Plan {
 pub enum Skip {
     /// The project is not in `projects`.
     Project,
+    /// The repository is not in `repositories`.
+    Repository,
     /// The tag is not in `tags`.
     Tag,
     /// The tag is in `exclude_tags`.
@@ -71,11 +76,33 @@ impl Rule {
     pub fn new(config: RuleConfig) -> Result<Rule, globset::Error> {
         Ok(Rule {
             projects: globset(&config.projects)?,
+            repositories: globset(&config.repositories)?,
             tags: globset(&config.tags)?,
             exclude_tags: globset(&config.exclude_tags)?,
             all_tags: config.tags.iter().any(|t| t == "**" || t == "*"),
             config,
         })
+    }
+
+    /// Where a repository goes: `flatten` drops leading components of the
+    /// path inside the project (the last one always stays); then either
+    /// `target_project/<path>` or, when `target_project` holds
+    /// `{repository}`, that template as the whole path.
+    pub fn target_path(&self, project: &str, inside: &str) -> String {
+        let parts: Vec<&str> = inside.split('/').collect();
+        let keep = parts.len().saturating_sub(self.config.flatten).max(1);
+        let path = parts[parts.len() - keep..].join("/");
+        let template = self.config.target_project.replace("{project}", project);
+        if template.contains("{repository}") {
+            template.replace("{repository}", &path)
+        } else {
+            format!("{template}/{path}")
+        }
+    }
+
+    /// True if this rule replicates deletions.
+    pub fn replicates_deletes(&self) -> bool {
+        self.config.replicate_deletes
     }
 
     /// Decides whether an artifact in `repository` (full path) replicates.
@@ -104,17 +131,20 @@ impl Rule {
             Reference::Digest(_) if !self.all_tags => return Err(Skip::Untagged),
             Reference::Digest(_) => {}
         }
-        let rest = repository
+        let inside = repository
             .strip_prefix(project)
             .and_then(|r| r.strip_prefix('/'))
             .unwrap_or(repository);
-        let target_project = self.config.target_project.replace("{project}", project);
+        if !self.repositories.is_match(inside) {
+            return Err(Skip::Repository);
+        }
         Ok(Plan {
             rule: self.config.name.clone(),
             from: self.config.from.clone(),
             to: self.config.to.clone(),
             source_repository: repository.to_string(),
-            target_repository: format!("{target_project}/{rest}"),
+            target_repository: self.target_path(project, inside),
+            overwrite: self.config.overwrite,
         })
     }
 }
@@ -145,9 +175,29 @@ impl RuleSet {
         repository: &str,
         reference: &Reference,
     ) -> (Vec<Plan>, Vec<(String, Skip)>) {
+        self.plans_where(project, repository, reference, |_| true)
+    }
+
+    /// Plans for a deletion: only rules with `replicate_deletes`.
+    pub fn delete_plans(
+        &self,
+        project: &str,
+        repository: &str,
+        reference: &Reference,
+    ) -> (Vec<Plan>, Vec<(String, Skip)>) {
+        self.plans_where(project, repository, reference, Rule::replicates_deletes)
+    }
+
+    fn plans_where(
+        &self,
+        project: &str,
+        repository: &str,
+        reference: &Reference,
+        keep: impl Fn(&Rule) -> bool,
+    ) -> (Vec<Plan>, Vec<(String, Skip)>) {
         let mut plans = Vec::new();
         let mut skips = Vec::new();
-        for r in &self.rules {
+        for r in self.rules.iter().filter(|r| keep(r)) {
             match r.plan(project, repository, reference) {
                 Ok(p) => plans.push(p),
                 Err(s) => skips.push((r.config.name.clone(), s)),
@@ -171,6 +221,7 @@ impl std::fmt::Display for Skip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Skip::Project => "project not in `projects`",
+            Skip::Repository => "repository not in `repositories`",
             Skip::Tag => "tag not in `tags`",
             Skip::Excluded => "tag in `exclude_tags`",
             Skip::Untagged => "pushed by digest and the rule selects tags",
@@ -185,13 +236,11 @@ mod tests {
     fn rule(projects: &[&str], tags: &[&str], exclude: &[&str], target: &str) -> Rule {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();
         Rule::new(RuleConfig {
-            name: "r".into(),
-            from: "external".into(),
-            to: "integrated".into(),
             projects: s(projects),
             target_project: target.into(),
             tags: s(tags),
             exclude_tags: s(exclude),
+            ..RuleConfig::new("r", "external", "integrated")
         })
         .expect("valid rule")
     }
@@ -230,13 +279,9 @@ mod tests {
     #[test]
     fn several_rules_give_several_plans() {
         let mk = |name: &str, target: &str| RuleConfig {
-            name: name.into(),
-            from: "external".into(),
-            to: "integrated".into(),
             projects: vec!["library".into()],
             target_project: target.into(),
-            tags: vec!["**".into()],
-            exclude_tags: vec![],
+            ..RuleConfig::new(name, "external", "integrated")
         };
         let set = RuleSet::new(&[mk("a", "{project}"), mk("b", "backup")]).expect("valid");
         let (plans, skips) = set.plans("library", "library/nginx", &tag("1"));
@@ -246,5 +291,52 @@ mod tests {
         let (plans, skips) = set.plans("other", "other/x", &tag("1"));
         assert!(plans.is_empty());
         assert_eq!(skips.len(), 2);
+    }
+
+    #[test]
+    fn repositories_flatten_and_whole_path_templates() {
+        let r = Rule::new(RuleConfig {
+            repositories: vec!["platform/**".into()],
+            flatten: 1,
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("valid");
+        let p = r
+            .plan("team-a", "team-a/platform/api/v2", &tag("1"))
+            .expect("matches");
+        assert_eq!(p.target_repository, "team-a/api/v2");
+        assert_eq!(
+            r.plan("team-a", "team-a/tools/x", &tag("1")),
+            Err(Skip::Repository)
+        );
+        // Flattening never drops the last component.
+        let r = Rule::new(RuleConfig {
+            flatten: 9,
+            target_project: "mirror".into(),
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("valid");
+        assert_eq!(r.target_path("team-a", "platform/api"), "mirror/api");
+        let r = Rule::new(RuleConfig {
+            target_project: "{project}-dr/{repository}".into(),
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("valid");
+        assert_eq!(r.target_path("library", "nginx"), "library-dr/nginx");
+    }
+
+    #[test]
+    fn deletions_follow_only_rules_that_ask_for_them() {
+        let set = RuleSet::new(&[
+            RuleConfig::new("copy", "external", "integrated"),
+            RuleConfig {
+                replicate_deletes: true,
+                ..RuleConfig::new("mirror", "external", "integrated")
+            },
+        ])
+        .expect("valid");
+        let (plans, _) = set.delete_plans("library", "library/nginx", &tag("1"));
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].rule, "mirror");
     }
 }

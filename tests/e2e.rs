@@ -902,3 +902,177 @@ async fn shared_layers_are_mounted_across_repositories_on_a_token_auth_target() 
         "no token asked for both repositories: {scopes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_select_repositories_and_tags_and_map_paths() {
+    let w = World::new().await;
+    let keep = TestImage::random(&[10_000]);
+    let other = TestImage::random(&[10_000]);
+    keep.push(&w.src, "team-a/platform/api", &Reference::Tag("2.0".into()))
+        .await;
+    keep.push(
+        &w.src,
+        "team-a/platform/api",
+        &Reference::Tag("2.1-rc1".into()),
+    )
+    .await;
+    other
+        .push(&w.src, "team-a/tools/lint", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}[[rules]]\nname = \"platform\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\nrepositories = [\"platform/**\"]\nexclude_tags = [\"*-rc*\"]\nflatten = 1\ntarget_project = \"mirror-{{project}}\"\n",
+        registry_toml("external", &w.source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+
+    // What `rules test` says, before anything is copied.
+    let cfg = relay.config_path.to_str().expect("utf-8").to_string();
+    let out = relay_cmd(&["rules", "test", "--config", &cfg, "team-a/platform/api:2.0"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "rule 'platform': external/team-a/platform/api:2.0 -> integrated/mirror-team-a/api:2.0"
+        ),
+        "{stdout}"
+    );
+    let out = relay_cmd(&[
+        "rules",
+        "test",
+        "--config",
+        &cfg,
+        "team-a/platform/api:2.1-rc1",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tag in `exclude_tags`"));
+
+    let ids = relay
+        .push(push_event("team-a/platform/api", Some("2.0"), &keep.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["target"], "integrated/mirror-team-a/api:2.0");
+    assert_image_on(&w.dst, "mirror-team-a/api", &keep, Some("2.0")).await;
+
+    for (repo, tag, digest) in [
+        ("team-a/platform/api", "2.1-rc1", &keep.digest),
+        ("team-a/tools/lint", "1", &other.digest),
+    ] {
+        let (status, v) = relay
+            .webhook(
+                push_event(repo, Some(tag), digest),
+                "application/json",
+                Some(WEBHOOK_SECRET),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["status"], "ignored", "{v}");
+    }
+    assert!(
+        w.dst
+            .get_manifest("mirror-team-a/lint", &Reference::Tag("1".into()))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn override_false_leaves_a_conflicting_target_tag_alone() {
+    let w = World::new().await;
+    let theirs = TestImage::random(&[10_000]);
+    let ours = TestImage::random(&[10_000]);
+    // The target already has 1.0, pointing at something else.
+    theirs
+        .push(&w.dst, "library/pinned", &Reference::Tag("1.0".into()))
+        .await;
+    ours.push(&w.src, "library/pinned", &Reference::Tag("1.0".into()))
+        .await;
+    let config = format!(
+        "{}{}{RULE}override = false\n",
+        registry_toml("external", &w.source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("library/pinned", Some("1.0"), &ours.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    let why = job["skipped"].as_str().expect("a reason");
+    assert!(
+        why.contains("override = false") && why.contains(&theirs.digest),
+        "{why}"
+    );
+    assert_image_on(&w.dst, "library/pinned", &theirs, Some("1.0")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_replicate_only_when_a_rule_asks() {
+    let w = World::new().await;
+    let img = TestImage::random(&[10_000]);
+    img.push(&w.src, "library/gone", &Reference::Tag("1".into()))
+        .await;
+    img.push(&w.src, "library/kept", &Reference::Tag("1".into()))
+        .await;
+    let config = format!(
+        "{}{}[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"gone\"]\nreplicate_deletes = true\n\n[[rules]]\nname = \"copy\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"kept\"]\n",
+        registry_toml("external", &w.source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    for repo in ["library/gone", "library/kept"] {
+        let ids = relay.push(push_event(repo, Some("1"), &img.digest)).await;
+        relay.wait_success(ids[0]).await;
+        assert_image_on(&w.dst, repo, &img, Some("1")).await;
+    }
+    let delete = |repo: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&push_event(repo, Some("1"), &img.digest)).expect("json");
+        v["type"] = "DELETE_ARTIFACT".into();
+        serde_json::to_vec(&v).expect("json")
+    };
+    let ids = relay.push(delete("library/gone")).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["action"], "delete");
+    assert_eq!(job["deleted"], true, "{job}");
+    assert!(
+        !w.dst
+            .has_manifest("library/gone", &img.digest)
+            .await
+            .expect("HEAD")
+    );
+    assert!(
+        w.dst
+            .get_manifest("library/gone", &Reference::Tag("1".into()))
+            .await
+            .is_err()
+    );
+
+    let (status, v) = relay
+        .webhook(
+            delete("library/kept"),
+            "application/json",
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "ignored");
+    assert_image_on(&w.dst, "library/kept", &img, Some("1")).await;
+}

@@ -63,6 +63,27 @@ impl JobState {
     }
 }
 
+/// What a job does on the target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Copy the artifact (a push).
+    #[default]
+    Copy,
+    /// Delete it (a replicated `DELETE_ARTIFACT`).
+    Delete,
+}
+
+impl Action {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Copy => "copy",
+            Action::Delete => "delete",
+        }
+    }
+}
+
 /// What to copy: everything a job needs, decided when it is enqueued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -82,6 +103,16 @@ pub struct JobSpec {
     pub digest: Option<String>,
     /// When the event happened (Unix seconds), for lag.
     pub occurred_at: Option<i64>,
+    /// Copy or delete.
+    #[serde(default)]
+    pub action: Action,
+    /// Overwrite a target tag that points at another digest.
+    #[serde(default = "yes")]
+    pub overwrite: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl JobSpec {
@@ -89,7 +120,8 @@ impl JobSpec {
     /// the same key; while a job with this key is active, new ones join it.
     pub fn dedupe_key(&self) -> String {
         format!(
-            "{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}",
+            self.action.as_str(),
             self.rule,
             self.source_repository,
             self.target_repository,
@@ -118,6 +150,12 @@ pub struct Summary {
     pub blobs_resumed: u64,
     /// Bytes uploaded.
     pub bytes_copied: u64,
+    /// For a delete job: whether the manifest was deleted on the target.
+    #[serde(default)]
+    pub deleted: bool,
+    /// Why nothing was done, when nothing was (e.g. `override = false`).
+    #[serde(default)]
+    pub skipped: Option<String>,
 }
 
 /// A job as stored.

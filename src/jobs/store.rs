@@ -614,6 +614,8 @@ mod tests {
             reference: Reference::Tag(tag.into()),
             digest: None,
             occurred_at: None,
+            action: crate::jobs::Action::Copy,
+            overwrite: true,
         }
     }
 

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use backon::BackoffBuilder;
 
-use super::{Job, Outcome, Store, now_ms};
+use super::{Action, Job, Outcome, Store, now_ms};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replicate::{CopyRequest, Replicator};
@@ -182,20 +182,31 @@ async fn run_job(ctx: &Context, job: Job) {
         ctx.metrics.jobs_running.set(ctx.store.running() as i64);
         let started = Instant::now();
         let result = match (ctx.registries.get(&spec.from), ctx.registries.get(&spec.to)) {
-            (Some(source), Some(target)) => ctx
-                .replicator
-                .copy(&CopyRequest {
-                    source,
-                    source_repository: &spec.source_repository,
-                    reference: &spec.reference,
-                    target,
-                    target_repository: &spec.target_repository,
-                })
-                .await
-                .map_err(|e| match e {
+            (Some(source), Some(target)) => {
+                let done = match (spec.action, &spec.digest) {
+                    (Action::Delete, Some(digest)) => {
+                        ctx.replicator
+                            .delete(target, &spec.target_repository, &spec.reference, digest)
+                            .await
+                    }
+                    _ => {
+                        ctx.replicator
+                            .copy(&CopyRequest {
+                                source,
+                                source_repository: &spec.source_repository,
+                                reference: &spec.reference,
+                                target,
+                                target_repository: &spec.target_repository,
+                                overwrite: spec.overwrite,
+                            })
+                            .await
+                    }
+                };
+                done.map_err(|e| match e {
                     crate::replicate::ReplicateError::Interrupted => (String::new(), false, true),
                     e => (e.to_string(), e.is_permanent(), false),
-                }),
+                })
+            }
             _ => Err((
                 format!(
                     "registry '{}' or '{}' is no longer in the config",

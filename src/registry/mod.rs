@@ -136,6 +136,7 @@ impl RegistryError {
                 | RegistryError::Unauthorized { .. }
                 | RegistryError::NotFound { .. }
                 | RegistryError::Manifest { .. }
+                | RegistryError::Status { status: 405, .. }
         )
     }
 
@@ -333,6 +334,65 @@ impl Registry {
         match resp.status() {
             StatusCode::OK => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.t.status_error(resp, &what).await),
+        }
+    }
+
+    /// The digest a tag (or digest) resolves to, by `HEAD`; `None` if it
+    /// does not exist.
+    pub async fn resolve(
+        &self,
+        repository: &str,
+        reference: &Reference,
+    ) -> Result<Option<String>, RegistryError> {
+        let what = format!("manifest {repository}{reference}");
+        let url = self.url(&format!("{repository}/manifests/{}", reference.as_str()));
+        let resp = self
+            .t
+            .send(&what, &pull(repository), true, &|c| {
+                c.head(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.t.status_error(resp, &what).await),
+        }
+        let header = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        match header {
+            Some(d) => Ok(Some(d)),
+            // No digest header: read the manifest and hash it.
+            None => Ok(Some(self.get_manifest(repository, reference).await?.digest)),
+        }
+    }
+
+    /// Deletes a manifest by digest (which removes the tags pointing at
+    /// it). Returns false if it was not there.
+    pub async fn delete_manifest(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let what = format!("deleting manifest {repository}@{digest}");
+        let url = self.url(&format!("{repository}/manifests/{digest}"));
+        let scopes = vec![auth::scope(repository, "delete")];
+        let resp = self
+            .t
+            .send(&what, &scopes, true, &|c| c.delete(&url))
+            .await?;
+        match resp.status() {
+            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::METHOD_NOT_ALLOWED => Err(RegistryError::Status {
+                registry: self.t.name.clone(),
+                what,
+                status: 405,
+                detail: "answered 405: deletion is disabled on this registry (CNCF distribution: storage.delete.enabled: true)".into(),
+            }),
             _ => Err(self.t.status_error(resp, &what).await),
         }
     }

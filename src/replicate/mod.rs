@@ -123,6 +123,8 @@ pub struct CopyRequest<'a> {
     pub target: &'a Registry,
     /// Repository on the target.
     pub target_repository: &'a str,
+    /// Overwrite a target tag that points at another digest.
+    pub overwrite: bool,
 }
 
 #[derive(Default)]
@@ -174,6 +176,25 @@ impl Replicator {
             .source
             .get_manifest(req.source_repository, req.reference)
             .await?;
+        if !req.overwrite
+            && let Reference::Tag(_) = req.reference
+            && let Some(there) = req
+                .target
+                .resolve(req.target_repository, req.reference)
+                .await?
+            && there != top.digest
+        {
+            let reason = format!(
+                "not overwritten: {}{} on the target points at {there}, the source at {} (rule has override = false)",
+                req.target_repository, req.reference, top.digest
+            );
+            tracing::info!("{reason}");
+            return Ok(Summary {
+                digest: top.digest,
+                skipped: Some(reason),
+                ..Summary::default()
+            });
+        }
         if !req
             .target
             .has_manifest(req.target_repository, &top.digest)
@@ -196,6 +217,47 @@ impl Replicator {
             blobs_mounted: progress.blobs_mounted.into_inner(),
             blobs_resumed: progress.blobs_resumed.into_inner(),
             bytes_copied: progress.bytes_copied.into_inner(),
+            deleted: false,
+            skipped: None,
+        })
+    }
+
+    /// Replicates a deletion: deletes the manifest with `digest` from the
+    /// target (which removes its tags there, as Harbor does), but only if
+    /// what the target has under the deleted reference is that digest.
+    pub async fn delete(
+        &self,
+        target: &Registry,
+        repository: &str,
+        reference: &Reference,
+        digest: &str,
+    ) -> Result<Summary, ReplicateError> {
+        let skipped = |why: String| {
+            tracing::info!("{why}");
+            Ok(Summary {
+                digest: digest.to_string(),
+                skipped: Some(why),
+                ..Summary::default()
+            })
+        };
+        match target.resolve(repository, reference).await? {
+            None => {
+                return skipped(format!(
+                    "{repository}{reference} is not on the target; nothing to delete"
+                ));
+            }
+            Some(there) if there != digest => {
+                return skipped(format!(
+                    "not deleted: {repository}{reference} on the target is {there}, not the deleted {digest}"
+                ));
+            }
+            Some(_) => {}
+        }
+        let deleted = target.delete_manifest(repository, digest).await?;
+        Ok(Summary {
+            digest: digest.to_string(),
+            deleted,
+            ..Summary::default()
         })
     }
 
