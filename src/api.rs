@@ -219,6 +219,7 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             occurred_at: ev.occurred_at,
             action,
             overwrite: p.overwrite,
+            referrers: p.referrers,
         }));
     }
     if specs.is_empty() {
@@ -345,6 +346,7 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "blobs_mounted": j.summary.as_ref().map_or(0, |x| x.blobs_mounted),
         "blobs_resumed": j.summary.as_ref().map_or(0, |x| x.blobs_resumed),
         "manifests_copied": j.summary.as_ref().map_or(0, |x| x.manifests_copied),
+        "referrers_copied": j.summary.as_ref().map_or(0, |x| x.referrers_copied),
         "deleted": j.summary.as_ref().is_some_and(|x| x.deleted),
         "skipped": j.summary.as_ref().and_then(|x| x.skipped.clone()),
         "last_error": j.last_error,

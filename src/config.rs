@@ -243,6 +243,8 @@ pub struct RuleConfig {
     pub overwrite: bool,
     /// Replicate `DELETE_ARTIFACT` events.
     pub replicate_deletes: bool,
+    /// Copy what refers to a replicated manifest (signatures, SBOMs).
+    pub referrers: bool,
 }
 
 impl RuleConfig {
@@ -260,6 +262,7 @@ impl RuleConfig {
             exclude_tags: vec![],
             overwrite: true,
             replicate_deletes: false,
+            referrers: true,
         }
     }
 }
@@ -353,6 +356,7 @@ struct RawRule {
     #[serde(rename = "override")]
     overwrite: Option<bool>,
     replicate_deletes: Option<bool>,
+    referrers: Option<bool>,
 }
 
 /// Default listen address.
@@ -875,6 +879,7 @@ impl Loader<'_> {
             exclude_tags,
             overwrite: r.overwrite.unwrap_or(true),
             replicate_deletes: r.replicate_deletes.unwrap_or(false),
+            referrers: r.referrers.unwrap_or(true),
         })
     }
 }

@@ -342,6 +342,7 @@ async fn replicate(
             target,
             target_repository: &target_repository,
             overwrite: true,
+            referrers: true,
         })
         .await?;
     println!(

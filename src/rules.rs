@@ -37,6 +37,8 @@ pub struct Plan {
     pub target_repository: String,
     /// Overwrite a target tag that points elsewhere.
     pub overwrite: bool,
+    /// Copy signatures, SBOMs and other referrers too.
+    pub referrers: bool,
 }
 
 /// Why a rule did not match, for messages.
@@ -145,6 +147,7 @@ impl Rule {
             source_repository: repository.to_string(),
             target_repository: self.target_path(project, inside),
             overwrite: self.config.overwrite,
+            referrers: self.config.referrers,
         })
     }
 }

@@ -1076,3 +1076,105 @@ async fn deletions_replicate_only_when_a_rule_asks() {
     assert_eq!(v["status"], "ignored");
     assert_image_on(&w.dst, "library/kept", &img, Some("1")).await;
 }
+
+/// A signature-shaped artifact: an OCI manifest with `artifactType` and a
+/// `subject` pointing at `subject`.
+fn signature_for(subject: &TestImage) -> (Vec<bytes::Bytes>, bytes::Bytes, String) {
+    use harbor_relay::manifest::{OCI_MANIFEST, sha256_digest};
+    let empty = bytes::Bytes::from_static(b"{}");
+    let sig = random_bytes(300);
+    let manifest = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(&empty), "size": 2},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": sha256_digest(&sig), "size": sig.len()}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest, "size": subject.manifest.len()},
+        }))
+        .expect("json"),
+    );
+    let digest = sha256_digest(&manifest);
+    (vec![empty, sig], manifest, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_follow_their_image_through_the_referrers_fallback_tag() {
+    use harbor_relay::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST, sha256_digest};
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    let repo = "library/signed";
+    img.push(&w.src, repo, &Reference::Tag("1".into())).await;
+
+    // What a client does on a registry without the referrers API
+    // (distribution 2.8): push the signature by digest, then the
+    // sha256-<hex> index that lists it.
+    let (blobs, sig_manifest, sig_digest) = signature_for(&img);
+    for b in &blobs {
+        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let sig = Manifest::from_bytes(sig_manifest.clone(), None).expect("manifest");
+    w.src
+        .put_manifest(repo, &Reference::Digest(sig_digest.clone()), &sig)
+        .await
+        .expect("signature");
+    let index = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": sig_digest, "size": sig_manifest.len(),
+                           "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json"}],
+        }))
+        .expect("json"),
+    );
+    let fallback_tag = format!("sha256-{}", img.digest.trim_start_matches("sha256:"));
+    let idx = Manifest::from_bytes(index.clone(), None).expect("index");
+    w.src
+        .put_manifest(repo, &Reference::Tag(fallback_tag.clone()), &idx)
+        .await
+        .expect("fallback tag");
+    // And cosign's own tag scheme.
+    let cosign_tag = format!("{fallback_tag}.sig");
+    w.src
+        .put_manifest(repo, &Reference::Tag(cosign_tag.clone()), &sig)
+        .await
+        .expect("cosign tag");
+
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay.push(push_event(repo, Some("1"), &img.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["referrers_copied"], 2, "{job}");
+    assert_image_on(&w.dst, repo, &img, Some("1")).await;
+    let on_target = w
+        .dst
+        .get_manifest(repo, &Reference::Tag(fallback_tag))
+        .await
+        .expect("fallback tag on target");
+    assert_eq!(on_target.digest, sha256_digest(&index));
+    let s = w
+        .dst
+        .get_manifest(repo, &Reference::Digest(sig_digest.clone()))
+        .await
+        .expect("signature on target");
+    assert_eq!(s.bytes, sig_manifest);
+    for b in &blobs {
+        assert!(w.dst.has_blob(repo, &sha256_digest(b)).await.expect("HEAD"));
+    }
+    let c = w
+        .dst
+        .get_manifest(repo, &Reference::Tag(cosign_tag))
+        .await
+        .expect("cosign tag on target");
+    assert_eq!(c.digest, sig_digest);
+
+    // A rule can leave them out.
+    let img2 = TestImage::random(&[5_000]);
+    img2.push(&w.src, "library/unsigned-copy", &Reference::Tag("1".into()))
+        .await;
+    let relay2 = Relay::start(&format!("{}referrers = false\n", w.config())).await;
+    let ids = relay2
+        .push(push_event("library/unsigned-copy", Some("1"), &img2.digest))
+        .await;
+    let job = relay2.wait_success(ids[0]).await;
+    assert_eq!(job["referrers_copied"], 0, "{job}");
+}

@@ -109,6 +109,9 @@ pub struct JobSpec {
     /// Overwrite a target tag that points at another digest.
     #[serde(default = "yes")]
     pub overwrite: bool,
+    /// Copy signatures, SBOMs and other referrers too.
+    #[serde(default = "yes")]
+    pub referrers: bool,
 }
 
 fn yes() -> bool {
@@ -148,6 +151,9 @@ pub struct Summary {
     /// Blobs whose upload continued where an earlier attempt stopped.
     #[serde(default)]
     pub blobs_resumed: u64,
+    /// Referrers (signatures, SBOMs, attestations) copied with it.
+    #[serde(default)]
+    pub referrers_copied: u64,
     /// Bytes uploaded.
     pub bytes_copied: u64,
     /// For a delete job: whether the manifest was deleted on the target.

@@ -616,6 +616,7 @@ mod tests {
             occurred_at: None,
             action: crate::jobs::Action::Copy,
             overwrite: true,
+            referrers: true,
         }
     }
 

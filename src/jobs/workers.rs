@@ -198,6 +198,7 @@ async fn run_job(ctx: &Context, job: Job) {
                                 target,
                                 target_repository: &spec.target_repository,
                                 overwrite: spec.overwrite,
+                                referrers: spec.referrers,
                             })
                             .await
                     }

@@ -370,6 +370,60 @@ impl Registry {
         }
     }
 
+    /// The referrers of a manifest by the OCI 1.1 API
+    /// (`GET /v2/<name>/referrers/<digest>`, following `Link` pages), or
+    /// `None` if the registry does not offer the API.
+    pub async fn referrers(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<manifest::Descriptor>>, RegistryError> {
+        let what = format!("referrers of {repository}@{digest}");
+        let mut url = self.url(&format!("{repository}/referrers/{digest}"));
+        let mut all = Vec::new();
+        for _ in 0..50 {
+            let resp = self
+                .t
+                .send(&what, &pull(repository), true, &|c| {
+                    c.get(&url).header(ACCEPT, manifest::OCI_INDEX)
+                })
+                .await?;
+            match resp.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                    return Ok(if all.is_empty() { None } else { Some(all) });
+                }
+                _ => return Err(self.t.status_error(resp, &what).await),
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split('<').nth(1))
+                .and_then(|l| l.split('>').next())
+                .and_then(|l| resp.url().join(l).ok());
+            let body = self
+                .t
+                .read_limited(resp, manifest::MAX_MANIFEST_BYTES, &what)
+                .await?;
+            let index =
+                Manifest::from_bytes(body, Some(manifest::OCI_INDEX)).map_err(|source| {
+                    RegistryError::Manifest {
+                        registry: self.t.name.clone(),
+                        source,
+                    }
+                })?;
+            if let Ok(manifest::Children::Manifests(list)) = index.children() {
+                all.extend(list);
+            }
+            match next {
+                Some(n) => url = n.to_string(),
+                None => break,
+            }
+        }
+        Ok(Some(all))
+    }
+
     /// Deletes a manifest by digest (which removes the tags pointing at
     /// it). Returns false if it was not there.
     pub async fn delete_manifest(

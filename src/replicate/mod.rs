@@ -125,6 +125,8 @@ pub struct CopyRequest<'a> {
     pub target_repository: &'a str,
     /// Overwrite a target tag that points at another digest.
     pub overwrite: bool,
+    /// Copy referrers (signatures, SBOMs) after the artifact.
+    pub referrers: bool,
 }
 
 #[derive(Default)]
@@ -135,6 +137,7 @@ struct Progress {
     blobs_mounted: AtomicU64,
     blobs_resumed: AtomicU64,
     bytes_copied: AtomicU64,
+    referrers_copied: AtomicU64,
 }
 
 impl Replicator {
@@ -209,6 +212,10 @@ impl Replicator {
                 .put_manifest(req.target_repository, req.reference, &top)
                 .await?;
         }
+        // Referrers go after their subject, so they never point at nothing.
+        if req.referrers {
+            self.copy_referrers(req, &top.digest, &progress).await?;
+        }
         Ok(Summary {
             digest: top.digest,
             manifests_copied: progress.manifests_copied.into_inner(),
@@ -219,7 +226,63 @@ impl Replicator {
             bytes_copied: progress.bytes_copied.into_inner(),
             deleted: false,
             skipped: None,
+            referrers_copied: progress.referrers_copied.into_inner(),
         })
+    }
+
+    /// Copies what refers to `subject`: manifests listed by the source's
+    /// OCI referrers API; the referrers tag schema's `sha256-<hex>` index
+    /// (which must be an index); and cosign's `sha256-<hex>.sig`, `.att`
+    /// and `.sbom` tags. Each is copied whole, byte for byte, so on a target
+    /// without the referrers API the same fallback tag serves its clients.
+    async fn copy_referrers(
+        &self,
+        req: &CopyRequest<'_>,
+        subject: &str,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let (source, target) = (req.source, req.target);
+        let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
+        let mut copied = HashSet::new();
+        if let Some(list) = source.referrers(src_repo, subject).await? {
+            for d in list {
+                if !copied.insert(d.digest.clone())
+                    || target.has_manifest(dst_repo, &d.digest).await?
+                {
+                    continue;
+                }
+                let m = source
+                    .get_manifest(src_repo, &Reference::Digest(d.digest.clone()))
+                    .await?;
+                self.copy_manifest(req, &m, 1, progress).await?;
+                progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let Some(hex) = subject.strip_prefix("sha256:") else {
+            return Ok(());
+        };
+        for suffix in ["", ".sig", ".att", ".sbom"] {
+            let tag = Reference::Tag(format!("sha256-{hex}{suffix}"));
+            let Some(digest) = source.resolve(src_repo, &tag).await? else {
+                continue;
+            };
+            let m = source
+                .get_manifest(src_repo, &Reference::Digest(digest.clone()))
+                .await?;
+            if suffix.is_empty() && !m.is_index() {
+                tracing::warn!(tag = %tag, "referrers fallback tag is not an index; not copied");
+                continue;
+            }
+            if target.resolve(dst_repo, &tag).await?.as_deref() == Some(digest.as_str()) {
+                continue;
+            }
+            if !target.has_manifest(dst_repo, &digest).await? {
+                self.copy_manifest(req, &m, 1, progress).await?;
+            }
+            target.put_manifest(dst_repo, &tag, &m).await?;
+            progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Replicates a deletion: deletes the manifest with `digest` from the
