@@ -44,6 +44,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/webhooks/harbor", post(harbor_webhook))
+        .route("/webhooks/distribution", post(distribution_webhook))
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
@@ -89,13 +90,26 @@ fn format_of(headers: &HeaderMap) -> Option<Format> {
     match essence.as_str() {
         "application/json" => Some(Format::Default),
         "application/cloudevents+json" => Some(Format::CloudEvents),
+        "application/vnd.docker.distribution.events.v1+json" => Some(Format::Distribution),
         _ => None,
     }
 }
 
-async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Response {
+fn ignored(body: serde_json::Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The checks every webhook passes, in order: auth (401), content type
+/// (415, with the formats this endpoint takes), size (413). Nothing is
+/// stored for a refused request.
+async fn receive(
+    app: &AppState,
+    req: Request,
+    takes: &[Format],
+    expected: &str,
+) -> Result<(Format, bytes::Bytes), Response> {
     let (parts, body) = req.into_parts();
-    let format = format_of(&parts.headers);
+    let format = format_of(&parts.headers).filter(|f| takes.contains(f));
     let label = format.map_or("unknown", Format::as_str);
     let count = |outcome: &str| {
         app.metrics
@@ -103,26 +117,25 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             .with_label_values(&[label, outcome])
             .inc()
     };
-
-    if let Some(expected) = &app.webhook_auth
-        && !authorized(expected, &parts.headers)
+    if let Some(secret) = &app.webhook_auth
+        && !authorized(secret, &parts.headers)
     {
         count("unauthorized");
         tracing::warn!("webhook refused: missing or wrong Authorization header");
-        return error(
+        return Err(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong Authorization header: it must equal the webhook's auth header configured in Harbor",
-        );
+        ));
     }
     let Some(format) = format else {
         count("unsupported_media_type");
-        return error(
+        return Err(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json (Harbor's Default payload) or application/cloudevents+json (CloudEvents)",
-        );
+            format!("Content-Type must be {expected}"),
+        ));
     };
-    let bytes = match read_limited(Body::new(body)).await {
-        Ok(b) => b,
+    match read_limited(Body::new(body)).await {
+        Ok(b) => Ok((format, b)),
         Err(BodyError::TooLarge) => {
             count("too_large");
             let mut r = error(
@@ -133,37 +146,155 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
                 header::CONNECTION,
                 header::HeaderValue::from_static("close"),
             );
-            return r;
+            Err(r)
         }
         Err(BodyError::Broken(e)) => {
             count("bad_request");
-            return error(
+            Err(error(
                 StatusCode::BAD_REQUEST,
                 format!("reading the body failed: {e}"),
-            );
+            ))
         }
+    }
+}
+
+async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let (format, bytes) = match receive(
+        &app,
+        req,
+        &[Format::Default, Format::CloudEvents],
+        "application/json (Harbor's Default payload) or application/cloudevents+json (CloudEvents)",
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
     };
-    let parsed = match event::parse(format, &bytes) {
-        Ok(p) => p,
+    let count = |outcome: &str| {
+        app.metrics
+            .webhooks
+            .with_label_values(&[format.as_str(), outcome])
+            .inc()
+    };
+    match event::parse(format, &bytes) {
         Err(e) => {
             count("bad_request");
             tracing::info!(error = %e, "webhook refused");
-            return error(StatusCode::BAD_REQUEST, e.to_string());
+            error(StatusCode::BAD_REQUEST, e.to_string())
         }
-    };
-    let ev = match parsed {
-        Parsed::Ignored { event_type, reason } => {
+        Ok(Parsed::Ignored { event_type, reason }) => {
             count("ignored");
-            return (
-                StatusCode::OK,
-                axum::Json(
-                    json!({ "status": "ignored", "event_type": event_type, "reason": reason }),
-                ),
-            )
-                .into_response();
+            ignored(json!({ "status": "ignored", "event_type": event_type, "reason": reason }))
         }
-        Parsed::Artifact(ev) => ev,
+        Ok(Parsed::Artifact(ev)) => accept(&app, format, vec![ev]).await,
+    }
+}
+
+/// CNCF distribution's notifications: a plain registry can drive the relay.
+async fn distribution_webhook(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let (format, bytes) = match receive(
+        &app,
+        req,
+        &[Format::Distribution, Format::Default],
+        "application/vnd.docker.distribution.events.v1+json",
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
     };
+    let format = if format == Format::Default {
+        Format::Distribution
+    } else {
+        format
+    };
+    match event::parse_distribution(&bytes) {
+        Err(e) => {
+            app.metrics
+                .webhooks
+                .with_label_values(&[format.as_str(), "bad_request"])
+                .inc();
+            error(StatusCode::BAD_REQUEST, e.to_string())
+        }
+        Ok(events) if events.is_empty() => {
+            app.metrics
+                .webhooks
+                .with_label_values(&[format.as_str(), "ignored"])
+                .inc();
+            ignored(json!({
+                "status": "ignored",
+                "reason": "only manifest pushes are acted on (blob pushes, pulls and deletes are not)",
+            }))
+        }
+        Ok(events) => accept(&app, format, events).await,
+    }
+}
+
+/// Turns events into jobs under the rules and stores them; `202` once they
+/// are on disk.
+async fn accept(app: &AppState, format: Format, events: Vec<event::Event>) -> Response {
+    let count = |outcome: &str| {
+        app.metrics
+            .webhooks
+            .with_label_values(&[format.as_str(), outcome])
+            .inc()
+    };
+    let mut specs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut deleting = false;
+    for ev in &events {
+        deleting |= ev.kind == EventKind::Delete;
+        specs.extend(plan_event(app, ev, &mut skipped));
+    }
+    if specs.is_empty() {
+        count("ignored");
+        return ignored(json!({
+            "status": "ignored",
+            "event_type": if deleting { "DELETE_ARTIFACT" } else { "PUSH_ARTIFACT" },
+            "reason": if deleting { "no rule replicates this deletion" } else { "no rule matches" },
+            "details": skipped,
+        }));
+    }
+    let described: Vec<(String, String)> = specs
+        .iter()
+        .map(|s| {
+            (
+                s.rule.clone(),
+                format!("{}/{}{}", s.to, s.target_repository, s.reference),
+            )
+        })
+        .collect();
+    match app.store.enqueue(specs).await {
+        Ok(done) => {
+            count("accepted");
+            app.metrics.queue_depth.set(app.store.queued() as i64);
+            let jobs: Vec<_> = done
+                .iter()
+                .zip(described.iter())
+                .map(|(e, (rule, target))| {
+                    json!({ "id": e.id, "rule": rule, "target": target, "coalesced": e.coalesced })
+                })
+                .collect();
+            tracing::info!(events = events.len(), jobs = jobs.len(), "webhook accepted");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "status": "accepted", "jobs": jobs, "skipped": skipped })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            count("error");
+            tracing::error!(error = %e, "cannot store webhook jobs");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot store the job, nothing was accepted: {e}"),
+            )
+        }
+    }
+}
+
+/// The jobs one event asks for; why none, in `skipped`.
+fn plan_event(app: &AppState, ev: &event::Event, skipped: &mut Vec<String>) -> Vec<JobSpec> {
     let deleting = ev.kind == EventKind::Delete;
     let action = if deleting {
         Action::Delete
@@ -171,7 +302,6 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
         Action::Copy
     };
     let mut specs = Vec::new();
-    let mut skipped = Vec::new();
     for a in &ev.artifacts {
         let (plans, skips) = if deleting {
             app.rules
@@ -222,52 +352,7 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             referrers: p.referrers,
         }));
     }
-    if specs.is_empty() {
-        count("ignored");
-        return (
-            StatusCode::OK,
-            axum::Json(json!({
-                "status": "ignored",
-                "event_type": if deleting { "DELETE_ARTIFACT" } else { "PUSH_ARTIFACT" },
-                "reason": if deleting { "no rule replicates this deletion" } else { "no rule matches" },
-                "details": skipped,
-            })),
-        )
-            .into_response();
-    }
-
-    let targets: Vec<String> = specs
-        .iter()
-        .map(|s| format!("{}/{}{}", s.to, s.target_repository, s.reference))
-        .collect();
-    let rules: Vec<String> = specs.iter().map(|s| s.rule.clone()).collect();
-    match app.store.enqueue(specs).await {
-        Ok(done) => {
-            count("accepted");
-            app.metrics.queue_depth.set(app.store.queued() as i64);
-            let jobs: Vec<_> = done
-                .iter()
-                .zip(rules.iter().zip(targets.iter()))
-                .map(|(e, (rule, target))| {
-                    json!({ "id": e.id, "rule": rule, "target": target, "coalesced": e.coalesced })
-                })
-                .collect();
-            tracing::info!(repository = %ev.repository, jobs = jobs.len(), "webhook accepted");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({ "status": "accepted", "jobs": jobs, "skipped": skipped })),
-            )
-                .into_response()
-        }
-        Err(e) => {
-            count("error");
-            tracing::error!(error = %e, "cannot store webhook jobs");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot store the job, nothing was accepted: {e}"),
-            )
-        }
-    }
+    specs
 }
 
 enum BodyError {

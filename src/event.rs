@@ -16,6 +16,9 @@ pub enum Format {
     Default,
     /// `Content-Type: application/cloudevents+json`, structured CloudEvents 1.0.
     CloudEvents,
+    /// CNCF distribution's notifications
+    /// (`application/vnd.docker.distribution.events.v1+json`).
+    Distribution,
 }
 
 impl Format {
@@ -24,6 +27,7 @@ impl Format {
         match self {
             Format::Default => "default",
             Format::CloudEvents => "cloudevents",
+            Format::Distribution => "distribution",
         }
     }
 }
@@ -137,7 +141,105 @@ pub fn parse(format: Format, body: &[u8]) -> Result<Parsed, EventError> {
     match format {
         Format::Default => parse_default(body),
         Format::CloudEvents => parse_cloudevents(body),
+        Format::Distribution => Err(EventError::Invalid {
+            field: "Content-Type".into(),
+            problem: "distribution notifications go to /webhooks/distribution".into(),
+        }),
     }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    events: Option<Vec<DistEvent>>,
+}
+
+#[derive(Deserialize)]
+struct DistEvent {
+    action: Option<String>,
+    timestamp: Option<String>,
+    target: Option<DistTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DistTarget {
+    media_type: Option<String>,
+    digest: Option<String>,
+    repository: Option<String>,
+    tag: Option<String>,
+}
+
+/// Parses CNCF distribution's notifications envelope. Only manifest pushes
+/// become events; blob pushes, pulls and deletes are dropped (the registry
+/// sends them all). A repository without a `/` has an empty project.
+pub fn parse_distribution(body: &[u8]) -> Result<Vec<Event>, EventError> {
+    let env: Envelope = from_json(body)?;
+    let events = env.events.ok_or_else(|| missing("events"))?;
+    if events.len() > MAX_RESOURCES {
+        return Err(EventError::Invalid {
+            field: "events".into(),
+            problem: format!(
+                "{} events; at most {MAX_RESOURCES} are accepted",
+                events.len()
+            ),
+        });
+    }
+    let mut out = Vec::new();
+    for (i, e) in events.into_iter().enumerate() {
+        let field = |f: &str| format!("events[{i}].{f}");
+        if e.action.as_deref() != Some("push") {
+            continue;
+        }
+        let Some(t) = e.target else {
+            return Err(missing(&field("target")));
+        };
+        if !t
+            .media_type
+            .as_deref()
+            .is_some_and(|m| crate::manifest::ACCEPTED.contains(&m))
+        {
+            continue;
+        }
+        let repository = t
+            .repository
+            .ok_or_else(|| missing(&field("target.repository")))?;
+        reference::repository(&repository).map_err(|e| EventError::Invalid {
+            field: field("target.repository"),
+            problem: e.to_string(),
+        })?;
+        let digest = t.digest.ok_or_else(|| missing(&field("target.digest")))?;
+        reference::digest(&digest).map_err(|e| EventError::Invalid {
+            field: field("target.digest"),
+            problem: e.to_string(),
+        })?;
+        let reference = match t.tag.filter(|t| !t.is_empty()) {
+            Some(tag) => reference::tag(&tag).map_err(|e| EventError::Invalid {
+                field: field("target.tag"),
+                problem: e.to_string(),
+            })?,
+            None => Reference::Digest(digest.clone()),
+        };
+        let project = repository
+            .split_once('/')
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default();
+        let occurred_at = e
+            .timestamp
+            .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
+            .and_then(|st| st.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        out.push(Event {
+            kind: EventKind::Push,
+            project,
+            repository,
+            artifacts: vec![Artifact {
+                reference,
+                digest: Some(digest),
+            }],
+            occurred_at,
+        });
+    }
+    Ok(out)
 }
 
 /// Parses Harbor's Default format.
@@ -485,5 +587,29 @@ mod tests {
         }))
         .expect_err("refused");
         assert!(e.to_string().contains("namespace"), "{e}");
+    }
+
+    #[test]
+    fn distribution_notifications_keep_manifest_pushes_only() {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let body = serde_json::json!({"events": [
+            {"action": "push", "timestamp": "2024-08-25T08:00:00.123456789Z",
+             "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "repository": "library/app"}},
+            {"action": "pull", "target": {"mediaType": crate::manifest::OCI_MANIFEST, "digest": d, "repository": "library/app", "tag": "1"}},
+            {"action": "push", "target": {"mediaType": crate::manifest::OCI_MANIFEST, "digest": d, "repository": "library/app", "tag": "1"}},
+            {"action": "push", "target": {"mediaType": crate::manifest::DOCKER_MANIFEST, "digest": d, "repository": "hello"}},
+        ]});
+        let events = parse_distribution(&serde_json::to_vec(&body).expect("json")).expect("parses");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].project, "library");
+        assert_eq!(events[0].artifacts[0].reference, Reference::Tag("1".into()));
+        assert_eq!(events[1].project, "");
+        assert_eq!(
+            events[1].artifacts[0].reference,
+            Reference::Digest(d.clone())
+        );
+        let bad = serde_json::json!({"events": [
+            {"action": "push", "target": {"mediaType": crate::manifest::OCI_MANIFEST, "digest": d, "repository": "../x"}}]});
+        assert!(parse_distribution(&serde_json::to_vec(&bad).expect("json")).is_err());
     }
 }

@@ -96,7 +96,13 @@ impl Rule {
         let path = parts[parts.len() - keep..].join("/");
         let template = self.config.target_project.replace("{project}", project);
         if template.contains("{repository}") {
-            template.replace("{repository}", &path)
+            template
+                .replace("{repository}", &path)
+                .trim_start_matches('/')
+                .to_string()
+        } else if template.is_empty() {
+            // A plain registry's top-level repository has no project.
+            path
         } else {
             format!("{template}/{path}")
         }

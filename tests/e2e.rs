@@ -1178,3 +1178,57 @@ async fn signatures_follow_their_image_through_the_referrers_fallback_tag() {
     let job = relay2.wait_success(ids[0]).await;
     assert_eq!(job["referrers_copied"], 0, "{job}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_registry_drives_the_relay_with_its_notifications() {
+    let w = World::new().await;
+    let port = free_port();
+    // A plain registry (not Harbor) that notifies the relay of every push.
+    let plain = RegistryProc::start_notifying(
+        &format!("http://127.0.0.1:{port}/webhooks/distribution"),
+        WEBHOOK_SECRET,
+    )
+    .await;
+    let config = format!(
+        "{}{}[[rules]]\nfrom = \"plain\"\nto = \"integrated\"\n",
+        registry_toml("plain", &plain.url, None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start_on(port, "", &config).await;
+    let src = client(&plain.url, None, TlsMode::System);
+    let img = TestImage::random(&[40_000]);
+    img.push(&src, "apps/web", &Reference::Tag("3".into()))
+        .await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(m) = w
+            .dst
+            .get_manifest("apps/web", &Reference::Tag("3".into()))
+            .await
+        {
+            assert_eq!(m.digest, img.digest);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notification never made it: {}\n{}",
+            relay.logs(),
+            plain.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_image_on(&w.dst, "apps/web", &img, Some("3")).await;
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics.as_str().expect("text").contains(
+            "harbor_relay_webhooks_received_total{format=\"distribution\",outcome=\"accepted\"}"
+        ),
+        "{metrics}"
+    );
+}

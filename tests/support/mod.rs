@@ -122,6 +122,21 @@ impl RegistryProc {
 
     /// Starts a registry on a given loopback port.
     pub async fn start_on(port: u16, tls: Option<&Pki>, auth: Auth) -> RegistryProc {
+        Self::start_full(port, tls, auth, None).await
+    }
+
+    /// Starts a plain registry that sends its notifications to `url`
+    /// with `Authorization: <auth>`.
+    pub async fn start_notifying(url: &str, auth: &str) -> RegistryProc {
+        Self::start_full(free_port(), None, Auth::None, Some((url, auth))).await
+    }
+
+    async fn start_full(
+        port: u16,
+        tls: Option<&Pki>,
+        auth: Auth,
+        notify: Option<(&str, &str)>,
+    ) -> RegistryProc {
         let bin = registry_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -153,6 +168,11 @@ impl RegistryProc {
                     issuer.url, issuer.service, issuer.issuer, issuer.cert_pem.display()
                 ));
             }
+        }
+        if let Some((url, header)) = notify {
+            cfg.push_str(&format!(
+                "notifications:\n  endpoints:\n    - name: relay\n      url: {url}\n      headers:\n        Authorization: [\"{header}\"]\n      timeout: 2s\n      threshold: 5\n      backoff: 500ms\n"
+            ));
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).expect("registry config");
@@ -571,8 +591,12 @@ impl Relay {
 
     /// Like [`Relay::start`], with extra lines for the `[jobs]` section.
     pub async fn start_with_jobs(jobs: &str, rest: &str) -> Relay {
+        Self::start_on(free_port(), jobs, rest).await
+    }
+
+    /// Like [`Relay::start_with_jobs`], listening on `port`.
+    pub async fn start_on(port: u16, jobs: &str, rest: &str) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
             dir.path().join("store").display(),
