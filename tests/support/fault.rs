@@ -198,6 +198,10 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
         retry_after,
     }) = &fault
     {
+        // Read what the client sends first, so that it reads the answer
+        // rather than a connection closed under its upload.
+        let mut drain = req.into_body().into_data_stream();
+        while let Some(Ok(_)) = drain.next().await {}
         record(*status);
         let mut r = (
             StatusCode::from_u16(*status).expect("status"),
