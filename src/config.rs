@@ -245,6 +245,8 @@ pub struct RuleConfig {
     pub replicate_deletes: bool,
     /// Copy what refers to a replicated manifest (signatures, SBOMs).
     pub referrers: bool,
+    /// Compare source and target this often and repair the differences.
+    pub reconcile_interval: Option<Duration>,
 }
 
 impl RuleConfig {
@@ -263,6 +265,7 @@ impl RuleConfig {
             overwrite: true,
             replicate_deletes: false,
             referrers: true,
+            reconcile_interval: None,
         }
     }
 }
@@ -357,6 +360,7 @@ struct RawRule {
     overwrite: Option<bool>,
     replicate_deletes: Option<bool>,
     referrers: Option<bool>,
+    reconcile_interval: Option<String>,
 }
 
 /// Default listen address.
@@ -880,6 +884,21 @@ impl Loader<'_> {
             overwrite: r.overwrite.unwrap_or(true),
             replicate_deletes: r.replicate_deletes.unwrap_or(false),
             referrers: r.referrers.unwrap_or(true),
+            reconcile_interval: match r.reconcile_interval {
+                None => None,
+                Some(t) => {
+                    let d = humantime::parse_duration(&t).map_err(|e| {
+                        self.invalid(
+                            key("reconcile_interval"),
+                            format!("`{t}` is not a duration like \"15m\": {e}"),
+                        )
+                    })?;
+                    if d < Duration::from_secs(1) {
+                        return Err(self.invalid(key("reconcile_interval"), "must be at least 1s"));
+                    }
+                    Some(d)
+                }
+            },
         })
     }
 }

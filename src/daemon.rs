@@ -106,7 +106,29 @@ pub async fn run(
         },
         retention: config.jobs.retention,
     });
-    let workers = Workers::spawn(config.jobs.workers, ctx, shutdown.clone());
+    let workers = Workers::spawn(config.jobs.workers, ctx.clone(), shutdown.clone());
+    let mut reconcilers = tokio::task::JoinSet::new();
+    for rule in rules.iter() {
+        let Some(interval) = rule.config.reconcile_interval else {
+            continue;
+        };
+        let (Some(source), Some(target)) = (
+            ctx.registries.get(&rule.config.from),
+            ctx.registries.get(&rule.config.to),
+        ) else {
+            continue;
+        };
+        tracing::info!(rule = %rule.config.name, ?interval, "reconcile passes on");
+        reconcilers.spawn(crate::reconcile::run(
+            rule.clone(),
+            interval,
+            source.clone(),
+            target.clone(),
+            store.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let state = Arc::new(AppState {
         store: store.clone(),
         rules,
@@ -122,6 +144,7 @@ pub async fn run(
     );
     let served = api::run(listener, state, shutdown.clone()).await;
     shutdown.cancel();
+    reconcilers.abort_all();
     tracing::info!("stopping: waiting for running jobs");
     if !workers.join(config.jobs.shutdown_grace).await {
         tracing::warn!(

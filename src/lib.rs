@@ -23,6 +23,7 @@
 //! - [`manifest`]: manifest media types and children, bytes untouched.
 //! - [`registry`]: one OCI Distribution client per registry (auth, TLS).
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
+//! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
 //! - [`metrics`]: every Prometheus metric.
 //! - [`daemon`]: wires it all together; `run(config, listener, shutdown)`.
 
@@ -33,6 +34,7 @@ pub mod event;
 pub mod jobs;
 pub mod manifest;
 pub mod metrics;
+pub mod reconcile;
 pub mod reference;
 pub mod registry;
 pub mod replicate;

@@ -67,6 +67,18 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Compare a rule's source with its target now; copy what differs.
+    Reconcile {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The rule's name.
+        #[arg(long)]
+        rule: String,
+        /// Only print the differences.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check the rules of a config against an image, without copying.
     Rules {
         #[command(subcommand)]
@@ -162,10 +174,90 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config,
             action,
         } => jobs(url, config, action).await,
+        Command::Reconcile {
+            config,
+            rule,
+            dry_run,
+        } => reconcile(config, rule, dry_run).await,
         Command::Rules {
             action: RulesAction::Test { config, image },
         } => rules_test(config, image),
     }
+}
+
+async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
+    let Some(rule) = rules.get(&rule) else {
+        let names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+        bail!(
+            "no rule '{rule}' in {} (rules: {})",
+            path.display(),
+            names.join(", ")
+        );
+    };
+    let registries = daemon::registries(&config)?;
+    let (Some(source), Some(target)) = (
+        registries.get(&rule.config.from),
+        registries.get(&rule.config.to),
+    ) else {
+        bail!("the rule's registries are not configured");
+    };
+    let report = harbor_relay::reconcile::pass(rule, source, target).await?;
+    for d in &report.differences {
+        println!(
+            "{}/{}:{} {} -> {}/{}:{} {}",
+            rule.config.from,
+            d.source_repository,
+            d.tag,
+            d.source_digest,
+            rule.config.to,
+            d.target_repository,
+            d.tag,
+            d.target_digest.as_deref().unwrap_or("missing")
+        );
+    }
+    println!(
+        "{} tags checked, {} differ",
+        report.checked,
+        report.differences.len()
+    );
+    if dry_run || report.differences.is_empty() {
+        return Ok(());
+    }
+    let replicator = Replicator::new(
+        config.jobs.blob_concurrency,
+        None,
+        std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
+    );
+    let mut failed = 0;
+    for job in harbor_relay::reconcile::jobs_for(rule, &report) {
+        let done = replicator
+            .copy(&CopyRequest {
+                source,
+                source_repository: &job.source_repository,
+                reference: &job.reference,
+                target,
+                target_repository: &job.target_repository,
+                overwrite: job.overwrite,
+                referrers: job.referrers,
+            })
+            .await;
+        match done {
+            Ok(s) => println!(
+                "copied {}{} ({} blobs, {} bytes)",
+                job.source_repository, job.reference, s.blobs_copied, s.bytes_copied
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("failed {}{}: {e}", job.source_repository, job.reference);
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} copies failed", report.differences.len());
+    }
+    Ok(())
 }
 
 fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub jobs_retrying: IntGauge,
     /// Failed attempts that will be retried, by `rule`.
     pub job_retries: IntCounterVec,
+    /// Tags compared by reconcile passes, by `rule`.
+    pub reconcile_checked: IntCounterVec,
+    /// Differences reconcile passes found (and queued), by `rule`.
+    pub reconcile_differences: IntCounterVec,
+    /// When the last reconcile pass of a rule finished (Unix seconds).
+    pub reconcile_last_pass: prometheus::GaugeVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate name).
@@ -95,6 +101,30 @@ impl Metrics {
             ),
             &["rule"],
         )?;
+        let reconcile_checked = IntCounterVec::new(
+            Opts::new(
+                "harbor_relay_reconcile_checked_total",
+                "Tags compared between source and target by reconcile passes, by rule.",
+            ),
+            &["rule"],
+        )?;
+        let reconcile_differences = IntCounterVec::new(
+            Opts::new(
+                "harbor_relay_reconcile_differences_total",
+                "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
+            ),
+            &["rule"],
+        )?;
+        let reconcile_last_pass = prometheus::GaugeVec::new(
+            Opts::new(
+                "harbor_relay_reconcile_last_pass_timestamp_seconds",
+                "When the last successful reconcile pass of a rule finished, in Unix seconds.",
+            ),
+            &["rule"],
+        )?;
+        registry.register(Box::new(reconcile_checked.clone()))?;
+        registry.register(Box::new(reconcile_differences.clone()))?;
+        registry.register(Box::new(reconcile_last_pass.clone()))?;
         registry.register(Box::new(jobs_retrying.clone()))?;
         registry.register(Box::new(job_retries.clone()))?;
         registry.register(Box::new(webhooks.clone()))?;
@@ -119,6 +149,9 @@ impl Metrics {
             jobs_running,
             jobs_retrying,
             job_retries,
+            reconcile_checked,
+            reconcile_differences,
+            reconcile_last_pass,
         })
     }
 

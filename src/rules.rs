@@ -215,6 +215,16 @@ impl RuleSet {
         (plans, skips)
     }
 
+    /// The rules, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// The rule with this name.
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.config.name == name)
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()

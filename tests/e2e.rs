@@ -1232,3 +1232,108 @@ async fn a_plain_registry_drives_the_relay_with_its_notifications() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
+    let w = World::new().await;
+    let a = TestImage::random(&[20_000]);
+    let b = TestImage::random(&[20_000]);
+    // Pushed while the daemon was stopped: no webhook will ever come.
+    a.push(&w.src, "library/quiet", &Reference::Tag("1".into()))
+        .await;
+    b.push(&w.src, "team-b/tool", &Reference::Tag("2".into()))
+        .await;
+    let rules = "[[rules]]\nname = \"catch-up\"\nfrom = \"external\"\nto = \"integrated\"\nreconcile_interval = \"1s\"\n";
+    let base = format!(
+        "{}{}",
+        registry_toml("external", &w.source.url, None, ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"{}\"\n\n{base}{rules}",
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("utf-8");
+    let out = relay_cmd(&[
+        "reconcile",
+        "--config",
+        cfg,
+        "--rule",
+        "catch-up",
+        "--dry-run",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 tags checked, 2 differ"), "{stdout}");
+    assert!(stdout.contains("external/library/quiet:1"), "{stdout}");
+
+    let relay = Relay::start(&format!("{base}{rules}")).await;
+    let wait_for = |repo: &'static str, tag: &'static str, img: TestImage| {
+        let dst = w.dst.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if dst
+                    .get_manifest(repo, &Reference::Tag(tag.into()))
+                    .await
+                    .is_ok_and(|m| m.digest == img.digest)
+                {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{repo}:{tag} never arrived"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for("library/quiet", "1", a.clone()).await;
+    wait_for("team-b/tool", "2", b.clone()).await;
+    assert_image_on(&w.dst, "library/quiet", &a, Some("1")).await;
+
+    // Scheduled pull: a new push on the source arrives with no webhook.
+    let c = TestImage::random(&[20_000]);
+    c.push(&w.src, "library/quiet", &Reference::Tag("2".into()))
+        .await;
+    wait_for("library/quiet", "2", c.clone()).await;
+
+    // Everything is in place: the next pass finds nothing.
+    let out = relay_cmd(&[
+        "reconcile",
+        "--config",
+        cfg,
+        "--rule",
+        "catch-up",
+        "--dry-run",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 tags checked, 0 differ"), "{stdout}");
+    let (_, metrics) = relay.get("/metrics").await;
+    let text = metrics.as_str().expect("text");
+    // At least the three repairs (a slow job can be found twice).
+    let found: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("harbor_relay_reconcile_differences_total{rule=\"catch-up\"} ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .expect("differences metric");
+    assert!(found >= 3, "{text}");
+    assert!(text.contains("harbor_relay_reconcile_last_pass_timestamp_seconds{rule=\"catch-up\"}"));
+}

@@ -424,6 +424,83 @@ impl Registry {
         Ok(Some(all))
     }
 
+    /// Every repository the registry lists (`/v2/_catalog`, paged).
+    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            repositories: Option<Vec<String>>,
+        }
+        let pages: Vec<Page> = self
+            .pages(
+                "listing repositories",
+                &[],
+                &format!("{}/v2/_catalog?n=1000", self.t.base),
+            )
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.repositories.unwrap_or_default())
+            .filter(|r| crate::reference::is_valid_repository(r))
+            .collect())
+    }
+
+    /// Every tag of a repository (`/v2/<name>/tags/list`, paged).
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let pages: Vec<Page> = self
+            .pages(
+                &format!("listing tags of {repository}"),
+                &pull(repository),
+                &self.url(&format!("{repository}/tags/list?n=1000")),
+            )
+            .await?;
+        Ok(pages
+            .into_iter()
+            .flat_map(|p| p.tags.unwrap_or_default())
+            .filter(|t| crate::reference::is_valid_tag(t))
+            .collect())
+    }
+
+    /// GETs a JSON list and its `Link: <…>; rel="next"` pages.
+    async fn pages<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        scopes: &[String],
+        first: &str,
+    ) -> Result<Vec<T>, RegistryError> {
+        let mut url = first.to_string();
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let resp = self.t.send(what, scopes, true, &|c| c.get(&url)).await?;
+            if resp.status() != StatusCode::OK {
+                return Err(self.t.status_error(resp, what).await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split('<').nth(1))
+                .and_then(|l| l.split('>').next())
+                .and_then(|l| resp.url().join(l).ok());
+            let body = self.t.read_limited(resp, 16 << 20, what).await?;
+            out.push(
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
+                    registry: self.t.name.clone(),
+                    what: what.to_string(),
+                    detail: format!("unexpected answer: {e}"),
+                })?,
+            );
+            match next {
+                Some(n) => url = n.to_string(),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes a manifest by digest (which removes the tags pointing at
     /// it). Returns false if it was not there.
     pub async fn delete_manifest(

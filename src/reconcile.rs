@@ -1,0 +1,168 @@
+//! Catch-up: webhooks get lost (Harbor gives up after three attempts, tags
+//! added in its UI send none, nothing arrives while the daemon is down), so
+//! a rule may set `reconcile_interval` and have the source compared with
+//! the target now and then. A pass lists the source (`/v2/_catalog` and
+//! `tags/list`), keeps what the rule selects, and compares each tag's
+//! digest on both sides with manifest `HEAD`s (cheap; on Docker Hub they do
+//! not count as pulls). Only the differences become jobs. A rule whose
+//! source is any registry and that sets an interval is "scheduled pull
+//! replication".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{Action, JobSpec, Store};
+use crate::metrics::Metrics;
+use crate::reference::Reference;
+use crate::registry::{Registry, RegistryError};
+use crate::rules::Rule;
+
+/// A tag whose target differs from its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// Repository on the source.
+    pub source_repository: String,
+    /// The tag.
+    pub tag: String,
+    /// What the tag points at on the source.
+    pub source_digest: String,
+    /// Repository on the target.
+    pub target_repository: String,
+    /// What it points at on the target, if it exists there.
+    pub target_digest: Option<String>,
+}
+
+/// What a pass found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Tags compared.
+    pub checked: u64,
+    /// Tags that differ.
+    pub differences: Vec<Difference>,
+}
+
+/// Compares the source with the target under one rule.
+pub async fn pass(
+    rule: &Rule,
+    source: &Registry,
+    target: &Registry,
+) -> Result<Report, RegistryError> {
+    let mut report = Report::default();
+    for repository in source.catalog().await? {
+        let project = repository
+            .split_once('/')
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        // A cheap first filter on the repository, before listing tags.
+        if rule
+            .plan(project, &repository, &Reference::Digest(String::new()))
+            .is_err_and(|s| {
+                matches!(
+                    s,
+                    crate::rules::Skip::Project | crate::rules::Skip::Repository
+                )
+            })
+        {
+            continue;
+        }
+        for tag in source.tags(&repository).await? {
+            let reference = Reference::Tag(tag.clone());
+            let Ok(plan) = rule.plan(project, &repository, &reference) else {
+                continue;
+            };
+            let Some(source_digest) = source.resolve(&repository, &reference).await? else {
+                continue;
+            };
+            report.checked += 1;
+            let target_digest = target.resolve(&plan.target_repository, &reference).await?;
+            if target_digest.as_deref() == Some(source_digest.as_str()) {
+                continue;
+            }
+            if target_digest.is_some() && !plan.overwrite {
+                continue;
+            }
+            report.differences.push(Difference {
+                source_repository: repository.clone(),
+                tag,
+                source_digest,
+                target_repository: plan.target_repository,
+                target_digest,
+            });
+        }
+    }
+    Ok(report)
+}
+
+/// The jobs that repair what a pass found.
+pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
+    report
+        .differences
+        .iter()
+        .map(|d| JobSpec {
+            rule: rule.config.name.clone(),
+            from: rule.config.from.clone(),
+            to: rule.config.to.clone(),
+            source_repository: d.source_repository.clone(),
+            target_repository: d.target_repository.clone(),
+            reference: Reference::Tag(d.tag.clone()),
+            digest: Some(d.source_digest.clone()),
+            occurred_at: None,
+            action: Action::Copy,
+            overwrite: rule.config.overwrite,
+            referrers: rule.config.referrers,
+        })
+        .collect()
+}
+
+/// Runs a pass for `rule` every `interval` (the first right away) and
+/// enqueues the differences, until `shutdown`.
+pub async fn run(
+    rule: Rule,
+    interval: Duration,
+    source: Registry,
+    target: Registry,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let name = rule.config.name.clone();
+    loop {
+        let started = Instant::now();
+        match pass(&rule, &source, &target).await {
+            Ok(report) => {
+                metrics
+                    .reconcile_checked
+                    .with_label_values(&[name.as_str()])
+                    .inc_by(report.checked);
+                metrics
+                    .reconcile_differences
+                    .with_label_values(&[name.as_str()])
+                    .inc_by(report.differences.len() as u64);
+                metrics
+                    .reconcile_last_pass
+                    .with_label_values(&[name.as_str()])
+                    .set(crate::jobs::now_ms() as f64 / 1000.0);
+                let jobs = jobs_for(&rule, &report);
+                if !jobs.is_empty()
+                    && let Err(e) = store.enqueue(jobs).await
+                {
+                    tracing::error!(rule = %name, error = %e, "cannot enqueue reconcile jobs");
+                }
+                tracing::info!(
+                    rule = %name,
+                    checked = report.checked,
+                    differences = report.differences.len(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "reconcile pass done"
+                );
+            }
+            Err(e) => tracing::warn!(rule = %name, error = %e, "reconcile pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
