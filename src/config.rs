@@ -169,6 +169,8 @@ pub struct RegistryConfig {
     pub tls: TlsMode,
     /// How hard we may push this registry, and how blobs are uploaded.
     pub limits: RegistryLimits,
+    /// A Harbor target: create missing projects before pushing into them.
+    pub create_projects: bool,
 }
 
 /// Per-registry limits and upload settings.
@@ -326,6 +328,7 @@ struct RawRegistry {
     stall_timeout: Option<String>,
     chunk_size_threshold: Option<RawSize>,
     chunk_size: Option<RawSize>,
+    create_projects: Option<bool>,
 }
 
 /// A size: a number of bytes, or text like "64MiB".
@@ -798,6 +801,7 @@ impl Loader<'_> {
             password,
             tls,
             limits,
+            create_projects: r.create_projects.unwrap_or(false),
         })
     }
 

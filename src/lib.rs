@@ -22,6 +22,7 @@
 //! - [`replicate`]: copying one artifact: manifests, children, blobs, tag.
 //! - [`manifest`]: manifest media types and children, bytes untouched.
 //! - [`registry`]: one OCI Distribution client per registry (auth, TLS).
+//! - [`harbor`]: Harbor's REST API: create target projects, register the webhook.
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
 //! - [`metrics`]: every Prometheus metric.
@@ -31,6 +32,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod harbor;
 pub mod jobs;
 pub mod manifest;
 pub mod metrics;

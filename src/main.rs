@@ -79,6 +79,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Harbor helpers.
+    Harbor {
+        #[command(subcommand)]
+        action: HarborAction,
+    },
     /// Check the rules of a config against an image, without copying.
     Rules {
         #[command(subcommand)]
@@ -86,6 +91,29 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum HarborAction {
+    /// Create or update the project's webhook policy that sends pushes and
+    /// deletions to harbor-relay (with the config's webhook_auth).
+    RegisterWebhook {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The Harbor registry, as in [registries.NAME].
+        #[arg(long)]
+        registry: String,
+        /// The Harbor project.
+        #[arg(long)]
+        project: String,
+        /// Where Harbor should send webhooks, e.g. https://jumpvm:8080/webhooks/harbor
+        #[arg(long)]
+        url: String,
+        /// Payload format: Default or CloudEvents (Harbor 2.8+).
+        #[arg(long, default_value = "Default")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,10 +207,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
             rule,
             dry_run,
         } => reconcile(config, rule, dry_run).await,
+        Command::Harbor {
+            action:
+                HarborAction::RegisterWebhook {
+                    config,
+                    registry,
+                    project,
+                    url,
+                    format,
+                },
+        } => register_webhook(config, registry, project, url, format).await,
         Command::Rules {
             action: RulesAction::Test { config, image },
         } => rules_test(config, image),
     }
+}
+
+async fn register_webhook(
+    path: PathBuf,
+    registry: String,
+    project: String,
+    url: String,
+    format: String,
+) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let project = reference::repository(&project)?.to_string();
+    if project.contains('/') {
+        bail!("'{project}' is not a project name");
+    }
+    let format = match format.to_ascii_lowercase().as_str() {
+        "default" => "Default",
+        "cloudevents" => "CloudEvents",
+        _ => bail!("--format must be Default or CloudEvents"),
+    };
+    let registries = daemon::registries(&config)?;
+    let Some(harbor) = registries.get(&registry) else {
+        bail!("no registry '{registry}' in {}", path.display());
+    };
+    if config.server.webhook_auth.is_none() {
+        eprintln!("warning: server.webhook_auth is not set, so the policy carries no auth header");
+    }
+    let auth = config.server.webhook_auth.as_ref().map(|s| s.expose());
+    match harbor_relay::harbor::register_webhook(harbor, &project, &url, auth, format).await? {
+        harbor_relay::harbor::Registered::Created(id) => {
+            println!("created webhook policy {id} on {registry}/{project} -> {url}")
+        }
+        harbor_relay::harbor::Registered::Updated(id) => {
+            println!("updated webhook policy {id} on {registry}/{project} -> {url}")
+        }
+    }
+    Ok(())
 }
 
 async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result<()> {

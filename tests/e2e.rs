@@ -541,14 +541,6 @@ async fn sigterm_stops_cleanly_and_queued_work_survives() {
     assert!(relay.logs().contains("stopped"));
 }
 
-fn relay_cmd(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run harbor-relay")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_command_copies_one_artifact_and_reports() {
     let w = World::new().await;

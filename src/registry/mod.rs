@@ -183,6 +183,40 @@ impl Registry {
         &self.t.name
     }
 
+    /// True if projects are created on this (Harbor) registry before the
+    /// first push into them.
+    pub fn creates_projects(&self) -> bool {
+        self.t.create_projects
+    }
+
+    /// Sends a request to the registry's REST API (Harbor's `/api/v2.0/…`,
+    /// `path` starting with `/`), authenticated with Basic credentials.
+    pub async fn api(
+        &self,
+        what: &str,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = format!("{}{path}", self.t.base);
+        self.t
+            .send_api(what, &|c| {
+                let rb = c
+                    .request(method.clone(), &url)
+                    .header("X-Is-Resource-Name", "true");
+                match &body {
+                    Some(b) => rb.json(b),
+                    None => rb,
+                }
+            })
+            .await
+    }
+
+    /// Turns an error answer into an error that says what to do.
+    pub async fn error_from(&self, resp: reqwest::Response, what: &str) -> RegistryError {
+        self.t.status_error(resp, what).await
+    }
+
     /// Sends a streamed body of `len` bytes once (it cannot be replayed),
     /// paced to the bandwidth cap, and gives up if the registry stops
     /// taking bytes for `stall_timeout` (reads have their own timeout).

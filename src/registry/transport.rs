@@ -73,6 +73,7 @@ pub(super) struct Transport {
     not_before: Mutex<Option<Instant>>,
     permits: Option<Semaphore>,
     pub(super) pacer: Option<std::sync::Arc<Pacer>>,
+    pub(super) create_projects: bool,
     pub(super) limits: RegistryLimits,
 }
 
@@ -159,6 +160,7 @@ impl Transport {
             tokens: Mutex::new(TokenCache::default()),
             not_before: Mutex::new(None),
             permits: limits.max_concurrent_requests.map(Semaphore::new),
+            create_projects: cfg.create_projects,
             pacer: limits
                 .max_bytes_per_second
                 .map(|r| std::sync::Arc::new(Pacer::new(r))),
@@ -381,6 +383,17 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// A request to the registry's own REST API (Harbor's `/api/v2.0`),
+    /// with Basic credentials, pacing and transient-error retries.
+    pub(super) async fn send_api(
+        &self,
+        what: &str,
+        make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
+        let creds = self.basic();
+        self.send_plain(what, &|c| apply(make(c), &creds)).await
     }
 
     /// The absolute URL in a `Location` header.

@@ -109,6 +109,7 @@ pub struct Replicator {
     metrics: Option<Arc<Metrics>>,
     ledger: Arc<dyn Ledger>,
     stopping: tokio_util::sync::CancellationToken,
+    projects: Arc<crate::harbor::ProjectCache>,
 }
 
 /// One copy's endpoints.
@@ -154,6 +155,7 @@ impl Replicator {
             metrics,
             ledger,
             stopping: tokio_util::sync::CancellationToken::new(),
+            projects: Arc::default(),
         }
     }
 
@@ -197,6 +199,11 @@ impl Replicator {
                 skipped: Some(reason),
                 ..Summary::default()
             });
+        }
+        if req.target.creates_projects()
+            && let Some((project, _)) = req.target_repository.split_once('/')
+        {
+            self.projects.ensure(req.target, project).await?;
         }
         if !req
             .target

@@ -84,6 +84,12 @@ impl Drop for FaultProxy {
 impl FaultProxy {
     /// Starts a proxy for `upstream` (e.g. `http://127.0.0.1:5000`).
     pub async fn start(upstream: &str) -> FaultProxy {
+        Self::start_with_routes(upstream, axum::Router::new()).await
+    }
+
+    /// Like [`FaultProxy::start`], answering `routes` itself (a fake
+    /// registry API in front of a real registry) and forwarding the rest.
+    pub async fn start_with_routes(upstream: &str, routes: axum::Router) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -99,9 +105,10 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             log: log.clone(),
         });
-        let app = axum::Router::new()
+        let forward = axum::Router::new()
             .fallback(handle)
             .with_state(state.clone());
+        let app = routes.fallback_service(forward);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod harbor;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,15 @@ pub fn registry_binary() -> PathBuf {
     panic!(
         "the CNCF distribution registry is not installed; the end-to-end tests need it:\n    apt-get install -y docker-registry\n(scripts/test.sh installs it)"
     );
+}
+
+/// Runs the `harbor-relay` binary with `args` and waits for it.
+pub fn relay_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run harbor-relay")
 }
 
 /// A free loopback port (bound and released; the window for a race is tiny).
@@ -352,6 +362,7 @@ pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
         password: user.map(|u| Secret::new(u.1)),
         tls,
         limits: Default::default(),
+        create_projects: false,
     })
     .expect("client")
 }

@@ -1,0 +1,177 @@
+//! Harbor's REST API (`/api/v2.0`), for what a plain registry cannot do:
+//! creating a project on the target before the first push into it, and
+//! registering harbor-relay's webhook policy on a source project.
+//!
+//! Written against Harbor v2.8 to v2.15 (swagger `api/v2.0/swagger.yaml`):
+//! `HEAD /projects?project_name=`, `POST /projects` with `metadata.public`
+//! as a string, `GET/POST/PUT /projects/{name}/webhook/policies`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::registry::{Registry, RegistryError};
+
+/// Name of the webhook policy harbor-relay registers.
+pub const POLICY_NAME: &str = "harbor-relay";
+
+/// Projects known to exist, per registry, so each is checked once.
+#[derive(Default)]
+pub struct ProjectCache {
+    known: Mutex<HashSet<String>>,
+}
+
+impl ProjectCache {
+    /// Makes sure `project` exists on `registry`, creating it (private)
+    /// when missing. `409` (created meanwhile) counts as success.
+    pub async fn ensure(&self, registry: &Registry, project: &str) -> Result<(), RegistryError> {
+        let key = format!("{}/{project}", registry.name());
+        if self.known.lock().map(|k| k.contains(&key)).unwrap_or(false) {
+            return Ok(());
+        }
+        ensure_project(registry, project).await?;
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure a project exists; returns true if it was created.
+pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, RegistryError> {
+    let what = format!("checking project '{project}'");
+    let resp = registry
+        .api(
+            &what,
+            Method::HEAD,
+            &format!("/api/v2.0/projects?project_name={project}"),
+            None,
+        )
+        .await?;
+    match resp.status() {
+        StatusCode::OK => return Ok(false),
+        StatusCode::NOT_FOUND => {}
+        _ => return Err(registry.error_from(resp, &what).await),
+    }
+    let what = format!("creating project '{project}'");
+    let resp = registry
+        .api(
+            &what,
+            Method::POST,
+            "/api/v2.0/projects",
+            Some(json!({ "project_name": project, "metadata": { "public": "false" } })),
+        )
+        .await?;
+    match resp.status() {
+        StatusCode::CREATED => {
+            tracing::info!(registry = %registry.name(), project, "created project on the target");
+            Ok(true)
+        }
+        StatusCode::CONFLICT => Ok(false),
+        StatusCode::FORBIDDEN => Err(RegistryError::Unauthorized {
+            registry: registry.name().to_string(),
+            what,
+            detail: "403: creating projects needs a system admin or a system-level robot account with project:create (a project robot cannot)".into(),
+        }),
+        _ => Err(registry.error_from(resp, &what).await),
+    }
+}
+
+/// What [`register_webhook`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// A new policy, with its id.
+    Created(u64),
+    /// The existing policy of that name, updated.
+    Updated(u64),
+}
+
+/// Creates or updates the project's `harbor-relay` webhook policy: events
+/// `PUSH_ARTIFACT` and `DELETE_ARTIFACT`, to `url`, with `auth_header` (the
+/// daemon's `webhook_auth`) and the given payload format (`Default` or
+/// `CloudEvents`).
+pub async fn register_webhook(
+    registry: &Registry,
+    project: &str,
+    url: &str,
+    auth_header: Option<&str>,
+    payload_format: &str,
+) -> Result<Registered, RegistryError> {
+    let base = format!("/api/v2.0/projects/{project}/webhook/policies");
+    let policy = json!({
+        "name": POLICY_NAME,
+        "description": "replication by harbor-relay",
+        "enabled": true,
+        "event_types": ["PUSH_ARTIFACT", "DELETE_ARTIFACT"],
+        "targets": [{
+            "type": "http",
+            "address": url,
+            "auth_header": auth_header.unwrap_or(""),
+            "skip_cert_verify": false,
+            "payload_format": payload_format,
+        }],
+    });
+    for _ in 0..2 {
+        if let Some(id) = find_policy(registry, project, &base).await? {
+            let what = format!("updating webhook policy {id} of project '{project}'");
+            let mut body = policy.clone();
+            body["id"] = id.into();
+            let resp = registry
+                .api(&what, Method::PUT, &format!("{base}/{id}"), Some(body))
+                .await?;
+            if !resp.status().is_success() {
+                return Err(registry.error_from(resp, &what).await);
+            }
+            return Ok(Registered::Updated(id));
+        }
+        let what = format!("creating the webhook policy of project '{project}'");
+        let resp = registry
+            .api(&what, Method::POST, &base, Some(policy.clone()))
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => {
+                let id = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|l| l.rsplit('/').next())
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or(0);
+                return Ok(Registered::Created(id));
+            }
+            // Created meanwhile: find it and update it.
+            StatusCode::CONFLICT => continue,
+            _ => return Err(registry.error_from(resp, &what).await),
+        }
+    }
+    Err(RegistryError::Other {
+        registry: registry.name().to_string(),
+        what: format!("registering the webhook of project '{project}'"),
+        detail: "Harbor reported a policy of that name but did not list it".into(),
+    })
+}
+
+async fn find_policy(
+    registry: &Registry,
+    project: &str,
+    base: &str,
+) -> Result<Option<u64>, RegistryError> {
+    let what = format!("listing webhook policies of project '{project}'");
+    let resp = registry
+        .api(&what, Method::GET, &format!("{base}?page_size=100"), None)
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(registry.error_from(resp, &what).await);
+    }
+    let list: Vec<serde_json::Value> = resp.json().await.map_err(|e| RegistryError::Other {
+        registry: registry.name().to_string(),
+        what: what.clone(),
+        detail: format!("unexpected answer: {e}"),
+    })?;
+    Ok(list
+        .iter()
+        .find(|p| p["name"] == POLICY_NAME)
+        .and_then(|p| p["id"].as_u64()))
+}

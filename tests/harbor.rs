@@ -1,0 +1,157 @@
+//! Harbor-aware behaviour against a fake of Harbor's REST API in front of a
+//! real registry: creating target projects, registering the webhook.
+
+mod support;
+
+use harbor_relay::config::TlsMode;
+use harbor_relay::reference::Reference;
+use support::harbor::FakeHarbor;
+use support::*;
+
+const ADMIN_PASS: &str = "harbor-admin-pw";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_projects_are_created_once() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let dst = client(&registry.url, None, TlsMode::System);
+    let a = TestImage::random(&[10_000]);
+    let b = TestImage::random(&[10_000]);
+    a.push(&src, "newproj/app", &Reference::Tag("1".into()))
+        .await;
+    b.push(&src, "newproj/app", &Reference::Tag("2".into()))
+        .await;
+
+    let target = format!(
+        "[registries.integrated]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\ncreate_projects = true\n\n",
+        harbor.url()
+    );
+    let config = format!(
+        "{}{target}{RULE}",
+        registry_toml("external", &source.url, None, "")
+    );
+    let relay = Relay::start(&config).await;
+    for (tag, img) in [("1", &a), ("2", &b)] {
+        let ids = relay
+            .push(push_event("newproj/app", Some(tag), &img.digest))
+            .await;
+        relay.wait_success(ids[0]).await;
+        assert_image_on(&dst, "newproj/app", img, Some(tag)).await;
+    }
+    let created = harbor.state.created.lock().expect("created").clone();
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["project_name"], "newproj");
+    assert_eq!(
+        created[0]["metadata"]["public"], "false",
+        "public must be a string"
+    );
+    let calls = harbor.state.calls.lock().expect("calls").clone();
+    assert_eq!(
+        calls.iter().filter(|c| c.1 == "/projects").count(),
+        2,
+        "one check and one creation, then the answer is cached: {calls:?}"
+    );
+
+    // A project-level robot may not create projects: the job says why.
+    let robot = target.replace("username = \"admin\"", "username = \"robot$newproj+ci\"");
+    let config = format!(
+        "{}{robot}{RULE}",
+        registry_toml("external", &source.url, None, "")
+    );
+    let relay2 = Relay::start(&config).await;
+    let c = TestImage::random(&[5_000]);
+    c.push(&src, "otherproj/app", &Reference::Tag("1".into()))
+        .await;
+    let ids = relay2
+        .push(push_event("otherproj/app", Some("1"), &c.digest))
+        .await;
+    let job = relay2.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(err.contains("system-level robot"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_webhook_creates_then_updates_the_policy() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n[store]\npath = \"{}\"\n[registries.external]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n",
+            dir.path().join("store").display(),
+            harbor.url()
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("utf-8");
+    let register = |url: &str, format: &str| {
+        relay_cmd(&[
+            "harbor",
+            "register-webhook",
+            "--config",
+            cfg,
+            "--registry",
+            "external",
+            "--project",
+            "tkgs-demo",
+            "--url",
+            url,
+            "--format",
+            format,
+        ])
+    };
+    let out = register("https://jumpvm:8080/webhooks/harbor", "Default");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("created webhook policy"), "{stdout}");
+
+    let out = register("https://jumpvm2:8080/webhooks/harbor", "CloudEvents");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("updated webhook policy"), "{stdout}");
+
+    let policies = harbor.state.policies.lock().expect("policies").clone();
+    let list = &policies["tkgs-demo"];
+    assert_eq!(list.len(), 1, "{list:?}");
+    let p = &list[0];
+    assert_eq!(p["name"], "harbor-relay");
+    assert_eq!(p["enabled"], true);
+    assert_eq!(
+        p["event_types"],
+        serde_json::json!(["PUSH_ARTIFACT", "DELETE_ARTIFACT"])
+    );
+    let t = &p["targets"][0];
+    assert_eq!(t["address"], "https://jumpvm2:8080/webhooks/harbor");
+    assert_eq!(t["auth_header"], WEBHOOK_SECRET);
+    assert_eq!(t["payload_format"], "CloudEvents");
+
+    // Wrong credentials: a clear failure, no secret in it.
+    std::fs::write(
+        cfg,
+        std::fs::read_to_string(cfg)
+            .expect("read")
+            .replace(ADMIN_PASS, "nope"),
+    )
+    .expect("write");
+    let out = register("https://jumpvm:8080/webhooks/harbor", "Default");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("access denied"), "{stderr}");
+    assert!(
+        !stderr.contains("nope") && !stderr.contains(WEBHOOK_SECRET),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,281 @@
+//! A fake of the few Harbor REST calls harbor-relay makes, following
+//! Harbor's swagger (`api/v2.0/swagger.yaml`, v2.8 to v2.15): paths,
+//! status codes and bodies as in `shared/research/harbor.md` §4. Harbor
+//! cannot run here; its registry side is a real registry behind the same
+//! address (everything not under `/api/v2.0` is forwarded to it).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::fault::FaultProxy;
+
+#[derive(Default)]
+pub struct HarborState {
+    pub user: String,
+    pub pass: String,
+    /// Project name → id.
+    pub projects: Mutex<BTreeMap<String, u64>>,
+    /// Project → policies (as stored, with ids).
+    pub policies: Mutex<BTreeMap<String, Vec<Value>>>,
+    /// (method, path) of every API call.
+    pub calls: Mutex<Vec<(String, String)>>,
+    /// Bodies of project creations.
+    pub created: Mutex<Vec<Value>>,
+}
+
+type St = Arc<HarborState>;
+
+fn who(st: &HarborState, headers: &HeaderMap) -> Option<String> {
+    let h = headers.get("authorization")?.to_str().ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(h.strip_prefix("Basic ")?)
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    // The admin, or a robot; the test decides who exists by the password.
+    (p == st.pass).then(|| u.to_string())
+}
+
+fn errors(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"errors": [{"code": status.canonical_reason().unwrap_or("ERROR").to_uppercase().replace(' ', "_"), "message": message}]})),
+    )
+        .into_response()
+}
+
+async fn head_project(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    st.calls
+        .lock()
+        .expect("calls")
+        .push(("HEAD".into(), "/projects".into()));
+    if who(&st, &headers).is_none() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let name = q.get("project_name").cloned().unwrap_or_default();
+    if st.projects.lock().expect("projects").contains_key(&name) {
+        StatusCode::OK.into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
+}
+
+async fn create_project(State(st): State<St>, headers: HeaderMap, body: String) -> Response {
+    st.calls
+        .lock()
+        .expect("calls")
+        .push(("POST".into(), "/projects".into()));
+    let Some(user) = who(&st, &headers) else {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    // Project-level robots (robot$<project>+<name>) may not create projects.
+    if user.starts_with("robot$") && user.contains('+') {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let Ok(v) = serde_json::from_str::<Value>(&body) else {
+        return errors(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    let Some(name) = v["project_name"].as_str() else {
+        return errors(StatusCode::BAD_REQUEST, "project_name is required");
+    };
+    if let Some(public) = v["metadata"].get("public")
+        && !matches!(public.as_str(), Some("true") | Some("false"))
+    {
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "metadata.public must be \"true\" or \"false\"",
+        );
+    }
+    let mut projects = st.projects.lock().expect("projects");
+    if projects.contains_key(name) {
+        return errors(StatusCode::CONFLICT, "project already exists");
+    }
+    let id = projects.len() as u64 + 1;
+    projects.insert(name.to_string(), id);
+    st.created.lock().expect("created").push(v.clone());
+    (
+        StatusCode::CREATED,
+        [("location", format!("/api/v2.0/projects/{id}"))],
+    )
+        .into_response()
+}
+
+fn valid_policy(p: &Value) -> Result<(), &'static str> {
+    const TYPES: [&str; 10] = [
+        "PUSH_ARTIFACT",
+        "PULL_ARTIFACT",
+        "DELETE_ARTIFACT",
+        "SCANNING_COMPLETED",
+        "SCANNING_FAILED",
+        "SCANNING_STOPPED",
+        "QUOTA_EXCEED",
+        "QUOTA_WARNING",
+        "REPLICATION",
+        "TAG_RETENTION",
+    ];
+    let types = p["event_types"]
+        .as_array()
+        .ok_or("event_types is required")?;
+    if types.is_empty()
+        || !types
+            .iter()
+            .all(|t| t.as_str().is_some_and(|t| TYPES.contains(&t)))
+    {
+        return Err("invalid event_types");
+    }
+    let targets = p["targets"].as_array().ok_or("targets is required")?;
+    if targets.is_empty() {
+        return Err("targets is required");
+    }
+    for t in targets {
+        if t["type"] != "http" {
+            return Err("target type must be http or slack");
+        }
+        if !matches!(
+            t["payload_format"].as_str(),
+            None | Some("Default") | Some("CloudEvents")
+        ) {
+            return Err("payload_format must be Default or CloudEvents");
+        }
+    }
+    Ok(())
+}
+
+async fn list_policies(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Response {
+    st.calls.lock().expect("calls").push((
+        "GET".into(),
+        format!("/projects/{project}/webhook/policies"),
+    ));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let list = st
+        .policies
+        .lock()
+        .expect("policies")
+        .get(&project)
+        .cloned()
+        .unwrap_or_default();
+    axum::Json(list).into_response()
+}
+
+async fn create_policy(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    body: String,
+) -> Response {
+    st.calls.lock().expect("calls").push((
+        "POST".into(),
+        format!("/projects/{project}/webhook/policies"),
+    ));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
+        return errors(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    if let Err(e) = valid_policy(&v) {
+        return errors(StatusCode::BAD_REQUEST, e);
+    }
+    let mut all = st.policies.lock().expect("policies");
+    let list = all.entry(project.clone()).or_default();
+    if list.iter().any(|p| p["name"] == v["name"]) {
+        return errors(StatusCode::CONFLICT, "name already exists");
+    }
+    let id = list.len() as u64 + 100;
+    v["id"] = id.into();
+    list.push(v);
+    (
+        StatusCode::CREATED,
+        [(
+            "location",
+            format!("/api/v2.0/projects/{project}/webhook/policies/{id}"),
+        )],
+    )
+        .into_response()
+}
+
+async fn update_policy(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, u64)>,
+    body: String,
+) -> Response {
+    st.calls.lock().expect("calls").push((
+        "PUT".into(),
+        format!("/projects/{project}/webhook/policies/{id}"),
+    ));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
+        return errors(StatusCode::BAD_REQUEST, "invalid JSON");
+    };
+    if let Err(e) = valid_policy(&v) {
+        return errors(StatusCode::BAD_REQUEST, e);
+    }
+    let mut all = st.policies.lock().expect("policies");
+    let Some(p) = all
+        .get_mut(&project)
+        .and_then(|l| l.iter_mut().find(|p| p["id"] == id))
+    else {
+        return errors(StatusCode::NOT_FOUND, "policy not found");
+    };
+    v["id"] = id.into();
+    *p = v;
+    StatusCode::OK.into_response()
+}
+
+/// A fake Harbor: its REST API here, its registry a real one behind it.
+pub struct FakeHarbor {
+    pub proxy: FaultProxy,
+    pub state: St,
+}
+
+impl FakeHarbor {
+    pub async fn start(registry_url: &str, user: &str, pass: &str) -> FakeHarbor {
+        let state = Arc::new(HarborState {
+            user: user.into(),
+            pass: pass.into(),
+            ..Default::default()
+        });
+        let routes = axum::Router::new()
+            .route(
+                "/api/v2.0/projects",
+                axum::routing::head(head_project).post(create_project),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/webhook/policies",
+                get(list_policies).post(create_policy),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/webhook/policies/{id}",
+                put(update_policy),
+            )
+            .with_state(state.clone());
+        FakeHarbor {
+            proxy: FaultProxy::start_with_routes(registry_url, routes).await,
+            state,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.proxy.url
+    }
+}
