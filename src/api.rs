@@ -350,6 +350,7 @@ fn plan_event(app: &AppState, ev: &event::Event, skipped: &mut Vec<String>) -> V
             action,
             overwrite: p.overwrite,
             referrers: p.referrers,
+            platforms: p.platforms,
         }));
     }
     specs
@@ -434,6 +435,7 @@ pub fn job_json(j: &Job) -> serde_json::Value {
         "referrers_copied": j.summary.as_ref().map_or(0, |x| x.referrers_copied),
         "deleted": j.summary.as_ref().is_some_and(|x| x.deleted),
         "skipped": j.summary.as_ref().and_then(|x| x.skipped.clone()),
+        "note": j.summary.as_ref().and_then(|x| x.note.clone()),
         "last_error": j.last_error,
     })
 }

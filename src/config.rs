@@ -247,6 +247,8 @@ pub struct RuleConfig {
     pub replicate_deletes: bool,
     /// Copy what refers to a replicated manifest (signatures, SBOMs).
     pub referrers: bool,
+    /// Only these platforms of an index (`os/arch[/variant]`); all if unset.
+    pub platforms: Option<Vec<String>>,
     /// Compare source and target this often and repair the differences.
     pub reconcile_interval: Option<Duration>,
 }
@@ -267,6 +269,7 @@ impl RuleConfig {
             overwrite: true,
             replicate_deletes: false,
             referrers: true,
+            platforms: None,
             reconcile_interval: None,
         }
     }
@@ -363,6 +366,7 @@ struct RawRule {
     overwrite: Option<bool>,
     replicate_deletes: Option<bool>,
     referrers: Option<bool>,
+    platforms: Option<Vec<String>>,
     reconcile_interval: Option<String>,
 }
 
@@ -888,6 +892,27 @@ impl Loader<'_> {
             overwrite: r.overwrite.unwrap_or(true),
             replicate_deletes: r.replicate_deletes.unwrap_or(false),
             referrers: r.referrers.unwrap_or(true),
+            platforms: match r.platforms {
+                None => None,
+                Some(list) => {
+                    for p in &list {
+                        let parts: Vec<&str> = p.split('/').collect();
+                        if !(2..=3).contains(&parts.len()) || parts.iter().any(|x| x.is_empty()) {
+                            return Err(self.invalid(
+                                key("platforms"),
+                                format!("`{p}` is not os/architecture[/variant], e.g. linux/amd64"),
+                            ));
+                        }
+                    }
+                    if list.is_empty() {
+                        return Err(self.invalid(
+                            key("platforms"),
+                            "is empty; remove it to copy every platform",
+                        ));
+                    }
+                    Some(list)
+                }
+            },
             reconcile_interval: match r.reconcile_interval {
                 None => None,
                 Some(t) => {

@@ -315,6 +315,7 @@ async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result
                 target_repository: &job.target_repository,
                 overwrite: job.overwrite,
                 referrers: job.referrers,
+                platforms: job.platforms.as_deref(),
             })
             .await;
         match done {
@@ -509,6 +510,7 @@ async fn replicate(
             target_repository: &target_repository,
             overwrite: true,
             referrers: true,
+            platforms: None,
         })
         .await?;
     println!(

@@ -112,6 +112,7 @@ pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
             action: Action::Copy,
             overwrite: rule.config.overwrite,
             referrers: rule.config.referrers,
+            platforms: rule.config.platforms.clone(),
         })
         .collect()
 }

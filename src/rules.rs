@@ -39,6 +39,8 @@ pub struct Plan {
     pub overwrite: bool,
     /// Copy signatures, SBOMs and other referrers too.
     pub referrers: bool,
+    /// Only these platforms of an index.
+    pub platforms: Option<Vec<String>>,
 }
 
 /// Why a rule did not match, for messages.
@@ -154,6 +156,7 @@ impl Rule {
             target_repository: self.target_path(project, inside),
             overwrite: self.config.overwrite,
             referrers: self.config.referrers,
+            platforms: self.config.platforms.clone(),
         })
     }
 }

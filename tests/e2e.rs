@@ -1329,3 +1329,36 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
     assert!(found >= 3, "{text}");
     assert!(text.contains("harbor_relay_reconcile_last_pass_timestamp_seconds{rule=\"catch-up\"}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_subset_writes_a_new_index_with_only_those_platforms() {
+    let w = World::new().await;
+    let index = TestIndex::random();
+    index.push(&w.src, "library/multi", "3.0").await;
+    let relay = Relay::start(&format!("{}platforms = [\"linux/amd64\"]\n", w.config())).await;
+    let ids = relay
+        .push(push_event("library/multi", Some("3.0"), &index.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    let note = job["note"].as_str().expect("a note about the new digest");
+    assert!(note.contains(&index.digest), "{note}");
+    let top = w
+        .dst
+        .get_manifest("library/multi", &Reference::Tag("3.0".into()))
+        .await
+        .expect("index on target");
+    assert_ne!(top.digest, index.digest, "the subset must be a new index");
+    assert_eq!(job["digest"], top.digest.as_str());
+    let doc: serde_json::Value = serde_json::from_slice(&top.bytes).expect("json");
+    let listed = doc["manifests"].as_array().expect("manifests");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["platform"]["architecture"], "amd64");
+    assert_image_on(&w.dst, "library/multi", &index.images[0], None).await;
+    assert!(
+        !w.dst
+            .has_manifest("library/multi", &index.images[1].digest)
+            .await
+            .expect("HEAD"),
+        "the arm64 image was copied"
+    );
+}

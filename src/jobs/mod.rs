@@ -112,6 +112,9 @@ pub struct JobSpec {
     /// Copy signatures, SBOMs and other referrers too.
     #[serde(default = "yes")]
     pub referrers: bool,
+    /// Only these platforms of an index (a new index is written).
+    #[serde(default)]
+    pub platforms: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -162,6 +165,10 @@ pub struct Summary {
     /// Why nothing was done, when nothing was (e.g. `override = false`).
     #[serde(default)]
     pub skipped: Option<String>,
+    /// Something the admin should know about the result (e.g. a platform
+    /// subset gives the index a new digest).
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// A job as stored.

@@ -617,6 +617,7 @@ mod tests {
             action: crate::jobs::Action::Copy,
             overwrite: true,
             referrers: true,
+            platforms: None,
         }
     }
 

@@ -199,6 +199,7 @@ async fn run_job(ctx: &Context, job: Job) {
                                 target_repository: &spec.target_repository,
                                 overwrite: spec.overwrite,
                                 referrers: spec.referrers,
+                                platforms: spec.platforms.as_deref(),
                             })
                             .await
                     }
