@@ -50,6 +50,20 @@ impl World {
         }
     }
 
+    /// The two registries; the target pinned to the test CA.
+    fn registries(&self) -> String {
+        format!(
+            "{}{}",
+            registry_toml("external", &self.source.url, None, ""),
+            registry_toml(
+                "integrated",
+                &self.target.url,
+                Some((USER, PASS)),
+                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
+            ),
+        )
+    }
+
     /// Registries and one rule; the target pinned to the test CA.
     fn config(&self) -> String {
         self.config_with_tls(&format!(
@@ -912,14 +926,8 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
         .push(&w.src, "team-a/tools/lint", &Reference::Tag("1".into()))
         .await;
     let config = format!(
-        "{}{}[[rules]]\nname = \"platform\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\nrepositories = [\"platform/**\"]\nexclude_tags = [\"*-rc*\"]\nflatten = 1\ntarget_project = \"mirror-{{project}}\"\n",
-        registry_toml("external", &w.source.url, None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        "{}[[rules]]\nname = \"platform\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\nrepositories = [\"platform/**\"]\nexclude_tags = [\"*-rc*\"]\nflatten = 1\ntarget_project = \"mirror-{{project}}\"\n",
+        w.registries(),
     );
     let relay = Relay::start(&config).await;
 
@@ -987,16 +995,7 @@ async fn override_false_leaves_a_conflicting_target_tag_alone() {
         .await;
     ours.push(&w.src, "library/pinned", &Reference::Tag("1.0".into()))
         .await;
-    let config = format!(
-        "{}{}{RULE}override = false\n",
-        registry_toml("external", &w.source.url, None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
-    );
+    let config = format!("{}{RULE}override = false\n", w.registries());
     let relay = Relay::start(&config).await;
     let ids = relay
         .push(push_event("library/pinned", Some("1.0"), &ours.digest))
@@ -1019,14 +1018,8 @@ async fn deletions_replicate_only_when_a_rule_asks() {
     img.push(&w.src, "library/kept", &Reference::Tag("1".into()))
         .await;
     let config = format!(
-        "{}{}[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"gone\"]\nreplicate_deletes = true\n\n[[rules]]\nname = \"copy\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"kept\"]\n",
-        registry_toml("external", &w.source.url, None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        "{}[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"gone\"]\nreplicate_deletes = true\n\n[[rules]]\nname = \"copy\"\nfrom = \"external\"\nto = \"integrated\"\nrepositories = [\"kept\"]\n",
+        w.registries(),
     );
     let relay = Relay::start(&config).await;
     for repo in ["library/gone", "library/kept"] {
@@ -1236,16 +1229,7 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
     b.push(&w.src, "team-b/tool", &Reference::Tag("2".into()))
         .await;
     let rules = "[[rules]]\nname = \"catch-up\"\nfrom = \"external\"\nto = \"integrated\"\nreconcile_interval = \"1s\"\n";
-    let base = format!(
-        "{}{}",
-        registry_toml("external", &w.source.url, None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
-    );
+    let base = w.registries();
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("relay.toml");
     std::fs::write(

@@ -351,6 +351,32 @@ impl Registry {
         Ok(m)
     }
 
+    /// `HEAD` on a manifest or blob URL: the answer, or `None` for `404`.
+    async fn head(
+        &self,
+        what: &str,
+        repository: &str,
+        url: &str,
+        manifest: bool,
+    ) -> Result<Option<reqwest::Response>, RegistryError> {
+        let resp = self
+            .t
+            .send(what, &pull(repository), true, &|c| {
+                let rb = c.head(url);
+                if manifest {
+                    rb.header(ACCEPT, manifest::ACCEPTED.join(", "))
+                } else {
+                    rb
+                }
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::OK => Ok(Some(resp)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.t.status_error(resp, what).await),
+        }
+    }
+
     /// True if the repository holds a manifest with this digest.
     pub async fn has_manifest(
         &self,
@@ -359,17 +385,7 @@ impl Registry {
     ) -> Result<bool, RegistryError> {
         let what = format!("manifest {repository}@{digest}");
         let url = self.url(&format!("{repository}/manifests/{digest}"));
-        let resp = self
-            .t
-            .send(&what, &pull(repository), true, &|c| {
-                c.head(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
-            })
-            .await?;
-        match resp.status() {
-            StatusCode::OK => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.t.status_error(resp, &what).await),
-        }
+        Ok(self.head(&what, repository, &url, true).await?.is_some())
     }
 
     /// The digest a tag (or digest) resolves to, by `HEAD`; `None` if it
@@ -381,17 +397,9 @@ impl Registry {
     ) -> Result<Option<String>, RegistryError> {
         let what = format!("manifest {repository}{reference}");
         let url = self.url(&format!("{repository}/manifests/{}", reference.as_str()));
-        let resp = self
-            .t
-            .send(&what, &pull(repository), true, &|c| {
-                c.head(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
-            })
-            .await?;
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(self.t.status_error(resp, &what).await),
-        }
+        let Some(resp) = self.head(&what, repository, &url, true).await? else {
+            return Ok(None);
+        };
         let header = resp
             .headers()
             .get("docker-content-digest")
@@ -589,15 +597,7 @@ impl Registry {
     pub async fn has_blob(&self, repository: &str, digest: &str) -> Result<bool, RegistryError> {
         let what = format!("blob {repository}@{digest}");
         let url = self.url(&format!("{repository}/blobs/{digest}"));
-        let resp = self
-            .t
-            .send(&what, &pull(repository), true, &|c| c.head(&url))
-            .await?;
-        match resp.status() {
-            StatusCode::OK => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.t.status_error(resp, &what).await),
-        }
+        Ok(self.head(&what, repository, &url, false).await?.is_some())
     }
 
     /// Opens a blob for reading. The stream hashes every byte and yields an
