@@ -171,6 +171,9 @@ pub struct RegistryConfig {
     pub limits: RegistryLimits,
     /// A Harbor target: create missing projects before pushing into them.
     pub create_projects: bool,
+    /// `harbor` when the registry is a Harbor (its REST API is then used
+    /// to list it); `registry` for any other.
+    pub is_harbor: bool,
 }
 
 /// Per-registry limits and upload settings.
@@ -332,6 +335,7 @@ struct RawRegistry {
     chunk_size_threshold: Option<RawSize>,
     chunk_size: Option<RawSize>,
     create_projects: Option<bool>,
+    kind: Option<String>,
 }
 
 /// A size: a number of bytes, or text like "64MiB".
@@ -806,6 +810,16 @@ impl Loader<'_> {
             tls,
             limits,
             create_projects: r.create_projects.unwrap_or(false),
+            is_harbor: match r.kind.as_deref() {
+                None | Some("registry") => false,
+                Some("harbor") => true,
+                Some(other) => {
+                    return Err(self.invalid(
+                        key("kind"),
+                        format!("`{other}`: use \"harbor\" or \"registry\""),
+                    ));
+                }
+            },
         })
     }
 

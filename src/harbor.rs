@@ -79,6 +79,103 @@ pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, 
     }
 }
 
+/// Lists `(repository, tag, digest)` of every tagged artifact in the
+/// projects `take_project` accepts, through Harbor's REST API
+/// (`/projects`, `/projects/{p}/repositories`, `…/artifacts?with_tag=true`,
+/// all paged). Unlike `/v2/_catalog` this works for any account that can
+/// read the projects, and gives the digests without a request per tag.
+pub async fn list_tagged(
+    registry: &Registry,
+    take_project: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<(String, String, String)>, RegistryError> {
+    let mut out = Vec::new();
+    let projects: Vec<serde_json::Value> =
+        paged(registry, "listing projects", "/api/v2.0/projects?").await?;
+    for p in projects {
+        let Some(project) = p["name"].as_str() else {
+            continue;
+        };
+        if !take_project(project) {
+            continue;
+        }
+        let repos: Vec<serde_json::Value> = paged(
+            registry,
+            &format!("listing repositories of project '{project}'"),
+            &format!("/api/v2.0/projects/{project}/repositories?"),
+        )
+        .await?;
+        for r in repos {
+            let Some(full) = r["name"].as_str() else {
+                continue;
+            };
+            if !crate::reference::is_valid_repository(full) {
+                continue;
+            }
+            let inside = full
+                .strip_prefix(project)
+                .and_then(|x| x.strip_prefix('/'))
+                .unwrap_or(full);
+            // Harbor wants a repository name with '/' encoded twice.
+            let encoded = inside.replace('/', "%252F");
+            let artifacts: Vec<serde_json::Value> = paged(
+                registry,
+                &format!("listing artifacts of {full}"),
+                &format!(
+                    "/api/v2.0/projects/{project}/repositories/{encoded}/artifacts?with_tag=true&"
+                ),
+            )
+            .await?;
+            for a in artifacts {
+                let Some(digest) = a["digest"].as_str() else {
+                    continue;
+                };
+                for t in a["tags"].as_array().into_iter().flatten() {
+                    if let Some(tag) = t["name"].as_str()
+                        && crate::reference::is_valid_tag(tag)
+                    {
+                        out.push((full.to_string(), tag.to_string(), digest.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// GETs every page (`page`, `page_size=100`) of a Harbor list.
+async fn paged(
+    registry: &Registry,
+    what: &str,
+    path_with_query: &str,
+) -> Result<Vec<serde_json::Value>, RegistryError> {
+    const PAGE: usize = 100;
+    let mut all = Vec::new();
+    for page in 1..=10_000 {
+        let resp = registry
+            .api(
+                what,
+                Method::GET,
+                &format!("{path_with_query}page={page}&page_size={PAGE}"),
+                None,
+            )
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(registry.error_from(resp, what).await);
+        }
+        let list: Vec<serde_json::Value> = resp.json().await.map_err(|e| RegistryError::Other {
+            registry: registry.name().to_string(),
+            what: what.to_string(),
+            detail: format!("unexpected answer: {e}"),
+        })?;
+        let n = list.len();
+        all.extend(list);
+        if n < PAGE {
+            break;
+        }
+    }
+    Ok(all)
+}
+
 /// What [`register_webhook`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {

@@ -1,8 +1,9 @@
 //! Catch-up: webhooks get lost (Harbor gives up after three attempts, tags
 //! added in its UI send none, nothing arrives while the daemon is down), so
 //! a rule may set `reconcile_interval` and have the source compared with
-//! the target now and then. A pass lists the source (`/v2/_catalog` and
-//! `tags/list`), keeps what the rule selects, and compares each tag's
+//! the target now and then. A pass lists the source (a Harbor, with
+//! `kind = "harbor"`, through its REST API; any other registry with
+//! `/v2/_catalog` and `tags/list`), keeps what the rule selects, and compares each tag's
 //! digest on both sides with manifest `HEAD`s (cheap; on Docker Hub they do
 //! not count as pulls). Only the differences become jobs. A rule whose
 //! source is any registry and that sets an interval is "scheduled pull
@@ -49,6 +50,9 @@ pub async fn pass(
     source: &Registry,
     target: &Registry,
 ) -> Result<Report, RegistryError> {
+    if source.is_harbor() {
+        return harbor_pass(rule, source, target).await;
+    }
     let mut report = Report::default();
     for repository in source.catalog().await? {
         let project = repository
@@ -91,6 +95,42 @@ pub async fn pass(
                 target_digest,
             });
         }
+    }
+    Ok(report)
+}
+
+/// A pass over a Harbor source, listed through its REST API (which gives
+/// each tag's digest, so the source needs no `HEAD` per tag).
+async fn harbor_pass(
+    rule: &Rule,
+    source: &Registry,
+    target: &Registry,
+) -> Result<Report, RegistryError> {
+    let mut report = Report::default();
+    let listed = crate::harbor::list_tagged(source, &|p| rule.takes_project(p)).await?;
+    for (repository, tag, source_digest) in listed {
+        let project = repository
+            .split_once('/')
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        let reference = Reference::Tag(tag.clone());
+        let Ok(plan) = rule.plan(project, &repository, &reference) else {
+            continue;
+        };
+        report.checked += 1;
+        let target_digest = target.resolve(&plan.target_repository, &reference).await?;
+        if target_digest.as_deref() == Some(source_digest.as_str())
+            || (target_digest.is_some() && !plan.overwrite)
+        {
+            continue;
+        }
+        report.differences.push(Difference {
+            source_repository: repository,
+            tag,
+            source_digest,
+            target_repository: plan.target_repository,
+            target_digest,
+        });
     }
     Ok(report)
 }

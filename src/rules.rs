@@ -110,6 +110,11 @@ impl Rule {
         }
     }
 
+    /// True if this rule selects the project.
+    pub fn takes_project(&self, project: &str) -> bool {
+        self.projects.is_match(project)
+    }
+
     /// True if this rule replicates deletions.
     pub fn replicates_deletes(&self) -> bool {
         self.config.replicate_deletes

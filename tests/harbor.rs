@@ -155,3 +155,72 @@ async fn register_webhook_creates_then_updates_the_policy() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let src = client(&registry.url, None, TlsMode::System);
+    let dst = client(&target.url, None, TlsMode::System);
+    let a = TestImage::random(&[10_000]);
+    let b = TestImage::random(&[10_000]);
+    a.push(&src, "team-a/platform/api", &Reference::Tag("1".into()))
+        .await;
+    a.push(
+        &src,
+        "team-a/platform/api",
+        &Reference::Tag("stable".into()),
+    )
+    .await;
+    b.push(&src, "other/app", &Reference::Tag("1".into())).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\npath = \"{}\"\n[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}[[rules]]\nname = \"teams\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\n",
+            dir.path().join("store").display(),
+            harbor.url(),
+            registry_toml("integrated", &target.url, None, ""),
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.to_str().expect("utf-8");
+    let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("2 tags checked, 2 differ"),
+        "{stdout}\n{:?}",
+        harbor.state.calls.lock().expect("calls")
+    );
+    assert!(!stdout.contains("other/app"), "{stdout}");
+    let calls = harbor.state.calls.lock().expect("calls").clone();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.1 == "/projects/team-a/repositories/platform/api/artifacts"),
+        "the artifacts API was not used: {calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.1.contains("/projects/other/")),
+        "a project the rule does not take was listed: {calls:?}"
+    );
+
+    let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_image_on(&dst, "team-a/platform/api", &a, Some("1")).await;
+    assert_image_on(&dst, "team-a/platform/api", &a, Some("stable")).await;
+    let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 tags checked, 0 differ"));
+}

@@ -189,6 +189,11 @@ impl Registry {
         self.t.create_projects
     }
 
+    /// True if the config says this registry is a Harbor (`kind = "harbor"`).
+    pub fn is_harbor(&self) -> bool {
+        self.t.is_harbor
+    }
+
     /// Sends a request to the registry's REST API (Harbor's `/api/v2.0/…`,
     /// `path` starting with `/`), authenticated with Basic credentials.
     pub async fn api(

@@ -74,6 +74,7 @@ pub(super) struct Transport {
     permits: Option<Semaphore>,
     pub(super) pacer: Option<std::sync::Arc<Pacer>>,
     pub(super) create_projects: bool,
+    pub(super) is_harbor: bool,
     pub(super) limits: RegistryLimits,
 }
 
@@ -161,6 +162,7 @@ impl Transport {
             not_before: Mutex::new(None),
             permits: limits.max_concurrent_requests.map(Semaphore::new),
             create_projects: cfg.create_projects,
+            is_harbor: cfg.is_harbor,
             pacer: limits
                 .max_bytes_per_second
                 .map(|r| std::sync::Arc::new(Pacer::new(r))),

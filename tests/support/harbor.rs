@@ -18,6 +18,8 @@ use super::fault::FaultProxy;
 
 #[derive(Default)]
 pub struct HarborState {
+    /// The real registry behind the fake (lists come from it).
+    pub upstream: String,
     pub user: String,
     pub pass: String,
     /// Project name → id.
@@ -242,6 +244,142 @@ async fn update_policy(
     StatusCode::OK.into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct Paging {
+    page: Option<usize>,
+    page_size: Option<usize>,
+}
+
+fn page_of<T: Clone>(all: &[T], p: &Paging) -> Vec<T> {
+    let size = p.page_size.unwrap_or(10).clamp(1, 100);
+    let page = p.page.unwrap_or(1).max(1);
+    all.iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .cloned()
+        .collect()
+}
+
+async fn upstream_catalog(st: &HarborState) -> Vec<String> {
+    let v: Value = reqwest::get(format!("{}/v2/_catalog?n=1000", st.upstream))
+        .await
+        .expect("catalog")
+        .json()
+        .await
+        .expect("json");
+    v["repositories"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn list_projects(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Query(p): Query<Paging>,
+) -> Response {
+    st.calls
+        .lock()
+        .expect("calls")
+        .push(("GET".into(), "/projects".into()));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let mut names: Vec<String> = upstream_catalog(&st)
+        .await
+        .iter()
+        .filter_map(|r| r.split_once('/').map(|(p, _)| p.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    let all: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| json!({"project_id": i + 1, "name": n}))
+        .collect();
+    axum::Json(page_of(&all, &p)).into_response()
+}
+
+async fn list_repositories(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    Query(p): Query<Paging>,
+) -> Response {
+    st.calls
+        .lock()
+        .expect("calls")
+        .push(("GET".into(), format!("/projects/{project}/repositories")));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let all: Vec<Value> = upstream_catalog(&st)
+        .await
+        .into_iter()
+        .filter(|r| r.starts_with(&format!("{project}/")))
+        .map(|r| json!({"name": r}))
+        .collect();
+    axum::Json(page_of(&all, &p)).into_response()
+}
+
+async fn list_artifacts(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((project, repo)): Path<(String, String)>,
+    Query(p): Query<Paging>,
+) -> Response {
+    // Harbor takes the repository name URL-encoded twice; axum undid one.
+    let repo = repo.replace("%2F", "/");
+    st.calls.lock().expect("calls").push((
+        "GET".into(),
+        format!("/projects/{project}/repositories/{repo}/artifacts"),
+    ));
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let full = format!("{project}/{repo}");
+    let http = reqwest::Client::new();
+    let tags: Value = http
+        .get(format!("{}/v2/{full}/tags/list", st.upstream))
+        .send()
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .expect("json");
+    let mut by_digest: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for t in tags["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str())
+    {
+        let resp = http
+            .head(format!("{}/v2/{full}/manifests/{t}", st.upstream))
+            .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
+            .send()
+            .await
+            .expect("HEAD");
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        by_digest
+            .entry(digest)
+            .or_default()
+            .push(json!({"name": t}));
+    }
+    let all: Vec<Value> = by_digest
+        .into_iter()
+        .map(|(d, tags)| json!({"digest": d, "tags": tags}))
+        .collect();
+    axum::Json(page_of(&all, &p)).into_response()
+}
+
 /// A fake Harbor: its REST API here, its registry a real one behind it.
 pub struct FakeHarbor {
     pub proxy: FaultProxy,
@@ -251,6 +389,7 @@ pub struct FakeHarbor {
 impl FakeHarbor {
     pub async fn start(registry_url: &str, user: &str, pass: &str) -> FakeHarbor {
         let state = Arc::new(HarborState {
+            upstream: registry_url.trim_end_matches('/').to_string(),
             user: user.into(),
             pass: pass.into(),
             ..Default::default()
@@ -258,7 +397,17 @@ impl FakeHarbor {
         let routes = axum::Router::new()
             .route(
                 "/api/v2.0/projects",
-                axum::routing::head(head_project).post(create_project),
+                axum::routing::head(head_project)
+                    .get(list_projects)
+                    .post(create_project),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/repositories",
+                get(list_repositories),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/repositories/{repo}/artifacts",
+                get(list_artifacts),
             )
             .route(
                 "/api/v2.0/projects/{project}/webhook/policies",

@@ -363,6 +363,7 @@ pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
         tls,
         limits: Default::default(),
         create_projects: false,
+        is_harbor: false,
     })
     .expect("client")
 }
