@@ -37,6 +37,10 @@ pub struct Metrics {
     pub reconcile_differences: IntCounterVec,
     /// When the last reconcile pass of a rule finished (Unix seconds).
     pub reconcile_last_pass: prometheus::GaugeVec,
+    /// From the event's time to the tag written on the target.
+    pub replication_lag: Histogram,
+    /// When a rule last replicated something successfully (Unix seconds).
+    pub last_success: prometheus::GaugeVec,
 }
 
 /// A metric could not be registered (a programming error: duplicate name).
@@ -122,6 +126,24 @@ impl Metrics {
             ),
             &["rule"],
         )?;
+        let replication_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "harbor_relay_replication_lag_seconds",
+                "Time from the event (Harbor's occur_at) to the artifact written on the target.",
+            )
+            .buckets(vec![
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ]),
+        )?;
+        let last_success = prometheus::GaugeVec::new(
+            Opts::new(
+                "harbor_relay_last_success_timestamp_seconds",
+                "When a rule last replicated an artifact successfully, in Unix seconds.",
+            ),
+            &["rule"],
+        )?;
+        registry.register(Box::new(replication_lag.clone()))?;
+        registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(reconcile_checked.clone()))?;
         registry.register(Box::new(reconcile_differences.clone()))?;
         registry.register(Box::new(reconcile_last_pass.clone()))?;
@@ -152,6 +174,8 @@ impl Metrics {
             reconcile_checked,
             reconcile_differences,
             reconcile_last_pass,
+            replication_lag,
+            last_success,
         })
     }
 

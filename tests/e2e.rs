@@ -127,6 +127,16 @@ async fn single_image_by_tag_reaches_pinned_ca_target() {
         text.contains("harbor_relay_job_duration_seconds_count 1"),
         "{text}"
     );
+    assert!(
+        text.contains("harbor_relay_replication_lag_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "harbor_relay_last_success_timestamp_seconds{rule=\"external-to-integrated\"}"
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

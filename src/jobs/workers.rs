@@ -222,6 +222,16 @@ async fn run_job(ctx: &Context, job: Job) {
         let outcome = match result {
             Ok(s) => {
                 ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
+                let now = now_ms() as f64 / 1000.0;
+                if let Some(at) = spec.occurred_at {
+                    ctx.metrics
+                        .replication_lag
+                        .observe((now - at as f64).max(0.0));
+                }
+                ctx.metrics
+                    .last_success
+                    .with_label_values(&[spec.rule.as_str()])
+                    .set(now);
                 ctx.metrics
                     .jobs_finished
                     .with_label_values(&[spec.rule.as_str(), "succeeded"])
