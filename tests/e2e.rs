@@ -571,18 +571,8 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     let img = TestImage::random(&[70_000, 5_000]);
     img.push(&w.src, "library/cli", &Reference::Tag("3.1".into()))
         .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\n\n{}",
-            dir.path().join("store").display(),
-            w.config()
-        ),
-    )
-    .expect("config");
-    let cfg = cfg.to_str().expect("utf-8");
+    let file = ConfigFile::new(&w.config());
+    let cfg = file.path.as_str();
     let replicate = |image: &str| {
         relay_cmd(&[
             "replicate",
@@ -1240,17 +1230,8 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
         .await;
     let rules = "[[rules]]\nname = \"catch-up\"\nfrom = \"external\"\nto = \"integrated\"\nreconcile_interval = \"1s\"\n";
     let base = w.registries();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\n\n{base}{rules}",
-            dir.path().join("store").display()
-        ),
-    )
-    .expect("config");
-    let cfg = cfg.to_str().expect("utf-8");
+    let file = ConfigFile::new(&format!("{base}{rules}"));
+    let cfg = file.path.as_str();
     let out = relay_cmd(&[
         "reconcile",
         "--config",

@@ -77,18 +77,11 @@ async fn missing_target_projects_are_created_once() {
 async fn register_webhook_creates_then_updates_the_policy() {
     let registry = RegistryProc::start(None, Auth::None).await;
     let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n[store]\npath = \"{}\"\n[registries.external]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n",
-            dir.path().join("store").display(),
-            harbor.url()
-        ),
-    )
-    .expect("config");
-    let cfg = cfg.to_str().expect("utf-8");
+    let file = ConfigFile::new(&format!(
+        "[server]\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n[registries.external]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n",
+        harbor.url()
+    ));
+    let cfg = file.path.as_str();
     let register = |url: &str, format: &str| {
         relay_cmd(&[
             "harbor",
@@ -175,19 +168,12 @@ async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
     .await;
     b.push(&src, "other/app", &Reference::Tag("1".into())).await;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\n[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}[[rules]]\nname = \"teams\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\n",
-            dir.path().join("store").display(),
-            harbor.url(),
-            registry_toml("integrated", &target.url, None, ""),
-        ),
-    )
-    .expect("config");
-    let cfg = cfg.to_str().expect("utf-8");
+    let file = ConfigFile::new(&format!(
+        "[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}[[rules]]\nname = \"teams\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"team-*\"]\n",
+        harbor.url(),
+        registry_toml("integrated", &target.url, None, ""),
+    ));
+    let cfg = file.path.as_str();
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -442,13 +442,7 @@ impl Registry {
                 }
                 _ => return Err(self.t.status_error(resp, &what).await),
             }
-            let next = resp
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split('<').nth(1))
-                .and_then(|l| l.split('>').next())
-                .and_then(|l| resp.url().join(l).ok());
+            let next = next_link(&resp);
             let body = self
                 .t
                 .read_limited(resp, manifest::MAX_MANIFEST_BYTES, &what)
@@ -525,13 +519,7 @@ impl Registry {
             if resp.status() != StatusCode::OK {
                 return Err(self.t.status_error(resp, what).await);
             }
-            let next = resp
-                .headers()
-                .get(reqwest::header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split('<').nth(1))
-                .and_then(|l| l.split('>').next())
-                .and_then(|l| resp.url().join(l).ok());
+            let next = next_link(&resp);
             let body = self.t.read_limited(resp, 16 << 20, what).await?;
             out.push(
                 serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
@@ -906,6 +894,16 @@ impl Registry {
             _ => Err(self.t.status_error(resp, &what).await),
         }
     }
+}
+
+/// The `Link: <…>; rel="next"` page of a paged answer, as an absolute URL.
+fn next_link(resp: &reqwest::Response) -> Option<url::Url> {
+    resp.headers()
+        .get(reqwest::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.split('<').nth(1))
+        .and_then(|l| l.split('>').next())
+        .and_then(|l| resp.url().join(l).ok())
 }
 
 /// Drops the first `n` bytes of a stream.

@@ -506,20 +506,24 @@ impl Replicator {
             }
             return Err(e.into());
         }
-        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
-        progress
-            .bytes_copied
-            .fetch_add(tap.count(), Ordering::Relaxed);
-        self.count("copied");
         if let Some(m) = &self.metrics {
             m.bytes_copied.inc_by(tap.count());
         }
+        self.blob_copied(progress, tap.count());
         tracing::debug!(digest = %blob.digest, bytes = tap.count(), "blob copied");
         Ok(())
     }
 }
 
 impl Replicator {
+    /// Counts one uploaded blob of `bytes` bytes sent (the byte metric is
+    /// counted as bytes go, by the caller).
+    fn blob_copied(&self, progress: &Progress, bytes: u64) {
+        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
+        progress.bytes_copied.fetch_add(bytes, Ordering::Relaxed);
+        self.count("copied");
+    }
+
     async fn copy_chunked(
         &self,
         req: &CopyRequest<'_>,
@@ -533,11 +537,7 @@ impl Replicator {
         };
         let done =
             chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
-        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
-        progress
-            .bytes_copied
-            .fetch_add(done.sent, Ordering::Relaxed);
-        self.count("copied");
+        self.blob_copied(progress, done.sent);
         if done.resumed {
             progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);
             self.count("resumed");

@@ -43,6 +43,33 @@ pub fn registry_binary() -> PathBuf {
     );
 }
 
+/// A config file for the one-shot commands: a `[store]` in its own temp
+/// directory, then `body`.
+pub struct ConfigFile {
+    _dir: TempDir,
+    /// Where it is.
+    pub path: String,
+}
+
+impl ConfigFile {
+    pub fn new(body: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\npath = \"{}\"\n\n{body}",
+                dir.path().join("store").display()
+            ),
+        )
+        .expect("config");
+        ConfigFile {
+            path: path.to_str().expect("utf-8").to_string(),
+            _dir: dir,
+        }
+    }
+}
+
 /// Runs the `harbor-relay` binary with `args` and waits for it.
 pub fn relay_cmd(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
