@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use harbor_relay::api::{self, AppState};
-use harbor_relay::config::{RuleConfig, Secret};
+use harbor_relay::config::Config;
 use harbor_relay::jobs::Store;
+use harbor_relay::jobs::workers::Readiness;
+use harbor_relay::live::{Live, Shared};
 use harbor_relay::metrics::Metrics;
-use harbor_relay::rules::RuleSet;
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: usize) -> usize {
@@ -46,12 +47,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let (store, _) = Store::open(dir.path())?;
         let store = Arc::new(store);
-        let rules = RuleSet::new(&[RuleConfig::new("bench", "external", "integrated")])?;
+        let config = Config::parse(
+            std::path::Path::new("bench.toml"),
+            &format!(
+                "[server]\nwebhook_auth = \"Bearer bench\"\n[store]\npath = \"{}\"\n\
+                 [registries.external]\nurl = \"http://127.0.0.1:1\"\n\
+                 [registries.integrated]\nurl = \"http://127.0.0.1:2\"\n\
+                 [[rules]]\nname = \"bench\"\nfrom = \"external\"\nto = \"integrated\"\n",
+                dir.path().display()
+            ),
+            &|_| None,
+        )?;
+        let readiness = Arc::new(Readiness::default());
         let state = Arc::new(AppState {
             store: store.clone(),
-            rules,
-            webhook_auth: Some(Secret::new("Bearer bench")),
+            live: Arc::new(Shared::new(Live::build(config, None)?)),
             metrics: Arc::new(Metrics::new()?),
+            readiness,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);

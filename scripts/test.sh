@@ -2,8 +2,10 @@
 # All of harbor-relay's checks, as CI runs them: formatting, lints, unit
 # tests and end-to-end tests against real registries.
 #
-# On a fresh Debian machine it first installs what the tests need
-# (the CNCF distribution registry, Debian package `docker-registry`).
+# On a fresh Debian machine it first installs what the tests need: the CNCF
+# distribution registry (Debian `docker-registry`), `promtool` (Debian
+# `prometheus`), `systemd-analyze` (Debian `systemd`), and the Kubernetes
+# schema checker `kubernetes-validate` (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,9 @@ missing=()
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   SUDO=""
@@ -23,6 +28,12 @@ fi
 if [ ! -x /usr/bin/docker-registry ]; then
   echo "docker-registry is still missing; install it with: apt-get install -y docker-registry" >&2
   exit 1
+fi
+
+if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
+  log "installing kubernetes-validate (PyPI)"
+  python3 -m pip install -q kubernetes-validate 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages kubernetes-validate
 fi
 
 for component in rustfmt clippy; do

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
 use crate::event::{self, EventKind, Format, Parsed};
+use crate::jobs::workers::Readiness;
 use crate::jobs::{Action, Job, JobSpec, JobState, RetryError, Store};
+use crate::live::Shared;
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::rules::RuleSet;
@@ -32,12 +34,12 @@ pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     /// The job store.
     pub store: Arc<Store>,
-    /// Compiled rules.
-    pub rules: RuleSet,
-    /// The `Authorization` value webhooks must carry, if any.
-    pub webhook_auth: Option<Secret>,
+    /// Rules and the webhook secret in force (reloadable).
+    pub live: Arc<Shared>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Whether workers are running; `/readyz` answers from it.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Builds the router.
@@ -49,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -117,7 +120,7 @@ async fn receive(
             .with_label_values(&[label, outcome])
             .inc()
     };
-    if let Some(secret) = &app.webhook_auth
+    if let Some(secret) = app.live.get().webhook_auth()
         && !authorized(secret, &parts.headers)
     {
         count("unauthorized");
@@ -242,9 +245,10 @@ async fn accept(app: &AppState, format: Format, events: Vec<event::Event>) -> Re
     let mut specs = Vec::new();
     let mut skipped = Vec::new();
     let mut deleting = false;
+    let rules = &app.live.get().rules;
     for ev in &events {
         deleting |= ev.kind == EventKind::Delete;
-        specs.extend(plan_event(app, ev, &mut skipped));
+        specs.extend(plan_event(rules, ev, &mut skipped));
     }
     if specs.is_empty() {
         count("ignored");
@@ -294,7 +298,7 @@ async fn accept(app: &AppState, format: Format, events: Vec<event::Event>) -> Re
 }
 
 /// The jobs one event asks for; why none, in `skipped`.
-fn plan_event(app: &AppState, ev: &event::Event, skipped: &mut Vec<String>) -> Vec<JobSpec> {
+fn plan_event(rules: &RuleSet, ev: &event::Event, skipped: &mut Vec<String>) -> Vec<JobSpec> {
     let deleting = ev.kind == EventKind::Delete;
     let action = if deleting {
         Action::Delete
@@ -304,10 +308,9 @@ fn plan_event(app: &AppState, ev: &event::Event, skipped: &mut Vec<String>) -> V
     let mut specs = Vec::new();
     for a in &ev.artifacts {
         let (plans, skips) = if deleting {
-            app.rules
-                .delete_plans(&ev.project, &ev.repository, &a.reference)
+            rules.delete_plans(&ev.project, &ev.repository, &a.reference)
         } else {
-            app.rules.plans(&ev.project, &ev.repository, &a.reference)
+            rules.plans(&ev.project, &ev.repository, &a.reference)
         };
         if plans.is_empty() {
             let why: Vec<String> = skips
@@ -496,16 +499,27 @@ async fn retry_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> 
     }
 }
 
+/// Ready to take webhooks and run jobs: the store is open (it is, for as
+/// long as the server runs) and every worker is running. `503` with the
+/// reason otherwise, e.g. while stopping.
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match app.readiness.problem() {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     app.metrics.queue_depth.set(app.store.queued() as i64);
     app.metrics.jobs_running.set(app.store.running() as i64);
     app.metrics.jobs_retrying.set(app.store.retrying() as i64);
+    app.metrics.store_size.set(app.store.size_on_disk() as i64);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        app.metrics.render(&app.live.get().registries),
     )
         .into_response()
 }

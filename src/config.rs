@@ -95,6 +95,18 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Replication rules, in file order.
     pub rules: Vec<RuleConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[log]`: the level and format of the daemon's logs. `RUST_LOG` and
+/// `--log-format` win over these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,harbor_relay=debug`.
+    pub level: Option<String>,
+    /// One JSON object per line instead of text.
+    pub json: bool,
 }
 
 /// `[server]`.
@@ -155,7 +167,7 @@ pub enum TlsMode {
 }
 
 /// `[registries.NAME]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegistryConfig {
     /// The name used in rules and messages.
     pub name: String,
@@ -292,6 +304,15 @@ struct RawConfig {
     registries: BTreeMap<String, RawRegistry>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -299,6 +320,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     webhook_auth: Option<String>,
+    webhook_auth_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -499,8 +521,75 @@ impl Loader<'_> {
         Ok(out)
     }
 
+    /// A secret given inline (`KEY`, usually `${VAR}`) or read from a file
+    /// (`KEY_file`, e.g. `${CREDENTIALS_DIRECTORY}/name` under systemd's
+    /// `LoadCredential=`), trailing newline removed; never both, never empty.
+    fn secret(
+        &self,
+        key: &str,
+        inline: Option<String>,
+        file: Option<String>,
+    ) -> Result<Option<Secret>, ConfigError> {
+        let file_key = format!("{key}_file");
+        let name = key.rsplit('.').next().unwrap_or(key);
+        let value = match (inline, file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    key,
+                    format!("set either `{name}` or `{name}_file`, not both"),
+                ));
+            }
+            (Some(v), None) => {
+                let v = self.expand(key, &v)?;
+                if v.is_empty() {
+                    return Err(self.invalid(key, "is empty; remove the key instead"));
+                }
+                v
+            }
+            (None, Some(f)) => {
+                let path = self.expand(&file_key, &f)?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.invalid(&file_key, format!("cannot read {path}: {e}")))?;
+                let v = text.trim_end_matches(['\n', '\r']).to_string();
+                if v.is_empty() {
+                    return Err(self.invalid(&file_key, format!("{path} is empty")));
+                }
+                v
+            }
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(Secret::new(value)))
+    }
+
     fn expand_opt(&self, key: &str, value: Option<String>) -> Result<Option<String>, ConfigError> {
         value.map(|v| self.expand(key, &v)).transpose()
+    }
+
+    fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
+        if let Some(level) = &raw.level
+            && let Err(e) = tracing_subscriber::EnvFilter::builder().parse(level)
+        {
+            return Err(self.invalid(
+                "log.level",
+                format!(
+                    "`{level}` is not a log filter like `info` or `info,harbor_relay=debug`: {e}"
+                ),
+            ));
+        }
+        let json = match raw.format.as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                return Err(self.invalid(
+                    "log.format",
+                    format!("`{other}` is not a format; use \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(LogConfig {
+            level: raw.level,
+            json,
+        })
     }
 
     fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -513,19 +602,12 @@ impl Loader<'_> {
                 format!("`{listen_text}` is not an address like 0.0.0.0:8080"),
             )
         })?;
-        let webhook_auth = self
-            .expand_opt("server.webhook_auth", raw.server.webhook_auth)?
-            .map(|v| {
-                if v.is_empty() {
-                    Err(self.invalid(
-                        "server.webhook_auth",
-                        "is empty; remove the key to accept webhooks without auth",
-                    ))
-                } else {
-                    Ok(Secret::new(v))
-                }
-            })
-            .transpose()?;
+        let webhook_auth = self.secret(
+            "server.webhook_auth",
+            raw.server.webhook_auth,
+            raw.server.webhook_auth_file,
+        )?;
+        let log = self.log(raw.log)?;
 
         let store = raw
             .store
@@ -567,6 +649,7 @@ impl Loader<'_> {
             store: StoreConfig {
                 path: PathBuf::from(store_path),
             },
+            log,
             jobs,
             registries,
             rules,
@@ -678,27 +761,7 @@ impl Loader<'_> {
         }
 
         let username = self.expand_opt(&key("username"), r.username)?;
-        let password = match (r.password, r.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(self.invalid(
-                    key("password"),
-                    "set either `password` or `password_file`, not both",
-                ));
-            }
-            (Some(p), None) => Some(Secret::new(self.expand(&key("password"), &p)?)),
-            (None, Some(f)) => {
-                let path = self.expand(&key("password_file"), &f)?;
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    self.invalid(key("password_file"), format!("cannot read {path}: {e}"))
-                })?;
-                let pw = text.trim_end_matches(['\n', '\r']).to_string();
-                if pw.is_empty() {
-                    return Err(self.invalid(key("password_file"), format!("{path} is empty")));
-                }
-                Some(Secret::new(pw))
-            }
-            (None, None) => None,
-        };
+        let password = self.secret(&key("password"), r.password, r.password_file)?;
         if password.is_some() && username.as_deref().is_none_or(str::is_empty) {
             return Err(self.invalid(key("username"), "a password is set but no username"));
         }

@@ -1,36 +1,35 @@
 //! Wiring: config → registries, store, rules, workers and the HTTP server,
-//! and an orderly stop.
+//! reloads on request, and an orderly stop.
 //!
 //! [`run`] takes an already bound listener and a shutdown token, so tests
-//! can start a whole daemon in-process on a free port, and `main` only adds
-//! signal handling.
+//! can start a whole daemon in-process on a free port; [`run_reloadable`]
+//! also takes a channel of reload requests, which `main` feeds from
+//! `SIGHUP`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, TlsMode};
-use crate::jobs::workers::{Context, RetryPolicy};
+use crate::config::Config;
+use crate::jobs::workers::{Context, Readiness};
 use crate::jobs::{Store, Workers};
+use crate::live::{Live, LiveError, Shared};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replicate::Replicator;
-use crate::rules::RuleSet;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// A registry client could not be built.
+    /// Registries or rules could not be set up.
     #[error(transparent)]
-    Registry(#[from] crate::registry::RegistryError),
+    Live(#[from] LiveError),
     /// The store could not be opened.
     #[error("{0} (path {1})")]
     Store(crate::jobs::StoreError, std::path::PathBuf),
-    /// A rule's globs did not compile.
-    #[error("rules: {0}")]
-    Rules(#[from] globset::Error),
     /// Metrics could not be registered.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -40,20 +39,9 @@ pub enum DaemonError {
 }
 
 /// Builds one client per configured registry, warning about any that skips
-/// certificate verification.
+/// certificate verification. For the one-shot commands.
 pub fn registries(config: &Config) -> Result<HashMap<String, Registry>, DaemonError> {
-    let mut out = HashMap::new();
-    for (name, r) in &config.registries {
-        if r.tls == TlsMode::InsecureSkipVerify {
-            tracing::warn!(
-                registry = %name,
-                url = %r.url,
-                "TLS certificate verification is OFF for this registry (tls.insecure_skip_verify = true): anyone on the path can impersonate it; prefer tls.ca_file"
-            );
-        }
-        out.insert(name.clone(), Registry::new(r)?);
-    }
-    Ok(out)
+    Ok(Live::build(config.clone(), None)?.registries)
 }
 
 /// Runs the daemon on `listener` until `shutdown` is cancelled: the HTTP
@@ -64,7 +52,19 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let registries = Arc::new(registries(&config)?);
+    let (_keep, reload) = mpsc::channel(1);
+    run_reloadable(config, listener, shutdown, reload).await
+}
+
+/// [`run`], and each message on `reload` loads the config file again and
+/// puts it in force (see [`crate::live`]); a file that fails to load is
+/// logged and the running config kept.
+pub async fn run_reloadable(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+    mut reload: mpsc::Receiver<()>,
+) -> Result<(), DaemonError> {
     let (store, recovered) = Store::open(&config.store.path)
         .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
     store.set_coalesce_window(config.jobs.coalesce_window);
@@ -75,23 +75,15 @@ pub async fn run(
             "re-queued jobs interrupted by the last stop"
         );
     }
-    if config.server.webhook_auth.is_none() {
-        tracing::warn!(
-            "server.webhook_auth is not set: anyone who can reach this port can queue replication jobs; set it and Harbor's webhook Auth Header to the same secret"
-        );
-    }
-    let rules = RuleSet::new(&config.rules)?;
-    if rules.is_empty() {
-        tracing::warn!(
-            "no [[rules]] configured: webhooks will be acknowledged but nothing replicates"
-        );
-    }
+    warn_about(&config);
+    let live = Arc::new(Shared::new(Live::build(config.clone(), None)?));
     let metrics = Arc::new(Metrics::new()?);
     metrics.queue_depth.set(store.queued() as i64);
+    metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
 
     let ctx = Arc::new(Context {
         store: store.clone(),
-        registries,
+        live: live.clone(),
         replicator: Replicator::new(
             config.jobs.blob_concurrency,
             Some(metrics.clone()),
@@ -99,52 +91,65 @@ pub async fn run(
         )
         .with_stop(shutdown.clone()),
         metrics: metrics.clone(),
-        retry: RetryPolicy {
-            max_attempts: config.jobs.max_attempts,
-            initial_delay: config.jobs.retry_initial_delay,
-            max_delay: config.jobs.retry_max_delay,
-        },
-        retention: config.jobs.retention,
     });
-    let workers = Workers::spawn(config.jobs.workers, ctx.clone(), shutdown.clone());
-    let mut reconcilers = tokio::task::JoinSet::new();
-    for rule in rules.iter() {
-        let Some(interval) = rule.config.reconcile_interval else {
-            continue;
-        };
-        let (Some(source), Some(target)) = (
-            ctx.registries.get(&rule.config.from),
-            ctx.registries.get(&rule.config.to),
-        ) else {
-            continue;
-        };
-        tracing::info!(rule = %rule.config.name, ?interval, "reconcile passes on");
-        reconcilers.spawn(crate::reconcile::run(
-            rule.clone(),
-            interval,
-            source.clone(),
-            target.clone(),
-            store.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
+    let readiness = Arc::new(Readiness::default());
+    let workers = Workers::spawn(
+        config.jobs.workers,
+        ctx.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    );
+    let mut reconcilers = CancellationToken::new();
+    start_reconcilers(&live.get(), &ctx, shutdown.child_token(), &mut reconcilers);
     let state = Arc::new(AppState {
         store: store.clone(),
-        rules,
-        webhook_auth: config.server.webhook_auth.clone(),
-        metrics,
+        live: live.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
     });
+    let local = listener.local_addr()?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %local,
         workers = config.jobs.workers,
         rules = config.rules.len(),
         queued = store.queued(),
         "harbor-relay ready"
     );
-    let served = api::run(listener, state, shutdown.clone()).await;
-    shutdown.cancel();
-    reconcilers.abort_all();
+    crate::notify::ready(&format!(
+        "listening on {local}, {} rules",
+        config.rules.len()
+    ));
+    let mut server = tokio::spawn(api::run(listener, state, shutdown.clone()));
+    let mut served = None;
+    let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = &mut server => {
+                served = Some(r);
+                shutdown.cancel();
+                break;
+            }
+            Some(()) = reload.recv() => {
+                crate::notify::reloading();
+                if apply_reload(&live) {
+                    metrics.init_rules(live.get().config.rules.iter().map(|r| r.name.as_str()));
+                    start_reconcilers(&live.get(), &ctx, shutdown.child_token(), &mut reconcilers);
+                }
+                crate::notify::ready("configuration reloaded");
+            }
+            _ = tick(&mut watchdog) => {
+                // A wedged runtime never gets here; dead workers are reported
+                // instead of pinged over, so systemd restarts the daemon.
+                match readiness.problem() {
+                    None => crate::notify::watchdog(),
+                    Some(why) => tracing::error!(problem = %why, "not pinging the systemd watchdog"),
+                }
+            }
+        }
+    }
+    crate::notify::stopping();
+    reconcilers.cancel();
     tracing::info!("stopping: waiting for running jobs");
     if !workers.join(config.jobs.shutdown_grace).await {
         tracing::warn!(
@@ -155,7 +160,105 @@ pub async fn run(
     if let Err(e) = store.flush().await {
         tracing::error!(error = %e, "flushing the job store");
     }
-    served?;
+    let served = match served {
+        Some(r) => r,
+        None => server.await,
+    };
+    served.map_err(std::io::Error::other)??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits for the next watchdog tick, or forever without a watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Start-up and reload warnings about a config that works but is risky.
+fn warn_about(config: &Config) {
+    if config.server.webhook_auth.is_none() {
+        tracing::warn!(
+            "server.webhook_auth is not set: anyone who can reach this port can queue replication jobs; set it and Harbor's webhook Auth Header to the same secret"
+        );
+    }
+    if config.rules.is_empty() {
+        tracing::warn!(
+            "no [[rules]] configured: webhooks will be acknowledged but nothing replicates"
+        );
+    }
+}
+
+/// Loads the config file again and puts it in force. Returns whether it
+/// did; on any error the old config stays and the error is logged.
+fn apply_reload(live: &Shared) -> bool {
+    let old = live.get();
+    let file = old.config.file.clone();
+    tracing::info!(file = %file.display(), "reloading the configuration");
+    let config = match Config::load(&file) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration NOT reloaded; the previous one stays in force");
+            return false;
+        }
+    };
+    for key in crate::live::needs_restart(&old.config, &config) {
+        tracing::warn!(
+            key,
+            "changed in the file, but takes effect only after a restart"
+        );
+    }
+    match Live::build(config, Some(&old)) {
+        Ok(new) => {
+            warn_about(&new.config);
+            tracing::info!(
+                registries = new.registries.len(),
+                rules = new.config.rules.len(),
+                "configuration reloaded"
+            );
+            live.replace(new);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration NOT reloaded; the previous one stays in force");
+            false
+        }
+    }
+}
+
+/// (Re)starts one reconcile loop per rule with a `reconcile_interval`,
+/// stopping the previous set first.
+fn start_reconcilers(
+    live: &Live,
+    ctx: &Arc<Context>,
+    token: CancellationToken,
+    current: &mut CancellationToken,
+) {
+    current.cancel();
+    *current = token.clone();
+    for rule in live.rules.iter() {
+        let Some(interval) = rule.config.reconcile_interval else {
+            continue;
+        };
+        let (Some(source), Some(target)) = (
+            live.registries.get(&rule.config.from),
+            live.registries.get(&rule.config.to),
+        ) else {
+            continue;
+        };
+        tracing::info!(rule = %rule.config.name, ?interval, "reconcile passes on");
+        tokio::spawn(crate::reconcile::run(
+            rule.clone(),
+            interval,
+            source.clone(),
+            target.clone(),
+            ctx.store.clone(),
+            ctx.metrics.clone(),
+            token.clone(),
+        ));
+    }
 }

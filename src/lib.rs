@@ -26,6 +26,8 @@
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
 //! - [`metrics`]: every Prometheus metric.
+//! - [`live`]: the reloadable settings (registries, rules), swapped on SIGHUP.
+//! - [`notify`]: systemd readiness, reload, stop and watchdog messages.
 //! - [`daemon`]: wires it all together; `run(config, listener, shutdown)`.
 
 pub mod api;
@@ -34,8 +36,10 @@ pub mod daemon;
 pub mod event;
 pub mod harbor;
 pub mod jobs;
+pub mod live;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 pub mod reconcile;
 pub mod reference;
 pub mod registry;

@@ -18,9 +18,10 @@ use harbor_relay::replicate::{CopyRequest, Replicator};
 #[derive(Parser)]
 #[command(name = "harbor-relay", version, about, long_about = None)]
 struct Cli {
-    /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format: human-readable text or one JSON object per line
+    /// [default: the config's log.format, else text].
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -151,9 +152,11 @@ enum JobsAction {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr (journald takes it under systemd). The level comes from
+/// `RUST_LOG`, else the config's `log.level`, else `info`.
+fn init_logging(format: LogFormat, level: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -166,7 +169,23 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The daemon's config may set the log level and format: read it first.
+    let log = match &cli.command {
+        Command::Serve { config } => match Config::load(config) {
+            Ok(c) => c.log,
+            Err(e) => {
+                eprintln!("harbor-relay: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => Default::default(),
+    };
+    let format = cli.log_format.unwrap_or(if log.json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    init_logging(format, log.level.as_deref());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -454,25 +473,36 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    daemon::run(config, listener, shutdown).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    on_signals(shutdown.clone(), reload_tx)?;
+    daemon::run_reloadable(config, listener, shutdown, reload_rx).await?;
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGTERM and SIGINT stop the daemon; SIGHUP asks it to reload its config.
+fn on_signals(
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::Sender<()>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received");
+                    // A reload already pending covers this one too.
+                    let _ = reload.try_send(());
+                }
+            }
+        }
+        shutdown.cancel();
+    });
+    Ok(())
 }
 
 async fn replicate(

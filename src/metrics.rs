@@ -4,6 +4,10 @@
 //! Labels are bounded: formats, outcomes, rule names from the config. Never
 //! a tag, digest or anything secret.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use crate::registry::Registry as RegistryClient;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -41,7 +45,57 @@ pub struct Metrics {
     pub replication_lag: Histogram,
     /// When a rule last replicated something successfully (Unix seconds).
     pub last_success: prometheus::GaugeVec,
+    /// Blobs being copied right now.
+    pub transfers_in_flight: IntGauge,
+    /// Size of the job store on disk.
+    pub store_size: IntGauge,
 }
+
+/// Counts one blob transfer as in flight while held.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Per-registry counters, read from each client's [`Stats`] at scrape
+/// time (so the registry module needs no metrics handle; see
+/// [`crate::registry::Stats`]).
+type StatsField = fn(&crate::registry::Stats) -> u64;
+const REGISTRY_COUNTERS: [(&str, &str, StatsField); 6] = [
+    (
+        "harbor_relay_registry_requests_total",
+        "HTTP requests sent to a registry (each attempt counts), by registry.",
+        |s| s.requests.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_registry_retries_total",
+        "Requests repeated after a connection error, 408, 429 or 5xx, by registry.",
+        |s| s.retries.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_registry_throttled_total",
+        "429 Too Many Requests answers from a registry, by registry.",
+        |s| s.throttled.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_registry_errors_total",
+        "Requests to a registry that failed for good (no connection, TLS refused, timeout, 5xx after the last attempt), by registry.",
+        |s| s.errors.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_registry_read_bytes_total",
+        "Blob bytes read from a registry (direction: in), by registry.",
+        |s| s.bytes_read.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_registry_written_bytes_total",
+        "Blob bytes written to a registry (direction: out), by registry.",
+        |s| s.bytes_written.load(Ordering::Relaxed),
+    ),
+];
 
 /// A metric could not be registered (a programming error: duplicate name).
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +196,16 @@ impl Metrics {
             ),
             &["rule"],
         )?;
+        let transfers_in_flight = IntGauge::new(
+            "harbor_relay_transfers_in_flight",
+            "Blobs being copied from a source to a target right now.",
+        )?;
+        let store_size = IntGauge::new(
+            "harbor_relay_store_size_bytes",
+            "Size of the embedded job store on disk.",
+        )?;
+        registry.register(Box::new(transfers_in_flight.clone()))?;
+        registry.register(Box::new(store_size.clone()))?;
         registry.register(Box::new(replication_lag.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(reconcile_checked.clone()))?;
@@ -176,13 +240,47 @@ impl Metrics {
             reconcile_last_pass,
             replication_lag,
             last_success,
+            transfers_in_flight,
+            store_size,
         })
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    /// Makes each rule's series visible at zero, so that alerts and rates
+    /// work before the first job of a rule finishes.
+    pub fn init_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
+        for rule in rules {
+            for outcome in ["succeeded", "failed"] {
+                self.jobs_finished.with_label_values(&[rule, outcome]);
+            }
+            self.job_retries.with_label_values(&[rule]);
+            self.reconcile_differences.with_label_values(&[rule]);
+        }
+    }
+
+    /// Marks a blob transfer in flight until the guard is dropped.
+    pub fn transfer_started(&self) -> InFlight {
+        self.transfers_in_flight.inc();
+        InFlight(self.transfers_in_flight.clone())
+    }
+
+    /// The Prometheus text exposition of every metric, with the request,
+    /// retry, 429 and byte counters of each of `registries`.
+    pub fn render(&self, registries: &HashMap<String, RegistryClient>) -> String {
+        let mut families = self.registry.gather();
+        let mut names: Vec<&String> = registries.keys().collect();
+        names.sort();
+        for (name, help, field) in REGISTRY_COUNTERS {
+            let Ok(vec) = IntCounterVec::new(Opts::new(name, help), &["registry"]) else {
+                continue;
+            };
+            for r in &names {
+                vec.with_label_values(&[r.as_str()])
+                    .inc_by(field(registries[*r].stats()));
+            }
+            families.extend(prometheus::core::Collector::collect(&vec));
+        }
         let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!(error = %e, "encoding metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()

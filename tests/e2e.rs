@@ -8,79 +8,10 @@ use std::time::Duration;
 
 use harbor_relay::config::TlsMode;
 use harbor_relay::reference::Reference;
-use harbor_relay::registry::Registry;
 use support::*;
-
-const USER: &str = "relay";
-const PASS: &str = "target-pa55word";
 
 /// A plain-HTTP source, a TLS + basic-auth target with a test CA, and
 /// clients for both.
-struct World {
-    source: RegistryProc,
-    target: RegistryProc,
-    _pki_dir: tempfile::TempDir,
-    pki: Pki,
-    src: Registry,
-    dst: Registry,
-}
-
-impl World {
-    async fn new() -> World {
-        let pki_dir = tempfile::tempdir().expect("tempdir");
-        let pki = Pki::new(pki_dir.path());
-        let source = RegistryProc::start(None, Auth::None).await;
-        let target = RegistryProc::start(
-            Some(&pki),
-            Auth::Basic {
-                user: USER.into(),
-                pass: PASS.into(),
-            },
-        )
-        .await;
-        let src = client(&source.url, None, TlsMode::System);
-        let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
-        World {
-            source,
-            target,
-            _pki_dir: pki_dir,
-            pki,
-            src,
-            dst,
-        }
-    }
-
-    /// The two registries; the target pinned to the test CA.
-    fn registries(&self) -> String {
-        format!(
-            "{}{}",
-            registry_toml("external", &self.source.url, None, ""),
-            registry_toml(
-                "integrated",
-                &self.target.url,
-                Some((USER, PASS)),
-                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
-            ),
-        )
-    }
-
-    /// Registries and one rule; the target pinned to the test CA.
-    fn config(&self) -> String {
-        self.config_with_tls(&format!(
-            "{{ ca_file = \"{}\" }}",
-            self.pki.ca_pem.display()
-        ))
-    }
-
-    fn config_with_tls(&self, tls: &str) -> String {
-        format!(
-            "{}{}{RULE}",
-            registry_toml("external", &self.source.url, None, ""),
-            registry_toml("integrated", &self.target.url, Some((USER, PASS)), tls),
-        )
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_image_by_tag_reaches_pinned_ca_target() {
     let w = World::new().await;

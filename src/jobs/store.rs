@@ -510,6 +510,11 @@ impl Store {
         Ok(out)
     }
 
+    /// Bytes the store takes on disk (0 if it cannot tell).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// Jobs waiting for a worker.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)

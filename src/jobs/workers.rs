@@ -10,8 +10,8 @@
 //! daemon waits for them for a grace period. A job cut off by the end of
 //! that period stays `running` on disk and is queued again at next start.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
@@ -21,24 +21,20 @@ use tracing::Instrument;
 use backon::BackoffBuilder;
 
 use super::{Action, Job, Outcome, Store, now_ms};
+use crate::live::Shared;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 use crate::replicate::{CopyRequest, Replicator};
 
 /// What workers share.
 pub struct Context {
     /// The job store.
     pub store: Arc<Store>,
-    /// Registries by configured name.
-    pub registries: Arc<HashMap<String, Registry>>,
+    /// Registries, rules and job settings in force (reloadable).
+    pub live: Arc<Shared>,
     /// The copier.
     pub replicator: Replicator,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// When failed attempts are tried again.
-    pub retry: RetryPolicy,
-    /// How long finished jobs are kept.
-    pub retention: Duration,
 }
 
 /// Attempts and backoff for failed jobs.
@@ -53,6 +49,15 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy `[jobs]` asks for.
+    pub fn from_config(jobs: &crate::config::JobsConfig) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: jobs.max_attempts,
+            initial_delay: jobs.retry_initial_delay,
+            max_delay: jobs.retry_max_delay,
+        }
+    }
+
     /// The wait after failed attempt number `attempt` (1-based): doubling
     /// from the initial delay up to the maximum, plus up to 100% jitter so
     /// that jobs failed together do not retry together.
@@ -74,6 +79,44 @@ const SCHEDULER_TICK: Duration = Duration::from_millis(250);
 /// How often finished jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How many workers run against how many should: what `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    expected: AtomicUsize,
+    alive: AtomicUsize,
+}
+
+impl Readiness {
+    /// Why the daemon is not ready, or `None` when it is.
+    pub fn problem(&self) -> Option<String> {
+        let expected = self.expected.load(Ordering::Relaxed);
+        let alive = self.alive.load(Ordering::Relaxed);
+        if expected == 0 {
+            Some("workers are not started".into())
+        } else if alive < expected {
+            Some(format!("{alive} of {expected} workers running"))
+        } else {
+            None
+        }
+    }
+}
+
+/// Counts a worker as alive for as long as it is held.
+struct Alive(Arc<Readiness>);
+
+impl Alive {
+    fn new(r: Arc<Readiness>) -> Alive {
+        r.alive.fetch_add(1, Ordering::Relaxed);
+        Alive(r)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The running pool.
 pub struct Workers {
     tasks: JoinSet<()>,
@@ -81,7 +124,13 @@ pub struct Workers {
 
 impl Workers {
     /// Starts `count` workers that stop when `shutdown` is cancelled.
-    pub fn spawn(count: usize, ctx: Arc<Context>, shutdown: CancellationToken) -> Workers {
+    pub fn spawn(
+        count: usize,
+        ctx: Arc<Context>,
+        readiness: Arc<Readiness>,
+        shutdown: CancellationToken,
+    ) -> Workers {
+        readiness.expected.store(count, Ordering::Relaxed);
         let mut tasks = JoinSet::new();
         {
             let ctx = ctx.clone();
@@ -91,7 +140,11 @@ impl Workers {
         for n in 0..count {
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
-            tasks.spawn(async move { worker(n, ctx, shutdown).await });
+            let alive = Alive::new(readiness.clone());
+            tasks.spawn(async move {
+                let _alive = alive;
+                worker(n, ctx, shutdown).await
+            });
         }
         Workers { tasks }
     }
@@ -114,7 +167,8 @@ async fn scheduler(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut last_prune: Option<Instant> = None;
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-            let cutoff = now_ms().saturating_sub(ctx.retention.as_millis() as u64);
+            let retention = ctx.live.get().config.jobs.retention;
+            let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
             match ctx.store.prune(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "pruned finished jobs past their retention"),
@@ -175,13 +229,19 @@ async fn run_job(ctx: &Context, job: Job) {
         rule = %spec.rule,
         source = %format!("{}/{}{}", spec.from, spec.source_repository, spec.reference),
         target = %format!("{}/{}", spec.to, spec.target_repository),
+        digest = tracing::field::Empty,
     );
+    if let Some(d) = &spec.digest {
+        span.record("digest", d.as_str());
+    }
     async {
         ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
         ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
         ctx.metrics.jobs_running.set(ctx.store.running() as i64);
+        let live = ctx.live.get();
+        let retry = RetryPolicy::from_config(&live.config.jobs);
         let started = Instant::now();
-        let result = match (ctx.registries.get(&spec.from), ctx.registries.get(&spec.to)) {
+        let result = match (live.registries.get(&spec.from), live.registries.get(&spec.to)) {
             (Some(source), Some(target)) => {
                 let done = match (spec.action, &spec.digest) {
                     (Action::Delete, Some(digest)) => {
@@ -251,7 +311,7 @@ async fn run_job(ctx: &Context, job: Job) {
                 tracing::info!("stopped between chunks for shutdown; queued for the next start");
                 Outcome::Interrupted
             }
-            Err((error, permanent, _)) if permanent || job.attempts >= ctx.retry.max_attempts => {
+            Err((error, permanent, _)) if permanent || job.attempts >= retry.max_attempts => {
                 ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
                 ctx.metrics
                     .jobs_finished
@@ -260,13 +320,13 @@ async fn run_job(ctx: &Context, job: Job) {
                 let why = if permanent {
                     "retrying cannot fix this".to_string()
                 } else {
-                    format!("attempt {} of {}", job.attempts, ctx.retry.max_attempts)
+                    format!("attempt {} of {}", job.attempts, retry.max_attempts)
                 };
                 tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
                 Outcome::Failed(error)
             }
             Err((error, _, _)) => {
-                let delay = ctx.retry.delay(job.attempts);
+                let delay = retry.delay(job.attempts);
                 ctx.metrics
                     .job_retries
                     .with_label_values(&[spec.rule.as_str()])
@@ -274,7 +334,7 @@ async fn run_job(ctx: &Context, job: Job) {
                 tracing::warn!(
                     error = %error,
                     attempt = job.attempts,
-                    max_attempts = ctx.retry.max_attempts,
+                    max_attempts = retry.max_attempts,
                     retry_in = ?delay,
                     "attempt failed; will retry"
                 );

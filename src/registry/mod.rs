@@ -35,6 +35,7 @@ use crate::config::RegistryConfig;
 use crate::manifest::{self, Manifest};
 use crate::reference::Reference;
 
+pub use transport::Stats;
 pub use verify::ByteStream;
 
 /// The `User-Agent` every request carries.
@@ -239,14 +240,17 @@ impl Registry {
         let sent = Arc::new(AtomicU64::new(0));
         let last = Arc::new(Mutex::new(std::time::Instant::now()));
         let (s2, l2) = (sent.clone(), last.clone());
-        let tracked: ByteStream = Box::pin(self.paced(body).inspect(move |item| {
-            if let Ok(b) = item {
-                s2.fetch_add(b.len() as u64, Ordering::Relaxed);
-                if let Ok(mut t) = l2.lock() {
-                    *t = std::time::Instant::now();
-                }
-            }
-        }));
+        let tracked: ByteStream = Box::pin(
+            self.metered(body, &self.t.stats.bytes_written)
+                .inspect(move |item| {
+                    if let Ok(b) = item {
+                        s2.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut t) = l2.lock() {
+                            *t = std::time::Instant::now();
+                        }
+                    }
+                }),
+        );
         let body = Mutex::new(Some(reqwest::Body::wrap_stream(tracked)));
         let scopes = push(repository);
         let make = |c: &reqwest::Client| {
@@ -288,8 +292,15 @@ impl Registry {
         }
     }
 
-    /// Holds a blob stream to `max_bytes_per_second`, if one is set.
-    fn paced(&self, s: ByteStream) -> ByteStream {
+    /// Counts a blob stream's bytes into `counter` and holds it to
+    /// `max_bytes_per_second`, if one is set.
+    fn metered(&self, s: ByteStream, counter: &Arc<AtomicU64>) -> ByteStream {
+        let counter = counter.clone();
+        let s: ByteStream = Box::pin(s.inspect(move |item| {
+            if let Ok(b) = item {
+                counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        }));
         match &self.t.pacer {
             None => s,
             Some(p) => {
@@ -305,6 +316,11 @@ impl Registry {
                 }))
             }
         }
+    }
+
+    /// Requests, retries, 429s and bytes moved, for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.t.stats
     }
 
     fn url(&self, path: &str) -> String {
@@ -614,7 +630,7 @@ impl Registry {
             resp.bytes_stream()
                 .map(|r| r.map_err(std::io::Error::other)),
         );
-        let raw = self.paced(raw);
+        let raw = self.metered(raw, &self.t.stats.bytes_read);
         let seen = Arc::new(AtomicU64::new(0));
         let verified = verify::Verify::new(raw, digest, size, seen.clone());
         Ok((Box::pin(verified), seen))
@@ -793,7 +809,7 @@ impl Registry {
         } else {
             skip_bytes(raw, skip)
         };
-        Ok(self.paced(raw))
+        Ok(self.metered(raw, &self.t.stats.bytes_read))
     }
 
     /// The chunked-upload settings for uploads to this registry:

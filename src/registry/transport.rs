@@ -8,6 +8,7 @@
 //! registry asked for (never clamped).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
@@ -76,6 +77,25 @@ pub(super) struct Transport {
     pub(super) create_projects: bool,
     pub(super) is_harbor: bool,
     pub(super) limits: RegistryLimits,
+    pub(super) stats: std::sync::Arc<Stats>,
+}
+
+/// Running totals for one registry, exported as metrics by registry name.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// HTTP requests sent (each attempt counts).
+    pub requests: AtomicU64,
+    /// Attempts repeated after a transport error or a retryable status.
+    pub retries: AtomicU64,
+    /// `429 Too Many Requests` answers.
+    pub throttled: AtomicU64,
+    /// Requests that failed for good on the way: no connection, TLS
+    /// refused, timed out, or a 5xx after the last attempt.
+    pub errors: AtomicU64,
+    /// Blob bytes read from this registry.
+    pub bytes_read: std::sync::Arc<AtomicU64>,
+    /// Blob bytes written to this registry.
+    pub bytes_written: std::sync::Arc<AtomicU64>,
 }
 
 /// What to put in `Authorization`.
@@ -167,6 +187,7 @@ impl Transport {
                 .max_bytes_per_second
                 .map(|r| std::sync::Arc::new(Pacer::new(r))),
             limits,
+            stats: Default::default(),
         })
     }
 
@@ -192,6 +213,7 @@ impl Transport {
                 Some(s) => s.acquire().await.ok(),
                 None => None,
             };
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let sent = apply(make(&self.http), &auth).send().await;
             drop(permit);
             let may_retry = replayable && attempt < self.limits.request_attempts;
@@ -202,10 +224,12 @@ impl Transport {
                     let transient = !matches!(err, RegistryError::Tls { .. });
                     if may_retry && transient {
                         let wait = backoff.next().unwrap_or(MAX_BACKOFF);
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(registry = %self.name, %what, error = %err, attempt, ?wait, "retrying after a transport error");
                         tokio::time::sleep(wait).await;
                         continue;
                     }
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     return Err(err);
                 }
             };
@@ -217,6 +241,9 @@ impl Transport {
                     continue;
                 }
             }
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+            }
             if is_retryable(status) {
                 let asked = retry_after(resp.headers());
                 if let Some(wait) = asked {
@@ -224,9 +251,13 @@ impl Transport {
                 }
                 if may_retry {
                     let wait = asked.unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF));
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(registry = %self.name, %what, status = status.as_u16(), attempt, ?wait, "registry asked to back off; retrying");
                     tokio::time::sleep(wait).await;
                     continue;
+                }
+                if status.is_server_error() {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
             return Ok(resp);

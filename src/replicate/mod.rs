@@ -428,6 +428,7 @@ impl Replicator {
             .inflight
             .acquire(req.target.name(), req.target_repository, &blob.digest)
             .await;
+        let _in_flight = self.metrics.as_ref().map(|m| m.transfer_started());
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -604,6 +604,7 @@ pub fn push_cloudevent(repo_full: &str, tag: &str, digest: &str) -> Vec<u8> {
 /// A running `harbor-relay serve`.
 pub struct Relay {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     pub url: String,
     pub dir: TempDir,
     pub config_path: PathBuf,
@@ -635,6 +636,11 @@ impl Relay {
 
     /// Like [`Relay::start_with_jobs`], listening on `port`.
     pub async fn start_on(port: u16, jobs: &str, rest: &str) -> Relay {
+        Self::start_env(port, jobs, rest, &[]).await
+    }
+
+    /// Like [`Relay::start_on`], with extra environment variables.
+    pub async fn start_env(port: u16, jobs: &str, rest: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
@@ -649,6 +655,10 @@ impl Relay {
         std::fs::write(&config_path, config).expect("config");
         let mut r = Relay {
             child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             url: format!("http://127.0.0.1:{port}"),
             dir,
             config_path,
@@ -677,6 +687,7 @@ impl Relay {
             .arg("--config")
             .arg(&self.config_path)
             .env("RUST_LOG", "info,harbor_relay=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -710,6 +721,16 @@ impl Relay {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmHWM")
             * 1024
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal}");
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -920,5 +941,77 @@ impl SlowProxy {
             }
         });
         SlowProxy { addr, task }
+    }
+}
+
+/// The target's user name in [`World`].
+pub const USER: &str = "relay";
+/// The target's password in [`World`].
+pub const PASS: &str = "target-pa55word";
+
+/// A plain-HTTP source registry and a TLS target with basic auth, whose
+/// certificate comes from a CA made for the test.
+pub struct World {
+    pub source: RegistryProc,
+    pub target: RegistryProc,
+    _pki_dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub src: Registry,
+    pub dst: Registry,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let pki_dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(pki_dir.path());
+        let source = RegistryProc::start(None, Auth::None).await;
+        let target = RegistryProc::start(
+            Some(&pki),
+            Auth::Basic {
+                user: USER.into(),
+                pass: PASS.into(),
+            },
+        )
+        .await;
+        let src = client(&source.url, None, TlsMode::System);
+        let dst = client(&target.url, Some((USER, PASS)), pinned(&pki));
+        World {
+            source,
+            target,
+            _pki_dir: pki_dir,
+            pki,
+            src,
+            dst,
+        }
+    }
+
+    /// The two registries; the target pinned to the test CA.
+    pub fn registries(&self) -> String {
+        format!(
+            "{}{}",
+            registry_toml("external", &self.source.url, None, ""),
+            registry_toml(
+                "integrated",
+                &self.target.url,
+                Some((USER, PASS)),
+                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
+            ),
+        )
+    }
+
+    /// Registries and one rule; the target pinned to the test CA.
+    pub fn config(&self) -> String {
+        self.config_with_tls(&format!(
+            "{{ ca_file = \"{}\" }}",
+            self.pki.ca_pem.display()
+        ))
+    }
+
+    pub fn config_with_tls(&self, tls: &str) -> String {
+        format!(
+            "{}{}{RULE}",
+            registry_toml("external", &self.source.url, None, ""),
+            registry_toml("integrated", &self.target.url, Some((USER, PASS)), tls),
+        )
     }
 }
