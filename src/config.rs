@@ -1151,6 +1151,66 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_systemd_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("webhook-auth"), "Bearer from-cred\n").expect("write");
+        std::fs::write(dir.path().join("pw"), "pw-from-cred").expect("write");
+        let text = GOOD
+            .replace(
+                "webhook_auth = \"${HOOK}\"",
+                "webhook_auth_file = \"${CREDENTIALS_DIRECTORY}/webhook-auth\"",
+            )
+            .replace(
+                "password = \"${PW}\"",
+                "password_file = \"${CREDENTIALS_DIRECTORY}/pw\"",
+            );
+        let creds = dir.path().display().to_string();
+        let c = Config::parse(Path::new("/etc/relay.toml"), &text, &|name| {
+            (name == "CREDENTIALS_DIRECTORY").then(|| creds.clone())
+        })
+        .expect("valid");
+        assert_eq!(
+            c.server.webhook_auth.as_ref().map(Secret::expose),
+            Some("Bearer from-cred")
+        );
+        assert_eq!(
+            c.registries["integrated"]
+                .password
+                .as_ref()
+                .map(Secret::expose),
+            Some("pw-from-cred")
+        );
+        // Outside systemd the variable is missing: said plainly.
+        let e = parse(&text).expect_err("no CREDENTIALS_DIRECTORY");
+        assert!(
+            e.to_string().contains(
+                "server.webhook_auth_file: environment variable CREDENTIALS_DIRECTORY is not set"
+            ),
+            "{e}"
+        );
+        let both = GOOD.replace(
+            "webhook_auth = \"${HOOK}\"",
+            "webhook_auth = \"x\"\nwebhook_auth_file = \"/x\"",
+        );
+        let e = parse(&both).expect_err("both");
+        assert!(e.to_string().contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn log_level_and_format_are_checked() {
+        let c = parse(&format!(
+            "{GOOD}\n[log]\nlevel = \"info,harbor_relay=debug\"\nformat = \"json\"\n"
+        ))
+        .expect("valid");
+        assert!(c.log.json);
+        assert_eq!(c.log.level.as_deref(), Some("info,harbor_relay=debug"));
+        let e = parse(&format!("{GOOD}\n[log]\nformat = \"xml\"\n")).expect_err("bad format");
+        assert!(e.to_string().contains("log.format"), "{e}");
+        let e = parse(&format!("{GOOD}\n[log]\nlevel = \"info,=[\"\n")).expect_err("bad level");
+        assert!(e.to_string().contains("log.level"), "{e}");
+    }
+
+    #[test]
     fn password_file_is_read_and_trimmed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("pw");
