@@ -79,6 +79,84 @@ pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, 
     }
 }
 
+/// The names of the projects `take_project` accepts (paged).
+pub async fn projects(
+    registry: &Registry,
+    take_project: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<String>, RegistryError> {
+    let all: Vec<serde_json::Value> =
+        paged(registry, "listing projects", "/api/v2.0/projects?").await?;
+    Ok(all
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|p| take_project(p))
+        .map(str::to_string)
+        .collect())
+}
+
+/// A project's webhook policy, as much of it as `check` needs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The policy's name.
+    pub name: String,
+    /// Whether Harbor sends it.
+    pub enabled: bool,
+    /// Event types, e.g. `PUSH_ARTIFACT`.
+    pub events: Vec<String>,
+    /// Target addresses (URLs).
+    pub addresses: Vec<String>,
+}
+
+impl Policy {
+    /// An enabled policy that sends pushes to a harbor-relay endpoint.
+    pub fn feeds_relay(&self) -> bool {
+        self.enabled
+            && self.events.iter().any(|e| e == "PUSH_ARTIFACT")
+            && self
+                .addresses
+                .iter()
+                .any(|a| a.contains("/webhooks/harbor"))
+    }
+}
+
+/// The webhook policies of `project`.
+pub async fn webhook_policies(
+    registry: &Registry,
+    project: &str,
+) -> Result<Vec<Policy>, RegistryError> {
+    let list: Vec<serde_json::Value> = paged(
+        registry,
+        &format!("listing webhook policies of project '{project}'"),
+        &format!("/api/v2.0/projects/{project}/webhook/policies?"),
+    )
+    .await?;
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(list
+        .iter()
+        .map(|p| Policy {
+            name: p["name"].as_str().unwrap_or_default().to_string(),
+            enabled: p["enabled"].as_bool().unwrap_or(false),
+            events: strings(&p["event_types"]),
+            addresses: p["targets"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|x| x["address"].as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect())
+}
+
 /// Lists `(repository, tag, digest)` of every tagged artifact in the
 /// projects `take_project` accepts, through Harbor's REST API
 /// (`/projects`, `/projects/{p}/repositories`, `…/artifacts?with_tag=true`,
@@ -89,15 +167,8 @@ pub async fn list_tagged(
     take_project: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<Vec<(String, String, String)>, RegistryError> {
     let mut out = Vec::new();
-    let projects: Vec<serde_json::Value> =
-        paged(registry, "listing projects", "/api/v2.0/projects?").await?;
-    for p in projects {
-        let Some(project) = p["name"].as_str() else {
-            continue;
-        };
-        if !take_project(project) {
-            continue;
-        }
+    for project in projects(registry, take_project).await? {
+        let project = project.as_str();
         let repos: Vec<serde_json::Value> = paged(
             registry,
             &format!("listing repositories of project '{project}'"),

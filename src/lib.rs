@@ -25,12 +25,14 @@
 //! - [`harbor`]: Harbor's REST API: create target projects, register the webhook.
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
+//! - [`check`]: `harbor-relay check`: DNS, TCP, TLS, auth, push, webhook per registry.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`live`]: the reloadable settings (registries, rules), swapped on SIGHUP.
 //! - [`notify`]: systemd readiness, reload, stop and watchdog messages.
 //! - [`daemon`]: wires it all together; `run(config, listener, shutdown)`.
 
 pub mod api;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod event;

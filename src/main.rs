@@ -90,6 +90,15 @@ enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Check the config, then each registry: DNS, TCP, TLS (certificate
+    /// and trust), the /v2/ API with our credentials, push permission on
+    /// each rule's target project, and a Harbor source's webhook policy.
+    /// Exits non-zero if any check fails.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -209,6 +218,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => serve(config).await,
+        Command::Check { config } => check(config).await,
         Command::Replicate {
             config,
             from,
@@ -464,6 +474,51 @@ async fn jobs(
             );
         }
     }
+    Ok(())
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    println!(
+        "config {}: ok ({} registries, {} rules)\n",
+        path.display(),
+        config.registries.len(),
+        config.rules.len()
+    );
+    let rows = harbor_relay::check::run(&config).await;
+    let width = |f: &dyn Fn(&harbor_relay::check::Row) -> usize, min: usize| {
+        rows.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let (wr, wc) = (
+        width(&|r| r.registry.len(), 8),
+        width(&|r| r.check.len(), 5),
+    );
+    println!(
+        "{:wr$}  {:wc$}  {:7}  DETAIL",
+        "REGISTRY", "CHECK", "RESULT"
+    );
+    for r in &rows {
+        println!(
+            "{:wr$}  {:wc$}  {:7}  {}",
+            r.registry,
+            r.check,
+            r.status.as_str(),
+            r.detail
+        );
+    }
+    let failed = rows
+        .iter()
+        .filter(|r| r.status == harbor_relay::check::Status::Fail)
+        .count();
+    let warned = rows
+        .iter()
+        .filter(|r| r.status == harbor_relay::check::Status::Warn)
+        .count();
+    println!();
+    if failed > 0 {
+        bail!("{failed} check(s) failed, {warned} warning(s)");
+    }
+    println!("all checks passed, {warned} warning(s)");
     Ok(())
 }
 

@@ -210,3 +210,55 @@ async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 tags checked, 0 differ"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let file = ConfigFile::new(&format!(
+        "[server]\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\n",
+        harbor.url(),
+        registry_toml("integrated", &target.url, None, ""),
+    ));
+    let cfg = file.path.as_str();
+    let out = relay_cmd(&["check", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("webhook"))
+        .unwrap_or_else(|| panic!("no webhook row:\n{stdout}"));
+    assert!(
+        row.contains("FAIL") && row.contains("register-webhook"),
+        "{row}"
+    );
+
+    let out = relay_cmd(&[
+        "harbor",
+        "register-webhook",
+        "--config",
+        cfg,
+        "--registry",
+        "external",
+        "--project",
+        "tkgs-demo",
+        "--url",
+        "https://jumpvm:8080/webhooks/harbor",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = relay_cmd(&["check", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.contains("webhook")
+            && l.contains("ok")
+            && l.contains("https://jumpvm:8080/webhooks/harbor")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(ADMIN_PASS) && !stdout.contains("webhook-s3cret"));
+}

@@ -464,3 +464,95 @@ fn kubernetes_manifests_validate_and_embed_a_valid_config() {
     assert_eq!(config.rules.len(), 1);
     assert!(config.log.json);
 }
+
+fn check(config: &str) -> (bool, String) {
+    let file = ConfigFile::new(config);
+    let out = relay_cmd(&["check", "--config", &file.path]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(PASS), "check printed the password:\n{text}");
+    (out.status.success(), text)
+}
+
+fn row<'a>(text: &'a str, registry: &str, check: &str) -> &'a str {
+    text.lines()
+        .find(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(registry) && w.next() == Some(check)
+        })
+        .unwrap_or_else(|| panic!("no {registry} {check} row:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_walks_each_step_and_names_the_one_that_fails() {
+    let w = World::new().await;
+    let rule = "[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"library\"]\n";
+    let (ok, text) = check(&format!("{}{rule}", w.registries()));
+    eprintln!("{text}");
+    assert!(ok, "{text}");
+    for c in ["dns", "tcp", "api"] {
+        assert!(row(&text, "external", c).contains(" ok "), "{text}");
+    }
+    let tls = row(&text, "integrated", "tls");
+    assert!(tls.contains(" ok "), "{tls}");
+    assert!(tls.contains("subject") && tls.contains("issuer") && tls.contains("expires"));
+    assert!(tls.contains("trusted by the pinned CA"), "{tls}");
+    assert!(
+        row(&text, "integrated", "api").contains("basic auth, as relay"),
+        "{text}"
+    );
+    let push = row(&text, "integrated", "push");
+    assert!(
+        push.contains(" ok ") && push.contains("'library'"),
+        "{push}"
+    );
+    // The probe left nothing behind.
+    let catalog = w.dst.catalog().await.expect("catalog");
+    assert!(
+        catalog.iter().all(|r| !r.contains("harbor-relay-check")),
+        "{catalog:?}"
+    );
+
+    // Wrong password: the API step fails, push is not tried.
+    let (ok, text) = check(&format!("{}{rule}", w.registries()).replace(PASS, "wrong-pw"));
+    assert!(!ok);
+    let api = row(&text, "integrated", "api");
+    assert!(api.contains("FAIL"), "{api}");
+    assert!(
+        row(&text, "integrated", "push").contains("skipped"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-pw"), "{text}");
+
+    // The CA not pinned: the certificate is shown and called untrusted.
+    let unpinned = format!(
+        "{}{}{rule}",
+        registry_toml("external", &w.source.url, None, ""),
+        registry_toml("integrated", &w.target.url, Some((USER, PASS)), "")
+    );
+    let (ok, text) = check(&unpinned);
+    assert!(!ok);
+    let tls = row(&text, "integrated", "tls");
+    assert!(
+        tls.contains("FAIL") && tls.contains("not trusted by the system"),
+        "{tls}"
+    );
+
+    // Nothing listening.
+    let port = free_port();
+    let (ok, text) = check(&format!(
+        "{}{}{rule}",
+        registry_toml("external", &format!("http://127.0.0.1:{port}"), None, ""),
+        w.registries()
+            .split("[registries.integrated]")
+            .nth(1)
+            .map(|r| format!("[registries.integrated]{r}"))
+            .expect("integrated")
+    ));
+    assert!(!ok);
+    assert!(row(&text, "external", "tcp").contains("FAIL"), "{text}");
+    assert!(row(&text, "external", "api").contains("skipped"), "{text}");
+}

@@ -190,6 +190,19 @@ impl Registry {
         self.t.create_projects
     }
 
+    /// `GET /v2/`: the registry answers, its certificate is trusted under
+    /// the configured mode, and it accepts our credentials. Says how we
+    /// authenticated: `anonymous`, `basic` or `token`.
+    pub async fn ping(&self) -> Result<&'static str, RegistryError> {
+        let what = "checking the registry API (GET /v2/)";
+        let url = format!("{}/v2/", self.t.base);
+        let resp = self.t.send(what, &[], true, &|c| c.get(&url)).await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.t.status_error(resp, what).await);
+        }
+        Ok(self.t.auth_kind())
+    }
+
     /// True if the config says this registry is a Harbor (`kind = "harbor"`).
     pub fn is_harbor(&self) -> bool {
         self.t.is_harbor

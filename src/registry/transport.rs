@@ -316,6 +316,15 @@ impl Transport {
         }
     }
 
+    /// How requests are authenticated, as learned from the registry.
+    pub(super) fn auth_kind(&self) -> &'static str {
+        match &*lock(&self.challenge) {
+            None => "anonymous",
+            Some(Challenge::Basic) => "basic",
+            Some(Challenge::Bearer { .. }) => "token",
+        }
+    }
+
     async fn auth_header(
         &self,
         scopes: &[String],

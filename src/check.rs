@@ -1,0 +1,509 @@
+//! `harbor-relay check`: is everything the config names reachable and
+//! usable? Harbor's "Test Connection", step by step, so a failure says
+//! which step broke: DNS, TCP, TLS (with the certificate it saw), the
+//! `/v2/` API and our credentials, push permission on each rule's target
+//! project (an upload session opened and cancelled, so nothing is written),
+//! and, for a Harbor source, a webhook policy that feeds the relay.
+//!
+//! Each check is a [`Row`]; nothing here prints or exits, `main` does. No
+//! row ever holds a secret: details come from error messages, which never
+//! carry credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, RegistryConfig, RuleConfig, TlsMode};
+use crate::registry::{Registry, RegistryError};
+
+/// How long one network step may take.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A certificate expiring sooner than this is a warning.
+const EXPIRY_WARNING_DAYS: i64 = 30;
+/// The repository name used for the push check (never written to).
+pub const PROBE_REPOSITORY: &str = "harbor-relay-check";
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Works.
+    Ok,
+    /// Works, but look at it.
+    Warn,
+    /// Does not work; replication through it will fail.
+    Fail,
+    /// Not checked, because an earlier step failed.
+    Skipped,
+}
+
+impl Status {
+    /// The word shown in the table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The registry's configured name.
+    pub registry: String,
+    /// Which step: dns, tcp, tls, api, push, webhook.
+    pub check: &'static str,
+    /// The verdict.
+    pub status: Status,
+    /// What was seen, or why it failed and what to do.
+    pub detail: String,
+}
+
+struct Report {
+    rows: Vec<Row>,
+    registry: String,
+}
+
+impl Report {
+    fn add(&mut self, check: &'static str, status: Status, detail: impl Into<String>) {
+        self.rows.push(Row {
+            registry: self.registry.clone(),
+            check,
+            status,
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Runs every check for every configured registry, in config order.
+pub async fn run(config: &Config) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (name, reg) in &config.registries {
+        let mut report = Report {
+            rows: Vec::new(),
+            registry: name.clone(),
+        };
+        check_registry(config, reg, &mut report).await;
+        rows.extend(report.rows);
+    }
+    rows
+}
+
+async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report) {
+    let host = reg.url.host_str().unwrap_or_default().to_string();
+    let port = reg.url.port_or_known_default().unwrap_or(443);
+    let skip_rest = |out: &mut Report, from: &[&'static str]| {
+        for c in from {
+            out.add(c, Status::Skipped, "an earlier step failed");
+        }
+    };
+
+    // DNS.
+    let addrs: Vec<SocketAddr> =
+        match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
+            .await
+        {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                out.add("dns", Status::Fail, format!("cannot resolve {host}: {e}"));
+                return skip_rest(out, &["tcp", "tls", "api", "push"]);
+            }
+            Err(_) => {
+                out.add("dns", Status::Fail, format!("resolving {host} timed out"));
+                return skip_rest(out, &["tcp", "tls", "api", "push"]);
+            }
+        };
+    let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+    out.add(
+        "dns",
+        Status::Ok,
+        format!("{host} resolves to {}", shown.join(", ")),
+    );
+
+    // TCP.
+    let started = Instant::now();
+    let mut connected = None;
+    let mut last_error = String::new();
+    for addr in &addrs {
+        match tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {
+                connected = Some(*addr);
+                break;
+            }
+            Ok(Err(e)) => last_error = format!("{addr}: {e}"),
+            Err(_) => last_error = format!("{addr}: timed out after {STEP_TIMEOUT:?}"),
+        }
+    }
+    let Some(addr) = connected else {
+        out.add(
+            "tcp",
+            Status::Fail,
+            format!(
+                "cannot connect to port {port}: {last_error} (firewall, wrong port, registry down?)"
+            ),
+        );
+        return skip_rest(out, &["tls", "api", "push"]);
+    };
+    out.add(
+        "tcp",
+        Status::Ok,
+        format!(
+            "connected to {addr} in {} ms",
+            started.elapsed().as_millis()
+        ),
+    );
+
+    let client = match Registry::new(reg) {
+        Ok(c) => c,
+        Err(e) => {
+            out.add("api", Status::Fail, e.to_string());
+            return skip_rest(out, &["push"]);
+        }
+    };
+    let ping = client.ping().await;
+
+    // TLS: what the server presents, and whether the configured mode trusts it.
+    if reg.url.scheme() == "https" {
+        let seen = match peer_certificate(addr, &host).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                out.add("tls", Status::Fail, format!("handshake failed: {e}"));
+                None
+            }
+        };
+        if let Some(cert) = seen {
+            let mode = match &reg.tls {
+                TlsMode::System => "the system's trusted CAs".to_string(),
+                TlsMode::Pinned { file, .. } => format!("the pinned CA {}", file.display()),
+                TlsMode::InsecureSkipVerify => String::new(),
+            };
+            let what = format!(
+                "subject {}, issuer {}, expires {} ({} days)",
+                cert.subject, cert.issuer, cert.not_after, cert.days_left
+            );
+            let (status, verdict) = match (&reg.tls, &ping) {
+                (TlsMode::InsecureSkipVerify, _) => (
+                    Status::Warn,
+                    "NOT verified (tls.insecure_skip_verify = true); pin the CA with tls.ca_file"
+                        .to_string(),
+                ),
+                (_, Err(e @ RegistryError::Tls { .. })) => {
+                    (Status::Fail, format!("not trusted by {mode}: {e}"))
+                }
+                _ => (Status::Ok, format!("trusted by {mode}")),
+            };
+            let status = if cert.days_left < 0 {
+                Status::Fail
+            } else if cert.days_left < EXPIRY_WARNING_DAYS && status == Status::Ok {
+                Status::Warn
+            } else {
+                status
+            };
+            out.add("tls", status, format!("{what}; {verdict}"));
+        }
+    }
+
+    // The API and our credentials.
+    match &ping {
+        Ok(kind) => {
+            let how = match (*kind, reg.username.as_deref()) {
+                ("anonymous", _) => "no credentials asked".to_string(),
+                (kind, Some(who)) => format!("{kind} auth, as {who}"),
+                (kind, None) => format!("{kind} auth, anonymous"),
+            };
+            out.add("api", Status::Ok, format!("GET /v2/ answered 200 ({how})"));
+        }
+        Err(e) => {
+            out.add("api", Status::Fail, e.to_string());
+            return skip_rest(out, &["push"]);
+        }
+    }
+
+    // Push permission on each rule's target project.
+    let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
+    for rule in &rules {
+        let projects = target_projects(rule);
+        if projects.is_empty() {
+            out.add(
+                "push",
+                Status::Warn,
+                format!(
+                    "rule '{}': its target projects depend on the source (patterns); none checked",
+                    rule.name
+                ),
+            );
+        }
+        for project in projects {
+            let repo = format!("{project}/{PROBE_REPOSITORY}");
+            let what = format!("opening an upload session in {repo}");
+            match client.begin_upload(&repo, &what).await {
+                Ok((location, _)) => {
+                    client.cancel_upload(&repo, location.as_str()).await;
+                    out.add(
+                        "push",
+                        Status::Ok,
+                        format!("rule '{}': may push to project '{project}' (upload session opened and cancelled)", rule.name),
+                    );
+                }
+                Err(e) => {
+                    let hint = if reg.create_projects {
+                        " (create_projects = true: the project is created at the first push if it is missing)"
+                    } else if matches!(e, RegistryError::NotFound { .. }) {
+                        " (create the project on the target, or set create_projects = true)"
+                    } else {
+                        ""
+                    };
+                    let status =
+                        if reg.create_projects && matches!(e, RegistryError::NotFound { .. }) {
+                            Status::Warn
+                        } else {
+                            Status::Fail
+                        };
+                    out.add(
+                        "push",
+                        status,
+                        format!("rule '{}': project '{project}': {e}{hint}", rule.name),
+                    );
+                }
+            }
+        }
+    }
+
+    // A Harbor source: does a webhook policy feed the relay?
+    let sourcing: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.from == reg.name).collect();
+    if reg.is_harbor && !sourcing.is_empty() {
+        check_webhooks(&client, &sourcing, out).await;
+    }
+}
+
+/// The projects rules copy from, as literal names: listed in `projects`
+/// without patterns, or, with none listed, every project of the source.
+async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out: &mut Report) {
+    let mut literal: Vec<String> = Vec::new();
+    let mut any = false;
+    for r in rules {
+        if r.projects.is_empty() || r.projects.iter().any(|p| is_pattern(p)) {
+            any = true;
+        }
+        literal.extend(r.projects.iter().filter(|p| !is_pattern(p)).cloned());
+    }
+    let projects = if any {
+        let globs: Vec<globset::GlobMatcher> = rules
+            .iter()
+            .flat_map(|r| r.projects.iter())
+            .filter_map(|p| globset::Glob::new(p).ok())
+            .map(|g| g.compile_matcher())
+            .collect();
+        let all = rules.iter().any(|r| r.projects.is_empty());
+        let take = |p: &str| all || globs.iter().any(|g| g.is_match(p));
+        match crate::harbor::projects(client, &take).await {
+            Ok(p) => p,
+            Err(e) => {
+                out.add(
+                    "webhook",
+                    Status::Fail,
+                    format!("cannot list projects: {e}"),
+                );
+                return;
+            }
+        }
+    } else {
+        literal.sort();
+        literal.dedup();
+        literal
+    };
+    if projects.is_empty() {
+        out.add(
+            "webhook",
+            Status::Warn,
+            "no project on this Harbor matches the rules' `projects`",
+        );
+    }
+    for project in projects {
+        match crate::harbor::webhook_policies(client, &project).await {
+            Ok(policies) => match policies.iter().find(|p| p.feeds_relay()) {
+                Some(p) => out.add(
+                    "webhook",
+                    Status::Ok,
+                    format!(
+                        "project '{project}': policy '{}' sends pushes to {}",
+                        p.name,
+                        p.addresses.join(", ")
+                    ),
+                ),
+                None => out.add(
+                    "webhook",
+                    Status::Fail,
+                    format!(
+                        "project '{project}': no enabled webhook policy sends PUSH_ARTIFACT to a harbor-relay (/webhooks/harbor); pushes there are not replicated until `harbor-relay harbor register-webhook --project {project} --url http://RELAY:8080/webhooks/harbor`"
+                    ),
+                ),
+            },
+            Err(e) => out.add("webhook", Status::Fail, format!("project '{project}': {e}")),
+        }
+    }
+}
+
+fn is_pattern(s: &str) -> bool {
+    s.contains(['*', '?', '[', '{'])
+}
+
+/// The literal target projects of a rule: `target_project` itself when it
+/// names one project, else the rule's literal source projects put through
+/// it. Empty when they depend on patterns.
+pub fn target_projects(rule: &RuleConfig) -> Vec<String> {
+    let t = &rule.target_project;
+    if t.contains("{repository}") {
+        return Vec::new();
+    }
+    if !t.contains("{project}") {
+        return vec![t.clone()];
+    }
+    if rule.projects.is_empty() || rule.projects.iter().any(|p| is_pattern(p)) {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = rule
+        .projects
+        .iter()
+        .map(|p| t.replace("{project}", p))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What `check` shows of a server certificate.
+#[derive(Debug, Clone)]
+pub struct SeenCertificate {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Expiry, RFC 2822-like.
+    pub not_after: String,
+    /// Days until expiry (negative once expired).
+    pub days_left: i64,
+}
+
+/// Handshakes with `addr` accepting any certificate, only to show the one
+/// it presents (trust is judged separately, by the configured client).
+async fn peer_certificate(addr: SocketAddr, host: &str) -> Result<SeenCertificate, String> {
+    let host = host.to_string();
+    tokio::task::spawn_blocking(move || peer_certificate_blocking(addr, &host))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn peer_certificate_blocking(addr: SocketAddr, host: &str) -> Result<SeenCertificate, String> {
+    use std::io::Write;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ShowAnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut sock =
+        std::net::TcpStream::connect_timeout(&addr, STEP_TIMEOUT).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    let _ = conn.writer().flush();
+    let leaf = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("the server sent no certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let not_after = cert.validity().not_after;
+    let now = x509_parser::time::ASN1Time::now();
+    let days_left = (not_after.timestamp() - now.timestamp()) / 86_400;
+    Ok(SeenCertificate {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_after: not_after.to_string(),
+        days_left,
+    })
+}
+
+/// Accepts any certificate (signatures still checked for the handshake),
+/// for showing it only: no request is ever sent over this connection.
+#[derive(Debug)]
+struct ShowAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for ShowAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_projects_only_when_literal() {
+        let mut r = RuleConfig::new("r", "a", "b");
+        r.target_project = "mirror".into();
+        assert_eq!(target_projects(&r), vec!["mirror"]);
+        r.target_project = "{project}".into();
+        assert!(target_projects(&r).is_empty());
+        r.projects = vec!["library".into(), "team".into()];
+        assert_eq!(target_projects(&r), vec!["library", "team"]);
+        r.target_project = "tanzu-{project}".into();
+        assert_eq!(target_projects(&r), vec!["tanzu-library", "tanzu-team"]);
+        r.projects.push("team-*".into());
+        assert!(target_projects(&r).is_empty());
+        r.target_project = "{project}/{repository}".into();
+        assert!(target_projects(&r).is_empty());
+    }
+}
