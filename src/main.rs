@@ -99,6 +99,13 @@ enum Command {
         #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
         config: PathBuf,
     },
+    /// Exit 0 if the daemon answers at URL (for a container HEALTHCHECK,
+    /// where there is no curl).
+    Healthcheck {
+        /// What to GET.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Print the version.
     Version,
 }
@@ -219,6 +226,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Serve { config } => serve(config).await,
         Command::Check { config } => check(config).await,
+        Command::Healthcheck { url } => {
+            let resp = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("GET {url}"))?;
+            if !resp.status().is_success() {
+                bail!("GET {url}: {}", resp.status());
+            }
+            Ok(())
+        }
         Command::Replicate {
             config,
             from,

