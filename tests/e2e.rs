@@ -1268,3 +1268,22 @@ async fn a_platform_subset_writes_a_new_index_with_only_those_platforms() {
         "the arm64 image was copied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_all_learn_the_auth_challenge() {
+    // A fresh client's first requests go out without credentials; each
+    // 401 must lead to a retry with them, even when another request
+    // learned the challenge first (found by the shared-base benchmark).
+    let w = World::new().await;
+    let dst = client(&w.target.url, Some((USER, PASS)), pinned(&w.pki));
+    let checks = (0..20).map(|i| {
+        let dst = dst.clone();
+        async move {
+            dst.has_blob(&format!("race/r{i}"), &format!("sha256:{:064x}", i))
+                .await
+        }
+    });
+    for r in futures_util::future::join_all(checks).await {
+        assert_eq!(r.expect("no 401 after the challenge is known"), false);
+    }
+}

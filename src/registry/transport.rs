@@ -236,7 +236,8 @@ impl Transport {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && replayable && !reauthed {
                 reauthed = true;
-                if self.learn(resp.headers(), scopes) {
+                let anonymous = matches!(auth, AuthHeader::None);
+                if self.learn(resp.headers(), scopes, anonymous) {
                     attempt -= 1;
                     continue;
                 }
@@ -284,7 +285,10 @@ impl Transport {
     }
 
     /// Learns from a `401`: returns true if another try may succeed.
-    fn learn(&self, headers: &HeaderMap, scopes: &[String]) -> bool {
+    /// Whether to send the request again: the challenge is new, a token
+    /// was refused (renew it), or the request went out without credentials
+    /// (another request may have learned the challenge meanwhile).
+    fn learn(&self, headers: &HeaderMap, scopes: &[String], sent_anonymous: bool) -> bool {
         let parsed = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -300,7 +304,7 @@ impl Transport {
             && lock(&self.tokens).get(&scopes.join(" ")).is_some();
         lock(&self.tokens).forget(&scopes.join(" "));
         *current = Some(challenge);
-        changed || had_token
+        changed || had_token || sent_anonymous
     }
 
     /// Our credentials as Basic auth (none if there is no username).

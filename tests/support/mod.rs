@@ -159,13 +159,26 @@ impl RegistryProc {
 
     /// Starts a registry on a given loopback port.
     pub async fn start_on(port: u16, tls: Option<&Pki>, auth: Auth) -> RegistryProc {
-        Self::start_full(port, tls, auth, None).await
+        Self::start_full(port, tls, auth, None, false).await
+    }
+
+    /// Like [`RegistryProc::start_on`], with the access log on (one line
+    /// per request, for counting requests).
+    pub async fn start_logged(port: u16, tls: Option<&Pki>, auth: Auth) -> RegistryProc {
+        Self::start_full(port, tls, auth, None, true).await
+    }
+
+    /// HTTP requests the registry has answered so far (needs the access
+    /// log: [`RegistryProc::start_logged`]).
+    pub fn requests_served(&self) -> usize {
+        let re = regex::Regex::new(r#""(GET|HEAD|PUT|POST|PATCH|DELETE) /v2/"#).expect("regex");
+        re.find_iter(&self.log()).count()
     }
 
     /// Starts a plain registry that sends its notifications to `url`
     /// with `Authorization: <auth>`.
     pub async fn start_notifying(url: &str, auth: &str) -> RegistryProc {
-        Self::start_full(free_port(), None, Auth::None, Some((url, auth))).await
+        Self::start_full(free_port(), None, Auth::None, Some((url, auth)), false).await
     }
 
     async fn start_full(
@@ -173,12 +186,14 @@ impl RegistryProc {
         tls: Option<&Pki>,
         auth: Auth,
         notify: Option<(&str, &str)>,
+        access_log: bool,
     ) -> RegistryProc {
         let bin = registry_binary();
         let dir = tempfile::tempdir().expect("tempdir");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cfg = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: test-secret\n",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: test-secret\n",
+            !access_log,
             dir.path().join("data").display()
         );
         if let Some(p) = tls {
@@ -721,6 +736,11 @@ impl Relay {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmHWM")
             * 1024
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Sends `signal` (e.g. "HUP") to the daemon.

@@ -1,0 +1,755 @@
+//! Replication benchmarks against skopeo, in the same run, on the same
+//! real registries the tests use: a plain-HTTP source and a TLS target with
+//! basic auth and a certificate from a test CA. Run with `scripts/bench.sh`
+//! (which installs skopeo and the registry when missing), or
+//!
+//!     cargo bench --bench replication
+//!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
+//!
+//! Scenarios (see README "Performance"): big, huge, many, noop, shared,
+//! latency. Each copy runs against a fresh target (the target registry is
+//! restarted on empty storage, the relay on an empty store); the tools
+//! alternate, and each number is the median of `BENCH_RUNS` (default 3)
+//! runs. CPU and peak RSS are the copier's own (`wait4` for one-shot
+//! commands, `/proc` for the daemon). Results go to stdout as a table and
+//! to `target/bench/replication-<unix time>.json`.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use harbor_relay::manifest::{OCI_MANIFEST, sha256_digest};
+use harbor_relay::reference::Reference;
+use harbor_relay::registry::Registry;
+use serde_json::{Value, json};
+use support::*;
+
+const MIB: u64 = 1024 * 1024;
+
+// ---------------------------------------------------------------- measuring
+
+/// Wall time, CPU time and peak RSS of one run of a copier.
+#[derive(Debug, Clone, Copy, Default)]
+struct Measure {
+    seconds: f64,
+    cpu_seconds: f64,
+    peak_rss: u64,
+}
+
+/// Runs a command to completion and takes its own resource use (`wait4`).
+fn measured(cmd: &mut Command) -> Measure {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own child, not yet waited for.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(rc, pid, "wait4 failed");
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!("{cmd:?} failed ({status}):\n{err}");
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Measure {
+        seconds,
+        cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// CPU seconds a running process has used so far.
+fn cpu_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("stat") + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median_of(runs: &[Measure]) -> Measure {
+    Measure {
+        seconds: median(runs.iter().map(|m| m.seconds).collect()),
+        cpu_seconds: median(runs.iter().map(|m| m.cpu_seconds).collect()),
+        peak_rss: median(runs.iter().map(|m| m.peak_rss as f64).collect()) as u64,
+    }
+}
+
+// ---------------------------------------------------------------- content
+
+/// Deterministic pseudo-random bytes (splitmix64), regenerated on demand so
+/// that a 4 GiB layer never sits in memory.
+fn fill(seed: u64, offset: u64, buf: &mut [u8]) {
+    debug_assert_eq!(offset % 8, 0);
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let mut z = seed
+            .wrapping_add((offset / 8 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn layer_stream(
+    seed: u64,
+    size: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    const PIECE: u64 = 1024 * 1024;
+    futures_util::stream::iter((0..size.div_ceil(PIECE)).map(move |i| {
+        let off = i * PIECE;
+        let mut b = vec![0u8; PIECE.min(size - off) as usize];
+        fill(seed, off, &mut b);
+        Ok(Bytes::from(b))
+    }))
+}
+
+fn layer_digest(seed: u64, size: u64) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; MIB as usize];
+    let mut off = 0;
+    while off < size {
+        let n = MIB.min(size - off) as usize;
+        fill(seed, off, &mut buf[..n]);
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// An image whose layers are generated, pushed streaming.
+struct GenImage {
+    layers: Vec<(u64, u64, String)>, // seed, size, digest
+    config: Bytes,
+    manifest: Bytes,
+    digest: String,
+}
+
+impl GenImage {
+    fn new(layers: &[(u64, u64)]) -> GenImage {
+        let layers: Vec<(u64, u64, String)> = layers
+            .iter()
+            .map(|&(seed, size)| (seed, size, layer_digest(seed, size)))
+            .collect();
+        let config = Bytes::from(
+            serde_json::to_vec(&json!({
+                "architecture": "amd64", "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.2.clone()).collect::<Vec<_>>()},
+                "config": {"Labels": {"seeds": layers.iter().map(|l| l.0.to_string()).collect::<Vec<_>>().join(",")}},
+            }))
+            .expect("json"),
+        );
+        let manifest = Bytes::from(
+            serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+                "layers": layers.iter().map(|(_, size, d)| json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": size})).collect::<Vec<_>>(),
+            }))
+            .expect("json"),
+        );
+        let digest = sha256_digest(&manifest);
+        GenImage {
+            layers,
+            config,
+            manifest,
+            digest,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.layers.iter().map(|l| l.1).sum::<u64>() + self.config.len() as u64
+    }
+
+    async fn push(&self, reg: &Registry, repo: &str, tag: &str) {
+        for (seed, size, digest) in &self.layers {
+            if !reg.has_blob(repo, digest).await.expect("HEAD") {
+                reg.put_blob(repo, digest, *size, layer_stream(*seed, *size))
+                    .await
+                    .expect("push layer");
+            }
+        }
+        reg.put_blob_bytes(repo, self.config.clone())
+            .await
+            .expect("push config");
+        let m = harbor_relay::manifest::Manifest::from_bytes(self.manifest.clone(), None)
+            .expect("manifest");
+        reg.put_manifest(repo, &Reference::Tag(tag.into()), &m)
+            .await
+            .expect("push manifest");
+    }
+}
+
+// ---------------------------------------------------------------- the bench world
+
+struct Bench {
+    _pki_dir: tempfile::TempDir,
+    pki: Pki,
+    work: tempfile::TempDir,
+    source: RegistryProc,
+    target: Option<RegistryProc>,
+    target_port: u16,
+    src: Registry,
+}
+
+impl Bench {
+    async fn new() -> Bench {
+        let pki_dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(pki_dir.path());
+        let work = tempfile::tempdir().expect("tempdir");
+        // skopeo reads a CA from a directory as ca.crt.
+        std::fs::copy(&pki.ca_pem, work.path().join("ca.crt")).expect("ca");
+        let source = RegistryProc::start_logged(free_port(), None, Auth::None).await;
+        let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+        let mut b = Bench {
+            _pki_dir: pki_dir,
+            pki,
+            work,
+            source,
+            target: None,
+            target_port: free_port(),
+            src,
+        };
+        b.fresh_target().await;
+        b
+    }
+
+    /// Replaces the target with an empty one on the same port.
+    async fn fresh_target(&mut self) {
+        self.target = None;
+        self.target = Some(
+            RegistryProc::start_logged(
+                self.target_port,
+                Some(&self.pki),
+                Auth::Basic {
+                    user: USER.into(),
+                    pass: PASS.into(),
+                },
+            )
+            .await,
+        );
+    }
+
+    fn target(&self) -> &RegistryProc {
+        self.target.as_ref().expect("target")
+    }
+
+    fn dst(&self) -> Registry {
+        client(&self.target().url, Some((USER, PASS)), pinned(&self.pki))
+    }
+
+    fn registries_toml(&self) -> String {
+        format!(
+            "{}{}",
+            registry_toml("external", &self.source.url, None, ""),
+            registry_toml(
+                "integrated",
+                &self.target().url,
+                Some((USER, PASS)),
+                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
+            )
+        )
+    }
+
+    fn host(url: &str) -> &str {
+        url.trim_start_matches("http://")
+            .trim_start_matches("https://")
+    }
+
+    fn skopeo(&self) -> Command {
+        let mut c = Command::new("skopeo");
+        c.arg("--insecure-policy");
+        c
+    }
+
+    fn skopeo_copy(&self, repo: &str, tag: &str) -> Measure {
+        measured(
+            self.skopeo()
+                .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+                .arg("--dest-cert-dir")
+                .arg(self.work.path())
+                .args(["--dest-creds", &format!("{USER}:{PASS}")])
+                .arg(format!(
+                    "docker://{}/{repo}:{tag}",
+                    Self::host(&self.source.url)
+                ))
+                .arg(format!(
+                    "docker://{}/{repo}:{tag}",
+                    Self::host(&self.target().url)
+                )),
+        )
+    }
+
+    /// One `skopeo sync` of `images` (repository → tags).
+    fn skopeo_sync(&self, images: &[(String, String)]) -> Measure {
+        let mut yaml = format!(
+            "{}:\n  tls-verify: false\n  images:\n",
+            Self::host(&self.source.url)
+        );
+        let mut by_repo: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (r, t) in images {
+            by_repo.entry(r).or_default().push(t);
+        }
+        for (r, tags) in by_repo {
+            yaml.push_str(&format!("    {r}: [{}]\n", tags.join(", ")));
+        }
+        let file = self.work.path().join("sync.yaml");
+        std::fs::write(&file, yaml).expect("yaml");
+        measured(
+            self.skopeo()
+                .args([
+                    "sync",
+                    "--src",
+                    "yaml",
+                    "--dest",
+                    "docker",
+                    "--preserve-digests",
+                ])
+                .arg("--dest-cert-dir")
+                .arg(self.work.path())
+                .args(["--dest-creds", &format!("{USER}:{PASS}")])
+                .arg(&file)
+                .arg(Self::host(&self.target().url)),
+        )
+    }
+
+    fn relay_replicate(&self, repo: &str, tag: &str) -> Measure {
+        let cfg = self.work.path().join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\npath = \"{}\"\n\n{}",
+                self.work.path().join("store-oneshot").display(),
+                self.registries_toml()
+            ),
+        )
+        .expect("config");
+        measured(
+            Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+                .env("RUST_LOG", "warn")
+                .args(["replicate", "--config"])
+                .arg(&cfg)
+                .args(["--from", "external", "--to", "integrated"])
+                .arg(format!("{repo}:{tag}")),
+        )
+    }
+
+    async fn relay_daemon(&self) -> Relay {
+        Relay::start_env(
+            free_port(),
+            "workers = 8\ncoalesce_window = \"0s\"\n",
+            &format!("{}{RULE}", self.registries_toml()),
+            &[("RUST_LOG", "warn")],
+        )
+        .await
+    }
+
+    fn requests(&self) -> usize {
+        self.source.requests_served() + self.target().requests_served()
+    }
+}
+
+/// Sends one webhook per image, `concurrency` at a time; returns job ids.
+async fn webhooks(
+    relay: &Relay,
+    images: &[(String, String, String)],
+    concurrency: usize,
+) -> Vec<u64> {
+    let ids: Vec<Vec<u64>> = futures_util::stream::iter(
+        images
+            .iter()
+            .map(|(r, t, d)| relay.push(push_event(r, Some(t), d))),
+    )
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    ids.into_iter().flatten().collect()
+}
+
+/// Polls job `id` every millisecond until it succeeded.
+async fn done(http: &reqwest::Client, relay: &Relay, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let j: Value = http
+            .get(format!("{}/api/v1/jobs/{id}", relay.url))
+            .send()
+            .await
+            .expect("GET job")
+            .json()
+            .await
+            .expect("json");
+        match j["state"].as_str() {
+            Some("succeeded") => return,
+            Some("failed") => panic!("job {id} failed: {j}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "job {id} did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn all_done(relay: &Relay, ids: &[u64]) {
+    let http = reqwest::Client::new();
+    for id in ids {
+        done(&http, relay, *id).await;
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_text(relay: &Relay) -> String {
+    let (_, v) = relay.get("/metrics").await;
+    v.as_str().unwrap_or_default().to_string()
+}
+
+// ---------------------------------------------------------------- scenarios
+
+struct Row {
+    scenario: &'static str,
+    relay: Measure,
+    skopeo: Option<Measure>,
+    bytes: u64,
+    extra: Value,
+}
+
+impl Row {
+    fn json(&self) -> Value {
+        let m = |m: &Measure| json!({"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_rss_bytes": m.peak_rss});
+        json!({
+            "scenario": self.scenario,
+            "bytes": self.bytes,
+            "relay": m(&self.relay),
+            "skopeo": self.skopeo.as_ref().map(m),
+            "ratio": self.skopeo.map(|s| self.relay.seconds / s.seconds),
+            "relay_mb_per_s": self.bytes as f64 / 1e6 / self.relay.seconds,
+            "relay_cpu_seconds_per_gib": self.relay.cpu_seconds / (self.bytes as f64 / (1u64 << 30) as f64),
+            "extra": self.extra,
+        })
+    }
+}
+
+/// One big image, cold target: `skopeo copy` against `harbor-relay replicate`.
+async fn one_image(
+    b: &mut Bench,
+    scenario: &'static str,
+    layers: &[(u64, u64)],
+    runs: usize,
+) -> Row {
+    let img = GenImage::new(layers);
+    let repo = format!("bench/{scenario}");
+    img.push(&b.src, &repo, "1").await;
+    let (mut relay, mut skopeo) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        skopeo.push(b.skopeo_copy(&repo, "1"));
+        b.fresh_target().await;
+        relay.push(b.relay_replicate(&repo, "1"));
+        assert!(
+            b.dst()
+                .has_manifest(&repo, &img.digest)
+                .await
+                .expect("HEAD")
+        );
+    }
+    Row {
+        scenario,
+        relay: median_of(&relay),
+        skopeo: Some(median_of(&skopeo)),
+        bytes: img.bytes(),
+        extra: json!({"runs": runs}),
+    }
+}
+
+/// 200 images of 5 layers (1–4 MiB) in 20 repositories, sharing a base
+/// layer: 200 webhooks at once against one `skopeo sync`; then the same
+/// again with everything present (no-op).
+async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
+    let base = (7_000_000u64, 2 * MIB);
+    let mut imgs = Vec::new();
+    let mut bytes = base.1;
+    for i in 0..200u64 {
+        let mut layers = vec![base];
+        for j in 0..4u64 {
+            let size = MIB + ((i * 7 + j * 13) % 4) * MIB - (i % 3) * 4096;
+            layers.push((8_000_000 + i * 10 + j, size));
+            bytes += size;
+        }
+        let img = GenImage::new(&layers);
+        let repo = format!("many/app-{:02}", i % 20);
+        let tag = format!("v{i}");
+        img.push(&b.src, &repo, &tag).await;
+        bytes += img.config.len() as u64;
+        imgs.push((repo, tag, img.digest.clone()));
+    }
+    let pairs: Vec<(String, String)> = imgs
+        .iter()
+        .map(|(r, t, _)| (r.clone(), t.clone()))
+        .collect();
+    let (mut relay, mut skopeo, mut noop_relay, mut noop_skopeo) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut per_tag = Vec::new();
+    for _ in 0..runs {
+        b.fresh_target().await;
+        skopeo.push(b.skopeo_sync(&pairs));
+        noop_skopeo.push(b.skopeo_sync(&pairs));
+
+        b.fresh_target().await;
+        let daemon = b.relay_daemon().await;
+        let pid = daemon.pid();
+        let cpu0 = cpu_of(pid);
+        let t = Instant::now();
+        let ids = webhooks(&daemon, &imgs, 200).await;
+        all_done(&daemon, &ids).await;
+        relay.push(Measure {
+            seconds: t.elapsed().as_secs_f64(),
+            cpu_seconds: cpu_of(pid) - cpu0,
+            peak_rss: daemon.peak_rss(),
+        });
+        // No-op: the same 200 again, everything already there.
+        let req0 = b.requests();
+        let cpu0 = cpu_of(pid);
+        let t = Instant::now();
+        let ids = webhooks(&daemon, &imgs, 200).await;
+        all_done(&daemon, &ids).await;
+        noop_relay.push(Measure {
+            seconds: t.elapsed().as_secs_f64(),
+            cpu_seconds: cpu_of(pid) - cpu0,
+            peak_rss: daemon.peak_rss(),
+        });
+        // The access log is written as requests finish; let it settle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        per_tag.push((b.requests() - req0) as f64 / imgs.len() as f64);
+    }
+    let many = Row {
+        scenario: "many small",
+        relay: median_of(&relay),
+        skopeo: Some(median_of(&skopeo)),
+        bytes,
+        extra: json!({"images": 200, "repositories": 20, "runs": runs}),
+    };
+    let noop = Row {
+        scenario: "no-op",
+        relay: median_of(&noop_relay),
+        skopeo: Some(median_of(&noop_skopeo)),
+        bytes: 0,
+        extra: json!({"requests_per_tag": median(per_tag), "runs": runs}),
+    };
+    (many, noop)
+}
+
+/// 20 repositories whose images share 3 base layers: bytes uploaded to the
+/// target against the unique bytes.
+async fn shared(b: &mut Bench, runs: usize) -> Row {
+    let bases = [
+        (9_000_001u64, 8 * MIB),
+        (9_000_002, 4 * MIB),
+        (9_000_003, 2 * MIB),
+    ];
+    let mut imgs = Vec::new();
+    let mut unique: u64 = bases.iter().map(|b| b.1).sum();
+    for i in 0..20u64 {
+        let mut layers = bases.to_vec();
+        layers.push((9_100_000 + i, MIB));
+        unique += MIB;
+        let img = GenImage::new(&layers);
+        unique += img.config.len() as u64;
+        let repo = format!("shared/svc-{i:02}");
+        img.push(&b.src, &repo, "1").await;
+        imgs.push((repo, "1".to_string(), img.digest.clone()));
+    }
+    let (mut relay, mut uploaded) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        let daemon = b.relay_daemon().await;
+        let pid = daemon.pid();
+        let cpu0 = cpu_of(pid);
+        let t = Instant::now();
+        let ids = webhooks(&daemon, &imgs, 20).await;
+        all_done(&daemon, &ids).await;
+        relay.push(Measure {
+            seconds: t.elapsed().as_secs_f64(),
+            cpu_seconds: cpu_of(pid) - cpu0,
+            peak_rss: daemon.peak_rss(),
+        });
+        let text = metrics_text(&daemon).await;
+        uploaded.push(metric(
+            &text,
+            "harbor_relay_registry_written_bytes_total{registry=\"integrated\"}",
+        ));
+    }
+    let up = median(uploaded);
+    Row {
+        scenario: "shared base",
+        relay: median_of(&relay),
+        skopeo: None,
+        bytes: unique,
+        extra: json!({"uploaded_bytes": up, "unique_bytes": unique, "overhead": up / unique as f64 - 1.0, "runs": runs}),
+    }
+}
+
+/// From the webhook's arrival to the tag on the target, for a 1 MiB image.
+async fn latency(b: &mut Bench) -> Row {
+    b.fresh_target().await;
+    let daemon = b.relay_daemon().await;
+    let http = reqwest::Client::new();
+    let mut lat = Vec::new();
+    let pid = daemon.pid();
+    let cpu0 = cpu_of(pid);
+    for i in 0..100u64 {
+        let img = GenImage::new(&[(10_000_000 + i, MIB)]);
+        img.push(&b.src, "latency/app", &format!("t{i}")).await;
+        let t = Instant::now();
+        let ids = daemon
+            .push(push_event(
+                "latency/app",
+                Some(&format!("t{i}")),
+                &img.digest,
+            ))
+            .await;
+        done(&http, &daemon, ids[0]).await;
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    Row {
+        scenario: "latency",
+        relay: Measure {
+            seconds: median(lat.clone()),
+            cpu_seconds: cpu_of(pid) - cpu0,
+            peak_rss: daemon.peak_rss(),
+        },
+        skopeo: None,
+        bytes: MIB,
+        extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100}),
+    }
+}
+
+fn print(rows: &[Row]) {
+    println!(
+        "\n{:<12} {:>9} {:>9} {:>7} {:>9} {:>9} {:>10} {:>10}  notes",
+        "scenario", "relay s", "skopeo s", "ratio", "MB/s", "relay cpu", "relay rss", "skopeo rss"
+    );
+    for r in rows {
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let (s, ratio, srss) = match r.skopeo {
+            Some(s) => (
+                format!("{:.3}", s.seconds),
+                format!("{:.2}", r.relay.seconds / s.seconds),
+                mb(s.peak_rss),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        let rate = if r.bytes > MIB {
+            format!("{:.0}", r.bytes as f64 / 1e6 / r.relay.seconds)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<12} {:>9.3} {:>9} {:>7} {:>9} {:>9.2} {:>10} {:>10}  {}",
+            r.scenario,
+            r.relay.seconds,
+            s,
+            ratio,
+            rate,
+            r.relay.cpu_seconds,
+            mb(r.relay.peak_rss),
+            srss,
+            r.extra
+        );
+    }
+}
+
+fn main() {
+    let scenarios =
+        std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "big,huge,many,shared,latency".into());
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let want = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let rows = rt.block_on(async {
+        let mut b = Bench::new().await;
+        let mut rows = Vec::new();
+        if want("big") {
+            let seeds: Vec<(u64, u64)> = (1..=4).map(|s| (s, 256 * MIB)).collect();
+            rows.push(one_image(&mut b, "big", &seeds, runs).await);
+            print(&rows[rows.len() - 1..]);
+        }
+        if want("huge") {
+            rows.push(one_image(&mut b, "huge", &[(100, 4096 * MIB)], runs).await);
+            print(&rows[rows.len() - 1..]);
+        }
+        if want("many") || want("noop") {
+            let (m, n) = many(&mut b, runs).await;
+            rows.push(m);
+            rows.push(n);
+            print(&rows[rows.len() - 2..]);
+        }
+        if want("shared") {
+            rows.push(shared(&mut b, runs).await);
+            print(&rows[rows.len() - 1..]);
+        }
+        if want("latency") {
+            rows.push(latency(&mut b).await);
+            print(&rows[rows.len() - 1..]);
+        }
+        rows
+    });
+    println!(
+        "\nmedians of {runs} runs; machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print(&rows);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("mkdir target/bench");
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let file = dir.join(format!("replication-{at}.json"));
+    let out = json!({
+        "unix_time": at,
+        "runs": runs,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    std::fs::write(&file, serde_json::to_vec_pretty(&out).expect("json")).expect("write");
+    println!("\nwritten to {}", file.display());
+}
