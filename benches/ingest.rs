@@ -115,6 +115,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             store.flushes(),
             total as f64 / store.flushes().max(1) as f64
         );
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        std::fs::write(
+            dir.join(format!("ingest-{at}.json")),
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "scenario": "webhook ingest",
+                "webhooks": total,
+                "clients": clients,
+                "accepted_per_second": total as f64 / took.as_secs_f64(),
+                "p50_seconds": pct(0.50).as_secs_f64(),
+                "p99_seconds": pct(0.99).as_secs_f64(),
+                "fsyncs": store.flushes(),
+            }))?,
+        )?;
         assert_eq!(
             store.queued(),
             total,

@@ -15,7 +15,6 @@
 //! to `target/bench/replication-<unix time>.json`.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::process::Command;
@@ -42,11 +41,14 @@ struct Measure {
 }
 
 /// Runs a command to completion and takes its own resource use (`wait4`).
+// The child is reaped by wait4, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn measured(cmd: &mut Command) -> Measure {
     let started = Instant::now();
+    let err_file = tempfile::tempfile().expect("temp file");
     let child = cmd
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(err_file.try_clone().expect("dup"))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let pid = child.id() as libc::pid_t;
@@ -60,11 +62,12 @@ fn measured(cmd: &mut Command) -> Measure {
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     if !ok {
         let mut err = String::new();
-        if let Some(mut e) = child.stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
+        let mut f = err_file;
+        let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0));
+        let _ = std::io::Read::read_to_string(&mut f, &mut err);
         panic!("{cmd:?} failed ({status}):\n{err}");
     }
+    drop(child);
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Measure {
         seconds,
@@ -358,9 +361,18 @@ impl Bench {
             ),
         )
         .expect("config");
+        // BENCH_PERF=FILE profiles the relay with `perf record` (not for timing).
+        let mut cmd = match std::env::var("BENCH_PERF") {
+            Ok(out) => {
+                let mut c = Command::new("perf");
+                c.args(["record", "-F", "2000", "-g", "-o", &out, "--"])
+                    .arg(env!("CARGO_BIN_EXE_harbor-relay"));
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_harbor-relay")),
+        };
         measured(
-            Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
-                .env("RUST_LOG", "warn")
+            cmd.env("RUST_LOG", "warn")
                 .args(["replicate", "--config"])
                 .arg(&cfg)
                 .args(["--from", "external", "--to", "integrated"])
@@ -373,9 +385,17 @@ impl Bench {
             free_port(),
             "workers = 8\ncoalesce_window = \"0s\"\n",
             &format!("{}{RULE}", self.registries_toml()),
-            &[("RUST_LOG", "warn")],
+            &[(
+                "RUST_LOG",
+                &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )],
         )
         .await
+    }
+
+    /// CPU seconds both registries have used so far.
+    fn registry_cpu(&self) -> f64 {
+        cpu_of(self.source.pid()) + cpu_of(self.target().pid())
     }
 
     fn requests(&self) -> usize {
@@ -400,8 +420,8 @@ async fn webhooks(
     ids.into_iter().flatten().collect()
 }
 
-/// Polls job `id` every millisecond until it succeeded.
-async fn done(http: &reqwest::Client, relay: &Relay, id: u64) {
+/// Polls job `id` every millisecond until it succeeded; returns the job.
+async fn done(http: &reqwest::Client, relay: &Relay, id: u64) -> Value {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let j: Value = http
@@ -413,7 +433,7 @@ async fn done(http: &reqwest::Client, relay: &Relay, id: u64) {
             .await
             .expect("json");
         match j["state"].as_str() {
-            Some("succeeded") => return,
+            Some("succeeded") => return j,
             Some("failed") => panic!("job {id} failed: {j}"),
             _ => {}
         }
@@ -422,11 +442,31 @@ async fn done(http: &reqwest::Client, relay: &Relay, id: u64) {
     }
 }
 
-async fn all_done(relay: &Relay, ids: &[u64]) {
-    let http = reqwest::Client::new();
-    for id in ids {
-        done(&http, relay, *id).await;
+/// Waits until the daemon has finished `ids.len()` more jobs than
+/// `before` (from its metrics: one request per look, every 2 ms).
+async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
+    let ok =
+        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}";
+    let failed =
+        "harbor_relay_jobs_finished_total{outcome=\"failed\",rule=\"external-to-integrated\"}";
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let text = metrics_text(relay).await;
+        assert_eq!(metric(&text, failed), 0.0, "jobs failed:\n{}", relay.logs());
+        if metric(&text, ok) >= before + ids.len() as f64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Jobs the daemon has finished successfully so far.
+async fn succeeded(relay: &Relay) -> f64 {
+    metric(
+        &metrics_text(relay).await,
+        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}",
+    )
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -527,29 +567,37 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
     let (mut relay, mut skopeo, mut noop_relay, mut noop_skopeo) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut per_tag = Vec::new();
+    let mut registry_cpu = Vec::new();
+    let mut skopeo_registry_cpu = Vec::new();
     for _ in 0..runs {
         b.fresh_target().await;
+        let reg0 = b.registry_cpu();
         skopeo.push(b.skopeo_sync(&pairs));
+        skopeo_registry_cpu.push(b.registry_cpu() - reg0);
         noop_skopeo.push(b.skopeo_sync(&pairs));
 
         b.fresh_target().await;
         let daemon = b.relay_daemon().await;
         let pid = daemon.pid();
         let cpu0 = cpu_of(pid);
+        let reg0 = b.registry_cpu();
+        let before = succeeded(&daemon).await;
         let t = Instant::now();
         let ids = webhooks(&daemon, &imgs, 200).await;
-        all_done(&daemon, &ids).await;
+        all_done(&daemon, &ids, before).await;
         relay.push(Measure {
             seconds: t.elapsed().as_secs_f64(),
             cpu_seconds: cpu_of(pid) - cpu0,
             peak_rss: daemon.peak_rss(),
         });
+        registry_cpu.push(b.registry_cpu() - reg0);
         // No-op: the same 200 again, everything already there.
         let req0 = b.requests();
         let cpu0 = cpu_of(pid);
+        let before = succeeded(&daemon).await;
         let t = Instant::now();
         let ids = webhooks(&daemon, &imgs, 200).await;
-        all_done(&daemon, &ids).await;
+        all_done(&daemon, &ids, before).await;
         noop_relay.push(Measure {
             seconds: t.elapsed().as_secs_f64(),
             cpu_seconds: cpu_of(pid) - cpu0,
@@ -564,7 +612,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes,
-        extra: json!({"images": 200, "repositories": 20, "runs": runs}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": median(registry_cpu), "registries_cpu_seconds_skopeo": median(skopeo_registry_cpu)}),
     };
     let noop = Row {
         scenario: "no-op",
@@ -602,9 +650,10 @@ async fn shared(b: &mut Bench, runs: usize) -> Row {
         let daemon = b.relay_daemon().await;
         let pid = daemon.pid();
         let cpu0 = cpu_of(pid);
+        let before = succeeded(&daemon).await;
         let t = Instant::now();
         let ids = webhooks(&daemon, &imgs, 20).await;
-        all_done(&daemon, &ids).await;
+        all_done(&daemon, &ids, before).await;
         relay.push(Measure {
             seconds: t.elapsed().as_secs_f64(),
             cpu_seconds: cpu_of(pid) - cpu0,
@@ -632,6 +681,7 @@ async fn latency(b: &mut Bench) -> Row {
     let daemon = b.relay_daemon().await;
     let http = reqwest::Client::new();
     let mut lat = Vec::new();
+    let (mut queued, mut running) = (Vec::new(), Vec::new());
     let pid = daemon.pid();
     let cpu0 = cpu_of(pid);
     for i in 0..100u64 {
@@ -645,8 +695,22 @@ async fn latency(b: &mut Bench) -> Row {
                 &img.digest,
             ))
             .await;
-        done(&http, &daemon, ids[0]).await;
+        let j = done(&http, &daemon, ids[0]).await;
         lat.push(t.elapsed().as_secs_f64());
+        let at = |k: &str| {
+            humantime::parse_rfc3339(j[k].as_str().unwrap_or_default())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                })
+                .unwrap_or(f64::NAN)
+        };
+        queued.push(at("started_at") - at("created_at"));
+        running.push(at("finished_at") - at("started_at"));
+    }
+    if std::env::var("BENCH_RELAY_LOG").is_ok() {
+        let _ = std::fs::write("target/bench/relay-latency.log", daemon.logs());
     }
     Row {
         scenario: "latency",
@@ -657,7 +721,7 @@ async fn latency(b: &mut Bench) -> Row {
         },
         skopeo: None,
         bytes: MIB,
-        extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100}),
+        extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100, "queued_p50_seconds": median(queued), "copy_p50_seconds": median(running)}),
     }
 }
 
@@ -704,6 +768,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let want = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
+    // Calibration: what SHA-256 alone costs on this machine, per GiB.
+    {
+        use sha2::Digest;
+        let buf = vec![7u8; 4 * MIB as usize];
+        let t = Instant::now();
+        let mut h = sha2::Sha256::new();
+        for _ in 0..256 {
+            h.update(&buf);
+        }
+        let _ = h.finalize();
+        println!(
+            "sha256 alone: {:.2} CPU-s/GiB (the floor for a copier that verifies every byte)",
+            t.elapsed().as_secs_f64()
+        );
+    }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows = rt.block_on(async {
         let mut b = Bench::new().await;

@@ -1284,6 +1284,6 @@ async fn concurrent_first_requests_all_learn_the_auth_challenge() {
         }
     });
     for r in futures_util::future::join_all(checks).await {
-        assert_eq!(r.expect("no 401 after the challenge is known"), false);
+        assert!(!r.expect("no 401 after the challenge is known"));
     }
 }

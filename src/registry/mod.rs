@@ -454,6 +454,9 @@ impl Registry {
         repository: &str,
         digest: &str,
     ) -> Result<Option<Vec<manifest::Descriptor>>, RegistryError> {
+        if self.t.lacks_referrers_api() {
+            return Ok(None);
+        }
         let what = format!("referrers of {repository}@{digest}");
         let mut url = self.url(&format!("{repository}/referrers/{digest}"));
         let mut all = Vec::new();
@@ -466,8 +469,15 @@ impl Registry {
                 .await?;
             match resp.status() {
                 StatusCode::OK => {}
+                // A registry with the API never answers 404 here (OCI 1.1:
+                // an unknown subject has an empty list), so this means it
+                // has none: remember that for a while.
                 StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                    return Ok(if all.is_empty() { None } else { Some(all) });
+                    if all.is_empty() {
+                        self.t.note_no_referrers_api();
+                        return Ok(None);
+                    }
+                    return Ok(Some(all));
                 }
                 _ => return Err(self.t.status_error(resp, &what).await),
             }
@@ -846,7 +856,26 @@ impl Registry {
         S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let what = format!("uploading blob {repository}@{digest} ({size} bytes)");
-        let mut location = self.start_upload(repository, &what).await?;
+        let location = self.start_upload(repository, &what).await?;
+        self.put_blob_at(location, repository, digest, size, body)
+            .await
+    }
+
+    /// Sends a blob's bytes into an upload session already started with
+    /// [`Registry::begin_upload`] (so the caller can open the session while
+    /// the source starts sending), and closes it with the digest.
+    pub async fn put_blob_at<S>(
+        &self,
+        mut location: url::Url,
+        repository: &str,
+        digest: &str,
+        size: u64,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let what = format!("uploading blob {repository}@{digest} ({size} bytes)");
         location.query_pairs_mut().append_pair("digest", digest);
         let url = location.to_string();
         let resp = self
@@ -879,15 +908,34 @@ impl Registry {
         Ok(digest)
     }
 
-    /// Asks the registry to link a blob it already holds in `from` into
-    /// `repository`, without sending its bytes. Returns false when the
-    /// registry declined (it then opened an upload, which is cancelled).
+    /// Links a blob another repository of this registry holds into
+    /// `repository` (`POST …/blobs/uploads/?mount=&from=`), with a token
+    /// that may pull `from`. True if mounted; false if the registry
+    /// declined (the upload session it opened instead is cancelled).
     pub async fn mount_blob(
         &self,
         repository: &str,
         digest: &str,
         from: &str,
     ) -> Result<bool, RegistryError> {
+        match self.mount_or_begin(repository, digest, from).await? {
+            MountOrUpload::Mounted => Ok(true),
+            MountOrUpload::Upload(loc) => {
+                self.cancel_upload(repository, loc.as_str()).await;
+                Ok(false)
+            }
+        }
+    }
+
+    /// One request that either links the blob from `from` (which may be
+    /// `repository` itself: then it answers whether the blob is already
+    /// there) or opens an upload session for it.
+    pub async fn mount_or_begin(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<MountOrUpload, RegistryError> {
         let what = format!("mounting blob {digest} from {from} into {repository}");
         let url = format!(
             "{}?mount={}&from={}",
@@ -895,10 +943,10 @@ impl Registry {
             digest,
             from
         );
-        let scopes = vec![
-            auth::scope(repository, "pull,push"),
-            auth::scope(from, "pull"),
-        ];
+        let mut scopes = vec![auth::scope(repository, "pull,push")];
+        if from != repository {
+            scopes.push(auth::scope(from, "pull"));
+        }
         let resp = self
             .t
             .send(&what, &scopes, true, &|c| {
@@ -906,23 +954,20 @@ impl Registry {
             })
             .await?;
         match resp.status() {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => {
-                if let Ok(loc) = self.t.location(&resp, &what) {
-                    let loc = loc.to_string();
-                    let cancel = self
-                        .t
-                        .send(&what, &scopes, true, &|c| c.request(Method::DELETE, &loc))
-                        .await;
-                    if let Err(e) = cancel {
-                        tracing::debug!(error = %e, "cancelling the upload a declined mount opened");
-                    }
-                }
-                Ok(false)
-            }
+            StatusCode::CREATED => Ok(MountOrUpload::Mounted),
+            StatusCode::ACCEPTED => Ok(MountOrUpload::Upload(self.t.location(&resp, &what)?)),
             _ => Err(self.t.status_error(resp, &what).await),
         }
     }
+}
+
+/// What a mount request did.
+#[derive(Debug)]
+pub enum MountOrUpload {
+    /// The blob is in the repository now (it was mounted, or was there).
+    Mounted,
+    /// The registry opened an upload session at this URL instead.
+    Upload(url::Url),
 }
 
 /// The `Link: <…>; rel="next"` page of a paged answer, as an absolute URL.

@@ -78,7 +78,12 @@ pub(super) struct Transport {
     pub(super) is_harbor: bool,
     pub(super) limits: RegistryLimits,
     pub(super) stats: std::sync::Arc<Stats>,
+    /// Until when to assume the registry has no OCI referrers API.
+    no_referrers_api_until: Mutex<Option<Instant>>,
 }
+
+/// How long a registry without the referrers API is not asked again.
+const NO_REFERRERS_API_FOR: Duration = Duration::from_secs(600);
 
 /// Running totals for one registry, exported as metrics by registry name.
 #[derive(Debug, Default)]
@@ -150,7 +155,8 @@ impl Transport {
         let mut b = Client::builder()
             .user_agent(super::USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(limits.stall_timeout);
+            .read_timeout(limits.stall_timeout)
+            .http1_only();
         match &cfg.tls {
             TlsMode::System => {}
             TlsMode::Pinned { pem, file } => {
@@ -188,6 +194,7 @@ impl Transport {
                 .map(|r| std::sync::Arc::new(Pacer::new(r))),
             limits,
             stats: Default::default(),
+            no_referrers_api_until: Mutex::new(None),
         })
     }
 
@@ -214,7 +221,9 @@ impl Transport {
                 None => None,
             };
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let sent = apply(make(&self.http), &auth).send().await;
+            tracing::trace!(registry = %self.name, %what, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
             drop(permit);
             let may_retry = replayable && attempt < self.limits.request_attempts;
             let resp = match sent {
@@ -318,6 +327,16 @@ impl Transport {
             ),
             _ => AuthHeader::None,
         }
+    }
+
+    /// True while the registry is known to lack the referrers API.
+    pub(super) fn lacks_referrers_api(&self) -> bool {
+        lock(&self.no_referrers_api_until).is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The registry answered that it has no referrers API.
+    pub(super) fn note_no_referrers_api(&self) {
+        *lock(&self.no_referrers_api_until) = Some(Instant::now() + NO_REFERRERS_API_FOR);
     }
 
     /// How requests are authenticated, as learned from the registry.

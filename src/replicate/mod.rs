@@ -32,7 +32,7 @@ use crate::jobs::Summary;
 use crate::manifest::{Children, Descriptor, Manifest};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
-use crate::registry::{Registry, RegistryError, Tap};
+use crate::registry::{MountOrUpload, Registry, RegistryError, Tap};
 
 use ledger::Ledger;
 
@@ -179,10 +179,24 @@ impl Replicator {
     /// Copies one artifact and says what it did.
     pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
         let progress = Progress::default();
-        let top = req
-            .source
-            .get_manifest(req.source_repository, req.reference)
-            .await?;
+        // Where the target's tag points now, asked while the source manifest
+        // is read: for an artifact already replicated these two requests
+        // are the whole job.
+        let (top, there) = futures_util::future::try_join(
+            req.source
+                .get_manifest(req.source_repository, req.reference),
+            async {
+                match req.reference {
+                    Reference::Tag(_) => {
+                        req.target
+                            .resolve(req.target_repository, req.reference)
+                            .await
+                    }
+                    Reference::Digest(_) => Ok(None),
+                }
+            },
+        )
+        .await?;
         let mut note = None;
         let top = match req.platforms {
             Some(wanted) if top.is_index() => {
@@ -203,13 +217,18 @@ impl Replicator {
             }
             _ => top,
         };
+        if there.as_deref() == Some(top.digest.as_str()) {
+            // Already in sync. Referrers are not looked for again: pushing
+            // one sends its own event, and reconcile passes list the tags.
+            tracing::debug!(digest = %top.digest, "already on the target under this tag");
+            return Ok(Summary {
+                digest: top.digest,
+                note,
+                ..Summary::default()
+            });
+        }
         if !req.overwrite
-            && let Reference::Tag(_) = req.reference
-            && let Some(there) = req
-                .target
-                .resolve(req.target_repository, req.reference)
-                .await?
-            && there != top.digest
+            && let Some(there) = &there
         {
             let reason = format!(
                 "not overwritten: {}{} on the target points at {there}, the source at {} (rule has override = false)",
@@ -227,19 +246,23 @@ impl Replicator {
         {
             self.projects.ensure(req.target, project).await?;
         }
-        if !req
+        if req
             .target
             .has_manifest(req.target_repository, &top.digest)
             .await?
         {
-            self.copy_manifest(req, &top, 0, &progress).await?;
-        } else {
+            // Another tag has it already: only the tag is written below.
             tracing::debug!(digest = %top.digest, "manifest already on target");
-        }
-        if let Reference::Tag(_) = req.reference {
-            req.target
-                .put_manifest(req.target_repository, req.reference, &top)
-                .await?;
+            if let Reference::Tag(_) = req.reference {
+                req.target
+                    .put_manifest(req.target_repository, req.reference, &top)
+                    .await?;
+            }
+        } else {
+            // Copy what the manifest needs, then write it: under the tag in
+            // one PUT for a tagged copy, which is the tag written last.
+            let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
+            self.copy_manifest(req, &top, 0, &progress, under).await?;
         }
         // Referrers go after their subject, so they never point at nothing.
         if req.referrers {
@@ -274,7 +297,23 @@ impl Replicator {
         let (source, target) = (req.source, req.target);
         let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
         let mut copied = HashSet::new();
-        if let Some(list) = source.referrers(src_repo, subject).await? {
+        let hex = subject.strip_prefix("sha256:").unwrap_or_default();
+        // Ask for all of them at once: on a registry without referrers
+        // they are all misses, and one round trip is better than five.
+        let tags: Vec<Reference> = if hex.is_empty() {
+            Vec::new()
+        } else {
+            ["", ".sig", ".att", ".sbom"]
+                .iter()
+                .map(|suffix| Reference::Tag(format!("sha256-{hex}{suffix}")))
+                .collect()
+        };
+        let (listed, resolved) = futures_util::future::try_join(
+            source.referrers(src_repo, subject),
+            futures_util::future::try_join_all(tags.iter().map(|t| source.resolve(src_repo, t))),
+        )
+        .await?;
+        if let Some(list) = listed {
             for d in list {
                 if !copied.insert(d.digest.clone())
                     || target.has_manifest(dst_repo, &d.digest).await?
@@ -284,32 +323,29 @@ impl Replicator {
                 let m = source
                     .get_manifest(src_repo, &Reference::Digest(d.digest.clone()))
                     .await?;
-                self.copy_manifest(req, &m, 1, progress).await?;
+                self.copy_manifest(req, &m, 1, progress, None).await?;
                 progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let Some(hex) = subject.strip_prefix("sha256:") else {
-            return Ok(());
-        };
-        for suffix in ["", ".sig", ".att", ".sbom"] {
-            let tag = Reference::Tag(format!("sha256-{hex}{suffix}"));
-            let Some(digest) = source.resolve(src_repo, &tag).await? else {
+        for (tag, digest) in tags.iter().zip(resolved) {
+            let Some(digest) = digest else {
                 continue;
             };
             let m = source
                 .get_manifest(src_repo, &Reference::Digest(digest.clone()))
                 .await?;
-            if suffix.is_empty() && !m.is_index() {
+            let fallback_index = !tag.as_str().contains('.');
+            if fallback_index && !m.is_index() {
                 tracing::warn!(tag = %tag, "referrers fallback tag is not an index; not copied");
                 continue;
             }
-            if target.resolve(dst_repo, &tag).await?.as_deref() == Some(digest.as_str()) {
+            if target.resolve(dst_repo, tag).await?.as_deref() == Some(digest.as_str()) {
                 continue;
             }
             if !target.has_manifest(dst_repo, &digest).await? {
-                self.copy_manifest(req, &m, 1, progress).await?;
+                self.copy_manifest(req, &m, 1, progress, None).await?;
             }
-            target.put_manifest(dst_repo, &tag, &m).await?;
+            target.put_manifest(dst_repo, tag, &m).await?;
             progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -354,12 +390,16 @@ impl Replicator {
         })
     }
 
+    /// Copies a manifest's content (blobs, or child manifests, recursively)
+    /// and then the manifest itself, by digest, or under `under` (the
+    /// job's tag) for the top manifest of a tagged copy.
     fn copy_manifest<'a>(
         &'a self,
         req: &'a CopyRequest<'a>,
         m: &'a Manifest,
         depth: usize,
         progress: &'a Progress,
+        under: Option<&'a Reference>,
     ) -> futures_util::future::BoxFuture<'a, Result<(), ReplicateError>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
@@ -388,7 +428,8 @@ impl Replicator {
                                 &Reference::Digest(child.digest.clone()),
                             )
                             .await?;
-                        self.copy_manifest(req, &cm, depth + 1, progress).await?;
+                        self.copy_manifest(req, &cm, depth + 1, progress, None)
+                            .await?;
                     }
                 }
                 Children::Blobs(blobs) => {
@@ -404,12 +445,9 @@ impl Replicator {
                         .await?;
                 }
             }
+            let by_digest = Reference::Digest(m.digest.clone());
             req.target
-                .put_manifest(
-                    req.target_repository,
-                    &Reference::Digest(m.digest.clone()),
-                    m,
-                )
+                .put_manifest(req.target_repository, under.unwrap_or(&by_digest), m)
                 .await?;
             progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
             Ok(())
@@ -422,12 +460,11 @@ impl Replicator {
         blob: &Descriptor,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
-        // One upload of a (repository, digest) at a time: a second job that
-        // wants the same blob waits, then finds it present.
-        let _turn = self
-            .inflight
-            .acquire(req.target.name(), req.target_repository, &blob.digest)
-            .await;
+        // One upload of a digest per target at a time, whatever the
+        // repository: a second job that wants the same blob waits, then
+        // finds it present or mounts it from where the first put it (so a
+        // base layer shared by many images crosses the network once).
+        let _turn = self.inflight.acquire(req.target.name(), &blob.digest).await;
         let _in_flight = self.metrics.as_ref().map(|m| m.transfer_started());
         let mut attempt = 0;
         loop {
@@ -460,12 +497,45 @@ impl Replicator {
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         let (target, repo) = (req.target, req.target_repository);
+        let known = self.ledger.blob_locations(target.name(), &blob.digest);
+        let (threshold, _) = target.chunking();
+        let chunkable = blob.digest.starts_with("sha256:");
+        let big = blob.size > threshold && chunkable;
+        if known.is_empty() && !big {
+            // Most likely a new blob: one POST that either finds it already
+            // in the repository (a mount from itself) or opens the upload,
+            // while the source starts sending. Two round trips fewer than
+            // HEAD, then POST, then GET.
+            let (opened, read) = futures_util::future::join(
+                target.mount_or_begin(repo, &blob.digest, repo),
+                req.source
+                    .get_blob(req.source_repository, &blob.digest, blob.size),
+            )
+            .await;
+            let location = match opened? {
+                MountOrUpload::Mounted => {
+                    progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.count("skipped");
+                    return Ok(());
+                }
+                MountOrUpload::Upload(location) => location,
+            };
+            let body = match read {
+                Ok((body, _)) => body,
+                Err(e) => {
+                    target.cancel_upload(repo, location.as_str()).await;
+                    return Err(e.into());
+                }
+            };
+            return self
+                .upload(req, blob, progress, location, body, chunkable)
+                .await;
+        }
         if target.has_blob(repo, &blob.digest).await? {
             progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
             self.count("skipped");
             return Ok(());
         }
-        let known = self.ledger.blob_locations(target.name(), &blob.digest);
         for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
             match target.mount_blob(repo, &blob.digest, from).await {
                 Ok(true) => {
@@ -480,17 +550,45 @@ impl Replicator {
                 }
             }
         }
-        let (threshold, _) = target.chunking();
-        let chunkable = blob.digest.starts_with("sha256:");
-        if blob.size > threshold && chunkable {
+        if big {
             return self.copy_chunked(req, blob, progress).await;
         }
-        let (body, _) = req
-            .source
-            .get_blob(req.source_repository, &blob.digest, blob.size)
-            .await?;
+        // Open the upload session while the source starts sending: two
+        // round trips at once instead of one after the other.
+        let what = format!("uploading blob {repo}@{}", blob.digest);
+        let (read, session) = futures_util::future::join(
+            req.source
+                .get_blob(req.source_repository, &blob.digest, blob.size),
+            target.begin_upload(repo, &what),
+        )
+        .await;
+        let (location, _) = session?;
+        let body = match read {
+            Ok((body, _)) => body,
+            Err(e) => {
+                target.cancel_upload(repo, location.as_str()).await;
+                return Err(e.into());
+            }
+        };
+        self.upload(req, blob, progress, location, body, chunkable)
+            .await
+    }
+
+    /// Streams `body` into the open upload session at `location`.
+    async fn upload(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+        location: url::Url,
+        body: crate::registry::ByteStream,
+        chunkable: bool,
+    ) -> Result<(), ReplicateError> {
+        let (target, repo) = (req.target, req.target_repository);
         let (tap, body) = Tap::wrap(body);
-        let sent = target.put_blob(repo, &blob.digest, blob.size, body).await;
+        let sent = target
+            .put_blob_at(location, repo, &blob.digest, blob.size, body)
+            .await;
         if let Err(e) = sent {
             if let Some(detail) = tap.source_error() {
                 return Err(ReplicateError::SourceRead {
@@ -589,7 +687,7 @@ pub fn platform_subset(
     Manifest::from_bytes(bytes, Some(&index.media_type))
 }
 
-/// Per-(registry, repository, digest) upload turns.
+/// Per-(target registry, digest) upload turns.
 #[derive(Clone, Default)]
 struct Inflight {
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -614,8 +712,8 @@ impl Drop for Turn {
 }
 
 impl Inflight {
-    async fn acquire(&self, registry: &str, repository: &str, digest: &str) -> Turn {
-        let key = format!("{registry}/{repository}@{digest}");
+    async fn acquire(&self, registry: &str, digest: &str) -> Turn {
+        let key = format!("{registry}@{digest}");
         let lock = {
             let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()

@@ -168,6 +168,11 @@ impl RegistryProc {
         Self::start_full(port, tls, auth, None, true).await
     }
 
+    /// The registry's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// HTTP requests the registry has answered so far (needs the access
     /// log: [`RegistryProc::start_logged`]).
     pub fn requests_served(&self) -> usize {

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# harbor-relay's benchmark suite, against skopeo in the same run.
+#
+#   scripts/bench.sh                       # every scenario, 3 runs each
+#   BENCH_RUNS=5 scripts/bench.sh          # more runs per median
+#   BENCH_SCENARIOS=big,latency scripts/bench.sh
+#
+# Scenarios: big (1 GiB in 4 layers), huge (one 4 GiB layer), many (200
+# images from 200 webhooks vs one skopeo sync) and noop (the same again,
+# already replicated), shared (20 repositories sharing 3 base layers),
+# latency (webhook to target, 1 MiB image), and ingest (durable webhooks/s).
+# Needs about 20 GiB free under $TMPDIR and ~15 minutes for everything.
+# Results: a table on stdout and JSON in target/bench/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+missing=()
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+command -v skopeo >/dev/null || missing+=(skopeo)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v skopeo >/dev/null || { echo "skopeo is missing: apt-get install -y skopeo" >&2; exit 1; }
+
+scenarios=${BENCH_SCENARIOS:-big,huge,many,shared,latency,ingest}
+mkdir -p target/bench
+
+if [[ ",$scenarios," == *,ingest,* ]]; then
+  log "webhook ingest (durable), 50 clients"
+  cargo bench --locked --bench ingest 2>&1 | tee target/bench/ingest.txt
+fi
+rest=$(echo ",$scenarios," | sed 's/,ingest,/,/g; s/^,//; s/,$//')
+if [ -n "$rest" ]; then
+  log "replication against skopeo $(skopeo --version | awk '{print $3}'): $rest"
+  BENCH_SCENARIOS="$rest" cargo bench --locked --bench replication
+fi
