@@ -7,7 +7,10 @@
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
 //! Scenarios (see README "Performance"): big, huge, many, noop, shared,
-//! latency. Each copy runs against a fresh target (the target registry is
+//! latency. `BENCH_TARGET_EXTRA` adds config lines to the target registry
+//! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the
+//! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
+//! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log`). Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
 //! runs. CPU and peak RSS are the copier's own (`wait4` for one-shot
@@ -284,7 +287,7 @@ impl Bench {
                 &self.target().url,
                 Some((USER, PASS)),
                 &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
-            )
+            ) + &std::env::var("BENCH_TARGET_EXTRA").unwrap_or_default()
         )
     }
 
