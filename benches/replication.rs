@@ -429,6 +429,7 @@ async fn done(http: &reqwest::Client, relay: &Relay, id: u64) -> Value {
     loop {
         let j: Value = http
             .get(format!("{}/api/v1/jobs/{id}", relay.url))
+            .bearer_auth(API_TOKEN)
             .send()
             .await
             .expect("GET job")

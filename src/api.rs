@@ -42,17 +42,38 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
 }
 
-/// Builds the router.
+/// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),
+/// health, readiness and, unless `server.metrics_listen` moves them,
+/// metrics.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/webhooks/harbor", post(harbor_webhook))
-        .route("/webhooks/distribution", post(distribution_webhook))
+    let api = Router::new()
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/retry", post(retry_job))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api_guard,
+        ));
+    let mut r = Router::new()
+        .route("/webhooks/harbor", post(harbor_webhook))
+        .route("/webhooks/distribution", post(distribution_webhook))
+        .merge(api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz));
+    if state.live.get().config.server.metrics_listen.is_none() {
+        r = r.route("/metrics", get(metrics));
+    }
+    r.fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// The router of `server.metrics_listen`: metrics, health and readiness,
+/// nothing that takes input.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -64,9 +85,61 @@ pub async fn run(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    serve(listener, router(state), shutdown).await
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Guards `/api/v1/*`: with `server.api_token` set, every request needs
+/// `Authorization: Bearer <token>` (compared in constant time; a failure
+/// is counted and logged without what was presented); without it the API
+/// is read-only.
+async fn api_guard(
+    State(app): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let live = app.live.get();
+    match &live.config.server.api_token {
+        Some(token) => {
+            let expected = Secret::new(format!("Bearer {}", token.expose()));
+            if !authorized(&expected, req.headers()) {
+                app.metrics.auth_failures.with_label_values(&["api"]).inc();
+                tracing::warn!(
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    "API request refused: missing or wrong bearer token"
+                );
+                let mut resp = error(
+                    StatusCode::UNAUTHORIZED,
+                    "this API needs Authorization: Bearer <server.api_token>",
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"harbor-relay\""),
+                );
+                return resp;
+            }
+        }
+        None if req.method() != axum::http::Method::GET => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the API is read-only: set [server] api_token (or api_token_file) to allow changes",
+            );
+        }
+        None => {}
+    }
+    drop(live);
+    next.run(req).await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -124,6 +197,10 @@ async fn receive(
         && !authorized(secret, &parts.headers)
     {
         count("unauthorized");
+        app.metrics
+            .auth_failures
+            .with_label_values(&["webhook"])
+            .inc();
         tracing::warn!("webhook refused: missing or wrong Authorization header");
         return Err(error(
             StatusCode::UNAUTHORIZED,

@@ -97,6 +97,9 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Keys whose secret is written in the file itself (not `${VAR}` or a
+    /// `*_file`): worth a warning when the file is readable by others.
+    pub inline_secrets: Vec<String>,
 }
 
 /// `[log]`: the level and format of the daemon's logs. `RUST_LOG` and
@@ -116,6 +119,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// When set, the exact `Authorization` header value a webhook must carry.
     pub webhook_auth: Option<Secret>,
+    /// When set, `/api/v1/*` needs `Authorization: Bearer <token>`; when
+    /// not, the API is read-only.
+    pub api_token: Option<Secret>,
+    /// A second listener for `/metrics`, `/healthz` and `/readyz` only.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[store]`.
@@ -321,6 +329,9 @@ struct RawServer {
     listen: Option<String>,
     webhook_auth: Option<String>,
     webhook_auth_file: Option<String>,
+    api_token: Option<String>,
+    api_token_file: Option<String>,
+    metrics_listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -453,7 +464,12 @@ impl Config {
             let key = e.path().to_string();
             parse_error(file, text, &key, e.inner())
         })?;
-        Loader { file, env }.build(raw)
+        Loader {
+            file,
+            env,
+            inline: Default::default(),
+        }
+        .build(raw)
     }
 }
 
@@ -480,6 +496,7 @@ fn parse_error(file: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
 struct Loader<'a> {
     file: &'a Path,
     env: &'a dyn Fn(&str) -> Option<String>,
+    inline: std::cell::RefCell<Vec<String>>,
 }
 
 impl Loader<'_> {
@@ -540,6 +557,9 @@ impl Loader<'_> {
                 ));
             }
             (Some(v), None) => {
+                if !v.contains("${") {
+                    self.inline.borrow_mut().push(key.to_string());
+                }
                 let v = self.expand(key, &v)?;
                 if v.is_empty() {
                     return Err(self.invalid(key, "is empty; remove the key instead"));
@@ -607,6 +627,28 @@ impl Loader<'_> {
             raw.server.webhook_auth,
             raw.server.webhook_auth_file,
         )?;
+        let api_token = self.secret(
+            "server.api_token",
+            raw.server.api_token,
+            raw.server.api_token_file,
+        )?;
+        let metrics_listen = self
+            .expand_opt("server.metrics_listen", raw.server.metrics_listen)?
+            .map(|m| {
+                m.parse::<SocketAddr>().map_err(|_| {
+                    self.invalid(
+                        "server.metrics_listen",
+                        format!("`{m}` is not an address like 127.0.0.1:9090"),
+                    )
+                })
+            })
+            .transpose()?;
+        if metrics_listen == Some(listen) {
+            return Err(self.invalid(
+                "server.metrics_listen",
+                "is the same as server.listen; remove it to serve metrics on the main listener",
+            ));
+        }
         let log = self.log(raw.log)?;
 
         let store = raw
@@ -645,11 +687,14 @@ impl Loader<'_> {
             server: ServerConfig {
                 listen,
                 webhook_auth,
+                api_token,
+                metrics_listen,
             },
             store: StoreConfig {
                 path: PathBuf::from(store_path),
             },
             log,
+            inline_secrets: self.inline.take(),
             jobs,
             registries,
             rules,

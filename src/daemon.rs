@@ -65,6 +65,19 @@ pub async fn run_reloadable(
     shutdown: CancellationToken,
     mut reload: mpsc::Receiver<()>,
 ) -> Result<(), DaemonError> {
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on server.metrics_listen {addr}: {e}"),
+                )
+            })?;
+            tracing::info!(listen = %addr, "metrics, health and readiness on their own listener");
+            Some(l)
+        }
+        None => None,
+    };
     let (store, recovered) = Store::open(&config.store.path)
         .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
     store.set_coalesce_window(config.jobs.coalesce_window);
@@ -107,6 +120,16 @@ pub async fn run_reloadable(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
     });
+    let metrics_server = metrics_listener.map(|l| {
+        tokio::spawn(api::serve(
+            l,
+            api::metrics_router(state.clone()),
+            shutdown.clone(),
+        ))
+    });
+    if config.server.api_token.is_none() {
+        tracing::info!("server.api_token is not set: the jobs API is read-only");
+    }
     let local = listener.local_addr()?;
     tracing::info!(
         listen = %local,
@@ -165,6 +188,9 @@ pub async fn run_reloadable(
         None => server.await,
     };
     served.map_err(std::io::Error::other)??;
+    if let Some(m) = metrics_server {
+        m.await.map_err(std::io::Error::other)??;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -181,6 +207,19 @@ async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
 
 /// Start-up and reload warnings about a config that works but is risky.
 fn warn_about(config: &Config) {
+    if !config.inline_secrets.is_empty()
+        && let Ok(meta) = std::fs::metadata(&config.file)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                file = %config.file.display(),
+                keys = %config.inline_secrets.join(", "),
+                "the config file is readable by every user and holds secrets inline: run `chmod 600 {}` (owner: the service's user), or move them to ${{VAR}} or *_file / systemd credentials",
+                config.file.display()
+            );
+        }
+    }
     if config.server.webhook_auth.is_none() {
         tracing::warn!(
             "server.webhook_auth is not set: anyone who can reach this port can queue replication jobs; set it and Harbor's webhook Auth Header to the same secret"

@@ -114,6 +114,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.listen != new.server.listen {
         out.push("server.listen");
     }
+    if old.server.metrics_listen != new.server.metrics_listen {
+        out.push("server.metrics_listen");
+    }
     if old.store.path != new.store.path {
         out.push("store.path");
     }

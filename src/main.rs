@@ -65,6 +65,16 @@ enum Command {
         /// The daemon's configuration file, to find its address.
         #[arg(long, short, env = "HARBOR_RELAY_CONFIG", global = true)]
         config: Option<PathBuf>,
+        /// The API token (server.api_token), needed for `retry` and, when
+        /// the daemon has one, for everything. Prefer the environment
+        /// variable: arguments are visible in `ps`.
+        #[arg(
+            long,
+            env = "HARBOR_RELAY_API_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        token: Option<String>,
         #[command(subcommand)]
         action: JobsAction,
     },
@@ -249,8 +259,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Jobs {
             url,
             config,
+            token,
             action,
-        } => jobs(url, config, action).await,
+        } => jobs(url, config, token, action).await,
         Command::Reconcile {
             config,
             rule,
@@ -422,6 +433,7 @@ fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
 async fn jobs(
     url: Option<String>,
     config: Option<PathBuf>,
+    token: Option<String>,
     action: JobsAction,
 ) -> anyhow::Result<()> {
     let base = match (url, config) {
@@ -435,6 +447,10 @@ async fn jobs(
     let base_for_errors = base.clone();
     let call = |req: reqwest::RequestBuilder| {
         let base = base_for_errors.clone();
+        let req = match &token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         async move {
             let resp = req
                 .send()

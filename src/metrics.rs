@@ -49,6 +49,9 @@ pub struct Metrics {
     pub transfers_in_flight: IntGauge,
     /// Size of the job store on disk.
     pub store_size: IntGauge,
+    /// Requests refused for a missing or wrong secret, by `endpoint`
+    /// (webhook, api).
+    pub auth_failures: IntCounterVec,
 }
 
 /// Counts one blob transfer as in flight while held.
@@ -204,6 +207,17 @@ impl Metrics {
             "harbor_relay_store_size_bytes",
             "Size of the embedded job store on disk.",
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "harbor_relay_auth_failures_total",
+                "Requests refused for a missing or wrong secret, by endpoint (webhook, api).",
+            ),
+            &["endpoint"],
+        )?;
+        for e in ["webhook", "api"] {
+            auth_failures.with_label_values(&[e]);
+        }
+        registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(transfers_in_flight.clone()))?;
         registry.register(Box::new(store_size.clone()))?;
         registry.register(Box::new(replication_lag.clone()))?;
@@ -242,6 +256,7 @@ impl Metrics {
             last_success,
             transfers_in_flight,
             store_size,
+            auth_failures,
         })
     }
 

@@ -739,7 +739,10 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
     );
 
     let url = relay.url.clone();
-    let out = relay_cmd(&["jobs", "--url", &url, "list", "--state", "failed"]);
+    let out = relay_cmd_env(
+        &["jobs", "--url", &url, "list", "--state", "failed"],
+        &[("HARBOR_RELAY_API_TOKEN", API_TOKEN)],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("external/library/late:1"), "{stdout}");
@@ -748,7 +751,16 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
     img.push(&w.src, "library/late", &Reference::Tag("1".into()))
         .await;
     let id = ids[0].to_string();
+    // Changing anything needs the API token.
     let out = relay_cmd(&["jobs", "--url", &url, "retry", &id]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("api_token"),
+        "{stderr}"
+    );
+    let with_token = [("HARBOR_RELAY_API_TOKEN", API_TOKEN)];
+    let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
     assert!(
         out.status.success(),
         "{}",
@@ -760,7 +772,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
 
     // The config file is enough to find the daemon.
     let cfg = relay.config_path.to_str().expect("utf-8").to_string();
-    let out = relay_cmd(&["jobs", "--config", &cfg, "show", &id]);
+    let out = relay_cmd_env(&["jobs", "--config", &cfg, "show", &id], &with_token);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -769,7 +781,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
     );
     assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");
     // Retrying a job that succeeded is refused with the reason.
-    let out = relay_cmd(&["jobs", "--url", &url, "retry", &id]);
+    let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("only failed jobs can be retried"),

@@ -385,6 +385,11 @@ async fn json_logs_carry_the_job_and_never_a_secret() {
     assert!(done["fields"]["seconds"].as_f64().is_some());
     assert_eq!(done["fields"]["digest"], img.digest.as_str());
 
+    // The test's config file is world-readable and holds passwords inline.
+    assert!(
+        logs.contains("readable by every user") && logs.contains("registries.integrated.password"),
+        "no warning about the world-readable config:\n{logs}"
+    );
     let secret = WEBHOOK_SECRET.trim_start_matches("Bearer ");
     for s in [PASS, secret, "guess-Zq81"] {
         assert!(!logs.contains(s), "the log shows a secret ({s}):\n{logs}");
@@ -593,4 +598,102 @@ async fn dockerfile_passes_hadolint_and_its_healthcheck_works() {
     );
     let dead = format!("http://127.0.0.1:{}/healthz", free_port());
     assert!(!relay_cmd(&["healthcheck", "--url", &dead]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
+    let metrics_port = free_port();
+    let relay = Relay::start("").await;
+    let http = reqwest::Client::new();
+    // With a token configured: nothing without it, not even reading.
+    for (method, path) in [("GET", "/api/v1/jobs"), ("POST", "/api/v1/jobs/1/retry")] {
+        let resp = http
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", relay.url),
+            )
+            .header("authorization", "Bearer guess-77Qx")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 401, "{method} {path}");
+        assert!(resp.headers().contains_key("www-authenticate"));
+    }
+    let (status, _) = relay.get("/api/v1/jobs").await;
+    assert_eq!(status, 200, "the right token works");
+    let (_, metrics) = relay.get("/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("harbor_relay_auth_failures_total{endpoint=\"api\"} 2"),
+        "{text}"
+    );
+    assert!(
+        !relay.logs().contains("guess-77Qx"),
+        "the presented token was logged"
+    );
+
+    // Without a token the API is read-only; /metrics moved to its own port.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[store]\npath = \"{}\"\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let main = format!("http://127.0.0.1:{port}");
+    let side = format!("http://127.0.0.1:{metrics_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(format!("{side}/readyz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let get = |u: String| http.get(u).send();
+    assert_eq!(
+        status(get(format!("{main}/api/v1/jobs")).await.expect("GET")),
+        200
+    );
+    let retry = http
+        .post(format!("{main}/api/v1/jobs/1/retry"))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(retry.status(), 403);
+    assert!(retry.text().await.expect("body").contains("read-only"));
+    assert_eq!(
+        status(get(format!("{main}/metrics")).await.expect("GET")),
+        404
+    );
+    assert_eq!(
+        status(get(format!("{side}/metrics")).await.expect("GET")),
+        200
+    );
+    assert_eq!(
+        status(get(format!("{side}/healthz")).await.expect("GET")),
+        200
+    );
+    assert_eq!(
+        status(get(format!("{side}/api/v1/jobs")).await.expect("GET")),
+        404
+    );
+    let hook = http
+        .post(format!("{side}/webhooks/harbor"))
+        .body("{}")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(hook.status(), 404);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -72,9 +72,16 @@ impl ConfigFile {
 
 /// Runs the `harbor-relay` binary with `args` and waits for it.
 pub fn relay_cmd(args: &[&str]) -> std::process::Output {
+    relay_cmd_env(args, &[])
+}
+
+/// [`relay_cmd`] with extra environment variables.
+pub fn relay_cmd_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env_remove("HARBOR_RELAY_API_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("run harbor-relay")
 }
@@ -641,6 +648,8 @@ impl Drop for Relay {
 }
 
 pub const WEBHOOK_SECRET: &str = "Bearer webhook-s3cret";
+/// The `server.api_token` of every [`Relay`]; its client sends it.
+pub const API_TOKEN: &str = "api-t0ken-for-tests";
 
 impl Relay {
     /// Writes a config with `[server]` and `[store]` filled in, followed by
@@ -663,7 +672,7 @@ impl Relay {
     pub async fn start_env(port: u16, jobs: &str, rest: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\napi_token = \"{API_TOKEN}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
             dir.path().join("store").display(),
             if jobs.contains("shutdown_grace") {
                 ""
@@ -682,7 +691,17 @@ impl Relay {
             url: format!("http://127.0.0.1:{port}"),
             dir,
             config_path,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {API_TOKEN}").parse().expect("header"),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
+                .build()
+                .expect("client"),
         };
         r.spawn().await;
         r
