@@ -473,6 +473,26 @@ async fn succeeded(relay: &Relay) -> f64 {
     )
 }
 
+/// Sends one webhook per image (`concurrency` at a time) to a running
+/// daemon and measures until all those jobs succeeded.
+async fn replicate_all(
+    daemon: &Relay,
+    images: &[(String, String, String)],
+    concurrency: usize,
+) -> Measure {
+    let pid = daemon.pid();
+    let cpu0 = cpu_of(pid);
+    let before = succeeded(daemon).await;
+    let t = Instant::now();
+    let ids = webhooks(daemon, images, concurrency).await;
+    all_done(daemon, &ids, before).await;
+    Measure {
+        seconds: t.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_of(pid) - cpu0,
+        peak_rss: daemon.peak_rss(),
+    }
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).map(str::trim))
@@ -582,31 +602,12 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
 
         b.fresh_target().await;
         let daemon = b.relay_daemon().await;
-        let pid = daemon.pid();
-        let cpu0 = cpu_of(pid);
         let reg0 = b.registry_cpu();
-        let before = succeeded(&daemon).await;
-        let t = Instant::now();
-        let ids = webhooks(&daemon, &imgs, 200).await;
-        all_done(&daemon, &ids, before).await;
-        relay.push(Measure {
-            seconds: t.elapsed().as_secs_f64(),
-            cpu_seconds: cpu_of(pid) - cpu0,
-            peak_rss: daemon.peak_rss(),
-        });
+        relay.push(replicate_all(&daemon, &imgs, 200).await);
         registry_cpu.push(b.registry_cpu() - reg0);
         // No-op: the same 200 again, everything already there.
         let req0 = b.requests();
-        let cpu0 = cpu_of(pid);
-        let before = succeeded(&daemon).await;
-        let t = Instant::now();
-        let ids = webhooks(&daemon, &imgs, 200).await;
-        all_done(&daemon, &ids, before).await;
-        noop_relay.push(Measure {
-            seconds: t.elapsed().as_secs_f64(),
-            cpu_seconds: cpu_of(pid) - cpu0,
-            peak_rss: daemon.peak_rss(),
-        });
+        noop_relay.push(replicate_all(&daemon, &imgs, 200).await);
         // The access log is written as requests finish; let it settle.
         tokio::time::sleep(Duration::from_millis(300)).await;
         per_tag.push((b.requests() - req0) as f64 / imgs.len() as f64);
@@ -652,17 +653,7 @@ async fn shared(b: &mut Bench, runs: usize) -> Row {
     for _ in 0..runs {
         b.fresh_target().await;
         let daemon = b.relay_daemon().await;
-        let pid = daemon.pid();
-        let cpu0 = cpu_of(pid);
-        let before = succeeded(&daemon).await;
-        let t = Instant::now();
-        let ids = webhooks(&daemon, &imgs, 20).await;
-        all_done(&daemon, &ids, before).await;
-        relay.push(Measure {
-            seconds: t.elapsed().as_secs_f64(),
-            cpu_seconds: cpu_of(pid) - cpu0,
-            peak_rss: daemon.peak_rss(),
-        });
+        relay.push(replicate_all(&daemon, &imgs, 20).await);
         let text = metrics_text(&daemon).await;
         uploaded.push(metric(
             &text,
