@@ -150,3 +150,124 @@ async fn hostile_payloads_are_refused_and_store_nothing() {
         "the foreign host was used"
     );
 }
+
+/// Blob storage on another host, as registries with S3 or a CDN behind
+/// them redirect to: records the Authorization headers it is sent and
+/// serves the blob from the registry with its own credentials.
+async fn blob_store(
+    registry: String,
+    user: &str,
+    pass: &str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use axum::extract::{Path, State};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let creds = (user.to_string(), pass.to_string());
+    let http = reqwest::Client::new();
+    let app = axum::Router::new()
+        .route(
+            "/store/{*path}",
+            axum::routing::get(
+                |State((seen, registry, creds, http)): State<(
+                    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+                    String,
+                    (String, String),
+                    reqwest::Client,
+                )>,
+                 Path(path): Path<String>,
+                 headers: axum::http::HeaderMap| async move {
+                    seen.lock().expect("lock").push(
+                        headers
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap_or("?").to_string()),
+                    );
+                    let body = http
+                        .get(format!("{registry}/{path}"))
+                        .basic_auth(&creds.0, Some(&creds.1))
+                        .send()
+                        .await
+                        .expect("registry")
+                        .bytes()
+                        .await
+                        .expect("body");
+                    body.to_vec()
+                },
+            ),
+        )
+        .with_state((seen.clone(), registry, creds, http));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    // "localhost", not the registry's "127.0.0.1": another host.
+    (format!("http://localhost:{port}/store"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_host_never_carries_the_registrys_credentials() {
+    const SRC_PASS: &str = "source-pa55-Kq2";
+    let source = RegistryProc::start(
+        None,
+        Auth::Basic {
+            user: "reader".into(),
+            pass: SRC_PASS.into(),
+        },
+    )
+    .await;
+    let w = World::new().await;
+    let src = client(
+        &source.url,
+        Some(("reader", SRC_PASS)),
+        harbor_relay::config::TlsMode::System,
+    );
+    let img = TestImage::random(&[70_000, 30_000]);
+    img.push(
+        &src,
+        "library/app",
+        &harbor_relay::reference::Reference::Tag("1".into()),
+    )
+    .await;
+    let (store, seen) = blob_store(source.url.clone(), "reader", SRC_PASS).await;
+    // Blob GETs are answered with a redirect to the store; the rest goes
+    // to the registry.
+    let redirect = axum::Router::new().route(
+        "/v2/library/app/blobs/{digest}",
+        axum::routing::get(
+            move |axum::extract::Path(digest): axum::extract::Path<String>| {
+                let to = format!("{store}/v2/library/app/blobs/{digest}");
+                async move { axum::response::Redirect::temporary(&to) }
+            },
+        ),
+    );
+    let proxy = support::fault::FaultProxy::start_with_routes(&source.url, redirect).await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &proxy.url, Some(("reader", SRC_PASS)), ""),
+        registry_toml(
+            "integrated",
+            &w.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
+        ),
+    );
+    let relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("library/app", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen.len() >= 3,
+        "the blobs came through the store: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(Option::is_none),
+        "credentials followed the redirect to another host: {seen:?}"
+    );
+}
