@@ -163,19 +163,14 @@ async fn blob_store(
     std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
 ) {
     use axum::extract::{Path, State};
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen: Seen = Default::default();
     let creds = (user.to_string(), pass.to_string());
     let http = reqwest::Client::new();
     let app = axum::Router::new()
         .route(
             "/store/{*path}",
             axum::routing::get(
-                |State((seen, registry, creds, http)): State<(
-                    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
-                    String,
-                    (String, String),
-                    reqwest::Client,
-                )>,
+                |State((seen, registry, creds, http)): State<StoreState>,
                  Path(path): Path<String>,
                  headers: axum::http::HeaderMap| async move {
                     seen.lock().expect("lock").push(
