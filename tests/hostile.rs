@@ -151,6 +151,12 @@ async fn hostile_payloads_are_refused_and_store_nothing() {
     );
 }
 
+/// The Authorization headers the store was sent (None: none).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>;
+/// What the store's handler needs: what it saw, the registry, its
+/// credentials, a client.
+type StoreState = (Seen, String, (String, String), reqwest::Client);
+
 /// Blob storage on another host, as registries with S3 or a CDN behind
 /// them redirect to: records the Authorization headers it is sent and
 /// serves the blob from the registry with its own credentials.
