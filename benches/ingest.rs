@@ -64,6 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             live: Arc::new(Shared::new(Live::build(config, None)?)),
             metrics: Arc::new(Metrics::new()?),
             readiness,
+            // One client sends them all here: no per-client limit.
+            limiter: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);

@@ -27,6 +27,19 @@ use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::rules::RuleSet;
 
+/// A rate limiter keyed by client address.
+pub type WebhookLimiter = Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>;
+
+/// The limiter for `per_second` webhooks per client (bursts of twice
+/// that), or none for 0.
+pub fn webhook_limiter(per_second: u32) -> Option<WebhookLimiter> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
+    Some(Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    )))
+}
+
 /// Largest webhook body accepted; Harbor's are about 1 KiB.
 pub const MAX_WEBHOOK_BYTES: usize = 1024 * 1024;
 
@@ -40,6 +53,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether workers are running; `/readyz` answers from it.
     pub readiness: Arc<Readiness>,
+    /// Webhooks per client address (`server.webhook_rate_limit`).
+    pub limiter: Option<WebhookLimiter>,
 }
 
 /// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),
@@ -88,15 +103,97 @@ pub async fn run(
     serve(listener, router(state), shutdown).await
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled.
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long one request may take in all, body included (a body that
+/// trickles in is cut off with `408`).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long open requests may take to finish at shutdown.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown` is cancelled: HTTP/1.1
+/// and h2, at most [`MAX_CONNECTIONS`] at once, headers within
+/// [`HEADER_READ_TIMEOUT`], whole requests within [`REQUEST_TIMEOUT`];
+/// each request carries the client's address (`ConnectInfo`). At shutdown
+/// it stops accepting and lets open requests finish (at most 10 s).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let router = router.layer(axum::middleware::from_fn(request_timeout));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let svc = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            },
+        );
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let builder = builder.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Cuts off a request that takes longer than [`REQUEST_TIMEOUT`] (a body
+/// sent a byte at a time) with `408`.
+async fn request_timeout(req: Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request took longer than {REQUEST_TIMEOUT:?}"),
+        ),
+    }
 }
 
 /// Guards `/api/v1/*`: with `server.api_token` set, every request needs
@@ -193,6 +290,33 @@ async fn receive(
             .with_label_values(&[label, outcome])
             .inc()
     };
+    if let (Some(limiter), Some(axum::extract::ConnectInfo(peer))) = (
+        &app.limiter,
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
+    ) && let Err(not_until) = limiter.check_key(&peer.ip())
+    {
+        count("rate_limited");
+        let wait = not_until
+            .wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+            .as_secs()
+            .max(1);
+        tracing::warn!(client = %peer.ip(), "webhook refused: over server.webhook_rate_limit");
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "more than server.webhook_rate_limit webhooks per second from {}; retry in {wait}s",
+                peer.ip()
+            ),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Err(resp);
+    }
     if let Some(secret) = app.live.get().webhook_auth()
         && !authorized(secret, &parts.headers)
     {

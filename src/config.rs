@@ -124,6 +124,9 @@ pub struct ServerConfig {
     pub api_token: Option<Secret>,
     /// A second listener for `/metrics`, `/healthz` and `/readyz` only.
     pub metrics_listen: Option<SocketAddr>,
+    /// Webhooks per second one client address may send (bursts up to
+    /// twice that); beyond it, `429` with `Retry-After`. 0: no limit.
+    pub webhook_rate_limit: u32,
 }
 
 /// `[store]`.
@@ -332,6 +335,7 @@ struct RawServer {
     api_token: Option<String>,
     api_token_file: Option<String>,
     metrics_listen: Option<String>,
+    webhook_rate_limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -689,6 +693,7 @@ impl Loader<'_> {
                 webhook_auth,
                 api_token,
                 metrics_listen,
+                webhook_rate_limit: raw.server.webhook_rate_limit.unwrap_or(1000),
             },
             store: StoreConfig {
                 path: PathBuf::from(store_path),

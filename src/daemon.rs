@@ -119,6 +119,7 @@ pub async fn run_reloadable(
         live: live.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
+        limiter: api::webhook_limiter(config.server.webhook_rate_limit),
     });
     let metrics_server = metrics_listener.map(|l| {
         tokio::spawn(api::serve(

@@ -117,6 +117,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.metrics_listen != new.server.metrics_listen {
         out.push("server.metrics_listen");
     }
+    if old.server.webhook_rate_limit != new.server.webhook_rate_limit {
+        out.push("server.webhook_rate_limit");
+    }
     if old.store.path != new.store.path {
         out.push("store.path");
     }

@@ -272,3 +272,93 @@ async fn a_redirect_to_another_host_never_carries_the_registrys_credentials() {
         "credentials followed the redirect to another host: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_over_the_rate_limit_gets_429_and_slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\nwebhook_rate_limit = 2\n[store]\npath = \"{}\"\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A burst of twice the rate passes, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..10 {
+        let resp = http
+            .post(format!("{url}/webhooks/harbor"))
+            .header("content-type", "application/json")
+            .header("authorization", WEBHOOK_SECRET)
+            .body(push_event("library/app", Some("1"), DIGEST))
+            .send()
+            .await
+            .expect("POST");
+        if resp.status() == 429 {
+            retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses[..4].iter().all(|s| *s != 429), "{statuses:?}");
+    assert!(statuses[4..].contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some_and(|s| s >= 1), "no Retry-After");
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("outcome=\"rate_limited\""), "{metrics}");
+
+    // Headers that never end: the connection is closed, not held open.
+    let started = std::time::Instant::now();
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    sock.write_all(b"POST /webhooks/harbor HTTP/1.1\r\nHost: relay\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection with unfinished headers stayed open"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+}
