@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(api::run(listener, state, shutdown.clone()));
+        let server = tokio::spawn(api::run(listener, state, None, shutdown.clone()));
 
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let started = Instant::now();

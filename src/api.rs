@@ -93,14 +93,36 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// open requests finish.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` is cancelled, then lets open requests finish.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
+    tls: Option<Arc<TlsSlot>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve(listener, router(state), shutdown).await
+    serve(listener, router(state), tls, shutdown).await
+}
+
+/// The listener's TLS settings; a reload swaps them, and new connections
+/// get the new certificate.
+pub struct TlsSlot(std::sync::RwLock<tokio_rustls::TlsAcceptor>);
+
+impl TlsSlot {
+    /// Starts with `config`.
+    pub fn new(config: rustls::ServerConfig) -> TlsSlot {
+        TlsSlot(std::sync::RwLock::new(Arc::new(config).into()))
+    }
+
+    /// Puts `config` in force for new connections.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *g = Arc::new(config).into();
+    }
+
+    fn get(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// How long a client may take to send a request's headers (slowloris).
@@ -121,9 +143,10 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<TlsSlot>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use tower::ServiceExt as _;
 
     let router = router.layer(axum::middleware::from_fn(request_timeout));
@@ -163,15 +186,17 @@ pub async fn serve(
         let svc = hyper_util::service::TowerToHyperService::new(svc);
         let builder = builder.clone();
         let stop = shutdown.clone();
+        let acceptor = tls.as_ref().map(|t| t.get());
         conns.spawn(async move {
             let _slot = slot;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match acceptor {
+                None => serve_connection(&builder, stream, svc, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
             }
         });
@@ -182,6 +207,35 @@ pub async fn serve(
         conns.abort_all();
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, or finishes its open requests
+/// once `stop` is cancelled.
+async fn serve_connection<I, S>(
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: I,
+    svc: S,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Cuts off a request that takes longer than [`REQUEST_TIMEOUT`] (a body

@@ -127,6 +127,68 @@ pub struct ServerConfig {
     /// Webhooks per second one client address may send (bursts up to
     /// twice that); beyond it, `429` with `Retry-After`. 0: no limit.
     pub webhook_rate_limit: u32,
+    /// HTTPS on `listen`: the certificate chain and key (PEM), read again
+    /// on reload.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `server.tls_cert` and `server.tls_key`, checked and read.
+#[derive(Clone, PartialEq)]
+pub struct ListenerTls {
+    /// The certificate chain file (PEM), for messages and reloads.
+    pub cert_file: PathBuf,
+    /// The key file (PEM).
+    pub key_file: PathBuf,
+    /// The chain, leaf first (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The private key (PEM).
+    pub key_pem: Secret,
+}
+
+impl ListenerTls {
+    /// The rustls server settings for these files.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(&self.cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate in it",
+                self.cert_file.display()
+            ));
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.expose().as_bytes())
+            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map(|mut c| {
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            c
+        })
+        .map_err(|e| {
+            format!(
+                "{} and {}: {e}",
+                self.cert_file.display(),
+                self.key_file.display()
+            )
+        })
+    }
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[store]`.
@@ -336,6 +398,8 @@ struct RawServer {
     api_token_file: Option<String>,
     metrics_listen: Option<String>,
     webhook_rate_limit: Option<u32>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -653,6 +717,40 @@ impl Loader<'_> {
                 "is the same as server.listen; remove it to serve metrics on the main listener",
             ));
         }
+        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let cert_file = PathBuf::from(self.expand("server.tls_cert", &cert)?);
+                let key_file = PathBuf::from(self.expand("server.tls_key", &key)?);
+                let cert_pem = std::fs::read(&cert_file).map_err(|e| {
+                    self.invalid(
+                        "server.tls_cert",
+                        format!("cannot read {}: {e}", cert_file.display()),
+                    )
+                })?;
+                let key_pem = std::fs::read_to_string(&key_file).map_err(|e| {
+                    self.invalid(
+                        "server.tls_key",
+                        format!("cannot read {}: {e}", key_file.display()),
+                    )
+                })?;
+                let tls = ListenerTls {
+                    cert_file,
+                    key_file,
+                    cert_pem,
+                    key_pem: Secret::new(key_pem),
+                };
+                tls.server_config()
+                    .map_err(|e| self.invalid("server.tls_cert", e))?;
+                Some(tls)
+            }
+            _ => {
+                return Err(self.invalid(
+                    "server.tls_cert",
+                    "set both tls_cert and tls_key (PEM files), or neither",
+                ));
+            }
+        };
         let log = self.log(raw.log)?;
 
         let store = raw
@@ -694,6 +792,7 @@ impl Loader<'_> {
                 api_token,
                 metrics_listen,
                 webhook_rate_limit: raw.server.webhook_rate_limit.unwrap_or(1000),
+                tls,
             },
             store: StoreConfig {
                 path: PathBuf::from(store_path),

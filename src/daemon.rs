@@ -125,6 +125,7 @@ pub async fn run_reloadable(
         tokio::spawn(api::serve(
             l,
             api::metrics_router(state.clone()),
+            None,
             shutdown.clone(),
         ))
     });
@@ -143,7 +144,15 @@ pub async fn run_reloadable(
         "listening on {local}, {} rules",
         config.rules.len()
     ));
-    let mut server = tokio::spawn(api::run(listener, state, shutdown.clone()));
+    let tls = match &config.server.tls {
+        Some(t) => {
+            let c = t.server_config().map_err(std::io::Error::other)?;
+            tracing::info!(cert = %t.cert_file.display(), "HTTPS on the main listener");
+            Some(Arc::new(api::TlsSlot::new(c)))
+        }
+        None => None,
+    };
+    let mut server = tokio::spawn(api::run(listener, state, tls.clone(), shutdown.clone()));
     let mut served = None;
     let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
     loop {
@@ -157,6 +166,15 @@ pub async fn run_reloadable(
             Some(()) = reload.recv() => {
                 crate::notify::reloading();
                 if apply_reload(&live) {
+                    if let (Some(slot), Some(t)) = (&tls, &live.get().config.server.tls) {
+                        match t.server_config() {
+                            Ok(c) => {
+                                slot.replace(c);
+                                tracing::info!(cert = %t.cert_file.display(), "listener certificate reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "listener certificate NOT reloaded"),
+                        }
+                    }
                     metrics.init_rules(live.get().config.rules.iter().map(|r| r.name.as_str()));
                     start_reconcilers(&live.get(), &ctx, shutdown.child_token(), &mut reconcilers);
                 }

@@ -362,3 +362,106 @@ async fn one_client_over_the_rate_limit_gets_429_and_slow_headers_are_cut_off() 
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_dir, new_dir) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::create_dir_all(&old_dir).expect("mkdir");
+    std::fs::create_dir_all(&new_dir).expect("mkdir");
+    let (old, new) = (Pki::new(&old_dir), Pki::new(&new_dir));
+    let (cert, key) = (dir.path().join("relay.crt"), dir.path().join("relay.key"));
+    std::fs::copy(&old.cert_pem, &cert).expect("cert");
+    std::fs::copy(&old.key_pem, &key).expect("key");
+    let port = free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[store]\npath = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start");
+    let trusting = |pki: &Pki| {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).expect("ca"))
+            .expect("ca pem");
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .build()
+            .expect("client")
+    };
+    let url = format!("https://127.0.0.1:{port}");
+    let old_client = trusting(&old);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while old_client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no HTTPS on the listener"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Harbor's webhook, over TLS, to a client that trusts the relay's CA.
+    let resp = old_client
+        .post(format!("{url}/webhooks/harbor"))
+        .header("content-type", "application/json")
+        .header("authorization", WEBHOOK_SECRET)
+        .body(push_event("library/app", Some("1"), DIGEST))
+        .send()
+        .await
+        .expect("webhook over TLS");
+    assert_eq!(resp.status(), 200, "no rules: acknowledged");
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+
+    // A new certificate, then SIGHUP: new connections get it.
+    std::fs::copy(&new.cert_pem, &cert).expect("cert");
+    std::fs::copy(&new.key_pem, &key).expect("key");
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let new_client = trusting(&new);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while new_client
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not taken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        trusting(&old)
+            .get(format!("{url}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "the old certificate is still served"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
