@@ -51,6 +51,19 @@ done
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
+if ! cargo deny --version >/dev/null 2>&1; then
+  log "installing cargo-deny (a one-time build of a few minutes)"
+  cargo install --locked cargo-deny
+fi
+log "cargo deny (licenses, bans, sources; offline)"
+# The advisories check needs the RustSec database from GitHub, which CI
+# cannot reach (see deny.toml). Duplicate versions are warnings only.
+if ! cargo deny --offline check --hide-inclusion-graph licenses bans sources >/dev/null 2>&1; then
+  cargo deny --offline check licenses bans sources
+  exit 1
+fi
+echo "licenses, bans, sources ok"
+
 log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
