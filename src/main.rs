@@ -196,16 +196,18 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The daemon's config may set the log level and format: read it first.
-    let log = match &cli.command {
+    // Loaded once, here, and handed to the daemon.
+    let loaded = match &cli.command {
         Command::Serve { config } => match Config::load(config) {
-            Ok(c) => c.log,
+            Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("harbor-relay: {e}");
                 return std::process::ExitCode::FAILURE;
             }
         },
-        _ => Default::default(),
+        _ => None,
     };
+    let log = loaded.as_ref().map(|c| c.log.clone()).unwrap_or_default();
     let format = cli.log_format.unwrap_or(if log.json {
         LogFormat::Json
     } else {
@@ -219,7 +221,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, loaded)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("harbor-relay: {e:#}");
@@ -228,13 +230,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
     match command {
         Command::Version => {
             println!("harbor-relay {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config } => match loaded {
+            Some(c) => serve(c).await,
+            None => serve(Config::load(&config)?).await,
+        },
         Command::Check { config } => check(config).await,
         Command::Healthcheck { url } => {
             let resp = reqwest::Client::builder()
@@ -558,8 +563,7 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
