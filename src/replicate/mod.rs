@@ -501,68 +501,51 @@ impl Replicator {
         let (threshold, _) = target.chunking();
         let chunkable = blob.digest.starts_with("sha256:");
         let big = blob.size > threshold && chunkable;
-        if known.is_empty() && !big {
-            // Most likely a new blob: one POST that either finds it already
-            // in the repository (a mount from itself) or opens the upload,
-            // while the source starts sending. Two round trips fewer than
-            // HEAD, then POST, then GET.
-            let (opened, read) = futures_util::future::join(
-                target.mount_or_begin(repo, &blob.digest, repo),
-                req.source
-                    .get_blob(req.source_repository, &blob.digest, blob.size),
-            )
-            .await;
-            let location = match opened? {
-                MountOrUpload::Mounted => {
-                    progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-                    self.count("skipped");
-                    return Ok(());
-                }
-                MountOrUpload::Upload(location) => location,
-            };
-            let body = match read {
-                Ok((body, _)) => body,
-                Err(e) => {
-                    target.cancel_upload(repo, location.as_str()).await;
-                    return Err(e.into());
-                }
-            };
-            return self
-                .upload(req, blob, progress, location, body, chunkable)
-                .await;
-        }
-        if target.has_blob(repo, &blob.digest).await? {
-            progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-            self.count("skipped");
-            return Ok(());
-        }
-        for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
-            match target.mount_blob(repo, &blob.digest, from).await {
-                Ok(true) => {
-                    progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                    self.count("mounted");
-                    tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
+        if !known.is_empty() || big {
+            // Known to the ledger (likely present, or mountable from where
+            // it went), or too big to open a stream for on a guess: ask
+            // first.
+            if target.has_blob(repo, &blob.digest).await? {
+                progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                self.count("skipped");
+                return Ok(());
+            }
+            for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
+                match target.mount_blob(repo, &blob.digest, from).await {
+                    Ok(true) => {
+                        progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                        self.count("mounted");
+                        tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
+                    }
                 }
             }
+            if big {
+                return self.copy_chunked(req, blob, progress).await;
+            }
         }
-        if big {
-            return self.copy_chunked(req, blob, progress).await;
-        }
-        // Open the upload session while the source starts sending: two
-        // round trips at once instead of one after the other.
-        let what = format!("uploading blob {repo}@{}", blob.digest);
-        let (read, session) = futures_util::future::join(
+        // One POST that either finds the blob in the repository after all
+        // (a mount from itself) or opens the upload session, while the
+        // source starts sending: for a new blob, two round trips fewer than
+        // HEAD, then POST, then GET.
+        let (opened, read) = futures_util::future::join(
+            target.mount_or_begin(repo, &blob.digest, repo),
             req.source
                 .get_blob(req.source_repository, &blob.digest, blob.size),
-            target.begin_upload(repo, &what),
         )
         .await;
-        let (location, _) = session?;
+        let location = match opened? {
+            MountOrUpload::Mounted => {
+                progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                self.count("skipped");
+                return Ok(());
+            }
+            MountOrUpload::Upload(location) => location,
+        };
         let body = match read {
             Ok((body, _)) => body,
             Err(e) => {
