@@ -276,31 +276,14 @@ async fn a_redirect_to_another_host_never_carries_the_registrys_credentials() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_over_the_rate_limit_gets_429_and_slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\nwebhook_rate_limit = 2\n[store]\npath = \"{}\"\n",
-            dir.path().join("store").display()
-        ),
-    )
-    .expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    let _relay = RawRelay::spawn(
+        port,
+        &format!("webhook_auth = \"{WEBHOOK_SECRET}\"\nwebhook_rate_limit = 2"),
+    );
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while http.get(format!("{url}/healthz")).send().await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until_answers(&http, &format!("{url}/healthz"), "daemon did not start").await;
 
     // A burst of twice the rate passes, then 429 with Retry-After.
     let mut statuses = Vec::new();
@@ -359,8 +342,6 @@ async fn one_client_over_the_rate_limit_gets_429_and_slow_headers_are_cut_off() 
         "a connection with unfinished headers stayed open"
     );
     assert!(started.elapsed() >= std::time::Duration::from_secs(5));
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,24 +355,14 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
     std::fs::copy(&old.cert_pem, &cert).expect("cert");
     std::fs::copy(&old.key_pem, &key).expect("key");
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[store]\npath = \"{}\"\n",
+    let relay = RawRelay::spawn(
+        port,
+        &format!(
+            "webhook_auth = \"{WEBHOOK_SECRET}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
             cert.display(),
-            key.display(),
-            dir.path().join("store").display()
+            key.display()
         ),
-    )
-    .expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start");
+    );
     let trusting = |pki: &Pki| {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).expect("ca"))
             .expect("ca pem");
@@ -402,19 +373,12 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
     };
     let url = format!("https://127.0.0.1:{port}");
     let old_client = trusting(&old);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while old_client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no HTTPS on the listener"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until_answers(
+        &old_client,
+        &format!("{url}/healthz"),
+        "no HTTPS on the listener",
+    )
+    .await;
     // Harbor's webhook, over TLS, to a client that trusts the relay's CA.
     let resp = old_client
         .post(format!("{url}/webhooks/harbor"))
@@ -436,24 +400,17 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
     std::fs::copy(&new.cert_pem, &cert).expect("cert");
     std::fs::copy(&new.key_pem, &key).expect("key");
     let ok = std::process::Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &relay.pid().to_string()])
         .status()
         .expect("kill");
     assert!(ok.success());
     let new_client = trusting(&new);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while new_client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new certificate was not taken"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until_answers(
+        &new_client,
+        &format!("{url}/healthz"),
+        "the new certificate was not taken",
+    )
+    .await;
     assert!(
         trusting(&old)
             .get(format!("{url}/healthz"))
@@ -462,6 +419,4 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
             .is_err(),
         "the old certificate is still served"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -633,31 +633,14 @@ async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
     );
 
     // Without a token the API is read-only; /metrics moved to its own port.
-    let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let cfg = dir.path().join("relay.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n[store]\npath = \"{}\"\n",
-            dir.path().join("store").display()
-        ),
-    )
-    .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
+    let _daemon = RawRelay::spawn(
+        port,
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
     let main = format!("http://127.0.0.1:{port}");
     let side = format!("http://127.0.0.1:{metrics_port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http.get(format!("{side}/readyz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_answers(&http, &format!("{side}/readyz"), "daemon did not start").await;
     let status = |r: reqwest::Response| r.status().as_u16();
     let get = |u: String| http.get(u).send();
     assert_eq!(
@@ -694,6 +677,4 @@ async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
         .await
         .expect("POST");
     assert_eq!(hook.status(), 404);
-    let _ = child.kill();
-    let _ = child.wait();
 }

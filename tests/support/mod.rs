@@ -70,6 +70,60 @@ impl ConfigFile {
     }
 }
 
+/// A `harbor-relay serve` whose `[server]` section the test writes itself
+/// (a [`Relay`] writes its own): `listen` on `port`, then `server_lines`,
+/// and a store in a temp directory. Killed when dropped.
+pub struct RawRelay {
+    child: Child,
+    /// Holds the config and the store.
+    pub dir: TempDir,
+}
+
+impl RawRelay {
+    pub fn spawn(port: u16, server_lines: &str) -> RawRelay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:{port}\"\n{server_lines}\n[store]\npath = \"{}\"\n",
+                dir.path().join("store").display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start harbor-relay");
+        RawRelay { child, dir }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RawRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (20 s at most) until `GET url` through `http` gets an answer;
+/// `what` says what failed to happen otherwise.
+pub async fn wait_until_answers(http: &reqwest::Client, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http.get(url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Runs the `harbor-relay` binary with `args` and waits for it.
 pub fn relay_cmd(args: &[&str]) -> std::process::Output {
     relay_cmd_env(args, &[])
