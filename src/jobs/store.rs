@@ -567,14 +567,24 @@ impl crate::replicate::ledger::Ledger for Store {
         }
     }
 
+    /// Not flushed here: the chunk loop awaits [`Ledger::persist`], which
+    /// flushes on sled's own thread pool instead of blocking a runtime
+    /// worker for an fsync.
     fn save_upload(&self, key: &str, record: &UploadRecord) {
         let result = serde_json::to_vec(record)
             .map_err(StoreError::from)
-            .and_then(|v| Ok(self.uploads.insert(key.as_bytes(), v)?))
-            .and_then(|_| Ok(self.db.flush()?));
+            .and_then(|v| Ok(self.uploads.insert(key.as_bytes(), v)?));
         if let Err(e) = result {
             tracing::warn!(error = %e, "recording upload progress");
         }
+    }
+
+    fn persist(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.db.flush_async().await {
+                tracing::warn!(error = %e, "writing upload progress to disk");
+            }
+        })
     }
 
     fn clear_upload(&self, key: &str) {

@@ -163,6 +163,7 @@ pub async fn copy(
                     updated_ms: now_ms(),
                 },
             );
+            ledger.persist().await;
             (loc, 0, h, 0, min)
         }
     };
@@ -220,6 +221,7 @@ pub async fn copy(
                 updated_ms: now_ms(),
             },
         );
+        ledger.persist().await;
     }
     let actual = {
         let f = feed.lock().await;

@@ -30,8 +30,14 @@ pub struct UploadRecord {
 pub trait Ledger: Send + Sync {
     /// The upload recorded under `key`, if any.
     fn upload(&self, key: &str) -> Option<UploadRecord>;
-    /// Records progress; durable before it returns.
+    /// Records progress; durable once [`Ledger::persist`] has finished.
     fn save_upload(&self, key: &str, record: &UploadRecord);
+    /// Waits until everything recorded so far is on disk, without blocking
+    /// the caller's thread (a blocking fsync per chunk stalled a runtime
+    /// worker). The in-memory ledger has nothing to wait for.
+    fn persist(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
     /// Forgets an upload (done, or not resumable).
     fn clear_upload(&self, key: &str);
     /// Repositories on `registry` known to hold `digest`, most recent first.
