@@ -10,7 +10,8 @@
 //! latency. `BENCH_TARGET_EXTRA` adds config lines to the target registry
 //! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the
 //! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
-//! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log`). Each copy runs against a fresh target (the target registry is
+//! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log`),
+//! `BENCH_JOBS` replaces the daemon's `[jobs]` settings. Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
 //! runs. CPU and peak RSS are the copier's own (`wait4` for one-shot
@@ -80,6 +81,24 @@ fn measured(cmd: &mut Command) -> Measure {
 }
 
 /// CPU seconds a running process has used so far.
+/// TCP connections opened on this machine so far (`ActiveOpens` in
+/// `/proc/net/snmp`): how many connections a copy cost, when nothing else
+/// runs.
+fn tcp_opens() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().expect("Tcp header"),
+        tcp.next().expect("Tcp values"),
+    );
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ActiveOpens")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("ActiveOpens")
+}
+
 fn cpu_of(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let after = &stat[stat.rfind(')').expect("stat") + 2..];
@@ -386,7 +405,8 @@ impl Bench {
     async fn relay_daemon(&self) -> Relay {
         Relay::start_env(
             free_port(),
-            "workers = 8\ncoalesce_window = \"0s\"\n",
+            &std::env::var("BENCH_JOBS")
+                .unwrap_or_else(|_| "workers = 8\ncoalesce_window = \"0s\"\n".into()),
             &format!("{}{RULE}", self.registries_toml()),
             &[(
                 "RUST_LOG",
@@ -593,18 +613,33 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
     let mut per_tag = Vec::new();
     let mut registry_cpu = Vec::new();
     let mut skopeo_registry_cpu = Vec::new();
+    let (mut relay_requests, mut skopeo_requests) = (Vec::new(), Vec::new());
+    let mut target_cpu = Vec::new();
+    let (mut relay_opens, mut skopeo_opens) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
         let reg0 = b.registry_cpu();
+        let req0 = b.requests();
+        let tcp0 = tcp_opens();
         skopeo.push(b.skopeo_sync(&pairs));
+        skopeo_opens.push(tcp_opens() - tcp0);
         skopeo_registry_cpu.push(b.registry_cpu() - reg0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        skopeo_requests.push((b.requests() - req0) as f64);
         noop_skopeo.push(b.skopeo_sync(&pairs));
 
         b.fresh_target().await;
         let daemon = b.relay_daemon().await;
         let reg0 = b.registry_cpu();
+        let tgt0 = cpu_of(b.target().pid());
+        let req0 = b.requests();
+        let tcp0 = tcp_opens();
         relay.push(replicate_all(&daemon, &imgs, 200).await);
+        relay_opens.push(tcp_opens() - tcp0);
         registry_cpu.push(b.registry_cpu() - reg0);
+        target_cpu.push(cpu_of(b.target().pid()) - tgt0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay_requests.push((b.requests() - req0) as f64);
         // No-op: the same 200 again, everything already there.
         let req0 = b.requests();
         noop_relay.push(replicate_all(&daemon, &imgs, 200).await);
@@ -617,7 +652,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes,
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": median(registry_cpu), "registries_cpu_seconds_skopeo": median(skopeo_registry_cpu)}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": median(registry_cpu), "target_cpu_seconds": median(target_cpu), "registries_cpu_seconds_skopeo": median(skopeo_registry_cpu), "requests": median(relay_requests), "requests_skopeo": median(skopeo_requests), "tcp_connections": median(relay_opens), "tcp_connections_skopeo": median(skopeo_opens)}),
     };
     let noop = Row {
         scenario: "no-op",

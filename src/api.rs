@@ -444,7 +444,7 @@ async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Request) -> Respo
             count("ignored");
             ignored(json!({ "status": "ignored", "event_type": event_type, "reason": reason }))
         }
-        Ok(Parsed::Artifact(ev)) => accept(&app, format, vec![ev]).await,
+        Ok(Parsed::Artifact(ev)) => accept(&app, format, vec![ev], Unmatched::Refuse).await,
     }
 }
 
@@ -484,13 +484,33 @@ async fn distribution_webhook(State(app): State<Arc<AppState>>, req: Request) ->
                 "reason": "only manifest pushes are acted on (blob pushes, pulls and deletes are not)",
             }))
         }
-        Ok(events) => accept(&app, format, events).await,
+        Ok(events) => accept(&app, format, events, Unmatched::Ignore).await,
     }
 }
 
+/// What to answer for events about repositories no rule is about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unmatched {
+    /// `422` with the reason: Harbor shows a failed delivery in the
+    /// project's webhook log, which is where an admin looks when a push did
+    /// not arrive (and it retries only twice).
+    Refuse,
+    /// `200 ignored`: CNCF distribution's notification queue retries a
+    /// failed delivery until it succeeds, holding back every later event,
+    /// and its envelopes mix repositories.
+    Ignore,
+}
+
 /// Turns events into jobs under the rules and stores them; `202` once they
-/// are on disk.
-async fn accept(app: &AppState, format: Format, events: Vec<event::Event>) -> Response {
+/// are on disk. Events about repositories no rule is about are answered as
+/// `unmatched` says; events a rule is about but does not take (a filtered
+/// tag, a deletion not replicated) get `200 ignored`, with the reason.
+async fn accept(
+    app: &AppState,
+    format: Format,
+    events: Vec<event::Event>,
+    unmatched: Unmatched,
+) -> Response {
     let count = |outcome: &str| {
         app.metrics
             .webhooks
@@ -504,6 +524,22 @@ async fn accept(app: &AppState, format: Format, events: Vec<event::Event>) -> Re
     for ev in &events {
         deleting |= ev.kind == EventKind::Delete;
         specs.extend(plan_event(rules, ev, &mut skipped));
+    }
+    let outside: Vec<&str> = events
+        .iter()
+        .filter(|ev| !rules.covers(&ev.project, &ev.repository))
+        .map(|ev| ev.repository.as_str())
+        .collect();
+    if specs.is_empty() && unmatched == Unmatched::Refuse && outside.len() == events.len() {
+        count("no_rule");
+        tracing::info!(repository = %outside.join(", "), "webhook refused: no rule is about this repository");
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "no rule replicates repository '{}': add it to a rule's `projects`/`repositories` in the relay's config, or stop sending its events",
+                outside.join("', '")
+            ),
+        );
     }
     if specs.is_empty() {
         count("ignored");

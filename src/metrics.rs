@@ -17,7 +17,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Webhooks received, by `format` and `outcome` (accepted, ignored,
-    /// unauthorized, bad_request, too_large, unsupported_media_type, rate_limited,
+    /// no_rule, unauthorized, bad_request, too_large, unsupported_media_type, rate_limited,
     /// error).
     pub webhooks: IntCounterVec,
     /// Jobs finished, by `rule` and `outcome` (succeeded, failed).

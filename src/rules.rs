@@ -43,6 +43,15 @@ pub struct Plan {
     pub platforms: Option<Vec<String>>,
 }
 
+/// The repository's path inside its project (`library/app` in `library`
+/// is `app`); the whole path when it does not start with the project.
+fn inside<'a>(project: &str, repository: &'a str) -> &'a str {
+    repository
+        .strip_prefix(project)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(repository)
+}
+
 /// Why a rule did not match, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skip {
@@ -115,6 +124,12 @@ impl Rule {
         self.projects.is_match(project)
     }
 
+    /// True if `repository` (full path) is in this rule's projects and
+    /// repositories, whatever its tags: the rule is about it.
+    pub fn covers(&self, project: &str, repository: &str) -> bool {
+        self.projects.is_match(project) && self.repositories.is_match(inside(project, repository))
+    }
+
     /// True if this rule replicates deletions.
     pub fn replicates_deletes(&self) -> bool {
         self.config.replicate_deletes
@@ -146,11 +161,7 @@ impl Rule {
             Reference::Digest(_) if !self.all_tags => return Err(Skip::Untagged),
             Reference::Digest(_) => {}
         }
-        let inside = repository
-            .strip_prefix(project)
-            .and_then(|r| r.strip_prefix('/'))
-            .unwrap_or(repository);
-        if !self.repositories.is_match(inside) {
+        if !self.covers(project, repository) {
             return Err(Skip::Repository);
         }
         Ok(Plan {
@@ -158,7 +169,7 @@ impl Rule {
             from: self.config.from.clone(),
             to: self.config.to.clone(),
             source_repository: repository.to_string(),
-            target_repository: self.target_path(project, inside),
+            target_repository: self.target_path(project, inside(project, repository)),
             overwrite: self.config.overwrite,
             referrers: self.config.referrers,
             platforms: self.config.platforms.clone(),
@@ -221,6 +232,12 @@ impl RuleSet {
             }
         }
         (plans, skips)
+    }
+
+    /// True if some rule is about `repository` (its project and
+    /// repository patterns match), whether or not it takes a given tag.
+    pub fn covers(&self, project: &str, repository: &str) -> bool {
+        self.rules.iter().any(|r| r.covers(project, repository))
     }
 
     /// The rules, in order.

@@ -905,20 +905,39 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
     assert_eq!(job["target"], "integrated/mirror-team-a/api:2.0");
     assert_image_on(&w.dst, "mirror-team-a/api", &keep, Some("2.0")).await;
 
-    for (repo, tag, digest) in [
-        ("team-a/platform/api", "2.1-rc1", &keep.digest),
-        ("team-a/tools/lint", "1", &other.digest),
-    ] {
-        let (status, v) = relay
-            .webhook(
-                push_event(repo, Some(tag), digest),
-                "application/json",
-                Some(WEBHOOK_SECRET),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        assert_eq!(v["status"], "ignored", "{v}");
-    }
+    // A tag the rule filters out: acknowledged with the reason.
+    let (status, v) = relay
+        .webhook(
+            push_event("team-a/platform/api", Some("2.1-rc1"), &keep.digest),
+            "application/json",
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "ignored", "{v}");
+    assert!(v.to_string().contains("exclude_tags"), "{v}");
+    // A repository no rule is about: refused, so Harbor's webhook log shows
+    // it, with what to change.
+    let (status, v) = relay
+        .webhook(
+            push_event("team-a/tools/lint", Some("1"), &other.digest),
+            "application/json",
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    let msg = v["error"].as_str().expect("error");
+    assert!(
+        msg.contains("no rule replicates repository 'team-a/tools/lint'"),
+        "{msg}"
+    );
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics.as_str().expect("text").contains(
+            "harbor_relay_webhooks_received_total{format=\"default\",outcome=\"no_rule\"} 1"
+        ),
+        "{metrics}"
+    );
     assert!(
         w.dst
             .get_manifest("mirror-team-a/lint", &Reference::Tag("1".into()))

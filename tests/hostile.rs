@@ -1,7 +1,7 @@
 //! Hostile webhook payloads: none of them may steer the daemon to another
 //! host, reach a URL unchecked, or store anything. Each is refused with a
-//! precise status, or, where it is a well-formed event no rule selects,
-//! acknowledged with the reason.
+//! precise status (a well-formed event about a repository no rule is about
+//! gets 422 with the reason).
 
 mod support;
 
@@ -388,7 +388,7 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
         .send()
         .await
         .expect("webhook over TLS");
-    assert_eq!(resp.status(), 200, "no rules: acknowledged");
+    assert_eq!(resp.status(), 422, "no rules: refused with the reason");
     // Plain HTTP to the TLS port gets nowhere.
     let plain = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/healthz"))
