@@ -420,3 +420,60 @@ async fn the_listener_speaks_tls_and_takes_a_new_certificate_on_sighup() {
         "the old certificate is still served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_is_cut_off_with_408_after_30_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = free_port();
+    let _relay = RawRelay::spawn(port, &format!("webhook_auth = \"{WEBHOOK_SECRET}\""));
+    let http = reqwest::Client::new();
+    wait_until_answers(
+        &http,
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "daemon did not start",
+    )
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    sock.write_all(
+        format!(
+            "POST /webhooks/harbor HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\nAuthorization: {WEBHOOK_SECRET}\r\nContent-Length: 1000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let started = std::time::Instant::now();
+    let (mut rd, mut wr) = sock.into_split();
+    // One byte a second: never more than the header timeout apart, so only
+    // the whole-request limit can end it.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "no answer within 60 s to a trickling body");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(29) && took < std::time::Duration::from_secs(40),
+        "cut off after {took:?}"
+    );
+}
