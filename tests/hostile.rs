@@ -477,3 +477,52 @@ async fn a_body_that_trickles_in_is_cut_off_with_408_after_30_seconds() {
         "cut off after {took:?}"
     );
 }
+
+/// A compromised source serves manifests whose layer sizes lie: 1 TiB (the
+/// chunked path) and less than the blob (the one-request path). Each job
+/// fails at once on the size, blaming the source; the daemon reserves
+/// nothing for the claim; the target gets no manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_lying_about_layer_sizes_fail_without_reserving_memory() {
+    use harbor_relay::reference::Reference;
+    let w = World::new().await;
+    let relay = Relay::start(&w.config()).await;
+    for (tag, claim) in [("tib", 1u64 << 40), ("short", 100_000)] {
+        let honest = TestImage::random(&[200_000]);
+        let mut m: Value = serde_json::from_slice(&honest.manifest).expect("manifest");
+        m["layers"][0]["size"] = json!(claim);
+        let manifest = bytes::Bytes::from(serde_json::to_vec(&m).expect("json"));
+        let liar = TestImage {
+            digest: harbor_relay::manifest::sha256_digest(&manifest),
+            manifest,
+            ..honest
+        };
+        liar.push(&w.src, "library/liar", &Reference::Tag(tag.into()))
+            .await;
+        let ids = relay
+            .push(push_event("library/liar", Some(tag), &liar.digest))
+            .await;
+        let job = relay.wait_job(ids[0]).await;
+        assert_eq!(job["state"], "failed", "{job}");
+        assert_eq!(
+            job["attempts"], 1,
+            "a lying manifest is not worth a retry: {job}"
+        );
+        let err = job["last_error"].as_str().expect("error");
+        assert!(
+            err.contains("reading from source 'external' failed: size mismatch"),
+            "{err}"
+        );
+        assert!(
+            !w.dst
+                .has_manifest("library/liar", &liar.digest)
+                .await
+                .expect("HEAD")
+        );
+    }
+    assert!(
+        relay.peak_rss() < 100 << 20,
+        "peak RSS {} bytes after a 1 TiB claim",
+        relay.peak_rss()
+    );
+}

@@ -56,6 +56,11 @@ struct Feed {
     source: ByteStream,
     leftover: Option<bytes::Bytes>,
     hasher: Sha256,
+    /// Bytes taken from the source so far (from the offset it was opened at).
+    taken: u64,
+    /// What went wrong on the source side, if anything: a chunk upload
+    /// that fails because of it is the source's fault, not the target's.
+    error: Option<String>,
 }
 
 /// A body of exactly `len` bytes taken from the feed, hashed as it goes.
@@ -73,15 +78,16 @@ fn chunk_body(feed: Arc<tokio::sync::Mutex<Feed>>, len: u64) -> ByteStream {
             };
             match next {
                 None => {
+                    let msg = format!(
+                        "size mismatch: the source ended {remaining} bytes short of the size the manifest declares (after {} bytes from where this read started)",
+                        f.taken
+                    );
+                    f.error = Some(msg.clone());
                     drop(f);
-                    Some((
-                        Err(std::io::Error::other(
-                            "the source ended before the blob's declared size",
-                        )),
-                        (feed, 0),
-                    ))
+                    Some((Err(std::io::Error::other(msg)), (feed, 0)))
                 }
                 Some(Err(e)) => {
+                    f.error = Some(e.to_string());
                     drop(f);
                     Some((Err(e), (feed, 0)))
                 }
@@ -91,6 +97,7 @@ fn chunk_body(feed: Arc<tokio::sync::Mutex<Feed>>, len: u64) -> ByteStream {
                     }
                     f.hasher.update(&b);
                     let n = b.len() as u64;
+                    f.taken += n;
                     drop(f);
                     Some((Ok(b), (feed, remaining - n)))
                 }
@@ -180,15 +187,18 @@ pub async fn copy(
         source,
         leftover: None,
         hasher,
+        taken: 0,
+        error: None,
     }));
+    let source_failed = |detail: String| ReplicateError::SourceRead {
+        registry: req.source.name().to_string(),
+        digest: blob.digest.clone(),
+        detail,
+    };
     if offset > hashed {
         let mut catch_up = chunk_body(feed.clone(), offset - hashed);
         while let Some(item) = catch_up.next().await {
-            item.map_err(|e| ReplicateError::SourceRead {
-                registry: req.source.name().to_string(),
-                digest: blob.digest.clone(),
-                detail: e.to_string(),
-            })?;
+            item.map_err(|e| source_failed(e.to_string()))?;
         }
     }
     let mut sent = 0;
@@ -204,7 +214,14 @@ pub async fn copy(
         location = match result {
             Ok(l) => l,
             Err(e) => {
-                // If the source failed, say so rather than blaming the target.
+                // If the source failed, say so rather than blaming the
+                // target; a source that cannot serve the blob as declared
+                // leaves nothing worth resuming.
+                if let Some(detail) = feed.lock().await.error.take() {
+                    target.cancel_upload(repo, location.as_str()).await;
+                    ledger.clear_upload(&key);
+                    return Err(source_failed(detail));
+                }
                 return Err(e.into());
             }
         };
@@ -230,14 +247,10 @@ pub async fn copy(
     if actual != blob.digest {
         target.cancel_upload(repo, location.as_str()).await;
         ledger.clear_upload(&key);
-        return Err(ReplicateError::SourceRead {
-            registry: req.source.name().to_string(),
-            digest: blob.digest.clone(),
-            detail: format!(
-                "digest mismatch: expected {}, content hashes to {actual}",
-                blob.digest
-            ),
-        });
+        return Err(source_failed(format!(
+            "digest mismatch: expected {}, content hashes to {actual}",
+            blob.digest
+        )));
     }
     target.finish_upload(repo, &location, &blob.digest).await?;
     ledger.clear_upload(&key);

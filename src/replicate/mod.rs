@@ -84,7 +84,11 @@ impl ReplicateError {
         match self {
             ReplicateError::Registry(e) => e.is_permanent(),
             ReplicateError::Manifest { .. } | ReplicateError::TooDeep(_) => true,
-            ReplicateError::SourceRead { .. } | ReplicateError::Interrupted => false,
+            // The source served a blob of another size than its manifest
+            // declares, cleanly (a cut connection is a transport error, not
+            // this): content-addressed, so it will every time.
+            ReplicateError::SourceRead { detail, .. } => detail.contains("size mismatch"),
+            ReplicateError::Interrupted => false,
         }
     }
 
