@@ -394,6 +394,63 @@ async fn json_logs_carry_the_job_and_never_a_secret() {
     for s in [PASS, secret, "guess-Zq81"] {
         assert!(!logs.contains(s), "the log shows a secret ({s}):\n{logs}");
     }
+
+    // Nor the API, the metrics, the job store on disk, or --help (with
+    // the API token in the environment).
+    let secrets = [PASS, secret, API_TOKEN];
+    for path in [
+        "/api/v1/jobs".to_string(),
+        format!("/api/v1/jobs/{}", ids[0]),
+        "/metrics".to_string(),
+    ] {
+        let (_, body) = relay.get(&path).await;
+        let text = body.to_string();
+        for s in secrets {
+            assert!(!text.contains(s), "{path} shows a secret ({s}): {text}");
+        }
+    }
+    let mut files = vec![relay.dir.path().join("store")];
+    let mut scanned = 0;
+    // The store is not compressed: the job's repository is there in clear,
+    // so a secret would be too.
+    let mut saw_job = false;
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(
+                std::fs::read_dir(&p)
+                    .expect("store dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+            continue;
+        }
+        let bytes = std::fs::read(&p).expect("store file");
+        scanned += bytes.len();
+        saw_job |= bytes.windows(11).any(|w| w == b"library/app");
+        for s in secrets {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "the job store holds a secret ({s}) in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(
+        scanned > 0 && saw_job,
+        "the store files hold no job in clear"
+    );
+    for args in [
+        vec!["--help"],
+        vec!["jobs", "list", "--help"],
+        vec!["jobs", "retry", "--help"],
+    ] {
+        let out = relay_cmd_env(&args, &[("HARBOR_RELAY_API_TOKEN", API_TOKEN)]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains(API_TOKEN),
+            "{args:?} shows the token:\n{text}"
+        );
+    }
 }
 
 /// `python3 -m kubernetes_validate` (PyPI `kubernetes-validate`, which
