@@ -10,7 +10,8 @@
 //! latency. `BENCH_TARGET_EXTRA` adds config lines to the target registry
 //! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the
 //! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
-//! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log`),
+//! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log` and
+//! `relay-many.log`),
 //! `BENCH_JOBS` replaces the daemon's `[jobs]` settings. Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
@@ -615,6 +616,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
     let mut skopeo_registry_cpu = Vec::new();
     let (mut relay_requests, mut skopeo_requests) = (Vec::new(), Vec::new());
     let mut target_cpu = Vec::new();
+    let (mut noop_registry_cpu, mut noop_target_cpu) = (Vec::new(), Vec::new());
     let (mut relay_opens, mut skopeo_opens) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
@@ -642,10 +644,16 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay_requests.push((b.requests() - req0) as f64);
         // No-op: the same 200 again, everything already there.
         let req0 = b.requests();
+        let (reg0, tgt0) = (b.registry_cpu(), cpu_of(b.target().pid()));
         noop_relay.push(replicate_all(&daemon, &imgs, 200).await);
+        noop_registry_cpu.push(b.registry_cpu() - reg0);
+        noop_target_cpu.push(cpu_of(b.target().pid()) - tgt0);
         // The access log is written as requests finish; let it settle.
         tokio::time::sleep(Duration::from_millis(300)).await;
         per_tag.push((b.requests() - req0) as f64 / imgs.len() as f64);
+        if std::env::var("BENCH_RELAY_LOG").is_ok() {
+            let _ = std::fs::write("target/bench/relay-many.log", daemon.logs());
+        }
     }
     let many = Row {
         scenario: "many small",
@@ -659,7 +667,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay: median_of(&noop_relay),
         skopeo: Some(median_of(&noop_skopeo)),
         bytes: 0,
-        extra: json!({"requests_per_tag": median(per_tag), "runs": runs}),
+        extra: json!({"requests_per_tag": median(per_tag), "runs": runs, "registries_cpu_seconds": median(noop_registry_cpu), "target_cpu_seconds": median(noop_target_cpu)}),
     };
     (many, noop)
 }

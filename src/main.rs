@@ -381,6 +381,7 @@ async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result
                 overwrite: job.overwrite,
                 referrers: job.referrers,
                 platforms: job.platforms.as_deref(),
+                event_digest: None,
             })
             .await;
         match done {
@@ -636,6 +637,7 @@ async fn replicate(
             overwrite: true,
             referrers: true,
             platforms: None,
+            event_digest: None,
         })
         .await?;
     println!(

@@ -1318,3 +1318,53 @@ async fn concurrent_first_requests_all_learn_the_auth_challenge() {
         assert!(!r.expect("no 401 after the challenge is known"));
     }
 }
+
+/// An event for what the daemon already left under a tag costs one request
+/// to the target and none to the source; anything else (the tag moved on
+/// either side, a stale event) takes the full path and ends right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path() {
+    let w = World::with_access_logs(true).await;
+    let one = TestImage::random(&[20_000]);
+    let two = TestImage::random(&[20_000]);
+    let tag = Reference::Tag("1".into());
+    one.push(&w.src, "library/again", &tag).await;
+    // No coalescing, so that each event is a job of its own (within the
+    // window, a repeat joins the finished job and costs nothing at all).
+    let relay = Relay::start_with_jobs("coalesce_window = \"0s\"\n", &w.config()).await;
+    let event = |d: &str| push_event("library/again", Some("1"), d);
+    let ids = relay.push(event(&one.digest)).await;
+    relay.wait_success(ids[0]).await;
+    // Let the access logs settle; then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (src0, dst0) = (w.source.requests_served(), w.target.requests_served());
+
+    let ids = relay.push(event(&one.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["digest"], one.digest.as_str(), "{job}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.source.requests_served() - src0, 0, "the source was asked");
+    assert_eq!(w.target.requests_served() - dst0, 1, "target requests");
+
+    // The source's tag moves: its event takes the full path.
+    two.push(&w.src, "library/again", &tag).await;
+    let ids = relay.push(event(&two.digest)).await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
+    // A stale event for the old digest: the source says `two`, so nothing
+    // goes back.
+    let ids = relay.push(event(&one.digest)).await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
+    // Someone moves the target's tag behind the daemon's back: a redelivery
+    // notices and puts it right.
+    let m =
+        harbor_relay::manifest::Manifest::from_bytes(one.manifest.clone(), None).expect("manifest");
+    w.dst
+        .put_manifest("library/again", &tag, &m)
+        .await
+        .expect("move the target tag");
+    let ids = relay.push(event(&two.digest)).await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
+}

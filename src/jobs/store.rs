@@ -1,9 +1,14 @@
 //! The durable job store, on sled.
 //!
-//! Four trees: `jobs` (id → job as JSON), `queue` (ids waiting for a
+//! Job trees: `jobs` (id → job as JSON), `queue` (ids waiting for a
 //! worker, in order), `delayed` (due time + id of jobs waiting to retry)
-//! and `dedupe` (dedupe key → id of the active job with that key). Every change is flushed to disk before the caller is told it
-//! happened, so a `202` to a webhook means the job survives `kill -9`.
+//! and `dedupe` (dedupe key → id of the active job with that key). Every
+//! accepted job is flushed to disk before the caller is told, so a `202`
+//! to a webhook means the job survives `kill -9`. The store is also the
+//! replicator's [`Ledger`](crate::replicate::ledger::Ledger): `uploads`
+//! (chunked uploads in progress), `blobs` (where each blob lives on each
+//! target, for mounts) and `tags` (what this daemon last left under each
+//! target tag, so a redelivered event costs one request).
 //! On open, jobs left `running` by a crash are queued again, and the queue
 //! is rebuilt from the jobs themselves, so a crash between two tree writes
 //! loses nothing.
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use super::{Job, JobSpec, JobState, Outcome, now_ms};
-use crate::replicate::ledger::{UploadRecord, remember};
+use crate::replicate::ledger::{TagRecord, UploadRecord, remember, tag_key};
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -80,6 +85,7 @@ pub struct Store {
     dedupe: sled::Tree,
     uploads: sled::Tree,
     blobs: sled::Tree,
+    tags: sled::Tree,
     /// Serialises read-modify-write sequences across trees.
     lock: Mutex<()>,
     queued: AtomicUsize,
@@ -133,6 +139,7 @@ impl Store {
             delayed: db.open_tree("delayed")?,
             uploads: db.open_tree("uploads")?,
             blobs: db.open_tree("blobs")?,
+            tags: db.open_tree("tags")?,
             dedupe: db.open_tree("dedupe")?,
             db,
             lock: Mutex::new(()),
@@ -613,6 +620,29 @@ impl crate::replicate::ledger::Ledger for Store {
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, "recording a blob location");
+        }
+    }
+
+    fn tag_synced(&self, registry: &str, repository: &str, tag: &str) -> Option<TagRecord> {
+        self.tags
+            .get(tag_key(registry, repository, tag).as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+    }
+
+    /// Not flushed: a lost record only costs the next job for this tag
+    /// its fast path.
+    fn record_tag(&self, registry: &str, repository: &str, tag: &str, record: &TagRecord) {
+        let result = serde_json::to_vec(record)
+            .map_err(StoreError::from)
+            .and_then(|v| {
+                Ok(self
+                    .tags
+                    .insert(tag_key(registry, repository, tag).as_bytes(), v)?)
+            });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "recording a replicated tag");
         }
     }
 }

@@ -260,6 +260,7 @@ async fn run_job(ctx: &Context, job: Job) {
                                 overwrite: spec.overwrite,
                                 referrers: spec.referrers,
                                 platforms: spec.platforms.as_deref(),
+                                event_digest: spec.digest.as_deref(),
                             })
                             .await
                     }

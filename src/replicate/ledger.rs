@@ -44,6 +44,26 @@ pub trait Ledger: Send + Sync {
     fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String>;
     /// Records that `repository` on `registry` holds `digest`.
     fn blob_seen(&self, registry: &str, digest: &str, repository: &str);
+    /// What this daemon last left under `tag` in `repository` on
+    /// `registry`: the source manifest's digest and the digest written
+    /// (they differ for a platform subset).
+    fn tag_synced(&self, registry: &str, repository: &str, tag: &str) -> Option<TagRecord>;
+    /// Records that `tag` on `registry` now holds what the source had.
+    fn record_tag(&self, registry: &str, repository: &str, tag: &str, record: &TagRecord);
+}
+
+/// A tag this daemon replicated: see [`Ledger::tag_synced`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The source manifest's digest.
+    pub source: String,
+    /// The digest written under the tag on the target.
+    pub target: String,
+}
+
+/// The key of a tag record.
+pub fn tag_key(registry: &str, repository: &str, tag: &str) -> String {
+    format!("{registry}\n{repository}\n{tag}")
 }
 
 /// How many repositories are remembered per blob.
@@ -62,6 +82,7 @@ pub fn remember(list: &mut Vec<String>, repository: &str) {
 pub struct MemoryLedger {
     uploads: Mutex<HashMap<String, UploadRecord>>,
     blobs: Mutex<HashMap<String, Vec<String>>>,
+    tags: Mutex<HashMap<String, TagRecord>>,
 }
 
 impl Ledger for MemoryLedger {
@@ -95,6 +116,20 @@ impl Ledger for MemoryLedger {
                 m.entry(format!("{registry}\n{digest}")).or_default(),
                 repository,
             );
+        }
+    }
+
+    fn tag_synced(&self, registry: &str, repository: &str, tag: &str) -> Option<TagRecord> {
+        self.tags
+            .lock()
+            .ok()?
+            .get(&tag_key(registry, repository, tag))
+            .cloned()
+    }
+
+    fn record_tag(&self, registry: &str, repository: &str, tag: &str, record: &TagRecord) {
+        if let Ok(mut m) = self.tags.lock() {
+            m.insert(tag_key(registry, repository, tag), record.clone());
         }
     }
 }

@@ -134,6 +134,8 @@ pub struct CopyRequest<'a> {
     pub referrers: bool,
     /// Only these platforms of an index (`os/arch[/variant]`).
     pub platforms: Option<&'a [String]>,
+    /// The digest the event said the tag pointed at, if it said.
+    pub event_digest: Option<&'a str>,
 }
 
 #[derive(Default)]
@@ -180,8 +182,46 @@ impl Replicator {
         }
     }
 
+    /// Remembers what a tagged copy left on the target (see
+    /// [`Ledger::tag_synced`]).
+    fn record_tag(&self, req: &CopyRequest<'_>, source: &str, target: &str) {
+        if let Reference::Tag(tag) = req.reference {
+            self.ledger.record_tag(
+                req.target.name(),
+                req.target_repository,
+                tag,
+                &ledger::TagRecord {
+                    source: source.to_string(),
+                    target: target.to_string(),
+                },
+            );
+        }
+    }
+
     /// Copies one artifact and says what it did.
     pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
+        // An event for what this daemon already left under the tag (a
+        // redelivery, a second webhook, a replay): one request to the
+        // target settles it. Anything else takes the full path, which does
+        // not wait for this.
+        if let (Reference::Tag(tag), Some(event_digest)) = (req.reference, req.event_digest)
+            && let Some(known) =
+                self.ledger
+                    .tag_synced(req.target.name(), req.target_repository, tag)
+            && known.source == event_digest
+            && req
+                .target
+                .resolve(req.target_repository, req.reference)
+                .await?
+                .as_deref()
+                == Some(known.target.as_str())
+        {
+            tracing::debug!(digest = %known.target, "already on the target under this tag (as this daemon left it)");
+            return Ok(Summary {
+                digest: known.target,
+                ..Summary::default()
+            });
+        }
         let progress = Progress::default();
         // Where the target's tag points now, asked while the source manifest
         // is read: for an artifact already replicated these two requests
@@ -202,6 +242,7 @@ impl Replicator {
         )
         .await?;
         let mut note = None;
+        let source_digest = top.digest.clone();
         let top = match req.platforms {
             Some(wanted) if top.is_index() => {
                 let subset =
@@ -225,6 +266,7 @@ impl Replicator {
             // Already in sync. Referrers are not looked for again: pushing
             // one sends its own event, and reconcile passes list the tags.
             tracing::debug!(digest = %top.digest, "already on the target under this tag");
+            self.record_tag(req, &source_digest, &top.digest);
             return Ok(Summary {
                 digest: top.digest,
                 note,
@@ -268,6 +310,7 @@ impl Replicator {
             let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
             self.copy_manifest(req, &top, 0, &progress, under).await?;
         }
+        self.record_tag(req, &source_digest, &top.digest);
         // Referrers go after their subject, so they never point at nothing.
         if req.referrers {
             self.copy_referrers(req, &top.digest, &progress).await?;

@@ -1060,15 +1060,24 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        Self::with_access_logs(false).await
+    }
+
+    /// Like [`World::new`], with both registries' access logs on, for
+    /// [`RegistryProc::requests_served`].
+    pub async fn with_access_logs(on: bool) -> World {
         let pki_dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::new(pki_dir.path());
-        let source = RegistryProc::start(None, Auth::None).await;
-        let target = RegistryProc::start(
+        let source = RegistryProc::start_full(free_port(), None, Auth::None, None, on).await;
+        let target = RegistryProc::start_full(
+            free_port(),
             Some(&pki),
             Auth::Basic {
                 user: USER.into(),
                 pass: PASS.into(),
             },
+            None,
+            on,
         )
         .await;
         let src = client(&source.url, None, TlsMode::System);
