@@ -105,6 +105,43 @@ impl ReplicateError {
     }
 }
 
+/// What refers to a subject on the source, found before it is copied.
+struct Referrers {
+    /// From the OCI referrers API (`None`: the source has no such API).
+    listed: Option<Vec<Descriptor>>,
+    /// The fallback and cosign tags asked for...
+    tags: Vec<Reference>,
+    /// ...and the digest each points at, if it exists.
+    resolved: Vec<Option<String>>,
+}
+
+/// Asks the source, all at once (on a registry without referrers they are
+/// all misses, and one round trip is better than five), for the referrers
+/// of `subject`: the referrers API, the `sha256-<hex>` fallback tag and
+/// cosign's `.sig`, `.att` and `.sbom` tags.
+async fn find_referrers(req: &CopyRequest<'_>, subject: &str) -> Result<Referrers, ReplicateError> {
+    let (source, src_repo) = (req.source, req.source_repository);
+    let hex = subject.strip_prefix("sha256:").unwrap_or_default();
+    let tags: Vec<Reference> = if hex.is_empty() {
+        Vec::new()
+    } else {
+        ["", ".sig", ".att", ".sbom"]
+            .iter()
+            .map(|suffix| Reference::Tag(format!("sha256-{hex}{suffix}")))
+            .collect()
+    };
+    let (listed, resolved) = futures_util::future::try_join(
+        source.referrers(src_repo, subject),
+        futures_util::future::try_join_all(tags.iter().map(|t| source.resolve(src_repo, t))),
+    )
+    .await?;
+    Ok(Referrers {
+        listed,
+        tags,
+        resolved,
+    })
+}
+
 /// Copies artifacts; one per daemon, shared by all workers.
 #[derive(Clone)]
 pub struct Replicator {
@@ -225,8 +262,14 @@ impl Replicator {
         let progress = Progress::default();
         // Where the target's tag points now, asked while the source manifest
         // is read: for an artifact already replicated these two requests
-        // are the whole job.
-        let (top, there) = futures_util::future::try_join(
+        // are the whole job. With the event's digest, whether the target
+        // holds that manifest is asked at the same time (the question comes
+        // next whenever the tag is not in sync), saving a round trip.
+        let event_digest = match req.reference {
+            Reference::Tag(_) => req.event_digest,
+            Reference::Digest(_) => None,
+        };
+        let (top, there, held) = futures_util::future::try_join3(
             req.source
                 .get_manifest(req.source_repository, req.reference),
             async {
@@ -237,6 +280,16 @@ impl Replicator {
                             .await
                     }
                     Reference::Digest(_) => Ok(None),
+                }
+            },
+            async {
+                match event_digest {
+                    Some(d) => req
+                        .target
+                        .has_manifest(req.target_repository, d)
+                        .await
+                        .map(|held| Some((d, held))),
+                    None => Ok(None),
                 }
             },
         )
@@ -292,28 +345,44 @@ impl Replicator {
         {
             self.projects.ensure(req.target, project).await?;
         }
-        if req
-            .target
-            .has_manifest(req.target_repository, &top.digest)
-            .await?
-        {
-            // Another tag has it already: only the tag is written below.
-            tracing::debug!(digest = %top.digest, "manifest already on target");
-            if let Reference::Tag(_) = req.reference {
-                req.target
-                    .put_manifest(req.target_repository, req.reference, &top)
-                    .await?;
+        let content = async {
+            let present = match held {
+                Some((d, held)) if d == top.digest => held,
+                _ => {
+                    req.target
+                        .has_manifest(req.target_repository, &top.digest)
+                        .await?
+                }
+            };
+            if present {
+                // Another tag has it already: only the tag is written.
+                tracing::debug!(digest = %top.digest, "manifest already on target");
+                if let Reference::Tag(_) = req.reference {
+                    req.target
+                        .put_manifest(req.target_repository, req.reference, &top)
+                        .await?;
+                }
+            } else {
+                // Copy what the manifest needs, then write it: under the tag
+                // in one PUT for a tagged copy, which is the tag written last.
+                let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
+                self.copy_manifest(req, &top, 0, &progress, under).await?;
             }
-        } else {
-            // Copy what the manifest needs, then write it: under the tag in
-            // one PUT for a tagged copy, which is the tag written last.
-            let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
-            self.copy_manifest(req, &top, 0, &progress, under).await?;
-        }
+            Ok::<_, ReplicateError>(())
+        };
+        // Which referrers the source has is asked while the content copies
+        // (reads only); they are written after their subject, so they
+        // never point at nothing, and a job with none ends with its tag.
+        let lookup = async {
+            match req.referrers {
+                true => find_referrers(req, &top.digest).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let ((), found) = futures_util::future::try_join(content, lookup).await?;
         self.record_tag(req, &source_digest, &top.digest);
-        // Referrers go after their subject, so they never point at nothing.
-        if req.referrers {
-            self.copy_referrers(req, &top.digest, &progress).await?;
+        if let Some(found) = found {
+            self.copy_referrers(req, found, &progress).await?;
         }
         Ok(Summary {
             digest: top.digest,
@@ -338,28 +407,17 @@ impl Replicator {
     async fn copy_referrers(
         &self,
         req: &CopyRequest<'_>,
-        subject: &str,
+        found: Referrers,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         let (source, target) = (req.source, req.target);
         let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
         let mut copied = HashSet::new();
-        let hex = subject.strip_prefix("sha256:").unwrap_or_default();
-        // Ask for all of them at once: on a registry without referrers
-        // they are all misses, and one round trip is better than five.
-        let tags: Vec<Reference> = if hex.is_empty() {
-            Vec::new()
-        } else {
-            ["", ".sig", ".att", ".sbom"]
-                .iter()
-                .map(|suffix| Reference::Tag(format!("sha256-{hex}{suffix}")))
-                .collect()
-        };
-        let (listed, resolved) = futures_util::future::try_join(
-            source.referrers(src_repo, subject),
-            futures_util::future::try_join_all(tags.iter().map(|t| source.resolve(src_repo, t))),
-        )
-        .await?;
+        let Referrers {
+            listed,
+            tags,
+            resolved,
+        } = found;
         if let Some(list) = listed {
             for d in list {
                 if !copied.insert(d.digest.clone())
