@@ -11,7 +11,7 @@
 //! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the
 //! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
 //! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log` and
-//! `relay-many.log`),
+//! `relay-many.log`, with the registries' access logs of that run),
 //! `BENCH_JOBS` replaces the daemon's `[jobs]` settings. Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
@@ -563,11 +563,16 @@ async fn one_image(
     let repo = format!("bench/{scenario}");
     img.push(&b.src, &repo, "1").await;
     let (mut relay, mut skopeo) = (Vec::new(), Vec::new());
+    let (mut reg_relay, mut reg_skopeo) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
+        let reg0 = b.registry_cpu();
         skopeo.push(b.skopeo_copy(&repo, "1"));
+        reg_skopeo.push(b.registry_cpu() - reg0);
         b.fresh_target().await;
+        let reg0 = b.registry_cpu();
         relay.push(b.relay_replicate(&repo, "1"));
+        reg_relay.push(b.registry_cpu() - reg0);
         assert!(
             b.dst()
                 .has_manifest(&repo, &img.digest)
@@ -580,7 +585,7 @@ async fn one_image(
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes: img.bytes(),
-        extra: json!({"runs": runs}),
+        extra: json!({"runs": runs, "registries_cpu_seconds": median(reg_relay), "registries_cpu_seconds_skopeo": median(reg_skopeo)}),
     }
 }
 
@@ -635,6 +640,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         let reg0 = b.registry_cpu();
         let tgt0 = cpu_of(b.target().pid());
         let req0 = b.requests();
+        let src_log0 = b.source.log().len();
         let tcp0 = tcp_opens();
         relay.push(replicate_all(&daemon, &imgs, 200).await);
         relay_opens.push(tcp_opens() - tcp0);
@@ -653,6 +659,8 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         per_tag.push((b.requests() - req0) as f64 / imgs.len() as f64);
         if std::env::var("BENCH_RELAY_LOG").is_ok() {
             let _ = std::fs::write("target/bench/relay-many.log", daemon.logs());
+            let _ = std::fs::write("target/bench/source-many.log", &b.source.log()[src_log0..]);
+            let _ = std::fs::write("target/bench/target-many.log", b.target().log());
         }
     }
     let many = Row {
