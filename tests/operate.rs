@@ -289,7 +289,7 @@ async fn sighup_reloads_rules_and_refuses_a_bad_file_keeping_the_old() {
     a.push(&w.src, "team/app", &Reference::Tag("1".into()))
         .await;
 
-    // Not under the rule: acknowledged, nothing queued.
+    // Not under the rule: refused, nothing queued.
     let (status, body) = relay
         .webhook(
             push_event("team/app", Some("1"), &a.digest),
@@ -297,7 +297,7 @@ async fn sighup_reloads_rules_and_refuses_a_bad_file_keeping_the_old() {
             Some(WEBHOOK_SECRET),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 422, "{body}");
 
     // A job accepted just before the reload still runs after it.
     let b = TestImage::random(&[60_000]);

@@ -239,8 +239,8 @@ impl Replicator {
     pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
         // An event for what this daemon already left under the tag (a
         // redelivery, a second webhook, a replay): one request to the
-        // target settles it. Anything else takes the full path, which does
-        // not wait for this.
+        // target settles it. Anything else takes the full path below; a tag
+        // with no record, or another digest, goes there without asking.
         if let (Reference::Tag(tag), Some(event_digest)) = (req.reference, req.event_digest)
             && let Some(known) =
                 self.ledger
@@ -261,10 +261,10 @@ impl Replicator {
         }
         let progress = Progress::default();
         // Where the target's tag points now, asked while the source manifest
-        // is read: for an artifact already replicated these two requests
-        // are the whole job. With the event's digest, whether the target
-        // holds that manifest is asked at the same time (the question comes
-        // next whenever the tag is not in sync), saving a round trip.
+        // is read: for an artifact already replicated that is the whole
+        // job. With the event's digest, whether the target holds that
+        // manifest is asked at the same time (the question comes next
+        // whenever the tag is not in sync), saving a round trip.
         let event_digest = match req.reference {
             Reference::Tag(_) => req.event_digest,
             Reference::Digest(_) => None,
