@@ -35,6 +35,21 @@ pub fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }
 
+/// True for the tags that carry an artifact's referrers rather than an
+/// image: the OCI referrers tag schema's `sha256-<hex>` (an index of
+/// referrers) and cosign's `sha256-<hex>.sig`, `.att` and `.sbom`.
+pub fn is_referrer_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+}
+
 /// True if `digest` is a sha256 or sha512 digest in canonical form.
 pub fn is_valid_digest(digest: &str) -> bool {
     DIGEST.is_match(digest)

@@ -8,7 +8,7 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use crate::config::RuleConfig;
-use crate::reference::Reference;
+use crate::reference::{Reference, is_referrer_tag};
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
@@ -146,6 +146,10 @@ impl Rule {
             return Err(Skip::Project);
         }
         match reference {
+            // A signature, attestation or SBOM pushed after its image has a
+            // tag of its own that tag filters were not written for: it
+            // follows the rule's `referrers` setting instead.
+            Reference::Tag(tag) if self.config.referrers && is_referrer_tag(tag) => {}
             Reference::Tag(tag) => {
                 if self.exclude_tags.is_match(tag) {
                     return Err(Skip::Excluded);
@@ -318,6 +322,46 @@ mod tests {
         assert_eq!(r.plan("p", "p/a", &d), Err(Skip::Untagged));
         let all = rule(&["**"], &["**"], &[], "{project}");
         assert!(all.plan("p", "p/a", &d).is_ok());
+    }
+
+    #[test]
+    fn referrer_tags_follow_the_referrers_setting_not_the_tag_filters() {
+        let r = rule(&["**"], &["v*"], &["sha256-*"], "{project}");
+        let hex = "0123456789abcdef".repeat(4);
+        for t in [
+            format!("sha256-{hex}"),
+            format!("sha256-{hex}.sig"),
+            format!("sha256-{hex}.att"),
+            format!("sha256-{hex}.sbom"),
+        ] {
+            assert!(r.plan("p", "p/a", &tag(&t)).is_ok(), "{t}");
+        }
+        for t in [
+            format!("sha256-{hex}.exe"),
+            format!("sha256-{}", &hex[..63]),
+            format!("sha256-{}.sig", hex.to_uppercase()),
+            "sha256-latest".to_string(),
+        ] {
+            assert!(r.plan("p", "p/a", &tag(&t)).is_err(), "{t}");
+        }
+        // Still only in the rule's repositories.
+        let scoped = Rule::new(RuleConfig {
+            repositories: vec!["app".into()],
+            tags: vec!["v*".into()],
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("rule");
+        let sig = tag(&format!("sha256-{hex}.sig"));
+        assert!(scoped.plan("p", "p/app", &sig).is_ok());
+        assert_eq!(scoped.plan("p", "p/other", &sig), Err(Skip::Repository));
+        // With referrers off, they are tags like any other.
+        let off = Rule::new(RuleConfig {
+            tags: vec!["v*".into()],
+            referrers: false,
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("rule");
+        assert_eq!(off.plan("p", "p/a", &sig), Err(Skip::Tag));
     }
 
     #[test]

@@ -1368,3 +1368,53 @@ async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path()
     relay.wait_success(ids[0]).await;
     assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
 }
+
+/// cosign signs after the push: the signature's own event (tag
+/// `sha256-<hex>.sig`) is copied even under a rule whose tag filter only
+/// takes `v*`, because referrer tags follow the rule's `referrers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_pushed_after_its_image_follows_it_under_a_tag_filter() {
+    use harbor_relay::manifest::Manifest;
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    let repo = "library/signed-later";
+    img.push(&w.src, repo, &Reference::Tag("v1".into())).await;
+    let relay = Relay::start(&format!("{}tags = [\"v*\"]\n", w.config())).await;
+    let ids = relay.push(push_event(repo, Some("v1"), &img.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["referrers_copied"], 0, "nothing signed yet: {job}");
+
+    let (blobs, sig_manifest, sig_digest) = signature_for(&img);
+    for b in &blobs {
+        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let sig = Manifest::from_bytes(sig_manifest, None).expect("manifest");
+    let cosign_tag = format!("sha256-{}.sig", img.digest.trim_start_matches("sha256:"));
+    w.src
+        .put_manifest(repo, &Reference::Tag(cosign_tag.clone()), &sig)
+        .await
+        .expect("cosign tag");
+    let ids = relay
+        .push(push_event(repo, Some(&cosign_tag), &sig_digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    let on_target = w
+        .dst
+        .get_manifest(repo, &Reference::Tag(cosign_tag))
+        .await
+        .expect("signature on the target");
+    assert_eq!(on_target.digest, sig_digest);
+    // An ordinary tag outside the filter is still left alone.
+    let (status, v) = relay
+        .webhook(
+            push_event(repo, Some("latest"), &img.digest),
+            "application/json",
+            Some(WEBHOOK_SECRET),
+        )
+        .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("ignored")),
+        "{v}"
+    );
+}
