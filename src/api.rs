@@ -525,12 +525,13 @@ async fn accept(
         deleting |= ev.kind == EventKind::Delete;
         specs.extend(plan_event(rules, ev, &mut skipped));
     }
-    let outside: Vec<&str> = events
-        .iter()
-        .filter(|ev| !rules.covers(&ev.project, &ev.repository))
-        .map(|ev| ev.repository.as_str())
-        .collect();
-    if specs.is_empty() && unmatched == Unmatched::Refuse && outside.len() == events.len() {
+    if specs.is_empty()
+        && unmatched == Unmatched::Refuse
+        && events
+            .iter()
+            .all(|ev| !rules.covers(&ev.project, &ev.repository))
+    {
+        let outside: Vec<&str> = events.iter().map(|ev| ev.repository.as_str()).collect();
         count("no_rule");
         tracing::info!(repository = %outside.join(", "), "webhook refused: no rule is about this repository");
         return error(

@@ -165,7 +165,7 @@ impl Rule {
             Reference::Digest(_) if !self.all_tags => return Err(Skip::Untagged),
             Reference::Digest(_) => {}
         }
-        if !self.covers(project, repository) {
+        if !self.repositories.is_match(inside(project, repository)) {
             return Err(Skip::Repository);
         }
         Ok(Plan {
