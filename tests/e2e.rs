@@ -248,12 +248,7 @@ async fn redelivered_webhook_is_one_job() {
     let config = format!(
         "{}{}{RULE}",
         registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        w.target_toml(),
     );
     let relay = Relay::start(&config).await;
     let body = push_event("library/redeliver", Some("1"), &img.digest);
@@ -422,12 +417,7 @@ async fn kill_9_during_a_large_copy_then_restart_completes_the_job() {
     let config = format!(
         "{}{}{RULE}",
         registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        w.target_toml(),
     );
     // One blob at a time, so the crash falls between layers.
     let mut relay = Relay::start_with_jobs("blob_concurrency = 1\n", &config).await;
@@ -1139,12 +1129,7 @@ async fn a_plain_registry_drives_the_relay_with_its_notifications() {
     let config = format!(
         "{}{}[[rules]]\nfrom = \"plain\"\nto = \"integrated\"\n",
         registry_toml("plain", &plain.url, None, ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        w.target_toml(),
     );
     let relay = Relay::start_on(port, "", &config).await;
     let src = client(&plain.url, None, TlsMode::System);

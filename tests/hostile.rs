@@ -249,12 +249,7 @@ async fn a_redirect_to_another_host_never_carries_the_registrys_credentials() {
     let config = format!(
         "{}{}{RULE}",
         registry_toml("external", &proxy.url, Some(("reader", SRC_PASS)), ""),
-        registry_toml(
-            "integrated",
-            &w.target.url,
-            Some((USER, PASS)),
-            &format!("{{ ca_file = \"{}\" }}", w.pki.ca_pem.display())
-        ),
+        w.target_toml(),
     );
     let relay = Relay::start(&config).await;
     let ids = relay

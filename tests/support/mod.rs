@@ -1097,12 +1097,18 @@ impl World {
         format!(
             "{}{}",
             registry_toml("external", &self.source.url, None, ""),
-            registry_toml(
-                "integrated",
-                &self.target.url,
-                Some((USER, PASS)),
-                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
-            ),
+            self.target_toml()
+        )
+    }
+
+    /// The target alone, as `integrated`, pinned to the test CA (for tests
+    /// that put their own source in front of it).
+    pub fn target_toml(&self) -> String {
+        registry_toml(
+            "integrated",
+            &self.target.url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display()),
         )
     }
 
