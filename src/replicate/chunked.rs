@@ -31,7 +31,7 @@ use super::ledger::{Ledger, UploadRecord};
 use super::{CopyRequest, ReplicateError};
 use crate::jobs::now_ms;
 use crate::manifest::Descriptor;
-use crate::registry::ByteStream;
+use crate::registry::{ByteStream, Tap};
 
 /// What a chunked copy did.
 pub struct Chunked {
@@ -56,11 +56,6 @@ struct Feed {
     source: ByteStream,
     leftover: Option<bytes::Bytes>,
     hasher: Sha256,
-    /// Bytes taken from the source so far (from the offset it was opened at).
-    taken: u64,
-    /// What went wrong on the source side, if anything: a chunk upload
-    /// that fails because of it is the source's fault, not the target's.
-    error: Option<String>,
 }
 
 /// A body of exactly `len` bytes taken from the feed, hashed as it goes.
@@ -78,16 +73,15 @@ fn chunk_body(feed: Arc<tokio::sync::Mutex<Feed>>, len: u64) -> ByteStream {
             };
             match next {
                 None => {
-                    let msg = format!(
-                        "size mismatch: the source ended {remaining} bytes short of the size the manifest declares (after {} bytes from where this read started)",
-                        f.taken
-                    );
-                    f.error = Some(msg.clone());
                     drop(f);
-                    Some((Err(std::io::Error::other(msg)), (feed, 0)))
+                    Some((
+                        Err(std::io::Error::other(format!(
+                            "size mismatch: the source ended {remaining} bytes short of the size the manifest declares"
+                        ))),
+                        (feed, 0),
+                    ))
                 }
                 Some(Err(e)) => {
-                    f.error = Some(e.to_string());
                     drop(f);
                     Some((Err(e), (feed, 0)))
                 }
@@ -97,7 +91,6 @@ fn chunk_body(feed: Arc<tokio::sync::Mutex<Feed>>, len: u64) -> ByteStream {
                     }
                     f.hasher.update(&b);
                     let n = b.len() as u64;
-                    f.taken += n;
                     drop(f);
                     Some((Ok(b), (feed, remaining - n)))
                 }
@@ -187,8 +180,6 @@ pub async fn copy(
         source,
         leftover: None,
         hasher,
-        taken: 0,
-        error: None,
     }));
     let source_failed = |detail: String| ReplicateError::SourceRead {
         registry: req.source.name().to_string(),
@@ -207,7 +198,9 @@ pub async fn copy(
             return Err(ReplicateError::Interrupted);
         }
         let len = chunk.min(blob.size - offset);
-        let body = chunk_body(feed.clone(), len);
+        // The tap keeps what the source said, so a chunk that fails because
+        // of the source is not blamed on the target.
+        let (tap, body) = Tap::wrap(chunk_body(feed.clone(), len));
         let result = target
             .upload_chunk(repo, &location, offset, len, body)
             .await;
@@ -217,7 +210,7 @@ pub async fn copy(
                 // If the source failed, say so rather than blaming the
                 // target; a source that cannot serve the blob as declared
                 // leaves nothing worth resuming.
-                if let Some(detail) = feed.lock().await.error.take() {
+                if let Some(detail) = tap.source_error() {
                     target.cancel_upload(repo, location.as_str()).await;
                     ledger.clear_upload(&key);
                     return Err(source_failed(detail));
