@@ -418,12 +418,55 @@ impl Bench {
     }
 
     /// CPU seconds both registries have used so far.
-    fn registry_cpu(&self) -> f64 {
-        cpu_of(self.source.pid()) + cpu_of(self.target().pid())
+    /// What the registries and the machine have used so far.
+    fn usage(&self) -> Usage {
+        let target_cpu = cpu_of(self.target().pid());
+        Usage {
+            registries_cpu: cpu_of(self.source.pid()) + target_cpu,
+            target_cpu,
+            requests: (self.source.requests_served() + self.target().requests_served()) as f64,
+            tcp_connections: tcp_opens(),
+        }
     }
 
-    fn requests(&self) -> usize {
-        self.source.requests_served() + self.target().requests_served()
+    /// [`Bench::usage`] once the access logs have caught up (they are
+    /// written as requests finish).
+    async fn settled_usage(&self) -> Usage {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.usage()
+    }
+}
+
+/// Counters around a copy: registries' CPU seconds (both, and the target's
+/// alone), requests they served, TCP connections opened on the machine.
+#[derive(Clone, Copy)]
+struct Usage {
+    registries_cpu: f64,
+    target_cpu: f64,
+    requests: f64,
+    tcp_connections: f64,
+}
+
+impl Usage {
+    /// What was used between `before` and `self`.
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            registries_cpu: self.registries_cpu - before.registries_cpu,
+            target_cpu: self.target_cpu - before.target_cpu,
+            requests: self.requests - before.requests,
+            tcp_connections: self.tcp_connections - before.tcp_connections,
+        }
+    }
+
+    /// The median of each counter over several runs.
+    fn median(runs: &[Usage]) -> Usage {
+        let of = |f: fn(&Usage) -> f64| median(runs.iter().map(f).collect());
+        Usage {
+            registries_cpu: of(|u| u.registries_cpu),
+            target_cpu: of(|u| u.target_cpu),
+            requests: of(|u| u.requests),
+            tcp_connections: of(|u| u.tcp_connections),
+        }
     }
 }
 
@@ -563,16 +606,16 @@ async fn one_image(
     let repo = format!("bench/{scenario}");
     img.push(&b.src, &repo, "1").await;
     let (mut relay, mut skopeo) = (Vec::new(), Vec::new());
-    let (mut reg_relay, mut reg_skopeo) = (Vec::new(), Vec::new());
+    let (mut used_relay, mut used_skopeo) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
-        let reg0 = b.registry_cpu();
+        let before = b.usage();
         skopeo.push(b.skopeo_copy(&repo, "1"));
-        reg_skopeo.push(b.registry_cpu() - reg0);
+        used_skopeo.push(b.usage().since(before));
         b.fresh_target().await;
-        let reg0 = b.registry_cpu();
+        let before = b.usage();
         relay.push(b.relay_replicate(&repo, "1"));
-        reg_relay.push(b.registry_cpu() - reg0);
+        used_relay.push(b.usage().since(before));
         assert!(
             b.dst()
                 .has_manifest(&repo, &img.digest)
@@ -585,7 +628,7 @@ async fn one_image(
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes: img.bytes(),
-        extra: json!({"runs": runs, "registries_cpu_seconds": median(reg_relay), "registries_cpu_seconds_skopeo": median(reg_skopeo)}),
+        extra: json!({"runs": runs, "registries_cpu_seconds": Usage::median(&used_relay).registries_cpu, "registries_cpu_seconds_skopeo": Usage::median(&used_skopeo).registries_cpu}),
     }
 }
 
@@ -616,66 +659,48 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         .collect();
     let (mut relay, mut skopeo, mut noop_relay, mut noop_skopeo) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut per_tag = Vec::new();
-    let mut registry_cpu = Vec::new();
-    let mut skopeo_registry_cpu = Vec::new();
-    let (mut relay_requests, mut skopeo_requests) = (Vec::new(), Vec::new());
-    let mut target_cpu = Vec::new();
-    let (mut noop_registry_cpu, mut noop_target_cpu) = (Vec::new(), Vec::new());
-    let (mut relay_opens, mut skopeo_opens) = (Vec::new(), Vec::new());
+    let (mut used_relay, mut used_skopeo, mut used_noop) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
-        let reg0 = b.registry_cpu();
-        let req0 = b.requests();
-        let tcp0 = tcp_opens();
+        let before = b.usage();
         skopeo.push(b.skopeo_sync(&pairs));
-        skopeo_opens.push(tcp_opens() - tcp0);
-        skopeo_registry_cpu.push(b.registry_cpu() - reg0);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        skopeo_requests.push((b.requests() - req0) as f64);
+        used_skopeo.push(b.settled_usage().await.since(before));
         noop_skopeo.push(b.skopeo_sync(&pairs));
 
         b.fresh_target().await;
         let daemon = b.relay_daemon().await;
-        let reg0 = b.registry_cpu();
-        let tgt0 = cpu_of(b.target().pid());
-        let req0 = b.requests();
         let src_log0 = b.source.log().len();
-        let tcp0 = tcp_opens();
+        let before = b.usage();
         relay.push(replicate_all(&daemon, &imgs, 200).await);
-        relay_opens.push(tcp_opens() - tcp0);
-        registry_cpu.push(b.registry_cpu() - reg0);
-        target_cpu.push(cpu_of(b.target().pid()) - tgt0);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        relay_requests.push((b.requests() - req0) as f64);
+        used_relay.push(b.settled_usage().await.since(before));
         // No-op: the same 200 again, everything already there.
-        let req0 = b.requests();
-        let (reg0, tgt0) = (b.registry_cpu(), cpu_of(b.target().pid()));
+        let before = b.usage();
         noop_relay.push(replicate_all(&daemon, &imgs, 200).await);
-        noop_registry_cpu.push(b.registry_cpu() - reg0);
-        noop_target_cpu.push(cpu_of(b.target().pid()) - tgt0);
-        // The access log is written as requests finish; let it settle.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        per_tag.push((b.requests() - req0) as f64 / imgs.len() as f64);
+        used_noop.push(b.settled_usage().await.since(before));
         if std::env::var("BENCH_RELAY_LOG").is_ok() {
             let _ = std::fs::write("target/bench/relay-many.log", daemon.logs());
             let _ = std::fs::write("target/bench/source-many.log", &b.source.log()[src_log0..]);
             let _ = std::fs::write("target/bench/target-many.log", b.target().log());
         }
     }
+    let (r, s, n) = (
+        Usage::median(&used_relay),
+        Usage::median(&used_skopeo),
+        Usage::median(&used_noop),
+    );
     let many = Row {
         scenario: "many small",
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes,
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": median(registry_cpu), "target_cpu_seconds": median(target_cpu), "registries_cpu_seconds_skopeo": median(skopeo_registry_cpu), "requests": median(relay_requests), "requests_skopeo": median(skopeo_requests), "tcp_connections": median(relay_opens), "tcp_connections_skopeo": median(skopeo_opens)}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
         scenario: "no-op",
         relay: median_of(&noop_relay),
         skopeo: Some(median_of(&noop_skopeo)),
         bytes: 0,
-        extra: json!({"requests_per_tag": median(per_tag), "runs": runs, "registries_cpu_seconds": median(noop_registry_cpu), "target_cpu_seconds": median(noop_target_cpu)}),
+        extra: json!({"requests_per_tag": n.requests / imgs.len() as f64, "runs": runs, "registries_cpu_seconds": n.registries_cpu, "target_cpu_seconds": n.target_cpu}),
     };
     (many, noop)
 }
