@@ -653,6 +653,25 @@ mod tests {
     use crate::jobs::Summary;
     use crate::reference::Reference;
 
+    /// Opens the store again after the test dropped it. sled lets go of
+    /// its file lock when its background flusher has stopped, which under
+    /// load can be a moment after the drop (a new process, as after a
+    /// real crash, has no such wait).
+    async fn reopen(path: &std::path::Path) -> (Store, usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(path) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other.expect("reopen"),
+            }
+        }
+    }
+
     fn spec(tag: &str) -> JobSpec {
         JobSpec {
             rule: "r".into(),
@@ -734,7 +753,7 @@ mod tests {
             job.id
             // dropped without finishing: as after kill -9
         };
-        let (store, recovered) = Store::open(dir.path()).expect("reopen");
+        let (store, recovered) = reopen(dir.path()).await;
         assert_eq!(recovered, 1);
         assert_eq!(store.queued(), 1);
         let job = store.claim().await.expect("claim").expect("job");
@@ -769,7 +788,7 @@ mod tests {
             assert_eq!(store.next_due().expect("due"), Some(at));
             e[0].id
         };
-        let (store, _) = Store::open(dir.path()).expect("reopen");
+        let (store, _) = reopen(dir.path()).await;
         assert_eq!(store.retrying(), 1);
         assert!(store.claim().await.expect("claim").is_none());
         assert_eq!(
