@@ -1305,8 +1305,9 @@ async fn concurrent_first_requests_all_learn_the_auth_challenge() {
 }
 
 /// An event for what the daemon already left under a tag costs one request
-/// to the target and none to the source; anything else (the tag moved on
-/// either side, a stale event) takes the full path and ends right.
+/// to the target and none to the source; a new image costs no request it
+/// does not need; anything else (the tag moved on either side, a stale
+/// event) takes the full path and ends right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path() {
     let w = World::with_access_logs(true).await;
@@ -1331,10 +1332,17 @@ async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path()
     assert_eq!(w.source.requests_served() - src0, 0, "the source was asked");
     assert_eq!(w.target.requests_served() - dst0, 1, "target requests");
 
-    // The source's tag moves: its event takes the full path.
+    // The source's tag moves: its event takes the full path. The target
+    // lacks the event's manifest, so where its tag points is not asked:
+    // one HEAD, a POST and a PUT for each of the two blobs (layer, config),
+    // the manifest's PUT.
     two.push(&w.src, "library/again", &tag).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dst0 = w.target.requests_served();
     let ids = relay.push(event(&two.digest)).await;
     relay.wait_success(ids[0]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.target.requests_served() - dst0, 6, "target requests");
     assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
     // A stale event for the old digest: the source says `two`, so nothing
     // goes back.

@@ -260,26 +260,36 @@ impl Replicator {
             });
         }
         let progress = Progress::default();
-        // Where the target's tag points now, asked while the source manifest
-        // is read: for an artifact already replicated that is the whole
-        // job. With the event's digest, whether the target holds that
-        // manifest is asked at the same time (the question comes next
-        // whenever the tag is not in sync), saving a round trip.
+        // With the event's digest, whether the target holds that manifest
+        // is asked while the source manifest is read. When it does not (a
+        // new image: the usual case) and the tag may be overwritten, where
+        // the target's tag points does not matter: it cannot point at a
+        // manifest the target lacks, so that request is saved. Otherwise
+        // (no event digest, the manifest is there, override = false) the
+        // tag is asked too: for an artifact already replicated that is the
+        // whole job.
         let event_digest = match req.reference {
             Reference::Tag(_) => req.event_digest,
             Reference::Digest(_) => None,
+        };
+        let tag_later = event_digest.is_some() && req.overwrite;
+        let resolve_tag = || async {
+            match req.reference {
+                Reference::Tag(_) => {
+                    req.target
+                        .resolve(req.target_repository, req.reference)
+                        .await
+                }
+                Reference::Digest(_) => Ok(None),
+            }
         };
         let (top, there, held) = futures_util::future::try_join3(
             req.source
                 .get_manifest(req.source_repository, req.reference),
             async {
-                match req.reference {
-                    Reference::Tag(_) => {
-                        req.target
-                            .resolve(req.target_repository, req.reference)
-                            .await
-                    }
-                    Reference::Digest(_) => Ok(None),
+                match tag_later {
+                    true => Ok(None),
+                    false => resolve_tag().await,
                 }
             },
             async {
@@ -314,6 +324,11 @@ impl Replicator {
                 subset
             }
             _ => top,
+        };
+        let absent = matches!(held, Some((d, false)) if d == top.digest);
+        let there = match tag_later && !absent {
+            true => resolve_tag().await?,
+            false => there,
         };
         if there.as_deref() == Some(top.digest.as_str()) {
             // Already in sync. Referrers are not looked for again: pushing
