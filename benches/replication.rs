@@ -12,7 +12,10 @@
 //! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
 //! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log` and
 //! `relay-many.log`, with the registries' access logs of that run),
-//! `BENCH_JOBS` replaces the daemon's `[jobs]` settings. Each copy runs against a fresh target (the target registry is
+//! `BENCH_JOBS` replaces the daemon's `[jobs]` settings, and
+//! `BENCH_TARGET_AUTH=token` puts the target behind Docker token auth (the
+//! flow Harbor uses: a bearer token per repository scope, no password check
+//! per request) instead of basic auth. Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
 //! runs. CPU and peak RSS are the copier's own (`wait4` for one-shot
@@ -250,10 +253,12 @@ struct Bench {
     target: Option<RegistryProc>,
     target_port: u16,
     src: Registry,
+    /// Set with `BENCH_TARGET_AUTH=token`: the target trusts its tokens.
+    issuer: Option<std::sync::Arc<TokenIssuer>>,
 }
 
 impl Bench {
-    async fn new() -> Bench {
+    async fn new(token_auth: bool) -> Bench {
         let pki_dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::new(pki_dir.path());
         let work = tempfile::tempdir().expect("tempdir");
@@ -261,6 +266,10 @@ impl Bench {
         std::fs::copy(&pki.ca_pem, work.path().join("ca.crt")).expect("ca");
         let source = RegistryProc::start_logged(free_port(), None, Auth::None).await;
         let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+        let issuer = match token_auth {
+            true => Some(TokenIssuer::start(USER, PASS).await),
+            false => None,
+        };
         let mut b = Bench {
             _pki_dir: pki_dir,
             pki,
@@ -269,6 +278,7 @@ impl Bench {
             target: None,
             target_port: free_port(),
             src,
+            issuer,
         };
         b.fresh_target().await;
         b
@@ -281,9 +291,12 @@ impl Bench {
             RegistryProc::start_logged(
                 self.target_port,
                 Some(&self.pki),
-                Auth::Basic {
-                    user: USER.into(),
-                    pass: PASS.into(),
+                match &self.issuer {
+                    Some(issuer) => Auth::Token(issuer.clone()),
+                    None => Auth::Basic {
+                        user: USER.into(),
+                        pass: PASS.into(),
+                    },
                 },
             )
             .await,
@@ -417,14 +430,16 @@ impl Bench {
         .await
     }
 
-    /// CPU seconds both registries have used so far.
-    /// What the registries and the machine have used so far.
+    /// What the registries, the token issuer and the machine have used so far.
     fn usage(&self) -> Usage {
         let target_cpu = cpu_of(self.target().pid());
         Usage {
             registries_cpu: cpu_of(self.source.pid()) + target_cpu,
             target_cpu,
             requests: (self.source.requests_served() + self.target().requests_served()) as f64,
+            token_requests: self.issuer.as_ref().map_or(0.0, |i| {
+                i.requests.load(std::sync::atomic::Ordering::Relaxed) as f64
+            }),
             tcp_connections: tcp_opens(),
         }
     }
@@ -438,12 +453,14 @@ impl Bench {
 }
 
 /// Counters around a copy: registries' CPU seconds (both, and the target's
-/// alone), requests they served, TCP connections opened on the machine.
+/// alone), requests they served, tokens issued (with `BENCH_TARGET_AUTH=token`),
+/// TCP connections opened on the machine.
 #[derive(Clone, Copy)]
 struct Usage {
     registries_cpu: f64,
     target_cpu: f64,
     requests: f64,
+    token_requests: f64,
     tcp_connections: f64,
 }
 
@@ -454,6 +471,7 @@ impl Usage {
             registries_cpu: self.registries_cpu - before.registries_cpu,
             target_cpu: self.target_cpu - before.target_cpu,
             requests: self.requests - before.requests,
+            token_requests: self.token_requests - before.token_requests,
             tcp_connections: self.tcp_connections - before.tcp_connections,
         }
     }
@@ -465,6 +483,7 @@ impl Usage {
             registries_cpu: of(|u| u.registries_cpu),
             target_cpu: of(|u| u.target_cpu),
             requests: of(|u| u.requests),
+            token_requests: of(|u| u.token_requests),
             tcp_connections: of(|u| u.tcp_connections),
         }
     }
@@ -693,7 +712,7 @@ async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay: median_of(&relay),
         skopeo: Some(median_of(&skopeo)),
         bytes,
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
         scenario: "no-op",
@@ -839,6 +858,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let want = |s: &str| scenarios.split(',').any(|x| x.trim() == s);
+    let target_auth = match std::env::var("BENCH_TARGET_AUTH").as_deref() {
+        Ok("token") => "token",
+        Ok("basic") | Err(_) => "basic",
+        Ok(other) => panic!("BENCH_TARGET_AUTH={other}: expected basic or token"),
+    };
     // Calibration: what SHA-256 alone costs on this machine, per GiB.
     {
         use sha2::Digest;
@@ -856,7 +880,7 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows = rt.block_on(async {
-        let mut b = Bench::new().await;
+        let mut b = Bench::new(target_auth == "token").await;
         let mut rows = Vec::new();
         if want("big") {
             let seeds: Vec<(u64, u64)> = (1..=4).map(|s| (s, 256 * MIB)).collect();
@@ -884,7 +908,7 @@ fn main() {
         rows
     });
     println!(
-        "\nmedians of {runs} runs; machine: {} cores",
+        "\nmedians of {runs} runs; machine: {} cores; target auth: {target_auth}",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     print(&rows);
@@ -897,6 +921,7 @@ fn main() {
     let out = json!({
         "unix_time": at,
         "runs": runs,
+        "target_auth": target_auth,
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
