@@ -2,13 +2,22 @@
 //!
 //! The order is what keeps the target consistent:
 //! 1. read the top manifest from the source (by tag: what the tag points at
-//!    *now*, so out-of-order events still leave the newest content);
-//! 2. if the target already has that digest, only write the tag;
+//!    *now*, so out-of-order events still leave the newest content), and
+//!    at the same time ask the target whether it holds the event's digest;
+//! 2. if the target already has that digest, only write the tag (unless
+//!    it already points there);
 //! 3. otherwise walk the graph: an index's child manifests first (each
-//!    with its blobs), an image's config and layers (several at a time),
-//!    each blob HEADed and, when missing, streamed from source to target;
+//!    with its blobs), an image's config and layers (several at a time);
+//!    a blob the [`ledger`] has never seen on the target gets one `POST`
+//!    that mounts it if the repository has it after all or else opens the
+//!    upload, while the source starts sending; a known one is HEADed, then
+//!    mounted from where it went; what is missing is streamed from source
+//!    to target;
 //! 4. write each manifest by digest once everything it points at is there;
 //! 5. write the tag last.
+//!
+//! An event for what the ledger says this daemon already left under the
+//! tag costs one `HEAD` of the target's tag, and nothing on the source.
 //!
 //! Manifests are pushed with their original bytes and media type, so
 //! digests are preserved. Blob bytes are hashed on the way (the source
