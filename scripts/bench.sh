@@ -4,6 +4,7 @@
 #   scripts/bench.sh                       # every scenario, 3 runs each
 #   BENCH_RUNS=5 scripts/bench.sh          # more runs per median
 #   BENCH_SCENARIOS=big,latency scripts/bench.sh
+#   BENCH_TARGET_AUTH=token scripts/bench.sh   # target behind token auth, as Harbor
 #
 # Scenarios: big (1 GiB in 4 layers), huge (one 4 GiB layer), many (200
 # images from 200 webhooks vs one skopeo sync) and noop (the same again,
