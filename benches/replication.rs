@@ -7,7 +7,9 @@
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
 //! Scenarios (see README "Performance"): big, huge, many, noop, shared,
-//! latency. `BENCH_TARGET_EXTRA` adds config lines to the target registry
+//! latency. `big` also runs the minimal copier ([`minimal_copy`]) as
+//! a third tool, for what the least a verifying copier costs here (basic
+//! auth targets only). `BENCH_TARGET_EXTRA` adds config lines to the target registry
 //! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the
 //! one-shot relay with `perf record`, `BENCH_RELAY_LOG` sets the daemon's
 //! `RUST_LOG` (its log is kept as `target/bench/relay-latency.log` and
@@ -243,6 +245,109 @@ impl GenImage {
     }
 }
 
+// ---------------------------------------------------------------- a minimal copier
+
+/// The reference point, run in the same sitting: the least a
+/// verifying copier can do. It reads the manifest, then moves the config
+/// and layers 4 at a time over HTTP/1.1 (reqwest, rustls), hashing each
+/// blob with sha2 on the way (`POST`, then one streamed `PUT`), and writes
+/// the manifest; no existence checks, mounts, retries, resume or records.
+/// It runs as a child process of this bench (so its CPU and RSS are its
+/// own): `BENCH_MINIMAL_COPY` holds its arguments.
+async fn minimal_copy(args: &Value) {
+    use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+    use sha2::Digest as _;
+    let arg = |k: &str| args[k].as_str().expect("argument").to_string();
+    let (src, dst, repo, tag) = (arg("source"), arg("target"), arg("repository"), arg("tag"));
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(arg("ca")).expect("ca")).expect("pem");
+    let http = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .http1_only()
+        .build()
+        .expect("client");
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{USER}:{PASS}")
+        )
+    );
+    let manifest = http
+        .get(format!("{src}/v2/{repo}/manifests/{tag}"))
+        .header(ACCEPT, OCI_MANIFEST)
+        .send()
+        .await
+        .expect("GET manifest")
+        .bytes()
+        .await
+        .expect("manifest body");
+    let doc: Value = serde_json::from_slice(&manifest).expect("manifest json");
+    let blobs: Vec<(String, u64)> = std::iter::once(&doc["config"])
+        .chain(doc["layers"].as_array().expect("layers"))
+        .map(|d| {
+            (
+                d["digest"].as_str().expect("digest").to_string(),
+                d["size"].as_u64().expect("size"),
+            )
+        })
+        .collect();
+    futures_util::stream::iter(blobs)
+        .for_each_concurrent(4, |(digest, size)| {
+            let (http, auth, src, dst, repo) = (&http, &auth, &src, &dst, &repo);
+            async move {
+                let body = http
+                    .get(format!("{src}/v2/{repo}/blobs/{digest}"))
+                    .send()
+                    .await
+                    .expect("GET blob");
+                let hasher = std::sync::Arc::new(std::sync::Mutex::new(sha2::Sha256::new()));
+                let h = hasher.clone();
+                let stream = body.bytes_stream().map(move |chunk| {
+                    if let Ok(c) = &chunk {
+                        h.lock().expect("hasher").update(c);
+                    }
+                    chunk
+                });
+                let opened = http
+                    .post(format!("{dst}/v2/{repo}/blobs/uploads/"))
+                    .header(AUTHORIZATION, auth)
+                    .header(CONTENT_LENGTH, 0)
+                    .send()
+                    .await
+                    .expect("POST upload");
+                assert_eq!(opened.status(), 202, "POST upload");
+                let loc = opened.headers()[LOCATION].to_str().expect("location");
+                let mut url = match loc.starts_with('/') {
+                    true => url::Url::parse(&format!("{dst}{loc}")),
+                    false => url::Url::parse(loc),
+                }
+                .expect("upload url");
+                url.query_pairs_mut().append_pair("digest", &digest);
+                let put = http
+                    .put(url)
+                    .header(AUTHORIZATION, auth)
+                    .header(CONTENT_LENGTH, size)
+                    .body(reqwest::Body::wrap_stream(stream))
+                    .send()
+                    .await
+                    .expect("PUT blob");
+                assert_eq!(put.status(), 201, "PUT blob");
+                let actual = hasher.lock().expect("hasher").clone().finalize();
+                assert_eq!(format!("sha256:{}", hex::encode(actual)), digest);
+            }
+        })
+        .await;
+    let put = http
+        .put(format!("{dst}/v2/{repo}/manifests/{tag}"))
+        .header(AUTHORIZATION, &auth)
+        .header(CONTENT_TYPE, OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .expect("PUT manifest");
+    assert_eq!(put.status(), 201, "PUT manifest");
+}
+
 // ---------------------------------------------------------------- the bench world
 
 struct Bench {
@@ -327,6 +432,18 @@ impl Bench {
     fn host(url: &str) -> &str {
         url.trim_start_matches("http://")
             .trim_start_matches("https://")
+    }
+
+    /// [`minimal_copy`] as a child process, measured like the others.
+    fn minimal_replicate(&self, repo: &str, tag: &str) -> Measure {
+        let args = json!({
+            "source": self.source.url, "target": self.target().url,
+            "ca": self.pki.ca_pem, "repository": repo, "tag": tag,
+        });
+        measured(
+            Command::new(std::env::current_exe().expect("this bench"))
+                .env("BENCH_MINIMAL_COPY", args.to_string()),
+        )
     }
 
     fn skopeo(&self) -> Command {
@@ -620,12 +737,13 @@ async fn one_image(
     scenario: &'static str,
     layers: &[(u64, u64)],
     runs: usize,
-) -> Row {
+    with_minimal: bool,
+) -> Vec<Row> {
     let img = GenImage::new(layers);
     let repo = format!("bench/{scenario}");
     img.push(&b.src, &repo, "1").await;
-    let (mut relay, mut skopeo) = (Vec::new(), Vec::new());
-    let (mut used_relay, mut used_skopeo) = (Vec::new(), Vec::new());
+    let (mut relay, mut skopeo, mut minimal) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut used_relay, mut used_skopeo, mut used_minimal) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
         let before = b.usage();
@@ -641,14 +759,37 @@ async fn one_image(
                 .await
                 .expect("HEAD")
         );
+        if with_minimal {
+            b.fresh_target().await;
+            let before = b.usage();
+            minimal.push(b.minimal_replicate(&repo, "1"));
+            used_minimal.push(b.usage().since(before));
+            assert!(
+                b.dst()
+                    .has_manifest(&repo, &img.digest)
+                    .await
+                    .expect("HEAD")
+            );
+        }
     }
-    Row {
+    let skopeo = median_of(&skopeo);
+    let mut rows = vec![Row {
         scenario,
         relay: median_of(&relay),
-        skopeo: Some(median_of(&skopeo)),
+        skopeo: Some(skopeo),
         bytes: img.bytes(),
         extra: json!({"runs": runs, "registries_cpu_seconds": Usage::median(&used_relay).registries_cpu, "registries_cpu_seconds_skopeo": Usage::median(&used_skopeo).registries_cpu}),
+    }];
+    if with_minimal {
+        rows.push(Row {
+            scenario: "  minimal",
+            relay: median_of(&minimal),
+            skopeo: Some(skopeo),
+            bytes: img.bytes(),
+            extra: json!({"runs": runs, "copier": "minimal: reqwest, rustls, sha2, 4 blobs at a time, no checks", "registries_cpu_seconds": Usage::median(&used_minimal).registries_cpu}),
+        });
     }
+    rows
 }
 
 /// 200 images of 5 layers (1–4 MiB) in 20 repositories, sharing a base
@@ -851,6 +992,12 @@ fn print(rows: &[Row]) {
 }
 
 fn main() {
+    if let Ok(args) = std::env::var("BENCH_MINIMAL_COPY") {
+        let args: Value = serde_json::from_str(&args).expect("BENCH_MINIMAL_COPY");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(minimal_copy(&args));
+        return;
+    }
     let scenarios =
         std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| "big,huge,many,shared,latency".into());
     let runs: usize = std::env::var("BENCH_RUNS")
@@ -884,12 +1031,16 @@ fn main() {
         let mut rows = Vec::new();
         if want("big") {
             let seeds: Vec<(u64, u64)> = (1..=4).map(|s| (s, 256 * MIB)).collect();
-            rows.push(one_image(&mut b, "big", &seeds, runs).await);
-            print(&rows[rows.len() - 1..]);
+            // The minimal copier speaks basic auth only.
+            let minimal = target_auth == "basic";
+            let new = one_image(&mut b, "big", &seeds, runs, minimal).await;
+            print(&new);
+            rows.extend(new);
         }
         if want("huge") {
-            rows.push(one_image(&mut b, "huge", &[(100, 4096 * MIB)], runs).await);
-            print(&rows[rows.len() - 1..]);
+            let new = one_image(&mut b, "huge", &[(100, 4096 * MIB)], runs, false).await;
+            print(&new);
+            rows.extend(new);
         }
         if want("many") || want("noop") {
             let (m, n) = many(&mut b, runs).await;
