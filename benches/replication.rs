@@ -744,32 +744,31 @@ async fn one_image(
     img.push(&b.src, &repo, "1").await;
     let (mut relay, mut skopeo, mut minimal) = (Vec::new(), Vec::new(), Vec::new());
     let (mut used_relay, mut used_skopeo, mut used_minimal) = (Vec::new(), Vec::new(), Vec::new());
+    // One copy by `tool` onto a fresh target, checked, with what it used.
+    async fn copy_by(
+        b: &mut Bench,
+        tool: fn(&Bench, &str, &str) -> Measure,
+        repo: &str,
+        digest: &str,
+    ) -> (Measure, Usage) {
+        b.fresh_target().await;
+        let before = b.usage();
+        let m = tool(b, repo, "1");
+        let used = b.usage().since(before);
+        assert!(b.dst().has_manifest(repo, digest).await.expect("HEAD"));
+        (m, used)
+    }
     for _ in 0..runs {
-        b.fresh_target().await;
-        let before = b.usage();
-        skopeo.push(b.skopeo_copy(&repo, "1"));
-        used_skopeo.push(b.usage().since(before));
-        b.fresh_target().await;
-        let before = b.usage();
-        relay.push(b.relay_replicate(&repo, "1"));
-        used_relay.push(b.usage().since(before));
-        assert!(
-            b.dst()
-                .has_manifest(&repo, &img.digest)
-                .await
-                .expect("HEAD")
-        );
+        let (m, u) = copy_by(b, Bench::skopeo_copy, &repo, &img.digest).await;
+        skopeo.push(m);
+        used_skopeo.push(u);
+        let (m, u) = copy_by(b, Bench::relay_replicate, &repo, &img.digest).await;
+        relay.push(m);
+        used_relay.push(u);
         if with_minimal {
-            b.fresh_target().await;
-            let before = b.usage();
-            minimal.push(b.minimal_replicate(&repo, "1"));
-            used_minimal.push(b.usage().since(before));
-            assert!(
-                b.dst()
-                    .has_manifest(&repo, &img.digest)
-                    .await
-                    .expect("HEAD")
-            );
+            let (m, u) = copy_by(b, Bench::minimal_replicate, &repo, &img.digest).await;
+            minimal.push(m);
+            used_minimal.push(u);
         }
     }
     let skopeo = median_of(&skopeo);
