@@ -646,6 +646,7 @@ fn plan_event(rules: &RuleSet, ev: &event::Event, skipped: &mut Vec<String>) -> 
             overwrite: p.overwrite,
             referrers: p.referrers,
             platforms: p.platforms,
+            referrer_only: p.referrer_only,
         }));
     }
     specs

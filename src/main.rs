@@ -382,6 +382,7 @@ async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result
                 referrers: job.referrers,
                 platforms: job.platforms.as_deref(),
                 event_digest: None,
+                referrer_only: job.referrer_only,
             })
             .await;
         match done {
@@ -420,10 +421,11 @@ fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
             p.to,
             p.target_repository,
             image.reference,
-            if p.overwrite {
-                ""
-            } else {
-                " (override = false)"
+            match (p.overwrite, p.referrer_only) {
+                (_, true) =>
+                    " (only if it is a referrer: a signature, SBOM or attestation with a subject)",
+                (true, false) => "",
+                (false, false) => " (override = false)",
             }
         );
     }
@@ -638,6 +640,7 @@ async fn replicate(
             referrers: true,
             platforms: None,
             event_digest: None,
+            referrer_only: false,
         })
         .await?;
     println!(

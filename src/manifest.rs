@@ -83,6 +83,7 @@ struct Doc {
     config: Option<Descriptor>,
     layers: Option<Vec<Descriptor>>,
     manifests: Option<Vec<Descriptor>>,
+    subject: Option<Descriptor>,
 }
 
 /// `sha256:<hex>` of some bytes.
@@ -122,6 +123,15 @@ impl Manifest {
     /// True for an image index or manifest list.
     pub fn is_index(&self) -> bool {
         self.media_type == OCI_INDEX || self.media_type == DOCKER_LIST
+    }
+
+    /// The digest of the manifest this one refers to (OCI 1.1 `subject`):
+    /// set on signatures, SBOMs and attestations pushed as referrers.
+    pub fn subject(&self) -> Option<String> {
+        parse(&self.digest, &self.bytes)
+            .ok()?
+            .subject
+            .map(|s| s.digest)
     }
 
     /// The manifest's children.
@@ -189,6 +199,23 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_referrer_names_its_subject() {
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":9}}}}"#,
+            d('a'),
+            d('s')
+        );
+        let m = Manifest::from_bytes(Bytes::from(body), None).expect("valid");
+        assert_eq!(m.subject(), Some(d('s')));
+        let plain = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}","size":2}},"layers":[]}}"#,
+            d('a')
+        );
+        let m = Manifest::from_bytes(Bytes::from(plain), None).expect("valid");
+        assert_eq!(m.subject(), None);
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
             overwrite: rule.config.overwrite,
             referrers: rule.config.referrers,
             platforms: rule.config.platforms.clone(),
+            referrer_only: false,
         })
         .collect()
 }

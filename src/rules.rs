@@ -41,6 +41,10 @@ pub struct Plan {
     pub referrers: bool,
     /// Only these platforms of an index.
     pub platforms: Option<Vec<String>>,
+    /// Copy only if the artifact turns out to be a referrer (an OCI 1.1
+    /// `subject`): set for an artifact pushed by digest under a rule that
+    /// selects tags and copies referrers.
+    pub referrer_only: bool,
 }
 
 /// The repository's path inside its project (`library/app` in `library`
@@ -145,6 +149,7 @@ impl Rule {
         if !self.projects.is_match(project) {
             return Err(Skip::Project);
         }
+        let mut referrer_only = false;
         match reference {
             // A signature, attestation or SBOM pushed after its image has a
             // tag of its own that tag filters were not written for: it
@@ -158,12 +163,18 @@ impl Rule {
                     return Err(Skip::Tag);
                 }
             }
-            // An artifact pushed without a tag is copied only by rules that
-            // take every tag; a rule that selects tags waits for the tagged
-            // push (an index's children arrive by digest and are copied with
-            // their index anyway).
-            Reference::Digest(_) if !self.all_tags => return Err(Skip::Untagged),
-            Reference::Digest(_) => {}
+            // An artifact pushed without a tag is copied whole only by rules
+            // that take every tag; a rule that selects tags waits for the
+            // tagged push (an index's children arrive by digest and are
+            // copied with their index anyway). One exception: an OCI 1.1
+            // referrer (a signature, SBOM or attestation with a `subject`)
+            // is pushed by digest after its image and has no tag to wait
+            // for, so under a rule that copies referrers the job looks at
+            // the manifest and copies it only if it has a subject.
+            Reference::Digest(_) if !self.all_tags && !self.config.referrers => {
+                return Err(Skip::Untagged);
+            }
+            Reference::Digest(_) => referrer_only = !self.all_tags,
         }
         if !self.repositories.is_match(inside(project, repository)) {
             return Err(Skip::Repository);
@@ -177,6 +188,7 @@ impl Rule {
             overwrite: self.config.overwrite,
             referrers: self.config.referrers,
             platforms: self.config.platforms.clone(),
+            referrer_only,
         })
     }
 }
@@ -318,10 +330,24 @@ mod tests {
         assert!(r.plan("p", "p/a", &tag("1.4.2")).is_ok());
         assert_eq!(r.plan("p", "p/a", &tag("latest")), Err(Skip::Tag));
         assert_eq!(r.plan("p", "p/a", &tag("v2-rc1")), Err(Skip::Excluded));
+        // Pushed by digest under a tag filter: copied only if it turns
+        // out to be a referrer, and not at all without `referrers`.
         let d = Reference::Digest(format!("sha256:{}", "a".repeat(64)));
-        assert_eq!(r.plan("p", "p/a", &d), Err(Skip::Untagged));
+        assert!(
+            r.plan("p", "p/a", &d)
+                .expect("referrer check")
+                .referrer_only
+        );
+        let no_referrers = Rule::new(RuleConfig {
+            tags: vec!["v*".into()],
+            referrers: false,
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("valid rule");
+        assert_eq!(no_referrers.plan("p", "p/a", &d), Err(Skip::Untagged));
         let all = rule(&["**"], &["**"], &[], "{project}");
-        assert!(all.plan("p", "p/a", &d).is_ok());
+        assert!(!all.plan("p", "p/a", &d).expect("every tag").referrer_only);
+        assert!(!r.plan("p", "p/a", &tag("v1")).expect("tag").referrer_only);
     }
 
     #[test]

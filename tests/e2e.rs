@@ -1362,6 +1362,61 @@ async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path()
     assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
 }
 
+/// notation, and cosign in OCI 1.1 mode, push a signature *by digest* with
+/// a `subject`, after the image: under a rule that takes only `v*` its
+/// event (no tag) is still copied; an ordinary manifest pushed by digest is
+/// left to its tagged push, and the job says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referrer_pushed_by_digest_follows_its_image_under_a_tag_filter() {
+    use harbor_relay::manifest::{Manifest, sha256_digest};
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    let repo = "library/notarized";
+    img.push(&w.src, repo, &Reference::Tag("v1".into())).await;
+    let relay = Relay::start(&format!("{}tags = [\"v*\"]\n", w.config())).await;
+    let ids = relay.push(push_event(repo, Some("v1"), &img.digest)).await;
+    relay.wait_success(ids[0]).await;
+
+    let (blobs, sig_manifest, sig_digest) = signature_for(&img);
+    for b in &blobs {
+        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let sig = Manifest::from_bytes(sig_manifest, None).expect("manifest");
+    w.src
+        .put_manifest(repo, &Reference::Digest(sig_digest.clone()), &sig)
+        .await
+        .expect("push the signature by digest");
+    let ids = relay.push(push_event(repo, None, &sig_digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert!(job["skipped"].is_null(), "{job}");
+    assert!(
+        w.dst
+            .has_manifest(repo, &sig_digest)
+            .await
+            .expect("HEAD signature"),
+        "the signature is on the target"
+    );
+    for b in &blobs {
+        assert!(w.dst.has_blob(repo, &sha256_digest(b)).await.expect("HEAD"));
+    }
+
+    let plain = TestImage::random(&[1_000]);
+    plain
+        .push(&w.src, repo, &Reference::Digest(plain.digest.clone()))
+        .await;
+    let ids = relay.push(push_event(repo, None, &plain.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    let why = job["skipped"].as_str().expect("a reason");
+    assert!(why.contains("not a referrer"), "{why}");
+    assert!(
+        !w.dst
+            .has_manifest(repo, &plain.digest)
+            .await
+            .expect("HEAD plain"),
+        "an untagged image is not copied under a tag filter"
+    );
+}
+
 /// cosign signs after the push: the signature's own event (tag
 /// `sha256-<hex>.sig`) is copied even under a rule whose tag filter only
 /// takes `v*`, because referrer tags follow the rule's `referrers`.

@@ -115,6 +115,9 @@ pub struct JobSpec {
     /// Only these platforms of an index (a new index is written).
     #[serde(default)]
     pub platforms: Option<Vec<String>>,
+    /// Copy only if it is a referrer: see [`crate::rules::Plan::referrer_only`].
+    #[serde(default)]
+    pub referrer_only: bool,
 }
 
 fn yes() -> bool {

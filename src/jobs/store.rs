@@ -686,6 +686,7 @@ mod tests {
             overwrite: true,
             referrers: true,
             platforms: None,
+            referrer_only: false,
         }
     }
 

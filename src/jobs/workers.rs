@@ -261,6 +261,7 @@ async fn run_job(ctx: &Context, job: Job) {
                                 referrers: spec.referrers,
                                 platforms: spec.platforms.as_deref(),
                                 event_digest: spec.digest.as_deref(),
+                                referrer_only: spec.referrer_only,
                             })
                             .await
                     }

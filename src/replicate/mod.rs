@@ -182,6 +182,10 @@ pub struct CopyRequest<'a> {
     pub platforms: Option<&'a [String]>,
     /// The digest the event said the tag pointed at, if it said.
     pub event_digest: Option<&'a str>,
+    /// Copy only if the manifest has an OCI 1.1 `subject` (a referrer
+    /// pushed by digest under a rule that selects tags); otherwise the job
+    /// ends skipped, saying why.
+    pub referrer_only: bool,
 }
 
 #[derive(Default)]
@@ -313,6 +317,18 @@ impl Replicator {
             },
         )
         .await?;
+        if req.referrer_only && top.subject().is_none() {
+            let reason = format!(
+                "{}{} was pushed by digest and is not a referrer (no subject); the rule selects tags, so it is copied with its tagged push",
+                req.source_repository, req.reference
+            );
+            tracing::debug!("{reason}");
+            return Ok(Summary {
+                digest: top.digest,
+                skipped: Some(reason),
+                ..Summary::default()
+            });
+        }
         let mut note = None;
         let source_digest = top.digest.clone();
         let top = match req.platforms {
