@@ -305,6 +305,16 @@ mod tests {
         .expect("valid rule")
     }
 
+    /// Tags `v*` only, referrers not copied.
+    fn v_star_without_referrers() -> Rule {
+        Rule::new(RuleConfig {
+            tags: vec!["v*".into()],
+            referrers: false,
+            ..RuleConfig::new("r", "external", "integrated")
+        })
+        .expect("valid rule")
+    }
+
     fn tag(t: &str) -> Reference {
         Reference::Tag(t.into())
     }
@@ -338,13 +348,10 @@ mod tests {
                 .expect("referrer check")
                 .referrer_only
         );
-        let no_referrers = Rule::new(RuleConfig {
-            tags: vec!["v*".into()],
-            referrers: false,
-            ..RuleConfig::new("r", "external", "integrated")
-        })
-        .expect("valid rule");
-        assert_eq!(no_referrers.plan("p", "p/a", &d), Err(Skip::Untagged));
+        assert_eq!(
+            v_star_without_referrers().plan("p", "p/a", &d),
+            Err(Skip::Untagged)
+        );
         let all = rule(&["**"], &["**"], &[], "{project}");
         assert!(!all.plan("p", "p/a", &d).expect("every tag").referrer_only);
         assert!(!r.plan("p", "p/a", &tag("v1")).expect("tag").referrer_only);
@@ -381,13 +388,10 @@ mod tests {
         assert!(scoped.plan("p", "p/app", &sig).is_ok());
         assert_eq!(scoped.plan("p", "p/other", &sig), Err(Skip::Repository));
         // With referrers off, they are tags like any other.
-        let off = Rule::new(RuleConfig {
-            tags: vec!["v*".into()],
-            referrers: false,
-            ..RuleConfig::new("r", "external", "integrated")
-        })
-        .expect("rule");
-        assert_eq!(off.plan("p", "p/a", &sig), Err(Skip::Tag));
+        assert_eq!(
+            v_star_without_referrers().plan("p", "p/a", &sig),
+            Err(Skip::Tag)
+        );
     }
 
     #[test]

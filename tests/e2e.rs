@@ -1362,26 +1362,44 @@ async fn a_redelivered_event_costs_one_request_and_a_changed_tag_the_full_path()
     assert_image_on(&w.dst, "library/again", &two, Some("1")).await;
 }
 
+/// A world whose relay replicates only tags `v*`, with an image already
+/// replicated as `repo:v1` (and nothing signed yet).
+async fn replicated_under_v_star(repo: &str) -> (World, Relay, TestImage) {
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    img.push(&w.src, repo, &Reference::Tag("v1".into())).await;
+    let relay = Relay::start(&format!("{}tags = [\"v*\"]\n", w.config())).await;
+    let ids = relay.push(push_event(repo, Some("v1"), &img.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["referrers_copied"], 0, "nothing signed yet: {job}");
+    (w, relay, img)
+}
+
+/// Puts the blobs of a signature of `img` on the source; returns them and
+/// the signature's manifest and digest, for the caller to push.
+async fn signature_blobs_on_source(
+    w: &World,
+    repo: &str,
+    img: &TestImage,
+) -> (Vec<bytes::Bytes>, harbor_relay::manifest::Manifest, String) {
+    let (blobs, manifest, digest) = signature_for(img);
+    for b in &blobs {
+        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let m = harbor_relay::manifest::Manifest::from_bytes(manifest, None).expect("manifest");
+    (blobs, m, digest)
+}
+
 /// notation, and cosign in OCI 1.1 mode, push a signature *by digest* with
 /// a `subject`, after the image: under a rule that takes only `v*` its
 /// event (no tag) is still copied; an ordinary manifest pushed by digest is
 /// left to its tagged push, and the job says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_referrer_pushed_by_digest_follows_its_image_under_a_tag_filter() {
-    use harbor_relay::manifest::{Manifest, sha256_digest};
-    let w = World::new().await;
-    let img = TestImage::random(&[20_000]);
+    use harbor_relay::manifest::sha256_digest;
     let repo = "library/notarized";
-    img.push(&w.src, repo, &Reference::Tag("v1".into())).await;
-    let relay = Relay::start(&format!("{}tags = [\"v*\"]\n", w.config())).await;
-    let ids = relay.push(push_event(repo, Some("v1"), &img.digest)).await;
-    relay.wait_success(ids[0]).await;
-
-    let (blobs, sig_manifest, sig_digest) = signature_for(&img);
-    for b in &blobs {
-        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
-    }
-    let sig = Manifest::from_bytes(sig_manifest, None).expect("manifest");
+    let (w, relay, img) = replicated_under_v_star(repo).await;
+    let (blobs, sig, sig_digest) = signature_blobs_on_source(&w, repo, &img).await;
     w.src
         .put_manifest(repo, &Reference::Digest(sig_digest.clone()), &sig)
         .await
@@ -1422,21 +1440,9 @@ async fn a_referrer_pushed_by_digest_follows_its_image_under_a_tag_filter() {
 /// takes `v*`, because referrer tags follow the rule's `referrers`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_pushed_after_its_image_follows_it_under_a_tag_filter() {
-    use harbor_relay::manifest::Manifest;
-    let w = World::new().await;
-    let img = TestImage::random(&[20_000]);
     let repo = "library/signed-later";
-    img.push(&w.src, repo, &Reference::Tag("v1".into())).await;
-    let relay = Relay::start(&format!("{}tags = [\"v*\"]\n", w.config())).await;
-    let ids = relay.push(push_event(repo, Some("v1"), &img.digest)).await;
-    let job = relay.wait_success(ids[0]).await;
-    assert_eq!(job["referrers_copied"], 0, "nothing signed yet: {job}");
-
-    let (blobs, sig_manifest, sig_digest) = signature_for(&img);
-    for b in &blobs {
-        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
-    }
-    let sig = Manifest::from_bytes(sig_manifest, None).expect("manifest");
+    let (w, relay, img) = replicated_under_v_star(repo).await;
+    let (_, sig, sig_digest) = signature_blobs_on_source(&w, repo, &img).await;
     let cosign_tag = format!("sha256-{}.sig", img.digest.trim_start_matches("sha256:"));
     w.src
         .put_manifest(repo, &Reference::Tag(cosign_tag.clone()), &sig)
