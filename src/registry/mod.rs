@@ -36,7 +36,7 @@ use crate::manifest::{self, Manifest};
 use crate::reference::Reference;
 
 pub use transport::Stats;
-pub use verify::ByteStream;
+pub use verify::{ByteStream, Mismatch};
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("harbor-relay/", env!("CARGO_PKG_VERSION"));
@@ -1001,11 +1001,29 @@ fn skip_bytes(s: ByteStream, n: u64) -> ByteStream {
     }))
 }
 
+/// What went wrong reading a blob from the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFault {
+    /// The stream's error message.
+    pub detail: String,
+    /// Set when the content is not what its manifest declares.
+    pub mismatch: Option<Mismatch>,
+}
+
+impl From<&std::io::Error> for SourceFault {
+    fn from(e: &std::io::Error) -> SourceFault {
+        SourceFault {
+            detail: e.to_string(),
+            mismatch: verify::mismatch_of(e),
+        }
+    }
+}
+
 /// Wraps a blob stream to count bytes and remember the first read error, so
 /// that when the upload fails because the *source* failed, the job says so.
 pub struct Tap {
     bytes: Arc<AtomicU64>,
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<SourceFault>>>,
 }
 
 impl Tap {
@@ -1022,7 +1040,7 @@ impl Tap {
                 if let Ok(mut slot) = e.lock()
                     && slot.is_none()
                 {
-                    *slot = Some(err.to_string());
+                    *slot = Some(SourceFault::from(err));
                 }
             }
         });
@@ -1030,7 +1048,7 @@ impl Tap {
     }
 
     /// The first source error, if any.
-    pub fn source_error(&self) -> Option<String> {
+    pub fn source_error(&self) -> Option<SourceFault> {
         self.error.lock().ok().and_then(|s| s.clone())
     }
 

@@ -15,6 +15,48 @@ use sha2::{Digest as _, Sha256, Sha512};
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
+/// How content differed from what its manifest declares. The source will
+/// serve the same bytes again (content is addressed by digest), so callers
+/// decide retries on this, not on the wording of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// More or fewer bytes than the declared size.
+    Size,
+    /// Bytes that hash to another digest.
+    Digest,
+}
+
+/// The error inside a stream's `io::Error` for a [`Mismatch`].
+#[derive(Debug)]
+struct ContentMismatch {
+    kind: Mismatch,
+    message: String,
+}
+
+impl std::fmt::Display for ContentMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ContentMismatch {}
+
+/// A stream error saying the content is not what was declared; its
+/// message is `message`.
+pub fn mismatch(kind: Mismatch, message: String) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        ContentMismatch { kind, message },
+    )
+}
+
+/// The [`Mismatch`] a stream error reports, if it is one.
+pub fn mismatch_of(e: &std::io::Error) -> Option<Mismatch> {
+    e.get_ref()?
+        .downcast_ref::<ContentMismatch>()
+        .map(|m| m.kind)
+}
+
 enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
@@ -52,20 +94,23 @@ impl Verify {
     fn finish(&mut self) -> Option<std::io::Error> {
         let seen = self.seen.load(Ordering::Relaxed);
         if seen != self.size {
-            return Some(std::io::Error::other(format!(
-                "size mismatch: expected {} bytes, got {seen}",
-                self.size
-            )));
+            return Some(mismatch(
+                Mismatch::Size,
+                format!("size mismatch: expected {} bytes, got {seen}", self.size),
+            ));
         }
         let actual = match self.hasher.take()? {
             Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
             Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
         };
         (actual != self.expected).then(|| {
-            std::io::Error::other(format!(
-                "digest mismatch: expected {}, content hashes to {actual}",
-                self.expected
-            ))
+            mismatch(
+                Mismatch::Digest,
+                format!(
+                    "digest mismatch: expected {}, content hashes to {actual}",
+                    self.expected
+                ),
+            )
         })
     }
 }
@@ -84,10 +129,13 @@ impl Stream for Verify {
                     self.seen.fetch_add(chunk.len() as u64, Ordering::Relaxed) + chunk.len() as u64;
                 if total > self.size {
                     self.done = true;
-                    return Poll::Ready(Some(Err(std::io::Error::other(format!(
-                        "size mismatch: more than the {} bytes the manifest declares",
-                        self.size
-                    )))));
+                    return Poll::Ready(Some(Err(mismatch(
+                        Mismatch::Size,
+                        format!(
+                            "size mismatch: more than the {} bytes the manifest declares",
+                            self.size
+                        ),
+                    ))));
                 }
                 match self.hasher.as_mut() {
                     Some(Hasher::Sha256(h)) => h.update(&chunk),
@@ -129,6 +177,37 @@ mod tests {
             out.extend_from_slice(&item.map_err(|e| e.to_string())?);
         }
         Ok(out)
+    }
+
+    /// The first error of a verified stream.
+    async fn first_error(v: Verify) -> std::io::Error {
+        let mut v = v;
+        while let Some(item) = v.next().await {
+            if let Err(e) = item {
+                return e;
+            }
+        }
+        panic!("the stream ended without an error");
+    }
+
+    #[tokio::test]
+    async fn mismatches_say_their_kind_and_other_errors_do_not() {
+        let digest = crate::manifest::sha256_digest(b"hello world");
+        let v = |parts| Verify::new(stream(parts), &digest, 11, Arc::default());
+        let corrupt = first_error(v(vec![b"hello ", b"w0rld"])).await;
+        assert_eq!(mismatch_of(&corrupt), Some(Mismatch::Digest));
+        assert!(
+            corrupt.to_string().starts_with("digest mismatch"),
+            "{corrupt}"
+        );
+        let short = first_error(v(vec![b"hello"])).await;
+        assert_eq!(mismatch_of(&short), Some(Mismatch::Size));
+        let long = first_error(v(vec![b"hello world!"])).await;
+        assert_eq!(mismatch_of(&long), Some(Mismatch::Size));
+        assert_eq!(
+            mismatch_of(&std::io::Error::other("connection reset")),
+            None
+        );
     }
 
     #[tokio::test]

@@ -31,7 +31,8 @@ use super::ledger::{Ledger, UploadRecord};
 use super::{CopyRequest, ReplicateError};
 use crate::jobs::now_ms;
 use crate::manifest::Descriptor;
-use crate::registry::{ByteStream, Tap};
+use crate::registry::verify::mismatch;
+use crate::registry::{ByteStream, Mismatch, SourceFault, Tap};
 
 /// What a chunked copy did.
 pub struct Chunked {
@@ -75,9 +76,12 @@ fn chunk_body(feed: Arc<tokio::sync::Mutex<Feed>>, len: u64) -> ByteStream {
                 None => {
                     drop(f);
                     Some((
-                        Err(std::io::Error::other(format!(
-                            "size mismatch: the source ended {remaining} bytes short of the size the manifest declares"
-                        ))),
+                        Err(mismatch(
+                            Mismatch::Size,
+                            format!(
+                                "size mismatch: the source ended {remaining} bytes short of the size the manifest declares"
+                            ),
+                        )),
                         (feed, 0),
                     ))
                 }
@@ -181,15 +185,11 @@ pub async fn copy(
         leftover: None,
         hasher,
     }));
-    let source_failed = |detail: String| ReplicateError::SourceRead {
-        registry: req.source.name().to_string(),
-        digest: blob.digest.clone(),
-        detail,
-    };
+    let source_failed = |fault: SourceFault| ReplicateError::source_read(req, blob, fault);
     if offset > hashed {
         let mut catch_up = chunk_body(feed.clone(), offset - hashed);
         while let Some(item) = catch_up.next().await {
-            item.map_err(|e| source_failed(e.to_string()))?;
+            item.map_err(|e| source_failed(SourceFault::from(&e)))?;
         }
     }
     let mut sent = 0;
@@ -210,10 +210,10 @@ pub async fn copy(
                 // If the source failed, say so rather than blaming the
                 // target; a source that cannot serve the blob as declared
                 // leaves nothing worth resuming.
-                if let Some(detail) = tap.source_error() {
+                if let Some(fault) = tap.source_error() {
                     target.cancel_upload(repo, location.as_str()).await;
                     ledger.clear_upload(&key);
-                    return Err(source_failed(detail));
+                    return Err(source_failed(fault));
                 }
                 return Err(e.into());
             }
@@ -240,10 +240,13 @@ pub async fn copy(
     if actual != blob.digest {
         target.cancel_upload(repo, location.as_str()).await;
         ledger.clear_upload(&key);
-        return Err(source_failed(format!(
-            "digest mismatch: expected {}, content hashes to {actual}",
-            blob.digest
-        )));
+        return Err(source_failed(SourceFault {
+            detail: format!(
+                "digest mismatch: expected {}, content hashes to {actual}",
+                blob.digest
+            ),
+            mismatch: Some(Mismatch::Digest),
+        }));
     }
     target.finish_upload(repo, &location, &blob.digest).await?;
     ledger.clear_upload(&key);

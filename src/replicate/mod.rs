@@ -41,7 +41,7 @@ use crate::jobs::Summary;
 use crate::manifest::{Children, Descriptor, Manifest};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
-use crate::registry::{MountOrUpload, Registry, RegistryError, Tap};
+use crate::registry::{Mismatch, MountOrUpload, Registry, RegistryError, SourceFault, Tap};
 
 use ledger::Ledger;
 
@@ -76,6 +76,8 @@ pub enum ReplicateError {
         digest: String,
         /// What the source stream said (e.g. a digest mismatch).
         detail: String,
+        /// Set when the content is not what its manifest declares.
+        mismatch: Option<Mismatch>,
     },
     /// An index nests deeper than [`MAX_DEPTH`].
     #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
@@ -96,8 +98,18 @@ impl ReplicateError {
             // The source served a blob of another size than its manifest
             // declares, cleanly (a cut connection is a transport error, not
             // this): content-addressed, so it will every time.
-            ReplicateError::SourceRead { detail, .. } => detail.contains("size mismatch"),
+            ReplicateError::SourceRead { mismatch, .. } => *mismatch == Some(Mismatch::Size),
             ReplicateError::Interrupted => false,
+        }
+    }
+
+    /// A [`ReplicateError::SourceRead`] for `blob` of `req`'s source.
+    fn source_read(req: &CopyRequest<'_>, blob: &Descriptor, fault: SourceFault) -> ReplicateError {
+        ReplicateError::SourceRead {
+            registry: req.source.name().to_string(),
+            digest: blob.digest.clone(),
+            detail: fault.detail,
+            mismatch: fault.mismatch,
         }
     }
 
@@ -106,9 +118,7 @@ impl ReplicateError {
     pub fn is_corrupt(&self) -> bool {
         match self {
             ReplicateError::Registry(RegistryError::DigestMismatch { .. }) => true,
-            ReplicateError::SourceRead { detail, .. } => {
-                detail.contains("digest mismatch") || detail.contains("size mismatch")
-            }
+            ReplicateError::SourceRead { mismatch, .. } => mismatch.is_some(),
             _ => false,
         }
     }
@@ -718,12 +728,8 @@ impl Replicator {
             .put_blob_at(location, repo, &blob.digest, blob.size, body)
             .await;
         if let Err(e) = sent {
-            if let Some(detail) = tap.source_error() {
-                return Err(ReplicateError::SourceRead {
-                    registry: req.source.name().to_string(),
-                    digest: blob.digest.clone(),
-                    detail,
-                });
+            if let Some(fault) = tap.source_error() {
+                return Err(ReplicateError::source_read(req, blob, fault));
             }
             // A proxy in front of the target refused the body's size: send
             // it again in chunks, which such proxies usually let through.
