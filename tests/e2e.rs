@@ -897,11 +897,11 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
 
     // A tag the rule filters out: acknowledged with the reason.
     let (status, v) = relay
-        .webhook(
-            push_event("team-a/platform/api", Some("2.1-rc1"), &keep.digest),
-            "application/json",
-            Some(WEBHOOK_SECRET),
-        )
+        .deliver(push_event(
+            "team-a/platform/api",
+            Some("2.1-rc1"),
+            &keep.digest,
+        ))
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "ignored", "{v}");
@@ -909,11 +909,7 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
     // A repository no rule is about: refused, so Harbor's webhook log shows
     // it, with what to change.
     let (status, v) = relay
-        .webhook(
-            push_event("team-a/tools/lint", Some("1"), &other.digest),
-            "application/json",
-            Some(WEBHOOK_SECRET),
-        )
+        .deliver(push_event("team-a/tools/lint", Some("1"), &other.digest))
         .await;
     assert_eq!(status, 422, "{v}");
     let msg = v["error"].as_str().expect("error");
@@ -1002,13 +998,7 @@ async fn deletions_replicate_only_when_a_rule_asks() {
             .is_err()
     );
 
-    let (status, v) = relay
-        .webhook(
-            delete("library/kept"),
-            "application/json",
-            Some(WEBHOOK_SECRET),
-        )
-        .await;
+    let (status, v) = relay.deliver(delete("library/kept")).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "ignored");
     assert_image_on(&w.dst, "library/kept", &img, Some("1")).await;
@@ -1460,11 +1450,7 @@ async fn a_signature_pushed_after_its_image_follows_it_under_a_tag_filter() {
     assert_eq!(on_target.digest, sig_digest);
     // An ordinary tag outside the filter is still left alone.
     let (status, v) = relay
-        .webhook(
-            push_event(repo, Some("latest"), &img.digest),
-            "application/json",
-            Some(WEBHOOK_SECRET),
-        )
+        .deliver(push_event(repo, Some("latest"), &img.digest))
         .await;
     assert_eq!(
         (status, v["status"].as_str()),

@@ -291,11 +291,7 @@ async fn sighup_reloads_rules_and_refuses_a_bad_file_keeping_the_old() {
 
     // Not under the rule: refused, nothing queued.
     let (status, body) = relay
-        .webhook(
-            push_event("team/app", Some("1"), &a.digest),
-            "application/json",
-            Some(WEBHOOK_SECRET),
-        )
+        .deliver(push_event("team/app", Some("1"), &a.digest))
         .await;
     assert_eq!(status, 422, "{body}");
 

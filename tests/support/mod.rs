@@ -884,11 +884,16 @@ impl Relay {
         (status, v)
     }
 
+    /// Sends a Harbor webhook (JSON) with the right secret; returns status
+    /// and JSON body, whatever they are.
+    pub async fn deliver(&self, body: Vec<u8>) -> (u16, Value) {
+        self.webhook(body, "application/json", Some(WEBHOOK_SECRET))
+            .await
+    }
+
     /// Sends a push webhook with the right secret and returns the job ids.
     pub async fn push(&self, body: Vec<u8>) -> Vec<u64> {
-        let (status, v) = self
-            .webhook(body, "application/json", Some(WEBHOOK_SECRET))
-            .await;
+        let (status, v) = self.deliver(body).await;
         assert_eq!(status, 202, "webhook answer: {v}");
         v["jobs"]
             .as_array()
