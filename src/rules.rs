@@ -149,7 +149,6 @@ impl Rule {
         if !self.projects.is_match(project) {
             return Err(Skip::Project);
         }
-        let mut referrer_only = false;
         match reference {
             // A signature, attestation or SBOM pushed after its image has a
             // tag of its own that tag filters were not written for: it
@@ -174,9 +173,10 @@ impl Rule {
             Reference::Digest(_) if !self.all_tags && !self.config.referrers => {
                 return Err(Skip::Untagged);
             }
-            Reference::Digest(_) => referrer_only = !self.all_tags,
+            Reference::Digest(_) => {}
         }
-        if !self.repositories.is_match(inside(project, repository)) {
+        let inside = inside(project, repository);
+        if !self.repositories.is_match(inside) {
             return Err(Skip::Repository);
         }
         Ok(Plan {
@@ -184,11 +184,11 @@ impl Rule {
             from: self.config.from.clone(),
             to: self.config.to.clone(),
             source_repository: repository.to_string(),
-            target_repository: self.target_path(project, inside(project, repository)),
+            target_repository: self.target_path(project, inside),
             overwrite: self.config.overwrite,
             referrers: self.config.referrers,
             platforms: self.config.platforms.clone(),
-            referrer_only,
+            referrer_only: matches!(reference, Reference::Digest(_)) && !self.all_tags,
         })
     }
 }
