@@ -255,7 +255,7 @@ impl GenImage {
 /// It runs as a child process of this bench (so its CPU and RSS are its
 /// own): `BENCH_MINIMAL_COPY` holds its arguments.
 async fn minimal_copy(args: &Value) {
-    use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+    use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
     use sha2::Digest as _;
     let arg = |k: &str| args[k].as_str().expect("argument").to_string();
     let (src, dst, repo, tag) = (arg("source"), arg("target"), arg("repository"), arg("tag"));
@@ -265,13 +265,6 @@ async fn minimal_copy(args: &Value) {
         .http1_only()
         .build()
         .expect("client");
-    let auth = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("{USER}:{PASS}")
-        )
-    );
     let manifest = http
         .get(format!("{src}/v2/{repo}/manifests/{tag}"))
         .header(ACCEPT, OCI_MANIFEST)
@@ -293,7 +286,7 @@ async fn minimal_copy(args: &Value) {
         .collect();
     futures_util::stream::iter(blobs)
         .for_each_concurrent(4, |(digest, size)| {
-            let (http, auth, src, dst, repo) = (&http, &auth, &src, &dst, &repo);
+            let (http, src, dst, repo) = (&http, &src, &dst, &repo);
             async move {
                 let body = http
                     .get(format!("{src}/v2/{repo}/blobs/{digest}"))
@@ -310,7 +303,7 @@ async fn minimal_copy(args: &Value) {
                 });
                 let opened = http
                     .post(format!("{dst}/v2/{repo}/blobs/uploads/"))
-                    .header(AUTHORIZATION, auth)
+                    .basic_auth(USER, Some(PASS))
                     .header(CONTENT_LENGTH, 0)
                     .send()
                     .await
@@ -325,7 +318,7 @@ async fn minimal_copy(args: &Value) {
                 url.query_pairs_mut().append_pair("digest", &digest);
                 let put = http
                     .put(url)
-                    .header(AUTHORIZATION, auth)
+                    .basic_auth(USER, Some(PASS))
                     .header(CONTENT_LENGTH, size)
                     .body(reqwest::Body::wrap_stream(stream))
                     .send()
@@ -339,7 +332,7 @@ async fn minimal_copy(args: &Value) {
         .await;
     let put = http
         .put(format!("{dst}/v2/{repo}/manifests/{tag}"))
-        .header(AUTHORIZATION, &auth)
+        .basic_auth(USER, Some(PASS))
         .header(CONTENT_TYPE, OCI_MANIFEST)
         .body(manifest)
         .send()
