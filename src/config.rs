@@ -127,6 +127,10 @@ pub struct ServerConfig {
     /// Webhooks per second one client address may send (bursts up to
     /// twice that); beyond it, `429` with `Retry-After`. 0: no limit.
     pub webhook_rate_limit: u32,
+    /// Connections one client address may hold open at once; more are
+    /// closed at accept, so idle sockets from one address never lock out
+    /// another (Harbor's deliveries).
+    pub max_connections_per_client: usize,
     /// HTTPS on `listen`: the certificate chain and key (PEM), read again
     /// on reload.
     pub tls: Option<ListenerTls>,
@@ -220,6 +224,10 @@ pub struct JobsConfig {
     /// A repeated event within this time after its job succeeded joins
     /// that job instead of copying again.
     pub coalesce_window: Duration,
+    /// Jobs waiting (queued or due for a retry) at most; beyond it a
+    /// webhook is answered `503` with `Retry-After`, so a flood of events
+    /// cannot grow the store without bound.
+    pub max_queued: usize,
 }
 
 /// How to verify a registry's TLS certificate.
@@ -259,6 +267,10 @@ pub struct RegistryConfig {
     /// `harbor` when the registry is a Harbor (its REST API is then used
     /// to list it); `registry` for any other.
     pub is_harbor: bool,
+    /// Hosts (`host` or `host:port`) besides the registry's own that may
+    /// serve its token realm (Docker Hub's `auth.docker.io`). A realm
+    /// anywhere else never receives the credentials.
+    pub token_realm_hosts: Vec<String>,
 }
 
 /// Per-registry limits and upload settings.
@@ -276,6 +288,14 @@ pub struct RegistryLimits {
     pub chunk_size_threshold: u64,
     /// Size of each chunk (raised to the registry's `OCI-Chunk-Min-Length`).
     pub chunk_size: u64,
+    /// Longest `Retry-After` honoured; a registry asking for more waits
+    /// this long (a huge value must not freeze every request to it).
+    pub max_retry_after: Duration,
+    /// Bytes read in all across the pages of one listing (`_catalog`,
+    /// `tags/list`, Harbor's project and repository lists).
+    pub max_list_bytes: u64,
+    /// Entries kept in all across the pages of one listing.
+    pub max_list_entries: usize,
 }
 
 impl Default for RegistryLimits {
@@ -287,6 +307,9 @@ impl Default for RegistryLimits {
             stall_timeout: Duration::from_secs(60),
             chunk_size_threshold: 64 * 1024 * 1024,
             chunk_size: 16 * 1024 * 1024,
+            max_retry_after: Duration::from_secs(600),
+            max_list_bytes: 64 * 1024 * 1024,
+            max_list_entries: 1_000_000,
         }
     }
 }
@@ -398,6 +421,7 @@ struct RawServer {
     api_token_file: Option<String>,
     metrics_listen: Option<String>,
     webhook_rate_limit: Option<u32>,
+    max_connections_per_client: Option<usize>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
 }
@@ -419,6 +443,7 @@ struct RawJobs {
     retry_max_delay: Option<String>,
     retention: Option<String>,
     coalesce_window: Option<String>,
+    max_queued: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +462,10 @@ struct RawRegistry {
     chunk_size: Option<RawSize>,
     create_projects: Option<bool>,
     kind: Option<String>,
+    token_realm_hosts: Option<Vec<String>>,
+    max_retry_after: Option<String>,
+    max_list_bytes: Option<RawSize>,
+    max_list_entries: Option<usize>,
 }
 
 /// A size: a number of bytes, or text like "64MiB".
@@ -769,6 +798,10 @@ impl Loader<'_> {
             registries.insert(name, reg);
         }
 
+        let max_connections_per_client = raw.server.max_connections_per_client.unwrap_or(128);
+        if max_connections_per_client < 1 {
+            return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
+        }
         let mut rules: Vec<RuleConfig> = Vec::new();
         for (i, r) in raw.rules.into_iter().enumerate() {
             let rule = self.rule(i, r, &registries)?;
@@ -792,6 +825,7 @@ impl Loader<'_> {
                 api_token,
                 metrics_listen,
                 webhook_rate_limit: raw.server.webhook_rate_limit.unwrap_or(1000),
+                max_connections_per_client,
                 tls,
             },
             store: StoreConfig {
@@ -858,7 +892,12 @@ impl Loader<'_> {
             raw.coalesce_window,
             Duration::from_secs(600),
         )?;
+        let max_queued = raw.max_queued.unwrap_or(100_000);
+        if max_queued < 1 {
+            return Err(self.invalid("jobs.max_queued", "must be at least 1"));
+        }
         Ok(JobsConfig {
+            max_queued,
             workers,
             blob_concurrency,
             shutdown_grace,
@@ -1013,7 +1052,44 @@ impl Loader<'_> {
                 Some(n) => n,
                 None => defaults.chunk_size,
             },
+            max_retry_after: match r.max_retry_after {
+                None => defaults.max_retry_after,
+                Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                    self.invalid(
+                        key("max_retry_after"),
+                        format!("`{t}` is not a duration: {e}"),
+                    )
+                })?,
+            },
+            max_list_bytes: match size("max_list_bytes", r.max_list_bytes)? {
+                Some(n) if n < 1024 * 1024 => {
+                    return Err(self.invalid(key("max_list_bytes"), "must be at least 1MiB"));
+                }
+                Some(n) => n,
+                None => defaults.max_list_bytes,
+            },
+            max_list_entries: match r.max_list_entries {
+                Some(n) if n < 1000 => {
+                    return Err(self.invalid(key("max_list_entries"), "must be at least 1000"));
+                }
+                Some(n) => n,
+                None => defaults.max_list_entries,
+            },
         };
+        let token_realm_hosts = r.token_realm_hosts.unwrap_or_default();
+        for h in &token_realm_hosts {
+            let valid = !h.is_empty()
+                && !h.contains('/')
+                && url::Url::parse(&format!("https://{h}/")).is_ok_and(|u| {
+                    u.host_str().is_some() && u.path() == "/" && u.username().is_empty()
+                });
+            if !valid {
+                return Err(self.invalid(
+                    key("token_realm_hosts"),
+                    format!("`{h}` is not a host or host:port (like \"auth.example.com\")"),
+                ));
+            }
+        }
         Ok(RegistryConfig {
             name: name.to_string(),
             url,
@@ -1022,6 +1098,7 @@ impl Loader<'_> {
             tls,
             limits,
             create_projects: r.create_projects.unwrap_or(false),
+            token_realm_hosts,
             is_harbor: match r.kind.as_deref() {
                 None | Some("registry") => false,
                 Some("harbor") => true,

@@ -81,6 +81,7 @@ pub async fn run_reloadable(
     let (store, recovered) = Store::open(&config.store.path)
         .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
     store.set_coalesce_window(config.jobs.coalesce_window);
+    store.set_max_queued(config.jobs.max_queued);
     let store = Arc::new(store);
     if recovered > 0 {
         tracing::info!(
@@ -126,6 +127,7 @@ pub async fn run_reloadable(
             l,
             api::metrics_router(state.clone()),
             None,
+            api::ConnLimits::from_config(&config.server),
             shutdown.clone(),
         ))
     });
@@ -175,6 +177,9 @@ pub async fn run_reloadable(
                             Err(e) => tracing::error!(error = %e, "listener certificate NOT reloaded"),
                         }
                     }
+                    let jobs = &live.get().config.jobs;
+                    ctx.store.set_max_queued(jobs.max_queued);
+                    ctx.store.set_coalesce_window(jobs.coalesce_window);
                     metrics.init_rules(live.get().config.rules.iter().map(|r| r.name.as_str()));
                     start_reconcilers(&live.get(), &ctx, shutdown.child_token(), &mut reconcilers);
                 }

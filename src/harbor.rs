@@ -89,6 +89,7 @@ pub async fn projects(
     Ok(all
         .iter()
         .filter_map(|p| p["name"].as_str())
+        .filter(|p| is_valid_project(p))
         .filter(|p| take_project(p))
         .map(str::to_string)
         .collect())
@@ -182,10 +183,12 @@ pub async fn list_tagged(
             if !crate::reference::is_valid_repository(full) {
                 continue;
             }
-            let inside = full
+            let Some(inside) = full
                 .strip_prefix(project)
                 .and_then(|x| x.strip_prefix('/'))
-                .unwrap_or(full);
+            else {
+                continue;
+            };
             // Harbor wants a repository name with '/' encoded twice.
             let encoded = inside.replace('/', "%252F");
             let artifacts: Vec<serde_json::Value> = paged(
@@ -197,7 +200,10 @@ pub async fn list_tagged(
             )
             .await?;
             for a in artifacts {
-                let Some(digest) = a["digest"].as_str() else {
+                let Some(digest) = a["digest"]
+                    .as_str()
+                    .filter(|d| crate::reference::is_valid_digest(d))
+                else {
                     continue;
                 };
                 for t in a["tags"].as_array().into_iter().flatten() {
@@ -213,13 +219,48 @@ pub async fn list_tagged(
     Ok(out)
 }
 
-/// GETs every page (`page`, `page_size=100`) of a Harbor list.
+/// True for a name Harbor accepts as a project's
+/// (`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`, at most 255 characters;
+/// `src/pkg/project/manager.go`). Names from Harbor's answers go into URL
+/// paths, so anything else is dropped.
+pub fn is_valid_project(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 255
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && b.iter().all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+        && !b
+            .windows(2)
+            .any(|w| !alnum(w[0]) && !alnum(w[1]))
+}
+
+/// Reads a JSON answer of the Harbor API with a limit.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    registry: &Registry,
+    resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<T, RegistryError> {
+    let body = registry.read_body(resp, limit, what).await?;
+    serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
+        registry: registry.name().to_string(),
+        what: what.to_string(),
+        detail: format!("unexpected answer: {}", crate::registry::cut(&e.to_string())),
+    })
+}
+
+/// GETs every page (`page`, `page_size=100`) of a Harbor list, within the
+/// registry's `max_list_bytes` and `max_list_entries` in all.
 async fn paged(
     registry: &Registry,
     what: &str,
     path_with_query: &str,
 ) -> Result<Vec<serde_json::Value>, RegistryError> {
     const PAGE: usize = 100;
+    let (max_bytes, max_entries) = registry.list_limits();
+    let mut bytes = 0u64;
     let mut all = Vec::new();
     for page in 1..=10_000 {
         let resp = registry
@@ -233,13 +274,26 @@ async fn paged(
         if resp.status() != StatusCode::OK {
             return Err(registry.error_from(resp, what).await);
         }
-        let list: Vec<serde_json::Value> = resp.json().await.map_err(|e| RegistryError::Other {
-            registry: registry.name().to_string(),
-            what: what.to_string(),
-            detail: format!("unexpected answer: {e}"),
-        })?;
+        let left = max_bytes.saturating_sub(bytes).min(16 << 20);
+        let body = registry.read_body(resp, left, what).await?;
+        bytes += body.len() as u64;
+        let list: Vec<serde_json::Value> =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
+                registry: registry.name().to_string(),
+                what: what.to_string(),
+                detail: format!("unexpected answer: {}", crate::registry::cut(&e.to_string())),
+            })?;
         let n = list.len();
         all.extend(list);
+        if all.len() > max_entries {
+            return Err(RegistryError::Other {
+                registry: registry.name().to_string(),
+                what: what.to_string(),
+                detail: format!(
+                    "more than max_list_entries ({max_entries}) entries; raise max_list_entries for this registry if it really has that many"
+                ),
+            });
+        }
         if n < PAGE {
             break;
         }
@@ -333,11 +387,7 @@ async fn find_policy(
     if resp.status() != StatusCode::OK {
         return Err(registry.error_from(resp, &what).await);
     }
-    let list: Vec<serde_json::Value> = resp.json().await.map_err(|e| RegistryError::Other {
-        registry: registry.name().to_string(),
-        what: what.clone(),
-        detail: format!("unexpected answer: {e}"),
-    })?;
+    let list: Vec<serde_json::Value> = json_body(registry, resp, 16 << 20, &what).await?;
     Ok(list
         .iter()
         .find(|p| p["name"] == POLICY_NAME)

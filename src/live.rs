@@ -120,6 +120,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server.webhook_rate_limit != new.server.webhook_rate_limit {
         out.push("server.webhook_rate_limit");
     }
+    if old.server.max_connections_per_client != new.server.max_connections_per_client {
+        out.push("server.max_connections_per_client");
+    }
     if old.server.tls.is_some() != new.server.tls.is_some() {
         out.push("server.tls_cert (turning HTTPS on or off)");
     }

@@ -132,6 +132,7 @@ impl Manifest {
             .ok()?
             .subject
             .map(|s| s.digest)
+            .filter(|d| crate::reference::is_valid_digest(d))
     }
 
     /// The manifest's children.
@@ -206,10 +207,15 @@ mod tests {
         let body = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}","size":2}},"layers":[],"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{}","size":9}}}}"#,
             d('a'),
-            d('s')
+            d('5')
         );
         let m = Manifest::from_bytes(Bytes::from(body), None).expect("valid");
-        assert_eq!(m.subject(), Some(d('s')));
+        assert_eq!(m.subject(), Some(d('5')));
+        // A subject that is not a digest is no subject: it would go into a
+        // URL on the target.
+        let bad = body.replace(&d('5'), "sha256:../../../api/v2.0/users");
+        let m = Manifest::from_bytes(Bytes::from(bad), None).expect("valid");
+        assert_eq!(m.subject(), None);
         let plain = format!(
             r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"digest":"{}","size":2}},"layers":[]}}"#,
             d('a')

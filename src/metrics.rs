@@ -18,7 +18,7 @@ pub struct Metrics {
     registry: Registry,
     /// Webhooks received, by `format` and `outcome` (accepted, ignored,
     /// no_rule, unauthorized, bad_request, too_large, unsupported_media_type, rate_limited,
-    /// error).
+    /// queue_full, invalid, error).
     pub webhooks: IntCounterVec,
     /// Jobs finished, by `rule` and `outcome` (succeeded, failed).
     pub jobs_finished: IntCounterVec,

@@ -181,7 +181,7 @@ async fn untrusted_certificate_fails_the_job_with_the_tls_reason() {
 async fn token_auth_target_and_basic_auth_source() {
     let pki_dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(pki_dir.path());
-    let issuer = TokenIssuer::start(USER, PASS).await;
+    let issuer = TokenIssuer::start_tls(USER, PASS, &pki).await;
     // The source wants Basic auth over plain HTTP; the target, tokens.
     let source = RegistryProc::start(
         None,
@@ -199,7 +199,7 @@ async fn token_auth_target_and_basic_auth_source() {
     img.push(&src, "library/tok", &Reference::Tag("1".into()))
         .await;
     let config = format!(
-        "{}{}{RULE}",
+        "{}{}{}{RULE}",
         registry_toml("external", &source.url, Some(("reader", "source-pw")), ""),
         registry_toml(
             "integrated",
@@ -207,6 +207,7 @@ async fn token_auth_target_and_basic_auth_source() {
             Some((USER, PASS)),
             &format!("{{ ca_file = \"{}\" }}", pki.ca_pem.display())
         ),
+        issuer.realm_toml(),
     );
     let relay = Relay::start(&config).await;
     let before = issuer.requests.load(std::sync::atomic::Ordering::Relaxed);
@@ -784,7 +785,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
 async fn shared_layers_are_mounted_across_repositories_on_a_token_auth_target() {
     let pki_dir = tempfile::tempdir().expect("tempdir");
     let pki = Pki::new(pki_dir.path());
-    let issuer = TokenIssuer::start(USER, PASS).await;
+    let issuer = TokenIssuer::start_tls(USER, PASS, &pki).await;
     let source = RegistryProc::start(None, Auth::None).await;
     let target = RegistryProc::start(Some(&pki), Auth::Token(issuer.clone())).await;
     let src = client(&source.url, None, TlsMode::System);
@@ -806,7 +807,7 @@ async fn shared_layers_are_mounted_across_repositories_on_a_token_auth_target() 
     app2.push(&src, "team-a/app2", &Reference::Tag("1".into()))
         .await;
     let config = format!(
-        "{}{}{RULE}",
+        "{}{}{}{RULE}",
         registry_toml("external", &source.url, None, ""),
         registry_toml(
             "integrated",
@@ -814,6 +815,7 @@ async fn shared_layers_are_mounted_across_repositories_on_a_token_auth_target() 
             Some((USER, PASS)),
             &format!("{{ ca_file = \"{}\" }}", pki.ca_pem.display())
         ),
+        issuer.realm_toml(),
     );
     let relay = Relay::start(&config).await;
     let a = relay

@@ -125,6 +125,35 @@ fn yes() -> bool {
 }
 
 impl JobSpec {
+    /// Checks every name the job will put in a URL with the grammar webhook
+    /// input passes, so nothing a registry answered (a reconcile listing, a
+    /// digest header) reaches another registry's URL unchecked.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::reference::{is_valid_digest, is_valid_repository, is_valid_tag};
+        let shown = |s: &str| crate::registry::cut(s);
+        for (what, repo) in [
+            ("source repository", &self.source_repository),
+            ("target repository", &self.target_repository),
+        ] {
+            if !is_valid_repository(repo) {
+                return Err(format!("{what} `{}` is not a repository name", shown(repo)));
+            }
+        }
+        match &self.reference {
+            Reference::Tag(t) if !is_valid_tag(t) => {
+                return Err(format!("`{}` is not a tag", shown(t)));
+            }
+            Reference::Digest(d) if !is_valid_digest(d) => {
+                return Err(format!("`{}` is not a digest", shown(d)));
+            }
+            _ => {}
+        }
+        match &self.digest {
+            Some(d) if !is_valid_digest(d) => Err(format!("`{}` is not a digest", shown(d))),
+            _ => Ok(()),
+        }
+    }
+
     /// Two deliveries of the same event (or the same push seen twice) give
     /// the same key; while a job with this key is active, new ones join it.
     pub fn dedupe_key(&self) -> String {

@@ -34,6 +34,20 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("job store: bad record: {0}")]
     Record(#[from] serde_json::Error),
+    /// A job that names something no registry could hold (a bad repository,
+    /// tag or digest): refused before it is stored.
+    #[error("job refused: {0}")]
+    Invalid(String),
+    /// `jobs.max_queued` jobs are already waiting.
+    #[error(
+        "the queue is full: {waiting} jobs are waiting (jobs.max_queued = {max}); try again later"
+    )]
+    Full {
+        /// Jobs queued or due for a retry.
+        waiting: usize,
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// Why a manual retry was refused.
@@ -101,6 +115,8 @@ pub struct Store {
     /// A delivery of an event whose job succeeded less than this long ago
     /// joins that job instead of copying again.
     coalesce_window_ms: AtomicU64,
+    /// Jobs that may wait (queued or retrying) before enqueue refuses.
+    max_queued: AtomicUsize,
 }
 
 /// Default for [`Store::set_coalesce_window`]: ten minutes.
@@ -152,6 +168,7 @@ impl Store {
             flush_turn: tokio::sync::Mutex::new(()),
             flushes: AtomicU64::new(0),
             coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
+            max_queued: AtomicUsize::new(usize::MAX),
         };
         let recovered = store.recover()?;
         Ok((store, recovered))
@@ -161,6 +178,12 @@ impl Store {
         // A panic while holding the lock leaves the trees consistent (each
         // write is whole), so a poisoned lock is safe to take.
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets `jobs.max_queued`: how many jobs may wait before
+    /// [`Store::enqueue`] refuses more.
+    pub fn set_max_queued(&self, max: usize) {
+        self.max_queued.store(max.max(1), Ordering::Relaxed);
     }
 
     /// How long after success a repeated event still joins its job.
@@ -238,10 +261,21 @@ impl Store {
 
     /// Adds jobs, folding each into an active job with the same dedupe key,
     /// and returns once all of it is on disk.
+    /// Every spec is checked first ([`JobSpec::validate`]); with
+    /// `max_queued` jobs already waiting, nothing is stored and the answer
+    /// is [`StoreError::Full`].
     pub async fn enqueue(&self, specs: Vec<JobSpec>) -> Result<Vec<Enqueued>, StoreError> {
+        for spec in &specs {
+            spec.validate().map_err(StoreError::Invalid)?;
+        }
         let mut out = Vec::with_capacity(specs.len());
         {
             let _g = self.guard();
+            let waiting = self.queued() + self.retrying();
+            let max = self.max_queued.load(Ordering::Relaxed);
+            if waiting >= max {
+                return Err(StoreError::Full { waiting, max });
+            }
             for spec in specs {
                 let dkey = spec.dedupe_key();
                 if let Some(existing) = self.dedupe.get(dkey.as_bytes())? {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -243,7 +244,10 @@ async fn run_job(ctx: &Context, job: Job) {
         let started = Instant::now();
         let result = match (live.registries.get(&spec.from), live.registries.get(&spec.to)) {
             (Some(source), Some(target)) => {
-                let done = match (spec.action, &spec.digest) {
+                // A panic in the copy (a bug an odd answer reached) fails
+                // this job with the panic's message; the worker goes on.
+                let work = async {
+                    match (spec.action, &spec.digest) {
                     (Action::Delete, Some(digest)) => {
                         ctx.replicator
                             .delete(target, &spec.target_repository, &spec.reference, digest)
@@ -265,11 +269,20 @@ async fn run_job(ctx: &Context, job: Job) {
                             })
                             .await
                     }
+                    }
                 };
-                done.map_err(|e| match e {
-                    crate::replicate::ReplicateError::Interrupted => (String::new(), false, true),
-                    e => (e.to_string(), e.is_permanent(), false),
-                })
+                match supervised(work).await {
+                    Ok(done) => done.map_err(|e| match e {
+                        crate::replicate::ReplicateError::Interrupted => {
+                            (String::new(), false, true)
+                        }
+                        e => (e.to_string(), e.is_permanent(), false),
+                    }),
+                    Err(error) => {
+                        tracing::error!(%error, "the job panicked; it fails, the worker goes on");
+                        Err((error, true, false))
+                    }
+                }
             }
             _ => Err((
                 format!(
@@ -355,4 +368,50 @@ async fn run_job(ctx: &Context, job: Job) {
     }
     .instrument(span)
     .await
+}
+
+/// Runs `work`, turning a panic into an error that carries its message, so
+/// that a job that panics fails and its worker goes on.
+async fn supervised<T>(work: impl std::future::Future<Output = T>) -> Result<T, String> {
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| panic_message(panic.as_ref()))
+}
+
+/// A job's error for a panic: its message, and that it is a bug to report.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!(
+        "internal error: the job panicked ({}); this is a bug in harbor-relay, please report it with the job's source",
+        crate::registry::cut(&text)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_becomes_the_jobs_error_and_the_caller_goes_on() {
+        let index = 3;
+        let msg = supervised(async move {
+            let v: Vec<u8> = Vec::new();
+            v[index]
+        })
+        .await
+        .expect_err("panics");
+        assert!(msg.contains("index out of bounds"), "{msg}");
+        assert!(msg.starts_with("internal error: the job panicked"), "{msg}");
+        let huge = "x".repeat(100_000);
+        let msg = supervised(async move { panic!("{huge}") })
+            .await
+            .expect_err("panics");
+        assert!(msg.len() < 400, "the message is cut: {} bytes", msg.len());
+        assert_eq!(supervised(async { 7 }).await, Ok(7));
+    }
 }

@@ -35,7 +35,7 @@ use crate::config::RegistryConfig;
 use crate::manifest::{self, Manifest};
 use crate::reference::Reference;
 
-pub use transport::Stats;
+pub use transport::{Stats, cut};
 pub use verify::{ByteStream, Mismatch};
 
 /// The `User-Agent` every request carries.
@@ -114,6 +114,17 @@ pub enum RegistryError {
         /// The registry's words, and a hint where one helps.
         detail: String,
     },
+    /// The registry asked for something a careful client refuses: its
+    /// credentials sent to another host, or over plain HTTP, or a name or
+    /// digest that is not one. Permanent: it needs a config change or a
+    /// fixed registry.
+    #[error("registry '{registry}': refused to trust its answer: {detail}")]
+    Untrusted {
+        /// Registry name.
+        registry: String,
+        /// What it asked for and why it is refused.
+        detail: String,
+    },
     /// Any other failure (protocol errors, bad answers).
     #[error("registry '{registry}': {what}: {detail}")]
     Other {
@@ -137,6 +148,7 @@ impl RegistryError {
                 | RegistryError::Unauthorized { .. }
                 | RegistryError::NotFound { .. }
                 | RegistryError::Manifest { .. }
+                | RegistryError::Untrusted { .. }
                 | RegistryError::Status { status: 405, .. }
         )
     }
@@ -229,6 +241,25 @@ impl Registry {
                 }
             })
             .await
+    }
+
+    /// Reads an answer's body, at most `limit` bytes (more is an error that
+    /// says so; a registry cannot fill memory with one answer).
+    pub async fn read_body(
+        &self,
+        resp: reqwest::Response,
+        limit: u64,
+        what: &str,
+    ) -> Result<Bytes, RegistryError> {
+        self.t
+            .read_limited(resp, usize::try_from(limit).unwrap_or(usize::MAX), what)
+            .await
+    }
+
+    /// `max_list_bytes` and `max_list_entries`: the most one paged listing
+    /// of this registry may read and keep.
+    pub fn list_limits(&self) -> (u64, usize) {
+        (self.t.limits.max_list_bytes, self.t.limits.max_list_entries)
     }
 
     /// Turns an error answer into an error that says what to do.
@@ -440,7 +471,14 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         match header {
-            Some(d) => Ok(Some(d)),
+            Some(d) if crate::reference::is_valid_digest(&d) => Ok(Some(d)),
+            Some(d) => Err(RegistryError::Untrusted {
+                registry: self.t.name.clone(),
+                detail: format!(
+                    "{what}: its Docker-Content-Digest `{}` is not a digest",
+                    transport::cut(&d)
+                ),
+            }),
             // No digest header: read the manifest and hash it.
             None => Ok(Some(self.get_manifest(repository, reference).await?.digest)),
         }
@@ -481,7 +519,7 @@ impl Registry {
                 }
                 _ => return Err(self.t.status_error(resp, &what).await),
             }
-            let next = next_link(&resp);
+            let next = next_link(&self.t, &resp, &what)?;
             let body = self
                 .t
                 .read_limited(resp, manifest::MAX_MANIFEST_BYTES, &what)
@@ -510,18 +548,14 @@ impl Registry {
         struct Page {
             repositories: Option<Vec<String>>,
         }
-        let pages: Vec<Page> = self
-            .pages(
-                "listing repositories",
-                &[],
-                &format!("{}/v2/_catalog?n=1000", self.t.base),
-            )
-            .await?;
-        Ok(pages
-            .into_iter()
-            .flat_map(|p| p.repositories.unwrap_or_default())
-            .filter(|r| crate::reference::is_valid_repository(r))
-            .collect())
+        self.pages(
+            "listing repositories",
+            &[],
+            &format!("{}/v2/_catalog?n=1000", self.t.base),
+            &|body| Ok(serde_json::from_slice::<Page>(body)?.repositories.unwrap_or_default()),
+            crate::reference::is_valid_repository,
+        )
+        .await
     }
 
     /// Every tag of a repository (`/v2/<name>/tags/list`, paged).
@@ -530,47 +564,80 @@ impl Registry {
         struct Page {
             tags: Option<Vec<String>>,
         }
-        let pages: Vec<Page> = self
-            .pages(
-                &format!("listing tags of {repository}"),
-                &pull(repository),
-                &self.url(&format!("{repository}/tags/list?n=1000")),
-            )
-            .await?;
-        Ok(pages
-            .into_iter()
-            .flat_map(|p| p.tags.unwrap_or_default())
-            .filter(|t| crate::reference::is_valid_tag(t))
-            .collect())
+        self.pages(
+            &format!("listing tags of {repository}"),
+            &pull(repository),
+            &self.url(&format!("{repository}/tags/list?n=1000")),
+            &|body| Ok(serde_json::from_slice::<Page>(body)?.tags.unwrap_or_default()),
+            crate::reference::is_valid_tag,
+        )
+        .await
     }
 
-    /// GETs a JSON list and its `Link: <…>; rel="next"` pages.
-    async fn pages<T: serde::de::DeserializeOwned>(
+    /// GETs a paged list (`Link: <…>; rel="next"`, on the registry's own
+    /// origin only) and returns its valid entries. Each page is read with
+    /// a limit, and the whole listing stops with an error past the
+    /// registry's `max_list_bytes` or `max_list_entries`, so a registry
+    /// that answers without end cannot fill memory. Entries that fail
+    /// `valid` (the grammar webhook input passes) are dropped and counted.
+    async fn pages(
         &self,
         what: &str,
         scopes: &[String],
         first: &str,
-    ) -> Result<Vec<T>, RegistryError> {
+        parse: &(dyn Fn(&[u8]) -> Result<Vec<String>, serde_json::Error> + Sync),
+        valid: fn(&str) -> bool,
+    ) -> Result<Vec<String>, RegistryError> {
+        let limits = &self.t.limits;
         let mut url = first.to_string();
         let mut out = Vec::new();
-        for _ in 0..10_000 {
+        let (mut bytes, mut dropped) = (0u64, 0usize);
+        let too_much = |detail: String| RegistryError::Other {
+            registry: self.t.name.clone(),
+            what: what.to_string(),
+            detail,
+        };
+        loop {
             let resp = self.t.send(what, scopes, true, &|c| c.get(&url)).await?;
             if resp.status() != StatusCode::OK {
                 return Err(self.t.status_error(resp, what).await);
             }
-            let next = next_link(&resp);
-            let body = self.t.read_limited(resp, 16 << 20, what).await?;
-            out.push(
-                serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
-                    registry: self.t.name.clone(),
-                    what: what.to_string(),
-                    detail: format!("unexpected answer: {e}"),
-                })?,
-            );
+            let next = next_link(&self.t, &resp, what)?;
+            let left = limits.max_list_bytes.saturating_sub(bytes);
+            let body = self
+                .t
+                .read_limited(resp, left.min(16 << 20) as usize, what)
+                .await
+                .map_err(|e| match e {
+                    RegistryError::Other { .. } => too_much(format!(
+                        "the listing is larger than max_list_bytes ({} bytes in all, 16 MiB a page); raise max_list_bytes for this registry if it really is",
+                        limits.max_list_bytes
+                    )),
+                    e => e,
+                })?;
+            bytes += body.len() as u64;
+            let entries = parse(&body)
+                .map_err(|e| too_much(format!("unexpected answer: {}", cut(&e.to_string()))))?;
+            for e in entries {
+                if valid(&e) {
+                    out.push(e);
+                } else {
+                    dropped += 1;
+                }
+            }
+            if out.len() > limits.max_list_entries {
+                return Err(too_much(format!(
+                    "more than max_list_entries ({}) entries; raise max_list_entries for this registry if it really has that many",
+                    limits.max_list_entries
+                )));
+            }
             match next {
                 Some(n) => url = n.to_string(),
                 None => break,
             }
+        }
+        if dropped > 0 {
+            tracing::warn!(registry = %self.t.name, %what, dropped, "ignored names that are not valid repository names or tags");
         }
         Ok(out)
     }
@@ -970,14 +1037,22 @@ pub enum MountOrUpload {
     Upload(url::Url),
 }
 
-/// The `Link: <…>; rel="next"` page of a paged answer, as an absolute URL.
-fn next_link(resp: &reqwest::Response) -> Option<url::Url> {
-    resp.headers()
+/// The `Link: <…>; rel="next"` page of a paged answer, as an absolute URL
+/// on the registry's own origin (anything else is refused: the next page
+/// would be asked with the registry's credentials).
+fn next_link(
+    t: &transport::Transport,
+    resp: &reqwest::Response,
+    what: &str,
+) -> Result<Option<url::Url>, RegistryError> {
+    let next = resp
+        .headers()
         .get(reqwest::header::LINK)
         .and_then(|v| v.to_str().ok())
         .and_then(|l| l.split('<').nth(1))
         .and_then(|l| l.split('>').next())
-        .and_then(|l| resp.url().join(l).ok())
+        .and_then(|l| resp.url().join(l).ok());
+    next.map(|u| t.own(u, "Link", what)).transpose()
 }
 
 /// Drops the first `n` bytes of a stream.

@@ -4,8 +4,17 @@
 //! answer still applies, so one `429` slows all work on that registry, not
 //! only the request that got it. Replayable requests are retried on
 //! connection errors and on 408, 429, 500, 502, 503 and 504, with
-//! exponential backoff and jitter, or after exactly the `Retry-After` the
-//! registry asked for (never clamped).
+//! exponential backoff and jitter, or after the `Retry-After` the
+//! registry asked for, up to `max_retry_after`.
+//!
+//! This is also the trust boundary towards the registry (design invariant
+//! 9): a `401` challenge is learned only from an answer of the registry's
+//! own scheme, host and port; a token realm must be on that host (or one
+//! the config lists in `token_realm_hosts`) and never plain HTTP for an
+//! HTTPS registry; once tokens are in use, a `Basic` challenge (Harbor's
+//! answer to a token it does not accept) never downgrades to sending the
+//! password on every request; and `Location`/`Link` are followed only on
+//! the registry's own origin.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +74,10 @@ impl Pacer {
 pub(super) struct Transport {
     pub(super) name: String,
     pub(super) base: String,
+    /// The configured URL: its origin is the only one credentials go to.
+    base_url: url::Url,
+    /// Other hosts allowed to serve the token realm.
+    realm_hosts: Vec<String>,
     tls: TlsMode,
     http: Client,
     username: Option<String>,
@@ -110,6 +123,101 @@ enum AuthHeader {
     Bearer(String),
 }
 
+/// What a `401` taught us.
+enum Learned {
+    /// Send the request again (new challenge, renewed token).
+    Retry,
+    /// Send it again with a token for more actions (a `DELETE` needs
+    /// `delete`, which Harbor's `v2auth` asks of every `DELETE`).
+    Widen(Vec<String>),
+    /// Nothing to learn: the `401` stands.
+    Stop,
+}
+
+/// The scopes with `delete` added where a `DELETE` needs it, or `None` if
+/// they already have it.
+fn widen(scopes: &[String], method: &reqwest::Method) -> Option<Vec<String>> {
+    if method != reqwest::Method::DELETE {
+        return None;
+    }
+    let mut changed = false;
+    let wider = scopes
+        .iter()
+        .map(|s| match s.rsplit_once(':') {
+            Some((head, actions)) if !actions.split(',').any(|a| a == "delete" || a == "*") => {
+                changed = true;
+                format!("{head}:{actions},delete")
+            }
+            _ => s.clone(),
+        })
+        .collect();
+    changed.then_some(wider)
+}
+
+/// True if `url` has the same scheme, host and port as `base`.
+pub(super) fn same_origin(url: &url::Url, base: &url::Url) -> bool {
+    url.origin() == base.origin()
+}
+
+/// `host[:port]` of a URL, for messages.
+pub(super) fn host_of(url: &url::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => url.as_str().chars().take(80).collect(),
+    }
+}
+
+/// Whether a token realm may receive the credentials of the registry at
+/// `base`: HTTPS (or plain HTTP only for a plain-HTTP registry), on the
+/// registry's own host and port or on one of `allowed` (`host` for any
+/// port, `host:port` for one). The error says why not.
+pub(super) fn check_realm(realm: &str, base: &url::Url, allowed: &[String]) -> Result<(), String> {
+    let u = url::Url::parse(realm)
+        .map_err(|_| format!("its token realm `{}` is not a URL", cut(realm)))?;
+    let host = u.host_str().unwrap_or_default();
+    match u.scheme() {
+        "https" => {}
+        "http" if base.scheme() == "http" => {}
+        "http" => {
+            return Err(format!(
+                "its token realm http://{} is plain HTTP while the registry is HTTPS; the password would cross the network in clear text, so it is not sent",
+                host_of(&u)
+            ));
+        }
+        other => return Err(format!("its token realm has scheme `{}`", cut(other))),
+    }
+    let same = u.host_str() == base.host_str()
+        && u.port_or_known_default() == base.port_or_known_default();
+    let listed = allowed.iter().any(|a| {
+        let (h, p) = match a.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+            _ => (a.as_str(), None),
+        };
+        h.eq_ignore_ascii_case(host) && p.is_none_or(|p| Some(p) == u.port_or_known_default())
+    });
+    if same || listed {
+        Ok(())
+    } else {
+        Err(format!(
+            "its token realm is on another host ({}), which is not in token_realm_hosts; if that host really issues this registry's tokens, add token_realm_hosts = [\"{}\"] to the registry",
+            host_of(&u),
+            host_of(&u)
+        ))
+    }
+}
+
+/// At most 120 characters of a value a registry sent, for messages (an
+/// answer must not be able to blow up an error message, a log line or the
+/// job store).
+pub fn cut(s: &str) -> String {
+    if s.chars().count() <= 120 {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    }
+}
+
 fn apply(rb: RequestBuilder, auth: &AuthHeader) -> RequestBuilder {
     match auth {
         AuthHeader::None => rb,
@@ -122,17 +230,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `Retry-After` as a wait: seconds, or an HTTP date.
-pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+/// `Retry-After` as a wait (seconds, or an HTTP date), at most `max`.
+pub(super) fn retry_after(headers: &HeaderMap, max: Duration) -> Option<Duration> {
     let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
+    let asked = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(v).ok()?;
         at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(asked.min(max))
 }
 
 /// Waits between attempts of one request: doubling, with jitter.
@@ -156,6 +264,7 @@ impl Transport {
             .user_agent(super::USER_AGENT)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(limits.stall_timeout)
+            .referer(false)
             .http1_only();
         match &cfg.tls {
             TlsMode::System => {}
@@ -179,6 +288,8 @@ impl Transport {
         Ok(Transport {
             name: cfg.name.clone(),
             base: cfg.url.as_str().trim_end_matches('/').to_string(),
+            base_url: cfg.url.clone(),
+            realm_hosts: cfg.token_realm_hosts.clone(),
             tls: cfg.tls.clone(),
             http,
             username: cfg.username.clone(),
@@ -212,9 +323,10 @@ impl Transport {
         let mut attempt: u32 = 0;
         let mut reauthed = false;
         let mut backoff = backoff();
+        let mut scopes: std::borrow::Cow<'_, [String]> = scopes.into();
         loop {
             attempt += 1;
-            let auth = self.auth_header(scopes, what).await?;
+            let auth = self.auth_header(&scopes, what).await?;
             self.wait_pacing().await;
             let permit = match &self.permits {
                 Some(s) => s.acquire().await.ok(),
@@ -222,7 +334,15 @@ impl Transport {
             };
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = std::time::Instant::now();
-            let sent = apply(make(&self.http), &auth).send().await;
+            let request = apply(make(&self.http), &auth).build();
+            let method = request
+                .as_ref()
+                .map(|r| r.method().clone())
+                .unwrap_or_default();
+            let sent = match request {
+                Ok(r) => self.http.execute(r).await,
+                Err(e) => Err(e),
+            };
             tracing::trace!(registry = %self.name, %what, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
             drop(permit);
             let may_retry = replayable && attempt < self.limits.request_attempts;
@@ -245,17 +365,24 @@ impl Transport {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && replayable && !reauthed {
                 reauthed = true;
-                let anonymous = matches!(auth, AuthHeader::None);
-                if self.learn(resp.headers(), scopes, anonymous) {
-                    attempt -= 1;
-                    continue;
+                match self.learn(resp.url(), resp.headers(), &scopes, &auth, &method)? {
+                    Learned::Retry => {
+                        attempt -= 1;
+                        continue;
+                    }
+                    Learned::Widen(wider) => {
+                        scopes = wider.into();
+                        attempt -= 1;
+                        continue;
+                    }
+                    Learned::Stop => {}
                 }
             }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             }
             if is_retryable(status) {
-                let asked = retry_after(resp.headers());
+                let asked = retry_after(resp.headers(), self.limits.max_retry_after);
                 if let Some(wait) = asked {
                     self.pace(wait);
                 }
@@ -274,9 +401,14 @@ impl Transport {
         }
     }
 
-    /// Every request to this host waits until `now + wait`.
+    /// Every request to this host waits until `now + wait` (`wait` is
+    /// already capped; an overflow waits the cap).
     fn pace(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let now = Instant::now();
+        let until = now
+            .checked_add(wait)
+            .or_else(|| now.checked_add(self.limits.max_retry_after))
+            .unwrap_or(now);
         let mut nb = lock(&self.not_before);
         if nb.is_none_or(|t| t < until) {
             *nb = Some(until);
@@ -293,11 +425,27 @@ impl Transport {
         }
     }
 
-    /// Learns from a `401`: returns true if another try may succeed.
-    /// Whether to send the request again: the challenge is new, a token
-    /// was refused (renew it), or the request went out without credentials
-    /// (another request may have learned the challenge meanwhile).
-    fn learn(&self, headers: &HeaderMap, scopes: &[String], sent_anonymous: bool) -> bool {
+    /// Learns from a `401` to a request sent with `sent`: whether to send
+    /// it again (the challenge is new, a token was refused and is renewed,
+    /// or the request went out without credentials while another learned
+    /// the challenge). A challenge from another origin (a blob store a
+    /// redirect led to) teaches nothing; a token realm the registry may not
+    /// use is an error; and once tokens are in use a `Basic` challenge to a
+    /// request that carried one (Harbor's `v2auth` answers a token it does
+    /// not accept so) renews the token, wider if the method needs it, and
+    /// never switches to Basic.
+    fn learn(
+        &self,
+        from: &url::Url,
+        headers: &HeaderMap,
+        scopes: &[String],
+        sent: &AuthHeader,
+        method: &reqwest::Method,
+    ) -> Result<Learned, RegistryError> {
+        if !same_origin(from, &self.base_url) {
+            tracing::debug!(registry = %self.name, from = %host_of(from), "ignoring a 401 challenge from another host");
+            return Ok(Learned::Stop);
+        }
         let parsed = headers
             .get_all(WWW_AUTHENTICATE)
             .iter()
@@ -305,15 +453,39 @@ impl Transport {
             .filter_map(auth::parse_challenge)
             .next();
         let Some(challenge) = parsed else {
-            return false;
+            return Ok(Learned::Stop);
         };
+        if let Challenge::Bearer { realm, .. } = &challenge {
+            check_realm(realm, &self.base_url, &self.realm_hosts).map_err(|detail| {
+                RegistryError::Untrusted {
+                    registry: self.name.clone(),
+                    detail,
+                }
+            })?;
+        }
+        let key = scopes.join(" ");
+        lock(&self.tokens).forget(&key);
         let mut current = lock(&self.challenge);
+        let sent_token = matches!(sent, AuthHeader::Bearer(_));
+        if sent_token && matches!(*current, Some(Challenge::Bearer { .. })) {
+            // Keep the Bearer challenge (a Basic one here is Harbor's way
+            // of refusing the token); renew the token, wider if need be.
+            if let Challenge::Bearer { .. } = &challenge {
+                *current = Some(challenge);
+            }
+            return Ok(match widen(scopes, method) {
+                Some(wider) => Learned::Widen(wider),
+                None => Learned::Retry,
+            });
+        }
         let changed = current.as_ref() != Some(&challenge);
-        let had_token = matches!(challenge, Challenge::Bearer { .. })
-            && lock(&self.tokens).get(&scopes.join(" ")).is_some();
-        lock(&self.tokens).forget(&scopes.join(" "));
         *current = Some(challenge);
-        changed || had_token || sent_anonymous
+        let anonymous = matches!(sent, AuthHeader::None);
+        Ok(if changed || sent_token || anonymous {
+            Learned::Retry
+        } else {
+            Learned::Stop
+        })
     }
 
     /// Our credentials as Basic auth (none if there is no username).
@@ -407,7 +579,7 @@ impl Transport {
             serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
                 registry: self.name.clone(),
                 what: token_what.clone(),
-                detail: format!("the token service's answer is not JSON: {e}"),
+                detail: format!("the token service's answer is not JSON: {}", cut(&e.to_string())),
             })?;
         let (token, life) = parsed.into_token().ok_or_else(|| RegistryError::Other {
             registry: self.name.clone(),
@@ -432,7 +604,7 @@ impl Transport {
             self.wait_pacing().await;
             match make(&self.http).send().await {
                 Ok(r) if is_retryable(r.status()) && attempt < self.limits.request_attempts => {
-                    let wait = retry_after(r.headers())
+                    let wait = retry_after(r.headers(), self.limits.max_retry_after)
                         .unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF));
                     tokio::time::sleep(wait).await;
                 }
@@ -472,10 +644,36 @@ impl Transport {
                 what: what.to_string(),
                 detail: format!("{} without a Location header", resp.status()),
             })?;
-        resp.url().join(loc).map_err(|e| RegistryError::Other {
+        let url = resp.url().join(loc).map_err(|e| RegistryError::Other {
             registry: self.name.clone(),
             what: what.to_string(),
-            detail: format!("bad Location '{loc}': {e}"),
+            detail: format!("bad Location '{}': {e}", cut(loc)),
+        })?;
+        self.own(url, "Location", what)
+    }
+
+    /// `url` if it is on the registry's own scheme, host and port (where
+    /// its credentials may go); an error naming both hosts if not.
+    pub(super) fn own(
+        &self,
+        url: url::Url,
+        header: &str,
+        what: &str,
+    ) -> Result<url::Url, RegistryError> {
+        if same_origin(&url, &self.base_url) {
+            return Ok(url);
+        }
+        let downgrade = url.scheme() == "http" && self.base_url.scheme() == "https";
+        Err(RegistryError::Untrusted {
+            registry: self.name.clone(),
+            detail: format!(
+                "{what}: its {header} points to {}://{}, not to the registry's own {}://{}{}; it is not followed, so the registry's credentials do not leave for another host",
+                url.scheme(),
+                host_of(&url),
+                self.base_url.scheme(),
+                host_of(&self.base_url),
+                if downgrade { " (and would downgrade HTTPS to plain HTTP)" } else { "" }
+            ),
         })
     }
 
@@ -651,7 +849,7 @@ fn registry_message(body: &[u8]) -> Option<String> {
             })
             .collect();
         if !parts.is_empty() {
-            return Some(parts.join("; "));
+            return Some(parts.join("; ").chars().take(300).collect());
         }
     }
     let text = String::from_utf8_lossy(body);
@@ -685,20 +883,63 @@ mod tests {
     #[test]
     fn retry_after_in_both_forms() {
         let mut h = HeaderMap::new();
+        let max = Duration::from_secs(600);
         h.insert(RETRY_AFTER, HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&h, max), Some(Duration::from_secs(2)));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(retry_after(&h, max), Some(max));
         let later = SystemTime::now() + Duration::from_secs(120);
         h.insert(
             RETRY_AFTER,
             HeaderValue::from_str(&httpdate::fmt_http_date(later)).expect("header"),
         );
-        let d = retry_after(&h).expect("date form");
+        let d = retry_after(&h, max).expect("date form");
         assert!(
             d > Duration::from_secs(115) && d <= Duration::from_secs(120),
             "{d:?}"
         );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
+        assert_eq!(retry_after(&h, max), None);
+    }
+
+    #[test]
+    fn a_token_realm_must_be_on_the_registry_or_listed_and_never_downgrade() {
+        let https: url::Url = "https://harbor.example".parse().expect("url");
+        let http: url::Url = "http://10.0.0.5:5000".parse().expect("url");
+        let none: Vec<String> = vec![];
+        assert!(check_realm("https://harbor.example/service/token", &https, &none).is_ok());
+        assert!(check_realm("https://harbor.example:443/service/token", &https, &none).is_ok());
+        let e = check_realm("http://harbor.example/service/token", &https, &none)
+            .expect_err("downgrade");
+        assert!(e.contains("plain HTTP"), "{e}");
+        let e = check_realm("https://other-host/steal", &https, &none).expect_err("other host");
+        assert!(e.contains("other-host") && e.contains("token_realm_hosts"), "{e}");
+        let e = check_realm("https://harbor.example:8443/t", &https, &none).expect_err("port");
+        assert!(e.contains("harbor.example:8443"), "{e}");
+        let allowed = vec!["auth.docker.io".to_string(), "127.0.0.1:9000".into()];
+        assert!(check_realm("https://auth.docker.io/token", &https, &allowed).is_ok());
+        assert!(check_realm("https://127.0.0.1:9000/token", &https, &allowed).is_ok());
+        assert!(check_realm("https://127.0.0.1:9001/token", &https, &allowed).is_err());
+        // Listing a host never allows plain HTTP for an HTTPS registry.
+        assert!(check_realm("http://auth.docker.io/token", &https, &allowed).is_err());
+        // A plain-HTTP registry may use a plain-HTTP realm on its own host.
+        assert!(check_realm("http://10.0.0.5:5000/token", &http, &none).is_ok());
+        assert!(check_realm("not a url", &https, &none).is_err());
+    }
+
+    #[test]
+    fn a_delete_widens_its_token_to_the_delete_action() {
+        let scopes = vec!["repository:p/r:pull,push".to_string()];
+        assert_eq!(
+            widen(&scopes, &reqwest::Method::DELETE),
+            Some(vec!["repository:p/r:pull,push,delete".to_string()])
+        );
+        assert_eq!(widen(&scopes, &reqwest::Method::GET), None);
+        let has = vec!["repository:p/r:delete".to_string()];
+        assert_eq!(widen(&has, &reqwest::Method::DELETE), None);
     }
 
     #[test]

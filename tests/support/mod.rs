@@ -348,7 +348,34 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
+    /// `host:port` of the issuer, for `token_realm_hosts`.
+    pub fn realm_host(&self) -> String {
+        self.url
+            .split("://")
+            .nth(1)
+            .expect("issuer url")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The config line that lets a registry's credentials go to this
+    /// issuer (it listens on another port than the registry).
+    pub fn realm_toml(&self) -> String {
+        format!("token_realm_hosts = [\"{}\"]\n", self.realm_host())
+    }
+
+    /// An issuer over plain HTTP (for plain-HTTP registries).
     pub async fn start(user: &str, pass: &str) -> Arc<TokenIssuer> {
+        TokenIssuer::start_with(user, pass, None).await
+    }
+
+    /// An issuer over HTTPS with the PKI's certificate: an HTTPS registry's
+    /// realm must be HTTPS, or the relay sends it no credentials.
+    pub async fn start_tls(user: &str, pass: &str, pki: &Pki) -> Arc<TokenIssuer> {
+        TokenIssuer::start_with(user, pass, Some(pki)).await
+    }
+
+    async fn start_with(user: &str, pass: &str, pki: Option<&Pki>) -> Arc<TokenIssuer> {
         use axum::extract::{Query, State};
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
@@ -445,11 +472,40 @@ impl TokenIssuer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (task, scheme) = match pki {
+            None => (
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }),
+                "http",
+            ),
+            Some(pki) => {
+                let tls = harbor_relay::config::ListenerTls {
+                    cert_file: pki.cert_pem.clone(),
+                    key_file: pki.key_pem.clone(),
+                    cert_pem: std::fs::read(&pki.cert_pem).expect("cert"),
+                    key_pem: Secret::new(std::fs::read_to_string(&pki.key_pem).expect("key")),
+                };
+                let slot = Arc::new(harbor_relay::api::TlsSlot::new(
+                    tls.server_config().expect("tls config"),
+                ));
+                (
+                    tokio::spawn(async move {
+                        let _ = harbor_relay::api::serve(
+                            listener,
+                            app,
+                            Some(slot),
+                            harbor_relay::api::ConnLimits::default(),
+                            tokio_util::sync::CancellationToken::new(),
+                        )
+                        .await;
+                    }),
+                    "https",
+                )
+            }
+        };
         Arc::new(TokenIssuer {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             service: "test-registry".into(),
             issuer: "test-issuer".into(),
             cert_pem,
@@ -472,8 +528,19 @@ pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
         limits: Default::default(),
         create_projects: false,
         is_harbor: false,
+        token_realm_hosts: token_realm_hosts(url),
     })
     .expect("client")
+}
+
+/// Test clients let a token realm on any port of the registry's host (the
+/// test token issuers listen on their own port).
+fn token_realm_hosts(url: &str) -> Vec<String> {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .into_iter()
+        .collect()
 }
 
 /// A CA pin for [`client`].

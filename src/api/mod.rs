@@ -27,6 +27,12 @@ use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::rules::RuleSet;
 
+mod listener;
+pub use listener::{
+    ConnLimits, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, TlsSlot,
+    serve,
+};
+
 /// A rate limiter keyed by client address.
 pub type WebhookLimiter = Arc<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>;
 
@@ -94,161 +100,37 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves `router` on `listener` (over TLS when `tls` is given) until
-/// `shutdown` is cancelled, then lets open requests finish.
+/// `shutdown` is cancelled, then lets open requests finish. Connection
+/// limits come from the config in force at start; idle entries of the
+/// webhook rate limiter are pruned every minute, so it does not keep every
+/// address it has ever seen.
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     tls: Option<Arc<TlsSlot>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve(listener, router(state), tls, shutdown).await
-}
-
-/// The listener's TLS settings; a reload swaps them, and new connections
-/// get the new certificate.
-pub struct TlsSlot(std::sync::RwLock<tokio_rustls::TlsAcceptor>);
-
-impl TlsSlot {
-    /// Starts with `config`.
-    pub fn new(config: rustls::ServerConfig) -> TlsSlot {
-        TlsSlot(std::sync::RwLock::new(Arc::new(config).into()))
-    }
-
-    /// Puts `config` in force for new connections.
-    pub fn replace(&self, config: rustls::ServerConfig) {
-        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
-        *g = Arc::new(config).into();
-    }
-
-    fn get(&self) -> tokio_rustls::TlsAcceptor {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// How long a client may take to send a request's headers (slowloris).
-pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long one request may take in all, body included (a body that
-/// trickles in is cut off with `408`).
-pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Connections served at once; more are closed at accept.
-pub const MAX_CONNECTIONS: usize = 1024;
-/// How long open requests may take to finish at shutdown.
-const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves `router` on `listener` until `shutdown` is cancelled: HTTP/1.1
-/// and h2, at most [`MAX_CONNECTIONS`] at once, headers within
-/// [`HEADER_READ_TIMEOUT`], whole requests within [`REQUEST_TIMEOUT`];
-/// each request carries the client's address (`ConnectInfo`). At shutdown
-/// it stops accepting and lets open requests finish (at most 10 s).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    tls: Option<Arc<TlsSlot>>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
-    use tower::ServiceExt as _;
-
-    let router = router.layer(axum::middleware::from_fn(request_timeout));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, go on.
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        while conns.try_join_next().is_some() {}
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many connections; closing a new one");
-            drop(stream);
-            continue;
-        };
-        let svc = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req.map(axum::body::Body::new)
-            },
-        );
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
-        let builder = builder.clone();
+    let limits = ConnLimits::from_config(&state.live.get().config.server);
+    if let Some(limiter) = state.limiter.clone() {
         let stop = shutdown.clone();
-        let acceptor = tls.as_ref().map(|t| t.get());
-        conns.spawn(async move {
-            let _slot = slot;
-            match acceptor {
-                None => serve_connection(&builder, stream, svc, stop).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LIMITER_PRUNE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
                     }
+                    _ = stop.cancelled() => return,
                 }
             }
         });
     }
-    drop(listener);
-    let drained = async { while conns.join_next().await.is_some() {} };
-    if tokio::time::timeout(DRAIN, drained).await.is_err() {
-        conns.abort_all();
-    }
-    Ok(())
+    serve(listener, router(state), tls, limits, shutdown).await
 }
 
-/// Serves one connection until it ends, or finishes its open requests
-/// once `stop` is cancelled.
-async fn serve_connection<I, S>(
-    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
-    io: I,
-    svc: S,
-    stop: CancellationToken,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
-}
-
-/// Cuts off a request that takes longer than [`REQUEST_TIMEOUT`] (a body
-/// sent a byte at a time) with `408`.
-async fn request_timeout(req: Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => error(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("the request took longer than {REQUEST_TIMEOUT:?}"),
-        ),
-    }
-}
+/// How often the webhook rate limiter forgets addresses that are idle.
+const LIMITER_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Guards `/api/v1/*`: with `server.api_token` set, every request needs
 /// `Authorization: Bearer <token>` (compared in constant time; a failure
@@ -577,6 +459,21 @@ async fn accept(
                 axum::Json(json!({ "status": "accepted", "jobs": jobs, "skipped": skipped })),
             )
                 .into_response()
+        }
+        Err(e @ crate::jobs::StoreError::Full { .. }) => {
+            count("queue_full");
+            tracing::warn!(error = %e, "webhook refused: the job queue is full");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("nothing was accepted: {e}"),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("30"));
+            r
+        }
+        Err(e @ crate::jobs::StoreError::Invalid(_)) => {
+            count("invalid");
+            error(StatusCode::BAD_REQUEST, format!("nothing was accepted: {e}"))
         }
         Err(e) => {
             count("error");

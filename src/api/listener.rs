@@ -1,0 +1,409 @@
+//! The accept loop: HTTP/1.1 and h2, optional TLS, and the limits that keep
+//! one client from locking out another (Harbor's deliveries above all).
+//!
+//! - at most [`ConnLimits::total`] connections, and at most
+//!   [`ConnLimits::per_client`] from one address: a flood of sockets from
+//!   one address never takes the slots of another;
+//! - the first byte of a connection within [`ConnLimits::first_request`]
+//!   (the auto-detecting builder waits for the HTTP/2 preface without a
+//!   timer of its own), request headers within [`HEADER_READ_TIMEOUT`],
+//!   a whole request within [`REQUEST_TIMEOUT`] (`408`), and nothing
+//!   received for [`ConnLimits::idle`] closes the connection;
+//! - HTTP/2 keep-alive pings, so a peer that vanished is noticed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a client may take to send a request's headers (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take in all, body included (a body that
+/// trickles in is cut off with `408`).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A connection that sends nothing for this long is closed (longer than
+/// [`REQUEST_TIMEOUT`], so an open request always ends first).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long open requests may take to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive: a ping this often, and the peer must answer within
+/// [`H2_PING_TIMEOUT`].
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection limits of one listener.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    /// Connections at once, from everyone.
+    pub total: usize,
+    /// Connections at once from one client address
+    /// (`server.max_connections_per_client`).
+    pub per_client: usize,
+    /// The first byte must arrive within this.
+    pub first_request: Duration,
+    /// Nothing received for this long closes the connection.
+    pub idle: Duration,
+}
+
+impl ConnLimits {
+    /// The limits `[server]` asks for.
+    pub fn from_config(server: &crate::config::ServerConfig) -> ConnLimits {
+        ConnLimits {
+            per_client: server.max_connections_per_client,
+            ..ConnLimits::default()
+        }
+    }
+}
+
+impl Default for ConnLimits {
+    fn default() -> ConnLimits {
+        ConnLimits {
+            total: MAX_CONNECTIONS,
+            per_client: 128,
+            first_request: HEADER_READ_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The listener's TLS settings; a reload swaps them, and new connections
+/// get the new certificate.
+pub struct TlsSlot(std::sync::RwLock<tokio_rustls::TlsAcceptor>);
+
+impl TlsSlot {
+    /// Starts with `config`.
+    pub fn new(config: rustls::ServerConfig) -> TlsSlot {
+        TlsSlot(std::sync::RwLock::new(Arc::new(config).into()))
+    }
+
+    /// Puts `config` in force for new connections.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        let mut g = self.0.write().unwrap_or_else(|p| p.into_inner());
+        *g = Arc::new(config).into();
+    }
+
+    fn get(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Open connections per client address; an entry leaves with its last
+/// connection, so the map holds only addresses connected now.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its address until dropped.
+struct ClientSlot(Arc<PerClient>, IpAddr);
+
+impl PerClient {
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// When a connection last received a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    any: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            any: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.any.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns once the connection has been silent too long: no first byte
+    /// within `first`, or nothing for `idle` after that.
+    async fn silent(&self, first: Duration, idle: Duration) {
+        loop {
+            let limit = if self.any.load(Ordering::Relaxed) {
+                idle
+            } else {
+                first
+            };
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.start + last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A stream that notes every byte it receives in an [`Activity`].
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+type Builder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+fn builder() -> Builder {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_EVERY))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    b
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, within
+/// `limits` (see the module doc); each request carries the client's
+/// address (`ConnectInfo`). At shutdown it stops accepting and lets open
+/// requests finish (at most 10 s).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<Arc<TlsSlot>>,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+
+    let router = router.layer(axum::middleware::from_fn(request_timeout));
+    let builder = builder();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let per_client = Arc::new(PerClient::default());
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let Some(client) = per_client.enter(peer.ip(), limits.per_client) else {
+            tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); closing a new one");
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.total, "too many connections; closing a new one");
+            continue;
+        };
+        let svc = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.map(axum::body::Body::new)
+            },
+        );
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let builder = builder.clone();
+        let stop = shutdown.clone();
+        let acceptor = tls.as_ref().map(|t| t.get());
+        let limits = limits.clone();
+        conns.spawn(async move {
+            let _held = (slot, client);
+            let activity = Activity::new();
+            let io = Watched {
+                inner: stream,
+                activity: activity.clone(),
+            };
+            let served = async {
+                match acceptor {
+                    None => serve_connection(&builder, io, svc, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
+                            Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = served => {}
+                _ = activity.silent(limits.first_request, limits.idle) => {
+                    tracing::debug!(%peer, "closing a connection that sent nothing in time");
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Serves one connection until it ends, or finishes its open requests
+/// once `stop` is cancelled.
+async fn serve_connection<I, S>(builder: &Builder, io: I, svc: S, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Cuts off a request that takes longer than [`REQUEST_TIMEOUT`] (a body
+/// sent a byte at a time) with `408`.
+async fn request_timeout(req: Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({
+                "error": format!("the request took longer than {REQUEST_TIMEOUT:?}")
+            })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_client_slots_are_counted_and_released() {
+        let pc = Arc::new(PerClient::default());
+        let a: IpAddr = "127.0.0.2".parse().expect("ip");
+        let b: IpAddr = "127.0.0.1".parse().expect("ip");
+        let s1 = pc.enter(a, 2).expect("first");
+        let _s2 = pc.enter(a, 2).expect("second");
+        assert!(pc.enter(a, 2).is_none(), "third from the same address");
+        assert!(pc.enter(b, 2).is_some(), "another address is not affected");
+        drop(s1);
+        assert!(pc.enter(a, 2).is_some(), "a slot comes back when closed");
+    }
+
+    #[test]
+    fn the_per_client_map_forgets_addresses_without_connections() {
+        let pc = Arc::new(PerClient::default());
+        for i in 0..100u8 {
+            let ip = IpAddr::from([10, 0, 0, i]);
+            drop(pc.enter(ip, 1).expect("slot"));
+        }
+        assert!(pc.0.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_silent_after_the_first_request_deadline() {
+        let a = Activity::new();
+        let started = Instant::now();
+        a.silent(Duration::from_secs(10), Duration::from_secs(60))
+            .await;
+        assert_eq!(started.elapsed().as_secs(), 10);
+        a.touch();
+        let t = Instant::now();
+        a.silent(Duration::from_secs(10), Duration::from_secs(60))
+            .await;
+        assert_eq!(t.elapsed().as_secs(), 60);
+    }
+}
