@@ -183,10 +183,7 @@ pub async fn list_tagged(
             if !crate::reference::is_valid_repository(full) {
                 continue;
             }
-            let Some(inside) = full
-                .strip_prefix(project)
-                .and_then(|x| x.strip_prefix('/'))
-            else {
+            let Some(inside) = full.strip_prefix(project).and_then(|x| x.strip_prefix('/')) else {
                 continue;
             };
             // Harbor wants a repository name with '/' encoded twice.
@@ -230,10 +227,9 @@ pub fn is_valid_project(name: &str) -> bool {
         && b.len() <= 255
         && alnum(b[0])
         && alnum(b[b.len() - 1])
-        && b.iter().all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
-        && !b
-            .windows(2)
-            .any(|w| !alnum(w[0]) && !alnum(w[1]))
+        && b.iter()
+            .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+        && !b.windows(2).any(|w| !alnum(w[0]) && !alnum(w[1]))
 }
 
 /// Reads a JSON answer of the Harbor API with a limit.
@@ -247,7 +243,10 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
         registry: registry.name().to_string(),
         what: what.to_string(),
-        detail: format!("unexpected answer: {}", crate::registry::cut(&e.to_string())),
+        detail: format!(
+            "unexpected answer: {}",
+            crate::registry::cut(&e.to_string())
+        ),
     })
 }
 
@@ -281,7 +280,10 @@ async fn paged(
             serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
                 registry: registry.name().to_string(),
                 what: what.to_string(),
-                detail: format!("unexpected answer: {}", crate::registry::cut(&e.to_string())),
+                detail: format!(
+                    "unexpected answer: {}",
+                    crate::registry::cut(&e.to_string())
+                ),
             })?;
         let n = list.len();
         all.extend(list);

@@ -209,7 +209,7 @@ mod tests {
             d('a'),
             d('5')
         );
-        let m = Manifest::from_bytes(Bytes::from(body), None).expect("valid");
+        let m = Manifest::from_bytes(Bytes::from(body.clone()), None).expect("valid");
         assert_eq!(m.subject(), Some(d('5')));
         // A subject that is not a digest is no subject: it would go into a
         // URL on the target.

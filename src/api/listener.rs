@@ -304,7 +304,9 @@ pub async fn serve(
                     Some(acceptor) => {
                         match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
                             Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     }

@@ -29,8 +29,7 @@ use crate::rules::RuleSet;
 
 mod listener;
 pub use listener::{
-    ConnLimits, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, TlsSlot,
-    serve,
+    ConnLimits, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, TlsSlot, serve,
 };
 
 /// A rate limiter keyed by client address.
@@ -473,7 +472,10 @@ async fn accept(
         }
         Err(e @ crate::jobs::StoreError::Invalid(_)) => {
             count("invalid");
-            error(StatusCode::BAD_REQUEST, format!("nothing was accepted: {e}"))
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("nothing was accepted: {e}"),
+            )
         }
         Err(e) => {
             count("error");

@@ -552,7 +552,11 @@ impl Registry {
             "listing repositories",
             &[],
             &format!("{}/v2/_catalog?n=1000", self.t.base),
-            &|body| Ok(serde_json::from_slice::<Page>(body)?.repositories.unwrap_or_default()),
+            &|body| {
+                Ok(serde_json::from_slice::<Page>(body)?
+                    .repositories
+                    .unwrap_or_default())
+            },
             crate::reference::is_valid_repository,
         )
         .await
@@ -568,7 +572,11 @@ impl Registry {
             &format!("listing tags of {repository}"),
             &pull(repository),
             &self.url(&format!("{repository}/tags/list?n=1000")),
-            &|body| Ok(serde_json::from_slice::<Page>(body)?.tags.unwrap_or_default()),
+            &|body| {
+                Ok(serde_json::from_slice::<Page>(body)?
+                    .tags
+                    .unwrap_or_default())
+            },
             crate::reference::is_valid_tag,
         )
         .await
@@ -585,7 +593,7 @@ impl Registry {
         what: &str,
         scopes: &[String],
         first: &str,
-        parse: &(dyn Fn(&[u8]) -> Result<Vec<String>, serde_json::Error> + Sync),
+        parse: &PageParser,
         valid: fn(&str) -> bool,
     ) -> Result<Vec<String>, RegistryError> {
         let limits = &self.t.limits;
@@ -1027,6 +1035,9 @@ impl Registry {
         }
     }
 }
+
+/// Takes the entries out of one page of a listing.
+type PageParser = dyn Fn(&[u8]) -> Result<Vec<String>, serde_json::Error> + Sync;
 
 /// What a mount request did.
 #[derive(Debug)]

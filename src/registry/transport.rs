@@ -579,7 +579,10 @@ impl Transport {
             serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
                 registry: self.name.clone(),
                 what: token_what.clone(),
-                detail: format!("the token service's answer is not JSON: {}", cut(&e.to_string())),
+                detail: format!(
+                    "the token service's answer is not JSON: {}",
+                    cut(&e.to_string())
+                ),
             })?;
         let (token, life) = parsed.into_token().ok_or_else(|| RegistryError::Other {
             registry: self.name.clone(),
@@ -672,7 +675,11 @@ impl Transport {
                 host_of(&url),
                 self.base_url.scheme(),
                 host_of(&self.base_url),
-                if downgrade { " (and would downgrade HTTPS to plain HTTP)" } else { "" }
+                if downgrade {
+                    " (and would downgrade HTTPS to plain HTTP)"
+                } else {
+                    ""
+                }
             ),
         })
     }
@@ -916,7 +923,10 @@ mod tests {
             .expect_err("downgrade");
         assert!(e.contains("plain HTTP"), "{e}");
         let e = check_realm("https://other-host/steal", &https, &none).expect_err("other host");
-        assert!(e.contains("other-host") && e.contains("token_realm_hosts"), "{e}");
+        assert!(
+            e.contains("other-host") && e.contains("token_realm_hosts"),
+            "{e}"
+        );
         let e = check_realm("https://harbor.example:8443/t", &https, &none).expect_err("port");
         assert!(e.contains("harbor.example:8443"), "{e}");
         let allowed = vec!["auth.docker.io".to_string(), "127.0.0.1:9000".into()];

@@ -15,6 +15,7 @@
 
 pub mod fault;
 pub mod harbor;
+pub mod hostile;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};

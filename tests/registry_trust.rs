@@ -1,0 +1,358 @@
+//! Registries that lie (issue 13): no credential leaves for another host,
+//! no answer stalls, panics or fills the daemon, and it stays ready.
+//!
+//! Each attack is played by `support::hostile::HostileRegistry`; the other
+//! host it points at is a `Recorder` that keeps every request reaching it,
+//! and each test asserts that no credential did.
+
+mod support;
+
+use std::time::Duration;
+
+use harbor_relay::config::{RegistryConfig, RegistryLimits, Secret, TlsMode};
+use harbor_relay::reference::Reference;
+use harbor_relay::registry::Registry;
+use support::hostile::{Attack, HarborAuth, HostileRegistry, PASS, Recorder, USER, hostile_toml};
+use support::*;
+
+fn hostile_client(url: &str, limits: RegistryLimits) -> Registry {
+    Registry::new(&RegistryConfig {
+        name: "external".into(),
+        url: url.parse().expect("url"),
+        username: Some(USER.into()),
+        password: Some(Secret::new(PASS)),
+        tls: TlsMode::System,
+        limits,
+        create_projects: false,
+        is_harbor: false,
+        token_realm_hosts: vec![],
+    })
+    .expect("client")
+}
+
+/// A relay replicating `library/app` from `source_toml` to `target_toml`
+/// (both `[registries.*]` text), and the job of one push of `digest`.
+async fn run_one(
+    source_toml: &str,
+    target_toml: &str,
+    rule_extra: &str,
+    digest: &str,
+) -> (Relay, serde_json::Value) {
+    let config = format!(
+        "{source_toml}{target_toml}[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n{rule_extra}\n"
+    );
+    let relay = Relay::start_with_jobs(
+        "max_attempts = 2\nretry_initial_delay = \"100ms\"\n",
+        &config,
+    )
+    .await;
+    let ids = relay
+        .push(push_event("library/app", Some("1"), digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    (relay, job)
+}
+
+async fn assert_ready(relay: &Relay) {
+    let (status, body) = relay.get("/readyz").await;
+    assert_eq!(status, 200, "the daemon is not ready: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_on_another_host_gets_no_credentials_and_fails_the_job_naming_it() {
+    let foreign = Recorder::start().await;
+    let source = HostileRegistry::start(Attack::Realm(format!("{}/steal", foreign.url))).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let (relay, job) = run_one(
+        &hostile_toml(&source.url, ""),
+        &registry_toml("integrated", &target.url, None, ""),
+        "",
+        &source.digest,
+    )
+    .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "a refused realm is permanent: {job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(
+        err.contains(&foreign.host()) && err.contains("token_realm_hosts"),
+        "{err}"
+    );
+    assert!(foreign.seen().is_empty(), "{:?}", foreign.seen());
+    foreign.assert_no_credentials(&[PASS]);
+    assert_ready(&relay).await;
+
+    // Listed in token_realm_hosts, a plain-HTTP realm of a plain-HTTP
+    // registry is used (and the recorder, which grants nothing, refuses).
+    let (_relay, job) = run_one(
+        &hostile_toml(
+            &source.url,
+            &format!("token_realm_hosts = [\"{}\"]", foreign.host()),
+        ),
+        &registry_toml("integrated", &target.url, None, ""),
+        "",
+        &source.digest,
+    )
+    .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        foreign.seen().iter().any(|s| s.path.starts_with("/steal")),
+        "an allowed realm is asked: {:?}",
+        foreign.seen()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_store_that_answers_401_with_its_own_realm_learns_nothing() {
+    let foreign = Recorder::start().await;
+    let source = HostileRegistry::start(Attack::BlobRedirect(foreign.url.clone())).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    // Even with the store's host allowed as a realm host, a challenge from
+    // it is not learned: only the registry's own answers teach auth.
+    let (relay, job) = run_one(
+        &hostile_toml(
+            &source.url,
+            &format!("token_realm_hosts = [\"{}\"]", foreign.host()),
+        ),
+        &registry_toml("integrated", &target.url, None, ""),
+        "",
+        &source.digest,
+    )
+    .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let seen = foreign.seen();
+    assert!(
+        seen.iter().any(|s| s.path.starts_with("/store/")),
+        "the redirect was followed: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.path.starts_with("/steal")),
+        "the store's realm was learned: {seen:?}"
+    );
+    foreign.assert_no_credentials(&[PASS]);
+    assert_ready(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_location_on_another_host_is_not_followed() {
+    let foreign = Recorder::start().await;
+    let source = HostileRegistry::start(Attack::None).await;
+    let target = HostileRegistry::start(Attack::UploadLocation(foreign.url.clone())).await;
+    let target_toml =
+        hostile_toml(&target.url, "").replace("registries.external", "registries.integrated");
+    let (relay, job) = run_one(
+        &hostile_toml(&source.url, ""),
+        &target_toml,
+        "target_project = \"mirror\"",
+        &source.digest,
+    )
+    .await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(
+        err.contains("Location") && err.contains(&foreign.host()),
+        "the error names the foreign host: {err}"
+    );
+    assert!(foreign.seen().is_empty(), "{:?}", foreign.seen());
+    assert_ready(&relay).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paging_link_to_another_host_is_refused() {
+    let foreign = Recorder::start().await;
+    let source = HostileRegistry::start(Attack::TagsLink(foreign.url.clone())).await;
+    let client = hostile_client(&source.url, RegistryLimits::default());
+    let err = client.tags("library/app").await.expect_err("refused");
+    let text = err.to_string();
+    assert!(err.is_permanent(), "{text}");
+    assert!(
+        text.contains("Link") && text.contains(&foreign.host()),
+        "{text}"
+    );
+    assert!(foreign.seen().is_empty(), "{:?}", foreign.seen());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_pages_stop_at_max_list_bytes() {
+    let source = HostileRegistry::start(Attack::EndlessPages(100_000)).await;
+    let limits = RegistryLimits {
+        max_list_bytes: 450_000,
+        ..RegistryLimits::default()
+    };
+    let client = hostile_client(&source.url, limits);
+    let err = client.tags("library/app").await.expect_err("too much");
+    assert!(err.to_string().contains("max_list_bytes"), "{err}");
+    assert!(source.pages() <= 5, "read {} pages", source.pages());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_header_that_is_a_path_is_refused() {
+    let evil = "../../../../../api/v2.0/users?evil=1";
+    let source = HostileRegistry::start(Attack::DigestHeader(evil.into())).await;
+    let client = hostile_client(&source.url, RegistryLimits::default());
+    let err = client
+        .resolve("library/app", &Reference::Tag("1".into()))
+        .await
+        .expect_err("refused");
+    assert!(err.is_permanent(), "{err}");
+    assert!(err.to_string().contains("not a digest"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_retry_after_neither_panics_nor_freezes_the_registry() {
+    let source = HostileRegistry::start(Attack::RetryAfter("18446744073709551615".into())).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let (relay, job) = run_one(
+        &hostile_toml(&source.url, "max_retry_after = \"1s\""),
+        &registry_toml("integrated", &target.url, None, ""),
+        "",
+        &source.digest,
+    )
+    .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(source.throttled(), 2, "one 429, then the manifest");
+    assert_ready(&relay).await;
+    let dst = client(&target.url, None, TlsMode::System);
+    assert!(
+        dst.has_manifest("library/app", &source.digest)
+            .await
+            .expect("HEAD")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harbors_basic_challenge_to_a_refused_token_keeps_the_client_on_tokens() {
+    let harbor = HarborAuth::start().await;
+    let client = hostile_client(&harbor.url, RegistryLimits::default());
+    let (location, _) = client
+        .begin_upload("library/app", "opening an upload")
+        .await
+        .expect("upload session");
+    // Harbor maps DELETE to the `delete` action: the pull,push token is
+    // refused with `Basic realm="harbor"`.
+    client.cancel_upload("library/app", location.as_str()).await;
+    let digest = format!("sha256:{}", "0".repeat(64));
+    assert!(!client.has_blob("library/app", &digest).await.expect("HEAD"));
+    assert_eq!(
+        harbor.basic_uses(),
+        0,
+        "the client switched to Basic auth: {:?}",
+        harbor.seen.lock().expect("seen")
+    );
+    let seen = harbor.seen.lock().expect("seen").clone();
+    let deletes: Vec<_> = seen.iter().filter(|(m, _, _)| m == "DELETE").collect();
+    assert_eq!(deletes.len(), 2, "{seen:?}");
+    assert!(deletes[1].2.starts_with("Bearer "), "{seen:?}");
+    let head = seen.iter().rfind(|(m, _, _)| m == "HEAD").expect("a HEAD");
+    assert!(head.2.starts_with("Bearer "), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_from_one_address_do_not_lock_out_another() {
+    let port = free_port();
+    let _relay = RawRelay::spawn(
+        port,
+        &format!("webhook_auth = \"{WEBHOOK_SECRET}\"\nmax_connections_per_client = 8\n"),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_answers(&http, &format!("{base}/healthz"), "the relay did not start").await;
+
+    // 40 idle connections from 127.0.0.2: more than its cap, sending nothing.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+        idle.push(
+            s.connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+                .await
+                .expect("connect"),
+        );
+    }
+    // Another address still gets answers at once.
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    for _ in 0..5 {
+        let r = fresh
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("healthz while flooded");
+        assert_eq!(r.status(), 200);
+    }
+    let r = fresh
+        .post(format!("{base}/webhooks/harbor"))
+        .header("authorization", WEBHOOK_SECRET)
+        .header("content-type", "application/json")
+        .body(push_event(
+            "library/app",
+            Some("1"),
+            &format!("sha256:{}", "a".repeat(64)),
+        ))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .expect("webhook while flooded");
+    assert_eq!(r.status(), 422, "answered (no rule in this config)");
+
+    // A connection that sends nothing is closed after the first-request
+    // deadline (10 s).
+    use tokio::io::AsyncReadExt as _;
+    let mut first = idle.swap_remove(0);
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(20), first.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection stayed open: {closed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_with_retry_after() {
+    // Registries that do not answer: every job waits for a retry.
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", "http://127.0.0.1:9", None, ""),
+        registry_toml("integrated", "http://127.0.0.1:9", None, ""),
+    )
+    .replace(
+        "url = \"http://127.0.0.1:9\"\n",
+        "url = \"http://127.0.0.1:9\"\nrequest_attempts = 1\n",
+    );
+    let relay = Relay::start_with_jobs(
+        "workers = 1\nmax_queued = 3\nretry_initial_delay = \"1h\"\nretry_max_delay = \"1h\"\n",
+        &config,
+    )
+    .await;
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..12 {
+        let digest = format!("sha256:{:064x}", i + 1);
+        let (status, body) = relay
+            .webhook(
+                push_event("library/app", Some(&format!("t{i}")), &digest),
+                "application/json",
+                Some(WEBHOOK_SECRET),
+            )
+            .await;
+        match status {
+            202 => accepted += 1,
+            503 => {
+                refused = Some(body);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = refused.expect("the queue never filled");
+    assert!(body.to_string().contains("jobs.max_queued"), "{body}");
+    assert!(accepted <= 3 + 1, "accepted {accepted} with max_queued = 3");
+    let metrics = relay.get("/metrics").await.1.to_string();
+    assert!(
+        metrics.contains("outcome=\\\"queue_full\\\"} 1"),
+        "{metrics}"
+    );
+}
