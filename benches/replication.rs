@@ -365,7 +365,8 @@ impl Bench {
         let source = RegistryProc::start_logged(free_port(), None, Auth::None).await;
         let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
         let issuer = match token_auth {
-            true => Some(TokenIssuer::start(USER, PASS).await),
+            // The target is HTTPS, so its token realm must be too.
+            true => Some(TokenIssuer::start_tls(USER, PASS, &pki).await),
             false => None,
         };
         let mut b = Bench {
@@ -419,6 +420,11 @@ impl Bench {
                 Some((USER, PASS)),
                 &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
             ) + &std::env::var("BENCH_TARGET_EXTRA").unwrap_or_default()
+                + &self
+                    .issuer
+                    .as_ref()
+                    .map(|i| i.realm_toml())
+                    .unwrap_or_default()
         )
     }
 

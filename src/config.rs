@@ -1489,6 +1489,37 @@ mod tests {
     }
 
     #[test]
+    fn trust_limits_have_defaults_and_are_checked() {
+        let c = parse(GOOD).expect("valid");
+        let r = &c.registries["integrated"];
+        assert!(r.token_realm_hosts.is_empty());
+        assert_eq!(r.limits.max_retry_after, Duration::from_secs(600));
+        assert_eq!(r.limits.max_list_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.jobs.max_queued, 100_000);
+        assert_eq!(c.server.max_connections_per_client, 128);
+        let c = parse(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            "tls = { insecure_skip_verify = true }\ntoken_realm_hosts = [\"auth.docker.io\", \"10.0.0.1:5001\"]\nmax_retry_after = \"30s\"\nmax_list_bytes = \"8MiB\"\nmax_list_entries = 5000",
+        ))
+        .expect("valid");
+        let r = &c.registries["integrated"];
+        assert_eq!(r.token_realm_hosts, ["auth.docker.io", "10.0.0.1:5001"]);
+        assert_eq!(r.limits.max_retry_after, Duration::from_secs(30));
+        assert_eq!(r.limits.max_list_bytes, 8 * 1024 * 1024);
+        assert_eq!(r.limits.max_list_entries, 5000);
+        for bad in ["https://auth.docker.io", "auth.docker.io/token", ""] {
+            let e = error_of(&GOOD.replace(
+                "tls = { insecure_skip_verify = true }",
+                &format!("token_realm_hosts = [\"{bad}\"]"),
+            ));
+            assert!(
+                e.contains("registries.integrated.token_realm_hosts") && e.contains("host:port"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("external.password");

@@ -240,7 +240,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<T, RegistryError> {
     let body = registry.read_body(resp, limit, what).await?;
-    serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
+    decode(registry, &body, what)
+}
+
+/// Parses a JSON answer; the error quotes at most a short prefix of it.
+fn decode<T: serde::de::DeserializeOwned>(
+    registry: &Registry,
+    body: &[u8],
+    what: &str,
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::Other {
         registry: registry.name().to_string(),
         what: what.to_string(),
         detail: format!(
@@ -276,15 +285,7 @@ async fn paged(
         let left = max_bytes.saturating_sub(bytes).min(16 << 20);
         let body = registry.read_body(resp, left, what).await?;
         bytes += body.len() as u64;
-        let list: Vec<serde_json::Value> =
-            serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
-                registry: registry.name().to_string(),
-                what: what.to_string(),
-                detail: format!(
-                    "unexpected answer: {}",
-                    crate::registry::cut(&e.to_string())
-                ),
-            })?;
+        let list: Vec<serde_json::Value> = decode(registry, &body, what)?;
         let n = list.len();
         all.extend(list);
         if all.len() > max_entries {

@@ -53,6 +53,28 @@ async fn run_one(
     (relay, job)
 }
 
+/// [`run_one`] from the hostile `source` (with `extra` config lines) to a
+/// plain registry, which is returned so it lives as long as the test.
+async fn copy_from(
+    source: &HostileRegistry,
+    extra: &str,
+) -> (Relay, serde_json::Value, RegistryProc) {
+    let target = RegistryProc::start(None, Auth::None).await;
+    let (relay, job) = run_one(
+        &hostile_toml(&source.url, extra),
+        &registry_toml("integrated", &target.url, None, ""),
+        "",
+        &source.digest,
+    )
+    .await;
+    (relay, job, target)
+}
+
+/// The config line that lets `foreign` issue tokens.
+fn allow_realm(foreign: &Recorder) -> String {
+    format!("token_realm_hosts = [\"{}\"]", foreign.host())
+}
+
 async fn assert_ready(relay: &Relay) {
     let (status, body) = relay.get("/readyz").await;
     assert_eq!(status, 200, "the daemon is not ready: {body}");
@@ -62,14 +84,7 @@ async fn assert_ready(relay: &Relay) {
 async fn a_token_realm_on_another_host_gets_no_credentials_and_fails_the_job_naming_it() {
     let foreign = Recorder::start().await;
     let source = HostileRegistry::start(Attack::Realm(format!("{}/steal", foreign.url))).await;
-    let target = RegistryProc::start(None, Auth::None).await;
-    let (relay, job) = run_one(
-        &hostile_toml(&source.url, ""),
-        &registry_toml("integrated", &target.url, None, ""),
-        "",
-        &source.digest,
-    )
-    .await;
+    let (relay, job, _target) = copy_from(&source, "").await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["attempts"], 1, "a refused realm is permanent: {job}");
     let err = job["last_error"].as_str().expect("error");
@@ -83,16 +98,7 @@ async fn a_token_realm_on_another_host_gets_no_credentials_and_fails_the_job_nam
 
     // Listed in token_realm_hosts, a plain-HTTP realm of a plain-HTTP
     // registry is used (and the recorder, which grants nothing, refuses).
-    let (_relay, job) = run_one(
-        &hostile_toml(
-            &source.url,
-            &format!("token_realm_hosts = [\"{}\"]", foreign.host()),
-        ),
-        &registry_toml("integrated", &target.url, None, ""),
-        "",
-        &source.digest,
-    )
-    .await;
+    let (_relay, job, _target) = copy_from(&source, &allow_realm(&foreign)).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
         foreign.seen().iter().any(|s| s.path.starts_with("/steal")),
@@ -105,19 +111,9 @@ async fn a_token_realm_on_another_host_gets_no_credentials_and_fails_the_job_nam
 async fn a_blob_store_that_answers_401_with_its_own_realm_learns_nothing() {
     let foreign = Recorder::start().await;
     let source = HostileRegistry::start(Attack::BlobRedirect(foreign.url.clone())).await;
-    let target = RegistryProc::start(None, Auth::None).await;
     // Even with the store's host allowed as a realm host, a challenge from
     // it is not learned: only the registry's own answers teach auth.
-    let (relay, job) = run_one(
-        &hostile_toml(
-            &source.url,
-            &format!("token_realm_hosts = [\"{}\"]", foreign.host()),
-        ),
-        &registry_toml("integrated", &target.url, None, ""),
-        "",
-        &source.digest,
-    )
-    .await;
+    let (relay, job, _target) = copy_from(&source, &allow_realm(&foreign)).await;
     assert_eq!(job["state"], "failed", "{job}");
     let seen = foreign.seen();
     assert!(
@@ -200,14 +196,7 @@ async fn a_digest_header_that_is_a_path_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_retry_after_neither_panics_nor_freezes_the_registry() {
     let source = HostileRegistry::start(Attack::RetryAfter("18446744073709551615".into())).await;
-    let target = RegistryProc::start(None, Auth::None).await;
-    let (relay, job) = run_one(
-        &hostile_toml(&source.url, "max_retry_after = \"1s\""),
-        &registry_toml("integrated", &target.url, None, ""),
-        "",
-        &source.digest,
-    )
-    .await;
+    let (relay, job, target) = copy_from(&source, "max_retry_after = \"1s\"").await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(source.throttled(), 2, "one 429, then the manifest");
     assert_ready(&relay).await;
