@@ -25,6 +25,7 @@
 //! - [`harbor`]: Harbor's REST API: create target projects, register the webhook.
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
+//! - [`clock`]: wall-clock milliseconds, one definition for store and copier.
 //! - [`check`]: `harbor-relay check`: DNS, TCP, TLS, auth, push, webhook per registry.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`live`]: the reloadable settings (registries, rules), swapped on SIGHUP.
@@ -33,6 +34,7 @@
 
 pub mod api;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod event;

@@ -371,20 +371,7 @@ async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result
     );
     let mut failed = 0;
     for job in harbor_relay::reconcile::jobs_for(rule, &report) {
-        let done = replicator
-            .copy(&CopyRequest {
-                source,
-                source_repository: &job.source_repository,
-                reference: &job.reference,
-                target,
-                target_repository: &job.target_repository,
-                overwrite: job.overwrite,
-                referrers: job.referrers,
-                platforms: job.platforms.as_deref(),
-                event_digest: None,
-                referrer_only: job.referrer_only,
-            })
-            .await;
+        let done = replicator.copy(&job.copy_request(source, target)).await;
         match done {
             Ok(s) => println!(
                 "copied {}{} ({} blobs, {} bytes)",

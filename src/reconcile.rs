@@ -140,20 +140,14 @@ pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
     report
         .differences
         .iter()
-        .map(|d| JobSpec {
-            rule: rule.config.name.clone(),
-            from: rule.config.from.clone(),
-            to: rule.config.to.clone(),
-            source_repository: d.source_repository.clone(),
-            target_repository: d.target_repository.clone(),
-            reference: Reference::Tag(d.tag.clone()),
-            digest: Some(d.source_digest.clone()),
-            occurred_at: None,
-            action: Action::Copy,
-            overwrite: rule.config.overwrite,
-            referrers: rule.config.referrers,
-            platforms: rule.config.platforms.clone(),
-            referrer_only: false,
+        .map(|d| {
+            JobSpec::from_plan(
+                rule.plan_for(&d.source_repository, d.target_repository.clone()),
+                Action::Copy,
+                Reference::Tag(d.tag.clone()),
+                Some(d.source_digest.clone()),
+                None,
+            )
         })
         .collect()
 }
@@ -185,7 +179,7 @@ pub async fn run(
                 metrics
                     .reconcile_last_pass
                     .with_label_values(&[name.as_str()])
-                    .set(crate::jobs::now_ms() as f64 / 1000.0);
+                    .set(crate::clock::now_ms() as f64 / 1000.0);
                 let jobs = jobs_for(&rule, &report);
                 if !jobs.is_empty()
                     && let Err(e) = store.enqueue(jobs).await

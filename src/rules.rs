@@ -180,16 +180,25 @@ impl Rule {
             return Err(Skip::Repository);
         }
         Ok(Plan {
+            referrer_only: matches!(reference, Reference::Digest(_)) && !self.all_tags,
+            ..self.plan_for(repository, self.target_path(project, inside))
+        })
+    }
+
+    /// The rule's settings for copying `source_repository` to
+    /// `target_repository`, decided elsewhere (reconcile lists both sides).
+    pub fn plan_for(&self, source_repository: &str, target_repository: String) -> Plan {
+        Plan {
             rule: self.config.name.clone(),
             from: self.config.from.clone(),
             to: self.config.to.clone(),
-            source_repository: repository.to_string(),
-            target_repository: self.target_path(project, inside),
+            source_repository: source_repository.to_string(),
+            target_repository,
             overwrite: self.config.overwrite,
             referrers: self.config.referrers,
             platforms: self.config.platforms.clone(),
-            referrer_only: matches!(reference, Reference::Digest(_)) && !self.all_tags,
-        })
+            referrer_only: false,
+        }
     }
 }
 

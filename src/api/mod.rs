@@ -21,11 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Secret;
 use crate::event::{self, EventKind, Format, Parsed};
 use crate::jobs::workers::Readiness;
-use crate::jobs::{Action, Job, JobSpec, JobState, RetryError, Store};
+use crate::jobs::{Job, JobState, RetryError, Store};
 use crate::live::Shared;
 use crate::metrics::Metrics;
-use crate::reference::Reference;
-use crate::rules::RuleSet;
 
 mod listener;
 pub use listener::{
@@ -404,7 +402,7 @@ async fn accept(
     let rules = &app.live.get().rules;
     for ev in &events {
         deleting |= ev.kind == EventKind::Delete;
-        specs.extend(plan_event(rules, ev, &mut skipped));
+        specs.extend(crate::jobs::plan::for_event(rules, ev, &mut skipped));
     }
     if specs.is_empty()
         && unmatched == Unmatched::Refuse
@@ -486,69 +484,6 @@ async fn accept(
             )
         }
     }
-}
-
-/// The jobs one event asks for; why none, in `skipped`.
-fn plan_event(rules: &RuleSet, ev: &event::Event, skipped: &mut Vec<String>) -> Vec<JobSpec> {
-    let deleting = ev.kind == EventKind::Delete;
-    let action = if deleting {
-        Action::Delete
-    } else {
-        Action::Copy
-    };
-    let mut specs = Vec::new();
-    for a in &ev.artifacts {
-        let (plans, skips) = if deleting {
-            rules.delete_plans(&ev.project, &ev.repository, &a.reference)
-        } else {
-            rules.plans(&ev.project, &ev.repository, &a.reference)
-        };
-        if plans.is_empty() {
-            let why: Vec<String> = skips
-                .iter()
-                .map(|(r, s)| format!("rule '{r}': {s}"))
-                .collect();
-            skipped.push(format!(
-                "{}{}: {}",
-                ev.repository,
-                a.reference,
-                if why.is_empty() && deleting {
-                    "no rule has replicate_deletes = true".to_string()
-                } else if why.is_empty() {
-                    "no rules are configured".to_string()
-                } else {
-                    why.join("; ")
-                }
-            ));
-        }
-        let digest = a.digest.clone().or_else(|| match &a.reference {
-            Reference::Digest(d) => Some(d.clone()),
-            Reference::Tag(_) => None,
-        });
-        if deleting && digest.is_none() {
-            skipped.push(format!(
-                "{}{}: a deletion without a digest cannot be replicated safely",
-                ev.repository, a.reference
-            ));
-            continue;
-        }
-        specs.extend(plans.into_iter().map(|p| JobSpec {
-            rule: p.rule,
-            from: p.from,
-            to: p.to,
-            source_repository: p.source_repository,
-            target_repository: p.target_repository,
-            reference: a.reference.clone(),
-            digest: digest.clone(),
-            occurred_at: ev.occurred_at,
-            action,
-            overwrite: p.overwrite,
-            referrers: p.referrers,
-            platforms: p.platforms,
-            referrer_only: p.referrer_only,
-        }));
-    }
-    specs
 }
 
 enum BodyError {

@@ -4,12 +4,19 @@
 //! [`workers`], which run them through [`crate::replicate`]. A job holds no
 //! credentials: only names of registries, repositories and references.
 
+pub mod plan;
 pub mod store;
 pub mod workers;
 
 use serde::{Deserialize, Serialize};
 
 use crate::reference::Reference;
+use crate::registry::Registry;
+use crate::replicate::CopyRequest;
+use crate::rules::Plan;
+
+pub use crate::clock::now_ms;
+pub use crate::replicate::Summary;
 
 pub use store::{Enqueued, RetryError, Store, StoreError};
 pub use workers::Workers;
@@ -125,6 +132,54 @@ fn yes() -> bool {
 }
 
 impl JobSpec {
+    /// The job a rule's plan asks for, for one artifact: the one place a
+    /// [`Plan`] becomes a job, so a field added to either is carried.
+    pub fn from_plan(
+        plan: Plan,
+        action: Action,
+        reference: Reference,
+        digest: Option<String>,
+        occurred_at: Option<i64>,
+    ) -> JobSpec {
+        JobSpec {
+            rule: plan.rule,
+            from: plan.from,
+            to: plan.to,
+            source_repository: plan.source_repository,
+            target_repository: plan.target_repository,
+            reference,
+            digest,
+            occurred_at,
+            action,
+            overwrite: plan.overwrite,
+            referrers: plan.referrers,
+            platforms: plan.platforms,
+            referrer_only: plan.referrer_only,
+        }
+    }
+
+    /// What the copier needs to run this job between `source` and
+    /// `target` (the registries its `from` and `to` name): the one place a
+    /// job becomes a [`CopyRequest`].
+    pub fn copy_request<'a>(
+        &'a self,
+        source: &'a Registry,
+        target: &'a Registry,
+    ) -> CopyRequest<'a> {
+        CopyRequest {
+            source,
+            source_repository: &self.source_repository,
+            reference: &self.reference,
+            target,
+            target_repository: &self.target_repository,
+            overwrite: self.overwrite,
+            referrers: self.referrers,
+            platforms: self.platforms.as_deref(),
+            event_digest: self.digest.as_deref(),
+            referrer_only: self.referrer_only,
+        }
+    }
+
     /// Checks every name the job will put in a URL with the grammar webhook
     /// input passes, so nothing a registry answered (a reconcile listing, a
     /// digest header) reaches another registry's URL unchecked.
@@ -167,40 +222,6 @@ impl JobSpec {
             self.digest.as_deref().unwrap_or("")
         )
     }
-}
-
-/// What a finished copy did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Summary {
-    /// Digest of the top manifest copied.
-    pub digest: String,
-    /// Manifests written to the target (children and top).
-    pub manifests_copied: u64,
-    /// Blobs uploaded.
-    pub blobs_copied: u64,
-    /// Blobs already on the target.
-    pub blobs_skipped: u64,
-    /// Blobs linked from another repository of the target (no bytes sent).
-    #[serde(default)]
-    pub blobs_mounted: u64,
-    /// Blobs whose upload continued where an earlier attempt stopped.
-    #[serde(default)]
-    pub blobs_resumed: u64,
-    /// Referrers (signatures, SBOMs, attestations) copied with it.
-    #[serde(default)]
-    pub referrers_copied: u64,
-    /// Bytes uploaded.
-    pub bytes_copied: u64,
-    /// For a delete job: whether the manifest was deleted on the target.
-    #[serde(default)]
-    pub deleted: bool,
-    /// Why nothing was done, when nothing was (e.g. `override = false`).
-    #[serde(default)]
-    pub skipped: Option<String>,
-    /// Something the admin should know about the result (e.g. a platform
-    /// subset gives the index a new digest).
-    #[serde(default)]
-    pub note: Option<String>,
 }
 
 /// A job as stored.
@@ -247,12 +268,4 @@ pub enum Outcome {
     Failed(String),
     /// Not finished, not failed: stopped for shutdown. Queued again.
     Interrupted,
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -21,10 +21,10 @@ use tracing::Instrument;
 
 use backon::BackoffBuilder;
 
-use super::{Action, Job, Outcome, Store, now_ms};
+use super::{Action, Job, Outcome, Store, Summary, now_ms};
 use crate::live::Shared;
 use crate::metrics::Metrics;
-use crate::replicate::{CopyRequest, Replicator};
+use crate::replicate::Replicator;
 
 /// What workers share.
 pub struct Context {
@@ -221,6 +221,80 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// How one attempt of a job ended, before policy decides what follows.
+#[derive(Debug)]
+enum Attempt {
+    /// Copied (or deleted).
+    Done(Summary),
+    /// Stopped between chunks for shutdown: not a failure.
+    Interrupted,
+    /// Failed; `permanent` when retrying cannot help.
+    Failed { error: String, permanent: bool },
+}
+
+/// What to record after an attempt: a pure decision (tested below), so the
+/// retry policy is read in one place.
+fn decide(attempt: Attempt, attempts: u32, retry: &RetryPolicy, now_ms: u64) -> Outcome {
+    match attempt {
+        Attempt::Done(s) => Outcome::Succeeded(s),
+        Attempt::Interrupted => Outcome::Interrupted,
+        Attempt::Failed { error, permanent } if permanent || attempts >= retry.max_attempts => {
+            Outcome::Failed(error)
+        }
+        Attempt::Failed { error, .. } => Outcome::Retry {
+            error,
+            at_ms: now_ms + retry.delay(attempts).as_millis() as u64,
+        },
+    }
+}
+
+/// Runs the copy (or delete) a job asks for, once. A panic in it (a bug an
+/// odd answer reached) fails this job with the panic's message; the worker
+/// goes on.
+async fn attempt(ctx: &Context, live: &crate::live::Live, spec: &super::JobSpec) -> Attempt {
+    let (Some(source), Some(target)) = (
+        live.registries.get(&spec.from),
+        live.registries.get(&spec.to),
+    ) else {
+        return Attempt::Failed {
+            error: format!(
+                "registry '{}' or '{}' is no longer in the config",
+                spec.from, spec.to
+            ),
+            permanent: true,
+        };
+    };
+    let work = async {
+        match (spec.action, &spec.digest) {
+            (Action::Delete, Some(digest)) => {
+                ctx.replicator
+                    .delete(target, &spec.target_repository, &spec.reference, digest)
+                    .await
+            }
+            _ => {
+                ctx.replicator
+                    .copy(&spec.copy_request(source, target))
+                    .await
+            }
+        }
+    };
+    match supervised(work).await {
+        Ok(Ok(s)) => Attempt::Done(s),
+        Ok(Err(crate::replicate::ReplicateError::Interrupted)) => Attempt::Interrupted,
+        Ok(Err(e)) => Attempt::Failed {
+            permanent: e.is_permanent(),
+            error: e.to_string(),
+        },
+        Err(error) => {
+            tracing::error!(%error, "the job panicked; it fails, the worker goes on");
+            Attempt::Failed {
+                error,
+                permanent: true,
+            }
+        }
+    }
+}
+
 /// Runs one claimed job and records its outcome.
 async fn run_job(ctx: &Context, job: Job) {
     let spec = &job.spec;
@@ -236,138 +310,83 @@ async fn run_job(ctx: &Context, job: Job) {
         span.record("digest", d.as_str());
     }
     async {
-        ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
-        ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
-        ctx.metrics.jobs_running.set(ctx.store.running() as i64);
+        update_gauges(ctx);
         let live = ctx.live.get();
         let retry = RetryPolicy::from_config(&live.config.jobs);
         let started = Instant::now();
-        let result = match (live.registries.get(&spec.from), live.registries.get(&spec.to)) {
-            (Some(source), Some(target)) => {
-                // A panic in the copy (a bug an odd answer reached) fails
-                // this job with the panic's message; the worker goes on.
-                let work = async {
-                    match (spec.action, &spec.digest) {
-                    (Action::Delete, Some(digest)) => {
-                        ctx.replicator
-                            .delete(target, &spec.target_repository, &spec.reference, digest)
-                            .await
-                    }
-                    _ => {
-                        ctx.replicator
-                            .copy(&CopyRequest {
-                                source,
-                                source_repository: &spec.source_repository,
-                                reference: &spec.reference,
-                                target,
-                                target_repository: &spec.target_repository,
-                                overwrite: spec.overwrite,
-                                referrers: spec.referrers,
-                                platforms: spec.platforms.as_deref(),
-                                event_digest: spec.digest.as_deref(),
-                                referrer_only: spec.referrer_only,
-                            })
-                            .await
-                    }
-                    }
-                };
-                match supervised(work).await {
-                    Ok(done) => done.map_err(|e| match e {
-                        crate::replicate::ReplicateError::Interrupted => {
-                            (String::new(), false, true)
-                        }
-                        e => (e.to_string(), e.is_permanent(), false),
-                    }),
-                    Err(error) => {
-                        tracing::error!(%error, "the job panicked; it fails, the worker goes on");
-                        Err((error, true, false))
-                    }
-                }
-            }
-            _ => Err((
-                format!(
-                    "registry '{}' or '{}' is no longer in the config",
-                    spec.from, spec.to
-                ),
-                true,
-                false,
-            )),
-        };
-        let elapsed = started.elapsed();
-        let outcome = match result {
-            Ok(s) => {
-                ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
-                let now = now_ms() as f64 / 1000.0;
-                if let Some(at) = spec.occurred_at {
-                    ctx.metrics
-                        .replication_lag
-                        .observe((now - at as f64).max(0.0));
-                }
-                ctx.metrics
-                    .last_success
-                    .with_label_values(&[spec.rule.as_str()])
-                    .set(now);
-                ctx.metrics
-                    .jobs_finished
-                    .with_label_values(&[spec.rule.as_str(), "succeeded"])
-                    .inc();
-                tracing::info!(
-                    digest = %s.digest,
-                    blobs_copied = s.blobs_copied,
-                    blobs_skipped = s.blobs_skipped,
-                    bytes = s.bytes_copied,
-                    attempt = job.attempts,
-                    seconds = elapsed.as_secs_f64(),
-                    "job succeeded"
-                );
-                Outcome::Succeeded(s)
-            }
-            Err((_, _, true)) => {
-                tracing::info!("stopped between chunks for shutdown; queued for the next start");
-                Outcome::Interrupted
-            }
-            Err((error, permanent, _)) if permanent || job.attempts >= retry.max_attempts => {
-                ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
-                ctx.metrics
-                    .jobs_finished
-                    .with_label_values(&[spec.rule.as_str(), "failed"])
-                    .inc();
-                let why = if permanent {
-                    "retrying cannot fix this".to_string()
-                } else {
-                    format!("attempt {} of {}", job.attempts, retry.max_attempts)
-                };
-                tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
-                Outcome::Failed(error)
-            }
-            Err((error, _, _)) => {
-                let delay = retry.delay(job.attempts);
-                ctx.metrics
-                    .job_retries
-                    .with_label_values(&[spec.rule.as_str()])
-                    .inc();
-                tracing::warn!(
-                    error = %error,
-                    attempt = job.attempts,
-                    max_attempts = retry.max_attempts,
-                    retry_in = ?delay,
-                    "attempt failed; will retry"
-                );
-                Outcome::Retry {
-                    error,
-                    at_ms: now_ms() + delay.as_millis() as u64,
-                }
-            }
-        };
+        let tried = attempt(ctx, &live, spec).await;
+        let outcome = decide(tried, job.attempts, &retry, now_ms());
+        report(ctx, &job, &outcome, started.elapsed(), &retry);
         if let Err(e) = ctx.store.finish(job.id, outcome).await {
             tracing::error!(error = %e, "cannot record the job's outcome; it will run again at next start");
         }
-        ctx.metrics.jobs_running.set(ctx.store.running() as i64);
-        ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
-        ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
+        update_gauges(ctx);
     }
     .instrument(span)
     .await
+}
+
+fn update_gauges(ctx: &Context) {
+    ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
+    ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
+    ctx.metrics.jobs_running.set(ctx.store.running() as i64);
+}
+
+/// Logs an attempt's outcome and counts it in the metrics.
+fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry: &RetryPolicy) {
+    let spec = &job.spec;
+    let rule = spec.rule.as_str();
+    match outcome {
+        Outcome::Succeeded(s) => {
+            ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
+            let now = now_ms() as f64 / 1000.0;
+            if let Some(at) = spec.occurred_at {
+                ctx.metrics
+                    .replication_lag
+                    .observe((now - at as f64).max(0.0));
+            }
+            ctx.metrics.last_success.with_label_values(&[rule]).set(now);
+            ctx.metrics
+                .jobs_finished
+                .with_label_values(&[rule, "succeeded"])
+                .inc();
+            tracing::info!(
+                digest = %s.digest,
+                blobs_copied = s.blobs_copied,
+                blobs_skipped = s.blobs_skipped,
+                bytes = s.bytes_copied,
+                attempt = job.attempts,
+                seconds = elapsed.as_secs_f64(),
+                "job succeeded"
+            );
+        }
+        Outcome::Interrupted => {
+            tracing::info!("stopped between chunks for shutdown; queued for the next start");
+        }
+        Outcome::Failed(error) => {
+            ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
+            ctx.metrics
+                .jobs_finished
+                .with_label_values(&[rule, "failed"])
+                .inc();
+            let why = if job.attempts < retry.max_attempts {
+                "retrying cannot fix this".to_string()
+            } else {
+                format!("attempt {} of {}", job.attempts, retry.max_attempts)
+            };
+            tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
+        }
+        Outcome::Retry { error, at_ms } => {
+            ctx.metrics.job_retries.with_label_values(&[rule]).inc();
+            tracing::warn!(
+                error = %error,
+                attempt = job.attempts,
+                max_attempts = retry.max_attempts,
+                retry_in = ?Duration::from_millis(at_ms.saturating_sub(now_ms())),
+                "attempt failed; will retry"
+            );
+        }
+    }
 }
 
 /// Runs `work`, turning a panic into an error that carries its message, so
@@ -395,6 +414,40 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(60),
+        }
+    }
+
+    fn failed(permanent: bool) -> Attempt {
+        Attempt::Failed {
+            error: "e".into(),
+            permanent,
+        }
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_until_attempts_run_out_unless_permanent() {
+        let p = policy();
+        match decide(failed(false), 1, &p, 1_000) {
+            Outcome::Retry { error, at_ms } => {
+                assert_eq!(error, "e");
+                assert!((11_000..=21_000).contains(&at_ms), "{at_ms}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decide(failed(false), 3, &p, 0), Outcome::Failed("e".into()));
+        assert_eq!(decide(failed(true), 1, &p, 0), Outcome::Failed("e".into()));
+        assert_eq!(decide(Attempt::Interrupted, 3, &p, 0), Outcome::Interrupted);
+        assert_eq!(
+            decide(Attempt::Done(Summary::default()), 1, &p, 0),
+            Outcome::Succeeded(Summary::default())
+        );
+    }
 
     #[tokio::test]
     async fn a_panic_becomes_the_jobs_error_and_the_caller_goes_on() {

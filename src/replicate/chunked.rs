@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::ledger::{Ledger, UploadRecord};
 use super::{CopyRequest, ReplicateError};
-use crate::jobs::now_ms;
+use crate::clock::now_ms;
 use crate::manifest::Descriptor;
 use crate::registry::verify::mismatch;
 use crate::registry::{ByteStream, Mismatch, SourceFault, Tap};

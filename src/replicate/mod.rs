@@ -30,6 +30,7 @@
 
 pub mod chunked;
 pub mod ledger;
+mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,13 +38,13 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::jobs::Summary;
 use crate::manifest::{Children, Descriptor, Manifest};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::registry::{Mismatch, MountOrUpload, Registry, RegistryError, SourceFault, Tap};
 
 use ledger::Ledger;
+pub use summary::Summary;
 
 /// Attempts for one blob within one job attempt, for failures that may
 /// pass (a dropped connection, a 5xx after the request retries).
