@@ -30,6 +30,9 @@ use tokio::time::Instant;
 
 use super::RegistryError;
 use super::auth::{self, Challenge, TokenCache};
+use super::classify::error_chain;
+use super::pacer::Pacer;
+use super::trust::{check_realm, cut, host_of, same_origin, widen};
 use crate::config::{RegistryConfig, RegistryLimits, Secret, TlsMode};
 
 /// How long to wait for a TCP + TLS connection.
@@ -40,37 +43,6 @@ const BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between attempts (a `Retry-After` is honoured as given).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Spreads blob bytes over time so they do not exceed a rate: each chunk
-/// reserves its slot after the previous one and waits for it.
-pub(super) struct Pacer {
-    bytes_per_second: u64,
-    next: Mutex<Instant>,
-}
-
-impl Pacer {
-    fn new(bytes_per_second: u64) -> Pacer {
-        Pacer {
-            bytes_per_second: bytes_per_second.max(1),
-            next: Mutex::new(Instant::now()),
-        }
-    }
-
-    /// Waits until `n` more bytes may pass.
-    pub(super) async fn take(&self, n: usize) {
-        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_second as f64);
-        let start = {
-            let mut next = lock(&self.next);
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + cost;
-            start
-        };
-        if start > Instant::now() {
-            tokio::time::sleep_until(start).await;
-        }
-    }
-}
-
 pub(super) struct Transport {
     pub(super) name: String,
     pub(super) base: String,
@@ -78,7 +50,7 @@ pub(super) struct Transport {
     base_url: url::Url,
     /// Other hosts allowed to serve the token realm.
     realm_hosts: Vec<String>,
-    tls: TlsMode,
+    pub(super) tls: TlsMode,
     http: Client,
     username: Option<String>,
     password: Option<Secret>,
@@ -123,6 +95,18 @@ enum AuthHeader {
     Bearer(String),
 }
 
+/// How a request through [`Transport::exchange`] is authenticated.
+#[derive(Clone, Copy)]
+enum Authn<'a> {
+    /// As the registry's challenge asks, for these scopes (registry API).
+    Scopes(&'a [String]),
+    /// With the account's Basic credentials (Harbor's REST API).
+    Basic,
+    /// As the request was built (the token service: Basic credentials to
+    /// a realm already checked).
+    Given,
+}
+
 /// What a `401` taught us.
 enum Learned {
     /// Send the request again (new challenge, renewed token).
@@ -132,90 +116,6 @@ enum Learned {
     Widen(Vec<String>),
     /// Nothing to learn: the `401` stands.
     Stop,
-}
-
-/// The scopes with `delete` added where a `DELETE` needs it, or `None` if
-/// they already have it.
-fn widen(scopes: &[String], method: &reqwest::Method) -> Option<Vec<String>> {
-    if method != reqwest::Method::DELETE {
-        return None;
-    }
-    let mut changed = false;
-    let wider = scopes
-        .iter()
-        .map(|s| match s.rsplit_once(':') {
-            Some((head, actions)) if !actions.split(',').any(|a| a == "delete" || a == "*") => {
-                changed = true;
-                format!("{head}:{actions},delete")
-            }
-            _ => s.clone(),
-        })
-        .collect();
-    changed.then_some(wider)
-}
-
-/// True if `url` has the same scheme, host and port as `base`.
-pub(super) fn same_origin(url: &url::Url, base: &url::Url) -> bool {
-    url.origin() == base.origin()
-}
-
-/// `host[:port]` of a URL, for messages.
-pub(super) fn host_of(url: &url::Url) -> String {
-    match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => url.as_str().chars().take(80).collect(),
-    }
-}
-
-/// Whether a token realm may receive the credentials of the registry at
-/// `base`: HTTPS (or plain HTTP only for a plain-HTTP registry), on the
-/// registry's own host and port or on one of `allowed` (`host` for any
-/// port, `host:port` for one). The error says why not.
-pub(super) fn check_realm(realm: &str, base: &url::Url, allowed: &[String]) -> Result<(), String> {
-    let u = url::Url::parse(realm)
-        .map_err(|_| format!("its token realm `{}` is not a URL", cut(realm)))?;
-    let host = u.host_str().unwrap_or_default();
-    match u.scheme() {
-        "https" => {}
-        "http" if base.scheme() == "http" => {}
-        "http" => {
-            return Err(format!(
-                "its token realm http://{} is plain HTTP while the registry is HTTPS; the password would cross the network in clear text, so it is not sent",
-                host_of(&u)
-            ));
-        }
-        other => return Err(format!("its token realm has scheme `{}`", cut(other))),
-    }
-    let same = u.host_str() == base.host_str()
-        && u.port_or_known_default() == base.port_or_known_default();
-    let listed = allowed.iter().any(|a| {
-        let (h, p) = match a.rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
-            _ => (a.as_str(), None),
-        };
-        h.eq_ignore_ascii_case(host) && p.is_none_or(|p| Some(p) == u.port_or_known_default())
-    });
-    if same || listed {
-        Ok(())
-    } else {
-        Err(format!(
-            "its token realm is on another host ({}), which is not in token_realm_hosts; if that host really issues this registry's tokens, add token_realm_hosts = [\"{}\"] to the registry",
-            host_of(&u),
-            host_of(&u)
-        ))
-    }
-}
-
-/// At most 120 characters of a value a registry sent, for messages (an
-/// answer must not be able to blow up an error message, a log line or the
-/// job store).
-pub fn cut(s: &str) -> String {
-    if s.chars().count() <= 120 {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(120).collect::<String>())
-    }
 }
 
 fn apply(rb: RequestBuilder, auth: &AuthHeader) -> RequestBuilder {
@@ -309,10 +209,11 @@ impl Transport {
         })
     }
 
-    /// Sends a request built by `make`, authenticated for `scopes`.
-    /// A replayable request is retried on transient failures and once after
-    /// a `401` that teaches us (or renews) the auth; one that is not (a
-    /// streamed upload) is sent exactly once.
+    /// Sends a request built by `make`, authenticated for `scopes` as the
+    /// registry's challenge asks. A replayable request is retried on
+    /// transient failures and once after a `401` that teaches us (or
+    /// renews) the auth; one that is not (a streamed upload) is sent
+    /// exactly once.
     pub(super) async fn send(
         &self,
         what: &str,
@@ -320,13 +221,37 @@ impl Transport {
         replayable: bool,
         make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
+        self.exchange(what, Authn::Scopes(scopes), replayable, make)
+            .await
+    }
+
+    /// The one loop that sends a request to this registry (registry API,
+    /// token service, REST API alike): pacing, the concurrency limit,
+    /// `Stats`, retries of a replayable request on transport errors and
+    /// retryable statuses with backoff or the capped `Retry-After` (which
+    /// then paces every request to the host), and, for registry requests,
+    /// what a `401` teaches.
+    async fn exchange(
+        &self,
+        what: &str,
+        authn: Authn<'_>,
+        replayable: bool,
+        make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
+    ) -> Result<Response, RegistryError> {
         let mut attempt: u32 = 0;
         let mut reauthed = false;
         let mut backoff = backoff();
-        let mut scopes: std::borrow::Cow<'_, [String]> = scopes.into();
+        let mut scopes: std::borrow::Cow<'_, [String]> = match authn {
+            Authn::Scopes(s) => s.into(),
+            _ => (&[][..]).into(),
+        };
         loop {
             attempt += 1;
-            let auth = self.auth_header(&scopes, what).await?;
+            let auth = match authn {
+                Authn::Scopes(_) => self.auth_header(&scopes, what).await?,
+                Authn::Basic => self.basic(),
+                Authn::Given => AuthHeader::None,
+            };
             self.wait_pacing().await;
             let permit = match &self.permits {
                 Some(s) => s.acquire().await.ok(),
@@ -363,7 +288,8 @@ impl Transport {
                 }
             };
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && replayable && !reauthed {
+            let learns = matches!(authn, Authn::Scopes(_));
+            if status == StatusCode::UNAUTHORIZED && replayable && learns && !reauthed {
                 reauthed = true;
                 match self.learn(resp.url(), resp.headers(), &scopes, &auth, &method)? {
                     Learned::Retry => {
@@ -534,9 +460,9 @@ impl Transport {
                 if let Some(t) = lock(&self.tokens).get(&key) {
                     return Ok(AuthHeader::Bearer(t));
                 }
-                let token = self
-                    .fetch_token(&realm, service.as_deref(), scopes, what)
-                    .await?;
+                // Boxed: the token request goes through `exchange` too.
+                let token =
+                    Box::pin(self.fetch_token(&realm, service.as_deref(), scopes, what)).await?;
                 Ok(AuthHeader::Bearer(token))
             }
         }
@@ -561,7 +487,9 @@ impl Transport {
         let creds = self.basic();
         let token_what = format!("token for {what}");
         let resp = self
-            .send_plain(&token_what, &|c| apply(c.get(realm).query(&query), &creds))
+            .exchange(&token_what, Authn::Given, true, &|c| {
+                apply(c.get(realm).query(&query), &creds)
+            })
             .await?;
         match resp.status() {
             StatusCode::OK => {}
@@ -593,38 +521,6 @@ impl Transport {
         Ok(token)
     }
 
-    /// A request without registry auth (the token service), with the same
-    /// pacing and transient-error retries.
-    async fn send_plain(
-        &self,
-        what: &str,
-        make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
-    ) -> Result<Response, RegistryError> {
-        let mut backoff = backoff();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.wait_pacing().await;
-            match make(&self.http).send().await {
-                Ok(r) if is_retryable(r.status()) && attempt < self.limits.request_attempts => {
-                    let wait = retry_after(r.headers(), self.limits.max_retry_after)
-                        .unwrap_or_else(|| backoff.next().unwrap_or(MAX_BACKOFF));
-                    tokio::time::sleep(wait).await;
-                }
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    let err = self.transport_error(&e, what);
-                    if attempt >= self.limits.request_attempts
-                        || matches!(err, RegistryError::Tls { .. })
-                    {
-                        return Err(err);
-                    }
-                    tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
-                }
-            }
-        }
-    }
-
     /// A request to the registry's own REST API (Harbor's `/api/v2.0`),
     /// with Basic credentials, pacing and transient-error retries.
     pub(super) async fn send_api(
@@ -632,8 +528,7 @@ impl Transport {
         what: &str,
         make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
     ) -> Result<Response, RegistryError> {
-        let creds = self.basic();
-        self.send_plain(what, &|c| apply(make(c), &creds)).await
+        self.exchange(what, Authn::Basic, true, make).await
     }
 
     /// The absolute URL in a `Location` header.
@@ -710,176 +605,6 @@ impl Transport {
         }
         Ok(buf.freeze())
     }
-
-    /// Turns an error status into an error that says what to do.
-    pub(super) async fn status_error(&self, resp: Response, what: &str) -> RegistryError {
-        let status = resp.status();
-        let body = self
-            .read_limited(resp, 64 * 1024, what)
-            .await
-            .unwrap_or_default();
-        let registry = self.name.clone();
-        let what = what.to_string();
-        let detail = registry_message(&body);
-        match status.as_u16() {
-            401 | 403 => RegistryError::Unauthorized {
-                registry,
-                what,
-                detail: format!(
-                    "{status}{}",
-                    detail.map(|d| format!(": {d}")).unwrap_or_default()
-                ),
-            },
-            404 => RegistryError::NotFound { registry, what },
-            400 if detail
-                .as_deref()
-                .is_some_and(|d| d.contains("DIGEST_INVALID")) =>
-            {
-                RegistryError::DigestMismatch {
-                    registry,
-                    what,
-                    detail: detail.unwrap_or_default(),
-                }
-            }
-            413 => RegistryError::Status {
-                registry,
-                what,
-                status: 413,
-                detail: format!(
-                    "answered 413 Request Entity Too Large: a proxy in front of registry '{}' limits request body size; set its chunk_size_threshold and chunk_size below that limit, or raise the limit (nginx: client_max_body_size 0)",
-                    self.name
-                ),
-            },
-            _ => RegistryError::Status {
-                registry,
-                what,
-                status: status.as_u16(),
-                detail: format!(
-                    "answered {status}{}",
-                    detail.map(|d| format!(": {d}")).unwrap_or_default()
-                ),
-            },
-        }
-    }
-
-    /// Classifies a failed exchange: TLS, connection, or other.
-    pub(super) fn transport_error(&self, e: &reqwest::Error, what: &str) -> RegistryError {
-        let chain = error_chain(e);
-        let lower = chain.to_ascii_lowercase();
-        let registry = self.name.clone();
-        let https = self.base.starts_with("https://");
-        let tls_words = [
-            "certificate",
-            "unknownissuer",
-            "handshake",
-            "invalidcontenttype",
-            "corrupt message",
-        ];
-        if https && tls_words.iter().any(|w| lower.contains(w)) {
-            let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message")
-            {
-                format!(
-                    "registry '{}' does not answer with TLS; if it serves plain HTTP, write its url as http://",
-                    self.name
-                )
-            } else {
-                match &self.tls {
-                    TlsMode::System => format!(
-                        "set tls.ca_file for registry '{}' to the CA that signed its certificate (or, at your own risk, tls.insecure_skip_verify = true)",
-                        self.name
-                    ),
-                    TlsMode::Pinned { file, .. } => format!(
-                        "registry '{}' presented a certificate not signed by the CA in {} (check tls.ca_file and the certificate's host names)",
-                        self.name,
-                        file.display()
-                    ),
-                    TlsMode::InsecureSkipVerify => "TLS handshake failed".to_string(),
-                }
-            };
-            let detail = match lower.find("invalid peer certificate") {
-                Some(i) => chain[i..].to_string(),
-                None => last_cause(&chain),
-            };
-            return RegistryError::Tls {
-                registry,
-                hint,
-                detail,
-            };
-        }
-        if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
-            let detail = if e.is_timeout() {
-                format!(
-                    "no data for {:?} (stalled): {}",
-                    self.limits.stall_timeout,
-                    last_cause(&chain)
-                )
-            } else {
-                last_cause(&chain)
-            };
-            return RegistryError::Connect {
-                registry,
-                url: self.base.clone(),
-                detail,
-            };
-        }
-        RegistryError::Other {
-            registry,
-            what: what.to_string(),
-            detail: chain,
-        }
-    }
-}
-
-/// The code and message of an OCI error body, if it has one.
-fn registry_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        code: Option<String>,
-        message: Option<String>,
-    }
-    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
-        let parts: Vec<String> = env
-            .errors
-            .iter()
-            .map(|i| {
-                format!(
-                    "{} {}",
-                    i.code.as_deref().unwrap_or(""),
-                    i.message.as_deref().unwrap_or("")
-                )
-                .trim()
-                .to_string()
-            })
-            .collect();
-        if !parts.is_empty() {
-            return Some(parts.join("; ").chars().take(300).collect());
-        }
-    }
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.chars().take(300).collect())
-}
-
-/// The error and its sources, joined, for matching and for messages.
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
-fn last_cause(chain: &str) -> String {
-    chain.rsplit(": ").next().unwrap_or(chain).to_string()
 }
 
 #[cfg(test)]
@@ -910,59 +635,5 @@ mod tests {
         );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, max), None);
-    }
-
-    #[test]
-    fn a_token_realm_must_be_on_the_registry_or_listed_and_never_downgrade() {
-        let https: url::Url = "https://harbor.example".parse().expect("url");
-        let http: url::Url = "http://10.0.0.5:5000".parse().expect("url");
-        let none: Vec<String> = vec![];
-        assert!(check_realm("https://harbor.example/service/token", &https, &none).is_ok());
-        assert!(check_realm("https://harbor.example:443/service/token", &https, &none).is_ok());
-        let e = check_realm("http://harbor.example/service/token", &https, &none)
-            .expect_err("downgrade");
-        assert!(e.contains("plain HTTP"), "{e}");
-        let e = check_realm("https://other-host/steal", &https, &none).expect_err("other host");
-        assert!(
-            e.contains("other-host") && e.contains("token_realm_hosts"),
-            "{e}"
-        );
-        let e = check_realm("https://harbor.example:8443/t", &https, &none).expect_err("port");
-        assert!(e.contains("harbor.example:8443"), "{e}");
-        let allowed = vec!["auth.docker.io".to_string(), "127.0.0.1:9000".into()];
-        assert!(check_realm("https://auth.docker.io/token", &https, &allowed).is_ok());
-        assert!(check_realm("https://127.0.0.1:9000/token", &https, &allowed).is_ok());
-        assert!(check_realm("https://127.0.0.1:9001/token", &https, &allowed).is_err());
-        // Listing a host never allows plain HTTP for an HTTPS registry.
-        assert!(check_realm("http://auth.docker.io/token", &https, &allowed).is_err());
-        // A plain-HTTP registry may use a plain-HTTP realm on its own host.
-        assert!(check_realm("http://10.0.0.5:5000/token", &http, &none).is_ok());
-        assert!(check_realm("not a url", &https, &none).is_err());
-    }
-
-    #[test]
-    fn a_delete_widens_its_token_to_the_delete_action() {
-        let scopes = vec!["repository:p/r:pull,push".to_string()];
-        assert_eq!(
-            widen(&scopes, &reqwest::Method::DELETE),
-            Some(vec!["repository:p/r:pull,push,delete".to_string()])
-        );
-        assert_eq!(widen(&scopes, &reqwest::Method::GET), None);
-        let has = vec!["repository:p/r:delete".to_string()];
-        assert_eq!(widen(&has, &reqwest::Method::DELETE), None);
-    }
-
-    #[test]
-    fn registry_error_bodies_are_summarised() {
-        let body = br#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#;
-        assert_eq!(
-            registry_message(body).as_deref(),
-            Some("DIGEST_INVALID provided digest did not match uploaded content")
-        );
-        assert_eq!(registry_message(b"  ").as_deref(), None);
-        assert_eq!(
-            registry_message(b"upstream down").as_deref(),
-            Some("upstream down")
-        );
     }
 }

@@ -46,10 +46,6 @@ use crate::registry::{Mismatch, MountOrUpload, Registry, RegistryError, SourceFa
 use ledger::Ledger;
 pub use summary::Summary;
 
-/// Attempts for one blob within one job attempt, for failures that may
-/// pass (a dropped connection, a 5xx after the request retries).
-const BLOB_ATTEMPTS: u32 = 3;
-
 /// How deep indexes may nest (an index of indexes is legal but rare; a
 /// deeper chain is treated as malformed rather than followed forever).
 const MAX_DEPTH: usize = 4;
@@ -622,28 +618,14 @@ impl Replicator {
         // base layer shared by many images crosses the network once).
         let _turn = self.inflight.acquire(req.target.name(), &blob.digest).await;
         let _in_flight = self.metrics.as_ref().map(|m| m.transfer_started());
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.copy_blob_once(req, blob, progress).await {
-                Ok(()) => {
-                    self.ledger
-                        .blob_seen(req.target.name(), &blob.digest, req.target_repository);
-                    return Ok(());
-                }
-                Err(e)
-                    if attempt < BLOB_ATTEMPTS
-                        && !e.is_permanent()
-                        && !e.is_corrupt()
-                        && !matches!(e, ReplicateError::Interrupted) =>
-                {
-                    let wait = std::time::Duration::from_millis(500 * u64::from(attempt));
-                    tracing::info!(digest = %blob.digest, error = %e, attempt, "blob copy failed; trying again");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // No retry here: the transport repeats a failed request and the job
+        // scheduler repeats a failed job (whose next attempt skips or mounts
+        // what this one copied, and resumes chunked uploads); see
+        // ARCHITECTURE.md, "Who retries what".
+        self.copy_blob_once(req, blob, progress).await?;
+        self.ledger
+            .blob_seen(req.target.name(), &blob.digest, req.target_repository);
+        Ok(())
     }
 
     async fn copy_blob_once(

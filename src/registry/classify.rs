@@ -1,0 +1,199 @@
+//! Turning a failed exchange or an error status into a [`RegistryError`]
+//! that says what to do: TLS, connection, auth, not found, digest, size.
+
+use reqwest::Response;
+
+use super::RegistryError;
+use super::transport::Transport;
+use crate::config::TlsMode;
+
+impl Transport {
+    /// Turns an error status into an error that says what to do.
+    pub(super) async fn status_error(&self, resp: Response, what: &str) -> RegistryError {
+        let status = resp.status();
+        let body = self
+            .read_limited(resp, 64 * 1024, what)
+            .await
+            .unwrap_or_default();
+        let registry = self.name.clone();
+        let what = what.to_string();
+        let detail = registry_message(&body);
+        match status.as_u16() {
+            401 | 403 => RegistryError::Unauthorized {
+                registry,
+                what,
+                detail: format!(
+                    "{status}{}",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+            },
+            404 => RegistryError::NotFound { registry, what },
+            400 if detail
+                .as_deref()
+                .is_some_and(|d| d.contains("DIGEST_INVALID")) =>
+            {
+                RegistryError::DigestMismatch {
+                    registry,
+                    what,
+                    detail: detail.unwrap_or_default(),
+                }
+            }
+            413 => RegistryError::Status {
+                registry,
+                what,
+                status: 413,
+                detail: format!(
+                    "answered 413 Request Entity Too Large: a proxy in front of registry '{}' limits request body size; set its chunk_size_threshold and chunk_size below that limit, or raise the limit (nginx: client_max_body_size 0)",
+                    self.name
+                ),
+            },
+            _ => RegistryError::Status {
+                registry,
+                what,
+                status: status.as_u16(),
+                detail: format!(
+                    "answered {status}{}",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+            },
+        }
+    }
+
+    /// Classifies a failed exchange: TLS, connection, or other.
+    pub(super) fn transport_error(&self, e: &reqwest::Error, what: &str) -> RegistryError {
+        let chain = error_chain(e);
+        let lower = chain.to_ascii_lowercase();
+        let registry = self.name.clone();
+        let https = self.base.starts_with("https://");
+        let tls_words = [
+            "certificate",
+            "unknownissuer",
+            "handshake",
+            "invalidcontenttype",
+            "corrupt message",
+        ];
+        if https && tls_words.iter().any(|w| lower.contains(w)) {
+            let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message")
+            {
+                format!(
+                    "registry '{}' does not answer with TLS; if it serves plain HTTP, write its url as http://",
+                    self.name
+                )
+            } else {
+                match &self.tls {
+                    TlsMode::System => format!(
+                        "set tls.ca_file for registry '{}' to the CA that signed its certificate (or, at your own risk, tls.insecure_skip_verify = true)",
+                        self.name
+                    ),
+                    TlsMode::Pinned { file, .. } => format!(
+                        "registry '{}' presented a certificate not signed by the CA in {} (check tls.ca_file and the certificate's host names)",
+                        self.name,
+                        file.display()
+                    ),
+                    TlsMode::InsecureSkipVerify => "TLS handshake failed".to_string(),
+                }
+            };
+            let detail = match lower.find("invalid peer certificate") {
+                Some(i) => chain[i..].to_string(),
+                None => last_cause(&chain),
+            };
+            return RegistryError::Tls {
+                registry,
+                hint,
+                detail,
+            };
+        }
+        if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
+            let detail = if e.is_timeout() {
+                format!(
+                    "no data for {:?} (stalled): {}",
+                    self.limits.stall_timeout,
+                    last_cause(&chain)
+                )
+            } else {
+                last_cause(&chain)
+            };
+            return RegistryError::Connect {
+                registry,
+                url: self.base.clone(),
+                detail,
+            };
+        }
+        RegistryError::Other {
+            registry,
+            what: what.to_string(),
+            detail: chain,
+        }
+    }
+}
+
+/// The code and message of an OCI error body, if it has one.
+fn registry_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
+        let parts: Vec<String> = env
+            .errors
+            .iter()
+            .map(|i| {
+                format!(
+                    "{} {}",
+                    i.code.as_deref().unwrap_or(""),
+                    i.message.as_deref().unwrap_or("")
+                )
+                .trim()
+                .to_string()
+            })
+            .collect();
+        if !parts.is_empty() {
+            return Some(parts.join("; ").chars().take(300).collect());
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.chars().take(300).collect())
+}
+
+/// The error and its sources, joined, for matching and for messages.
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+fn last_cause(chain: &str) -> String {
+    chain.rsplit(": ").next().unwrap_or(chain).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_error_bodies_are_summarised() {
+        let body = br#"{"errors":[{"code":"DIGEST_INVALID","message":"provided digest did not match uploaded content"}]}"#;
+        assert_eq!(
+            registry_message(body).as_deref(),
+            Some("DIGEST_INVALID provided digest did not match uploaded content")
+        );
+        assert_eq!(registry_message(b"  ").as_deref(), None);
+        assert_eq!(
+            registry_message(b"upstream down").as_deref(),
+            Some("upstream down")
+        );
+    }
+}
