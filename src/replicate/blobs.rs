@@ -1,0 +1,210 @@
+//! Moving one blob: one upload per (target, digest) at a time, present
+//! blobs skipped, known ones mounted, the rest streamed in one request or
+//! in resumable chunks.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::chunked;
+use super::{CopyRequest, Progress, ReplicateError, Replicator};
+use crate::manifest::Descriptor;
+use crate::registry::{MountOrUpload, RegistryError, Tap};
+
+impl Replicator {
+    pub(super) async fn copy_blob(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        // One upload of a digest per target at a time, whatever the
+        // repository: a second job that wants the same blob waits, then
+        // finds it present or mounts it from where the first put it (so a
+        // base layer shared by many images crosses the network once).
+        let _turn = self.inflight.acquire(req.target.name(), &blob.digest).await;
+        let _in_flight = self.metrics.as_ref().map(|m| m.transfer_started());
+        // No retry here: the transport repeats a failed request and the job
+        // scheduler repeats a failed job (whose next attempt skips or mounts
+        // what this one copied, and resumes chunked uploads); see
+        // ARCHITECTURE.md, "Who retries what".
+        self.copy_blob_once(req, blob, progress).await?;
+        self.ledger
+            .blob_seen(req.target.name(), &blob.digest, req.target_repository);
+        Ok(())
+    }
+
+    async fn copy_blob_once(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let (target, repo) = (req.target, req.target_repository);
+        let known = self.ledger.blob_locations(target.name(), &blob.digest);
+        let (threshold, _) = target.chunking();
+        let chunkable = blob.digest.starts_with("sha256:");
+        let big = blob.size > threshold && chunkable;
+        if !known.is_empty() || big {
+            // Known to the ledger (likely present, or mountable from where
+            // it went), or too big to open a stream for on a guess: ask
+            // first.
+            if target.has_blob(repo, &blob.digest).await? {
+                progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                self.count("skipped");
+                return Ok(());
+            }
+            for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
+                match target.mount_blob(repo, &blob.digest, from).await {
+                    Ok(true) => {
+                        progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                        self.count("mounted");
+                        tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
+                    }
+                }
+            }
+            if big {
+                return self.copy_chunked(req, blob, progress).await;
+            }
+        }
+        // One POST that either finds the blob in the repository after all
+        // (a mount from itself) or opens the upload session, while the
+        // source starts sending: for a new blob, two round trips fewer than
+        // HEAD, then POST, then GET.
+        let (opened, read) = futures_util::future::join(
+            target.mount_or_begin(repo, &blob.digest, repo),
+            req.source
+                .get_blob(req.source_repository, &blob.digest, blob.size),
+        )
+        .await;
+        let location = match opened? {
+            MountOrUpload::Mounted => {
+                progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                self.count("skipped");
+                return Ok(());
+            }
+            MountOrUpload::Upload(location) => location,
+        };
+        let body = match read {
+            Ok((body, _)) => body,
+            Err(e) => {
+                target.cancel_upload(repo, location.as_str()).await;
+                return Err(e.into());
+            }
+        };
+        self.upload(req, blob, progress, location, body, chunkable)
+            .await
+    }
+
+    /// Streams `body` into the open upload session at `location`.
+    async fn upload(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+        location: url::Url,
+        body: crate::registry::ByteStream,
+        chunkable: bool,
+    ) -> Result<(), ReplicateError> {
+        let (target, repo) = (req.target, req.target_repository);
+        let (tap, body) = Tap::wrap(body);
+        let sent = target
+            .put_blob_at(location, repo, &blob.digest, blob.size, body)
+            .await;
+        if let Err(e) = sent {
+            if let Some(fault) = tap.source_error() {
+                return Err(ReplicateError::source_read(req, blob, fault));
+            }
+            // A proxy in front of the target refused the body's size: send
+            // it again in chunks, which such proxies usually let through.
+            if chunkable && matches!(e, RegistryError::Status { status: 413, .. }) {
+                tracing::info!(digest = %blob.digest, size = blob.size, "target refused one request this large (413); uploading in chunks");
+                return self.copy_chunked(req, blob, progress).await;
+            }
+            return Err(e.into());
+        }
+        if let Some(m) = &self.metrics {
+            m.bytes_copied.inc_by(tap.count());
+        }
+        self.blob_copied(progress, tap.count());
+        tracing::debug!(digest = %blob.digest, bytes = tap.count(), "blob copied");
+        Ok(())
+    }
+}
+
+impl Replicator {
+    /// Counts one uploaded blob of `bytes` bytes sent (the byte metric is
+    /// counted as bytes go, by the caller).
+    fn blob_copied(&self, progress: &Progress, bytes: u64) {
+        progress.blobs_copied.fetch_add(1, Ordering::Relaxed);
+        progress.bytes_copied.fetch_add(bytes, Ordering::Relaxed);
+        self.count("copied");
+    }
+
+    async fn copy_chunked(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let on_chunk = |n: u64| {
+            if let Some(m) = &self.metrics {
+                m.bytes_copied.inc_by(n);
+            }
+        };
+        let done =
+            chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
+        self.blob_copied(progress, done.sent);
+        if done.resumed {
+            progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);
+            self.count("resumed");
+        }
+        Ok(())
+    }
+}
+
+/// Per-(target registry, digest) upload turns.
+#[derive(Clone, Default)]
+pub(super) struct Inflight {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+struct Turn {
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    owner: Inflight,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut map = self.owner.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Three references are ours: the map's, `lock` and the guard's.
+        // Anyone else waiting holds more, and removes the entry when done.
+        if Arc::strong_count(&self.lock) <= 3 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+impl Inflight {
+    async fn acquire(&self, registry: &str, digest: &str) -> Turn {
+        let key = format!("{registry}@{digest}");
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        Turn {
+            key,
+            lock,
+            owner: self.clone(),
+            _guard: guard,
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Referrers: signatures, SBOMs and attestations found on the source (the
+//! OCI 1.1 API, the `sha256-<hex>` fallback tag, cosign's tags) and copied
+//! after their subject.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use super::{CopyRequest, Progress, ReplicateError, Replicator};
+use crate::manifest::Descriptor;
+use crate::reference::Reference;
+
+/// What refers to a subject on the source, found before it is copied.
+pub(super) struct Referrers {
+    /// From the OCI referrers API (`None`: the source has no such API).
+    listed: Option<Vec<Descriptor>>,
+    /// The fallback and cosign tags asked for...
+    tags: Vec<Reference>,
+    /// ...and the digest each points at, if it exists.
+    resolved: Vec<Option<String>>,
+}
+
+/// Asks the source, all at once (on a registry without referrers they are
+/// all misses, and one round trip is better than five), for the referrers
+/// of `subject`: the referrers API, the `sha256-<hex>` fallback tag and
+/// cosign's `.sig`, `.att` and `.sbom` tags.
+pub(super) async fn find_referrers(
+    req: &CopyRequest<'_>,
+    subject: &str,
+) -> Result<Referrers, ReplicateError> {
+    let (source, src_repo) = (req.source, req.source_repository);
+    let hex = subject.strip_prefix("sha256:").unwrap_or_default();
+    let tags: Vec<Reference> = if hex.is_empty() {
+        Vec::new()
+    } else {
+        ["", ".sig", ".att", ".sbom"]
+            .iter()
+            .map(|suffix| Reference::Tag(format!("sha256-{hex}{suffix}")))
+            .collect()
+    };
+    let (listed, resolved) = futures_util::future::try_join(
+        source.referrers(src_repo, subject),
+        futures_util::future::try_join_all(tags.iter().map(|t| source.resolve(src_repo, t))),
+    )
+    .await?;
+    Ok(Referrers {
+        listed,
+        tags,
+        resolved,
+    })
+}
+
+impl Replicator {
+    /// Copies what refers to `subject`: manifests listed by the source's
+    /// OCI referrers API; the referrers tag schema's `sha256-<hex>` index
+    /// (which must be an index); and cosign's `sha256-<hex>.sig`, `.att`
+    /// and `.sbom` tags. Each is copied whole, byte for byte, so on a target
+    /// without the referrers API the same fallback tag serves its clients.
+    pub(super) async fn copy_referrers(
+        &self,
+        req: &CopyRequest<'_>,
+        found: Referrers,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let (source, target) = (req.source, req.target);
+        let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
+        let mut copied = HashSet::new();
+        let Referrers {
+            listed,
+            tags,
+            resolved,
+        } = found;
+        if let Some(list) = listed {
+            for d in list {
+                if !copied.insert(d.digest.clone())
+                    || target.has_manifest(dst_repo, &d.digest).await?
+                {
+                    continue;
+                }
+                let m = source
+                    .get_manifest(src_repo, &Reference::Digest(d.digest.clone()))
+                    .await?;
+                self.copy_manifest(req, &m, 1, progress, None).await?;
+                progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for (tag, digest) in tags.iter().zip(resolved) {
+            let Some(digest) = digest else {
+                continue;
+            };
+            let m = source
+                .get_manifest(src_repo, &Reference::Digest(digest.clone()))
+                .await?;
+            let fallback_index = !tag.as_str().contains('.');
+            if fallback_index && !m.is_index() {
+                tracing::warn!(tag = %tag, "referrers fallback tag is not an index; not copied");
+                continue;
+            }
+            if target.resolve(dst_repo, tag).await?.as_deref() == Some(digest.as_str()) {
+                continue;
+            }
+            if !target.has_manifest(dst_repo, &digest).await? {
+                self.copy_manifest(req, &m, 1, progress, None).await?;
+            }
+            target.put_manifest(dst_repo, tag, &m).await?;
+            progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
