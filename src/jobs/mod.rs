@@ -6,6 +6,7 @@
 
 pub mod plan;
 pub mod store;
+mod view;
 pub mod workers;
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ pub use crate::clock::now_ms;
 pub use crate::replicate::Summary;
 
 pub use store::{Enqueued, RetryError, Store, StoreError};
+pub use view::JobView;
 pub use workers::Workers;
 
 /// Where a job is in its life.

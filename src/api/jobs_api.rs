@@ -1,0 +1,77 @@
+//! The jobs API: `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`,
+//! `POST /api/v1/jobs/{id}/retry`, each job as a [`JobView`].
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AppState, error};
+use crate::jobs::{JobState, JobView, RetryError};
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list_jobs(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => match JobState::parse(s) {
+            Some(s) => Some(s),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "state must be one of queued, running, retrying, succeeded, failed",
+                );
+            }
+        },
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match app.store.list(state, limit) {
+        Ok(jobs) => {
+            axum::Json(json!({ "jobs": jobs.iter().map(JobView::from).collect::<Vec<_>>() }))
+                .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+pub(super) async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id must be a number");
+    };
+    match app.store.get(id) {
+        Ok(Some(j)) => axum::Json(JobView::from(&j)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+pub(super) async fn retry_job(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id must be a number");
+    };
+    match app.store.retry(id).await {
+        Ok(j) => {
+            tracing::info!(id, "failed job queued again by API request");
+            app.metrics.queue_depth.set(app.store.queued() as i64);
+            (StatusCode::ACCEPTED, axum::Json(JobView::from(&j))).into_response()
+        }
+        Err(e @ RetryError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ (RetryError::NotFailed { .. } | RetryError::Duplicate { .. })) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Err(RetryError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}

@@ -1,0 +1,170 @@
+//! The command line: every subcommand and option, in one place (the man
+//! page and completions are generated from these definitions too).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Replicates Harbor artifacts to a second registry when Harbor says they were pushed.
+#[derive(Parser)]
+#[command(name = "harbor-relay", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line
+    /// [default: the config's log.format, else text].
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon: receive webhooks, replicate, serve the API and metrics.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Copy one artifact now, in the foreground, and report what was done.
+    Replicate {
+        /// The configuration file (for the registries).
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// Source registry name, as in [registries.NAME].
+        #[arg(long)]
+        from: String,
+        /// Target registry name.
+        #[arg(long)]
+        to: String,
+        /// Repository on the target (default: the same as on the source).
+        #[arg(long)]
+        target_repository: Option<String>,
+        /// What to copy: repository:tag or repository@sha256:…
+        image: String,
+    },
+    /// Look at and retry the jobs of a running daemon, through its API.
+    Jobs {
+        /// The daemon's base URL (default: from --config's server.listen, else http://127.0.0.1:8080).
+        #[arg(long, env = "HARBOR_RELAY_URL", global = true)]
+        url: Option<String>,
+        /// The daemon's configuration file, to find its address.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// The API token (server.api_token), needed for `retry` and, when
+        /// the daemon has one, for everything. Prefer the environment
+        /// variable: arguments are visible in `ps`.
+        #[arg(
+            long,
+            env = "HARBOR_RELAY_API_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: JobsAction,
+    },
+    /// Compare a rule's source with its target now; copy what differs.
+    Reconcile {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The rule's name.
+        #[arg(long)]
+        rule: String,
+        /// Only print the differences.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Harbor helpers.
+    Harbor {
+        #[command(subcommand)]
+        action: HarborAction,
+    },
+    /// Check the rules of a config against an image, without copying.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+    /// Check the config, then each registry: DNS, TCP, TLS (certificate
+    /// and trust), the /v2/ API with our credentials, push permission on
+    /// each rule's target project, and a Harbor source's webhook policy.
+    /// Exits non-zero if any check fails.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Exit 0 if the daemon answers at URL (for a container HEALTHCHECK,
+    /// where there is no curl).
+    Healthcheck {
+        /// What to GET.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+pub enum HarborAction {
+    /// Create or update the project's webhook policy that sends pushes and
+    /// deletions to harbor-relay (with the config's webhook_auth).
+    RegisterWebhook {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The Harbor registry, as in [registries.NAME].
+        #[arg(long)]
+        registry: String,
+        /// The Harbor project.
+        #[arg(long)]
+        project: String,
+        /// Where Harbor should send webhooks, e.g. https://jumpvm:8080/webhooks/harbor
+        #[arg(long)]
+        url: String,
+        /// Payload format: Default or CloudEvents (Harbor 2.8+).
+        #[arg(long, default_value = "Default")]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RulesAction {
+    /// Print which rules match a pushed image and where each would write.
+    Test {
+        /// The configuration file.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// The image as Harbor names it: project/repository:tag or @sha256:…
+        image: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobsAction {
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state: queued, running, retrying, succeeded, failed.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job in full (JSON).
+    Show {
+        /// The job id.
+        id: u64,
+    },
+    /// Queue a failed job again.
+    Retry {
+        /// The job id.
+        id: u64,
+    },
+}

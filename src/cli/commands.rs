@@ -1,0 +1,248 @@
+//! The one-shot commands: register a webhook, reconcile, test rules,
+//! check registries, replicate one image now.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::bail;
+
+use harbor_relay::config::Config;
+use harbor_relay::daemon;
+use harbor_relay::reference;
+use harbor_relay::replicate::{CopyRequest, Replicator};
+
+pub async fn register_webhook(
+    path: PathBuf,
+    registry: String,
+    project: String,
+    url: String,
+    format: String,
+) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let project = reference::repository(&project)?.to_string();
+    if project.contains('/') {
+        bail!("'{project}' is not a project name");
+    }
+    let format = match format.to_ascii_lowercase().as_str() {
+        "default" => "Default",
+        "cloudevents" => "CloudEvents",
+        _ => bail!("--format must be Default or CloudEvents"),
+    };
+    let registries = daemon::registries(&config)?;
+    let Some(harbor) = registries.get(&registry) else {
+        bail!("no registry '{registry}' in {}", path.display());
+    };
+    if config.server.webhook_auth.is_none() {
+        eprintln!("warning: server.webhook_auth is not set, so the policy carries no auth header");
+    }
+    let auth = config.server.webhook_auth.as_ref().map(|s| s.expose());
+    match harbor_relay::harbor::register_webhook(harbor, &project, &url, auth, format).await? {
+        harbor_relay::harbor::Registered::Created(id) => {
+            println!("created webhook policy {id} on {registry}/{project} -> {url}")
+        }
+        harbor_relay::harbor::Registered::Updated(id) => {
+            println!("updated webhook policy {id} on {registry}/{project} -> {url}")
+        }
+    }
+    Ok(())
+}
+
+pub async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
+    let Some(rule) = rules.get(&rule) else {
+        let names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+        bail!(
+            "no rule '{rule}' in {} (rules: {})",
+            path.display(),
+            names.join(", ")
+        );
+    };
+    let registries = daemon::registries(&config)?;
+    let (Some(source), Some(target)) = (
+        registries.get(&rule.config.from),
+        registries.get(&rule.config.to),
+    ) else {
+        bail!("the rule's registries are not configured");
+    };
+    let report = harbor_relay::reconcile::pass(rule, source, target).await?;
+    for d in &report.differences {
+        println!(
+            "{}/{}:{} {} -> {}/{}:{} {}",
+            rule.config.from,
+            d.source_repository,
+            d.tag,
+            d.source_digest,
+            rule.config.to,
+            d.target_repository,
+            d.tag,
+            d.target_digest.as_deref().unwrap_or("missing")
+        );
+    }
+    println!(
+        "{} tags checked, {} differ",
+        report.checked,
+        report.differences.len()
+    );
+    if dry_run || report.differences.is_empty() {
+        return Ok(());
+    }
+    let replicator = Replicator::new(
+        config.jobs.blob_concurrency,
+        None,
+        std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
+    );
+    let mut failed = 0;
+    for job in harbor_relay::reconcile::jobs_for(rule, &report) {
+        let done = replicator.copy(&job.copy_request(source, target)).await;
+        match done {
+            Ok(s) => println!(
+                "copied {}{} ({} blobs, {} bytes)",
+                job.source_repository, job.reference, s.blobs_copied, s.bytes_copied
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("failed {}{}: {e}", job.source_repository, job.reference);
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} copies failed", report.differences.len());
+    }
+    Ok(())
+}
+
+pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let image = reference::parse_image(&image)?;
+    let Some((project, _)) = image.repository.split_once('/') else {
+        bail!(
+            "'{}' has no project: Harbor repositories are <project>/<name>",
+            image.repository
+        );
+    };
+    let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
+    let (plans, skips) = rules.plans(project, &image.repository, &image.reference);
+    for p in &plans {
+        println!(
+            "rule '{}': {}/{image} -> {}/{}{}{}",
+            p.rule,
+            p.from,
+            p.to,
+            p.target_repository,
+            image.reference,
+            match (p.overwrite, p.referrer_only) {
+                (_, true) =>
+                    " (only if it is a referrer: a signature, SBOM or attestation with a subject)",
+                (true, false) => "",
+                (false, false) => " (override = false)",
+            }
+        );
+    }
+    for (rule, why) in &skips {
+        println!("rule '{rule}': no match ({why})");
+    }
+    if plans.is_empty() {
+        println!("nothing would be replicated");
+    }
+    Ok(())
+}
+
+pub async fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    println!(
+        "config {}: ok ({} registries, {} rules)\n",
+        path.display(),
+        config.registries.len(),
+        config.rules.len()
+    );
+    let rows = harbor_relay::check::run(&config).await;
+    let width = |f: &dyn Fn(&harbor_relay::check::Row) -> usize, min: usize| {
+        rows.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let (wr, wc) = (
+        width(&|r| r.registry.len(), 8),
+        width(&|r| r.check.len(), 5),
+    );
+    println!(
+        "{:wr$}  {:wc$}  {:7}  DETAIL",
+        "REGISTRY", "CHECK", "RESULT"
+    );
+    for r in &rows {
+        println!(
+            "{:wr$}  {:wc$}  {:7}  {}",
+            r.registry,
+            r.check,
+            r.status.as_str(),
+            r.detail
+        );
+    }
+    let failed = rows
+        .iter()
+        .filter(|r| r.status == harbor_relay::check::Status::Fail)
+        .count();
+    let warned = rows
+        .iter()
+        .filter(|r| r.status == harbor_relay::check::Status::Warn)
+        .count();
+    println!();
+    if failed > 0 {
+        bail!("{failed} check(s) failed, {warned} warning(s)");
+    }
+    println!("all checks passed, {warned} warning(s)");
+    Ok(())
+}
+
+pub async fn replicate(
+    path: PathBuf,
+    from: String,
+    to: String,
+    target_repository: Option<String>,
+    image: String,
+) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let image = reference::parse_image(&image)?;
+    let target_repository = match target_repository {
+        Some(r) => reference::repository(&r)?.to_string(),
+        None => image.repository.clone(),
+    };
+    let registries = daemon::registries(&config)?;
+    let Some(source) = registries.get(&from) else {
+        bail!("no registry '{from}' in {}", path.display());
+    };
+    let Some(target) = registries.get(&to) else {
+        bail!("no registry '{to}' in {}", path.display());
+    };
+    let started = Instant::now();
+    let replicator = Replicator::new(
+        config.jobs.blob_concurrency,
+        None,
+        std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
+    );
+    let s = replicator
+        .copy(&CopyRequest {
+            source,
+            source_repository: &image.repository,
+            reference: &image.reference,
+            target,
+            target_repository: &target_repository,
+            overwrite: true,
+            referrers: true,
+            platforms: None,
+            event_digest: None,
+            referrer_only: false,
+        })
+        .await?;
+    println!(
+        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {} written\n  blobs      {} copied, {} already present, {} mounted\n  bytes      {}\n  time       {:.2}s",
+        image.reference,
+        s.digest,
+        s.manifests_copied,
+        s.blobs_copied,
+        s.blobs_skipped,
+        s.blobs_mounted,
+        s.bytes_copied,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

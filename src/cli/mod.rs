@@ -1,0 +1,6 @@
+//! The binary's command-line side: argument definitions, the one-shot
+//! commands, and the jobs API client. Business logic lives in the library.
+
+pub mod args;
+pub mod commands;
+pub mod jobs;
