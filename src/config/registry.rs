@@ -1,0 +1,252 @@
+//! Loading one `[registries.NAME]`: its URL, credentials, TLS mode,
+//! limits and token realm hosts, each checked with a message that names the
+//! key.
+
+use super::raw::{RawRegistry, RawSize, RawTls};
+use super::*;
+
+impl Loader<'_> {
+    /// One `[registries.NAME]`, validated.
+    pub(super) fn registry(
+        &self,
+        name: &str,
+        r: RawRegistry,
+    ) -> Result<RegistryConfig, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(self.invalid(
+                format!("registries.{name}"),
+                "a registry name may hold only letters, digits, '-' and '_'",
+            ));
+        }
+        let url = self.registry_url(name, &r.url)?;
+        let limits = self.registry_limits(name, r.clone())?;
+
+        let username = self.expand_opt(&key("username"), r.username)?;
+        let password = self.secret(&key("password"), r.password, r.password_file)?;
+        if password.is_some() && username.as_deref().is_none_or(str::is_empty) {
+            return Err(self.invalid(key("username"), "a password is set but no username"));
+        }
+        let tls = self.registry_tls(name, &url, r.tls.clone())?;
+        let token_realm_hosts = self.realm_hosts(name, r.token_realm_hosts.clone())?;
+        Ok(RegistryConfig {
+            name: name.to_string(),
+            url,
+            username,
+            password,
+            tls,
+            limits,
+            create_projects: r.create_projects.unwrap_or(false),
+            token_realm_hosts,
+            is_harbor: match r.kind.as_deref() {
+                None | Some("registry") => false,
+                Some("harbor") => true,
+                Some(other) => {
+                    return Err(self.invalid(
+                        key("kind"),
+                        format!("`{other}`: use \"harbor\" or \"registry\""),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// `url`: `https://host[:port]` or `http://host[:port]`, nothing else.
+    fn registry_url(&self, name: &str, raw: &str) -> Result<url::Url, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+        let url_text = self.expand(&key("url"), raw)?;
+        let url = url::Url::parse(&url_text)
+            .map_err(|e| self.invalid(key("url"), format!("`{url_text}` is not a URL: {e}")))?;
+        if url.scheme() != "https" && url.scheme() != "http" {
+            return Err(self.invalid(
+                key("url"),
+                format!("`{url_text}`: scheme must be https:// or http://"),
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.invalid(key("url"), format!("`{url_text}` has no host")));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.invalid(
+                key("url"),
+                "must not carry credentials; use `username` and `password`/`password_file`",
+            ));
+        }
+        if (url.path() != "/" && !url.path().is_empty()) || url.query().is_some() {
+            return Err(self.invalid(
+                key("url"),
+                format!(
+                    "`{url_text}` has a path or query; give only scheme, host and port (the registry API lives at /v2/)"
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// `tls`: the system roots, a pinned CA read now, or no verification.
+    fn registry_tls(
+        &self,
+        name: &str,
+        url: &url::Url,
+        raw: Option<RawTls>,
+    ) -> Result<TlsMode, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+
+        let tls = match raw {
+            None => TlsMode::System,
+            Some(t) => {
+                if url.scheme() == "http" {
+                    return Err(self.invalid(
+                        key("tls"),
+                        "the registry URL is http://, so TLS settings would be ignored; remove `tls` or use https://",
+                    ));
+                }
+                match (t.ca_file, t.insecure_skip_verify) {
+                    (Some(_), true) => {
+                        return Err(self.invalid(
+                            key("tls"),
+                            "set either `ca_file` (recommended) or `insecure_skip_verify`, not both",
+                        ));
+                    }
+                    (Some(f), false) => {
+                        let path = self.expand(&key("tls.ca_file"), &f)?;
+                        let pem = std::fs::read(&path).map_err(|e| {
+                            self.invalid(key("tls.ca_file"), format!("cannot read {path}: {e}"))
+                        })?;
+                        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                            self.invalid(
+                                key("tls.ca_file"),
+                                format!("{path} is not a PEM certificate: {e}"),
+                            )
+                        })?;
+                        if certs.is_empty() {
+                            return Err(self.invalid(
+                                key("tls.ca_file"),
+                                format!("{path} holds no PEM certificate"),
+                            ));
+                        }
+                        TlsMode::Pinned {
+                            file: PathBuf::from(path),
+                            pem,
+                        }
+                    }
+                    (None, true) => TlsMode::InsecureSkipVerify,
+                    (None, false) => TlsMode::System,
+                }
+            }
+        };
+        Ok(tls)
+    }
+
+    /// The request, bandwidth, upload and listing limits.
+    fn registry_limits(&self, name: &str, r: RawRegistry) -> Result<RegistryLimits, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+        let size = |k: &str, v: Option<RawSize>| -> Result<Option<u64>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(RawSize::Bytes(n)) => Ok(Some(n)),
+                Some(RawSize::Text(t)) => {
+                    let t = self.expand(&key(k), &t)?;
+                    t.parse::<bytesize::ByteSize>()
+                        .map(|b| Some(b.as_u64()))
+                        .map_err(|e| {
+                            self.invalid(key(k), format!("`{t}` is not a size like \"64MiB\": {e}"))
+                        })
+                }
+            }
+        };
+        let defaults = RegistryLimits::default();
+        let limits = RegistryLimits {
+            max_concurrent_requests: match r.max_concurrent_requests {
+                Some(0) => {
+                    return Err(self.invalid(key("max_concurrent_requests"), "must be at least 1"));
+                }
+                v => v,
+            },
+            max_bytes_per_second: match size("max_bytes_per_second", r.max_bytes_per_second)? {
+                Some(n) if n < 1024 => {
+                    return Err(self.invalid(
+                        key("max_bytes_per_second"),
+                        "must be at least 1KiB (omit it for no limit)",
+                    ));
+                }
+                v => v,
+            },
+            request_attempts: match r.request_attempts {
+                Some(0) => return Err(self.invalid(key("request_attempts"), "must be at least 1")),
+                Some(n) => n,
+                None => defaults.request_attempts,
+            },
+            stall_timeout: match r.stall_timeout {
+                None => defaults.stall_timeout,
+                Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                    self.invalid(
+                        key("stall_timeout"),
+                        format!("`{t}` is not a duration: {e}"),
+                    )
+                })?,
+            },
+            chunk_size_threshold: size("chunk_size_threshold", r.chunk_size_threshold)?
+                .unwrap_or(defaults.chunk_size_threshold),
+            chunk_size: match size("chunk_size", r.chunk_size)? {
+                Some(n) if n < 64 * 1024 => {
+                    return Err(self.invalid(key("chunk_size"), "must be at least 64KiB"));
+                }
+                Some(n) => n,
+                None => defaults.chunk_size,
+            },
+            max_retry_after: match r.max_retry_after {
+                None => defaults.max_retry_after,
+                Some(t) => humantime::parse_duration(&t).map_err(|e| {
+                    self.invalid(
+                        key("max_retry_after"),
+                        format!("`{t}` is not a duration: {e}"),
+                    )
+                })?,
+            },
+            max_list_bytes: match size("max_list_bytes", r.max_list_bytes)? {
+                Some(n) if n < 1024 * 1024 => {
+                    return Err(self.invalid(key("max_list_bytes"), "must be at least 1MiB"));
+                }
+                Some(n) => n,
+                None => defaults.max_list_bytes,
+            },
+            max_list_entries: match r.max_list_entries {
+                Some(n) if n < 1000 => {
+                    return Err(self.invalid(key("max_list_entries"), "must be at least 1000"));
+                }
+                Some(n) => n,
+                None => defaults.max_list_entries,
+            },
+        };
+        Ok(limits)
+    }
+
+    /// `token_realm_hosts`: each a host or `host:port`.
+    fn realm_hosts(
+        &self,
+        name: &str,
+        raw: Option<Vec<String>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let key = |k: &str| format!("registries.{name}.{k}");
+        let token_realm_hosts = raw.unwrap_or_default();
+        for h in &token_realm_hosts {
+            let valid = !h.is_empty()
+                && !h.contains('/')
+                && url::Url::parse(&format!("https://{h}/")).is_ok_and(|u| {
+                    u.host_str().is_some() && u.path() == "/" && u.username().is_empty()
+                });
+            if !valid {
+                return Err(self.invalid(
+                    key("token_realm_hosts"),
+                    format!("`{h}` is not a host or host:port (like \"auth.example.com\")"),
+                ));
+            }
+        }
+        Ok(token_realm_hosts)
+    }
+}

@@ -1,0 +1,335 @@
+//! The loader against good and bad files.
+
+use std::time::Duration;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/relay.toml"), text, &|name| match name {
+        "PW" => Some("s3cret".to_string()),
+        "HOOK" => Some("Bearer hook".to_string()),
+        _ => None,
+    })
+}
+
+const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:9000"
+        webhook_auth = "${HOOK}"
+        [store]
+        path = "/var/lib/relay"
+        [registries.external]
+        url = "http://127.0.0.1:5000"
+        [registries.integrated]
+        url = "https://harbor.local:8443"
+        username = "admin"
+        password = "${PW}"
+        tls = { insecure_skip_verify = true }
+        [[rules]]
+        from = "external"
+        to = "integrated"
+        projects = ["library", "team-*"]
+    "#;
+
+#[test]
+fn parses_a_good_file_with_defaults() {
+    let c = parse(GOOD).expect("valid config");
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(
+        c.server.webhook_auth.as_ref().map(Secret::expose),
+        Some("Bearer hook")
+    );
+    let integrated = &c.registries["integrated"];
+    assert_eq!(integrated.host(), "harbor.local:8443");
+    assert_eq!(
+        integrated.password.as_ref().map(Secret::expose),
+        Some("s3cret")
+    );
+    assert_eq!(integrated.tls, TlsMode::InsecureSkipVerify);
+    assert!(c.registries["external"].is_plain_http());
+    assert_eq!(integrated.limits, RegistryLimits::default());
+    let rule = &c.rules[0];
+    assert_eq!(rule.name, "external-to-integrated");
+    assert_eq!(rule.target_project, "{project}");
+    assert_eq!(rule.tags, vec!["**"]);
+    assert!(rule.exclude_tags.is_empty());
+    assert_eq!(c.jobs.workers, 4);
+    assert_eq!(c.jobs.blob_concurrency, 4);
+    assert_eq!(c.jobs.max_attempts, 8);
+    assert_eq!(c.jobs.retention, Duration::from_secs(7 * 24 * 3600));
+}
+
+#[test]
+fn secrets_do_not_show_in_debug_output() {
+    let c = parse(GOOD).expect("valid config");
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("s3cret"), "{dump}");
+    assert!(!dump.contains("Bearer hook"), "{dump}");
+}
+
+fn error_of(text: &str) -> String {
+    parse(text).expect_err("should be refused").to_string()
+}
+
+#[test]
+fn unknown_key_is_refused_with_file_and_key() {
+    let e = error_of(&GOOD.replace("listen =", "lisen ="));
+    assert!(
+        e.starts_with("config /etc/relay.toml: line 3, column 9: "),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `lisen`"), "{e}");
+    let e = error_of(&GOOD.replace("username = \"admin\"", "username = 7"));
+    assert!(
+        e.contains("registries.integrated.username: invalid type"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_env_var_names_key_and_variable() {
+    let e = error_of(&GOOD.replace("${PW}", "${NOPE}"));
+    assert!(e.contains("registries.integrated.password"), "{e}");
+    assert!(e.contains("NOPE is not set"), "{e}");
+}
+
+#[test]
+fn bad_url_is_refused() {
+    let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "ftp://x"));
+    assert!(e.contains("registries.external.url"), "{e}");
+    let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "not a url"));
+    assert!(e.contains("registries.external.url"), "{e}");
+    let e = error_of(&GOOD.replace("http://127.0.0.1:5000", "http://h/v2/"));
+    assert!(e.contains("path"), "{e}");
+}
+
+#[test]
+fn rule_with_unknown_registry_is_refused() {
+    let e = error_of(&GOOD.replace("to = \"integrated\"", "to = \"nowhere\""));
+    assert!(e.contains("rules[0].to"), "{e}");
+    assert!(e.contains("unknown registry 'nowhere'"), "{e}");
+}
+
+#[test]
+fn unreadable_ca_file_is_refused() {
+    let e = error_of(&GOOD.replace(
+        "insecure_skip_verify = true",
+        "ca_file = \"/nonexistent/ca.pem\"",
+    ));
+    assert!(e.contains("registries.integrated.tls.ca_file"), "{e}");
+    assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+}
+
+#[test]
+fn ca_file_that_is_not_pem_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("ca.pem");
+    std::fs::write(&f, "hello").expect("write");
+    let e = error_of(&GOOD.replace(
+        "insecure_skip_verify = true",
+        &format!("ca_file = \"{}\"", f.display()),
+    ));
+    assert!(e.contains("tls.ca_file"), "{e}");
+}
+
+#[test]
+fn both_tls_modes_are_refused() {
+    let e = error_of(&GOOD.replace(
+        "insecure_skip_verify = true",
+        "insecure_skip_verify = true, ca_file = \"/x\"",
+    ));
+    assert!(e.contains("registries.integrated.tls"), "{e}");
+}
+
+#[test]
+fn secrets_come_from_systemd_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("webhook-auth"), "Bearer from-cred\n").expect("write");
+    std::fs::write(dir.path().join("pw"), "pw-from-cred").expect("write");
+    let text = GOOD
+        .replace(
+            "webhook_auth = \"${HOOK}\"",
+            "webhook_auth_file = \"${CREDENTIALS_DIRECTORY}/webhook-auth\"",
+        )
+        .replace(
+            "password = \"${PW}\"",
+            "password_file = \"${CREDENTIALS_DIRECTORY}/pw\"",
+        );
+    let creds = dir.path().display().to_string();
+    let c = Config::parse(Path::new("/etc/relay.toml"), &text, &|name| {
+        (name == "CREDENTIALS_DIRECTORY").then(|| creds.clone())
+    })
+    .expect("valid");
+    assert_eq!(
+        c.server.webhook_auth.as_ref().map(Secret::expose),
+        Some("Bearer from-cred")
+    );
+    assert_eq!(
+        c.registries["integrated"]
+            .password
+            .as_ref()
+            .map(Secret::expose),
+        Some("pw-from-cred")
+    );
+    // Outside systemd the variable is missing: said plainly.
+    let e = parse(&text).expect_err("no CREDENTIALS_DIRECTORY");
+    assert!(
+        e.to_string().contains(
+            "server.webhook_auth_file: environment variable CREDENTIALS_DIRECTORY is not set"
+        ),
+        "{e}"
+    );
+    let both = GOOD.replace(
+        "webhook_auth = \"${HOOK}\"",
+        "webhook_auth = \"x\"\nwebhook_auth_file = \"/x\"",
+    );
+    let e = parse(&both).expect_err("both");
+    assert!(e.to_string().contains("not both"), "{e}");
+}
+
+#[test]
+fn log_level_and_format_are_checked() {
+    let c = parse(&format!(
+        "{GOOD}\n[log]\nlevel = \"info,harbor_relay=debug\"\nformat = \"json\"\n"
+    ))
+    .expect("valid");
+    assert!(c.log.json);
+    assert_eq!(c.log.level.as_deref(), Some("info,harbor_relay=debug"));
+    let e = parse(&format!("{GOOD}\n[log]\nformat = \"xml\"\n")).expect_err("bad format");
+    assert!(e.to_string().contains("log.format"), "{e}");
+    let e = parse(&format!("{GOOD}\n[log]\nlevel = \"info,=[\"\n")).expect_err("bad level");
+    assert!(e.to_string().contains("log.level"), "{e}");
+}
+
+#[test]
+fn password_file_is_read_and_trimmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("pw");
+    std::fs::write(&f, "from-file\n").expect("write");
+    let c = parse(&GOOD.replace(
+        "password = \"${PW}\"",
+        &format!("password_file = \"{}\"", f.display()),
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.registries["integrated"]
+            .password
+            .as_ref()
+            .map(Secret::expose),
+        Some("from-file")
+    );
+}
+
+#[test]
+fn duplicate_default_rule_names_are_refused() {
+    let text = format!("{GOOD}\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n");
+    let e = error_of(&text);
+    assert!(e.contains("rules[1].name"), "{e}");
+}
+
+#[test]
+fn missing_store_is_refused() {
+    let e = error_of(&GOOD.replace("[store]\n        path = \"/var/lib/relay\"", ""));
+    assert!(e.contains("store.path"), "{e}");
+}
+
+#[test]
+fn registry_limits_take_sizes_and_durations() {
+    let c = parse(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            "tls = { insecure_skip_verify = true }\nmax_bytes_per_second = \"10MiB\"\nchunk_size = 1048576\nchunk_size_threshold = \"1 GiB\"\nstall_timeout = \"2m\"\nmax_concurrent_requests = 8",
+        ))
+        .expect("valid");
+    let l = &c.registries["integrated"].limits;
+    assert_eq!(l.max_bytes_per_second, Some(10 * 1024 * 1024));
+    assert_eq!(l.chunk_size, 1024 * 1024);
+    assert_eq!(l.chunk_size_threshold, 1024 * 1024 * 1024);
+    assert_eq!(l.stall_timeout, Duration::from_secs(120));
+    assert_eq!(l.max_concurrent_requests, Some(8));
+    let e = error_of(&GOOD.replace(
+        "tls = { insecure_skip_verify = true }",
+        "chunk_size = \"lots\"",
+    ));
+    assert!(e.contains("registries.integrated.chunk_size"), "{e}");
+}
+
+#[test]
+fn trust_limits_have_defaults_and_are_checked() {
+    let c = parse(GOOD).expect("valid");
+    let r = &c.registries["integrated"];
+    assert!(r.token_realm_hosts.is_empty());
+    assert_eq!(r.limits.max_retry_after, Duration::from_secs(600));
+    assert_eq!(r.limits.max_list_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.jobs.max_queued, 100_000);
+    assert_eq!(c.server.max_connections_per_client, 128);
+    let c = parse(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            "tls = { insecure_skip_verify = true }\ntoken_realm_hosts = [\"auth.docker.io\", \"10.0.0.1:5001\"]\nmax_retry_after = \"30s\"\nmax_list_bytes = \"8MiB\"\nmax_list_entries = 5000",
+        ))
+        .expect("valid");
+    let r = &c.registries["integrated"];
+    assert_eq!(r.token_realm_hosts, ["auth.docker.io", "10.0.0.1:5001"]);
+    assert_eq!(r.limits.max_retry_after, Duration::from_secs(30));
+    assert_eq!(r.limits.max_list_bytes, 8 * 1024 * 1024);
+    assert_eq!(r.limits.max_list_entries, 5000);
+    for bad in ["https://auth.docker.io", "auth.docker.io/token", ""] {
+        let e = error_of(&GOOD.replace(
+            "tls = { insecure_skip_verify = true }",
+            &format!("token_realm_hosts = [\"{bad}\"]"),
+        ));
+        assert!(
+            e.contains("registries.integrated.token_realm_hosts") && e.contains("host:port"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn the_example_config_parses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("external.password");
+    std::fs::write(&pw, "robot-secret\n").expect("write");
+    let ca = dir.path().join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(&ca, cert.cert.pem()).expect("write");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/harbor-relay.example.toml"),
+    )
+    .expect("example config")
+    .replace(
+        "/etc/harbor-relay/external.password",
+        &pw.display().to_string(),
+    )
+    .replace(
+        "/etc/harbor-relay/integrated-ca.pem",
+        &ca.display().to_string(),
+    );
+    let env = |name: &str| match name {
+        "HARBOR_WEBHOOK_SECRET" | "INTEGRATED_PASSWORD" => Some(format!("value-of-{name}")),
+        _ => None,
+    };
+    let c = Config::parse(Path::new("example.toml"), &text, &env).expect("example parses");
+    assert_eq!(c.rules[0].name, "tanzu");
+    assert_eq!(c.rules[0].exclude_tags, vec!["*-rc*"]);
+    assert!(matches!(
+        c.registries["integrated"].tls,
+        TlsMode::Pinned { .. }
+    ));
+    assert_eq!(
+        c.registries["external"]
+            .password
+            .as_ref()
+            .map(Secret::expose),
+        Some("robot-secret")
+    );
+}
+
+#[test]
+fn bad_target_project_is_refused() {
+    let text = GOOD.replace(
+        "projects = [\"library\", \"team-*\"]",
+        "target_project = \"{repo}\"",
+    );
+    let e = error_of(&text);
+    assert!(e.contains("rules[0].target_project"), "{e}");
+}

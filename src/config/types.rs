@@ -1,0 +1,315 @@
+//! The validated configuration: what the rest of the daemon reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Secret;
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the file came from (for messages).
+    pub file: PathBuf,
+    /// The HTTP listener.
+    pub server: ServerConfig,
+    /// The durable job store.
+    pub store: StoreConfig,
+    /// How jobs run.
+    pub jobs: JobsConfig,
+    /// Registries by the name rules use for them.
+    pub registries: BTreeMap<String, RegistryConfig>,
+    /// Replication rules, in file order.
+    pub rules: Vec<RuleConfig>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Keys whose secret is written in the file itself (not `${VAR}` or a
+    /// `*_file`): worth a warning when the file is readable by others.
+    pub inline_secrets: Vec<String>,
+}
+
+/// `[log]`: the level and format of the daemon's logs. `RUST_LOG` and
+/// `--log-format` win over these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `info,harbor_relay=debug`.
+    pub level: Option<String>,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the webhook, API and metrics listener binds.
+    pub listen: SocketAddr,
+    /// When set, the exact `Authorization` header value a webhook must carry.
+    pub webhook_auth: Option<Secret>,
+    /// When set, `/api/v1/*` needs `Authorization: Bearer <token>`; when
+    /// not, the API is read-only.
+    pub api_token: Option<Secret>,
+    /// A second listener for `/metrics`, `/healthz` and `/readyz` only.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Webhooks per second one client address may send (bursts up to
+    /// twice that); beyond it, `429` with `Retry-After`. 0: no limit.
+    pub webhook_rate_limit: u32,
+    /// Connections one client address may hold open at once; more are
+    /// closed at accept, so idle sockets from one address never lock out
+    /// another (Harbor's deliveries).
+    pub max_connections_per_client: usize,
+    /// HTTPS on `listen`: the certificate chain and key (PEM), read again
+    /// on reload.
+    pub tls: Option<ListenerTls>,
+}
+
+/// `server.tls_cert` and `server.tls_key`, checked and read.
+#[derive(Clone, PartialEq)]
+pub struct ListenerTls {
+    /// The certificate chain file (PEM), for messages and reloads.
+    pub cert_file: PathBuf,
+    /// The key file (PEM).
+    pub key_file: PathBuf,
+    /// The chain, leaf first (PEM).
+    pub cert_pem: Vec<u8>,
+    /// The private key (PEM).
+    pub key_pem: Secret,
+}
+
+impl ListenerTls {
+    /// The rustls server settings for these files.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+        use rustls_pki_types::pem::PemObject;
+        let certs: Vec<rustls_pki_types::CertificateDer<'static>> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(&self.cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", self.cert_file.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate in it",
+                self.cert_file.display()
+            ));
+        }
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.expose().as_bytes())
+            .map_err(|e| format!("{}: {e}", self.key_file.display()))?;
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map(|mut c| {
+            c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            c
+        })
+        .map_err(|e| {
+            format!(
+                "{} and {}: {e}",
+                self.cert_file.display(),
+                self.key_file.display()
+            )
+        })
+    }
+}
+
+impl fmt::Debug for ListenerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerTls")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the embedded database.
+    pub path: PathBuf,
+}
+
+/// `[jobs]`: how many jobs and blobs move at once, and how long a stopping
+/// daemon waits for running jobs.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Jobs run at the same time.
+    pub workers: usize,
+    /// Blobs of one job copied at the same time.
+    pub blob_concurrency: usize,
+    /// How long SIGTERM waits for running jobs before leaving them to the
+    /// next start.
+    pub shutdown_grace: Duration,
+    /// Attempts before a job counts as failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles (with jitter) each time.
+    pub retry_initial_delay: Duration,
+    /// Longest wait between two attempts.
+    pub retry_max_delay: Duration,
+    /// How long finished jobs stay in the store before they are pruned.
+    pub retention: Duration,
+    /// A repeated event within this time after its job succeeded joins
+    /// that job instead of copying again.
+    pub coalesce_window: Duration,
+    /// Jobs waiting (queued or due for a retry) at most; beyond it a
+    /// webhook is answered `503` with `Retry-After`, so a flood of events
+    /// cannot grow the store without bound.
+    pub max_queued: usize,
+}
+
+/// How to verify a registry's TLS certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// The system's trusted roots.
+    System,
+    /// Trust exactly the CA certificates in this PEM (the recommended way to
+    /// reach an integrated Harbor with a self-signed certificate).
+    Pinned {
+        /// The PEM file, for messages.
+        file: PathBuf,
+        /// Its contents.
+        pem: Vec<u8>,
+    },
+    /// Do not verify at all (logged as a warning at start).
+    InsecureSkipVerify,
+}
+
+/// `[registries.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryConfig {
+    /// The name used in rules and messages.
+    pub name: String,
+    /// Base URL, `https://host[:port]` or `http://host[:port]`.
+    pub url: url::Url,
+    /// Basic-auth / token-service user name.
+    pub username: Option<String>,
+    /// Its password, from the environment, the file or `password_file`.
+    pub password: Option<Secret>,
+    /// Certificate verification.
+    pub tls: TlsMode,
+    /// How hard we may push this registry, and how blobs are uploaded.
+    pub limits: RegistryLimits,
+    /// A Harbor target: create missing projects before pushing into them.
+    pub create_projects: bool,
+    /// `harbor` when the registry is a Harbor (its REST API is then used
+    /// to list it); `registry` for any other.
+    pub is_harbor: bool,
+    /// Hosts (`host` or `host:port`) besides the registry's own that may
+    /// serve its token realm (Docker Hub's `auth.docker.io`). A realm
+    /// anywhere else never receives the credentials.
+    pub token_realm_hosts: Vec<String>,
+}
+
+/// Per-registry limits and upload settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Requests in flight to this registry at once.
+    pub max_concurrent_requests: Option<usize>,
+    /// Blob bytes per second to or from this registry (a bandwidth cap).
+    pub max_bytes_per_second: Option<u64>,
+    /// Attempts for a request that can safely be repeated.
+    pub request_attempts: u32,
+    /// No byte moved for this long: the transfer counts as stalled.
+    pub stall_timeout: Duration,
+    /// Blobs larger than this are uploaded in chunks, resumably.
+    pub chunk_size_threshold: u64,
+    /// Size of each chunk (raised to the registry's `OCI-Chunk-Min-Length`).
+    pub chunk_size: u64,
+    /// Longest `Retry-After` honoured; a registry asking for more waits
+    /// this long (a huge value must not freeze every request to it).
+    pub max_retry_after: Duration,
+    /// Bytes read in all across the pages of one listing (`_catalog`,
+    /// `tags/list`, Harbor's project and repository lists).
+    pub max_list_bytes: u64,
+    /// Entries kept in all across the pages of one listing.
+    pub max_list_entries: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            max_concurrent_requests: None,
+            max_bytes_per_second: None,
+            request_attempts: 5,
+            stall_timeout: Duration::from_secs(60),
+            chunk_size_threshold: 64 * 1024 * 1024,
+            chunk_size: 16 * 1024 * 1024,
+            max_retry_after: Duration::from_secs(600),
+            max_list_bytes: 64 * 1024 * 1024,
+            max_list_entries: 1_000_000,
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// `host[:port]` as it appears in image references.
+    pub fn host(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }
+    }
+
+    /// True for `http://` registries (no TLS).
+    pub fn is_plain_http(&self) -> bool {
+        self.url.scheme() == "http"
+    }
+}
+
+/// `[[rules]]`: which pushes replicate and where to.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Unique name, used in job records and metrics.
+    pub name: String,
+    /// Source registry name.
+    pub from: String,
+    /// Target registry name.
+    pub to: String,
+    /// Globs over the source project (Harbor namespace).
+    pub projects: Vec<String>,
+    /// Globs over the repository path inside the project.
+    pub repositories: Vec<String>,
+    /// Target project; `{project}` stands for the source project. With
+    /// `{repository}` it is the whole target path.
+    pub target_project: String,
+    /// Path components of the repository (inside the project) to drop.
+    pub flatten: usize,
+    /// Globs a tag must match.
+    pub tags: Vec<String>,
+    /// Globs that exclude a tag even when `tags` matches.
+    pub exclude_tags: Vec<String>,
+    /// Overwrite a target tag that points at another digest.
+    pub overwrite: bool,
+    /// Replicate `DELETE_ARTIFACT` events.
+    pub replicate_deletes: bool,
+    /// Copy what refers to a replicated manifest (signatures, SBOMs).
+    pub referrers: bool,
+    /// Only these platforms of an index (`os/arch[/variant]`); all if unset.
+    pub platforms: Option<Vec<String>>,
+    /// Compare source and target this often and repair the differences.
+    pub reconcile_interval: Option<Duration>,
+}
+
+impl RuleConfig {
+    /// A rule with every optional key at its default, for code and tests.
+    pub fn new(name: &str, from: &str, to: &str) -> RuleConfig {
+        RuleConfig {
+            name: name.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            projects: vec!["**".into()],
+            repositories: vec!["**".into()],
+            target_project: "{project}".into(),
+            flatten: 0,
+            tags: vec!["**".into()],
+            exclude_tags: vec![],
+            overwrite: true,
+            replicate_deletes: false,
+            referrers: true,
+            platforms: None,
+            reconcile_interval: None,
+        }
+    }
+}
