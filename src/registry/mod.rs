@@ -20,6 +20,7 @@
 //!   host while it lasts.
 
 pub mod auth;
+mod authn;
 mod blobs;
 mod classify;
 mod error;

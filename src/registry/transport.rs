@@ -23,16 +23,16 @@ use std::time::{Duration, SystemTime};
 use backon::BackoffBuilder;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::RegistryError;
-use super::auth::{self, Challenge, TokenCache};
+use super::auth::{Challenge, TokenCache};
 use super::classify::error_chain;
 use super::pacer::Pacer;
-use super::trust::{check_realm, cut, host_of, same_origin, widen};
+use super::trust::{cut, host_of, same_origin};
 use crate::config::{RegistryConfig, RegistryLimits, Secret, TlsMode};
 
 /// How long to wait for a TCP + TLS connection.
@@ -47,15 +47,15 @@ pub(super) struct Transport {
     pub(super) name: String,
     pub(super) base: String,
     /// The configured URL: its origin is the only one credentials go to.
-    base_url: url::Url,
+    pub(super) base_url: url::Url,
     /// Other hosts allowed to serve the token realm.
-    realm_hosts: Vec<String>,
+    pub(super) realm_hosts: Vec<String>,
     pub(super) tls: TlsMode,
-    http: Client,
-    username: Option<String>,
-    password: Option<Secret>,
-    challenge: Mutex<Option<Challenge>>,
-    tokens: Mutex<TokenCache>,
+    pub(super) http: Client,
+    pub(super) username: Option<String>,
+    pub(super) password: Option<Secret>,
+    pub(super) challenge: Mutex<Option<Challenge>>,
+    pub(super) tokens: Mutex<TokenCache>,
     not_before: Mutex<Option<Instant>>,
     permits: Option<Semaphore>,
     pub(super) pacer: Option<std::sync::Arc<Pacer>>,
@@ -89,7 +89,7 @@ pub struct Stats {
 }
 
 /// What to put in `Authorization`.
-enum AuthHeader {
+pub(super) enum AuthHeader {
     None,
     Basic(String, String),
     Bearer(String),
@@ -97,7 +97,7 @@ enum AuthHeader {
 
 /// How a request through [`Transport::exchange`] is authenticated.
 #[derive(Clone, Copy)]
-enum Authn<'a> {
+pub(super) enum Authn<'a> {
     /// As the registry's challenge asks, for these scopes (registry API).
     Scopes(&'a [String]),
     /// With the account's Basic credentials (Harbor's REST API).
@@ -108,7 +108,7 @@ enum Authn<'a> {
 }
 
 /// What a `401` taught us.
-enum Learned {
+pub(super) enum Learned {
     /// Send the request again (new challenge, renewed token).
     Retry,
     /// Send it again with a token for more actions (a `DELETE` needs
@@ -118,7 +118,7 @@ enum Learned {
     Stop,
 }
 
-fn apply(rb: RequestBuilder, auth: &AuthHeader) -> RequestBuilder {
+pub(super) fn apply(rb: RequestBuilder, auth: &AuthHeader) -> RequestBuilder {
     match auth {
         AuthHeader::None => rb,
         AuthHeader::Basic(u, p) => rb.basic_auth(u, Some(p)),
@@ -126,7 +126,7 @@ fn apply(rb: RequestBuilder, auth: &AuthHeader) -> RequestBuilder {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -231,7 +231,7 @@ impl Transport {
     /// retryable statuses with backoff or the capped `Retry-After` (which
     /// then paces every request to the host), and, for registry requests,
     /// what a `401` teaches.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         what: &str,
         authn: Authn<'_>,
@@ -351,82 +351,6 @@ impl Transport {
         }
     }
 
-    /// Learns from a `401` to a request sent with `sent`: whether to send
-    /// it again (the challenge is new, a token was refused and is renewed,
-    /// or the request went out without credentials while another learned
-    /// the challenge). A challenge from another origin (a blob store a
-    /// redirect led to) teaches nothing; a token realm the registry may not
-    /// use is an error; and once tokens are in use a `Basic` challenge to a
-    /// request that carried one (Harbor's `v2auth` answers a token it does
-    /// not accept so) renews the token, wider if the method needs it, and
-    /// never switches to Basic.
-    fn learn(
-        &self,
-        from: &url::Url,
-        headers: &HeaderMap,
-        scopes: &[String],
-        sent: &AuthHeader,
-        method: &reqwest::Method,
-    ) -> Result<Learned, RegistryError> {
-        if !same_origin(from, &self.base_url) {
-            tracing::debug!(registry = %self.name, from = %host_of(from), "ignoring a 401 challenge from another host");
-            return Ok(Learned::Stop);
-        }
-        let parsed = headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(auth::parse_challenge)
-            .next();
-        let Some(challenge) = parsed else {
-            return Ok(Learned::Stop);
-        };
-        if let Challenge::Bearer { realm, .. } = &challenge {
-            check_realm(realm, &self.base_url, &self.realm_hosts).map_err(|detail| {
-                RegistryError::Untrusted {
-                    registry: self.name.clone(),
-                    detail,
-                }
-            })?;
-        }
-        let key = scopes.join(" ");
-        lock(&self.tokens).forget(&key);
-        let mut current = lock(&self.challenge);
-        let sent_token = matches!(sent, AuthHeader::Bearer(_));
-        if sent_token && matches!(*current, Some(Challenge::Bearer { .. })) {
-            // Keep the Bearer challenge (a Basic one here is Harbor's way
-            // of refusing the token); renew the token, wider if need be.
-            if let Challenge::Bearer { .. } = &challenge {
-                *current = Some(challenge);
-            }
-            return Ok(match widen(scopes, method) {
-                Some(wider) => Learned::Widen(wider),
-                None => Learned::Retry,
-            });
-        }
-        let changed = current.as_ref() != Some(&challenge);
-        *current = Some(challenge);
-        let anonymous = matches!(sent, AuthHeader::None);
-        Ok(if changed || sent_token || anonymous {
-            Learned::Retry
-        } else {
-            Learned::Stop
-        })
-    }
-
-    /// Our credentials as Basic auth (none if there is no username).
-    fn basic(&self) -> AuthHeader {
-        match (&self.username, &self.password) {
-            (Some(u), p) => AuthHeader::Basic(
-                u.clone(),
-                p.as_ref()
-                    .map(|p| p.expose().to_string())
-                    .unwrap_or_default(),
-            ),
-            _ => AuthHeader::None,
-        }
-    }
-
     /// True while the registry is known to lack the referrers API.
     pub(super) fn lacks_referrers_api(&self) -> bool {
         lock(&self.no_referrers_api_until).is_some_and(|t| Instant::now() < t)
@@ -435,90 +359,6 @@ impl Transport {
     /// The registry answered that it has no referrers API.
     pub(super) fn note_no_referrers_api(&self) {
         *lock(&self.no_referrers_api_until) = Some(Instant::now() + NO_REFERRERS_API_FOR);
-    }
-
-    /// How requests are authenticated, as learned from the registry.
-    pub(super) fn auth_kind(&self) -> &'static str {
-        match &*lock(&self.challenge) {
-            None => "anonymous",
-            Some(Challenge::Basic) => "basic",
-            Some(Challenge::Bearer { .. }) => "token",
-        }
-    }
-
-    async fn auth_header(
-        &self,
-        scopes: &[String],
-        what: &str,
-    ) -> Result<AuthHeader, RegistryError> {
-        let challenge = lock(&self.challenge).clone();
-        match challenge {
-            None => Ok(AuthHeader::None),
-            Some(Challenge::Basic) => Ok(self.basic()),
-            Some(Challenge::Bearer { realm, service }) => {
-                let key = scopes.join(" ");
-                if let Some(t) = lock(&self.tokens).get(&key) {
-                    return Ok(AuthHeader::Bearer(t));
-                }
-                // Boxed: the token request goes through `exchange` too.
-                let token =
-                    Box::pin(self.fetch_token(&realm, service.as_deref(), scopes, what)).await?;
-                Ok(AuthHeader::Bearer(token))
-            }
-        }
-    }
-
-    /// The Docker token flow: `GET <realm>?service=…&scope=…`, with Basic
-    /// credentials when we have them.
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scopes: &[String],
-        what: &str,
-    ) -> Result<String, RegistryError> {
-        let mut query: Vec<(&str, &str)> = Vec::new();
-        if let Some(s) = service {
-            query.push(("service", s));
-        }
-        for s in scopes {
-            query.push(("scope", s));
-        }
-        let creds = self.basic();
-        let token_what = format!("token for {what}");
-        let resp = self
-            .exchange(&token_what, Authn::Given, true, &|c| {
-                apply(c.get(realm).query(&query), &creds)
-            })
-            .await?;
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(RegistryError::Unauthorized {
-                    registry: self.name.clone(),
-                    what: what.to_string(),
-                    detail: format!("the token service answered {}", resp.status()),
-                });
-            }
-            _ => return Err(self.status_error(resp, &token_what).await),
-        }
-        let body = self.read_limited(resp, 1 << 20, &token_what).await?;
-        let parsed: auth::TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| RegistryError::Other {
-                registry: self.name.clone(),
-                what: token_what.clone(),
-                detail: format!(
-                    "the token service's answer is not JSON: {}",
-                    cut(&e.to_string())
-                ),
-            })?;
-        let (token, life) = parsed.into_token().ok_or_else(|| RegistryError::Other {
-            registry: self.name.clone(),
-            what: token_what,
-            detail: "the token service's answer holds no token".into(),
-        })?;
-        lock(&self.tokens).put(&scopes.join(" "), token.clone(), life);
-        Ok(token)
     }
 
     /// A request to the registry's own REST API (Harbor's `/api/v2.0`),
