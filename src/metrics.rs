@@ -106,159 +106,144 @@ const REGISTRY_COUNTERS: [(&str, &str, StatsField); 6] = [
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
 
+/// Registers metrics as they are made, so each is declared in one place.
+struct Maker {
+    registry: Registry,
+}
+
+impl Maker {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        m: Result<M, prometheus::Error>,
+    ) -> Result<M, MetricsError> {
+        let m = m?;
+        self.registry.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, MetricsError> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, MetricsError> {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn timestamps(&self, name: &str, help: &str) -> Result<prometheus::GaugeVec, MetricsError> {
+        self.add(prometheus::GaugeVec::new(Opts::new(name, help), &["rule"]))
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> Result<Histogram, MetricsError> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        ))
+    }
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Metrics, MetricsError> {
-        let registry = Registry::new();
-        let webhooks = IntCounterVec::new(
-            Opts::new(
+        let m = Maker {
+            registry: Registry::new(),
+        };
+        let metrics = Metrics {
+            webhooks: m.counters(
                 "harbor_relay_webhooks_received_total",
                 "Webhook requests received, by payload format and outcome.",
-            ),
-            &["format", "outcome"],
-        )?;
-        let jobs_finished = IntCounterVec::new(
-            Opts::new(
+                &["format", "outcome"],
+            )?,
+            jobs_finished: m.counters(
                 "harbor_relay_jobs_finished_total",
                 "Replication jobs finished, by rule and outcome.",
-            ),
-            &["rule", "outcome"],
-        )?;
-        let blobs = IntCounterVec::new(
-            Opts::new(
+                &["rule", "outcome"],
+            )?,
+            blobs: m.counters(
                 "harbor_relay_blobs_total",
                 "Blobs handled by replication: copied (uploaded), skipped (already on the target), mounted (linked from another repository of the target), resumed (an interrupted upload continued; also counted as copied).",
-            ),
-            &["outcome"],
-        )?;
-        let bytes_copied = IntCounter::new(
-            "harbor_relay_copied_bytes_total",
-            "Blob bytes uploaded to target registries.",
-        )?;
-        let job_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                &["outcome"],
+            )?,
+            bytes_copied: m.add(IntCounter::new(
+                "harbor_relay_copied_bytes_total",
+                "Blob bytes uploaded to target registries.",
+            ))?,
+            job_duration: m.histogram(
                 "harbor_relay_job_duration_seconds",
                 "Wall time of finished replication jobs.",
-            )
-            .buckets(vec![
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-            ]),
-        )?;
-        let queue_depth = IntGauge::new(
-            "harbor_relay_queue_depth",
-            "Replication jobs waiting for a worker.",
-        )?;
-        let jobs_running = IntGauge::new(
-            "harbor_relay_jobs_running",
-            "Replication jobs being copied now.",
-        )?;
-        let jobs_retrying = IntGauge::new(
-            "harbor_relay_jobs_retrying",
-            "Replication jobs waiting for their next attempt after a failure.",
-        )?;
-        let job_retries = IntCounterVec::new(
-            Opts::new(
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
+            )?,
+            queue_depth: m.gauge(
+                "harbor_relay_queue_depth",
+                "Replication jobs waiting for a worker.",
+            )?,
+            jobs_running: m.gauge(
+                "harbor_relay_jobs_running",
+                "Replication jobs being copied now.",
+            )?,
+            jobs_retrying: m.gauge(
+                "harbor_relay_jobs_retrying",
+                "Replication jobs waiting for their next attempt after a failure.",
+            )?,
+            job_retries: m.counters(
                 "harbor_relay_job_retries_total",
                 "Failed replication attempts that will be retried, by rule.",
-            ),
-            &["rule"],
-        )?;
-        let reconcile_checked = IntCounterVec::new(
-            Opts::new(
+                &["rule"],
+            )?,
+            reconcile_checked: m.counters(
                 "harbor_relay_reconcile_checked_total",
                 "Tags compared between source and target by reconcile passes, by rule.",
-            ),
-            &["rule"],
-        )?;
-        let reconcile_differences = IntCounterVec::new(
-            Opts::new(
+                &["rule"],
+            )?,
+            reconcile_differences: m.counters(
                 "harbor_relay_reconcile_differences_total",
                 "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
-            ),
-            &["rule"],
-        )?;
-        let reconcile_last_pass = prometheus::GaugeVec::new(
-            Opts::new(
+                &["rule"],
+            )?,
+            reconcile_last_pass: m.timestamps(
                 "harbor_relay_reconcile_last_pass_timestamp_seconds",
                 "When the last successful reconcile pass of a rule finished, in Unix seconds.",
-            ),
-            &["rule"],
-        )?;
-        let replication_lag = Histogram::with_opts(
-            HistogramOpts::new(
+            )?,
+            replication_lag: m.histogram(
                 "harbor_relay_replication_lag_seconds",
                 "Time from the event (Harbor's occur_at) to the artifact written on the target.",
-            )
-            .buckets(vec![
-                0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
-            ]),
-        )?;
-        let last_success = prometheus::GaugeVec::new(
-            Opts::new(
+                vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0],
+            )?,
+            last_success: m.timestamps(
                 "harbor_relay_last_success_timestamp_seconds",
                 "When a rule last replicated an artifact successfully, in Unix seconds.",
-            ),
-            &["rule"],
-        )?;
-        let transfers_in_flight = IntGauge::new(
-            "harbor_relay_transfers_in_flight",
-            "Blobs being copied from a source to a target right now.",
-        )?;
-        let store_size = IntGauge::new(
-            "harbor_relay_store_size_bytes",
-            "Size of the embedded job store on disk.",
-        )?;
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
+            )?,
+            transfers_in_flight: m.gauge(
+                "harbor_relay_transfers_in_flight",
+                "Blobs being copied from a source to a target right now.",
+            )?,
+            store_size: m.gauge(
+                "harbor_relay_store_size_bytes",
+                "Size of the embedded job store on disk.",
+            )?,
+            auth_failures: m.counters(
                 "harbor_relay_auth_failures_total",
                 "Requests refused for a missing or wrong secret, by endpoint (webhook, api).",
-            ),
-            &["endpoint"],
-        )?;
-        for e in ["webhook", "api"] {
-            auth_failures.with_label_values(&[e]);
-        }
-        registry.register(Box::new(auth_failures.clone()))?;
-        registry.register(Box::new(transfers_in_flight.clone()))?;
-        registry.register(Box::new(store_size.clone()))?;
-        registry.register(Box::new(replication_lag.clone()))?;
-        registry.register(Box::new(last_success.clone()))?;
-        registry.register(Box::new(reconcile_checked.clone()))?;
-        registry.register(Box::new(reconcile_differences.clone()))?;
-        registry.register(Box::new(reconcile_last_pass.clone()))?;
-        registry.register(Box::new(jobs_retrying.clone()))?;
-        registry.register(Box::new(job_retries.clone()))?;
-        registry.register(Box::new(webhooks.clone()))?;
-        registry.register(Box::new(jobs_finished.clone()))?;
-        registry.register(Box::new(blobs.clone()))?;
-        registry.register(Box::new(bytes_copied.clone()))?;
-        registry.register(Box::new(job_duration.clone()))?;
-        registry.register(Box::new(queue_depth.clone()))?;
-        registry.register(Box::new(jobs_running.clone()))?;
+                &["endpoint"],
+            )?,
+            registry: m.registry,
+        };
         // Make the usual series visible at zero before anything happens.
-        for o in ["copied", "skipped", "mounted", "resumed"] {
-            blobs.with_label_values(&[o]);
+        for e in ["webhook", "api"] {
+            metrics.auth_failures.with_label_values(&[e]);
         }
-        Ok(Metrics {
-            registry,
-            webhooks,
-            jobs_finished,
-            blobs,
-            bytes_copied,
-            job_duration,
-            queue_depth,
-            jobs_running,
-            jobs_retrying,
-            job_retries,
-            reconcile_checked,
-            reconcile_differences,
-            reconcile_last_pass,
-            replication_lag,
-            last_success,
-            transfers_in_flight,
-            store_size,
-            auth_failures,
-        })
+        for o in ["copied", "skipped", "mounted", "resumed"] {
+            metrics.blobs.with_label_values(&[o]);
+        }
+        Ok(metrics)
     }
 
     /// Makes each rule's series visible at zero, so that alerts and rates
