@@ -99,20 +99,49 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
             out.add(c, Status::Skipped, "an earlier step failed");
         }
     };
+    let Some(addrs) = check_dns(&host, port, out).await else {
+        return skip_rest(out, &["tcp", "tls", "api", "push"]);
+    };
+    let Some(addr) = check_tcp(&addrs, port, out).await else {
+        return skip_rest(out, &["tls", "api", "push"]);
+    };
+    let client = match Registry::new(reg) {
+        Ok(c) => c,
+        Err(e) => {
+            out.add("api", Status::Fail, e.to_string());
+            return skip_rest(out, &["push"]);
+        }
+    };
+    let ping = client.ping().await;
+    if reg.url.scheme() == "https" {
+        check_tls(reg, addr, &host, &ping, out).await;
+    }
+    if !check_api(reg, &ping, out) {
+        return skip_rest(out, &["push"]);
+    }
+    let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
+    for rule in &rules {
+        check_push(reg, &client, rule, out).await;
+    }
+    // A Harbor source: does a webhook policy feed the relay?
+    let sourcing: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.from == reg.name).collect();
+    if reg.is_harbor && !sourcing.is_empty() {
+        check_webhooks(&client, &sourcing, out).await;
+    }
+}
 
-    // DNS.
+/// DNS: the registry's host resolves.
+async fn check_dns(host: &str, port: u16, out: &mut Report) -> Option<Vec<SocketAddr>> {
     let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-        {
+        match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => {
                 out.add("dns", Status::Fail, format!("cannot resolve {host}: {e}"));
-                return skip_rest(out, &["tcp", "tls", "api", "push"]);
+                return None;
             }
             Err(_) => {
                 out.add("dns", Status::Fail, format!("resolving {host} timed out"));
-                return skip_rest(out, &["tcp", "tls", "api", "push"]);
+                return None;
             }
         };
     let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
@@ -122,11 +151,15 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         format!("{host} resolves to {}", shown.join(", ")),
     );
 
-    // TCP.
+    Some(addrs)
+}
+
+/// TCP: one of its addresses takes a connection.
+async fn check_tcp(addrs: &[SocketAddr], port: u16, out: &mut Report) -> Option<SocketAddr> {
     let started = Instant::now();
     let mut connected = None;
     let mut last_error = String::new();
-    for addr in &addrs {
+    for addr in addrs {
         match tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => {
                 connected = Some(*addr);
@@ -144,7 +177,7 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
                 "cannot connect to port {port}: {last_error} (firewall, wrong port, registry down?)"
             ),
         );
-        return skip_rest(out, &["tls", "api", "push"]);
+        return None;
     };
     out.add(
         "tcp",
@@ -155,58 +188,63 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         ),
     );
 
-    let client = match Registry::new(reg) {
-        Ok(c) => c,
+    Some(addr)
+}
+
+/// TLS: what the server presents, and whether the configured mode trusts it.
+async fn check_tls(
+    reg: &RegistryConfig,
+    addr: SocketAddr,
+    host: &str,
+    ping: &Result<&'static str, RegistryError>,
+    out: &mut Report,
+) {
+    let seen = match peer_certificate(addr, host).await {
+        Ok(c) => Some(c),
         Err(e) => {
-            out.add("api", Status::Fail, e.to_string());
-            return skip_rest(out, &["push"]);
+            out.add("tls", Status::Fail, format!("handshake failed: {e}"));
+            None
         }
     };
-    let ping = client.ping().await;
-
-    // TLS: what the server presents, and whether the configured mode trusts it.
-    if reg.url.scheme() == "https" {
-        let seen = match peer_certificate(addr, &host).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                out.add("tls", Status::Fail, format!("handshake failed: {e}"));
-                None
-            }
+    if let Some(cert) = seen {
+        let mode = match &reg.tls {
+            TlsMode::System => "the system's trusted CAs".to_string(),
+            TlsMode::Pinned { file, .. } => format!("the pinned CA {}", file.display()),
+            TlsMode::InsecureSkipVerify => String::new(),
         };
-        if let Some(cert) = seen {
-            let mode = match &reg.tls {
-                TlsMode::System => "the system's trusted CAs".to_string(),
-                TlsMode::Pinned { file, .. } => format!("the pinned CA {}", file.display()),
-                TlsMode::InsecureSkipVerify => String::new(),
-            };
-            let what = format!(
-                "subject {}, issuer {}, expires {} ({} days)",
-                cert.subject, cert.issuer, cert.not_after, cert.days_left
-            );
-            let (status, verdict) = match (&reg.tls, &ping) {
-                (TlsMode::InsecureSkipVerify, _) => (
-                    Status::Warn,
-                    "NOT verified (tls.insecure_skip_verify = true); pin the CA with tls.ca_file"
-                        .to_string(),
-                ),
-                (_, Err(e @ RegistryError::Tls { .. })) => {
-                    (Status::Fail, format!("not trusted by {mode}: {e}"))
-                }
-                _ => (Status::Ok, format!("trusted by {mode}")),
-            };
-            let status = if cert.days_left < 0 {
-                Status::Fail
-            } else if cert.days_left < EXPIRY_WARNING_DAYS && status == Status::Ok {
-                Status::Warn
-            } else {
-                status
-            };
-            out.add("tls", status, format!("{what}; {verdict}"));
-        }
+        let what = format!(
+            "subject {}, issuer {}, expires {} ({} days)",
+            cert.subject, cert.issuer, cert.not_after, cert.days_left
+        );
+        let (status, verdict) = match (&reg.tls, &ping) {
+            (TlsMode::InsecureSkipVerify, _) => (
+                Status::Warn,
+                "NOT verified (tls.insecure_skip_verify = true); pin the CA with tls.ca_file"
+                    .to_string(),
+            ),
+            (_, Err(e @ RegistryError::Tls { .. })) => {
+                (Status::Fail, format!("not trusted by {mode}: {e}"))
+            }
+            _ => (Status::Ok, format!("trusted by {mode}")),
+        };
+        let status = if cert.days_left < 0 {
+            Status::Fail
+        } else if cert.days_left < EXPIRY_WARNING_DAYS && status == Status::Ok {
+            Status::Warn
+        } else {
+            status
+        };
+        out.add("tls", status, format!("{what}; {verdict}"));
     }
+}
 
-    // The API and our credentials.
-    match &ping {
+/// The API and our credentials; false if it failed.
+fn check_api(
+    reg: &RegistryConfig,
+    ping: &Result<&'static str, RegistryError>,
+    out: &mut Report,
+) -> bool {
+    match ping {
         Ok(kind) => {
             let how = match (*kind, reg.username.as_deref()) {
                 ("anonymous", _) => "no credentials asked".to_string(),
@@ -217,64 +255,58 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         }
         Err(e) => {
             out.add("api", Status::Fail, e.to_string());
-            return skip_rest(out, &["push"]);
+            return false;
         }
     }
 
-    // Push permission on each rule's target project.
-    let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
-    for rule in &rules {
-        let projects = target_projects(rule);
-        if projects.is_empty() {
-            out.add(
-                "push",
-                Status::Warn,
-                format!(
-                    "rule '{}': its target projects depend on the source (patterns); none checked",
-                    rule.name
-                ),
-            );
-        }
-        for project in projects {
-            let repo = format!("{project}/{PROBE_REPOSITORY}");
-            let what = format!("opening an upload session in {repo}");
-            match client.begin_upload(&repo, &what).await {
-                Ok((location, _)) => {
-                    client.cancel_upload(&repo, location.as_str()).await;
-                    out.add(
+    true
+}
+
+/// Push permission on a rule's target projects.
+async fn check_push(reg: &RegistryConfig, client: &Registry, rule: &RuleConfig, out: &mut Report) {
+    let projects = target_projects(rule);
+    if projects.is_empty() {
+        out.add(
+            "push",
+            Status::Warn,
+            format!(
+                "rule '{}': its target projects depend on the source (patterns); none checked",
+                rule.name
+            ),
+        );
+    }
+    for project in projects {
+        let repo = format!("{project}/{PROBE_REPOSITORY}");
+        let what = format!("opening an upload session in {repo}");
+        match client.begin_upload(&repo, &what).await {
+            Ok((location, _)) => {
+                client.cancel_upload(&repo, location.as_str()).await;
+                out.add(
                         "push",
                         Status::Ok,
                         format!("rule '{}': may push to project '{project}' (upload session opened and cancelled)", rule.name),
                     );
-                }
-                Err(e) => {
-                    let hint = if reg.create_projects {
-                        " (create_projects = true: the project is created at the first push if it is missing)"
-                    } else if matches!(e, RegistryError::NotFound { .. }) {
-                        " (create the project on the target, or set create_projects = true)"
-                    } else {
-                        ""
-                    };
-                    let status =
-                        if reg.create_projects && matches!(e, RegistryError::NotFound { .. }) {
-                            Status::Warn
-                        } else {
-                            Status::Fail
-                        };
-                    out.add(
-                        "push",
-                        status,
-                        format!("rule '{}': project '{project}': {e}{hint}", rule.name),
-                    );
-                }
+            }
+            Err(e) => {
+                let hint = if reg.create_projects {
+                    " (create_projects = true: the project is created at the first push if it is missing)"
+                } else if matches!(e, RegistryError::NotFound { .. }) {
+                    " (create the project on the target, or set create_projects = true)"
+                } else {
+                    ""
+                };
+                let status = if reg.create_projects && matches!(e, RegistryError::NotFound { .. }) {
+                    Status::Warn
+                } else {
+                    Status::Fail
+                };
+                out.add(
+                    "push",
+                    status,
+                    format!("rule '{}': project '{project}': {e}{hint}", rule.name),
+                );
             }
         }
-    }
-
-    // A Harbor source: does a webhook policy feed the relay?
-    let sourcing: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.from == reg.name).collect();
-    if reg.is_harbor && !sourcing.is_empty() {
-        check_webhooks(&client, &sourcing, out).await;
     }
 }
 
