@@ -63,32 +63,10 @@ pub async fn run_reloadable(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
-    mut reload: mpsc::Receiver<()>,
+    reload: mpsc::Receiver<()>,
 ) -> Result<(), DaemonError> {
-    let metrics_listener = match config.server.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on server.metrics_listen {addr}: {e}"),
-                )
-            })?;
-            tracing::info!(listen = %addr, "metrics, health and readiness on their own listener");
-            Some(l)
-        }
-        None => None,
-    };
-    let (store, recovered) = Store::open(&config.store.path)
-        .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
-    store.set_coalesce_window(config.jobs.coalesce_window);
-    store.set_max_queued(config.jobs.max_queued);
-    let store = Arc::new(store);
-    if recovered > 0 {
-        tracing::info!(
-            jobs = recovered,
-            "re-queued jobs interrupted by the last stop"
-        );
-    }
+    let metrics_listener = metrics_listener(&config).await?;
+    let store = open_store(&config)?;
     warn_about(&config);
     let live = Arc::new(Shared::new(Live::build(config.clone(), None)?));
     let metrics = Arc::new(Metrics::new()?);
@@ -154,49 +132,19 @@ pub async fn run_reloadable(
         }
         None => None,
     };
-    let mut server = tokio::spawn(api::run(listener, state, tls.clone(), shutdown.clone()));
-    let mut served = None;
-    let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = &mut server => {
-                served = Some(r);
-                shutdown.cancel();
-                break;
-            }
-            Some(()) = reload.recv() => {
-                crate::notify::reloading();
-                if apply_reload(&live) {
-                    if let (Some(slot), Some(t)) = (&tls, &live.get().config.server.tls) {
-                        match t.server_config() {
-                            Ok(c) => {
-                                slot.replace(c);
-                                tracing::info!(cert = %t.cert_file.display(), "listener certificate reloaded");
-                            }
-                            Err(e) => tracing::error!(error = %e, "listener certificate NOT reloaded"),
-                        }
-                    }
-                    let jobs = &live.get().config.jobs;
-                    ctx.store.set_max_queued(jobs.max_queued);
-                    ctx.store.set_coalesce_window(jobs.coalesce_window);
-                    metrics.init_rules(live.get().config.rules.iter().map(|r| r.name.as_str()));
-                    start_reconcilers(&live.get(), &ctx, shutdown.child_token(), &mut reconcilers);
-                }
-                crate::notify::ready("configuration reloaded");
-            }
-            _ = tick(&mut watchdog) => {
-                // A wedged runtime never gets here; dead workers are reported
-                // instead of pinged over, so systemd restarts the daemon.
-                match readiness.problem() {
-                    None => crate::notify::watchdog(),
-                    Some(why) => tracing::error!(problem = %why, "not pinging the systemd watchdog"),
-                }
-            }
-        }
-    }
+    let server = tokio::spawn(api::run(listener, state, tls.clone(), shutdown.clone()));
+    let mut running = Running {
+        live,
+        ctx,
+        metrics,
+        readiness,
+        tls,
+        reconcilers,
+        shutdown,
+    };
+    let (served, server) = running.until_stopped(server, reload).await;
     crate::notify::stopping();
-    reconcilers.cancel();
+    running.reconcilers.cancel();
     tracing::info!("stopping: waiting for running jobs");
     if !workers.join(config.jobs.shutdown_grace).await {
         tracing::warn!(
@@ -217,6 +165,116 @@ pub async fn run_reloadable(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the running daemon holds while it serves, reloads and pings the
+/// watchdog.
+struct Running {
+    live: Arc<Shared>,
+    ctx: Arc<Context>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    tls: Option<Arc<api::TlsSlot>>,
+    reconcilers: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+type Served = Result<std::io::Result<()>, tokio::task::JoinError>;
+
+impl Running {
+    /// Serves until `shutdown` is cancelled or the server ends; reloads on
+    /// request; pings the systemd watchdog while every worker runs.
+    /// Returns the server's result if it ended, else its handle.
+    async fn until_stopped(
+        &mut self,
+        mut server: tokio::task::JoinHandle<std::io::Result<()>>,
+        mut reload: mpsc::Receiver<()>,
+    ) -> (Option<Served>, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let mut served = None;
+        let mut watchdog = crate::notify::watchdog_interval().map(tokio::time::interval);
+        let shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = &mut server => {
+                    served = Some(r);
+                    shutdown.cancel();
+                    break;
+                }
+                Some(()) = reload.recv() => self.reload(),
+                _ = tick(&mut watchdog) => {
+                    // A wedged runtime never gets here; dead workers are reported
+                    // instead of pinged over, so systemd restarts the daemon.
+                    match self.readiness.problem() {
+                        None => crate::notify::watchdog(),
+                        Some(why) => tracing::error!(problem = %why, "not pinging the systemd watchdog"),
+                    }
+                }
+            }
+        }
+        (served, server)
+    }
+
+    /// Loads the config file again and puts it in force: registries,
+    /// rules, secrets, the listener's certificate, job settings, reconcile
+    /// passes. A bad file changes nothing.
+    fn reload(&mut self) {
+        crate::notify::reloading();
+        if apply_reload(&self.live) {
+            let live = self.live.get();
+            if let (Some(slot), Some(t)) = (&self.tls, &live.config.server.tls) {
+                match t.server_config() {
+                    Ok(c) => {
+                        slot.replace(c);
+                        tracing::info!(cert = %t.cert_file.display(), "listener certificate reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "listener certificate NOT reloaded"),
+                }
+            }
+            let jobs = &live.config.jobs;
+            self.ctx.store.set_max_queued(jobs.max_queued);
+            self.ctx.store.set_coalesce_window(jobs.coalesce_window);
+            self.metrics
+                .init_rules(live.config.rules.iter().map(|r| r.name.as_str()));
+            start_reconcilers(
+                &live,
+                &self.ctx,
+                self.shutdown.child_token(),
+                &mut self.reconcilers,
+            );
+        }
+        crate::notify::ready("configuration reloaded");
+    }
+}
+
+/// The listener of `server.metrics_listen`, if set.
+async fn metrics_listener(config: &Config) -> Result<Option<tokio::net::TcpListener>, DaemonError> {
+    let Some(addr) = config.server.metrics_listen else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on server.metrics_listen {addr}: {e}"),
+        )
+    })?;
+    tracing::info!(listen = %addr, "metrics, health and readiness on their own listener");
+    Ok(Some(l))
+}
+
+/// Opens the job store, re-queuing what the last stop interrupted.
+fn open_store(config: &Config) -> Result<Arc<Store>, DaemonError> {
+    let (store, recovered) = Store::open(&config.store.path)
+        .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
+    store.set_coalesce_window(config.jobs.coalesce_window);
+    store.set_max_queued(config.jobs.max_queued);
+    if recovered > 0 {
+        tracing::info!(
+            jobs = recovered,
+            "re-queued jobs interrupted by the last stop"
+        );
+    }
+    Ok(Arc::new(store))
 }
 
 /// Waits for the next watchdog tick, or forever without a watchdog.
