@@ -6,7 +6,7 @@
 //!     cargo bench --bench replication
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
-//! Scenarios (see README "Performance"): big, huge, many, noop, shared,
+//! Scenarios (see docs/performance.md): big, huge, many, noop, shared,
 //! latency. `big` also runs the minimal copier ([`minimal_copy`]) as
 //! a third tool, for what the least a verifying copier costs here (basic
 //! auth targets only). `BENCH_TARGET_EXTRA` adds config lines to the target registry
