@@ -56,9 +56,7 @@ const FAST_RETRIES: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limited_source_is_paced_by_retry_after() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[200_000, 100_000]);
-    img.push(&f.src, "library/paced", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/paced", &[200_000, 100_000]).await;
     f.src_proxy.inject(
         Some("GET"),
         "/blobs/",
@@ -104,9 +102,7 @@ async fn rate_limited_source_is_paced_by_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_of_502_and_503_from_the_target_are_ridden_out() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[100_000]);
-    img.push(&f.src, "library/bursty", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/bursty", &[100_000]).await;
     f.dst_proxy.inject(
         None,
         "/v2/library/bursty/",
@@ -137,9 +133,7 @@ async fn bursts_of_502_and_503_from_the_target_are_ridden_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_reset_in_the_middle_of_a_large_blob() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[200 << 20]);
-    img.push(&f.src, "library/reset", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/reset", &[200 << 20]).await;
     let layer = img.blob_digests()[1].clone();
     f.src_proxy
         .inject(Some("GET"), &layer, 1, Fault::ResetAfter(50 << 20));
@@ -155,9 +149,7 @@ async fn connection_reset_in_the_middle_of_a_large_blob() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_detected_and_retried() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[2 << 20]);
-    img.push(&f.src, "library/stall", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/stall", &[2 << 20]).await;
     let layer = img.blob_digests()[1].clone();
     f.src_proxy.inject(
         Some("GET"),
@@ -185,9 +177,7 @@ async fn a_stalled_body_is_detected_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_byte_flipped_in_transit_fails_the_job_with_no_manifest_pushed() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[300_000]);
-    img.push(&f.src, "library/flip", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/flip", &[300_000]).await;
     let layer = img.blob_digests()[1].clone();
     f.src_proxy
         .inject(Some("GET"), &layer, 1000, Fault::FlipByte(12_345));
@@ -220,9 +210,7 @@ async fn chunked_upload_resumes_after_kill_9_without_resending_the_blob() {
     const SIZE: u64 = 12 << 20;
     const CHUNK: u64 = 1 << 20;
     let f = Faulty::new().await;
-    let img = TestImage::random(&[SIZE as usize]);
-    img.push(&f.src, "library/chunky", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/chunky", &[SIZE as usize]).await;
     // The fifth chunk gets stuck before it reaches the registry, and the
     // daemon dies then: four chunks are on the target and in the ledger.
     f.dst_proxy.inject_after(
@@ -237,10 +225,9 @@ async fn chunked_upload_resumes_after_kill_9_without_resending_the_blob() {
     let ids = relay
         .push(push_event("library/chunky", Some("1"), &img.digest))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait = Deadline::new(Duration::from_secs(60));
     while f.dst_proxy.injected() < 1 {
-        assert!(Instant::now() < deadline, "the fifth chunk never came");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.tick(|| "the fifth chunk never came".to_string()).await;
     }
     relay.kill9();
     let before = f.dst_proxy.uploaded();
@@ -266,9 +253,7 @@ async fn chunked_upload_resumes_after_kill_9_without_resending_the_blob() {
 async fn kill_9_in_the_middle_of_a_chunk_starts_that_blob_over_and_completes() {
     const SIZE: u64 = 6 << 20;
     let f = Faulty::new().await;
-    let img = TestImage::random(&[SIZE as usize]);
-    img.push(&f.src, "library/midchunk", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/midchunk", &[SIZE as usize]).await;
     // 4 MiB chunks at 2 MiB/s: the kill lands inside the first chunk.
     let config = f.config(
         "chunk_size_threshold = \"1MiB\"\nchunk_size = \"4MiB\"\nmax_bytes_per_second = \"2MiB\"",
@@ -277,10 +262,9 @@ async fn kill_9_in_the_middle_of_a_chunk_starts_that_blob_over_and_completes() {
     let ids = relay
         .push(push_event("library/midchunk", Some("1"), &img.digest))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait = Deadline::new(Duration::from_secs(60));
     while f.dst_proxy.uploaded() < (1 << 20) {
-        assert!(Instant::now() < deadline, "the upload did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.tick(|| "the upload did not start".to_string()).await;
     }
     relay.kill9();
     relay.restart().await;
@@ -294,9 +278,7 @@ async fn kill_9_in_the_middle_of_a_chunk_starts_that_blob_over_and_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_cap_holds_uploads_to_the_configured_rate() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[3 << 20]);
-    img.push(&f.src, "library/capped", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/capped", &[3 << 20]).await;
     let relay = Relay::start(&f.config("max_bytes_per_second = \"1MiB\"")).await;
     let started = Instant::now();
     let ids = relay
@@ -314,9 +296,7 @@ async fn bandwidth_cap_holds_uploads_to_the_configured_rate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_down_for_a_while_then_back() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[50_000]);
-    img.push(&f.src, "library/outage", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/outage", &[50_000]).await;
     // Every request fails for a while, more than the request retries cover.
     f.dst_proxy.inject(
         None,
@@ -344,9 +324,7 @@ async fn target_down_for_a_while_then_back() {
 async fn sigterm_during_a_transfer_saves_progress_and_exits_within_the_grace_period() {
     const SIZE: u64 = 8 << 20;
     let f = Faulty::new().await;
-    let img = TestImage::random(&[SIZE as usize]);
-    img.push(&f.src, "library/term", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/term", &[SIZE as usize]).await;
     let config = f.config(
         "chunk_size_threshold = \"2MiB\"\nchunk_size = \"1MiB\"\nmax_bytes_per_second = \"2MiB\"",
     );
@@ -354,10 +332,9 @@ async fn sigterm_during_a_transfer_saves_progress_and_exits_within_the_grace_per
     let ids = relay
         .push(push_event("library/term", Some("1"), &img.digest))
         .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let wait = Deadline::new(Duration::from_secs(60));
     while f.dst_proxy.uploaded() < 2 << 20 {
-        assert!(Instant::now() < deadline, "the upload did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait.tick(|| "the upload did not start".to_string()).await;
     }
     let stopping = Instant::now();
     let status = relay.terminate();
@@ -387,9 +364,7 @@ async fn sigterm_during_a_transfer_saves_progress_and_exits_within_the_grace_per
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_stops_taking_an_upload_is_detected() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[24 << 20]);
-    img.push(&f.src, "library/hang", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/hang", &[24 << 20]).await;
     let layer = img.blob_digests()[1].clone();
     f.dst_proxy.inject(
         Some("PUT"),
@@ -414,9 +389,7 @@ async fn a_target_that_stops_taking_an_upload_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_limiting_body_size_gets_chunks_instead() {
     let f = Faulty::new().await;
-    let img = TestImage::random(&[3 << 20]);
-    img.push(&f.src, "library/big-body", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&f.src, "library/big-body", &[3 << 20]).await;
     let layer = img.blob_digests()[1].clone();
     // Like nginx's client_max_body_size: the one-request upload is refused.
     f.dst_proxy.inject(

@@ -61,9 +61,7 @@ async fn missing_target_projects_are_created_once() {
         registry_toml("external", &source.url, None, "")
     );
     let relay2 = Relay::start(&config).await;
-    let c = TestImage::random(&[5_000]);
-    c.push(&src, "otherproj/app", &Reference::Tag("1".into()))
-        .await;
+    let c = TestImage::pushed(&src, "otherproj/app", &[5_000]).await;
     let ids = relay2
         .push(push_event("otherproj/app", Some("1"), &c.digest))
         .await;

@@ -118,9 +118,7 @@ fn metric_names(text: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_metrics_pass_promtool_and_feed_alerts_and_dashboard() {
     let w = World::new().await;
-    let img = TestImage::random(&[300_000, 40_000]);
-    img.push(&w.src, "library/app", &Reference::Tag("1".into()))
-        .await;
+    let img = TestImage::pushed(&w.src, "library/app", &[300_000, 40_000]).await;
     let relay = Relay::start(&w.config()).await;
     let ids = relay
         .push(push_event("library/app", Some("1"), &img.digest))
@@ -285,9 +283,7 @@ async fn sighup_reloads_rules_and_refuses_a_bad_file_keeping_the_old() {
         w.registries()
     );
     let relay = Relay::start(&only_library).await;
-    let a = TestImage::random(&[50_000]);
-    a.push(&w.src, "team/app", &Reference::Tag("1".into()))
-        .await;
+    let a = TestImage::pushed(&w.src, "team/app", &[50_000]).await;
 
     // Not under the rule: refused, nothing queued.
     let (status, body) = relay
@@ -296,9 +292,7 @@ async fn sighup_reloads_rules_and_refuses_a_bad_file_keeping_the_old() {
     assert_eq!(status, 422, "{body}");
 
     // A job accepted just before the reload still runs after it.
-    let b = TestImage::random(&[60_000]);
-    b.push(&w.src, "library/base", &Reference::Tag("1".into()))
-        .await;
+    let b = TestImage::pushed(&w.src, "library/base", &[60_000]).await;
     let queued = relay
         .push(push_event("library/base", Some("1"), &b.digest))
         .await;

@@ -224,7 +224,8 @@ impl Registry {
     /// Uploads a blob from a stream: a `POST` for the session, then one
     /// `PUT` with the whole body and its length. Memory use does not depend
     /// on the blob size. The body is not replayable, so this request is not
-    /// retried here; the caller retries the whole blob.
+    /// retried: a failure fails the job's attempt, and the next attempt
+    /// starts the blob over (ARCHITECTURE.md, "Who retries what").
     pub async fn put_blob<S>(
         &self,
         repository: &str,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use super::{Job, JobSpec, JobState, Outcome, now_ms};
+use super::{Job, JobSpec, JobState, Outcome};
 use crate::replicate::ledger::{TagRecord, UploadRecord, remember, tag_key};
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
@@ -117,6 +117,8 @@ pub struct Store {
     coalesce_window_ms: AtomicU64,
     /// Jobs that may wait (queued or retrying) before enqueue refuses.
     max_queued: AtomicUsize,
+    /// Milliseconds since the epoch; tests set their own.
+    clock: fn() -> u64,
 }
 
 /// Default for [`Store::set_coalesce_window`]: ten minutes.
@@ -169,6 +171,7 @@ impl Store {
             flushes: AtomicU64::new(0),
             coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
             max_queued: AtomicUsize::new(usize::MAX),
+            clock: crate::clock::now_ms,
         };
         let recovered = store.recover()?;
         Ok((store, recovered))
@@ -178,6 +181,11 @@ impl Store {
         // A panic while holding the lock leaves the trees consistent (each
         // write is whole), so a poisoned lock is safe to take.
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the clock (tests move time instead of sleeping).
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     /// Sets `jobs.max_queued`: how many jobs may wait before
@@ -283,7 +291,7 @@ impl Store {
                     let window = self.coalesce_window_ms.load(Ordering::Relaxed);
                     let recent = |j: &Job| {
                         j.state == JobState::Succeeded
-                            && j.finished_ms.is_some_and(|f| f + window >= now_ms())
+                            && j.finished_ms.is_some_and(|f| f + window >= (self.clock)())
                     };
                     if let Some(mut job) = self.load(id)?
                         && (job.state.is_active() || recent(&job))
@@ -303,7 +311,7 @@ impl Store {
                     spec,
                     state: JobState::Queued,
                     attempts: 0,
-                    created_ms: now_ms(),
+                    created_ms: (self.clock)(),
                     started_ms: None,
                     finished_ms: None,
                     coalesced: 0,
@@ -344,7 +352,7 @@ impl Store {
                 }
                 job.state = JobState::Running;
                 job.attempts += 1;
-                job.started_ms = Some(now_ms());
+                job.started_ms = Some((self.clock)());
                 self.save(&job)?;
                 self.running.fetch_add(1, Ordering::Relaxed);
                 break Some(job);
@@ -396,7 +404,7 @@ impl Store {
                 }
             };
             if finished {
-                job.finished_ms = Some(now_ms());
+                job.finished_ms = Some((self.clock)());
                 job.next_attempt_ms = None;
                 // A failed job's key goes, so a redelivery tries again; a
                 // succeeded job's stays for the coalesce window.
@@ -518,7 +526,8 @@ impl Store {
             for item in self.dedupe.iter() {
                 let (k, v) = item?;
                 let keep = self.load(id_of(&v))?.is_some_and(|j| {
-                    j.state.is_active() || j.finished_ms.is_some_and(|f| f + window >= now_ms())
+                    j.state.is_active()
+                        || j.finished_ms.is_some_and(|f| f + window >= (self.clock)())
                 });
                 if !keep {
                     stale.push(k);

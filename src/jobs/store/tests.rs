@@ -1,6 +1,7 @@
 //! Unit tests of the parent module.
 
 use super::*;
+use crate::clock::now_ms;
 use crate::jobs::Summary;
 use crate::reference::Reference;
 
@@ -43,8 +44,14 @@ fn spec(tag: &str) -> JobSpec {
 
 #[tokio::test]
 async fn enqueue_claim_finish_and_coalesce() {
+    // The store's clock, moved by the test instead of sleeping.
+    static NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+    fn now() -> u64 {
+        NOW.load(std::sync::atomic::Ordering::SeqCst)
+    }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, recovered) = Store::open(dir.path()).expect("open");
+    let (mut store, recovered) = Store::open(dir.path()).expect("open");
+    store.set_clock(now);
     assert_eq!(recovered, 0);
     let a = store
         .enqueue(vec![spec("1"), spec("2")])
@@ -86,7 +93,7 @@ async fn enqueue_claim_finish_and_coalesce() {
     );
     // Outside the window, the same event makes a new job.
     store.set_coalesce_window(std::time::Duration::ZERO);
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    NOW.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let fresh = store.enqueue(vec![spec("1")]).await.expect("enqueue");
     assert!(!fresh[0].coalesced);
     assert_ne!(fresh[0].id, job.id);

@@ -1,0 +1,124 @@
+//! The command line: replicate one artifact, list and retry jobs.
+
+use harbor_relay::reference::Reference;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_command_copies_one_artifact_and_reports() {
+    let w = World::new().await;
+    let img = TestImage::random(&[70_000, 5_000]);
+    img.push(&w.src, "library/cli", &Reference::Tag("3.1".into()))
+        .await;
+    let file = ConfigFile::new(&w.config());
+    let cfg = file.path.as_str();
+    let replicate = |image: &str| {
+        relay_cmd(&[
+            "replicate",
+            "--config",
+            cfg,
+            "--from",
+            "external",
+            "--to",
+            "integrated",
+            image,
+        ])
+    };
+    let out = replicate("library/cli:3.1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&img.digest), "{stdout}");
+    assert!(stdout.contains("3 copied, 0 already present"), "{stdout}");
+    assert_image_on(&w.dst, "library/cli", &img, Some("3.1")).await;
+
+    // Again: everything is there, nothing is copied.
+    let out = replicate("library/cli:3.1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("0 copied"), "{stdout}");
+
+    // A tag that does not exist: non-zero exit and the reason.
+    let out = replicate("library/cli:nope");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("registry 'external': manifest library/cli:nope not found"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_job_is_listed_and_retried_from_the_cli() {
+    let w = World::new().await;
+    let img = TestImage::random(&[20_000]);
+    let relay = Relay::start(&w.config()).await;
+    // Harbor says it was pushed, but the source does not have it (yet):
+    // not found is not worth retrying on a timer, so the job fails at once.
+    let ids = relay
+        .push(push_event("library/late", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(
+        job["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("not found")
+    );
+
+    let url = relay.url.clone();
+    let out = relay_cmd_env(
+        &["jobs", "--url", &url, "list", "--state", "failed"],
+        &[("HARBOR_RELAY_API_TOKEN", API_TOKEN)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("external/library/late:1"), "{stdout}");
+    assert!(stdout.contains("failed"), "{stdout}");
+
+    img.push(&w.src, "library/late", &Reference::Tag("1".into()))
+        .await;
+    let id = ids[0].to_string();
+    // Changing anything needs the API token.
+    let out = relay_cmd(&["jobs", "--url", &url, "retry", &id]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("401") && stderr.contains("api_token"),
+        "{stderr}"
+    );
+    let with_token = [("HARBOR_RELAY_API_TOKEN", API_TOKEN)];
+    let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued again"));
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/late", &img, Some("1")).await;
+
+    // The config file is enough to find the daemon.
+    let cfg = relay.config_path.to_str().expect("utf-8").to_string();
+    let out = relay_cmd_env(&["jobs", "--config", &cfg, "show", &id], &with_token);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");
+    // Retrying a job that succeeded is refused with the reason.
+    let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only failed jobs can be retried"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

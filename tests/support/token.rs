@@ -1,0 +1,194 @@
+//! A Docker token issuer (the `/service/token` flow Harbor uses).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use harbor_relay::config::Secret;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use super::*;
+
+/// A Docker token issuer (the `/service/token` flow Harbor uses): checks
+/// Basic credentials and signs an ES256 JWT granting the requested scopes.
+pub struct TokenIssuer {
+    pub url: String,
+    pub service: String,
+    pub issuer: String,
+    pub cert_pem: PathBuf,
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// The scope parameters of every token request, space-joined.
+    pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenIssuer {
+    /// `host:port` of the issuer, for `token_realm_hosts`.
+    pub fn realm_host(&self) -> String {
+        self.url
+            .split("://")
+            .nth(1)
+            .expect("issuer url")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The config line that lets a registry's credentials go to this
+    /// issuer (it listens on another port than the registry).
+    pub fn realm_toml(&self) -> String {
+        format!("token_realm_hosts = [\"{}\"]\n", self.realm_host())
+    }
+
+    /// An issuer over plain HTTP (for plain-HTTP registries).
+    pub async fn start(user: &str, pass: &str) -> Arc<TokenIssuer> {
+        TokenIssuer::start_with(user, pass, None).await
+    }
+
+    /// An issuer over HTTPS with the PKI's certificate: an HTTPS registry's
+    /// realm must be HTTPS, or the relay sends it no credentials.
+    pub async fn start_tls(user: &str, pass: &str, pki: &Pki) -> Arc<TokenIssuer> {
+        TokenIssuer::start_with(user, pass, Some(pki)).await
+    }
+
+    async fn start_with(user: &str, pass: &str, pki: Option<&Pki>) -> Arc<TokenIssuer> {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        use base64::Engine as _;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = rcgen::KeyPair::generate().expect("signing key");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("signing params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "token-signer");
+        let cert = params.self_signed(&key).expect("signing cert");
+        let cert_pem = dir.path().join("token-signer.pem");
+        std::fs::write(&cert_pem, cert.pem()).expect("write cert");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key");
+
+        struct St {
+            user: String,
+            pass: String,
+            x5c: String,
+            key: jsonwebtoken::EncodingKey,
+            requests: Arc<std::sync::atomic::AtomicUsize>,
+            scopes: Arc<std::sync::Mutex<Vec<String>>>,
+        }
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let st = Arc::new(St {
+            user: user.into(),
+            pass: pass.into(),
+            x5c,
+            key: encoding,
+            requests: requests.clone(),
+            scopes: scopes.clone(),
+        });
+        async fn token(
+            State(st): State<Arc<St>>,
+            headers: HeaderMap,
+            Query(q): Query<Vec<(String, String)>>,
+        ) -> axum::response::Response {
+            use base64::Engine as _;
+            st.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let asked: Vec<&str> = q
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            st.scopes.lock().expect("scopes").push(asked.join(" "));
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", st.user, st.pass))
+            );
+            let ok = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == expected);
+            if !ok {
+                return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+            }
+            let access: Vec<Value> = q
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    let (t, n, a) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(json!({"type": t, "name": n, "actions": a.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("time")
+                .as_secs();
+            let claims = json!({
+                "iss": "test-issuer", "sub": st.user, "aud": "test-registry",
+                "exp": now + 300, "nbf": now - 10, "iat": now,
+                "jti": format!("{now}-{}", rand::random::<u64>()),
+                "access": access,
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.x5c = Some(vec![st.x5c.clone()]);
+            let jwt = jsonwebtoken::encode(&header, &claims, &st.key).expect("sign");
+            axum::Json(json!({"token": jwt, "access_token": jwt, "expires_in": 300}))
+                .into_response()
+        }
+        let app = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(st);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (task, scheme) = match pki {
+            None => (
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                }),
+                "http",
+            ),
+            Some(pki) => {
+                let tls = harbor_relay::config::ListenerTls {
+                    cert_file: pki.cert_pem.clone(),
+                    key_file: pki.key_pem.clone(),
+                    cert_pem: std::fs::read(&pki.cert_pem).expect("cert"),
+                    key_pem: Secret::new(std::fs::read_to_string(&pki.key_pem).expect("key")),
+                };
+                let slot = Arc::new(harbor_relay::api::TlsSlot::new(
+                    tls.server_config().expect("tls config"),
+                ));
+                (
+                    tokio::spawn(async move {
+                        let _ = harbor_relay::api::serve(
+                            listener,
+                            app,
+                            Some(slot),
+                            harbor_relay::api::ConnLimits::default(),
+                            tokio_util::sync::CancellationToken::new(),
+                        )
+                        .await;
+                    }),
+                    "https",
+                )
+            }
+        };
+        Arc::new(TokenIssuer {
+            url: format!("{scheme}://{addr}"),
+            service: "test-registry".into(),
+            issuer: "test-issuer".into(),
+            cert_pem,
+            requests,
+            scopes,
+            _dir: dir,
+            _task: task,
+        })
+    }
+}
