@@ -32,6 +32,8 @@
 //! - [`notify`]: systemd readiness, reload, stop and watchdog messages.
 //! - [`daemon`]: wires it all together; `run(config, listener, shutdown)`.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod check;
 pub mod clock;

@@ -201,7 +201,7 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
     let wait_for = |repo: &'static str, tag: &'static str, img: TestImage| {
         let dst = w.dst.clone();
         async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let wait = Deadline::new(Duration::from_secs(30));
             loop {
                 if dst
                     .get_manifest(repo, &Reference::Tag(tag.into()))
@@ -210,11 +210,7 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
                 {
                     return;
                 }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{repo}:{tag} never arrived"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                wait.tick(|| format!("{repo}:{tag} never arrived")).await;
             }
         }
     };

@@ -147,7 +147,7 @@ async fn a_plain_registry_drives_the_relay_with_its_notifications() {
     img.push(&src, "apps/web", &Reference::Tag("3".into()))
         .await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let wait = Deadline::new(Duration::from_secs(30));
     loop {
         if let Ok(m) = w
             .dst
@@ -157,13 +157,14 @@ async fn a_plain_registry_drives_the_relay_with_its_notifications() {
             assert_eq!(m.digest, img.digest);
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the notification never made it: {}\n{}",
-            relay.logs(),
-            plain.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait.tick(|| {
+            format!(
+                "the notification never made it: {}\n{}",
+                relay.logs(),
+                plain.log()
+            )
+        })
+        .await;
     }
     assert_image_on(&w.dst, "apps/web", &img, Some("3")).await;
     let (_, metrics) = relay.get("/metrics").await;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harbor_relay::config::{RegistryConfig, Secret, TlsMode};
 use harbor_relay::registry::Registry;
@@ -154,8 +154,8 @@ impl RegistryProc {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
+        let wait = Deadline::new(Duration::from_secs(15));
+        while wait.open() {
             if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
                 return;
             }

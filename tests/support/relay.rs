@@ -220,8 +220,8 @@ impl Relay {
             .spawn()
             .expect("start harbor-relay");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        let wait = Deadline::new(Duration::from_secs(20));
+        loop {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
                 && r.status().is_success()
             {
@@ -232,9 +232,9 @@ impl Relay {
             {
                 panic!("harbor-relay exited with {status}; log:\n{}", self.logs());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            wait.tick(|| format!("harbor-relay did not become healthy; log:\n{}", self.logs()))
+                .await;
         }
-        panic!("harbor-relay did not become healthy; log:\n{}", self.logs());
     }
 
     /// Peak resident memory of the daemon so far (VmHWM), in bytes.
