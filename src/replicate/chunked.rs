@@ -117,107 +117,44 @@ pub async fn copy(
     on_chunk: &(dyn Fn(u64) + Sync),
     stopping: &tokio_util::sync::CancellationToken,
 ) -> Result<Chunked, ReplicateError> {
-    let target = req.target;
-    let repo = req.target_repository;
+    let (target, repo) = (req.target, req.target_repository);
     let key = upload_key(target.name(), repo, &blob.digest);
-
-    // (session, bytes the target holds, hash state at `recorded`, recorded)
-    let mut resume = None;
-    if let Some(rec) = ledger.upload(&key) {
-        match target.upload_offset(repo, &rec.location).await {
-            // The target may hold more than recorded: part of the chunk in
-            // flight when we were cut off. Those bytes are re-hashed from
-            // the source below, not sent again.
-            Ok(Some((loc, held))) if held >= rec.offset && held <= blob.size => {
-                if let Some(h) = load_state(&rec.hash_state) {
-                    resume = Some((loc, held, h, rec.offset));
-                }
-            }
-            Ok(Some((_, held))) => {
-                tracing::info!(digest = %blob.digest, recorded = rec.offset, held, "upload on the target does not match the record; starting over");
-                target.cancel_upload(repo, &rec.location).await;
-            }
-            Ok(None) => {
-                tracing::info!(digest = %blob.digest, "recorded upload is gone from the target; starting over");
-            }
-            Err(e) => {
-                tracing::info!(digest = %blob.digest, error = %e, "cannot check the recorded upload; starting over")
-            }
-        }
-        if resume.is_none() {
-            ledger.clear_upload(&key);
-        }
-    }
-    let resumed = resume.is_some();
-    let (mut location, mut offset, hasher, hashed, min_chunk) = match resume {
-        Some((loc, held, h, recorded)) => {
-            tracing::info!(digest = %blob.digest, offset = held, recorded, size = blob.size, "resuming upload");
-            (loc, held, h, recorded, None)
-        }
-        None => {
-            let what = format!("uploading blob {repo}@{} in chunks", blob.digest);
-            let (loc, min) = target.begin_upload(repo, &what).await?;
-            let h = Sha256::new();
-            ledger.save_upload(
-                &key,
-                &UploadRecord {
-                    location: loc.to_string(),
-                    offset: 0,
-                    hash_state: save_state(&h),
-                    updated_ms: now_ms(),
-                },
-            );
-            ledger.persist().await;
-            (loc, 0, h, 0, min)
-        }
+    let resumed = recorded_session(req, blob, ledger, &key).await;
+    let was_resumed = resumed.is_some();
+    let session = match resumed {
+        Some(s) => s,
+        None => open_session(req, blob, ledger, &key).await?,
     };
     let (_, configured) = target.chunking();
-    let chunk = configured.max(min_chunk.unwrap_or(0)).max(1);
+    let chunk = configured.max(session.min_chunk.unwrap_or(0)).max(1);
 
     // Read from where the hash state stands; bytes the target already
     // holds beyond it only go through the hasher.
     let source = req
         .source
-        .get_blob_from(req.source_repository, &blob.digest, hashed)
+        .get_blob_from(req.source_repository, &blob.digest, session.hashed)
         .await?;
     let feed = Arc::new(tokio::sync::Mutex::new(Feed {
         source,
         leftover: None,
-        hasher,
+        hasher: session.hasher,
     }));
     let source_failed = |fault: SourceFault| ReplicateError::source_read(req, blob, fault);
-    if offset > hashed {
-        let mut catch_up = chunk_body(feed.clone(), offset - hashed);
+    if session.offset > session.hashed {
+        let mut catch_up = chunk_body(feed.clone(), session.offset - session.hashed);
         while let Some(item) = catch_up.next().await {
             item.map_err(|e| source_failed(SourceFault::from(&e)))?;
         }
     }
+    let mut location = session.location;
+    let mut offset = session.offset;
     let mut sent = 0;
     while offset < blob.size {
         if stopping.is_cancelled() {
             return Err(ReplicateError::Interrupted);
         }
         let len = chunk.min(blob.size - offset);
-        // The tap keeps what the source said, so a chunk that fails because
-        // of the source is not blamed on the target.
-        let (tap, body) = Tap::wrap(chunk_body(feed.clone(), len));
-        let result = target
-            .upload_chunk(repo, &location, offset, len, body)
-            .await;
-        location = match result {
-            Ok(l) => l,
-            Err(e) => {
-                // If the source failed, say so rather than blaming the
-                // target; a source that cannot serve the blob as declared
-                // leaves nothing worth resuming.
-                if let Some(fault) = tap.source_error() {
-                    target.cancel_upload(repo, location.as_str()).await;
-                    ledger.clear_upload(&key);
-                    return Err(source_failed(fault));
-                }
-                return Err(e.into());
-            }
-        };
+        location = send_chunk(req, blob, ledger, &key, &feed, (&location, offset, len)).await?;
         offset += len;
         sent += len;
         on_chunk(len);
@@ -233,24 +170,159 @@ pub async fn copy(
         );
         ledger.persist().await;
     }
+    finish(req, blob, ledger, &key, &feed, &location).await?;
+    Ok(Chunked {
+        sent,
+        resumed: was_resumed,
+    })
+}
+
+/// An upload session and where it stands.
+struct Session {
+    location: url::Url,
+    /// Bytes the target holds.
+    offset: u64,
+    /// The hash of the first `hashed` bytes.
+    hasher: Sha256,
+    hashed: u64,
+    /// The registry's smallest accepted chunk, if it said.
+    min_chunk: Option<u64>,
+}
+
+/// The session the ledger recorded for this blob, if the target still holds
+/// it as recorded; otherwise it is cancelled and forgotten.
+async fn recorded_session(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    ledger: &dyn Ledger,
+    key: &str,
+) -> Option<Session> {
+    let (target, repo) = (req.target, req.target_repository);
+    let rec = ledger.upload(key)?;
+    let mut resume = None;
+    match target.upload_offset(repo, &rec.location).await {
+        // The target may hold more than recorded: part of the chunk in
+        // flight when we were cut off. Those bytes are re-hashed from
+        // the source, not sent again.
+        Ok(Some((loc, held))) if held >= rec.offset && held <= blob.size => {
+            if let Some(h) = load_state(&rec.hash_state) {
+                tracing::info!(digest = %blob.digest, offset = held, recorded = rec.offset, size = blob.size, "resuming upload");
+                resume = Some(Session {
+                    location: loc,
+                    offset: held,
+                    hasher: h,
+                    hashed: rec.offset,
+                    min_chunk: None,
+                });
+            }
+        }
+        Ok(Some((_, held))) => {
+            tracing::info!(digest = %blob.digest, recorded = rec.offset, held, "upload on the target does not match the record; starting over");
+            target.cancel_upload(repo, &rec.location).await;
+        }
+        Ok(None) => {
+            tracing::info!(digest = %blob.digest, "recorded upload is gone from the target; starting over");
+        }
+        Err(e) => {
+            tracing::info!(digest = %blob.digest, error = %e, "cannot check the recorded upload; starting over")
+        }
+    }
+    if resume.is_none() {
+        ledger.clear_upload(key);
+    }
+    resume
+}
+
+/// Opens a new session and records it before the first byte.
+async fn open_session(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    ledger: &dyn Ledger,
+    key: &str,
+) -> Result<Session, ReplicateError> {
+    let (target, repo) = (req.target, req.target_repository);
+    let what = format!("uploading blob {repo}@{} in chunks", blob.digest);
+    let (location, min_chunk) = target.begin_upload(repo, &what).await?;
+    let hasher = Sha256::new();
+    ledger.save_upload(
+        key,
+        &UploadRecord {
+            location: location.to_string(),
+            offset: 0,
+            hash_state: save_state(&hasher),
+            updated_ms: now_ms(),
+        },
+    );
+    ledger.persist().await;
+    Ok(Session {
+        location,
+        offset: 0,
+        hasher,
+        hashed: 0,
+        min_chunk,
+    })
+}
+
+/// Sends one chunk (`at`: session, offset, length); returns the session's
+/// next URL. A chunk that fails because of the source is blamed on it, and
+/// the session is dropped: a source that cannot serve the blob as declared
+/// leaves nothing worth resuming.
+async fn send_chunk(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    ledger: &dyn Ledger,
+    key: &str,
+    feed: &Arc<tokio::sync::Mutex<Feed>>,
+    at: (&url::Url, u64, u64),
+) -> Result<url::Url, ReplicateError> {
+    let (target, repo) = (req.target, req.target_repository);
+    let (location, offset, len) = at;
+    let (tap, body) = Tap::wrap(chunk_body(feed.clone(), len));
+    match target.upload_chunk(repo, location, offset, len, body).await {
+        Ok(next) => Ok(next),
+        Err(e) => match tap.source_error() {
+            Some(fault) => {
+                target.cancel_upload(repo, location.as_str()).await;
+                ledger.clear_upload(key);
+                Err(ReplicateError::source_read(req, blob, fault))
+            }
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// Checks the whole blob's hash, then closes the session with the digest.
+async fn finish(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    ledger: &dyn Ledger,
+    key: &str,
+    feed: &Arc<tokio::sync::Mutex<Feed>>,
+    location: &url::Url,
+) -> Result<(), ReplicateError> {
+    let (target, repo) = (req.target, req.target_repository);
     let actual = {
         let f = feed.lock().await;
         format!("sha256:{}", hex::encode(f.hasher.clone().finalize()))
     };
     if actual != blob.digest {
         target.cancel_upload(repo, location.as_str()).await;
-        ledger.clear_upload(&key);
-        return Err(source_failed(SourceFault {
-            detail: format!(
-                "digest mismatch: expected {}, content hashes to {actual}",
-                blob.digest
-            ),
-            mismatch: Some(Mismatch::Digest),
-        }));
+        ledger.clear_upload(key);
+        return Err(ReplicateError::source_read(
+            req,
+            blob,
+            SourceFault {
+                detail: format!(
+                    "digest mismatch: expected {}, content hashes to {actual}",
+                    blob.digest
+                ),
+                mismatch: Some(Mismatch::Digest),
+            },
+        ));
     }
-    target.finish_upload(repo, &location, &blob.digest).await?;
-    ledger.clear_upload(&key);
-    Ok(Chunked { sent, resumed })
+    target.finish_upload(repo, location, &blob.digest).await?;
+    ledger.clear_upload(key);
+    Ok(())
 }
 
 #[cfg(test)]
