@@ -139,8 +139,53 @@ impl Loader<'_> {
     }
 
     pub(super) fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server)?;
+        let log = self.log(raw.log)?;
+        let store = raw
+            .store
+            .ok_or_else(|| self.invalid("store.path", "missing: say where the job store lives"))?;
+        let store_path = self.expand("store.path", &store.path)?;
+        if store_path.is_empty() {
+            return Err(self.invalid("store.path", "is empty"));
+        }
+        let jobs = self.jobs(raw.jobs)?;
+        let mut registries = BTreeMap::new();
+        for (name, r) in raw.registries {
+            let reg = self.registry(&name, r)?;
+            registries.insert(name, reg);
+        }
+        let mut rules: Vec<RuleConfig> = Vec::new();
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let rule = self.rule(i, r, &registries)?;
+            if rules.iter().any(|o| o.name == rule.name) {
+                return Err(self.invalid(
+                    format!("rules[{i}].name"),
+                    format!(
+                        "duplicate rule name '{}'; give each rule its own `name`",
+                        rule.name
+                    ),
+                ));
+            }
+            rules.push(rule);
+        }
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            server,
+            store: StoreConfig {
+                path: PathBuf::from(store_path),
+            },
+            log,
+            inline_secrets: self.inline.take(),
+            jobs,
+            registries,
+            rules,
+        })
+    }
+
+    /// `[server]`.
+    fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
         let listen_text = self
-            .expand_opt("server.listen", raw.server.listen)?
+            .expand_opt("server.listen", raw.listen)?
             .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             self.invalid(
@@ -148,18 +193,8 @@ impl Loader<'_> {
                 format!("`{listen_text}` is not an address like 0.0.0.0:8080"),
             )
         })?;
-        let webhook_auth = self.secret(
-            "server.webhook_auth",
-            raw.server.webhook_auth,
-            raw.server.webhook_auth_file,
-        )?;
-        let api_token = self.secret(
-            "server.api_token",
-            raw.server.api_token,
-            raw.server.api_token_file,
-        )?;
         let metrics_listen = self
-            .expand_opt("server.metrics_listen", raw.server.metrics_listen)?
+            .expand_opt("server.metrics_listen", raw.metrics_listen)?
             .map(|m| {
                 m.parse::<SocketAddr>().map_err(|_| {
                     self.invalid(
@@ -175,7 +210,32 @@ impl Loader<'_> {
                 "is the same as server.listen; remove it to serve metrics on the main listener",
             ));
         }
-        let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+        let max_connections_per_client = raw.max_connections_per_client.unwrap_or(128);
+        if max_connections_per_client < 1 {
+            return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
+        }
+        Ok(ServerConfig {
+            listen,
+            webhook_auth: self.secret(
+                "server.webhook_auth",
+                raw.webhook_auth,
+                raw.webhook_auth_file,
+            )?,
+            api_token: self.secret("server.api_token", raw.api_token, raw.api_token_file)?,
+            metrics_listen,
+            webhook_rate_limit: raw.webhook_rate_limit.unwrap_or(1000),
+            max_connections_per_client,
+            tls: self.listener_tls(raw.tls_cert, raw.tls_key)?,
+        })
+    }
+
+    /// `server.tls_cert` and `server.tls_key`: both read now, or neither.
+    fn listener_tls(
+        &self,
+        cert: Option<String>,
+        key: Option<String>,
+    ) -> Result<Option<ListenerTls>, ConfigError> {
+        let tls = match (cert, key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
                 let cert_file = PathBuf::from(self.expand("server.tls_cert", &cert)?);
@@ -209,63 +269,7 @@ impl Loader<'_> {
                 ));
             }
         };
-        let log = self.log(raw.log)?;
-
-        let store = raw
-            .store
-            .ok_or_else(|| self.invalid("store.path", "missing: say where the job store lives"))?;
-        let store_path = self.expand("store.path", &store.path)?;
-        if store_path.is_empty() {
-            return Err(self.invalid("store.path", "is empty"));
-        }
-
-        let jobs = self.jobs(raw.jobs)?;
-
-        let mut registries = BTreeMap::new();
-        for (name, r) in raw.registries {
-            let reg = self.registry(&name, r)?;
-            registries.insert(name, reg);
-        }
-
-        let max_connections_per_client = raw.server.max_connections_per_client.unwrap_or(128);
-        if max_connections_per_client < 1 {
-            return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
-        }
-        let mut rules: Vec<RuleConfig> = Vec::new();
-        for (i, r) in raw.rules.into_iter().enumerate() {
-            let rule = self.rule(i, r, &registries)?;
-            if rules.iter().any(|o| o.name == rule.name) {
-                return Err(self.invalid(
-                    format!("rules[{i}].name"),
-                    format!(
-                        "duplicate rule name '{}'; give each rule its own `name`",
-                        rule.name
-                    ),
-                ));
-            }
-            rules.push(rule);
-        }
-
-        Ok(Config {
-            file: self.file.to_path_buf(),
-            server: ServerConfig {
-                listen,
-                webhook_auth,
-                api_token,
-                metrics_listen,
-                webhook_rate_limit: raw.server.webhook_rate_limit.unwrap_or(1000),
-                max_connections_per_client,
-                tls,
-            },
-            store: StoreConfig {
-                path: PathBuf::from(store_path),
-            },
-            log,
-            inline_secrets: self.inline.take(),
-            jobs,
-            registries,
-            rules,
-        })
+        Ok(tls)
     }
 
     fn jobs(&self, raw: RawJobs) -> Result<JobsConfig, ConfigError> {
@@ -387,27 +391,7 @@ impl Loader<'_> {
         let tags = list("tags", r.tags, &["**"])?;
         let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
         let repositories = list("repositories", r.repositories, &["**"])?;
-        let target_project = self
-            .expand_opt(&key("target_project"), r.target_project)?
-            .unwrap_or_else(|| "{project}".to_string());
-        let whole_path = target_project.contains("{repository}");
-        let probe = target_project
-            .replace("{project}", "project")
-            .replace("{repository}", "repo");
-        if probe.contains('{') || probe.contains('}') {
-            return Err(self.invalid(
-                key("target_project"),
-                format!("`{target_project}`: the placeholders are {{project}} and {{repository}}"),
-            ));
-        }
-        if !crate::reference::is_valid_repository(&probe) || (probe.contains('/') && !whole_path) {
-            return Err(self.invalid(
-                key("target_project"),
-                format!(
-                    "`{target_project}` is not a valid project name (lowercase letters, digits, '.', '_', '-')"
-                ),
-            ));
-        }
+        let target_project = self.target_project(&key("target_project"), r.target_project)?;
         Ok(RuleConfig {
             name,
             from: r.from,
@@ -421,42 +405,77 @@ impl Loader<'_> {
             overwrite: r.overwrite.unwrap_or(true),
             replicate_deletes: r.replicate_deletes.unwrap_or(false),
             referrers: r.referrers.unwrap_or(true),
-            platforms: match r.platforms {
-                None => None,
-                Some(list) => {
-                    for p in &list {
-                        let parts: Vec<&str> = p.split('/').collect();
-                        if !(2..=3).contains(&parts.len()) || parts.iter().any(|x| x.is_empty()) {
-                            return Err(self.invalid(
-                                key("platforms"),
-                                format!("`{p}` is not os/architecture[/variant], e.g. linux/amd64"),
-                            ));
-                        }
-                    }
-                    if list.is_empty() {
-                        return Err(self.invalid(
-                            key("platforms"),
-                            "is empty; remove it to copy every platform",
-                        ));
-                    }
-                    Some(list)
-                }
-            },
-            reconcile_interval: match r.reconcile_interval {
-                None => None,
-                Some(t) => {
-                    let d = humantime::parse_duration(&t).map_err(|e| {
-                        self.invalid(
-                            key("reconcile_interval"),
-                            format!("`{t}` is not a duration like \"15m\": {e}"),
-                        )
-                    })?;
-                    if d < Duration::from_secs(1) {
-                        return Err(self.invalid(key("reconcile_interval"), "must be at least 1s"));
-                    }
-                    Some(d)
-                }
-            },
+            platforms: self.platforms(&key("platforms"), r.platforms)?,
+            reconcile_interval: self
+                .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })
+    }
+
+    /// `rules[].target_project`: a project name, or a path template with
+    /// `{project}` and `{repository}`.
+    fn target_project(&self, key: &str, raw: Option<String>) -> Result<String, ConfigError> {
+        let target_project = self
+            .expand_opt(key, raw)?
+            .unwrap_or_else(|| "{project}".to_string());
+        let whole_path = target_project.contains("{repository}");
+        let probe = target_project
+            .replace("{project}", "project")
+            .replace("{repository}", "repo");
+        if probe.contains('{') || probe.contains('}') {
+            return Err(self.invalid(
+                key,
+                format!("`{target_project}`: the placeholders are {{project}} and {{repository}}"),
+            ));
+        }
+        if !crate::reference::is_valid_repository(&probe) || (probe.contains('/') && !whole_path) {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "`{target_project}` is not a valid project name (lowercase letters, digits, '.', '_', '-')"
+                ),
+            ));
+        }
+        Ok(target_project)
+    }
+
+    /// `rules[].platforms`: `os/arch[/variant]` each, not empty.
+    fn platforms(
+        &self,
+        key: &str,
+        raw: Option<Vec<String>>,
+    ) -> Result<Option<Vec<String>>, ConfigError> {
+        let Some(list) = raw else {
+            return Ok(None);
+        };
+        for p in &list {
+            let parts: Vec<&str> = p.split('/').collect();
+            if !(2..=3).contains(&parts.len()) || parts.iter().any(|x| x.is_empty()) {
+                return Err(self.invalid(
+                    key,
+                    format!("`{p}` is not os/architecture[/variant], e.g. linux/amd64"),
+                ));
+            }
+        }
+        if list.is_empty() {
+            return Err(self.invalid(key, "is empty; remove it to copy every platform"));
+        }
+        Ok(Some(list))
+    }
+
+    /// `rules[].reconcile_interval`: a duration of at least a second.
+    fn reconcile_interval(
+        &self,
+        key: &str,
+        raw: Option<String>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(t) = raw else {
+            return Ok(None);
+        };
+        let d = humantime::parse_duration(&t)
+            .map_err(|e| self.invalid(key, format!("`{t}` is not a duration like \"15m\": {e}")))?;
+        if d < Duration::from_secs(1) {
+            return Err(self.invalid(key, "must be at least 1s"));
+        }
+        Ok(Some(d))
     }
 }
