@@ -256,6 +256,25 @@ async fn accept(
             "details": skipped,
         }));
     }
+    store_jobs(app, format, specs, skipped, events.len()).await
+}
+
+/// Stores the jobs a webhook asked for: `202` with their ids once they are
+/// on disk; `503` with `Retry-After` when the queue is full; nothing stored
+/// otherwise.
+async fn store_jobs(
+    app: &AppState,
+    format: Format,
+    specs: Vec<crate::jobs::JobSpec>,
+    skipped: Vec<String>,
+    events: usize,
+) -> Response {
+    let count = |outcome: &str| {
+        app.metrics
+            .webhooks
+            .with_label_values(&[format.as_str(), outcome])
+            .inc()
+    };
     let described: Vec<(String, String)> = specs
         .iter()
         .map(|s| {
@@ -276,7 +295,7 @@ async fn accept(
                     json!({ "id": e.id, "rule": rule, "target": target, "coalesced": e.coalesced })
                 })
                 .collect();
-            tracing::info!(events = events.len(), jobs = jobs.len(), "webhook accepted");
+            tracing::info!(events, jobs = jobs.len(), "webhook accepted");
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({ "status": "accepted", "jobs": jobs, "skipped": skipped })),
