@@ -109,29 +109,8 @@ pub async fn run_reloadable(
             shutdown.clone(),
         ))
     });
-    if config.server.api_token.is_none() {
-        tracing::info!("server.api_token is not set: the jobs API is read-only");
-    }
-    let local = listener.local_addr()?;
-    tracing::info!(
-        listen = %local,
-        workers = config.jobs.workers,
-        rules = config.rules.len(),
-        queued = store.queued(),
-        "harbor-relay ready"
-    );
-    crate::notify::ready(&format!(
-        "listening on {local}, {} rules",
-        config.rules.len()
-    ));
-    let tls = match &config.server.tls {
-        Some(t) => {
-            let c = t.server_config().map_err(std::io::Error::other)?;
-            tracing::info!(cert = %t.cert_file.display(), "HTTPS on the main listener");
-            Some(Arc::new(api::TlsSlot::new(c)))
-        }
-        None => None,
-    };
+    announce(&config, &listener, store.queued())?;
+    let tls = listener_tls(&config)?;
     let server = tokio::spawn(api::run(listener, state, tls.clone(), shutdown.clone()));
     let mut running = Running {
         live,
@@ -245,6 +224,40 @@ impl Running {
         }
         crate::notify::ready("configuration reloaded");
     }
+}
+
+/// Says that the daemon is ready: in the log and to systemd.
+fn announce(
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    queued: usize,
+) -> std::io::Result<()> {
+    if config.server.api_token.is_none() {
+        tracing::info!("server.api_token is not set: the jobs API is read-only");
+    }
+    let local = listener.local_addr()?;
+    tracing::info!(
+        listen = %local,
+        workers = config.jobs.workers,
+        rules = config.rules.len(),
+        queued,
+        "harbor-relay ready"
+    );
+    crate::notify::ready(&format!(
+        "listening on {local}, {} rules",
+        config.rules.len()
+    ));
+    Ok(())
+}
+
+/// The main listener's TLS settings, if `server.tls_cert` is set.
+fn listener_tls(config: &Config) -> std::io::Result<Option<Arc<api::TlsSlot>>> {
+    let Some(t) = &config.server.tls else {
+        return Ok(None);
+    };
+    let c = t.server_config().map_err(std::io::Error::other)?;
+    tracing::info!(cert = %t.cert_file.display(), "HTTPS on the main listener");
+    Ok(Some(Arc::new(api::TlsSlot::new(c))))
 }
 
 /// The listener of `server.metrics_listen`, if set.
