@@ -216,31 +216,21 @@ pub async fn list_tagged(
     Ok(out)
 }
 
-/// True for a name Harbor accepts as a project's
-/// (`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`, at most 255 characters;
-/// `src/pkg/project/manager.go`). Names from Harbor's answers go into URL
-/// paths, so anything else is dropped.
-pub fn is_valid_project(name: &str) -> bool {
-    let b = name.as_bytes();
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= 255
-        && alnum(b[0])
-        && alnum(b[b.len() - 1])
-        && b.iter()
-            .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
-        && !b.windows(2).any(|w| !alnum(w[0]) && !alnum(w[1]))
-}
+pub use crate::reference::is_valid_harbor_project as is_valid_project;
 
-/// Reads a JSON answer of the Harbor API with a limit.
-async fn json_body<T: serde::de::DeserializeOwned>(
-    registry: &Registry,
-    resp: reqwest::Response,
-    limit: u64,
-    what: &str,
-) -> Result<T, RegistryError> {
-    let body = registry.read_body(resp, limit, what).await?;
-    decode(registry, &body, what)
+/// Why Harbor would refuse `target_repository` as a place to push, before
+/// any upload: Harbor keeps every repository in a project, named by its own
+/// rule. `None` if it is fine.
+pub fn target_problem(target_repository: &str) -> Option<String> {
+    match target_repository.split_once('/') {
+        None => Some(format!(
+            "Harbor keeps every repository in a project, and '{target_repository}' has none; set the rule's target_project (e.g. target_project = \"library\")"
+        )),
+        Some((project, _)) if !is_valid_project(project) => Some(format!(
+            "Harbor refuses the project name '{project}' (it must match [a-z0-9]+(?:[._-][a-z0-9]+)*, 1-255 characters); change the rule's target_project"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Parses a JSON answer; the error quotes at most a short prefix of it.
@@ -280,7 +270,7 @@ async fn paged(
             )
             .await?;
         if resp.status() != StatusCode::OK {
-            return Err(registry.error_from(resp, what).await);
+            return Err(api_error(registry, resp, what, path_with_query).await);
         }
         let left = max_bytes.saturating_sub(bytes).min(16 << 20);
         let body = registry.read_body(resp, left, what).await?;
@@ -304,6 +294,32 @@ async fn paged(
     Ok(all)
 }
 
+/// An error answer of Harbor's REST API at `path`, in words that say what
+/// to do: a `403` on webhook policies names Harbor's permission model (robot
+/// accounts hold `notification-policy` only from Harbor 2.10), not the
+/// password.
+async fn api_error(
+    registry: &Registry,
+    resp: reqwest::Response,
+    what: &str,
+    path: &str,
+) -> RegistryError {
+    if resp.status() == StatusCode::FORBIDDEN && path.contains("/webhook/policies") {
+        let robot = registry.username().is_some_and(|u| u.starts_with("robot$"));
+        let detail = if robot {
+            "Harbor answered 403: this robot account may not manage webhook policies. Harbor grants robots the notification-policy permission only from v2.10; on an older Harbor use a project admin account, or add the policy in the UI (project > Webhooks)"
+        } else {
+            "Harbor answered 403: the account needs the project admin role (notification-policy permission) on this project"
+        };
+        return RegistryError::Refused {
+            registry: registry.name().to_string(),
+            what: what.to_string(),
+            detail: detail.into(),
+        };
+    }
+    registry.error_from(resp, what).await
+}
+
 /// What [`register_webhook`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Registered {
@@ -320,40 +336,29 @@ pub enum Registered {
 pub async fn register_webhook(
     registry: &Registry,
     project: &str,
-    url: &str,
-    auth_header: Option<&str>,
-    payload_format: &str,
+    target: &WebhookTarget<'_>,
 ) -> Result<Registered, RegistryError> {
     let base = format!("/api/v2.0/projects/{project}/webhook/policies");
-    let policy = json!({
-        "name": POLICY_NAME,
-        "description": "replication by harbor-relay",
-        "enabled": true,
-        "event_types": ["PUSH_ARTIFACT", "DELETE_ARTIFACT"],
-        "targets": [{
-            "type": "http",
-            "address": url,
-            "auth_header": auth_header.unwrap_or(""),
-            "skip_cert_verify": false,
-            "payload_format": payload_format,
-        }],
-    });
+    let ours = our_policy(target);
     for _ in 0..2 {
-        if let Some(id) = find_policy(registry, project, &base).await? {
+        if let Some(existing) = find_policy(registry, project, &base).await? {
+            let id = existing["id"].as_u64().unwrap_or(0);
             let what = format!("updating webhook policy {id} of project '{project}'");
-            let mut body = policy.clone();
-            body["id"] = id.into();
+            // Harbor's PUT replaces every column (UpdateWebhookPolicyOfProject
+            // in src/server/v2.0/handler/webhook.go), so what the admin set
+            // must be sent back: merge, never overwrite.
+            let body = merged_policy(&existing, &ours, target.url);
             let resp = registry
                 .api(&what, Method::PUT, &format!("{base}/{id}"), Some(body))
                 .await?;
             if !resp.status().is_success() {
-                return Err(registry.error_from(resp, &what).await);
+                return Err(api_error(registry, resp, &what, &base).await);
             }
             return Ok(Registered::Updated(id));
         }
         let what = format!("creating the webhook policy of project '{project}'");
         let resp = registry
-            .api(&what, Method::POST, &base, Some(policy.clone()))
+            .api(&what, Method::POST, &base, Some(ours.clone()))
             .await?;
         match resp.status() {
             StatusCode::CREATED => {
@@ -368,7 +373,7 @@ pub async fn register_webhook(
             }
             // Created meanwhile: find it and update it.
             StatusCode::CONFLICT => continue,
-            _ => return Err(registry.error_from(resp, &what).await),
+            _ => return Err(api_error(registry, resp, &what, &base).await),
         }
     }
     Err(RegistryError::Other {
@@ -378,21 +383,158 @@ pub async fn register_webhook(
     })
 }
 
+/// Where and how Harbor should deliver the relay's webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget<'a> {
+    /// The relay's webhook URL, e.g. `https://jumpvm:8080/webhooks/harbor`.
+    pub url: &'a str,
+    /// The `Authorization` header Harbor sends (`server.webhook_auth`).
+    pub auth_header: Option<&'a str>,
+    /// `Default` or `CloudEvents`.
+    pub payload_format: &'a str,
+    /// Harbor does not verify the relay's certificate (a self-signed
+    /// listener certificate Harbor does not trust).
+    pub skip_cert_verify: bool,
+}
+
+/// The event types the relay needs.
+const RELAY_EVENTS: [&str; 2] = ["PUSH_ARTIFACT", "DELETE_ARTIFACT"];
+
+fn our_target(t: &WebhookTarget<'_>) -> serde_json::Value {
+    json!({
+        "type": "http",
+        "address": t.url,
+        "auth_header": t.auth_header.unwrap_or(""),
+        "skip_cert_verify": t.skip_cert_verify,
+        "payload_format": t.payload_format,
+    })
+}
+
+fn our_policy(t: &WebhookTarget<'_>) -> serde_json::Value {
+    json!({
+        "name": POLICY_NAME,
+        "description": "replication by harbor-relay",
+        "enabled": true,
+        "event_types": RELAY_EVENTS,
+        "targets": [our_target(t)],
+    })
+}
+
+/// The existing policy with the relay's target (replacing one at the same
+/// address) and event types added; everything else the admin set (other
+/// targets, event types, description, creator) kept as it was.
+pub fn merged_policy(
+    existing: &serde_json::Value,
+    ours: &serde_json::Value,
+    url: &str,
+) -> serde_json::Value {
+    let mut out = existing.clone();
+    let mut events: Vec<serde_json::Value> = existing["event_types"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for e in RELAY_EVENTS {
+        if !events.iter().any(|x| x == e) {
+            events.push(e.into());
+        }
+    }
+    let mut targets: Vec<serde_json::Value> = existing["targets"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["address"] != url)
+        .collect();
+    targets.extend(ours["targets"].as_array().cloned().unwrap_or_default());
+    out["event_types"] = events.into();
+    out["targets"] = targets.into();
+    out["enabled"] = true.into();
+    if out["description"].as_str().is_none_or(str::is_empty) {
+        out["description"] = ours["description"].clone();
+    }
+    out
+}
+
 async fn find_policy(
     registry: &Registry,
     project: &str,
     base: &str,
-) -> Result<Option<u64>, RegistryError> {
+) -> Result<Option<serde_json::Value>, RegistryError> {
     let what = format!("listing webhook policies of project '{project}'");
-    let resp = registry
-        .api(&what, Method::GET, &format!("{base}?page_size=100"), None)
-        .await?;
-    if resp.status() != StatusCode::OK {
-        return Err(registry.error_from(resp, &what).await);
+    let list = paged(registry, &what, &format!("{base}?")).await?;
+    Ok(list.into_iter().find(|p| p["name"] == POLICY_NAME))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://relay.example:8080/webhooks/harbor";
+
+    fn target(skip: bool) -> WebhookTarget<'static> {
+        WebhookTarget {
+            url: URL,
+            auth_header: Some("Bearer s"),
+            payload_format: "Default",
+            skip_cert_verify: skip,
+        }
     }
-    let list: Vec<serde_json::Value> = json_body(registry, resp, 16 << 20, &what).await?;
-    Ok(list
-        .iter()
-        .find(|p| p["name"] == POLICY_NAME)
-        .and_then(|p| p["id"].as_u64()))
+
+    #[test]
+    fn registering_keeps_what_the_admin_set_and_replaces_only_our_target() {
+        let existing = json!({
+            "id": 7, "name": POLICY_NAME, "description": "ours, edited by the admin",
+            "creator": "admin", "enabled": false, "project_id": 3,
+            "event_types": ["PUSH_ARTIFACT", "SCANNING_COMPLETED"],
+            "targets": [
+                {"type": "http", "address": "https://audit.example/hook", "skip_cert_verify": true},
+                {"type": "http", "address": URL, "auth_header": "old", "skip_cert_verify": false}
+            ]
+        });
+        let merged = merged_policy(&existing, &our_policy(&target(true)), URL);
+        assert_eq!(merged["creator"], "admin");
+        assert_eq!(merged["description"], "ours, edited by the admin");
+        assert_eq!(merged["id"], 7);
+        assert_eq!(merged["enabled"], true);
+        assert_eq!(
+            merged["event_types"],
+            json!(["PUSH_ARTIFACT", "SCANNING_COMPLETED", "DELETE_ARTIFACT"])
+        );
+        let targets = merged["targets"].as_array().expect("targets");
+        assert_eq!(targets.len(), 2, "{merged}");
+        assert_eq!(targets[0]["address"], "https://audit.example/hook");
+        assert_eq!(targets[0]["skip_cert_verify"], true);
+        assert_eq!(targets[1]["address"], URL);
+        assert_eq!(targets[1]["auth_header"], "Bearer s");
+        assert_eq!(targets[1]["skip_cert_verify"], true);
+    }
+
+    #[test]
+    fn a_repository_harbor_would_refuse_is_named_before_any_upload() {
+        let e = target_problem("app").expect("no project");
+        assert!(e.contains("target_project"), "{e}");
+        let e = target_problem("team__a/app").expect("bad project");
+        assert!(e.contains("'team__a'"), "{e}");
+        assert_eq!(target_problem("library/app"), None);
+        assert_eq!(target_problem("tkgs-demo/team/app"), None);
+    }
+
+    #[test]
+    fn project_names_follow_harbors_rule() {
+        for ok in ["library", "tkgs-demo", "a.b_c-d", "x1"] {
+            assert!(is_valid_project(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Library",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "../users",
+            &"a".repeat(256),
+        ] {
+            assert!(!is_valid_project(bad), "{bad}");
+        }
+    }
 }

@@ -116,8 +116,9 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
                     project,
                     url,
                     format,
+                    skip_cert_verify,
                 },
-        } => register_webhook(config, registry, project, url, format).await,
+        } => register_webhook(config, registry, project, url, format, skip_cert_verify).await,
         Command::Rules {
             action: RulesAction::Test { config, image },
         } => rules_test(config, image),

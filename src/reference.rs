@@ -30,6 +30,22 @@ pub fn is_valid_repository(name: &str) -> bool {
     name.len() <= MAX_REPOSITORY_LEN && REPOSITORY.is_match(name)
 }
 
+/// True for a name Harbor accepts as a project's
+/// (`^[a-z0-9]+(?:[._-][a-z0-9]+)*$`, at most 255 characters: its
+/// `restrictedNameChars` in `src/pkg/project/manager.go`); stricter than an
+/// OCI path component (no `__`, no `--`).
+pub fn is_valid_harbor_project(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 255
+        && alnum(b[0])
+        && alnum(b[b.len() - 1])
+        && b.iter()
+            .all(|&c| alnum(c) || matches!(c, b'.' | b'_' | b'-'))
+        && !b.windows(2).any(|w| !alnum(w[0]) && !alnum(w[1]))
+}
+
 /// True if `tag` is a valid tag.
 pub fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)

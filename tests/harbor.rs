@@ -124,10 +124,17 @@ async fn register_webhook_creates_then_updates_the_policy() {
         p["event_types"],
         serde_json::json!(["PUSH_ARTIFACT", "DELETE_ARTIFACT"])
     );
-    let t = &p["targets"][0];
+    // Harbor's PUT replaces the whole policy, so registering merges: the
+    // first relay's target (another relay, for another target Harbor, may
+    // share the policy) stays, the second is added.
+    let targets = p["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2, "{p}");
+    assert_eq!(targets[0]["address"], "https://jumpvm:8080/webhooks/harbor");
+    let t = &targets[1];
     assert_eq!(t["address"], "https://jumpvm2:8080/webhooks/harbor");
     assert_eq!(t["auth_header"], WEBHOOK_SECRET);
     assert_eq!(t["payload_format"], "CloudEvents");
+    assert_eq!(t["skip_cert_verify"], false);
 
     // Wrong credentials: a clear failure, no secret in it.
     std::fs::write(
@@ -259,4 +266,103 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
         "{stdout}"
     );
     assert!(!stdout.contains(ADMIN_PASS) && !stdout.contains("webhook-s3cret"));
+}
+
+/// Harbor's `PUT` on a webhook policy replaces every column
+/// (`UpdateWebhookPolicyOfProject`, `src/server/v2.0/handler/webhook.go`),
+/// and the double does the same: registering again must send back what the
+/// admin added to the policy (another target, more event types, its
+/// description and creator), not wipe it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_again_keeps_what_the_admin_added_to_the_policy() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    harbor.state.policies.lock().expect("policies").insert(
+        "tkgs-demo".into(),
+        vec![serde_json::json!({
+            "id": 100, "name": "harbor-relay", "description": "relay + audit",
+            "creator": "alice", "enabled": true,
+            "event_types": ["PUSH_ARTIFACT", "QUOTA_EXCEED"],
+            "targets": [{"type": "http", "address": "https://audit.example/hook",
+                         "skip_cert_verify": true, "payload_format": "Default"}]
+        })],
+    );
+    let file = ConfigFile::new(&format!(
+        "[server]\nwebhook_auth = \"{WEBHOOK_SECRET}\"\n[registries.external]\nurl = \"{}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n",
+        harbor.url()
+    ));
+    let out = relay_cmd(&[
+        "harbor",
+        "register-webhook",
+        "--config",
+        file.path.as_str(),
+        "--registry",
+        "external",
+        "--project",
+        "tkgs-demo",
+        "--url",
+        "https://jumpvm:8443/webhooks/harbor",
+        "--skip-cert-verify",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = harbor.state.policies.lock().expect("policies")["tkgs-demo"][0].clone();
+    assert_eq!(p["creator"], "alice", "{p}");
+    assert_eq!(p["description"], "relay + audit", "{p}");
+    assert_eq!(
+        p["event_types"],
+        serde_json::json!(["PUSH_ARTIFACT", "QUOTA_EXCEED", "DELETE_ARTIFACT"])
+    );
+    let targets = p["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2, "{p}");
+    assert_eq!(targets[0]["address"], "https://audit.example/hook");
+    assert_eq!(targets[1]["address"], "https://jumpvm:8443/webhooks/harbor");
+    assert_eq!(targets[1]["skip_cert_verify"], true, "--skip-cert-verify");
+}
+
+/// A robot account may manage webhook policies only from Harbor 2.10 (the
+/// double plays the version): on 2.8 the error says so instead of blaming
+/// the password; on 2.14 the same robot registers the policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_on_harbor_2_8_is_told_why_it_may_not_register_the_webhook() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "robot$relay", ADMIN_PASS).await;
+    *harbor.state.version.lock().expect("version") = (2, 8);
+    let file = ConfigFile::new(&format!(
+        "[registries.external]\nurl = \"{}\"\nusername = \"robot$relay\"\npassword = \"{ADMIN_PASS}\"\n",
+        harbor.url()
+    ));
+    let register = || {
+        relay_cmd(&[
+            "harbor",
+            "register-webhook",
+            "--config",
+            file.path.as_str(),
+            "--registry",
+            "external",
+            "--project",
+            "tkgs-demo",
+            "--url",
+            "https://jumpvm:8080/webhooks/harbor",
+        ])
+    };
+    let out = register();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("v2.10") && stderr.contains("robot"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("username/password"), "{stderr}");
+
+    *harbor.state.version.lock().expect("version") = (2, 14);
+    let out = register();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -131,6 +131,10 @@ pub enum HarborAction {
         /// Payload format: Default or CloudEvents (Harbor 2.8+).
         #[arg(long, default_value = "Default")]
         format: String,
+        /// Harbor does not verify the relay's certificate: for a relay whose
+        /// listener certificate Harbor does not trust (self-signed).
+        #[arg(long)]
+        skip_cert_verify: bool,
     },
 }
 

@@ -17,6 +17,7 @@ pub async fn register_webhook(
     project: String,
     url: String,
     format: String,
+    skip_cert_verify: bool,
 ) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let project = reference::repository(&project)?.to_string();
@@ -36,7 +37,13 @@ pub async fn register_webhook(
         eprintln!("warning: server.webhook_auth is not set, so the policy carries no auth header");
     }
     let auth = config.server.webhook_auth.as_ref().map(|s| s.expose());
-    match harbor_relay::harbor::register_webhook(harbor, &project, &url, auth, format).await? {
+    let target = harbor_relay::harbor::WebhookTarget {
+        url: &url,
+        auth_header: auth,
+        payload_format: format,
+        skip_cert_verify,
+    };
+    match harbor_relay::harbor::register_webhook(harbor, &project, &target).await? {
         harbor_relay::harbor::Registered::Created(id) => {
             println!("created webhook policy {id} on {registry}/{project} -> {url}")
         }
@@ -138,6 +145,19 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
                 (false, false) => " (override = false)",
             }
         );
+    }
+    for p in &plans {
+        let harbor = config
+            .registries
+            .get(&p.to)
+            .is_some_and(|r| r.is_harbor || r.create_projects);
+        if harbor && let Some(problem) = harbor_relay::harbor::target_problem(&p.target_repository)
+        {
+            println!(
+                "rule '{}': WILL FAIL on the Harbor target: {problem}",
+                p.rule
+            );
+        }
     }
     for (rule, why) in &skips {
         println!("rule '{rule}': no match ({why})");

@@ -17,6 +17,13 @@ impl Transport {
             .unwrap_or_default();
         let registry = self.name.clone();
         let what = what.to_string();
+        if let Some(detail) = harbor_refusal(status.as_u16(), &body) {
+            return RegistryError::Refused {
+                registry,
+                what,
+                detail,
+            };
+        }
         let detail = registry_message(&body);
         match status.as_u16() {
             401 | 403 => RegistryError::Unauthorized {
@@ -161,6 +168,40 @@ fn registry_message(body: &[u8]) -> Option<String> {
     (!text.is_empty()).then(|| text.chars().take(300).collect())
 }
 
+/// A Harbor policy that refused a write, in words that say which and how
+/// to change it, read from Harbor's error envelope:
+/// - `412 PRECONDITION` "… configured as immutable" from the immutable-tag
+///   middleware (`src/server/middleware/immutable/pushmf.go`, `error.go`);
+/// - `403 DENIED` "The system is in read only mode" from the read-only
+///   middleware (`src/server/middleware/readonly/readonly.go`);
+///   status codes per `src/lib/http/error.go`.
+pub(super) fn harbor_refusal(status: u16, body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let env: Envelope = serde_json::from_slice(body).ok()?;
+    env.errors.iter().find_map(|e| {
+        let code = e.code.as_deref().unwrap_or("");
+        let message = e.message.as_deref().unwrap_or("");
+        let said = super::cut(message);
+        match (status, code) {
+            (412, "PRECONDITION") if message.contains("immutable") => Some(format!(
+                "Harbor refused: the tag is protected by a tag immutability rule of the target project ({said}); remove or narrow the rule (project > Policy > Tag Immutability), or replicate to another tag"
+            )),
+            (403, "DENIED") if message.to_ascii_lowercase().contains("read only") => Some(format!(
+                "Harbor refused: the target Harbor is in read-only mode ({said}); turn off Administration > Configuration > System Settings > Repository Read Only"
+            )),
+            _ => None,
+        }
+    })
+}
+
 /// The error and its sources, joined, for matching and for messages.
 pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
@@ -182,6 +223,23 @@ fn last_cause(chain: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn harbors_immutable_tags_and_read_only_mode_are_named() {
+        let immutable = br#"{"errors":[{"code":"PRECONDITION","message":"Failed to process request due to 'library/app:1' configured as immutable."}]}"#;
+        let d = harbor_refusal(412, immutable).expect("immutable");
+        assert!(
+            d.contains("Tag Immutability") && d.contains("library/app:1"),
+            "{d}"
+        );
+        let ro = br#"{"errors":[{"code":"DENIED","message":"The system is in read only mode. Any modification is prohibited."}]}"#;
+        let d = harbor_refusal(403, ro).expect("read only");
+        assert!(d.contains("Repository Read Only"), "{d}");
+        // Other 403s (permissions) and other bodies are not policies.
+        let denied = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        assert_eq!(harbor_refusal(403, denied), None);
+        assert_eq!(harbor_refusal(412, b"not json"), None);
+    }
 
     #[test]
     fn registry_error_bodies_are_summarised() {

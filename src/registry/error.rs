@@ -86,6 +86,17 @@ pub enum RegistryError {
         /// What it asked for and why it is refused.
         detail: String,
     },
+    /// A Harbor policy of the registry refused the write (an immutable
+    /// tag, read-only mode): permanent until an admin changes it.
+    #[error("registry '{registry}': {what}: {detail}")]
+    Refused {
+        /// Registry name.
+        registry: String,
+        /// What we tried.
+        what: String,
+        /// Which policy, and how to change it.
+        detail: String,
+    },
     /// Any other failure (protocol errors, bad answers).
     #[error("registry '{registry}': {what}: {detail}")]
     Other {
@@ -110,6 +121,7 @@ impl RegistryError {
                 | RegistryError::NotFound { .. }
                 | RegistryError::Manifest { .. }
                 | RegistryError::Untrusted { .. }
+                | RegistryError::Refused { .. }
                 | RegistryError::Status { status: 405, .. }
         )
     }

@@ -86,6 +86,11 @@ impl Registry {
         &self.t.name
     }
 
+    /// The configured user name, if any (never the password).
+    pub fn username(&self) -> Option<&str> {
+        self.t.username.as_deref()
+    }
+
     /// True if projects are created on this (Harbor) registry before the
     /// first push into them.
     pub fn creates_projects(&self) -> bool {

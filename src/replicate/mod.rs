@@ -46,7 +46,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use crate::manifest::{Children, Descriptor, Manifest};
 use crate::metrics::Metrics;
 use crate::reference::Reference;
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryError};
 
 use blobs::Inflight;
 pub use error::ReplicateError;
@@ -334,6 +334,16 @@ impl Replicator {
         source_digest: &str,
         note: Option<String>,
     ) -> Result<Summary, ReplicateError> {
+        if (req.target.is_harbor() || req.target.creates_projects())
+            && let Some(detail) = crate::harbor::target_problem(req.target_repository)
+        {
+            return Err(RegistryError::Refused {
+                registry: req.target.name().to_string(),
+                what: format!("writing {}{}", req.target_repository, req.reference),
+                detail,
+            }
+            .into());
+        }
         if req.target.creates_projects()
             && let Some((project, _)) = req.target_repository.split_once('/')
         {

@@ -30,6 +30,16 @@ pub struct HarborState {
     pub calls: Mutex<Vec<(String, String)>>,
     /// Bodies of project creations.
     pub created: Mutex<Vec<Value>>,
+    /// The Harbor version played (major, minor); permissions follow it.
+    pub version: Mutex<(u32, u32)>,
+}
+
+/// Whether `user` may manage the webhook policies of a project on this
+/// Harbor version: robot accounts hold `notification-policy` only from
+/// v2.10 (`src/common/rbac/const.go`, commit 5c02fd807e "add permission
+/// api", first released in v2.10.0); users here are project admins.
+fn may_manage_webhooks(st: &HarborState, user: &str) -> bool {
+    !user.starts_with("robot$") || *st.version.lock().expect("version") >= (2, 10)
 }
 
 type St = Arc<HarborState>;
@@ -91,6 +101,13 @@ async fn create_project(State(st): State<St>, headers: HeaderMap, body: String) 
     let Some(name) = v["project_name"].as_str() else {
         return errors(StatusCode::BAD_REQUEST, "project_name is required");
     };
+    // `restrictedNameChars` and the 1-255 length of src/pkg/project/manager.go.
+    if !harbor_relay::harbor::is_valid_project(name) {
+        return errors(
+            StatusCode::BAD_REQUEST,
+            "project name must match [a-z0-9]+(?:[._-][a-z0-9]+)* and be 1-255 characters",
+        );
+    }
     if let Some(public) = v["metadata"].get("public")
         && !matches!(public.as_str(), Some("true") | Some("false"))
     {
@@ -158,13 +175,17 @@ async fn list_policies(
     State(st): State<St>,
     headers: HeaderMap,
     Path(project): Path<String>,
+    Query(p): Query<Paging>,
 ) -> Response {
     st.calls.lock().expect("calls").push((
         "GET".into(),
         format!("/projects/{project}/webhook/policies"),
     ));
-    if who(&st, &headers).is_none() {
+    let Some(user) = who(&st, &headers) else {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !may_manage_webhooks(&st, &user) {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
     }
     let list = st
         .policies
@@ -173,7 +194,7 @@ async fn list_policies(
         .get(&project)
         .cloned()
         .unwrap_or_default();
-    axum::Json(list).into_response()
+    paged_answer(&list, &p)
 }
 
 async fn create_policy(
@@ -186,8 +207,11 @@ async fn create_policy(
         "POST".into(),
         format!("/projects/{project}/webhook/policies"),
     ));
-    if who(&st, &headers).is_none() {
+    let Some(user) = who(&st, &headers) else {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !may_manage_webhooks(&st, &user) {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
     }
     let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
         return errors(StatusCode::BAD_REQUEST, "invalid JSON");
@@ -223,8 +247,11 @@ async fn update_policy(
         "PUT".into(),
         format!("/projects/{project}/webhook/policies/{id}"),
     ));
-    if who(&st, &headers).is_none() {
+    let Some(user) = who(&st, &headers) else {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !may_manage_webhooks(&st, &user) {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
     }
     let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
         return errors(StatusCode::BAD_REQUEST, "invalid JSON");
@@ -248,6 +275,20 @@ async fn update_policy(
 struct Paging {
     page: Option<usize>,
     page_size: Option<usize>,
+}
+
+/// A page of a list as Harbor answers it: `X-Total-Count` with the whole
+/// list's size (ListWebhookPoliciesOfProject and the other list handlers
+/// of src/server/v2.0/handler/), `page_size` at most 100.
+fn paged_answer(all: &[Value], p: &Paging) -> Response {
+    if p.page_size.is_some_and(|s| s > 100) {
+        return errors(StatusCode::BAD_REQUEST, "page_size must be at most 100");
+    }
+    (
+        [("x-total-count", all.len().to_string())],
+        axum::Json(page_of(all, p)),
+    )
+        .into_response()
 }
 
 fn page_of<T: Clone>(all: &[T], p: &Paging) -> Vec<T> {
@@ -299,7 +340,7 @@ async fn list_projects(
         .enumerate()
         .map(|(i, n)| json!({"project_id": i + 1, "name": n}))
         .collect();
-    axum::Json(page_of(&all, &p)).into_response()
+    paged_answer(&all, &p)
 }
 
 async fn list_repositories(
@@ -321,7 +362,7 @@ async fn list_repositories(
         .filter(|r| r.starts_with(&format!("{project}/")))
         .map(|r| json!({"name": r}))
         .collect();
-    axum::Json(page_of(&all, &p)).into_response()
+    paged_answer(&all, &p)
 }
 
 async fn list_artifacts(
@@ -330,7 +371,17 @@ async fn list_artifacts(
     Path((project, repo)): Path<(String, String)>,
     Query(p): Query<Paging>,
 ) -> Response {
-    // Harbor takes the repository name URL-encoded twice; axum undid one.
+    // Harbor takes the repository name URL-encoded twice (its handlers
+    // path-unescape the already-decoded parameter again:
+    // src/server/v2.0/handler/util.go, unescapePathParams). axum undid one
+    // encoding; a name encoded only once arrives here with a bare '/',
+    // which Harbor's router does not match: 404.
+    if repo.contains('/') {
+        return errors(
+            StatusCode::NOT_FOUND,
+            "the repository name must be URL-encoded twice (%252F)",
+        );
+    }
     let repo = repo.replace("%2F", "/");
     st.calls.lock().expect("calls").push((
         "GET".into(),
@@ -377,7 +428,7 @@ async fn list_artifacts(
         .into_iter()
         .map(|(d, tags)| json!({"digest": d, "tags": tags}))
         .collect();
-    axum::Json(page_of(&all, &p)).into_response()
+    paged_answer(&all, &p)
 }
 
 /// A fake Harbor: its REST API here, its registry a real one behind it.
@@ -392,6 +443,7 @@ impl FakeHarbor {
             upstream: registry_url.trim_end_matches('/').to_string(),
             user: user.into(),
             pass: pass.into(),
+            version: Mutex::new((2, 14)),
             ..Default::default()
         });
         let routes = axum::Router::new()
