@@ -356,15 +356,19 @@ async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out: &mut Repo
     for project in projects {
         match crate::harbor::webhook_policies(client, &project).await {
             Ok(policies) => match policies.iter().find(|p| p.feeds_relay()) {
-                Some(p) => out.add(
-                    "webhook",
-                    Status::Ok,
-                    format!(
-                        "project '{project}': policy '{}' sends pushes to {}",
-                        p.name,
-                        p.addresses.join(", ")
-                    ),
-                ),
+                Some(p) => {
+                    let deliveries = crate::harbor::last_deliveries(client, &project, p.id).await;
+                    let (status, said) = delivery_verdict(&deliveries);
+                    out.add(
+                        "webhook",
+                        status,
+                        format!(
+                            "project '{project}': policy '{}' sends pushes to {}; {said}",
+                            p.name,
+                            p.addresses.join(", ")
+                        ),
+                    )
+                }
                 None => out.add(
                     "webhook",
                     Status::Fail,
@@ -375,6 +379,40 @@ async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out: &mut Repo
             },
             Err(e) => out.add("webhook", Status::Fail, format!("project '{project}': {e}")),
         }
+    }
+}
+
+/// What the latest deliveries of a policy say: whether Harbor reaches the
+/// relay.
+fn delivery_verdict(
+    deliveries: &Result<Vec<crate::harbor::Delivery>, RegistryError>,
+) -> (Status, String) {
+    match deliveries {
+        Err(e) => (Status::Warn, format!("its deliveries cannot be read: {e}")),
+        Ok(list) => match list.first() {
+            None => (Status::Ok, "no delivery yet".to_string()),
+            Some(d) if d.status == "Error" => (
+                Status::Fail,
+                format!(
+                    "its last delivery ({} at {}) FAILED{}: Harbor cannot reach the relay (check the address and the firewall; a relay with a self-signed certificate needs register-webhook --skip-cert-verify)",
+                    if d.event.is_empty() {
+                        "an event"
+                    } else {
+                        d.event.as_str()
+                    },
+                    d.at,
+                    if d.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", d.message)
+                    }
+                ),
+            ),
+            Some(d) => (
+                Status::Ok,
+                format!("its last delivery at {} was {}", d.at, d.status),
+            ),
+        },
     }
 }
 

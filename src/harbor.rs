@@ -98,6 +98,8 @@ pub async fn projects(
 /// A project's webhook policy, as much of it as `check` needs.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The policy's id.
+    pub id: u64,
     /// The policy's name.
     pub name: String,
     /// Whether Harbor sends it.
@@ -143,6 +145,7 @@ pub async fn webhook_policies(
     Ok(list
         .iter()
         .map(|p| Policy {
+            id: p["id"].as_u64().unwrap_or(0),
             name: p["name"].as_str().unwrap_or_default().to_string(),
             enabled: p["enabled"].as_bool().unwrap_or(false),
             events: strings(&p["event_types"]),
@@ -154,6 +157,51 @@ pub async fn webhook_policies(
                         .collect()
                 })
                 .unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// One delivery of a webhook policy, as Harbor recorded it (an execution
+/// of the policy: swagger `Execution`, statuses from
+/// `src/jobservice/job/status.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// `Success`, `Error`, `Running`, `Pending`, `Stopped`.
+    pub status: String,
+    /// Harbor's words about it, if any.
+    pub message: String,
+    /// When it started.
+    pub at: String,
+    /// Which event it carried, e.g. `PUSH_ARTIFACT`.
+    pub event: String,
+}
+
+/// The latest deliveries of a webhook policy, newest first
+/// (`GET /projects/{p}/webhook/policies/{id}/executions`).
+pub async fn last_deliveries(
+    registry: &Registry,
+    project: &str,
+    policy_id: u64,
+) -> Result<Vec<Delivery>, RegistryError> {
+    let what =
+        format!("reading the deliveries of webhook policy {policy_id} of project '{project}'");
+    let path = format!(
+        "/api/v2.0/projects/{project}/webhook/policies/{policy_id}/executions?page=1&page_size=10&sort=-start_time"
+    );
+    let resp = registry.api(&what, Method::GET, &path, None).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(api_error(registry, resp, &what, &path).await);
+    }
+    let body = registry.read_body(resp, 4 << 20, &what).await?;
+    let list: Vec<serde_json::Value> = decode(registry, &body, &what)?;
+    let text = |v: &serde_json::Value| crate::registry::cut(v.as_str().unwrap_or_default());
+    Ok(list
+        .iter()
+        .map(|e| Delivery {
+            status: text(&e["status"]),
+            message: text(&e["status_message"]),
+            at: text(&e["start_time"]),
+            event: text(&e["extra_attrs"]["event_type"]),
         })
         .collect())
 }

@@ -266,6 +266,33 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
         "{stdout}"
     );
     assert!(!stdout.contains(ADMIN_PASS) && !stdout.contains("webhook-s3cret"));
+    assert!(stdout.contains("no delivery yet"), "{stdout}");
+
+    // Harbor tried and failed to deliver (the relay unreachable, or its
+    // certificate not trusted): check says so, not only that a policy exists.
+    let id = harbor.state.policies.lock().expect("policies")["tkgs-demo"][0]["id"]
+        .as_u64()
+        .expect("id");
+    harbor.state.executions.lock().expect("executions").insert(
+        id,
+        vec![serde_json::json!({
+            "id": 9, "vendor_type": "WEBHOOK", "vendor_id": id, "status": "Error",
+            "status_message": "", "trigger": "EVENT",
+            "extra_attrs": {"event_type": "PUSH_ARTIFACT"},
+            "start_time": "2026-11-30T10:00:00Z", "end_time": "2026-11-30T10:00:03Z"
+        })],
+    );
+    let out = relay_cmd(&["check", "--config", cfg]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("webhook"))
+        .unwrap_or_else(|| panic!("no webhook row:\n{stdout}"));
+    assert!(
+        row.contains("FAIL") && row.contains("last delivery") && row.contains("PUSH_ARTIFACT"),
+        "{row}"
+    );
 }
 
 /// Harbor's `PUT` on a webhook policy replaces every column

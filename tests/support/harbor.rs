@@ -30,6 +30,8 @@ pub struct HarborState {
     pub calls: Mutex<Vec<(String, String)>>,
     /// Bodies of project creations.
     pub created: Mutex<Vec<Value>>,
+    /// Deliveries (executions) by policy id, newest first.
+    pub executions: Mutex<BTreeMap<u64, Vec<Value>>>,
     /// The Harbor version played (major, minor); permissions follow it.
     pub version: Mutex<(u32, u32)>,
 }
@@ -271,6 +273,40 @@ async fn update_policy(
     StatusCode::OK.into_response()
 }
 
+/// `GET …/webhook/policies/{id}/executions` (ListExecutionsOfWebhookPolicy
+/// in src/server/v2.0/handler/webhook.go: the policy must be in the
+/// project, paged, X-Total-Count).
+async fn list_executions(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((project, id)): Path<(String, u64)>,
+    Query(p): Query<Paging>,
+) -> Response {
+    let Some(user) = who(&st, &headers) else {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !may_manage_webhooks(&st, &user) {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let in_project = st
+        .policies
+        .lock()
+        .expect("policies")
+        .get(&project)
+        .is_some_and(|l| l.iter().any(|p| p["id"] == id));
+    if !in_project {
+        return errors(StatusCode::NOT_FOUND, "policy not found in the project");
+    }
+    let list = st
+        .executions
+        .lock()
+        .expect("executions")
+        .get(&id)
+        .cloned()
+        .unwrap_or_default();
+    paged_answer(&list, &p)
+}
+
 #[derive(serde::Deserialize)]
 struct Paging {
     page: Option<usize>,
@@ -468,6 +504,10 @@ impl FakeHarbor {
             .route(
                 "/api/v2.0/projects/{project}/webhook/policies/{id}",
                 put(update_policy),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/webhook/policies/{id}/executions",
+                get(list_executions),
             )
             .with_state(state.clone());
         FakeHarbor {
