@@ -52,7 +52,7 @@ use blobs::Inflight;
 pub use error::ReplicateError;
 use ledger::Ledger;
 pub use platforms::platform_subset;
-use referrers::find_referrers;
+use referrers::{find_referrers, referrer_subjects};
 pub use summary::Summary;
 
 /// How deep indexes may nest (an index of indexes is legal but rare; a
@@ -378,16 +378,20 @@ impl Replicator {
         // Which referrers the source has is asked while the content copies
         // (reads only); they are written after their subject, so they
         // never point at nothing, and a job with none ends with its tag.
+        // Those of an index's children too: cosign signs each platform
+        // manifest (`--recursive`), and the signatures are worth as much.
         let lookup = async {
-            match req.referrers {
-                true => find_referrers(req, &top.digest).await.map(Some),
-                false => Ok(None),
+            if !req.referrers {
+                return Ok(Vec::new());
             }
+            let subjects = referrer_subjects(top);
+            futures_util::future::try_join_all(subjects.iter().map(|d| find_referrers(req, d)))
+                .await
         };
         let ((), found) = futures_util::future::try_join(content, lookup).await?;
         self.record_tag(req, source_digest, &top.digest);
-        if let Some(found) = found {
-            self.copy_referrers(req, found, &progress).await?;
+        for f in found {
+            self.copy_referrers(req, f, &progress).await?;
         }
         Ok(progress.summary(top.digest.clone(), note))
     }

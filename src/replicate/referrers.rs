@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use super::{CopyRequest, Progress, ReplicateError, Replicator};
-use crate::manifest::Descriptor;
+use crate::manifest::{Children, Descriptor, Manifest};
 use crate::reference::Reference;
 
 /// What refers to a subject on the source, found before it is copied.
@@ -17,6 +17,16 @@ pub(super) struct Referrers {
     tags: Vec<Reference>,
     /// ...and the digest each points at, if it exists.
     resolved: Vec<Option<String>>,
+}
+
+/// The manifests whose referrers come along with `top`: itself and, for an
+/// index, each child manifest (a platform image signed on its own).
+pub(super) fn referrer_subjects(top: &Manifest) -> Vec<String> {
+    let mut out = vec![top.digest.clone()];
+    if let Ok(Children::Manifests(list)) = top.children() {
+        out.extend(list.into_iter().map(|d| d.digest));
+    }
+    out
 }
 
 /// Asks the source, all at once (on a registry without referrers they are
@@ -105,5 +115,32 @@ impl Replicator {
             progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_brings_the_referrers_of_each_child() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[{{"mediaType":"{}","digest":"{}","size":5}},{{"mediaType":"{}","digest":"{}","size":5}}]}}"#,
+            crate::manifest::OCI_INDEX,
+            crate::manifest::OCI_MANIFEST,
+            d('a'),
+            crate::manifest::OCI_MANIFEST,
+            d('b')
+        );
+        let m = Manifest::from_bytes(bytes::Bytes::from(index), None).expect("index");
+        assert_eq!(referrer_subjects(&m), [m.digest.clone(), d('a'), d('b')]);
+        let image = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"digest":"{}","size":2}},"layers":[]}}"#,
+            crate::manifest::OCI_MANIFEST,
+            d('c')
+        );
+        let m = Manifest::from_bytes(bytes::Bytes::from(image), None).expect("image");
+        assert_eq!(referrer_subjects(&m), vec![m.digest]);
     }
 }

@@ -210,3 +210,37 @@ async fn a_signature_pushed_after_its_image_follows_it_under_a_tag_filter() {
         "{v}"
     );
 }
+
+/// `cosign sign --recursive` signs each platform manifest of an index: the
+/// signatures of the children come along with the index, not only those of
+/// the index itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_of_each_platform_of_an_index_come_along() {
+    use harbor_relay::manifest::Manifest;
+    let w = World::new().await;
+    let repo = "library/multi-signed";
+    let index = TestIndex::random();
+    index.push(&w.src, repo, "1").await;
+    let child = &index.images[1];
+    let (blobs, sig_manifest, sig_digest) = signature_for(child);
+    for b in &blobs {
+        w.src.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let sig = Manifest::from_bytes(sig_manifest, None).expect("manifest");
+    let cosign_tag = format!("sha256-{}.sig", child.digest.trim_start_matches("sha256:"));
+    w.src
+        .put_manifest(repo, &Reference::Tag(cosign_tag.clone()), &sig)
+        .await
+        .expect("cosign tag of a child");
+
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay.push(push_event(repo, Some("1"), &index.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["referrers_copied"], 1, "{job}");
+    let on_target = w
+        .dst
+        .get_manifest(repo, &Reference::Tag(cosign_tag))
+        .await
+        .expect("the child's signature tag on the target");
+    assert_eq!(on_target.digest, sig_digest);
+}
