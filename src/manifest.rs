@@ -80,10 +80,33 @@ pub enum ManifestError {
 #[serde(rename_all = "camelCase")]
 struct Doc {
     media_type: Option<String>,
+    artifact_type: Option<String>,
     config: Option<Descriptor>,
     layers: Option<Vec<Descriptor>>,
     manifests: Option<Vec<Descriptor>>,
     subject: Option<Descriptor>,
+}
+
+/// The Harbor artifact type for a media type (see [`Manifest::harbor_type`]).
+fn harbor_type_of(media_type: &str) -> String {
+    match media_type {
+        OCI_INDEX | DOCKER_LIST => "image".into(),
+        "application/vnd.oci.image.config.v1+json"
+        | "application/vnd.docker.container.image.v1+json"
+        | "application/vnd.docker.distribution.manifest.v1+prettyjws" => "image".into(),
+        "application/vnd.cncf.helm.config.v1+json" => "chart".into(),
+        "application/vnd.cnab.manifest.v1" => "cnab".into(),
+        "application/vnd.wasm.config.v1+json" => "wasm".into(),
+        "application/vnd.goharbor.harbor.sbom.v1" => "sbom".into(),
+        "application/vnd.cncf.model.manifest.v1+json" => "cnai".into(),
+        other => other
+            .strip_prefix("application/vnd.")
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(_, r)| r.rsplit_once(".config."))
+            .filter(|(_, v)| v.ends_with("+json") && !v.contains('.'))
+            .map(|(t, _)| t.to_ascii_lowercase())
+            .unwrap_or_else(|| "unknown".into()),
+    }
 }
 
 /// `sha256:<hex>` of some bytes.
@@ -133,6 +156,28 @@ impl Manifest {
             .subject
             .map(|s| s.digest)
             .filter(|d| crate::reference::is_valid_digest(d))
+    }
+
+    /// The artifact's type as Harbor names it (lowercase): Harbor picks a
+    /// processor by the manifest's `artifactType`, else by its config's
+    /// media type, else by the manifest's own (`ResolveArtifactType` in
+    /// `src/pkg/artifact/model.go`; the processors under
+    /// `src/controller/artifact/processor/`): `image` (image configs,
+    /// indexes, manifest lists), `chart`, `cnab`, `wasm`, `sbom`, `cnai`;
+    /// for other `application/vnd.<vendor>.<type>.config.<v>+json` the
+    /// `<type>` (the default processor); else `unknown`.
+    pub fn harbor_type(&self) -> String {
+        let doc = parse(&self.digest, &self.bytes).ok();
+        let of = doc
+            .as_ref()
+            .and_then(|d| d.artifact_type.clone())
+            .or_else(|| {
+                doc.as_ref()
+                    .and_then(|d| d.config.as_ref())
+                    .map(|c| c.media_type.clone())
+            })
+            .unwrap_or_else(|| self.media_type.clone());
+        harbor_type_of(&of)
     }
 
     /// The manifest's children.
@@ -247,5 +292,40 @@ mod tests {
         );
         let m = Manifest::from_bytes(Bytes::from(bad), None).expect("parses");
         assert!(m.children().is_err());
+    }
+
+    #[test]
+    fn artifact_types_are_named_as_harbor_names_them() {
+        let with_config = |mt: &str| {
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{mt}","digest":"{}","size":2}},"layers":[]}}"#,
+                d('a')
+            );
+            Manifest::from_bytes(Bytes::from(body), None)
+                .expect("valid")
+                .harbor_type()
+        };
+        assert_eq!(
+            with_config("application/vnd.oci.image.config.v1+json"),
+            "image"
+        );
+        assert_eq!(
+            with_config("application/vnd.cncf.helm.config.v1+json"),
+            "chart"
+        );
+        assert_eq!(
+            with_config("application/vnd.caicloud.model.config.v1alpha1+json"),
+            "model"
+        );
+        assert_eq!(with_config("application/x-custom"), "unknown");
+        let index = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+        let m = Manifest::from_bytes(Bytes::from(index), None).expect("index");
+        assert_eq!(m.harbor_type(), "image");
+        let typed = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","artifactType":"application/vnd.wasm.config.v1+json","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{}","size":2}},"layers":[]}}"#,
+            d('a')
+        );
+        let m = Manifest::from_bytes(Bytes::from(typed), None).expect("typed");
+        assert_eq!(m.harbor_type(), "wasm");
     }
 }

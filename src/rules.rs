@@ -45,6 +45,8 @@ pub struct Plan {
     /// `subject`): set for an artifact pushed by digest under a rule that
     /// selects tags and copies referrers.
     pub referrer_only: bool,
+    /// Only artifacts of these Harbor types (`None`: every type).
+    pub artifact_types: Option<Vec<String>>,
 }
 
 /// The repository's path inside its project (`library/app` in `library`
@@ -198,6 +200,8 @@ impl Rule {
             referrers: self.config.referrers,
             platforms: self.config.platforms.clone(),
             referrer_only: false,
+            artifact_types: (!self.config.artifact_types.iter().any(|t| t == "*"))
+                .then(|| self.config.artifact_types.clone()),
         }
     }
 }

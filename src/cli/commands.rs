@@ -147,6 +147,13 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
         );
     }
     for p in &plans {
+        if let Some(types) = &p.artifact_types {
+            println!(
+                "rule '{}': only {} artifacts (artifact_types); decided from the manifest when the job runs",
+                p.rule,
+                types.join(", ")
+            );
+        }
         let harbor = config
             .registries
             .get(&p.to)
@@ -251,6 +258,7 @@ pub async fn replicate(
             platforms: None,
             event_digest: None,
             referrer_only: false,
+            artifact_types: None,
         })
         .await?;
     println!(

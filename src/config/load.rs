@@ -406,6 +406,7 @@ impl Loader<'_> {
             replicate_deletes: r.replicate_deletes.unwrap_or(false),
             referrers: r.referrers.unwrap_or(true),
             platforms: self.platforms(&key("platforms"), r.platforms)?,
+            artifact_types: self.artifact_types(&key("artifact_types"), r.artifact_types)?,
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })
@@ -460,6 +461,32 @@ impl Loader<'_> {
             return Err(self.invalid(key, "is empty; remove it to copy every platform"));
         }
         Ok(Some(list))
+    }
+
+    /// `rules[].artifact_types`: Harbor type names (lowercase) or `*`.
+    fn artifact_types(
+        &self,
+        key: &str,
+        raw: Option<Vec<String>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let list = raw.unwrap_or_else(|| vec!["*".into()]);
+        if list.is_empty() {
+            return Err(self.invalid(key, "is empty; remove it to copy every type"));
+        }
+        for t in &list {
+            let ok = t == "*"
+                || (!t.is_empty()
+                    && t.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+                    }));
+            if !ok {
+                return Err(self.invalid(
+                    key,
+                    format!("`{t}` is not a Harbor artifact type: use image, chart, cnab, wasm, sbom, … (lowercase) or \"*\""),
+                ));
+            }
+        }
+        Ok(list)
     }
 
     /// `rules[].reconcile_interval`: a duration of at least a second.

@@ -119,4 +119,5 @@ pub(super) struct RawRule {
     pub(super) referrers: Option<bool>,
     pub(super) platforms: Option<Vec<String>>,
     pub(super) reconcile_interval: Option<String>,
+    pub(super) artifact_types: Option<Vec<String>>,
 }

@@ -290,6 +290,10 @@ pub struct RuleConfig {
     pub platforms: Option<Vec<String>>,
     /// Compare source and target this often and repair the differences.
     pub reconcile_interval: Option<Duration>,
+    /// Harbor artifact types to copy (`image`, `chart`, `cnab`, `wasm`,
+    /// `sbom`, …, or `*`); referrers follow their subject whatever their
+    /// type.
+    pub artifact_types: Vec<String>,
 }
 
 impl RuleConfig {
@@ -310,6 +314,7 @@ impl RuleConfig {
             referrers: true,
             platforms: None,
             reconcile_interval: None,
+            artifact_types: vec!["*".into()],
         }
     }
 }

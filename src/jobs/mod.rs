@@ -127,6 +127,10 @@ pub struct JobSpec {
     /// Copy only if it is a referrer: see [`crate::rules::Plan::referrer_only`].
     #[serde(default)]
     pub referrer_only: bool,
+    /// Only artifacts of these Harbor types; see
+    /// [`crate::rules::Plan::artifact_types`].
+    #[serde(default)]
+    pub artifact_types: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -157,6 +161,7 @@ impl JobSpec {
             referrers: plan.referrers,
             platforms: plan.platforms,
             referrer_only: plan.referrer_only,
+            artifact_types: plan.artifact_types,
         }
     }
 
@@ -179,6 +184,7 @@ impl JobSpec {
             platforms: self.platforms.as_deref(),
             event_digest: self.digest.as_deref(),
             referrer_only: self.referrer_only,
+            artifact_types: self.artifact_types.as_deref(),
         }
     }
 

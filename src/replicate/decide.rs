@@ -62,6 +62,8 @@ pub struct Known<'a> {
     pub overwrite: bool,
     /// Copy only if the manifest is a referrer.
     pub referrer_only: bool,
+    /// The artifact's Harbor type is one the rule copies.
+    pub type_wanted: bool,
     /// The manifest has an OCI 1.1 `subject`.
     pub has_subject: bool,
     /// The digest to write (after a platform subset).
@@ -85,6 +87,9 @@ pub enum Next {
     AskTag,
     /// The target's tag already points at the digest: nothing to write.
     InSync,
+    /// Of a Harbor artifact type the rule does not copy (a referrer, with
+    /// a subject, follows its subject whatever its type): skip.
+    OtherType,
     /// `override = false` and the target's tag points elsewhere (at this
     /// digest): skip.
     KeepTheirs(String),
@@ -101,6 +106,9 @@ pub enum Next {
 pub fn next(k: &Known<'_>) -> Next {
     if k.referrer_only && !k.has_subject {
         return Next::NotAReferrer;
+    }
+    if !k.type_wanted && !k.has_subject {
+        return Next::OtherType;
     }
     let held_top = match k.held {
         Some((d, held)) if d == k.top => Some(held),
@@ -157,6 +165,7 @@ mod tests {
             tagged: true,
             overwrite: true,
             referrer_only: false,
+            type_wanted: true,
             has_subject: false,
             top: A,
             tag_asked: false,
@@ -310,6 +319,25 @@ mod tests {
             ..k
         };
         assert_eq!(next(&asked), Next::InSync);
+    }
+
+    #[test]
+    fn an_artifact_of_another_type_is_skipped_unless_it_is_a_referrer() {
+        let k = Known {
+            type_wanted: false,
+            ..known()
+        };
+        assert_eq!(next(&k), Next::OtherType);
+        let signature = Known {
+            has_subject: true,
+            ..k
+        };
+        assert_eq!(
+            next(&signature),
+            Next::Write {
+                manifest_there: Some(false)
+            }
+        );
     }
 
     #[test]

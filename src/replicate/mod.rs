@@ -94,6 +94,8 @@ pub struct CopyRequest<'a> {
     /// pushed by digest under a rule that selects tags); otherwise the job
     /// ends skipped, saying why.
     pub referrer_only: bool,
+    /// Only artifacts of these Harbor types (`None`: every type).
+    pub artifact_types: Option<&'a [String]>,
 }
 
 #[derive(Default)]
@@ -207,6 +209,10 @@ impl Replicator {
         .await?;
         let source_digest = source_top.digest.clone();
         let has_subject = source_top.subject().is_some();
+        let kind = source_top.harbor_type();
+        let type_wanted = req
+            .artifact_types
+            .is_none_or(|types| types.iter().any(|t| t == "*" || *t == kind));
         let (top, note) = self.subset(req, source_top)?;
         let mut tag_asked = asks.tag;
         let manifest_there = loop {
@@ -214,6 +220,7 @@ impl Replicator {
                 tagged,
                 overwrite: req.overwrite,
                 referrer_only: req.referrer_only,
+                type_wanted,
                 has_subject,
                 top: &top.digest,
                 tag_asked,
@@ -237,6 +244,14 @@ impl Replicator {
                     return skipped(format!(
                         "{}{} was pushed by digest and is not a referrer (no subject); the rule selects tags, so it is copied with its tagged push",
                         req.source_repository, req.reference
+                    ));
+                }
+                decide::Next::OtherType => {
+                    return skipped(format!(
+                        "{}{} is a {kind} artifact; the rule copies only {} (artifact_types)",
+                        req.source_repository,
+                        req.reference,
+                        req.artifact_types.unwrap_or_default().join(", ")
                     ));
                 }
                 decide::Next::KeepTheirs(there) => {

@@ -248,3 +248,60 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
     assert!(found >= 3, "{text}");
     assert!(text.contains("harbor_relay_reconcile_last_pass_timestamp_seconds{rule=\"catch-up\"}"));
 }
+
+/// `artifact_types` (Harbor's resource filter): a rule that takes only
+/// images leaves a Helm chart alone, saying why, and copies the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_types_select_images_and_leave_charts_alone() {
+    use harbor_relay::manifest::{Manifest, OCI_MANIFEST, sha256_digest};
+    let w = World::new().await;
+    let img = TestImage::pushed(&w.src, "library/app", &[5_000]).await;
+    // A Helm chart as `helm push` stores it: its own config media type.
+    let config = bytes::Bytes::from_static(br#"{"name":"app","version":"1.0.0"}"#);
+    let chart = random_bytes(3_000);
+    for b in [&config, &chart] {
+        w.src
+            .put_blob_bytes("library/app-chart", b.clone())
+            .await
+            .expect("blob");
+    }
+    let manifest = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", "digest": sha256_digest(&chart), "size": chart.len()}],
+        }))
+        .expect("json"),
+    );
+    let m = Manifest::from_bytes(manifest, None).expect("manifest");
+    w.src
+        .put_manifest("library/app-chart", &Reference::Tag("1.0.0".into()), &m)
+        .await
+        .expect("chart");
+
+    let config = w.config().replace(
+        "[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n",
+        "[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nartifact_types = [\"image\"]\n",
+    );
+    let relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("library/app-chart", Some("1.0.0"), &m.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    let skipped = job["skipped"].as_str().unwrap_or_default();
+    assert!(
+        skipped.contains("chart") && skipped.contains("artifact_types"),
+        "{job}"
+    );
+    assert!(
+        !w.dst
+            .has_manifest("library/app-chart", &m.digest)
+            .await
+            .expect("HEAD")
+    );
+    let ids = relay
+        .push(push_event("library/app", Some("1"), &img.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
+}

@@ -39,6 +39,7 @@ fn spec(tag: &str) -> JobSpec {
         referrers: true,
         platforms: None,
         referrer_only: false,
+        artifact_types: None,
     }
 }
 
