@@ -72,10 +72,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             api_guard,
         ));
     let mut r = Router::new()
-        .route("/webhooks/harbor", post(webhook::harbor_webhook))
+        .route(
+            "/webhooks/harbor",
+            post(webhook::harbor_webhook).fallback(only_post),
+        )
         .route(
             "/webhooks/distribution",
-            post(webhook::distribution_webhook),
+            post(webhook::distribution_webhook).fallback(only_post),
         )
         .merge(api)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -131,8 +134,47 @@ pub async fn run(
 /// How often the webhook rate limiter forgets addresses that are idle.
 const LIMITER_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Any method but `POST` on a webhook endpoint (someone trying the URL in
+/// a browser or with curl): `405` with `Allow: POST` and what to do.
+async fn only_post() -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this is a webhook endpoint: Harbor POSTs its events here (set it up in a project's Webhooks tab, or with `harbor-relay harbor register-webhook`); to look at the relay, GET /healthz or /api/v1/jobs",
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    r
+}
+
 /// Compares the presented `Authorization` header with the configured one
 /// in time that does not depend on where they differ.
+/// Why a presented `Authorization` header was refused, without echoing it
+/// or what was expected: missing, the `Bearer ` prefix missing or in another
+/// case, or simply not matching. Called only after [`authorized`] said no;
+/// the secret part is compared in constant time here too.
+fn why_refused(expected: &Secret, headers: &HeaderMap) -> &'static str {
+    let Some(presented) = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) else {
+        return "no Authorization header was sent";
+    };
+    let expected = expected.expose().as_bytes();
+    let split = |b: &'static [u8], v: &[u8]| -> Option<usize> {
+        (v.len() >= b.len() && v[..b.len()].eq_ignore_ascii_case(b)).then_some(b.len())
+    };
+    let prefix = b"Bearer ";
+    match (split(prefix, expected), split(prefix, presented)) {
+        (Some(n), None) if bool::from(presented.ct_eq(&expected[n..])) => {
+            "the header lacks the 'Bearer ' prefix that server.webhook_auth has"
+        }
+        (Some(n), Some(m))
+            if presented[..m] != expected[..n]
+                && bool::from(presented[m..].ct_eq(&expected[n..])) =>
+        {
+            "the header's 'Bearer' prefix is written in another case"
+        }
+        _ => "the header does not match server.webhook_auth",
+    }
+}
+
 fn authorized(expected: &Secret, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -215,4 +257,36 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         app.metrics.render(&app.live.get().registries),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(v: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = v {
+            h.insert(header::AUTHORIZATION, v.parse().expect("header"));
+        }
+        h
+    }
+
+    #[test]
+    fn a_refused_webhook_header_is_explained_without_echoing_it() {
+        let s = Secret::new("Bearer s3cret");
+        assert_eq!(
+            why_refused(&s, &with(None)),
+            "no Authorization header was sent"
+        );
+        assert!(why_refused(&s, &with(Some("s3cret"))).contains("lacks the 'Bearer ' prefix"));
+        assert!(why_refused(&s, &with(Some("bearer s3cret"))).contains("another case"));
+        for wrong in ["Bearer nope", "bearer nope", "nope"] {
+            let why = why_refused(&s, &with(Some(wrong)));
+            assert_eq!(
+                why, "the header does not match server.webhook_auth",
+                "{wrong}"
+            );
+        }
+        assert!(authorized(&s, &with(Some("Bearer s3cret"))));
+    }
 }

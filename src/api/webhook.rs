@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, MAX_WEBHOOK_BYTES, authorized, error};
+use super::{AppState, MAX_WEBHOOK_BYTES, authorized, error, why_refused};
 use crate::event::{self, EventKind, Format, Parsed};
 
 fn format_of(headers: &HeaderMap) -> Option<Format> {
@@ -81,10 +81,18 @@ async fn receive(
             .auth_failures
             .with_label_values(&["webhook"])
             .inc();
-        tracing::warn!("webhook refused: missing or wrong Authorization header");
+        let why = why_refused(secret, &parts.headers);
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        tracing::warn!(%client, reason = why, "webhook refused: wrong Authorization header");
         return Err(error(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong Authorization header: it must equal the webhook's auth header configured in Harbor",
+            format!(
+                "{why}: the Authorization header Harbor sends (the webhook's Auth Header) must equal server.webhook_auth"
+            ),
         ));
     }
     let Some(format) = format else {

@@ -49,10 +49,36 @@ async fn refused_webhooks_get_precise_answers_and_store_nothing() {
             .expect("error")
             .contains("Authorization")
     );
-    let (s, _) = relay
+    let (s, v) = relay
         .webhook(good.clone(), "application/json", Some("Bearer wrong"))
         .await;
     assert_eq!(s, 401);
+    assert!(
+        !v.to_string().contains("wrong"),
+        "the header is not echoed: {v}"
+    );
+    // The secret without its scheme: a common slip in Harbor's form.
+    let bare = WEBHOOK_SECRET.trim_start_matches("Bearer ");
+    let (s, v) = relay
+        .webhook(good.clone(), "application/json", Some(bare))
+        .await;
+    assert_eq!(s, 401);
+    assert!(
+        v["error"]
+            .as_str()
+            .expect("error")
+            .contains("'Bearer ' prefix"),
+        "{v}"
+    );
+
+    // Someone tries the URL in a browser: 405, and what the endpoint is for.
+    let r = reqwest::get(format!("{}/webhooks/harbor", relay.url))
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let body = r.text().await.expect("body");
+    assert!(body.contains("POSTs its events here"), "{body}");
 
     let (s, v) = relay
         .webhook(good.clone(), "text/plain", Some(WEBHOOK_SECRET))
@@ -119,7 +145,8 @@ async fn refused_webhooks_get_precise_answers_and_store_nothing() {
     let text = metrics.as_str().expect("text");
     assert!(
         text.contains(
-            "harbor_relay_webhooks_received_total{format=\"default\",outcome=\"unauthorized\"} 2"
+            // missing, wrong, and without its "Bearer " prefix
+            "harbor_relay_webhooks_received_total{format=\"default\",outcome=\"unauthorized\"} 3"
         ),
         "{text}"
     );
