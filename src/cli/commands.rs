@@ -120,8 +120,15 @@ pub async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Re
 }
 
 pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
-    let config = Config::load(&path)?;
-    let image = reference::parse_image(&image)?;
+    // Rules need no credentials and no network.
+    let config = Config::load_without_secrets(&path)?;
+    let image = match registry_host(&image) {
+        Some((host, rest)) => {
+            println!("(ignoring the registry host '{host}': rules match the repository)");
+            reference::parse_image(rest)?
+        }
+        None => reference::parse_image(&image)?,
+    };
     let Some((project, _)) = image.repository.split_once('/') else {
         bail!(
             "'{}' has no project: Harbor repositories are <project>/<name>",
@@ -173,6 +180,13 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
         println!("nothing would be replicated");
     }
     Ok(())
+}
+
+/// A leading registry host in an image reference (`harbor.example.com/…`,
+/// `10.0.0.5:5000/…`, `localhost/…`), as docker tells hosts from paths.
+fn registry_host(image: &str) -> Option<(&str, &str)> {
+    let (first, rest) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some((first, rest))
 }
 
 pub async fn check(path: PathBuf) -> anyhow::Result<()> {

@@ -54,10 +54,18 @@ pub async fn run(
     token: Option<String>,
     action: JobsAction,
 ) -> anyhow::Result<()> {
-    let base = match (url, config) {
+    let base = match (&url, &config) {
         (Some(u), _) => u.trim_end_matches('/').to_string(),
-        (None, Some(c)) => harbor_relay::config::api_url(&c)?,
+        (None, Some(c)) => harbor_relay::config::api_url(c)?,
         (None, None) => "http://127.0.0.1:8080".to_string(),
+    };
+    // The daemon's own token, read from its config as the daemon reads it
+    // (api_token or api_token_file, CREDENTIALS_DIRECTORY included), unless
+    // one was given.
+    let token = match (token, &config) {
+        (Some(t), _) => Some(t),
+        (None, Some(c)) => harbor_relay::config::api_token(c)?.map(|s| s.expose().to_string()),
+        (None, None) => None,
     };
     let api = Api {
         http: reqwest::Client::builder()

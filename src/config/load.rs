@@ -15,6 +15,9 @@ pub(super) struct Loader<'a> {
     pub(super) file: &'a Path,
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
     pub(super) inline: std::cell::RefCell<Vec<String>>,
+    /// Leave every secret out (no environment variable or file read for
+    /// one): for commands that need the rules, not the credentials.
+    pub(super) without_secrets: bool,
 }
 
 impl Loader<'_> {
@@ -69,6 +72,9 @@ impl Loader<'_> {
         inline: Option<String>,
         file: Option<String>,
     ) -> Result<Option<Secret>, ConfigError> {
+        if self.without_secrets {
+            return Ok(None);
+        }
         let file_key = format!("{key}_file");
         let name = key.rsplit('.').next().unwrap_or(key);
         let value = match (inline, file) {

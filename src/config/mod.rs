@@ -140,18 +140,69 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::parse(text).map_err(|e| parse_error(file, text, "", &e))?;
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            parse_error(file, text, &key, e.inner())
+        Self::parse_with(file, text, env, false)
+    }
+
+    /// Reads and validates a configuration file without its secrets: no
+    /// password, token or webhook secret is looked up (they are `None`).
+    /// For commands that need the rules and registries but never call
+    /// anyone, such as `rules test`, so they run in a shell without the
+    /// daemon's credentials.
+    pub fn load_without_secrets(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
         })?;
+        Self::parse_with(file, &text, &|name| std::env::var(name).ok(), true)
+    }
+
+    fn parse_with(
+        file: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        without_secrets: bool,
+    ) -> Result<Config, ConfigError> {
+        let raw = parse_raw(file, text)?;
         Loader {
             file,
             env,
             inline: Default::default(),
+            without_secrets,
         }
         .build(raw)
     }
+}
+
+/// The jobs API token of the daemon running with this config file
+/// (`server.api_token` or `api_token_file`, through `${VAR}` and
+/// `CREDENTIALS_DIRECTORY` as the daemon reads it), without loading the
+/// rest: what `harbor-relay jobs --config` sends.
+pub fn api_token(file: &Path) -> Result<Option<Secret>, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let raw = parse_raw(file, &text)?;
+    Loader {
+        file,
+        env: &|name| std::env::var(name).ok(),
+        inline: Default::default(),
+        without_secrets: false,
+    }
+    .secret(
+        "server.api_token",
+        raw.server.api_token,
+        raw.server.api_token_file,
+    )
+}
+
+/// The file as written, every key known.
+fn parse_raw(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| parse_error(file, text, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        parse_error(file, text, &key, e.inner())
+    })
 }
 
 /// "line L, column C: KEY: what is wrong", from the parser's error.

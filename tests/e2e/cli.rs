@@ -103,8 +103,15 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
     relay.wait_success(ids[0]).await;
     assert_image_on(&w.dst, "library/late", &img, Some("1")).await;
 
-    // The config file is enough to find the daemon.
+    // The config file is enough to find the daemon, and its api_token to
+    // be let in: no token exported by hand.
     let cfg = relay.config_path.to_str().expect("utf-8").to_string();
+    let out = relay_cmd(&["jobs", "--config", &cfg, "list", "--state", "failed"]);
+    assert!(
+        out.status.success(),
+        "the CLI did not use the config's api_token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = relay_cmd_env(&["jobs", "--config", &cfg, "show", &id], &with_token);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -120,5 +127,36 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
         String::from_utf8_lossy(&out.stderr).contains("only failed jobs can be retried"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `rules test` needs no secrets and no network: it runs in a shell that
+/// has none of the daemon's credentials, and takes an image reference as
+/// people copy it, registry host included.
+#[test]
+fn rules_test_needs_no_secrets_and_ignores_a_registry_host() {
+    let file = ConfigFile::new(
+        "[server]\nwebhook_auth = \"${HARBOR_RELAY_TEST_UNSET_SECRET}\"\n[registries.external]\nurl = \"https://harbor.example.com\"\nusername = \"robot$relay\"\npassword = \"${HARBOR_RELAY_TEST_UNSET_PASSWORD}\"\n[registries.integrated]\nurl = \"https://192.0.2.10\"\nusername = \"admin\"\npassword_file = \"/nonexistent/integrated.password\"\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\n",
+    );
+    let out = relay_cmd(&[
+        "rules",
+        "test",
+        "--config",
+        file.path.as_str(),
+        "harbor.example.com/tkgs-demo/app:1.0",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ignoring the registry host 'harbor.example.com'"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("external/tkgs-demo/app:1.0 -> integrated/tkgs-demo/app:1.0"),
+        "{stdout}"
     );
 }
