@@ -394,6 +394,16 @@ impl Loader<'_> {
             Ok(v)
         };
         let projects = list("projects", r.projects, &["**"])?;
+        if let Some(p) = projects.iter().find(|p| p.contains('/')) {
+            return Err(self.invalid(
+                key("projects"),
+                format!(
+                    "`{p}`: a project name has no '/'; to pick repositories inside a project, use `repositories` (e.g. projects = [\"{}\"], repositories = [\"{}\"])",
+                    p.split('/').next().unwrap_or(p),
+                    p.split_once('/').map(|(_, r)| if r.is_empty() { "**" } else { r }).unwrap_or("**")
+                ),
+            ));
+        }
         let tags = list("tags", r.tags, &["**"])?;
         let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
         let repositories = list("repositories", r.repositories, &["**"])?;

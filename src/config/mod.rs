@@ -219,8 +219,35 @@ fn parse_error(file: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
         message.push_str(": ");
     }
     message.push_str(e.message().trim());
+    if let Some(hint) = parse_hint(text, key, e) {
+        message.push_str("; ");
+        message.push_str(&hint);
+    }
     ConfigError::Parse {
         file: file.to_path_buf(),
         message,
     }
+}
+
+/// What the usual slips behind a parse error are, and the fix: `[rules]`
+/// written for `[[rules]]`, and a duration or size left unquoted.
+fn parse_hint(text: &str, key: &str, e: &toml::de::Error) -> Option<String> {
+    if key == "rules" && e.message().contains("sequence") {
+        return Some(
+            "rules are a list of tables: write each as [[rules]] (two brackets), not [rules]"
+                .into(),
+        );
+    }
+    let span = e.span()?;
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (k, v) = line.split_once('=')?;
+    let (k, v) = (k.trim(), v.trim());
+    let unquoted_unit = v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars().any(|c| c.is_ascii_alphabetic())
+        && !v.starts_with(['"', '\'']);
+    unquoted_unit
+        .then(|| format!("`{k}`: durations and sizes are strings in quotes: {k} = \"{v}\""))
 }

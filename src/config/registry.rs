@@ -59,12 +59,22 @@ impl Loader<'_> {
     fn registry_url(&self, name: &str, raw: &str) -> Result<url::Url, ConfigError> {
         let key = |k: &str| format!("registries.{name}.{k}");
         let url_text = self.expand(&key("url"), raw)?;
-        let url = url::Url::parse(&url_text)
-            .map_err(|e| self.invalid(key("url"), format!("`{url_text}` is not a URL: {e}")))?;
+        let url = url::Url::parse(&url_text).map_err(|e| {
+            let hint = if url_text.contains("://") {
+                String::new()
+            } else {
+                format!("; write it with its scheme: https://{url_text}")
+            };
+            self.invalid(key("url"), format!("`{url_text}` is not a URL: {e}{hint}"))
+        })?;
         if url.scheme() != "https" && url.scheme() != "http" {
             return Err(self.invalid(
                 key("url"),
-                format!("`{url_text}`: scheme must be https:// or http://"),
+                if url_text.contains("://") {
+                    format!("`{url_text}`: scheme must be https:// or http://")
+                } else {
+                    format!("`{url_text}` has no scheme: write https://{url_text} (or http:// for a plain-HTTP registry)")
+                },
             ));
         }
         if url.host_str().is_none_or(str::is_empty) {

@@ -333,3 +333,24 @@ fn bad_target_project_is_refused() {
     let e = error_of(&text);
     assert!(e.contains("rules[0].target_project"), "{e}");
 }
+
+#[test]
+fn the_usual_slips_get_the_fix_in_their_message() {
+    let e = error_of(&GOOD.replace("[[rules]]", "[rules]"));
+    assert!(e.contains("[[rules]]"), "{e}");
+    let e = error_of(&GOOD.replace(
+        "tls = { insecure_skip_verify = true }",
+        "tls = { insecure_skip_verify = true }\nstall_timeout = 60s",
+    ));
+    assert!(e.contains("stall_timeout = \"60s\""), "{e}");
+    let e = error_of(&GOOD.replace("https://harbor.local:8443", "harbor.local:8443"));
+    assert!(e.contains("https://harbor.local:8443"), "{e}");
+    let e = error_of(&GOOD.replace(
+        "projects = [\"library\", \"team-*\"]",
+        "projects = [\"library/\"]",
+    ));
+    assert!(
+        e.contains("rules[0].projects") && e.contains("repositories"),
+        "{e}"
+    );
+}
