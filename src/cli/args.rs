@@ -160,11 +160,17 @@ pub enum JobsAction {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Print the API's JSON instead, for scripts.
+        #[arg(long)]
+        json: bool,
     },
-    /// Show one job in full (JSON).
+    /// Show one job: its timeline, attempts, blobs, bytes and last error.
     Show {
         /// The job id.
         id: u64,
+        /// Print the API's JSON instead, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Queue a failed job again.
     Retry {

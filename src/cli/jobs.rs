@@ -76,7 +76,7 @@ pub async fn run(
     };
     let base = &api.base;
     match action {
-        JobsAction::List { state, limit } => {
+        JobsAction::List { state, limit, json } => {
             let mut req = api
                 .http
                 .get(format!("{base}/api/v1/jobs"))
@@ -85,13 +85,21 @@ pub async fn run(
                 req = req.query(&[("state", s)]);
             }
             let list: JobList = api.call(req).await?;
-            print_list(&list.jobs);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list.jobs)?);
+            } else {
+                print!("{}", list_table(&list.jobs));
+            }
         }
-        JobsAction::Show { id } => {
+        JobsAction::Show { id, json } => {
             let job: JobView = api
                 .call(api.http.get(format!("{base}/api/v1/jobs/{id}")))
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&job)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&job)?);
+            } else {
+                print!("{}", show(&job));
+            }
         }
         JobsAction::Retry { id } => {
             let job: JobView = api
@@ -103,23 +111,176 @@ pub async fn run(
     Ok(())
 }
 
-fn print_list(jobs: &[JobView]) {
-    println!(
-        "{:>6}  {:<9}  {:>3}  {:<20}  {:<50}  LAST ERROR",
-        "ID", "STATE", "TRY", "RULE", "SOURCE -> TARGET"
-    );
-    for j in jobs {
-        println!(
-            "{:>6}  {:<9}  {:>3}  {:<20}  {:<50}  {}",
-            j.id,
-            j.state,
-            j.attempts,
-            j.rule,
-            format!("{} -> {}", j.source, j.target),
-            j.last_error.as_deref().unwrap_or("")
-        );
-    }
+/// Bytes as people read them.
+fn size(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+/// The job list as a table whose columns line up with their header.
+fn list_table(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
-        println!("(no jobs)");
+        return "(no jobs)\n".into();
+    }
+    let rows: Vec<[String; 8]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.id.to_string(),
+                j.state.clone(),
+                j.attempts.to_string(),
+                j.rule.clone(),
+                format!("{} -> {}", j.source, j.target),
+                size(j.bytes_copied),
+                j.duration_seconds
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
+                j.last_error
+                    .as_deref()
+                    .or(j.skipped.as_deref())
+                    .unwrap_or("")
+                    .chars()
+                    .take(120)
+                    .collect(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "STATE",
+        "TRY",
+        "RULE",
+        "SOURCE -> TARGET",
+        "BYTES",
+        "TIME",
+        "LAST ERROR / NOTE",
+    ];
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 8]| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            if i == cells.len() - 1 {
+                out.push_str(c);
+            } else if i == 0 || i == 2 || i == 5 || i == 6 {
+                out.push_str(&format!("{c:>w$}  "));
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header);
+    for r in &rows {
+        out.push_str(&line(r.each_ref().map(String::as_str)));
+    }
+    out
+}
+
+/// One job, for a person: what, where it is, when, what it moved, why it
+/// failed.
+fn show(j: &JobView) -> String {
+    let mut out = format!("job {}: {} ({})\n", j.id, j.state, j.action);
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
+    row("rule", j.rule.clone());
+    row("source", j.source.clone());
+    row("target", j.target.clone());
+    if let Some(d) = &j.digest {
+        row("digest", d.clone());
+    }
+    row(
+        "attempts",
+        format!(
+            "{} (folded in: {} more deliveries)",
+            j.attempts, j.coalesced
+        ),
+    );
+    for (k, v) in [
+        ("created", &j.created_at),
+        ("started", &j.started_at),
+        ("finished", &j.finished_at),
+        ("next try", &j.next_attempt_at),
+    ] {
+        if let Some(v) = v {
+            row(k, v.clone());
+        }
+    }
+    if let Some(s) = j.duration_seconds {
+        row("took", format!("{s:.2}s"));
+    }
+    row(
+        "blobs",
+        format!(
+            "{} copied, {} already there, {} mounted, {} resumed",
+            j.blobs_copied, j.blobs_skipped, j.blobs_mounted, j.blobs_resumed
+        ),
+    );
+    row("bytes", size(j.bytes_copied));
+    row(
+        "manifests",
+        format!(
+            "{} written, {} referrers copied",
+            j.manifests_copied, j.referrers_copied
+        ),
+    );
+    for (k, v) in [
+        ("skipped", &j.skipped),
+        ("note", &j.note),
+        ("last error", &j.last_error),
+    ] {
+        if let Some(v) = v {
+            row(k, v.clone());
+        }
+    }
+    if j.state == "failed" {
+        row("retry with", format!("harbor-relay jobs retry {}", j.id));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, error: Option<&str>) -> JobView {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "state": if error.is_some() { "failed" } else { "succeeded" },
+            "action": "copy", "rule": "tanzu",
+            "source": "external/library/app:1", "target": "integrated/library/app:1",
+            "source_registry": "external", "source_repository": "library/app",
+            "target_registry": "integrated", "target_repository": "library/app",
+            "reference": "1", "event_digest": null, "attempts": 1, "coalesced": 0,
+            "created_at": "2026-11-30T10:00:00.000Z", "started_at": null, "finished_at": null,
+            "next_attempt_at": null, "duration_seconds": 1.25, "digest": null,
+            "bytes_copied": 3_500_000, "blobs_copied": 2, "blobs_skipped": 0, "blobs_mounted": 0,
+            "blobs_resumed": 0, "manifests_copied": 1, "referrers_copied": 0, "deleted": false,
+            "skipped": null, "note": null, "last_error": error,
+        }))
+        .expect("view")
+    }
+
+    #[test]
+    fn the_list_lines_up_and_shows_bytes_and_time() {
+        let t = list_table(&[job(7, None), job(1234, Some("registry 'integrated': boom"))]);
+        let lines: Vec<&str> = t.lines().collect();
+        let col = |l: &str, what: &str| l.find(what).expect(what);
+        assert_eq!(col(lines[0], "STATE"), col(lines[1], "succeeded"));
+        assert_eq!(col(lines[0], "STATE"), col(lines[2], "failed"));
+        assert!(
+            lines[1].contains("3.3 MiB") && lines[1].contains("1.2s"),
+            "{t}"
+        );
+        assert!(lines[2].ends_with("registry 'integrated': boom"), "{t}");
+    }
+
+    #[test]
+    fn show_reads_as_a_record_with_the_retry_line() {
+        let s = show(&job(9, Some("boom")));
+        assert!(s.starts_with("job 9: failed (copy)"), "{s}");
+        assert!(s.contains("bytes        3.3 MiB"), "{s}");
+        assert!(s.contains("harbor-relay jobs retry 9"), "{s}");
     }
 }

@@ -112,7 +112,10 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
         "the CLI did not use the config's api_token: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = relay_cmd_env(&["jobs", "--config", &cfg, "show", &id], &with_token);
+    let out = relay_cmd_env(
+        &["jobs", "--config", &cfg, "show", &id, "--json"],
+        &with_token,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -120,6 +123,17 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");
+    // Without --json, a record a person reads.
+    let out = relay_cmd(&["jobs", "--config", &cfg, "show", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("job {id}: succeeded")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("blobs") && stdout.contains("bytes"),
+        "{stdout}"
+    );
     // Retrying a job that succeeded is refused with the reason.
     let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
     assert!(!out.status.success());
