@@ -120,6 +120,9 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         return skip_rest(out, &["push"]);
     }
     let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
+    if (reg.is_harbor || reg.create_projects) && !check_harbor(reg, &client, &rules, out).await {
+        return skip_rest(out, &["push"]);
+    }
     for rule in &rules {
         check_push(reg, &client, rule, out).await;
     }
@@ -259,6 +262,47 @@ fn check_api(
         }
     }
 
+    true
+}
+
+/// A Harbor target: that it is a Harbor (its version), and for each rule's
+/// target project the same project API a job uses (`create_projects`);
+/// false if the registry is not a Harbor.
+async fn check_harbor(
+    reg: &RegistryConfig,
+    client: &Registry,
+    rules: &[&RuleConfig],
+    out: &mut Report,
+) -> bool {
+    match crate::harbor::version(client).await {
+        Ok(v) => out.add("harbor", Status::Ok, format!("Harbor {v}")),
+        Err(e) => {
+            out.add("harbor", Status::Fail, e.to_string());
+            return false;
+        }
+    }
+    for rule in rules {
+        for project in target_projects(rule) {
+            match crate::harbor::project_exists(client, &project).await {
+                Ok(true) => out.add(
+                    "harbor",
+                    Status::Ok,
+                    format!("rule '{}': project '{project}' exists", rule.name),
+                ),
+                Ok(false) if reg.create_projects => out.add(
+                    "harbor",
+                    Status::Ok,
+                    format!("rule '{}': project '{project}' will be created at the first push (create_projects; needs a system admin or a system-level robot with project:create)", rule.name),
+                ),
+                Ok(false) => out.add(
+                    "harbor",
+                    Status::Fail,
+                    format!("rule '{}': project '{project}' does not exist: create it on the target, or set create_projects = true", rule.name),
+                ),
+                Err(e) => out.add("harbor", Status::Fail, format!("rule '{}': {e}", rule.name)),
+            }
+        }
+    }
     true
 }
 

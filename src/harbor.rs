@@ -39,21 +39,43 @@ impl ProjectCache {
     }
 }
 
+/// The Harbor version (`GET /api/v2.0/systeminfo`, which Harbor answers
+/// without login): also the proof that the registry is a Harbor at all.
+pub async fn version(registry: &Registry) -> Result<String, RegistryError> {
+    let what = "reading Harbor's version (is it a Harbor?)";
+    let path = "/api/v2.0/systeminfo";
+    let resp = registry.api(what, Method::GET, path, None).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(api_error(registry, resp, what, (Method::GET, path)).await);
+    }
+    let body = registry.read_body(resp, 1 << 20, what).await?;
+    let info: serde_json::Value = decode(registry, &body, what)?;
+    info["harbor_version"]
+        .as_str()
+        .map(crate::registry::cut)
+        .ok_or_else(|| RegistryError::Other {
+            registry: registry.name().to_string(),
+            what: what.to_string(),
+            detail: "GET /api/v2.0/systeminfo answered without a harbor_version: this registry is not a Harbor (check its `kind` and `create_projects`)".into(),
+        })
+}
+
+/// Whether a project exists (`HEAD /api/v2.0/projects?project_name=`).
+pub async fn project_exists(registry: &Registry, project: &str) -> Result<bool, RegistryError> {
+    let what = format!("checking project '{project}'");
+    let path = format!("/api/v2.0/projects?project_name={project}");
+    let resp = registry.api(&what, Method::HEAD, &path, None).await?;
+    match resp.status() {
+        StatusCode::OK => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(api_error(registry, resp, &what, (Method::HEAD, &path)).await),
+    }
+}
+
 /// Makes sure a project exists; returns true if it was created.
 pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, RegistryError> {
-    let what = format!("checking project '{project}'");
-    let resp = registry
-        .api(
-            &what,
-            Method::HEAD,
-            &format!("/api/v2.0/projects?project_name={project}"),
-            None,
-        )
-        .await?;
-    match resp.status() {
-        StatusCode::OK => return Ok(false),
-        StatusCode::NOT_FOUND => {}
-        _ => return Err(registry.error_from(resp, &what).await),
+    if project_exists(registry, project).await? {
+        return Ok(false);
     }
     let what = format!("creating project '{project}'");
     let resp = registry
@@ -75,7 +97,7 @@ pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, 
             what,
             detail: "403: creating projects needs a system admin or a system-level robot account with project:create (a project robot cannot)".into(),
         }),
-        _ => Err(registry.error_from(resp, &what).await),
+        _ => Err(api_error(registry, resp, &what, (Method::POST, "/api/v2.0/projects")).await),
     }
 }
 
@@ -190,7 +212,7 @@ pub async fn last_deliveries(
     );
     let resp = registry.api(&what, Method::GET, &path, None).await?;
     if resp.status() != StatusCode::OK {
-        return Err(api_error(registry, resp, &what, &path).await);
+        return Err(api_error(registry, resp, &what, (Method::GET, &path)).await);
     }
     let body = registry.read_body(resp, 4 << 20, &what).await?;
     let list: Vec<serde_json::Value> = decode(registry, &body, &what)?;
@@ -318,7 +340,7 @@ async fn paged(
             )
             .await?;
         if resp.status() != StatusCode::OK {
-            return Err(api_error(registry, resp, what, path_with_query).await);
+            return Err(api_error(registry, resp, what, (Method::GET, path_with_query)).await);
         }
         let left = max_bytes.saturating_sub(bytes).min(16 << 20);
         let body = registry.read_body(resp, left, what).await?;
@@ -350,7 +372,7 @@ async fn api_error(
     registry: &Registry,
     resp: reqwest::Response,
     what: &str,
-    path: &str,
+    (method, path): (Method, &str),
 ) -> RegistryError {
     if resp.status() == StatusCode::FORBIDDEN && path.contains("/webhook/policies") {
         let robot = registry.username().is_some_and(|u| u.starts_with("robot$"));
@@ -365,7 +387,41 @@ async fn api_error(
             detail: detail.into(),
         };
     }
-    registry.error_from(resp, what).await
+    let status = resp.status();
+    let path_only = path.split('?').next().unwrap_or(path);
+    if status == StatusCode::NOT_FOUND {
+        let cause = if path_only.ends_with("/systeminfo") {
+            "this registry is not a Harbor (check its `kind` and `create_projects`)"
+        } else if method == Method::POST && path_only.ends_with("/projects") {
+            "this registry has no Harbor API: create_projects needs a Harbor (check its `kind`)"
+        } else if path_only.contains("/repositories/") {
+            "the repository does not exist"
+        } else if path_only.contains("/webhook/policies/") {
+            "the policy is not in this project"
+        } else {
+            "the project does not exist, or this registry is not a Harbor (check its `kind` in the config)"
+        };
+        return RegistryError::Status {
+            registry: registry.name().to_string(),
+            what: what.to_string(),
+            status: 404,
+            detail: format!("404 from {method} {path_only}: {cause}"),
+        };
+    }
+    match registry.error_from(resp, what).await {
+        RegistryError::Status {
+            registry,
+            what,
+            status,
+            detail,
+        } => RegistryError::Status {
+            registry,
+            what,
+            status,
+            detail: format!("{method} {path_only}: {detail}"),
+        },
+        other => other,
+    }
 }
 
 /// What [`register_webhook`] did.
@@ -400,7 +456,7 @@ pub async fn register_webhook(
                 .api(&what, Method::PUT, &format!("{base}/{id}"), Some(body))
                 .await?;
             if !resp.status().is_success() {
-                return Err(api_error(registry, resp, &what, &base).await);
+                return Err(api_error(registry, resp, &what, (Method::PUT, &base)).await);
             }
             return Ok(Registered::Updated(id));
         }
@@ -421,7 +477,7 @@ pub async fn register_webhook(
             }
             // Created meanwhile: find it and update it.
             StatusCode::CONFLICT => continue,
-            _ => return Err(api_error(registry, resp, &what, &base).await),
+            _ => return Err(api_error(registry, resp, &what, (Method::POST, &base)).await),
         }
     }
     Err(RegistryError::Other {

@@ -393,3 +393,41 @@ async fn a_robot_on_harbor_2_8_is_told_why_it_may_not_register_the_webhook() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `create_projects = true` on a registry that is not a Harbor: `check`
+/// fails where the job would (the project API), instead of saying `push`
+/// is fine; on a Harbor it reports its version and each target project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exercises_the_project_api_a_job_depends_on() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let plain = RegistryProc::start(None, Auth::None).await;
+    let config = |target_url: &str| {
+        ConfigFile::new(&format!(
+            "{}[registries.integrated]\nurl = \"{target_url}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\ncreate_projects = true\n\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\n",
+            registry_toml("external", &source.url, None, ""),
+        ))
+    };
+    let file = config(&plain.url);
+    let out = relay_cmd(&["check", "--config", file.path.as_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("harbor") && l.contains("integrated"))
+        .unwrap_or_else(|| panic!("no harbor row:\n{stdout}"));
+    assert!(
+        row.contains("FAIL") && row.contains("not a Harbor"),
+        "{row}"
+    );
+
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let file = config(harbor.url());
+    let out = relay_cmd(&["check", "--config", file.path.as_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Harbor v2.14.0"), "{stdout}");
+    assert!(
+        stdout.contains("project 'tkgs-demo' will be created at the first push"),
+        "{stdout}"
+    );
+}

@@ -273,6 +273,16 @@ async fn update_policy(
     StatusCode::OK.into_response()
 }
 
+/// `GET /api/v2.0/systeminfo`, answered without login (GetSystemInfo in
+/// src/server/v2.0/handler/systeminfo.go), with the version played.
+async fn systeminfo(State(st): State<St>) -> Response {
+    let (major, minor) = *st.version.lock().expect("version");
+    axum::Json(
+        json!({"harbor_version": format!("v{major}.{minor}.0-fake"), "auth_mode": "db_auth"}),
+    )
+    .into_response()
+}
+
 /// `GET …/webhook/policies/{id}/executions` (ListExecutionsOfWebhookPolicy
 /// in src/server/v2.0/handler/webhook.go: the policy must be in the
 /// project, paged, X-Total-Count).
@@ -489,6 +499,7 @@ impl FakeHarbor {
                     .get(list_projects)
                     .post(create_project),
             )
+            .route("/api/v2.0/systeminfo", get(systeminfo))
             .route(
                 "/api/v2.0/projects/{project}/repositories",
                 get(list_repositories),
