@@ -214,6 +214,15 @@ async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
     assert_image_on(&dst, "team-a/platform/api", &a, Some("stable")).await;
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 tags checked, 0 differ"));
+    // Without --rule: every rule with a reconcile_interval; here none has
+    // one, so it says which rules exist.
+    let out = relay_cmd(&["reconcile", "--config", cfg, "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no rule has reconcile_interval") && stderr.contains("teams"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,9 +74,9 @@ pub enum Command {
         /// The configuration file.
         #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
         config: PathBuf,
-        /// The rule's name.
+        /// The rule's name [default: every rule with a reconcile_interval].
         #[arg(long)]
-        rule: String,
+        rule: Option<String>,
         /// Only print the differences.
         #[arg(long)]
         dry_run: bool,

@@ -54,18 +54,52 @@ pub async fn register_webhook(
     Ok(())
 }
 
-pub async fn reconcile(path: PathBuf, rule: String, dry_run: bool) -> anyhow::Result<()> {
+pub async fn reconcile(path: PathBuf, rule: Option<String>, dry_run: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
-    let Some(rule) = rules.get(&rule) else {
-        let names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+    let names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+    let chosen: Vec<&harbor_relay::rules::Rule> = match &rule {
+        Some(name) => match rules.get(name) {
+            Some(r) => vec![r],
+            None => bail!(
+                "no rule '{name}' in {} (rules: {})",
+                path.display(),
+                names.join(", ")
+            ),
+        },
+        // Without --rule: every rule that reconciles on its own.
+        None => rules
+            .iter()
+            .filter(|r| r.config.reconcile_interval.is_some())
+            .collect(),
+    };
+    if chosen.is_empty() {
         bail!(
-            "no rule '{rule}' in {} (rules: {})",
-            path.display(),
+            "no rule has reconcile_interval; name one with --rule (rules: {})",
             names.join(", ")
         );
-    };
+    }
     let registries = daemon::registries(&config)?;
+    let mut failed = 0;
+    for rule in chosen {
+        if let Err(e) = reconcile_rule(&config, &registries, rule, dry_run).await {
+            failed += 1;
+            eprintln!("rule '{}': {e:#}", rule.config.name);
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} rule(s) failed");
+    }
+    Ok(())
+}
+
+async fn reconcile_rule(
+    config: &Config,
+    registries: &std::collections::HashMap<String, harbor_relay::registry::Registry>,
+    rule: &harbor_relay::rules::Rule,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    println!("rule '{}':", rule.config.name);
     let (Some(source), Some(target)) = (
         registries.get(&rule.config.from),
         registries.get(&rule.config.to),

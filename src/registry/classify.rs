@@ -24,6 +24,17 @@ impl Transport {
                 detail,
             };
         }
+        if status.as_u16() == 400 && self.base.starts_with("http://") && speaks_tls(&body) {
+            return RegistryError::Status {
+                registry,
+                what,
+                status: 400,
+                detail: format!(
+                    "answered 400: registry '{}' speaks TLS on this port; write its url as https:// (and pin its CA with tls.ca_file if its certificate is self-signed)",
+                    self.name
+                ),
+            };
+        }
         let detail = registry_message(&body);
         match status.as_u16() {
             401 | 403 => RegistryError::Unauthorized {
@@ -168,6 +179,14 @@ fn registry_message(body: &[u8]) -> Option<String> {
     (!text.is_empty()).then(|| text.chars().take(300).collect())
 }
 
+/// True for the answer a TLS server gives a plain-HTTP request (Go's
+/// net/http: "Client sent an HTTP request to an HTTPS server."; nginx: "The
+/// plain HTTP request was sent to HTTPS port").
+fn speaks_tls(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    text.contains("HTTPS server") || text.contains("HTTPS port")
+}
+
 /// A Harbor policy that refused a write, in words that say which and how
 /// to change it, read from Harbor's error envelope:
 /// - `412 PRECONDITION` "… configured as immutable" from the immutable-tag
@@ -239,6 +258,17 @@ mod tests {
         let denied = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
         assert_eq!(harbor_refusal(403, denied), None);
         assert_eq!(harbor_refusal(412, b"not json"), None);
+    }
+
+    #[test]
+    fn a_tls_server_answering_plain_http_is_recognised() {
+        assert!(speaks_tls(
+            b"Client sent an HTTP request to an HTTPS server.\n"
+        ));
+        assert!(speaks_tls(
+            b"<html>The plain HTTP request was sent to HTTPS port</html>"
+        ));
+        assert!(!speaks_tls(br#"{"errors":[{"code":"UNSUPPORTED"}]}"#));
     }
 
     #[test]
