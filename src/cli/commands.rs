@@ -288,6 +288,13 @@ pub async fn replicate(
     let Some(target) = registries.get(&to) else {
         bail!("no registry '{to}' in {}", path.display());
     };
+    if source.is_harbor() && !image.repository.contains('/') {
+        bail!(
+            "'{}' has no project: on a Harbor every repository is <project>/<name> (e.g. library/{})",
+            image.repository,
+            image.repository
+        );
+    }
     let started = Instant::now();
     let replicator = Replicator::new(
         config.jobs.blob_concurrency,

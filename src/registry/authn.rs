@@ -147,7 +147,11 @@ impl Transport {
                 return Err(RegistryError::Unauthorized {
                     registry: self.name.clone(),
                     what: what.to_string(),
-                    detail: format!("the token service answered {}", resp.status()),
+                    detail: format!(
+                        "the token service answered {}; sent as user '{}'",
+                        resp.status(),
+                        self.username.as_deref().unwrap_or("(none)")
+                    ),
                 });
             }
             _ => return Err(self.status_error(resp, &token_what).await),

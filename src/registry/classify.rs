@@ -41,8 +41,12 @@ impl Transport {
                 registry,
                 what,
                 detail: format!(
-                    "{status}{}",
-                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                    "{status}{}; sent as {}",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default(),
+                    match &self.username {
+                        Some(u) => format!("user '{u}'"),
+                        None => "anonymous (no username configured)".to_string(),
+                    }
                 ),
             },
             404 => RegistryError::NotFound { registry, what },

@@ -86,6 +86,10 @@ async fn token_auth_target_and_basic_auth_source() {
     eprintln!("last_error: {err}");
     assert!(err.contains("access denied"), "{err}");
     assert!(
+        err.contains(&format!("sent as user '{USER}'")),
+        "the user name sent is named: {err}"
+    );
+    assert!(
         !err.contains("wrong"),
         "password leaked into the error: {err}"
     );
