@@ -38,9 +38,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "building harbor-relay"
-cargo build --quiet --bin harbor-relay
-RELAY=target/debug/harbor-relay
+# An existing binary is used as it is (HARBOR_RELAY_BIN, else a release
+# build already made); otherwise a debug build is made, which is quicker.
+if [ -n "${HARBOR_RELAY_BIN:-}" ]; then
+  RELAY=$HARBOR_RELAY_BIN
+elif [ -x target/release/harbor-relay ]; then
+  RELAY=target/release/harbor-relay
+  say "using the release binary $RELAY (rebuild it with cargo build --release if the sources changed)"
+else
+  say "building harbor-relay"
+  cargo build --quiet --bin harbor-relay
+  RELAY=target/debug/harbor-relay
+fi
 
 say "making a CA and a certificate for the 'integrated' registry (127.0.0.1)"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=demo integrated Harbor CA" \

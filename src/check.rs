@@ -79,7 +79,7 @@ impl Report {
 
 /// Runs every check for every configured registry, in config order.
 pub async fn run(config: &Config) -> Vec<Row> {
-    let mut rows = Vec::new();
+    let mut rows = file_rows(config);
     for (name, reg) in &config.registries {
         let mut report = Report {
             rows: Vec::new(),
@@ -89,6 +89,44 @@ pub async fn run(config: &Config) -> Vec<Row> {
         rows.extend(report.rows);
     }
     rows
+}
+
+/// The config file and each pinned CA must be readable by the service's
+/// user: the systemd unit runs as a `DynamicUser`, not as the root who
+/// wrote them (a `umask 077` left over from writing the secrets makes them
+/// 0600 root).
+fn file_rows(config: &Config) -> Vec<Row> {
+    let mut files = vec![("config".to_string(), config.file.clone())];
+    for (name, reg) in &config.registries {
+        if let TlsMode::Pinned { file, .. } = &reg.tls {
+            files.push((name.clone(), file.clone()));
+        }
+    }
+    let mut rows = Vec::new();
+    for (who, path) in files {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !readable_by_others(std::os::unix::fs::PermissionsExt::mode(&meta.permissions())) {
+            rows.push(Row {
+                registry: who,
+                check: "file",
+                status: Status::Warn,
+                detail: format!(
+                    "{} is not readable by other users (mode {:o}): the systemd unit's DynamicUser cannot read it; install it with -m 0644 (it holds no secret)",
+                    path.display(),
+                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
+                ),
+            });
+        }
+    }
+    rows
+}
+
+/// True if a file with this mode can be read by a user who neither owns it
+/// nor is in its group.
+fn readable_by_others(mode: u32) -> bool {
+    mode & 0o004 != 0
 }
 
 async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report) {
@@ -603,6 +641,14 @@ impl rustls::client::danger::ServerCertVerifier for ShowAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_others_read_bit_counts() {
+        assert!(readable_by_others(0o100644));
+        assert!(readable_by_others(0o444));
+        assert!(!readable_by_others(0o100600));
+        assert!(!readable_by_others(0o640));
+    }
 
     #[test]
     fn target_projects_only_when_literal() {

@@ -49,7 +49,14 @@ fn main() -> std::process::ExitCode {
     } else {
         LogFormat::Text
     });
-    init_logging(format, log.level.as_deref());
+    // `check` prints a table on stdout; its verdicts already say why a
+    // certificate is not trusted, so the TLS verifier's own error lines
+    // would only break the table up on a terminal.
+    let level = match (&cli.command, log.level.as_deref()) {
+        (Command::Check { .. }, None) => Some("warn,rustls_platform_verifier=off,rustls=off"),
+        (_, level) => level,
+    };
+    init_logging(format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -174,3 +174,24 @@ fn rules_test_needs_no_secrets_and_ignores_a_registry_host() {
         "{stdout}"
     );
 }
+
+/// A config left 0600 root by a `umask 077` cannot be read by the unit's
+/// DynamicUser: `check` says so before the service fails to start.
+#[test]
+fn check_warns_about_a_config_other_users_cannot_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = ConfigFile::new(
+        "[registries.external]\nurl = \"http://127.0.0.1:9\"\n[registries.integrated]\nurl = \"http://127.0.0.1:9\"\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n",
+    );
+    std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let out = relay_cmd(&["check", "--config", file.path.as_str()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.contains("file"))
+        .unwrap_or_else(|| panic!("no file row:\n{stdout}"));
+    assert!(
+        row.contains("WARN") && row.contains("not readable by other users") && row.contains("600"),
+        "{row}"
+    );
+}
