@@ -26,6 +26,7 @@ fn hostile_client(url: &str, limits: RegistryLimits) -> Registry {
         create_projects: false,
         is_harbor: false,
         token_realm_hosts: vec![],
+        password_note: None,
     })
     .expect("client")
 }

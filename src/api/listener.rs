@@ -300,7 +300,10 @@ pub async fn serve(
             };
             let served = async {
                 match acceptor {
-                    None => serve_connection(&builder, io, svc, stop).await,
+                    None => {
+                        notice_tls_on_plain(&io.inner, peer).await;
+                        serve_connection(&builder, io, svc, stop).await
+                    }
                     Some(acceptor) => {
                         match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
                             Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
@@ -326,6 +329,21 @@ pub async fn serve(
         conns.abort_all();
     }
     Ok(())
+}
+
+/// A client that starts a TLS handshake on the plain-HTTP listener (Harbor
+/// told `https://` while `server.tls_cert` is not set): said once in the
+/// log with the peer, later ones at debug level. The byte is only peeked.
+async fn notice_tls_on_plain(stream: &tokio::net::TcpStream, peer: std::net::SocketAddr) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    let mut first = [0u8; 1];
+    if matches!(stream.peek(&mut first).await, Ok(1)) && first[0] == 0x16 {
+        if SAID.swap(true, Ordering::Relaxed) {
+            tracing::debug!(%peer, "a TLS handshake on the plain-HTTP listener");
+        } else {
+            tracing::warn!(%peer, "a client started a TLS handshake on the plain-HTTP listener: its URL says https:// but server.tls_cert is not set; use http:// in Harbor's webhook, or set server.tls_cert and server.tls_key");
+        }
+    }
 }
 
 /// Serves one connection until it ends, or finishes its open requests

@@ -18,6 +18,9 @@ pub(super) struct Loader<'a> {
     /// Leave every secret out (no environment variable or file read for
     /// one): for commands that need the rules, not the credentials.
     pub(super) without_secrets: bool,
+    /// Remarks about secrets read from files, by key (e.g. trailing
+    /// whitespace), for the error a refused login gets.
+    pub(super) notes: std::cell::RefCell<BTreeMap<String, String>>,
 }
 
 impl Loader<'_> {
@@ -99,6 +102,13 @@ impl Loader<'_> {
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| self.invalid(&file_key, format!("cannot read {path}: {e}")))?;
                 let v = text.trim_end_matches(['\n', '\r']).to_string();
+                let one_newline_less = text.strip_suffix('\n').unwrap_or(&text);
+                if one_newline_less.ends_with(char::is_whitespace) {
+                    self.notes.borrow_mut().insert(
+                        key.to_string(),
+                        format!("{path} ends in whitespace other than one newline (trailing newlines and carriage returns are dropped, spaces and tabs are kept)"),
+                    );
+                }
                 if v.is_empty() {
                     return Err(self.invalid(&file_key, format!("{path} is empty")));
                 }

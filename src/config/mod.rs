@@ -168,6 +168,7 @@ impl Config {
             env,
             inline: Default::default(),
             without_secrets,
+            notes: Default::default(),
         }
         .build(raw)
     }
@@ -188,6 +189,7 @@ pub fn api_token(file: &Path) -> Result<Option<Secret>, ConfigError> {
         env: &|name| std::env::var(name).ok(),
         inline: Default::default(),
         without_secrets: false,
+        notes: Default::default(),
     }
     .secret(
         "server.api_token",

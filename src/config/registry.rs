@@ -42,6 +42,7 @@ impl Loader<'_> {
             limits,
             create_projects: r.create_projects.unwrap_or(false),
             token_realm_hosts,
+            password_note: self.notes.borrow().get(&key("password")).cloned(),
             is_harbor: match r.kind.as_deref() {
                 None | Some("registry") => false,
                 Some("harbor") => true,

@@ -354,3 +354,28 @@ fn the_usual_slips_get_the_fix_in_their_message() {
         "{e}"
     );
 }
+
+#[test]
+fn a_password_file_with_trailing_whitespace_is_noted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clean = dir.path().join("clean");
+    let spaced = dir.path().join("spaced");
+    std::fs::write(&clean, "s3cret\n").expect("write");
+    std::fs::write(&spaced, "s3cret \n").expect("write");
+    let with_file = |f: &std::path::Path| {
+        parse(&GOOD.replace(
+            "password = \"${PW}\"",
+            &format!("password_file = \"{}\"", f.display()),
+        ))
+        .expect("valid")
+    };
+    let c = with_file(&clean);
+    assert_eq!(c.registries["integrated"].password_note, None);
+    let c = with_file(&spaced);
+    let note = c.registries["integrated"]
+        .password_note
+        .clone()
+        .expect("note");
+    assert!(note.contains("ends in whitespace"), "{note}");
+    assert!(!note.contains("s3cret"), "the secret is not in the note");
+}

@@ -199,6 +199,9 @@ pub struct RegistryConfig {
     /// serve its token realm (Docker Hub's `auth.docker.io`). A realm
     /// anywhere else never receives the credentials.
     pub token_realm_hosts: Vec<String>,
+    /// A remark about the password as read (e.g. its file ends in
+    /// whitespace), told when the registry refuses the login.
+    pub password_note: Option<String>,
 }
 
 /// Per-registry limits and upload settings.

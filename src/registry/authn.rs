@@ -148,9 +148,13 @@ impl Transport {
                     registry: self.name.clone(),
                     what: what.to_string(),
                     detail: format!(
-                        "the token service answered {}; sent as user '{}'",
+                        "the token service answered {}; sent as user '{}'{}",
                         resp.status(),
-                        self.username.as_deref().unwrap_or("(none)")
+                        self.username.as_deref().unwrap_or("(none)"),
+                        self.password_note
+                            .as_ref()
+                            .map(|n| format!("; note: the password file {n}"))
+                            .unwrap_or_default()
                     ),
                 });
             }

@@ -41,12 +41,16 @@ impl Transport {
                 registry,
                 what,
                 detail: format!(
-                    "{status}{}; sent as {}",
+                    "{status}{}; sent as {}{}",
                     detail.map(|d| format!(": {d}")).unwrap_or_default(),
                     match &self.username {
                         Some(u) => format!("user '{u}'"),
                         None => "anonymous (no username configured)".to_string(),
-                    }
+                    },
+                    self.password_note
+                        .as_ref()
+                        .map(|n| format!("; note: the password file {n}"))
+                        .unwrap_or_default()
                 ),
             },
             404 => RegistryError::NotFound { registry, what },

@@ -54,6 +54,8 @@ pub(super) struct Transport {
     pub(super) http: Client,
     pub(super) username: Option<String>,
     pub(super) password: Option<Secret>,
+    /// See [`RegistryConfig::password_note`].
+    pub(super) password_note: Option<String>,
     pub(super) challenge: Mutex<Option<Challenge>>,
     pub(super) tokens: Mutex<TokenCache>,
     not_before: Mutex<Option<Instant>>,
@@ -194,6 +196,7 @@ impl Transport {
             http,
             username: cfg.username.clone(),
             password: cfg.password.clone(),
+            password_note: cfg.password_note.clone(),
             challenge: Mutex::new(None),
             tokens: Mutex::new(TokenCache::default()),
             not_before: Mutex::new(None),

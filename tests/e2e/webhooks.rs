@@ -202,3 +202,29 @@ async fn a_plain_registry_drives_the_relay_with_its_notifications() {
         "{metrics}"
     );
 }
+
+/// Harbor configured with https:// for a relay that serves plain HTTP:
+/// the relay's log says what is wrong, with the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_on_the_plain_listener_is_named_in_the_log() {
+    use tokio::io::AsyncWriteExt as _;
+    let w = World::new().await;
+    let relay = Relay::start(&w.config()).await;
+    let addr = relay.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    // The start of a TLS ClientHello record.
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00])
+        .await
+        .expect("write");
+    let wait = Deadline::new(Duration::from_secs(10));
+    while !relay
+        .logs()
+        .contains("TLS handshake on the plain-HTTP listener")
+    {
+        wait.tick(|| format!("nothing in the log:\n{}", relay.logs()))
+            .await;
+    }
+    assert!(relay.logs().contains("127.0.0.1"), "the peer is named");
+}

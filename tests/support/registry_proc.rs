@@ -185,6 +185,7 @@ pub fn client(url: &str, user: Option<(&str, &str)>, tls: TlsMode) -> Registry {
         create_projects: false,
         is_harbor: false,
         token_realm_hosts: token_realm_hosts(url),
+        password_note: None,
     })
     .expect("client")
 }
