@@ -195,3 +195,28 @@ fn check_warns_about_a_config_other_users_cannot_read() {
         "{row}"
     );
 }
+
+/// `replicate` of a name without a project from a Harbor: said at once,
+/// with the fix, instead of a "manifest not found" from the registry.
+#[test]
+fn replicate_of_a_name_without_a_project_says_so() {
+    let file = ConfigFile::new(
+        "[registries.external]\nurl = \"http://127.0.0.1:9\"\nkind = \"harbor\"\n[registries.integrated]\nurl = \"http://127.0.0.1:9\"\n",
+    );
+    let out = relay_cmd(&[
+        "replicate",
+        "--config",
+        file.path.as_str(),
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        "nginx:1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("has no project") && stderr.contains("library/nginx"),
+        "{stderr}"
+    );
+}
