@@ -84,6 +84,21 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
             None => serve(Config::load(&config)?).await,
         },
         Command::Check { config } => check(config).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "harbor-relay",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         Command::Healthcheck { url } => {
             let resp = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(3))

@@ -109,6 +109,15 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell),
+    /// e.g. `harbor-relay completions bash > /etc/bash_completion.d/harbor-relay`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), made from these same definitions:
+    /// `harbor-relay man > harbor-relay.1`.
+    Man,
 }
 
 #[derive(Subcommand)]

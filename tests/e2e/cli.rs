@@ -220,3 +220,38 @@ fn replicate_of_a_name_without_a_project_says_so() {
         "{stderr}"
     );
 }
+
+/// Completions and the man page come from the same clap definitions as the
+/// command line itself; the bash script is valid bash.
+#[test]
+fn completions_and_man_page_are_generated_from_the_cli() {
+    let out = relay_cmd(&["completions", "bash"]);
+    assert!(out.status.success());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("harbor-relay.bash");
+    std::fs::write(&script, &out.stdout).expect("write");
+    let syntax = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for sub in ["serve", "check", "replicate", "reconcile", "completions"] {
+        assert!(text.contains(sub), "{sub} missing from the bash completion");
+    }
+    let zsh = relay_cmd(&["completions", "zsh"]);
+    assert!(String::from_utf8_lossy(&zsh.stdout).starts_with("#compdef harbor-relay"));
+
+    let man = relay_cmd(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH harbor-relay 1"), "{page}");
+    for sub in ["serve", "check", "jobs", "reconcile"] {
+        assert!(page.contains(sub), "{sub} missing from the man page");
+    }
+}
