@@ -66,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             readiness,
             // One client sends them all here: no per-client limit.
             limiter: None,
+            started: std::time::Instant::now(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);

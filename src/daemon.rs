@@ -99,6 +99,7 @@ pub async fn run_reloadable(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         limiter: api::webhook_limiter(config.server.webhook_rate_limit),
+        started: std::time::Instant::now(),
     });
     let metrics_server = metrics_listener.map(|l| {
         tokio::spawn(api::serve(

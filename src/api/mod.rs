@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 
 mod jobs_api;
 mod listener;
+mod page;
 mod webhook;
 pub use listener::{
     ConnLimits, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, TlsSlot, serve,
@@ -57,6 +58,8 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Webhooks per client address (`server.webhook_rate_limit`).
     pub limiter: Option<WebhookLimiter>,
+    /// When the daemon started, for the status page's uptime.
+    pub started: std::time::Instant,
 }
 
 /// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),
@@ -82,7 +85,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .merge(api)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/", get(page::front))
+        .route("/jobs/{id}", get(page::job));
     if state.live.get().config.server.metrics_listen.is_none() {
         r = r.route("/metrics", get(metrics));
     }

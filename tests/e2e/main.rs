@@ -9,6 +9,7 @@ mod auth_tls;
 mod cli;
 mod copy;
 mod lifecycle;
+mod page;
 mod referrers;
 mod rules;
 mod webhooks;

@@ -1,0 +1,281 @@
+//! The status page: `GET /` (what the relay is doing, at a glance) and
+//! `GET /jobs/{id}` (one job). Server-rendered HTML (`maud` escapes every
+//! value, including names and errors that came from webhooks and
+//! registries), no script but a meta refresh, the same data as
+//! `/api/v1/*`, and never a secret.
+//!
+//! With `server.api_token` set the pages ask for it the way a browser can
+//! answer: HTTP Basic, any user name, the token as the password (or the
+//! API's `Authorization: Bearer`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use maud::{DOCTYPE, Markup, html};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::jobs::{JobState, JobView};
+
+/// Failed jobs shown on the front page.
+const FAILURES_SHOWN: usize = 10;
+
+/// True if the request may see the pages: no token configured, or the
+/// token as a Bearer token or as the password of Basic auth.
+fn allowed(app: &AppState, headers: &HeaderMap) -> bool {
+    let live = app.live.get();
+    let Some(token) = live.config.server.api_token.as_ref() else {
+        return true;
+    };
+    let expected = token.expose().as_bytes();
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let presented: Vec<u8> = if let Some(b) = value.strip_prefix("Bearer ") {
+        b.as_bytes().to_vec()
+    } else if let Some(b) = value.strip_prefix("Basic ") {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else {
+            return false;
+        };
+        match raw.iter().position(|&c| c == b':') {
+            Some(i) => raw[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    bool::from(presented.ct_eq(expected))
+}
+
+fn ask_for_token() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"harbor-relay: any user name, the api_token as password\"",
+        )],
+        "this relay has server.api_token set: give it as the password (any user name)\n",
+    )
+        .into_response()
+}
+
+fn layout(title: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta http-equiv="refresh" content="10";
+                    title { (title) }
+                    style { (maud::PreEscaped(STYLE)) }
+                }
+                body {
+                    header { a href="/" { "harbor-relay" } " " span.muted { (env!("CARGO_PKG_VERSION")) } }
+                    (body)
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{padding:.25em .8em;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}\
+.muted{color:#777}.failed{color:#b00020}.ok{color:#1b5e20}code{background:#f4f4f4;padding:.1em .3em}h2{margin-top:1.2em}";
+
+/// `GET /`: jobs by state, running jobs, the last failures, rules, registries.
+pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !allowed(&app, &headers) {
+        return ask_for_token();
+    }
+    let live = app.live.get();
+    let running = app
+        .store
+        .list(Some(JobState::Running), 50)
+        .unwrap_or_default();
+    let failed = app
+        .store
+        .list(Some(JobState::Failed), FAILURES_SHOWN)
+        .unwrap_or_default();
+    let finished = |rule: &str, outcome: &str| {
+        app.metrics
+            .jobs_finished
+            .with_label_values(&[rule, outcome])
+            .get()
+    };
+    let rules: Vec<&crate::config::RuleConfig> = live.config.rules.iter().collect();
+    let total = |outcome: &str| -> u64 { rules.iter().map(|r| finished(&r.name, outcome)).sum() };
+    let when = |secs: f64| {
+        if secs <= 0.0 {
+            "never".to_string()
+        } else {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs),
+            )
+            .to_string()
+        }
+    };
+    let mut registries: Vec<(&String, &crate::registry::Registry)> =
+        live.registries.iter().collect();
+    registries.sort_by_key(|(n, _)| n.as_str());
+    let uptime = humantime::format_duration(std::time::Duration::from_secs(
+        app.started.elapsed().as_secs(),
+    ));
+    let body = html! {
+        p.muted { "up " (uptime) " · refreshes every 10 s · " a href="/api/v1/jobs" { "JSON" } }
+        h2 { "Jobs" }
+        table {
+            tr { th { "queued" } th { "running" } th { "retrying" } th { "succeeded" } th { "failed" } }
+            tr {
+                td { (app.store.queued()) } td { (app.store.running()) } td { (app.store.retrying()) }
+                td.ok { (total("succeeded")) } td.failed { (total("failed")) }
+            }
+        }
+        p.muted { "succeeded and failed: since the relay started" }
+        h2 { "Running" }
+        @if running.is_empty() { p.muted { "nothing is being copied" } }
+        @else {
+            table {
+                tr { th { "job" } th { "source → target" } th { "attempt" } th { "started" } }
+                @for j in running.iter().map(JobView::from) {
+                    tr {
+                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
+                        td { (j.source) " → " (j.target) }
+                        td { (j.attempts) }
+                        td { (j.started_at.unwrap_or_default()) }
+                    }
+                }
+            }
+        }
+        h2 { "Last failures" }
+        @if failed.is_empty() { p.muted { "none" } }
+        @else {
+            table {
+                tr { th { "job" } th { "source → target" } th { "error" } th { "retry" } }
+                @for j in failed.iter().map(JobView::from) {
+                    tr {
+                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
+                        td { (j.source) " → " (j.target) }
+                        td.failed { (j.last_error.unwrap_or_default()) }
+                        td { code { "harbor-relay jobs retry " (j.id) } }
+                    }
+                }
+            }
+        }
+        h2 { "Rules" }
+        table {
+            tr { th { "rule" } th { "from → to" } th { "succeeded" } th { "failed" } th { "last success" } th { "last reconcile" } }
+            @for r in &rules {
+                tr {
+                    td { (r.name) }
+                    td { (r.from) " → " (r.to) }
+                    td { (finished(&r.name, "succeeded")) }
+                    td { (finished(&r.name, "failed")) }
+                    td { (when(app.metrics.last_success.with_label_values(&[r.name.as_str()]).get())) }
+                    td { @if r.reconcile_interval.is_some() {
+                        (when(app.metrics.reconcile_last_pass.with_label_values(&[r.name.as_str()]).get()))
+                    } @else { span.muted { "off" } } }
+                }
+            }
+        }
+        h2 { "Registries" }
+        table {
+            tr { th { "registry" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
+            @for (name, reg) in &registries {
+                @let s = reg.stats();
+                tr {
+                    td { (name) }
+                    td { (live.config.registries.get(*name).map(|c| c.url.to_string()).unwrap_or_default()) }
+                    td { (s.requests.load(std::sync::atomic::Ordering::Relaxed)) }
+                    td { (s.retries.load(std::sync::atomic::Ordering::Relaxed)) }
+                    td { (s.throttled.load(std::sync::atomic::Ordering::Relaxed)) }
+                    td { (s.errors.load(std::sync::atomic::Ordering::Relaxed)) }
+                }
+            }
+        }
+    };
+    layout("harbor-relay", body).into_response()
+}
+
+/// `GET /jobs/{id}`: one job's record.
+pub(super) async fn job(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !allowed(&app, &headers) {
+        return ask_for_token();
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return (StatusCode::BAD_REQUEST, "a job id is a number\n").into_response();
+    };
+    match app.store.get(id) {
+        Ok(Some(j)) => layout(&format!("job {id}"), job_body(&JobView::from(&j))).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The record of one job.
+fn job_body(j: &JobView) -> Markup {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".into());
+    html! {
+        h2 { "Job " (j.id) ": " span class=(if j.state == "failed" { "failed" } else { "" }) { (j.state) } }
+        table {
+            tr { th { "rule" } td { (j.rule) } }
+            tr { th { "action" } td { (j.action) } }
+            tr { th { "source" } td { (j.source) } }
+            tr { th { "target" } td { (j.target) } }
+            tr { th { "digest" } td { (opt(&j.digest)) } }
+            tr { th { "attempts" } td { (j.attempts) " (deliveries folded in: " (j.coalesced) ")" } }
+            tr { th { "created" } td { (opt(&j.created_at)) } }
+            tr { th { "started" } td { (opt(&j.started_at)) } }
+            tr { th { "finished" } td { (opt(&j.finished_at)) } }
+            tr { th { "next attempt" } td { (opt(&j.next_attempt_at)) } }
+            tr { th { "blobs" } td { (j.blobs_copied) " copied, " (j.blobs_skipped) " already there, " (j.blobs_mounted) " mounted, " (j.blobs_resumed) " resumed" } }
+            tr { th { "bytes" } td { (bytesize::ByteSize::b(j.bytes_copied).display().iec()) } }
+            tr { th { "manifests" } td { (j.manifests_copied) " written, " (j.referrers_copied) " referrers" } }
+            @if let Some(s) = &j.skipped { tr { th { "skipped" } td { (s) } } }
+            @if let Some(n) = &j.note { tr { th { "note" } td { (n) } } }
+            @if let Some(e) = &j.last_error { tr { th { "last error" } td.failed { (e) } } }
+        }
+        @if j.state == "failed" { p { "Retry: " code { "harbor-relay jobs retry " (j.id) } } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_from_webhooks_and_registries_are_escaped() {
+        let hostile = "<script>alert(1)</script>\"'&";
+        let j: JobView = serde_json::from_value(serde_json::json!({
+            "id": 3, "state": "failed", "action": "copy", "rule": hostile,
+            "source": format!("external/{hostile}"), "target": "integrated/x:1",
+            "source_registry": "external", "source_repository": hostile,
+            "target_registry": "integrated", "target_repository": "x",
+            "reference": "1", "event_digest": null, "attempts": 1, "coalesced": 0,
+            "created_at": null, "started_at": null, "finished_at": null,
+            "next_attempt_at": null, "duration_seconds": null, "digest": null,
+            "bytes_copied": 0, "blobs_copied": 0, "blobs_skipped": 0, "blobs_mounted": 0,
+            "blobs_resumed": 0, "manifests_copied": 0, "referrers_copied": 0, "deleted": false,
+            "skipped": null, "note": hostile, "last_error": format!("registry said {hostile}"),
+        }))
+        .expect("view");
+        let page = layout("t", job_body(&j)).0;
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("harbor-relay jobs retry 3"));
+    }
+}
