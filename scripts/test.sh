@@ -5,7 +5,8 @@
 # On a fresh Debian machine it first installs what the tests need: the CNCF
 # distribution registry (Debian `docker-registry`), `promtool` (Debian
 # `prometheus`), `systemd-analyze` (Debian `systemd`), headless Chromium
-# (Debian `chromium`, for the status page), and the Kubernetes
+# (Debian `chromium`, for the status page), `lintian` (for the package),
+# and the Kubernetes
 # schema checker `kubernetes-validate` and `hadolint` (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,11 @@ command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
-# The status page is checked in a real browser.
+# The status page is checked in a real browser; the Debian package with
+# lintian.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v lintian >/dev/null || missing+=(lintian)
+command -v dpkg-deb >/dev/null || missing+=(dpkg)
 apt_install "${missing[@]}"
 if [ ! -x /usr/bin/docker-registry ]; then
   echo "docker-registry is still missing; install it with: apt-get install -y docker-registry" >&2

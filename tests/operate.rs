@@ -725,3 +725,101 @@ async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
         .expect("POST");
     assert_eq!(hook.status(), 404);
 }
+
+/// The Debian package (scripts/package.sh): its control fields, its files
+/// where an admin expects them, the config a conffile, no lintian error, and
+/// the unit as installed passing `systemd-analyze verify`.
+#[test]
+fn the_debian_package_installs_what_an_admin_expects() {
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let (ok, out, err) = run(std::process::Command::new("bash")
+        .arg(repo_file("scripts/package.sh"))
+        .env("HARBOR_RELAY_BIN", env!("CARGO_BIN_EXE_harbor-relay"))
+        .env("HARBOR_RELAY_DEB_OUT", out_dir.path()));
+    assert!(ok, "package.sh failed:\n{out}{err}");
+    let deb = std::path::PathBuf::from(out.trim().lines().last().expect("the .deb path"));
+    let field = |f: &str| {
+        let (_, v, _) = run(std::process::Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg(f));
+        v.trim().to_string()
+    };
+    assert_eq!(field("Package"), "harbor-relay");
+    assert_eq!(field("Architecture"), "amd64");
+    assert!(field("Version").starts_with(env!("CARGO_PKG_VERSION")));
+    assert!(field("Depends").contains("libc6"));
+
+    let (_, listing, _) = run(std::process::Command::new("dpkg-deb").arg("-c").arg(&deb));
+    for path in [
+        "./usr/bin/harbor-relay",
+        "./lib/systemd/system/harbor-relay.service",
+        "./etc/harbor-relay/harbor-relay.toml",
+        "./etc/harbor-relay/credentials/",
+        "./usr/share/harbor-relay/alerts.yml",
+        "./usr/share/harbor-relay/harbor-relay.json",
+        "./usr/share/man/man1/harbor-relay.1.gz",
+        "./usr/share/bash-completion/completions/harbor-relay",
+        "./usr/share/zsh/vendor-completions/_harbor-relay",
+        "./usr/share/doc/harbor-relay/copyright",
+    ] {
+        assert!(listing.contains(path), "{path} missing:\n{listing}");
+    }
+    assert!(
+        listing.contains("drwx------ root/root"),
+        "credentials/ is 0700:\n{listing}"
+    );
+
+    let meta = tempfile::tempdir().expect("tempdir");
+    run(std::process::Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(meta.path()));
+    let conffiles = std::fs::read_to_string(meta.path().join("conffiles")).expect("conffiles");
+    assert_eq!(conffiles.trim(), "/etc/harbor-relay/harbor-relay.toml");
+    let postinst = std::fs::read_to_string(meta.path().join("postinst")).expect("postinst");
+    assert!(postinst.contains("daemon-reload") && !postinst.contains("enable"));
+    let postrm = std::fs::read_to_string(meta.path().join("postrm")).expect("postrm");
+    assert!(
+        postrm.contains("\"$1\" = \"purge\""),
+        "the store goes only on purge"
+    );
+
+    let (_, lint, lint_err) = run(tool("lintian", "apt-get install lintian")
+        .args(["--fail-on", "error"])
+        .arg(&deb));
+    assert!(
+        !lint.lines().any(|l| l.starts_with("E:")),
+        "lintian errors:\n{lint}{lint_err}"
+    );
+
+    // Unpacked as dpkg would install it: the unit verifies against the
+    // binary it ships.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    run(std::process::Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(scratch.path()));
+    let bin = scratch.path().join("usr/bin/harbor-relay");
+    let (ok, version, _) = run(std::process::Command::new(&bin).arg("version"));
+    assert!(
+        ok && version.contains(env!("CARGO_PKG_VERSION")),
+        "{version}"
+    );
+    let unit = std::fs::read_to_string(
+        scratch
+            .path()
+            .join("lib/systemd/system/harbor-relay.service"),
+    )
+    .expect("unit")
+    .replace("/usr/bin/harbor-relay", bin.to_str().expect("utf-8"));
+    let unit_path = scratch.path().join("harbor-relay.service");
+    std::fs::write(&unit_path, unit).expect("write unit");
+    let (ok, out, err) = run(tool("systemd-analyze", "apt-get install systemd")
+        .arg("verify")
+        .arg(&unit_path));
+    assert!(
+        ok && out.trim().is_empty() && err.trim().is_empty(),
+        "verify:\n{out}{err}"
+    );
+}
