@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // One client sends them all here: no per-client limit.
             limiter: None,
             started: std::time::Instant::now(),
+            board: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);

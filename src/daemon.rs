@@ -73,6 +73,7 @@ pub async fn run_reloadable(
     metrics.queue_depth.set(store.queued() as i64);
     metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
 
+    let board = Arc::new(crate::jobs::workers::Board::default());
     let ctx = Arc::new(Context {
         store: store.clone(),
         live: live.clone(),
@@ -83,6 +84,7 @@ pub async fn run_reloadable(
         )
         .with_stop(shutdown.clone()),
         metrics: metrics.clone(),
+        board: board.clone(),
     });
     let readiness = Arc::new(Readiness::default());
     let workers = Workers::spawn(
@@ -100,6 +102,7 @@ pub async fn run_reloadable(
         readiness: readiness.clone(),
         limiter: api::webhook_limiter(config.server.webhook_rate_limit),
         started: std::time::Instant::now(),
+        board,
     });
     let metrics_server = metrics_listener.map(|l| {
         tokio::spawn(api::serve(

@@ -60,7 +60,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("check", &["config", "harbor", "reference", "registry"]),
     (
         "api",
-        &["config", "event", "jobs", "live", "metrics", "reference"],
+        &[
+            "config",
+            "event",
+            "jobs",
+            "live",
+            "metrics",
+            "reference",
+            "registry",
+        ],
     ),
     (
         "daemon",

@@ -60,6 +60,8 @@ pub struct AppState {
     pub limiter: Option<WebhookLimiter>,
     /// When the daemon started, for the status page's uptime.
     pub started: std::time::Instant,
+    /// Bytes moved so far by each running job, for the status page.
+    pub board: Arc<crate::jobs::workers::Board>,
 }
 
 /// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),

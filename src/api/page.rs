@@ -143,13 +143,14 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         @if running.is_empty() { p.muted { "nothing is being copied" } }
         @else {
             table {
-                tr { th { "job" } th { "source → target" } th { "attempt" } th { "started" } }
+                tr { th { "job" } th { "source → target" } th { "attempt" } th { "started" } th { "moved so far" } }
                 @for j in running.iter().map(JobView::from) {
                     tr {
                         td { a href={ "/jobs/" (j.id) } { (j.id) } }
                         td { (j.source) " → " (j.target) }
                         td { (j.attempts) }
-                        td { (j.started_at.unwrap_or_default()) }
+                        td { (j.started_at.clone().unwrap_or_default()) }
+                        td { (app.board.moved(j.id).map(|b| bytesize::ByteSize::b(b).display().iec().to_string()).unwrap_or_else(|| "—".into())) }
                     }
                 }
             }

@@ -185,6 +185,7 @@ impl JobSpec {
             event_digest: self.digest.as_deref(),
             referrer_only: self.referrer_only,
             artifact_types: self.artifact_types.as_deref(),
+            moved: None,
         }
     }
 

@@ -36,6 +36,35 @@ pub struct Context {
     pub replicator: Replicator,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Bytes moved so far by each running job.
+    pub board: Arc<Board>,
+}
+
+/// Bytes moved so far by each running job: what the status page shows.
+#[derive(Debug, Default)]
+pub struct Board(
+    std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
+);
+
+impl Board {
+    /// Bytes moved so far by job `id`, if it is running here.
+    pub fn moved(&self, id: u64) -> Option<u64> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn start(&self, id: u64) -> Arc<std::sync::atomic::AtomicU64> {
+        let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, c.clone());
+        c
+    }
+
+    fn end(&self, id: u64) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
 }
 
 /// Attempts and backoff for failed jobs.
@@ -251,7 +280,12 @@ fn decide(attempt: Attempt, attempts: u32, retry: &RetryPolicy, now_ms: u64) -> 
 /// Runs the copy (or delete) a job asks for, once. A panic in it (a bug an
 /// odd answer reached) fails this job with the panic's message; the worker
 /// goes on.
-async fn attempt(ctx: &Context, live: &crate::live::Live, spec: &super::JobSpec) -> Attempt {
+async fn attempt(
+    ctx: &Context,
+    live: &crate::live::Live,
+    spec: &super::JobSpec,
+    moved: Arc<std::sync::atomic::AtomicU64>,
+) -> Attempt {
     let (Some(source), Some(target)) = (
         live.registries.get(&spec.from),
         live.registries.get(&spec.to),
@@ -272,9 +306,9 @@ async fn attempt(ctx: &Context, live: &crate::live::Live, spec: &super::JobSpec)
                     .await
             }
             _ => {
-                ctx.replicator
-                    .copy(&spec.copy_request(source, target))
-                    .await
+                let mut req = spec.copy_request(source, target);
+                req.moved = Some(moved);
+                ctx.replicator.copy(&req).await
             }
         }
     };
@@ -314,7 +348,9 @@ async fn run_job(ctx: &Context, job: Job) {
         let live = ctx.live.get();
         let retry = RetryPolicy::from_config(&live.config.jobs);
         let started = Instant::now();
-        let tried = attempt(ctx, &live, spec).await;
+        let moved = ctx.board.start(job.id);
+        let tried = attempt(ctx, &live, spec, moved).await;
+        ctx.board.end(job.id);
         let outcome = decide(tried, job.attempts, &retry, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);
         if let Err(e) = ctx.store.finish(job.id, outcome).await {

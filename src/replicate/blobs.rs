@@ -112,6 +112,17 @@ impl Replicator {
         chunkable: bool,
     ) -> Result<(), ReplicateError> {
         let (target, repo) = (req.target, req.target_repository);
+        let body: crate::registry::ByteStream = match &req.moved {
+            None => body,
+            Some(moved) => {
+                let moved = moved.clone();
+                Box::pin(futures_util::StreamExt::inspect(body, move |item| {
+                    if let Ok(b) = item {
+                        moved.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    }
+                }))
+            }
+        };
         let (tap, body) = Tap::wrap(body);
         let sent = target
             .put_blob_at(location, repo, &blob.digest, blob.size, body)
@@ -155,6 +166,9 @@ impl Replicator {
         let on_chunk = |n: u64| {
             if let Some(m) = &self.metrics {
                 m.bytes_copied.inc_by(n);
+            }
+            if let Some(moved) = &req.moved {
+                moved.fetch_add(n, Ordering::Relaxed);
             }
         };
         let done =

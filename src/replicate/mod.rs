@@ -96,6 +96,9 @@ pub struct CopyRequest<'a> {
     pub referrer_only: bool,
     /// Only artifacts of these Harbor types (`None`: every type).
     pub artifact_types: Option<&'a [String]>,
+    /// Counts blob bytes as they are sent, for whoever watches the copy
+    /// (the status page's running jobs).
+    pub moved: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Default)]

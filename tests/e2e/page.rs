@@ -101,6 +101,7 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
         busy.contains("external/library/big:1 → integrated/library/big:1"),
         "{busy}"
     );
+    assert!(busy.contains("moved so far"), "{busy}");
     relay.wait_success(ids[0]).await;
 
     // Failing: an event for a tag the source does not have.
