@@ -122,9 +122,6 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
             .to_string()
         }
     };
-    let mut registries: Vec<(&String, &crate::registry::Registry)> =
-        live.registries.iter().collect();
-    registries.sort_by_key(|(n, _)| n.as_str());
     let uptime = humantime::format_duration(std::time::Duration::from_secs(
         app.started.elapsed().as_secs(),
     ));
@@ -186,23 +183,33 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
                 }
             }
         }
-        h2 { "Registries" }
-        table {
-            tr { th { "registry" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
-            @for (name, reg) in &registries {
-                @let s = reg.stats();
-                tr {
-                    td { (name) }
-                    td { (live.config.registries.get(*name).map(|c| c.url.to_string()).unwrap_or_default()) }
-                    td { (s.requests.load(std::sync::atomic::Ordering::Relaxed)) }
-                    td { (s.retries.load(std::sync::atomic::Ordering::Relaxed)) }
-                    td { (s.throttled.load(std::sync::atomic::Ordering::Relaxed)) }
-                    td { (s.errors.load(std::sync::atomic::Ordering::Relaxed)) }
-                }
-            }
-        }
+        (registries_table(&live))
     };
     layout("harbor-relay", body).into_response()
+}
+
+/// Each registry with its requests, retries, 429s and errors.
+fn registries_table(live: &crate::live::Live) -> Markup {
+    let mut registries: Vec<(&String, &crate::registry::Registry)> =
+        live.registries.iter().collect();
+    registries.sort_by_key(|(n, _)| n.as_str());
+    html! {
+            h2 { "Registries" }
+            table {
+                tr { th { "registry" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
+                @for (name, reg) in &registries {
+                    @let s = reg.stats();
+                    tr {
+                        td { (name) }
+                        td { (live.config.registries.get(*name).map(|c| c.url.to_string()).unwrap_or_default()) }
+                        td { (s.requests.load(std::sync::atomic::Ordering::Relaxed)) }
+                        td { (s.retries.load(std::sync::atomic::Ordering::Relaxed)) }
+                        td { (s.throttled.load(std::sync::atomic::Ordering::Relaxed)) }
+                        td { (s.errors.load(std::sync::atomic::Ordering::Relaxed)) }
+                    }
+                }
+            }
+    }
 }
 
 /// `GET /jobs/{id}`: one job's record.

@@ -255,24 +255,7 @@ impl Transport {
                 Authn::Basic => self.basic(),
                 Authn::Given => AuthHeader::None,
             };
-            self.wait_pacing().await;
-            let permit = match &self.permits {
-                Some(s) => s.acquire().await.ok(),
-                None => None,
-            };
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let started = std::time::Instant::now();
-            let request = apply(make(&self.http), &auth).build();
-            let method = request
-                .as_ref()
-                .map(|r| r.method().clone())
-                .unwrap_or_default();
-            let sent = match request {
-                Ok(r) => self.http.execute(r).await,
-                Err(e) => Err(e),
-            };
-            tracing::trace!(registry = %self.name, %what, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
-            drop(permit);
+            let (method, sent) = self.send_once(what, &auth, make).await;
             let may_retry = replayable && attempt < self.limits.request_attempts;
             let resp = match sent {
                 Ok(r) => r,
@@ -328,6 +311,35 @@ impl Transport {
             }
             return Ok(resp);
         }
+    }
+
+    /// One attempt: waits for the host's pacing and a concurrency permit,
+    /// counts it, sends it with `auth`. Returns the method (a `401` may
+    /// widen a `DELETE`'s token) and what came back.
+    async fn send_once(
+        &self,
+        what: &str,
+        auth: &AuthHeader,
+        make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
+    ) -> (reqwest::Method, Result<Response, reqwest::Error>) {
+        self.wait_pacing().await;
+        let _permit = match &self.permits {
+            Some(s) => s.acquire().await.ok(),
+            None => None,
+        };
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let request = apply(make(&self.http), auth).build();
+        let method = request
+            .as_ref()
+            .map(|r| r.method().clone())
+            .unwrap_or_default();
+        let sent = match request {
+            Ok(r) => self.http.execute(r).await,
+            Err(e) => Err(e),
+        };
+        tracing::trace!(registry = %self.name, %what, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+        (method, sent)
     }
 
     /// Every request to this host waits until `now + wait` (`wait` is
