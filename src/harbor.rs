@@ -228,6 +228,55 @@ pub async fn last_deliveries(
         .collect())
 }
 
+/// One tag of an artifact in a Harbor project, with the artifact's labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// `project/…` repository.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+    /// The artifact's digest.
+    pub digest: String,
+    /// Names of the Harbor labels on the artifact.
+    pub labels: Vec<String>,
+}
+
+/// Names of the labels in a Harbor artifact's JSON (`labels[].name`).
+fn label_names(artifact: &serde_json::Value) -> Vec<String> {
+    artifact["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["name"].as_str())
+        .map(crate::registry::cut)
+        .collect()
+}
+
+/// The labels of one artifact (`GET …/artifacts/{reference}?with_label=true`),
+/// for a rule with `labels`.
+pub async fn artifact_labels(
+    registry: &Registry,
+    repository: &str,
+    reference: &str,
+) -> Result<Vec<String>, RegistryError> {
+    let Some((project, inside)) = repository.split_once('/') else {
+        return Ok(Vec::new());
+    };
+    let what = format!("reading the labels of {repository}:{reference}");
+    // Harbor wants a repository name with '/' encoded twice.
+    let path = format!(
+        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true",
+        inside.replace('/', "%252F")
+    );
+    let resp = registry.api(&what, Method::GET, &path, None).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(api_error(registry, resp, &what, (Method::GET, &path)).await);
+    }
+    let body = registry.read_body(resp, 4 << 20, &what).await?;
+    let artifact: serde_json::Value = decode(registry, &body, &what)?;
+    Ok(label_names(&artifact))
+}
+
 /// Lists `(repository, tag, digest)` of every tagged artifact in the
 /// projects `take_project` accepts, through Harbor's REST API
 /// (`/projects`, `/projects/{p}/repositories`, `…/artifacts?with_tag=true`,
@@ -236,7 +285,7 @@ pub async fn last_deliveries(
 pub async fn list_tagged(
     registry: &Registry,
     take_project: &(dyn Fn(&str) -> bool + Sync),
-) -> Result<Vec<(String, String, String)>, RegistryError> {
+) -> Result<Vec<Tagged>, RegistryError> {
     let mut out = Vec::new();
     for project in projects(registry, take_project).await? {
         let project = project.as_str();
@@ -262,7 +311,7 @@ pub async fn list_tagged(
                 registry,
                 &format!("listing artifacts of {full}"),
                 &format!(
-                    "/api/v2.0/projects/{project}/repositories/{encoded}/artifacts?with_tag=true&"
+                    "/api/v2.0/projects/{project}/repositories/{encoded}/artifacts?with_tag=true&with_label=true&"
                 ),
             )
             .await?;
@@ -277,7 +326,12 @@ pub async fn list_tagged(
                     if let Some(tag) = t["name"].as_str()
                         && crate::reference::is_valid_tag(tag)
                     {
-                        out.push((full.to_string(), tag.to_string(), digest.to_string()));
+                        out.push(Tagged {
+                            repository: full.to_string(),
+                            tag: tag.to_string(),
+                            digest: digest.to_string(),
+                            labels: label_names(&a),
+                        });
                     }
                 }
             }

@@ -108,7 +108,13 @@ async fn harbor_pass(
 ) -> Result<Report, RegistryError> {
     let mut report = Report::default();
     let listed = crate::harbor::list_tagged(source, &|p| rule.takes_project(p)).await?;
-    for (repository, tag, source_digest) in listed {
+    for crate::harbor::Tagged {
+        repository,
+        tag,
+        digest: source_digest,
+        labels,
+    } in listed
+    {
         let project = repository
             .split_once('/')
             .map(|(p, _)| p)
@@ -117,6 +123,10 @@ async fn harbor_pass(
         let Ok(plan) = rule.plan(project, &repository, &reference) else {
             continue;
         };
+        // Harbor's label filter: only artifacts carrying every label.
+        if !crate::rules::missing_labels(plan.labels.as_deref(), &labels).is_empty() {
+            continue;
+        }
         report.checked += 1;
         let target_digest = target.resolve(&plan.target_repository, &reference).await?;
         if target_digest.as_deref() == Some(source_digest.as_str())

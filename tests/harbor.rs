@@ -440,3 +440,89 @@ async fn check_exercises_the_project_api_a_job_depends_on() {
         "{stdout}"
     );
 }
+
+/// `rules[].labels`, Harbor's label filter: an artifact is copied only if
+/// it carries every label of the rule (`artifactLabelFilter`,
+/// src/pkg/reg/filter/artifact.go), read from the artifact API when the
+/// event arrives; a label added later is picked up by reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_artifacts_carrying_the_rules_labels_are_copied() {
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let src = client(&registry.url, None, TlsMode::System);
+    let dst = client(&target.url, None, TlsMode::System);
+    let released = TestImage::pushed(&src, "tkgs-demo/app", &[8_000]).await;
+    let draft = TestImage::random(&[8_000]);
+    draft
+        .push(&src, "tkgs-demo/tool", &Reference::Tag("1".into()))
+        .await;
+    harbor.state.labels.lock().expect("labels").insert(
+        released.digest.clone(),
+        vec!["release".into(), "approved".into()],
+    );
+    let config = format!(
+        "[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}[[rules]]\nname = \"released\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\nlabels = [\"release\"]\n",
+        harbor.url(),
+        registry_toml("integrated", &target.url, None, ""),
+    );
+    let relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("tkgs-demo/app", Some("1"), &released.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+    assert_image_on(&dst, "tkgs-demo/app", &released, Some("1")).await;
+    let ids = relay
+        .push(push_event("tkgs-demo/tool", Some("1"), &draft.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert!(
+        job["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("lacks the Harbor label(s) release")),
+        "{job}"
+    );
+    assert!(
+        !dst.has_manifest("tkgs-demo/tool", &draft.digest)
+            .await
+            .expect("HEAD")
+    );
+
+    // Labelled later: reconcile finds it.
+    let file = ConfigFile::new(&config);
+    let out = relay_cmd(&[
+        "reconcile",
+        "--config",
+        file.path.as_str(),
+        "--rule",
+        "released",
+        "--dry-run",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("tkgs-demo/tool"), "unlabelled: {stdout}");
+    assert!(stdout.contains("1 tags checked, 0 differ"), "{stdout}");
+    harbor
+        .state
+        .labels
+        .lock()
+        .expect("labels")
+        .insert(draft.digest.clone(), vec!["release".into()]);
+    let out = relay_cmd(&[
+        "reconcile",
+        "--config",
+        file.path.as_str(),
+        "--rule",
+        "released",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_image_on(&dst, "tkgs-demo/tool", &draft, Some("1")).await;
+}

@@ -314,6 +314,7 @@ pub async fn replicate(
             event_digest: None,
             referrer_only: false,
             artifact_types: None,
+            labels: None,
             moved: None,
         })
         .await?;

@@ -417,6 +417,7 @@ impl Loader<'_> {
         let tags = list("tags", r.tags, &["**"])?;
         let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
         let repositories = list("repositories", r.repositories, &["**"])?;
+        let labels = self.labels(&key("labels"), r.labels.clone(), &registries[&r.from])?;
         let target_project = self.target_project(&key("target_project"), r.target_project)?;
         Ok(RuleConfig {
             name,
@@ -433,6 +434,7 @@ impl Loader<'_> {
             referrers: r.referrers.unwrap_or(true),
             platforms: self.platforms(&key("platforms"), r.platforms)?,
             artifact_types: self.artifact_types(&key("artifact_types"), r.artifact_types)?,
+            labels,
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })
@@ -487,6 +489,29 @@ impl Loader<'_> {
             return Err(self.invalid(key, "is empty; remove it to copy every platform"));
         }
         Ok(Some(list))
+    }
+
+    /// `rules[].labels`: Harbor label names, for a Harbor source only.
+    fn labels(
+        &self,
+        key: &str,
+        raw: Option<Vec<String>>,
+        from: &RegistryConfig,
+    ) -> Result<Vec<String>, ConfigError> {
+        let list = raw.unwrap_or_default();
+        if !list.is_empty() && !from.is_harbor {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "labels are Harbor's: the source registry '{}' needs kind = \"harbor\"",
+                    from.name
+                ),
+            ));
+        }
+        if list.iter().any(|l| l.trim().is_empty()) {
+            return Err(self.invalid(key, "holds an empty label name"));
+        }
+        Ok(list)
     }
 
     /// `rules[].artifact_types`: Harbor type names (lowercase) or `*`.

@@ -120,4 +120,5 @@ pub(super) struct RawRule {
     pub(super) platforms: Option<Vec<String>>,
     pub(super) reconcile_interval: Option<String>,
     pub(super) artifact_types: Option<Vec<String>>,
+    pub(super) labels: Option<Vec<String>>,
 }

@@ -379,3 +379,15 @@ fn a_password_file_with_trailing_whitespace_is_noted() {
     assert!(note.contains("ends in whitespace"), "{note}");
     assert!(!note.contains("s3cret"), "the secret is not in the note");
 }
+
+#[test]
+fn labels_need_a_harbor_source() {
+    let e = error_of(&GOOD.replace(
+        "projects = [\"library\", \"team-*\"]",
+        "projects = [\"library\"]\nlabels = [\"release\"]",
+    ));
+    assert!(
+        e.contains("rules[0].labels") && e.contains("kind = \"harbor\""),
+        "{e}"
+    );
+}

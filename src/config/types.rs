@@ -297,6 +297,9 @@ pub struct RuleConfig {
     /// `sbom`, …, or `*`); referrers follow their subject whatever their
     /// type.
     pub artifact_types: Vec<String>,
+    /// Harbor labels an artifact must all carry to be copied (empty: no
+    /// label filter); needs a `kind = "harbor"` source.
+    pub labels: Vec<String>,
 }
 
 impl RuleConfig {
@@ -318,6 +321,7 @@ impl RuleConfig {
             platforms: None,
             reconcile_interval: None,
             artifact_types: vec!["*".into()],
+            labels: vec![],
         }
     }
 }

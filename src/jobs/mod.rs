@@ -131,6 +131,10 @@ pub struct JobSpec {
     /// [`crate::rules::Plan::artifact_types`].
     #[serde(default)]
     pub artifact_types: Option<Vec<String>>,
+    /// Only artifacts carrying every one of these Harbor labels; see
+    /// [`crate::rules::Plan::labels`].
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -162,6 +166,7 @@ impl JobSpec {
             platforms: plan.platforms,
             referrer_only: plan.referrer_only,
             artifact_types: plan.artifact_types,
+            labels: plan.labels,
         }
     }
 
@@ -185,6 +190,7 @@ impl JobSpec {
             event_digest: self.digest.as_deref(),
             referrer_only: self.referrer_only,
             artifact_types: self.artifact_types.as_deref(),
+            labels: self.labels.as_deref(),
             moved: None,
         }
     }

@@ -96,6 +96,9 @@ pub struct CopyRequest<'a> {
     pub referrer_only: bool,
     /// Only artifacts of these Harbor types (`None`: every type).
     pub artifact_types: Option<&'a [String]>,
+    /// Only artifacts carrying every one of these Harbor labels (read from
+    /// the source's REST API when the copy starts).
+    pub labels: Option<&'a [String]>,
     /// Counts blob bytes as they are sent, for whoever watches the copy
     /// (the status page's running jobs).
     pub moved: Option<Arc<AtomicU64>>,
@@ -184,6 +187,9 @@ impl Replicator {
     /// [`decide`] chooses, asking what can be asked at once together.
     pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
         let tagged = matches!(req.reference, Reference::Tag(_));
+        if let Some(summary) = self.unlabelled(req).await? {
+            return Ok(summary);
+        }
         if let Some(summary) = self.settled(req, tagged).await? {
             return Ok(summary);
         }
@@ -279,6 +285,36 @@ impl Replicator {
         };
         self.write(req, &top, manifest_there, &source_digest, note)
             .await
+    }
+
+    /// Harbor's label filter (a rule with `labels`): the artifact's labels
+    /// are read when the copy starts, so a label added later counts at the
+    /// next event or reconcile pass. `Some` if the copy ends here, skipped.
+    async fn unlabelled(&self, req: &CopyRequest<'_>) -> Result<Option<Summary>, ReplicateError> {
+        let Some(wanted) = req.labels else {
+            return Ok(None);
+        };
+        let have = crate::harbor::artifact_labels(
+            req.source,
+            req.source_repository,
+            req.reference.as_str(),
+        )
+        .await?;
+        let missing = crate::rules::missing_labels(Some(wanted), &have);
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let reason = format!(
+            "{}{} lacks the Harbor label(s) {} that the rule requires (labels)",
+            req.source_repository,
+            req.reference,
+            missing.join(", ")
+        );
+        tracing::info!("{reason}");
+        Ok(Some(Summary {
+            skipped: Some(reason),
+            ..Summary::default()
+        }))
     }
 
     /// Step 1 of [`decide`]: an event for what this daemon already left

@@ -32,6 +32,8 @@ pub struct HarborState {
     pub created: Mutex<Vec<Value>>,
     /// Deliveries (executions) by policy id, newest first.
     pub executions: Mutex<BTreeMap<u64, Vec<Value>>>,
+    /// Label names by artifact digest.
+    pub labels: Mutex<BTreeMap<String, Vec<String>>>,
     /// The Harbor version played (major, minor); permissions follow it.
     pub version: Mutex<(u32, u32)>,
 }
@@ -317,6 +319,61 @@ async fn list_executions(
     paged_answer(&list, &p)
 }
 
+#[derive(serde::Deserialize, Default)]
+struct Labels {
+    with_label: Option<bool>,
+}
+
+/// `GET …/repositories/{repo}/artifacts/{reference}` (GetArtifact): one
+/// artifact by tag or digest, its labels with `with_label=true`.
+async fn get_artifact(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((project, repo, reference)): Path<(String, String, String)>,
+    Query(q): Query<Labels>,
+) -> Response {
+    if repo.contains('/') {
+        return errors(
+            StatusCode::NOT_FOUND,
+            "the repository name must be URL-encoded twice (%252F)",
+        );
+    }
+    let repo = repo.replace("%2F", "/");
+    if who(&st, &headers).is_none() {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let resp = reqwest::Client::new()
+        .head(format!(
+            "{}/v2/{project}/{repo}/manifests/{reference}",
+            st.upstream
+        ))
+        .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
+        .send()
+        .await
+        .expect("HEAD");
+    let Some(digest) = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return errors(StatusCode::NOT_FOUND, "artifact not found");
+    };
+    let labels: Vec<Value> = match q.with_label {
+        Some(true) => st
+            .labels
+            .lock()
+            .expect("labels")
+            .get(&digest)
+            .into_iter()
+            .flatten()
+            .map(|n| json!({"name": n, "scope": "g"}))
+            .collect(),
+        _ => Vec::new(),
+    };
+    axum::Json(json!({"digest": digest, "labels": labels})).into_response()
+}
+
 #[derive(serde::Deserialize)]
 struct Paging {
     page: Option<usize>,
@@ -416,6 +473,7 @@ async fn list_artifacts(
     headers: HeaderMap,
     Path((project, repo)): Path<(String, String)>,
     Query(p): Query<Paging>,
+    Query(q): Query<Labels>,
 ) -> Response {
     // Harbor takes the repository name URL-encoded twice (its handlers
     // path-unescape the already-decoded parameter again:
@@ -470,9 +528,23 @@ async fn list_artifacts(
             .or_default()
             .push(json!({"name": t}));
     }
+    let labels = st.labels.lock().expect("labels").clone();
     let all: Vec<Value> = by_digest
         .into_iter()
-        .map(|(d, tags)| json!({"digest": d, "tags": tags}))
+        .map(|(d, tags)| {
+            // Labels only with_label=true (ListArtifacts, swagger
+            // `withLabel`).
+            let l: Vec<Value> = match q.with_label {
+                Some(true) => labels
+                    .get(&d)
+                    .into_iter()
+                    .flatten()
+                    .map(|n| json!({"name": n, "scope": "g"}))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            json!({"digest": d, "tags": tags, "labels": l})
+        })
         .collect();
     paged_answer(&all, &p)
 }
@@ -507,6 +579,10 @@ impl FakeHarbor {
             .route(
                 "/api/v2.0/projects/{project}/repositories/{repo}/artifacts",
                 get(list_artifacts),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}",
+                get(get_artifact),
             )
             .route(
                 "/api/v2.0/projects/{project}/webhook/policies",

@@ -40,6 +40,7 @@ fn spec(tag: &str) -> JobSpec {
         platforms: None,
         referrer_only: false,
         artifact_types: None,
+        labels: None,
     }
 }
 
