@@ -40,12 +40,7 @@ async fn receive(
     let (parts, body) = req.into_parts();
     let format = format_of(&parts.headers).filter(|f| takes.contains(f));
     let label = format.map_or("unknown", Format::as_str);
-    let count = |outcome: &str| {
-        app.metrics
-            .webhooks
-            .with_label_values(&[label, outcome])
-            .inc()
-    };
+    let count = |outcome: &str| counted(app, label, outcome);
     if let (Some(limiter), Some(axum::extract::ConnectInfo(peer))) = (
         &app.limiter,
         parts
@@ -138,12 +133,7 @@ pub(super) async fn harbor_webhook(State(app): State<Arc<AppState>>, req: Reques
         Ok(r) => r,
         Err(response) => return response,
     };
-    let count = |outcome: &str| {
-        app.metrics
-            .webhooks
-            .with_label_values(&[format.as_str(), outcome])
-            .inc()
-    };
+    let count = |outcome: &str| counted(&app, format.as_str(), outcome);
     match event::parse(format, &bytes) {
         Err(e) => {
             count("bad_request");
@@ -224,12 +214,7 @@ async fn accept(
     events: Vec<event::Event>,
     unmatched: Unmatched,
 ) -> Response {
-    let count = |outcome: &str| {
-        app.metrics
-            .webhooks
-            .with_label_values(&[format.as_str(), outcome])
-            .inc()
-    };
+    let count = |outcome: &str| counted(app, format.as_str(), outcome);
     let mut specs = Vec::new();
     let mut skipped = Vec::new();
     let mut deleting = false;
@@ -277,12 +262,7 @@ async fn store_jobs(
     skipped: Vec<String>,
     events: usize,
 ) -> Response {
-    let count = |outcome: &str| {
-        app.metrics
-            .webhooks
-            .with_label_values(&[format.as_str(), outcome])
-            .inc()
-    };
+    let count = |outcome: &str| counted(app, format.as_str(), outcome);
     let described: Vec<(String, String)> = specs
         .iter()
         .map(|s| {
@@ -371,4 +351,12 @@ async fn read_limited(body: Body) -> Result<bytes::Bytes, BodyError> {
         return Err(BodyError::TooLarge);
     }
     Ok(buf.freeze())
+}
+
+/// Counts a webhook in `harbor_relay_webhooks_received_total`.
+fn counted(app: &AppState, format: &str, outcome: &str) {
+    app.metrics
+        .webhooks
+        .with_label_values(&[format, outcome])
+        .inc();
 }

@@ -153,17 +153,20 @@ impl Transport {
     }
 }
 
+/// An OCI (and Harbor) error body: `{"errors":[{"code","message"}]}`.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    errors: Vec<Item>,
+}
+
+#[derive(serde::Deserialize)]
+struct Item {
+    code: Option<String>,
+    message: Option<String>,
+}
+
 /// The code and message of an OCI error body, if it has one.
 fn registry_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        code: Option<String>,
-        message: Option<String>,
-    }
     if let Ok(env) = serde_json::from_slice::<Envelope>(body) {
         let parts: Vec<String> = env
             .errors
@@ -203,15 +206,6 @@ fn speaks_tls(body: &[u8]) -> bool {
 ///   middleware (`src/server/middleware/readonly/readonly.go`);
 ///   status codes per `src/lib/http/error.go`.
 pub(super) fn harbor_refusal(status: u16, body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        errors: Vec<Item>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Item {
-        code: Option<String>,
-        message: Option<String>,
-    }
     let env: Envelope = serde_json::from_slice(body).ok()?;
     env.errors.iter().find_map(|e| {
         let code = e.code.as_deref().unwrap_or("");
