@@ -228,6 +228,18 @@ pub async fn last_deliveries(
         .collect())
 }
 
+/// The labels of `wanted` an artifact with `have` lacks: Harbor's label
+/// filter takes an artifact only if it carries every one
+/// (`artifactLabelFilter` in `src/pkg/reg/filter/artifact.go`).
+pub fn missing_labels(wanted: Option<&[String]>, have: &[String]) -> Vec<String> {
+    wanted
+        .unwrap_or_default()
+        .iter()
+        .filter(|w| !have.contains(w))
+        .cloned()
+        .collect()
+}
+
 /// One tag of an artifact in a Harbor project, with the artifact's labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged {
@@ -626,6 +638,16 @@ async fn find_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_must_carry_every_label_of_the_rule() {
+        let wanted = vec!["release".to_string(), "approved".to_string()];
+        let have = vec!["approved".to_string(), "other".to_string()];
+        assert_eq!(missing_labels(Some(&wanted), &have), ["release"]);
+        let all = vec!["release".to_string(), "approved".to_string()];
+        assert!(missing_labels(Some(&wanted), &all).is_empty());
+        assert!(missing_labels(None, &[]).is_empty());
+    }
 
     const URL: &str = "https://relay.example:8080/webhooks/harbor";
 

@@ -124,7 +124,7 @@ async fn harbor_pass(
             continue;
         };
         // Harbor's label filter: only artifacts carrying every label.
-        if !crate::rules::missing_labels(plan.labels.as_deref(), &labels).is_empty() {
+        if !crate::harbor::missing_labels(plan.labels.as_deref(), &labels).is_empty() {
             continue;
         }
         report.checked += 1;

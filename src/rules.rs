@@ -52,18 +52,6 @@ pub struct Plan {
     pub labels: Option<Vec<String>>,
 }
 
-/// The labels of `wanted` an artifact with `have` lacks: Harbor's label
-/// filter takes an artifact only if it carries every one
-/// (`artifactLabelFilter` in `src/pkg/reg/filter/artifact.go`).
-pub fn missing_labels(wanted: Option<&[String]>, have: &[String]) -> Vec<String> {
-    wanted
-        .unwrap_or_default()
-        .iter()
-        .filter(|w| !have.contains(w))
-        .cloned()
-        .collect()
-}
-
 /// The repository's path inside its project (`library/app` in `library`
 /// is `app`); the whole path when it does not start with the project.
 fn inside<'a>(project: &str, repository: &'a str) -> &'a str {
@@ -321,16 +309,6 @@ impl std::fmt::Display for Skip {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_artifact_must_carry_every_label_of_the_rule() {
-        let wanted = vec!["release".to_string(), "approved".to_string()];
-        let have = vec!["approved".to_string(), "other".to_string()];
-        assert_eq!(missing_labels(Some(&wanted), &have), ["release"]);
-        let all = vec!["release".to_string(), "approved".to_string()];
-        assert!(missing_labels(Some(&wanted), &all).is_empty());
-        assert!(missing_labels(None, &[]).is_empty());
-    }
 
     fn rule(projects: &[&str], tags: &[&str], exclude: &[&str], target: &str) -> Rule {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect();

@@ -300,7 +300,7 @@ impl Replicator {
             req.reference.as_str(),
         )
         .await?;
-        let missing = crate::rules::missing_labels(Some(wanted), &have);
+        let missing = crate::harbor::missing_labels(Some(wanted), &have);
         if missing.is_empty() {
             return Ok(None);
         }
