@@ -301,7 +301,11 @@ pub async fn serve(
             let served = async {
                 match acceptor {
                     None => {
-                        notice_tls_on_plain(&io.inner, peer).await;
+                        // Waiting for the first byte must not hold up a stop.
+                        tokio::select! {
+                            _ = notice_tls_on_plain(&io.inner, peer) => {}
+                            _ = stop.cancelled() => return,
+                        }
                         serve_connection(&builder, io, svc, stop).await
                     }
                     Some(acceptor) => {

@@ -73,11 +73,23 @@ async fn sigterm_stops_cleanly_and_queued_work_survives() {
         .push(push_event("library/term", Some("1"), &img.digest))
         .await;
     relay.wait_success(ids[0]).await;
+    // A client connected that has sent nothing yet must not hold up the
+    // stop (its first-byte deadline is 10 s).
+    let _idle = tokio::net::TcpStream::connect(relay.url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = std::time::Instant::now();
     let status = relay.terminate();
     assert!(
         status.success(),
         "exit status {status}; log:\n{}",
         relay.logs()
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "took {:?} to stop",
+        stopping.elapsed()
     );
     assert!(relay.logs().contains("stopped"));
 }
