@@ -521,3 +521,43 @@ async fn manifests_lying_about_layer_sizes_fail_without_reserving_memory() {
         relay.peak_rss()
     );
 }
+
+/// A client that opened a TCP connection to the HTTPS listener and never
+/// sent its TLS handshake does not hold up a stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_does_not_hold_up_a_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path());
+    let port = free_port();
+    let mut relay = RawRelay::spawn(
+        port,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            pki.cert_pem.display(),
+            pki.key_pem.display()
+        ),
+    );
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_pem).expect("ca")).expect("ca");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .expect("client");
+    wait_until_answers(
+        &client,
+        &format!("https://127.0.0.1:{port}/healthz"),
+        "no HTTPS on the listener",
+    )
+    .await;
+    let _stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let stopping = std::time::Instant::now();
+    let status = relay.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?} to stop",
+        stopping.elapsed()
+    );
+}

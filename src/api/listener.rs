@@ -309,7 +309,12 @@ pub async fn serve(
                         serve_connection(&builder, io, svc, stop).await
                     }
                     Some(acceptor) => {
-                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)).await {
+                        // A handshake in progress does not hold up a stop either.
+                        let handshake = tokio::select! {
+                            h = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)) => h,
+                            _ = stop.cancelled() => return,
+                        };
+                        match handshake {
                             Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
