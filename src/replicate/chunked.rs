@@ -158,17 +158,7 @@ pub async fn copy(
         offset += len;
         sent += len;
         on_chunk(len);
-        let state = save_state(&feed.lock().await.hasher);
-        ledger.save_upload(
-            &key,
-            &UploadRecord {
-                location: location.to_string(),
-                offset,
-                hash_state: state,
-                updated_ms: now_ms(),
-            },
-        );
-        ledger.persist().await;
+        record(ledger, &key, &location, offset, &feed.lock().await.hasher).await;
     }
     finish(req, blob, ledger, &key, &feed, &location).await?;
     Ok(Chunked {
@@ -244,16 +234,7 @@ async fn open_session(
     let what = format!("uploading blob {repo}@{} in chunks", blob.digest);
     let (location, min_chunk) = target.begin_upload(repo, &what).await?;
     let hasher = Sha256::new();
-    ledger.save_upload(
-        key,
-        &UploadRecord {
-            location: location.to_string(),
-            offset: 0,
-            hash_state: save_state(&hasher),
-            updated_ms: now_ms(),
-        },
-    );
-    ledger.persist().await;
+    record(ledger, key, &location, 0, &hasher).await;
     Ok(Session {
         location,
         offset: 0,
@@ -261,6 +242,30 @@ async fn open_session(
         hashed: 0,
         min_chunk,
     })
+}
+
+/// Records where an upload session stands (on disk before the next chunk),
+/// so a restart resumes it: `offset` bytes sent, `hasher` over them.
+async fn record(ledger: &dyn Ledger, key: &str, location: &url::Url, offset: u64, hasher: &Sha256) {
+    ledger.save_upload(
+        key,
+        &UploadRecord {
+            location: location.to_string(),
+            offset,
+            hash_state: save_state(hasher),
+            updated_ms: now_ms(),
+        },
+    );
+    ledger.persist().await;
+}
+
+/// Drops an upload session a source cannot fill as declared: cancelled on
+/// the target, forgotten by the ledger.
+async fn abandon(req: &CopyRequest<'_>, ledger: &dyn Ledger, key: &str, location: &url::Url) {
+    req.target
+        .cancel_upload(req.target_repository, location.as_str())
+        .await;
+    ledger.clear_upload(key);
 }
 
 /// Sends one chunk (`at`: session, offset, length); returns the session's
@@ -282,8 +287,7 @@ async fn send_chunk(
         Ok(next) => Ok(next),
         Err(e) => match tap.source_error() {
             Some(fault) => {
-                target.cancel_upload(repo, location.as_str()).await;
-                ledger.clear_upload(key);
+                abandon(req, ledger, key, location).await;
                 Err(ReplicateError::source_read(req, blob, fault))
             }
             None => Err(e.into()),
@@ -306,8 +310,7 @@ async fn finish(
         format!("sha256:{}", hex::encode(f.hasher.clone().finalize()))
     };
     if actual != blob.digest {
-        target.cancel_upload(repo, location.as_str()).await;
-        ledger.clear_upload(key);
+        abandon(req, ledger, key, location).await;
         return Err(ReplicateError::source_read(
             req,
             blob,

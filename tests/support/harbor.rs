@@ -38,6 +38,15 @@ pub struct HarborState {
     pub version: Mutex<(u32, u32)>,
 }
 
+/// Harbor's answer to a webhook-policy call: `401` without valid
+/// credentials, `403` for an account without `notification-policy`.
+fn webhook_refusal(st: &HarborState, headers: &HeaderMap) -> Option<Response> {
+    let Some(user) = who(st, headers) else {
+        return Some(errors(StatusCode::UNAUTHORIZED, "unauthorized"));
+    };
+    (!may_manage_webhooks(st, &user)).then(|| errors(StatusCode::FORBIDDEN, "forbidden"))
+}
+
 /// Whether `user` may manage the webhook policies of a project on this
 /// Harbor version: robot accounts hold `notification-policy` only from
 /// v2.10 (`src/common/rbac/const.go`, commit 5c02fd807e "add permission
@@ -185,11 +194,8 @@ async fn list_policies(
         "GET".into(),
         format!("/projects/{project}/webhook/policies"),
     ));
-    let Some(user) = who(&st, &headers) else {
-        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
-    };
-    if !may_manage_webhooks(&st, &user) {
-        return errors(StatusCode::FORBIDDEN, "forbidden");
+    if let Some(refused) = webhook_refusal(&st, &headers) {
+        return refused;
     }
     let list = st
         .policies
@@ -211,11 +217,8 @@ async fn create_policy(
         "POST".into(),
         format!("/projects/{project}/webhook/policies"),
     ));
-    let Some(user) = who(&st, &headers) else {
-        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
-    };
-    if !may_manage_webhooks(&st, &user) {
-        return errors(StatusCode::FORBIDDEN, "forbidden");
+    if let Some(refused) = webhook_refusal(&st, &headers) {
+        return refused;
     }
     let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
         return errors(StatusCode::BAD_REQUEST, "invalid JSON");
@@ -251,11 +254,8 @@ async fn update_policy(
         "PUT".into(),
         format!("/projects/{project}/webhook/policies/{id}"),
     ));
-    let Some(user) = who(&st, &headers) else {
-        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
-    };
-    if !may_manage_webhooks(&st, &user) {
-        return errors(StatusCode::FORBIDDEN, "forbidden");
+    if let Some(refused) = webhook_refusal(&st, &headers) {
+        return refused;
     }
     let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
         return errors(StatusCode::BAD_REQUEST, "invalid JSON");
@@ -294,11 +294,8 @@ async fn list_executions(
     Path((project, id)): Path<(String, u64)>,
     Query(p): Query<Paging>,
 ) -> Response {
-    let Some(user) = who(&st, &headers) else {
-        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
-    };
-    if !may_manage_webhooks(&st, &user) {
-        return errors(StatusCode::FORBIDDEN, "forbidden");
+    if let Some(refused) = webhook_refusal(&st, &headers) {
+        return refused;
     }
     let in_project = st
         .policies
