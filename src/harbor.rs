@@ -44,12 +44,7 @@ impl ProjectCache {
 pub async fn version(registry: &Registry) -> Result<String, RegistryError> {
     let what = "reading Harbor's version (is it a Harbor?)";
     let path = "/api/v2.0/systeminfo";
-    let resp = registry.api(what, Method::GET, path, None).await?;
-    if resp.status() != StatusCode::OK {
-        return Err(api_error(registry, resp, what, (Method::GET, path)).await);
-    }
-    let body = registry.read_body(resp, 1 << 20, what).await?;
-    let info: serde_json::Value = decode(registry, &body, what)?;
+    let info: serde_json::Value = get_json(registry, what, path, 1 << 20).await?;
     info["harbor_version"]
         .as_str()
         .map(crate::registry::cut)
@@ -210,12 +205,7 @@ pub async fn last_deliveries(
     let path = format!(
         "/api/v2.0/projects/{project}/webhook/policies/{policy_id}/executions?page=1&page_size=10&sort=-start_time"
     );
-    let resp = registry.api(&what, Method::GET, &path, None).await?;
-    if resp.status() != StatusCode::OK {
-        return Err(api_error(registry, resp, &what, (Method::GET, &path)).await);
-    }
-    let body = registry.read_body(resp, 4 << 20, &what).await?;
-    let list: Vec<serde_json::Value> = decode(registry, &body, &what)?;
+    let list: Vec<serde_json::Value> = get_json(registry, &what, &path, 4 << 20).await?;
     let text = |v: &serde_json::Value| crate::registry::cut(v.as_str().unwrap_or_default());
     Ok(list
         .iter()
@@ -280,12 +270,7 @@ pub async fn artifact_labels(
         "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true",
         inside.replace('/', "%252F")
     );
-    let resp = registry.api(&what, Method::GET, &path, None).await?;
-    if resp.status() != StatusCode::OK {
-        return Err(api_error(registry, resp, &what, (Method::GET, &path)).await);
-    }
-    let body = registry.read_body(resp, 4 << 20, &what).await?;
-    let artifact: serde_json::Value = decode(registry, &body, &what)?;
+    let artifact: serde_json::Value = get_json(registry, &what, &path, 4 << 20).await?;
     Ok(label_names(&artifact))
 }
 
@@ -367,6 +352,22 @@ pub fn target_problem(target_repository: &str) -> Option<String> {
         )),
         Some(_) => None,
     }
+}
+
+/// `GET path` on Harbor's REST API: the answer's JSON, read with a limit of
+/// `limit` bytes, or an error that names the method, path and cause.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    registry: &Registry,
+    what: &str,
+    path: &str,
+    limit: u64,
+) -> Result<T, RegistryError> {
+    let resp = registry.api(what, Method::GET, path, None).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(api_error(registry, resp, what, (Method::GET, path)).await);
+    }
+    let body = registry.read_body(resp, limit, what).await?;
+    decode(registry, &body, what)
 }
 
 /// Parses a JSON answer; the error quotes at most a short prefix of it.
