@@ -218,10 +218,13 @@ impl Replicator {
         .await?;
         let source_digest = source_top.digest.clone();
         let has_subject = source_top.subject().is_some();
-        let kind = source_top.harbor_type();
-        let type_wanted = req
-            .artifact_types
-            .is_none_or(|types| types.iter().any(|t| t == "*" || *t == kind));
+        // The artifact's Harbor type, worked out only for a rule that
+        // filters by it.
+        let kind = req.artifact_types.map(|_| source_top.harbor_type());
+        let type_wanted = match (req.artifact_types, &kind) {
+            (Some(types), Some(kind)) => types.iter().any(|t| t == "*" || t == kind),
+            _ => true,
+        };
         let (top, note) = self.subset(req, source_top)?;
         let mut tag_asked = asks.tag;
         let manifest_there = loop {
@@ -257,9 +260,10 @@ impl Replicator {
                 }
                 decide::Next::OtherType => {
                     return skipped(format!(
-                        "{}{} is a {kind} artifact; the rule copies only {} (artifact_types)",
+                        "{}{} is a {} artifact; the rule copies only {} (artifact_types)",
                         req.source_repository,
                         req.reference,
+                        kind.as_deref().unwrap_or("unknown"),
                         req.artifact_types.unwrap_or_default().join(", ")
                     ));
                 }
