@@ -6,6 +6,7 @@ mod support;
 use harbor_relay::config::TlsMode;
 use harbor_relay::reference::Reference;
 use support::harbor::FakeHarbor;
+use support::harbor_auth::Account;
 use support::*;
 
 const ADMIN_PASS: &str = "harbor-admin-pw";
@@ -55,6 +56,10 @@ async fn missing_target_projects_are_created_once() {
     );
 
     // A project-level robot may not create projects: the job says why.
+    harbor.state.auth.accounts.lock().expect("accounts").insert(
+        "robot$newproj+ci".into(),
+        Account::project_robot(ADMIN_PASS, "newproj", &["pull", "push"]),
+    );
     let robot = target.replace("username = \"admin\"", "username = \"robot$newproj+ci\"");
     let config = format!(
         "{}{robot}{RULE}",
@@ -525,4 +530,72 @@ async fn only_artifacts_carrying_the_rules_labels_are_copied() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_image_on(&dst, "tkgs-demo/tool", &draft, Some("1")).await;
+}
+
+/// Harbor's token service never refuses a token for a missing permission
+/// or a wrong password: it grants what the account holds (nothing, for
+/// credentials it did not accept), and the refusal comes later, as a `401`
+/// to the request itself (`src/core/service/token/creator.go`,
+/// `src/server/middleware/v2auth/auth.go`). The job's error must say which
+/// of the two it was, from the token's grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_push_to_harbor_says_what_the_token_granted() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let robot = "robot$tkgs-demo+relay";
+    let harbor = FakeHarbor::start_with(
+        &registry.url,
+        std::collections::BTreeMap::from([(
+            robot.to_string(),
+            Account::project_robot(ADMIN_PASS, "tkgs-demo", &["pull"]),
+        )]),
+    )
+    .await;
+    harbor
+        .state
+        .projects
+        .lock()
+        .expect("projects")
+        .insert("tkgs-demo".into(), 1);
+    let src = client(&source.url, None, TlsMode::System);
+    let img = TestImage::pushed(&src, "tkgs-demo/app", &[5_000]).await;
+    let job_error = |password: &'static str| {
+        let target = format!(
+            "[registries.integrated]\nurl = \"{}\"\nusername = \"{robot}\"\npassword = \"{password}\"\n\n",
+            harbor.url()
+        );
+        let config = format!(
+            "{}{target}{RULE}",
+            registry_toml("external", &source.url, None, "")
+        );
+        let digest = img.digest.clone();
+        async move {
+            let relay = Relay::start(&config).await;
+            let ids = relay
+                .push(push_event("tkgs-demo/app", Some("1"), &digest))
+                .await;
+            let job = relay.wait_job(ids[0]).await;
+            assert_eq!(job["state"], "failed", "{job}");
+            job["last_error"].as_str().expect("error").to_string()
+        }
+    };
+
+    // The robot holds pull only: Harbor granted pull, the push was refused.
+    let err = job_error(ADMIN_PASS).await;
+    assert!(
+        err.contains("granted only pull")
+            && err.contains("needs push")
+            && err.contains("'tkgs-demo'"),
+        "{err}"
+    );
+    // A wrong password: Harbor answered with an anonymous token.
+    let err = job_error("wrong-password").await;
+    assert!(
+        err.contains("anonymous token") && err.contains("password") && err.contains(robot),
+        "{err}"
+    );
+    // Both went through Harbor's token service, which never said 401.
+    let grants = harbor.state.auth.grants.lock().expect("grants").clone();
+    assert!(grants.iter().any(|g| g.subject == robot), "{grants:?}");
+    assert!(grants.iter().any(|g| g.subject.is_empty()), "{grants:?}");
 }

@@ -60,7 +60,20 @@ pub struct Log {
     pub injected: AtomicUsize,
 }
 
+/// A check in front of the forwarding (a Harbor's `v2auth`): `Some`
+/// answers the request instead of forwarding it.
+pub type Gate = Arc<
+    dyn Fn(
+            axum::http::Method,
+            String,
+            axum::http::HeaderMap,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send>>
+        + Send
+        + Sync,
+>;
+
 struct St {
+    gate: Option<Gate>,
     upstream: String,
     me: String,
     http: reqwest::Client,
@@ -90,12 +103,23 @@ impl FaultProxy {
     /// Like [`FaultProxy::start`], answering `routes` itself (a fake
     /// registry API in front of a real registry) and forwarding the rest.
     pub async fn start_with_routes(upstream: &str, routes: axum::Router) -> FaultProxy {
+        Self::start_gated(upstream, routes, None).await
+    }
+
+    /// Like [`FaultProxy::start_with_routes`], with every forwarded request
+    /// first put to `gate`.
+    pub async fn start_gated(
+        upstream: &str,
+        routes: axum::Router,
+        gate: Option<Gate>,
+    ) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let me = format!("http://{}", listener.local_addr().expect("addr"));
         let log = Arc::new(Log::default());
         let state = Arc::new(St {
+            gate,
             upstream: upstream.trim_end_matches('/').to_string(),
             me: me.clone(),
             http: reqwest::Client::builder()
@@ -186,6 +210,20 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    if let Some(gate) = &st.gate
+        && let Some(refused) =
+            gate(req.method().clone(), path_q.clone(), req.headers().clone()).await
+    {
+        st.log.requests.lock().expect("log").push((
+            arrived,
+            method.clone(),
+            path_q.clone(),
+            refused.status().as_u16(),
+        ));
+        let mut drain = req.into_body().into_data_stream();
+        while let Some(Ok(_)) = drain.next().await {}
+        return refused;
+    }
     let fault = take_fault(&st, &method, &path_q);
     let record = |status: u16| {
         st.log.requests.lock().expect("log").push((

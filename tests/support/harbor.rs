@@ -11,17 +11,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::fault::FaultProxy;
+use super::fault::{FaultProxy, Gate};
+use super::harbor_auth::{Account, HarborAuth};
 
-#[derive(Default)]
 pub struct HarborState {
     /// The real registry behind the fake (lists come from it).
     pub upstream: String,
-    pub user: String,
-    pub pass: String,
+    /// Accounts, the token service and `v2auth` (`harbor_auth.rs`).
+    pub auth: HarborAuth,
     /// Project name → id.
     pub projects: Mutex<BTreeMap<String, u64>>,
     /// Project → policies (as stored, with ids).
@@ -58,14 +57,29 @@ fn may_manage_webhooks(st: &HarborState, user: &str) -> bool {
 type St = Arc<HarborState>;
 
 fn who(st: &HarborState, headers: &HeaderMap) -> Option<String> {
-    let h = headers.get("authorization")?.to_str().ok()?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(h.strip_prefix("Basic ")?)
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (u, p) = text.split_once(':')?;
-    // The admin, or a robot; the test decides who exists by the password.
-    (p == st.pass).then(|| u.to_string())
+    st.auth.basic(headers).map(|(u, _)| u)
+}
+
+/// Whether a project exists: created through the API, or holding a
+/// repository in the registry behind (pushed there by the test).
+async fn project_names(st: &HarborState) -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = upstream_catalog(st)
+        .await
+        .iter()
+        .filter_map(|r| r.split_once('/').map(|(p, _)| p.to_string()))
+        .collect();
+    names.extend(st.projects.lock().expect("projects").keys().cloned());
+    names
+}
+
+/// `GET /service/token`: Harbor's token service (`harbor_auth.rs`).
+async fn service_token(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let names = project_names(&st).await;
+    st.auth.token(&headers, &q, &|p| names.contains(p))
 }
 
 fn errors(status: StatusCode, message: &str) -> Response {
@@ -101,11 +115,13 @@ async fn create_project(State(st): State<St>, headers: HeaderMap, body: String) 
         .lock()
         .expect("calls")
         .push(("POST".into(), "/projects".into()));
-    let Some(user) = who(&st, &headers) else {
+    let Some((_, account)) = st.auth.basic(&headers) else {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
     };
-    // Project-level robots (robot$<project>+<name>) may not create projects.
-    if user.starts_with("robot$") && user.contains('+') {
+    // Project-level robots (robot$<project>+<name>) hold no system
+    // permissions; a system robot needs `project:create`
+    // (`src/common/rbac/const.go`, `ResourceProject`/`ActionCreate`).
+    if !account.create_project {
         return errors(StatusCode::FORBIDDEN, "forbidden");
     }
     let Ok(v) = serde_json::from_str::<Value>(&body) else {
@@ -135,6 +151,11 @@ async fn create_project(State(st): State<St>, headers: HeaderMap, body: String) 
     }
     let id = projects.len() as u64 + 1;
     projects.insert(name.to_string(), id);
+    st.auth
+        .created_at
+        .lock()
+        .expect("created")
+        .insert(name.to_string(), super::harbor_auth::now());
     st.created.lock().expect("created").push(v.clone());
     (
         StatusCode::CREATED,
@@ -553,13 +574,36 @@ pub struct FakeHarbor {
 }
 
 impl FakeHarbor {
+    /// A Harbor with one account: `user` is a system admin, or, named
+    /// `robot$<name>`, a system robot holding pull, push and delete on
+    /// every project and `project:create`, or, named
+    /// `robot$<project>+<name>`, a robot of that project with pull, push
+    /// and delete there.
     pub async fn start(registry_url: &str, user: &str, pass: &str) -> FakeHarbor {
+        let account = match user.strip_prefix("robot$") {
+            None => Account::admin(pass),
+            Some(r) => match r.split_once('+') {
+                Some((project, _)) => {
+                    Account::project_robot(pass, project, &["pull", "push", "delete"])
+                }
+                None => Account::system_robot(pass, &["pull", "push", "delete"], true),
+            },
+        };
+        Self::start_with(registry_url, BTreeMap::from([(user.to_string(), account)])).await
+    }
+
+    /// A Harbor with these accounts.
+    pub async fn start_with(registry_url: &str, accounts: BTreeMap<String, Account>) -> FakeHarbor {
         let state = Arc::new(HarborState {
             upstream: registry_url.trim_end_matches('/').to_string(),
-            user: user.into(),
-            pass: pass.into(),
+            auth: HarborAuth::new(accounts),
+            projects: Mutex::default(),
+            policies: Mutex::default(),
+            calls: Mutex::default(),
+            created: Mutex::default(),
+            executions: Mutex::default(),
+            labels: Mutex::default(),
             version: Mutex::new((2, 14)),
-            ..Default::default()
         });
         let routes = axum::Router::new()
             .route(
@@ -569,6 +613,7 @@ impl FakeHarbor {
                     .post(create_project),
             )
             .route("/api/v2.0/systeminfo", get(systeminfo))
+            .route("/service/token", get(service_token))
             .route(
                 "/api/v2.0/projects/{project}/repositories",
                 get(list_repositories),
@@ -594,8 +639,22 @@ impl FakeHarbor {
                 get(list_executions),
             )
             .with_state(state.clone());
+        let gate_state = state.clone();
+        let gate: Gate = Arc::new(move |method, path, headers| {
+            let st = gate_state.clone();
+            Box::pin(async move {
+                let names = project_names(&st).await;
+                let host = headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                st.auth
+                    .check_v2(&method, &path, &headers, &host, &|p| names.contains(p))
+            })
+        });
         FakeHarbor {
-            proxy: FaultProxy::start_with_routes(registry_url, routes).await,
+            proxy: FaultProxy::start_gated(registry_url, routes, Some(gate)).await,
             state,
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod fault;
 pub mod harbor;
+pub mod harbor_auth;
 pub mod hostile;
 mod images;
 mod pki;
