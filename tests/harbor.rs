@@ -583,7 +583,7 @@ async fn a_refused_push_to_harbor_says_what_the_token_granted() {
     // The robot holds pull only: Harbor granted pull, the push was refused.
     let err = job_error(ADMIN_PASS).await;
     assert!(
-        err.contains("granted only pull")
+        err.contains("only pull on tkgs-demo/app")
             && err.contains("needs push")
             && err.contains("'tkgs-demo'"),
         "{err}"

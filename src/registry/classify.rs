@@ -11,6 +11,17 @@ impl Transport {
     /// Turns an error status into an error that says what to do.
     pub(super) async fn status_error(&self, resp: Response, what: &str) -> RegistryError {
         let status = resp.status();
+        let refused_token = resp
+            .extensions()
+            .get::<super::grant::RefusedToken>()
+            .cloned();
+        // Harbor's `v2auth` answers 401 with an empty challenge when the
+        // check itself failed, which is how a missing project shows
+        // (`src/server/middleware/v2auth/auth.go`, `projectID`).
+        let no_challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .is_none_or(|v| v.as_bytes().trim_ascii().is_empty());
         let body = self
             .read_limited(resp, 64 * 1024, what)
             .await
@@ -41,8 +52,9 @@ impl Transport {
                 registry,
                 what,
                 detail: format!(
-                    "{status}{}; sent as {}{}",
+                    "{status}{}{}; sent as {}{}",
                     detail.map(|d| format!(": {d}")).unwrap_or_default(),
+                    self.why_refused(status.as_u16(), refused_token.as_ref(), no_challenge),
                     match &self.username {
                         Some(u) => format!("user '{u}'"),
                         None => "anonymous (no username configured)".to_string(),
@@ -83,6 +95,27 @@ impl Transport {
                 ),
             },
         }
+    }
+
+    /// What a `401` to a request made with a token, or without a
+    /// challenge, tells beyond the registry's words.
+    fn why_refused(
+        &self,
+        status: u16,
+        token: Option<&super::grant::RefusedToken>,
+        no_challenge: bool,
+    ) -> String {
+        if status != 401 {
+            return String::new();
+        }
+        if let Some(words) = token.and_then(|t| super::grant::explain(t, self.username.as_deref()))
+        {
+            return format!("; {words}");
+        }
+        if no_challenge && (self.is_harbor || self.auth_kind() == "token") {
+            return "; the answer has no challenge, which is Harbor's answer when the repository's project does not exist: create the project on the target, or set create_projects = true".into();
+        }
+        String::new()
     }
 
     /// Classifies a failed exchange: TLS, connection, or other.

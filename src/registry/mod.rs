@@ -24,6 +24,7 @@ mod authn;
 mod blobs;
 mod classify;
 mod error;
+mod grant;
 mod listing;
 mod manifests;
 mod pacer;

@@ -290,6 +290,17 @@ impl Transport {
                     Learned::Stop => {}
                 }
             }
+            let mut resp = resp;
+            if status == StatusCode::UNAUTHORIZED
+                && let AuthHeader::Bearer(token) = &auth
+            {
+                // Kept so the error can say what the token granted.
+                resp.extensions_mut().insert(super::grant::RefusedToken {
+                    token: token.clone(),
+                    scopes: scopes.to_vec(),
+                    method,
+                });
+            }
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             }

@@ -190,6 +190,7 @@ impl Replicator {
         if let Some(summary) = self.unlabelled(req).await? {
             return Ok(summary);
         }
+        self.prepare_target(req).await?;
         if let Some(summary) = self.settled(req, tagged).await? {
             return Ok(summary);
         }
@@ -381,17 +382,12 @@ impl Replicator {
         }
     }
 
-    /// The write of a copy: the project (on a Harbor that creates them),
-    /// the content unless the manifest is there, the manifest (under the
-    /// tag, last), then the referrers, looked up while the content copies.
-    async fn write(
-        &self,
-        req: &CopyRequest<'_>,
-        top: &Manifest,
-        manifest_there: Option<bool>,
-        source_digest: &str,
-        note: Option<String>,
-    ) -> Result<Summary, ReplicateError> {
+    /// Before the target is asked anything: a repository Harbor cannot
+    /// hold is refused, and on a target that creates projects, the project
+    /// is made. Harbor answers any request into a project that does not
+    /// exist with a `401` (`src/server/middleware/v2auth/auth.go`), so
+    /// even the first `HEAD` needs the project.
+    async fn prepare_target(&self, req: &CopyRequest<'_>) -> Result<(), ReplicateError> {
         if (req.target.is_harbor() || req.target.creates_projects())
             && let Some(detail) = crate::harbor::target_problem(req.target_repository)
         {
@@ -407,6 +403,19 @@ impl Replicator {
         {
             self.projects.ensure(req.target, project).await?;
         }
+        Ok(())
+    }
+
+    /// The write of a copy: the content unless the manifest is there, the manifest (under the
+    /// tag, last), then the referrers, looked up while the content copies.
+    async fn write(
+        &self,
+        req: &CopyRequest<'_>,
+        top: &Manifest,
+        manifest_there: Option<bool>,
+        source_digest: &str,
+        note: Option<String>,
+    ) -> Result<Summary, ReplicateError> {
         let progress = Progress::default();
         let content = async {
             let present = match manifest_there {
