@@ -66,7 +66,7 @@ pub(super) fn explain(refused: &RefusedToken, user: Option<&str>) -> Option<Stri
     });
     if claims.sub.is_empty() {
         return Some(format!(
-            "the token service issued an anonymous token: it did not accept the credentials of {who} (Harbor answers a wrong password so, not with 401); check the password"
+            "the token service issued an anonymous token: it did not accept the credentials of {who} (a token service such as Harbor's answers refused credentials so, not with 401); check the password"
         ));
     }
     let needed = action_of(&refused.method);

@@ -74,7 +74,8 @@ async fn token_auth_target_and_basic_auth_source() {
     );
     assert_image_on(dst, "library/tok", &img, Some("1")).await;
 
-    // Wrong password: the token service refuses, the job says access denied.
+    // Wrong password: the token service answers, as Harbor's does, with an
+    // anonymous token; the registry refuses it, and the job says why.
     let bad = config.replace(PASS, "wrong");
     let relay2 = Relay::start(&bad).await;
     let ids = relay2
@@ -85,6 +86,7 @@ async fn token_auth_target_and_basic_auth_source() {
     let err = job["last_error"].as_str().expect("error");
     eprintln!("last_error: {err}");
     assert!(err.contains("access denied"), "{err}");
+    assert!(err.contains("anonymous token"), "{err}");
     assert!(
         err.contains(&format!("sent as user '{USER}'")),
         "the user name sent is named: {err}"

@@ -10,7 +10,9 @@ use tempfile::TempDir;
 use super::*;
 
 /// A Docker token issuer (the `/service/token` flow Harbor uses): checks
-/// Basic credentials and signs an ES256 JWT granting the requested scopes.
+/// Basic credentials and signs an ES256 JWT, granting as Harbor's token
+/// service does: every action on each repository asked for, and, to
+/// credentials it does not accept, an anonymous token granting nothing.
 pub struct TokenIssuer {
     pub url: String,
     pub service: String,
@@ -112,7 +114,12 @@ impl TokenIssuer {
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v == expected);
-            if !ok {
+            // As Harbor's token service (`src/core/service/token/creator.go`):
+            // credentials it does not accept make the caller anonymous, which
+            // is a 401 only without a scope (`docker login`); with scopes,
+            // each repository scope gets every action the account holds (all
+            // here; none for anonymous), whatever was asked.
+            if !ok && asked.is_empty() {
                 return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
             }
             let access: Vec<Value> = q
@@ -122,23 +129,31 @@ impl TokenIssuer {
                 .filter_map(|s| {
                     let mut parts = s.splitn(3, ':');
                     let (t, n, a) = (parts.next()?, parts.next()?, parts.next()?);
-                    Some(json!({"type": t, "name": n, "actions": a.split(',').collect::<Vec<_>>()}))
+                    let actions: Vec<&str> = match (ok, t) {
+                        (false, _) => Vec::new(),
+                        (true, "repository") => vec!["pull", "push", "delete"],
+                        (true, _) => a.split(',').collect(),
+                    };
+                    Some(json!({"type": t, "name": n, "actions": actions}))
                 })
                 .collect();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("time")
                 .as_secs();
+            // `MakeToken` (`authutils.go`): 30 minutes by default.
+            let expires_in = 1800;
+            let sub = if ok { st.user.as_str() } else { "" };
             let claims = json!({
-                "iss": "test-issuer", "sub": st.user, "aud": "test-registry",
-                "exp": now + 300, "nbf": now - 10, "iat": now,
+                "iss": "test-issuer", "sub": sub, "aud": "test-registry",
+                "exp": now + expires_in, "nbf": now - 10, "iat": now,
                 "jti": format!("{now}-{}", rand::random::<u64>()),
                 "access": access,
             });
             let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
             header.x5c = Some(vec![st.x5c.clone()]);
             let jwt = jsonwebtoken::encode(&header, &claims, &st.key).expect("sign");
-            axum::Json(json!({"token": jwt, "access_token": jwt, "expires_in": 300}))
+            axum::Json(json!({"token": jwt, "access_token": jwt, "expires_in": expires_in}))
                 .into_response()
         }
         let app = axum::Router::new()
