@@ -96,6 +96,34 @@ pub async fn ensure_project(registry: &Registry, project: &str) -> Result<bool, 
     }
 }
 
+/// Removes a tag from an artifact, leaving the artifact (swagger
+/// `deleteTag`: `DELETE /projects/{p}/repositories/{r}/artifacts/{digest}/tags/{tag}`,
+/// the repository's '/' encoded twice). A tag already gone is fine.
+pub async fn delete_tag(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+    tag: &str,
+) -> Result<(), RegistryError> {
+    let what = format!("removing tag {repository}:{tag}");
+    let Some((project, inside)) = repository.split_once('/') else {
+        return Err(RegistryError::Refused {
+            registry: registry.name().to_string(),
+            what,
+            detail: "a Harbor repository is always inside a project".into(),
+        });
+    };
+    let path = format!(
+        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{digest}/tags/{tag}",
+        inside.replace('/', "%252F")
+    );
+    let resp = registry.api(&what, Method::DELETE, &path, None).await?;
+    match resp.status() {
+        StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
+        _ => Err(api_error(registry, resp, &what, (Method::DELETE, &path)).await),
+    }
+}
+
 /// The names of the projects `take_project` accepts (paged).
 pub async fn projects(
     registry: &Registry,

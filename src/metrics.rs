@@ -40,6 +40,9 @@ pub struct Metrics {
     pub reconcile_checked: IntCounterVec,
     /// Differences reconcile passes found (and queued), by `rule`.
     pub reconcile_differences: IntCounterVec,
+    /// Target tags reconcile passes removed (`prune`), by `rule` and
+    /// `result` (`removed`, `failed`).
+    pub reconcile_pruned: IntCounterVec,
     /// When the last reconcile pass of a rule finished (Unix seconds).
     pub reconcile_last_pass: prometheus::GaugeVec,
     /// From the event's time to the tag written on the target.
@@ -207,6 +210,11 @@ impl Metrics {
                 "harbor_relay_reconcile_differences_total",
                 "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
                 &["rule"],
+            )?,
+            reconcile_pruned: m.counters(
+                "harbor_relay_reconcile_pruned_total",
+                "Target tags the source no longer has, removed by reconcile passes of rules with prune = true, by rule and result (removed, failed).",
+                &["rule", "result"],
             )?,
             reconcile_last_pass: m.timestamps(
                 "harbor_relay_reconcile_last_pass_timestamp_seconds",

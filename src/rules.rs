@@ -128,6 +128,11 @@ impl Rule {
         }
     }
 
+    /// Where a repository (full path, in `project`) goes on the target.
+    pub fn target_of(&self, project: &str, repository: &str) -> String {
+        self.target_path(project, inside(project, repository))
+    }
+
     /// True if this rule selects the project.
     pub fn takes_project(&self, project: &str) -> bool {
         self.projects.is_match(project)

@@ -599,3 +599,66 @@ async fn a_refused_push_to_harbor_says_what_the_token_granted() {
     assert!(grants.iter().any(|g| g.subject == robot), "{grants:?}");
     assert!(grants.iter().any(|g| g.subject.is_empty()), "{grants:?}");
 }
+
+/// `prune = true` with a Harbor target removes the tag alone through
+/// Harbor's `deleteTag` (the repository's '/' encoded twice), leaving the
+/// artifact and its other tags; `--dry-run` first lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_a_tag_alone_on_a_harbor_target() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let behind = client(&registry.url, None, TlsMode::System);
+    let img = TestImage::pushed(&src, "tkgs-demo/team/app", &[5_000]).await;
+    for t in ["1", "gone"] {
+        img.push(&behind, "tkgs-demo/team/app", &Reference::Tag(t.into()))
+            .await;
+    }
+    let config = format!(
+        "{}[registries.integrated]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nprune = true\n",
+        registry_toml("external", &source.url, None, ""),
+        harbor.url()
+    );
+    let file = ConfigFile::new(&config);
+    let args = [
+        "reconcile",
+        "--config",
+        file.path.as_str(),
+        "--rule",
+        "mirror",
+    ];
+    let out = relay_cmd(&[&args[..], &["--dry-run"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "would prune integrated/tkgs-demo/team/app:gone {} (tag only)",
+            img.digest
+        )),
+        "{stdout}"
+    );
+    assert!(
+        harbor
+            .state
+            .deleted_tags
+            .lock()
+            .expect("deleted")
+            .is_empty()
+    );
+
+    let out = relay_cmd(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deleted = harbor.state.deleted_tags.lock().expect("deleted").clone();
+    assert_eq!(
+        deleted,
+        vec![(
+            "tkgs-demo/team/app".to_string(),
+            img.digest.clone(),
+            "gone".to_string()
+        )]
+    );
+}

@@ -69,7 +69,8 @@ pub enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
-    /// Compare a rule's source with its target now; copy what differs.
+    /// Compare a rule's source with its target now; copy what differs
+    /// (and, with prune = true, remove target tags the source lost).
     Reconcile {
         /// The configuration file.
         #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
@@ -77,7 +78,8 @@ pub enum Command {
         /// The rule's name [default: every rule with a reconcile_interval].
         #[arg(long)]
         rule: Option<String>,
-        /// Only print the differences.
+        /// Only print the differences (and, for a rule with prune = true,
+        /// the target tags that would be removed); change nothing.
         #[arg(long)]
         dry_run: bool,
     },

@@ -120,12 +120,41 @@ async fn reconcile_rule(
             d.target_digest.as_deref().unwrap_or("missing")
         );
     }
+    for s in &report.stale {
+        println!(
+            "{}prune {}/{}",
+            if dry_run { "would " } else { "" },
+            rule.config.to,
+            s.describe()
+        );
+    }
     println!(
-        "{} tags checked, {} differ",
+        "{} tags checked, {} differ{}",
         report.checked,
-        report.differences.len()
+        report.differences.len(),
+        if rule.config.prune {
+            format!(", {} to prune", report.stale.len())
+        } else {
+            String::new()
+        }
     );
-    if dry_run || report.differences.is_empty() {
+    if dry_run {
+        return Ok(());
+    }
+    let mut failed = 0;
+    for s in &report.stale {
+        match harbor_relay::reconcile::prune::remove(target, s).await {
+            Ok(()) => println!("pruned {}/{}", rule.config.to, s.describe()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("failed to prune {}: {e}", s.describe());
+            }
+        }
+    }
+    if report.differences.is_empty() {
+        if failed > 0 {
+            bail!("{failed} of {} prunes failed", report.stale.len());
+        }
         return Ok(());
     }
     let replicator = Replicator::new(
@@ -133,7 +162,6 @@ async fn reconcile_rule(
         None,
         std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
     );
-    let mut failed = 0;
     for job in harbor_relay::reconcile::jobs_for(rule, &report) {
         let done = replicator.copy(&job.copy_request(source, target)).await;
         match done {
@@ -148,7 +176,10 @@ async fn reconcile_rule(
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} copies failed", report.differences.len());
+        bail!(
+            "{failed} of {} copies and prunes failed",
+            report.differences.len() + report.stale.len()
+        );
     }
     Ok(())
 }
@@ -193,6 +224,26 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
                 "rule '{}': only {} artifacts (artifact_types); decided from the manifest when the job runs",
                 p.rule,
                 types.join(", ")
+            );
+        }
+        if let Some(r) = rules.get(&p.rule).filter(|r| r.config.prune) {
+            println!(
+                "rule '{}': prune = true: reconcile removes target tags in {} that the rule selects and the source no longer has{}{}",
+                p.rule,
+                p.target_repository,
+                if r.config.replicate_deletes {
+                    ", and a manifest left without tags that the source no longer holds"
+                } else {
+                    ""
+                },
+                if r.config.reconcile_interval.is_none() {
+                    format!(
+                        "; the rule has no reconcile_interval, so only `harbor-relay reconcile --rule {}` does",
+                        p.rule
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         let harbor = config

@@ -435,6 +435,7 @@ impl Loader<'_> {
             platforms: self.platforms(&key("platforms"), r.platforms)?,
             artifact_types: self.artifact_types(&key("artifact_types"), r.artifact_types)?,
             labels,
+            prune: r.prune.unwrap_or(false),
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })

@@ -121,4 +121,5 @@ pub(super) struct RawRule {
     pub(super) reconcile_interval: Option<String>,
     pub(super) artifact_types: Option<Vec<String>>,
     pub(super) labels: Option<Vec<String>>,
+    pub(super) prune: Option<bool>,
 }

@@ -300,6 +300,11 @@ pub struct RuleConfig {
     /// Harbor labels an artifact must all carry to be copied (empty: no
     /// label filter); needs a `kind = "harbor"` source.
     pub labels: Vec<String>,
+    /// Reconcile removes target tags the rule covers that the source no
+    /// longer has (Harbor sends no event when a tag is removed); with
+    /// `replicate_deletes`, also a manifest left without tags there that
+    /// the source no longer holds.
+    pub prune: bool,
 }
 
 impl RuleConfig {
@@ -322,6 +327,7 @@ impl RuleConfig {
             reconcile_interval: None,
             artifact_types: vec!["*".into()],
             labels: vec![],
+            prune: false,
         }
     }
 }

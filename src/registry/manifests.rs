@@ -209,6 +209,25 @@ impl Registry {
         }
     }
 
+    /// Removes a tag alone (`DELETE /v2/<name>/manifests/<tag>`, OCI 1.1):
+    /// true when removed or already gone, false when the registry cannot
+    /// (CNCF distribution 2.x answers `400`; others `405`).
+    pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
+        let what = format!("removing tag {repository}:{tag}");
+        let url = self.url(&format!("{repository}/manifests/{tag}"));
+        let scopes = vec![auth::scope(repository, "delete")];
+        let resp = self
+            .t
+            .send(&what, &scopes, true, &|c| c.delete(&url))
+            .await?;
+        match resp.status() {
+            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::NOT_FOUND => Ok(true),
+            StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => Ok(false),
+            _ => Err(self.t.status_error(resp, &what).await),
+        }
+    }
+
     /// Writes a manifest under a tag or its digest, with its media type.
     pub async fn put_manifest(
         &self,

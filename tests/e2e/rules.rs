@@ -305,3 +305,110 @@ async fn artifact_types_select_images_and_leave_charts_alone() {
     relay.wait_success(ids[0]).await;
     assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
 }
+
+/// `prune = true`: a tag removed on the source (Harbor sends no event for
+/// that) is removed from the target by reconcile, after `--dry-run` lists
+/// it; tags and repositories outside the rule are never touched; with
+/// `replicate_deletes`, a manifest left without tags that the source no
+/// longer holds goes too; a registry that cannot delete a tag alone (CNCF
+/// distribution 2.x) gets a clear error for that tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_target_tags_the_source_lost_and_nothing_outside_the_rule() {
+    let w = World::new().await;
+    let (a, b, c) = (
+        TestImage::random(&[5_000]),
+        TestImage::random(&[5_000]),
+        TestImage::random(&[5_000]),
+    );
+    let tag = |t: &str| Reference::Tag(t.into());
+    a.push(&w.src, "library/app", &tag("1")).await;
+    b.push(&w.src, "library/app", &tag("2")).await;
+    // The target as earlier replication left it, before the source lost
+    // tags 3 and old: `3` alone held c; `old` shares a's manifest with `1`.
+    for (img, t) in [(&a, "1"), (&b, "2"), (&c, "3"), (&a, "old"), (&b, "keep-3")] {
+        img.push(&w.dst, "library/app", &tag(t)).await;
+    }
+    c.push(&w.dst, "other/app", &tag("3")).await;
+    let rules = "[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"library\"]\nexclude_tags = [\"keep-*\"]\nprune = true\nreplicate_deletes = true\n";
+    let file = ConfigFile::new(&format!("{}{rules}", w.registries()));
+    let args = [
+        "reconcile",
+        "--config",
+        file.path.as_str(),
+        "--rule",
+        "mirror",
+    ];
+
+    let out = relay_cmd(&[&args[..], &["--dry-run"]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "would prune integrated/library/app:3 {} (tag and manifest)",
+            c.digest
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "would prune integrated/library/app:old {} (tag only)",
+            a.digest
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 tags checked, 0 differ, 2 to prune"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("keep-3") && !stdout.contains("other/app"),
+        "{stdout}"
+    );
+    // A dry run changes nothing.
+    assert_eq!(
+        w.dst.resolve("library/app", &tag("3")).await.expect("head"),
+        Some(c.digest.clone())
+    );
+
+    let out = relay_cmd(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `3`'s manifest is deleted (no other tag, the source lacks it).
+    assert!(
+        !w.dst
+            .has_manifest("library/app", &c.digest)
+            .await
+            .expect("head")
+    );
+    assert_eq!(
+        w.dst.resolve("library/app", &tag("3")).await.expect("head"),
+        None
+    );
+    // `old` cannot go alone on distribution 2.x, and a's manifest stays
+    // for `1`: the run fails for that tag and says what to do.
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("failed to prune library/app:old")
+            && stderr.contains("cannot delete a tag alone"),
+        "{stderr}"
+    );
+    assert_eq!(
+        w.dst.resolve("library/app", &tag("1")).await.expect("head"),
+        Some(a.digest.clone())
+    );
+    // Outside the rule: untouched.
+    assert_eq!(
+        w.dst
+            .resolve("library/app", &tag("keep-3"))
+            .await
+            .expect("head"),
+        Some(b.digest.clone())
+    );
+    assert_eq!(
+        w.dst.resolve("other/app", &tag("3")).await.expect("head"),
+        Some(c.digest.clone())
+    );
+}

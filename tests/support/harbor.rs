@@ -35,6 +35,8 @@ pub struct HarborState {
     pub labels: Mutex<BTreeMap<String, Vec<String>>>,
     /// The Harbor version played (major, minor); permissions follow it.
     pub version: Mutex<(u32, u32)>,
+    /// Tags removed through `deleteTag`: (repository, digest, tag).
+    pub deleted_tags: Mutex<Vec<(String, String, String)>>,
 }
 
 /// Harbor's answer to a webhook-policy call: `401` without valid
@@ -344,6 +346,54 @@ struct Labels {
 
 /// `GET …/repositories/{repo}/artifacts/{reference}` (GetArtifact): one
 /// artifact by tag or digest, its labels with `with_label=true`.
+/// `DELETE …/artifacts/{reference}/tags/{tag}` (swagger `deleteTag`):
+/// the repository's '/' encoded twice; `403` without the `delete`
+/// permission on the project (`rbac.ActionDelete` on `ResourceTag`);
+/// `404` when the tag is not on that artifact. The registry behind cannot
+/// untag, so the removal is recorded in `deleted_tags`.
+async fn delete_tag(
+    State(st): State<St>,
+    headers: HeaderMap,
+    Path((project, repo, reference, tag)): Path<(String, String, String, String)>,
+) -> Response {
+    st.calls.lock().expect("calls").push((
+        "DELETE".into(),
+        format!("/projects/{project}/repositories/{repo}/artifacts/{reference}/tags/{tag}"),
+    ));
+    if repo.contains('/') {
+        return errors(
+            StatusCode::NOT_FOUND,
+            "the repository name must be URL-encoded twice (%252F)",
+        );
+    }
+    let repo = format!("{project}/{}", repo.replace("%2F", "/"));
+    let Some((_, account)) = st.auth.basic(&headers) else {
+        return errors(StatusCode::UNAUTHORIZED, "unauthorized");
+    };
+    if !account.actions_on(&project).contains("delete") {
+        return errors(StatusCode::FORBIDDEN, "forbidden");
+    }
+    let resp = reqwest::Client::new()
+        .head(format!("{}/v2/{repo}/manifests/{tag}", st.upstream))
+        .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
+        .send()
+        .await
+        .expect("HEAD");
+    let on_artifact = resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|d| d == reference);
+    if !on_artifact {
+        return errors(StatusCode::NOT_FOUND, "tag not found on this artifact");
+    }
+    st.deleted_tags
+        .lock()
+        .expect("deleted")
+        .push((repo, reference, tag));
+    StatusCode::OK.into_response()
+}
+
 async fn get_artifact(
     State(st): State<St>,
     headers: HeaderMap,
@@ -604,6 +654,7 @@ impl FakeHarbor {
             executions: Mutex::default(),
             labels: Mutex::default(),
             version: Mutex::new((2, 14)),
+            deleted_tags: Mutex::default(),
         });
         let routes = axum::Router::new()
             .route(
@@ -625,6 +676,10 @@ impl FakeHarbor {
             .route(
                 "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}",
                 get(get_artifact),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}/tags/{tag}",
+                axum::routing::delete(delete_tag),
             )
             .route(
                 "/api/v2.0/projects/{project}/webhook/policies",

@@ -7,7 +7,10 @@
 //! digest on both sides with manifest `HEAD`s (cheap; on Docker Hub they do
 //! not count as pulls). Only the differences become jobs. A rule whose
 //! source is any registry and that sets an interval is "scheduled pull
-//! replication".
+//! replication". With `prune = true`, a pass also removes target tags
+//! the source no longer has ([`prune`]).
+
+pub mod prune;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,17 +45,36 @@ pub struct Report {
     pub checked: u64,
     /// Tags that differ.
     pub differences: Vec<Difference>,
+    /// The source repositories the pass listed, with all their tags.
+    pub seen: Vec<prune::Seen>,
+    /// Target tags to remove (rules with `prune = true`).
+    pub stale: Vec<prune::Stale>,
 }
 
-/// Compares the source with the target under one rule.
+/// Compares the source with the target under one rule (and, with
+/// `prune`, finds the target tags the source no longer has).
 pub async fn pass(
     rule: &Rule,
     source: &Registry,
     target: &Registry,
 ) -> Result<Report, RegistryError> {
-    if source.is_harbor() {
-        return harbor_pass(rule, source, target).await;
+    let mut report = if source.is_harbor() {
+        harbor_pass(rule, source, target).await?
+    } else {
+        registry_pass(rule, source, target).await?
+    };
+    if rule.config.prune {
+        report.stale = prune::find(rule, source, target, &report.seen).await?;
     }
+    Ok(report)
+}
+
+/// A pass over any registry: `/v2/_catalog`, `tags/list`, `HEAD`s.
+async fn registry_pass(
+    rule: &Rule,
+    source: &Registry,
+    target: &Registry,
+) -> Result<Report, RegistryError> {
     let mut report = Report::default();
     for repository in source.catalog().await? {
         let project = repository
@@ -71,7 +93,14 @@ pub async fn pass(
         {
             continue;
         }
-        for tag in source.tags(&repository).await? {
+        let tags = source.tags(&repository).await?;
+        report.seen.push(prune::Seen {
+            project: project.to_string(),
+            source_repository: repository.clone(),
+            target_repository: rule.target_of(project, &repository),
+            tags: tags.iter().cloned().collect(),
+        });
+        for tag in tags {
             let reference = Reference::Tag(tag.clone());
             let Ok(plan) = rule.plan(project, &repository, &reference) else {
                 continue;
@@ -108,6 +137,7 @@ async fn harbor_pass(
 ) -> Result<Report, RegistryError> {
     let mut report = Report::default();
     let listed = crate::harbor::list_tagged(source, &|p| rule.takes_project(p)).await?;
+    report.seen = seen_in(rule, &listed);
     for crate::harbor::Tagged {
         repository,
         tag,
@@ -145,6 +175,32 @@ async fn harbor_pass(
     Ok(report)
 }
 
+/// The repositories of a Harbor listing the rule covers, with their tags.
+fn seen_in(rule: &Rule, listed: &[crate::harbor::Tagged]) -> Vec<prune::Seen> {
+    let mut by_repo: std::collections::BTreeMap<&str, prune::Seen> = Default::default();
+    for t in listed {
+        let project = t
+            .repository
+            .split_once('/')
+            .map(|(p, _)| p)
+            .unwrap_or_default();
+        if !rule.covers(project, &t.repository) {
+            continue;
+        }
+        by_repo
+            .entry(&t.repository)
+            .or_insert_with(|| prune::Seen {
+                project: project.to_string(),
+                source_repository: t.repository.clone(),
+                target_repository: rule.target_of(project, &t.repository),
+                tags: Default::default(),
+            })
+            .tags
+            .insert(t.tag.clone());
+    }
+    by_repo.into_values().collect()
+}
+
 /// The jobs that repair what a pass found.
 pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
     report
@@ -160,6 +216,27 @@ pub fn jobs_for(rule: &Rule, report: &Report) -> Vec<JobSpec> {
             )
         })
         .collect()
+}
+
+/// Removes what a pass found stale, counting and logging each; a failure
+/// is tried again at the next pass.
+async fn prune_all(rule: &str, target: &Registry, stale: &[prune::Stale], metrics: &Metrics) {
+    for s in stale {
+        let result = match prune::remove(target, s).await {
+            Ok(()) => {
+                tracing::info!(rule, removed = %s.describe(), "pruned a tag the source no longer has");
+                "removed"
+            }
+            Err(e) => {
+                tracing::warn!(rule, tag = %s.describe(), error = %e, "cannot prune");
+                "failed"
+            }
+        };
+        metrics
+            .reconcile_pruned
+            .with_label_values(&[rule, result])
+            .inc();
+    }
 }
 
 /// Runs a pass for `rule` every `interval` (the first right away) and
@@ -196,6 +273,7 @@ pub async fn run(
                 {
                     tracing::error!(rule = %name, error = %e, "cannot enqueue reconcile jobs");
                 }
+                prune_all(&name, &target, &report.stale, &metrics).await;
                 tracing::info!(
                     rule = %name,
                     checked = report.checked,
