@@ -180,6 +180,36 @@ impl Manifest {
         harbor_type_of(&of)
     }
 
+    /// The tag suffix cosign gives this manifest when it stores it beside
+    /// its subject as `sha256-<hex><suffix>` (cosign's tag schema, not
+    /// OCI referrers): `.sig` for simple signing layers, `.att` for DSSE
+    /// attestations, `.sbom` for an attached SBOM; `None` for anything
+    /// else. A Harbor lists such accessories in its referrers API without
+    /// a `subject`, so their tag must be put back from their layers.
+    pub fn cosign_suffix(&self) -> Option<&'static str> {
+        let Ok(Children::Blobs(blobs)) = self.children() else {
+            return None;
+        };
+        let layers = &blobs[1..];
+        let all = |f: &dyn Fn(&str) -> bool| {
+            !layers.is_empty() && layers.iter().all(|l| f(&l.media_type))
+        };
+        if all(&|t| t == "application/vnd.dev.cosign.simplesigning.v1+json") {
+            Some(".sig")
+        } else if all(&|t| t == "application/vnd.dsse.envelope.v1+json") {
+            Some(".att")
+        } else if all(&|t| {
+            t.starts_with("text/spdx")
+                || t.starts_with("application/vnd.cyclonedx")
+                || t.starts_with("application/vnd.syft")
+                || t.starts_with("application/spdx")
+        }) {
+            Some(".sbom")
+        } else {
+            None
+        }
+    }
+
     /// The manifest's children.
     pub fn children(&self) -> Result<Children, ManifestError> {
         let doc = parse(&self.digest, &self.bytes)?;
@@ -327,5 +357,29 @@ mod tests {
         );
         let m = Manifest::from_bytes(Bytes::from(typed), None).expect("typed");
         assert_eq!(m.harbor_type(), "wasm");
+    }
+    #[test]
+    fn cosigns_tag_suffix_is_read_from_the_layers() {
+        let image = |layer_type: &str| {
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":2}},"layers":[{{"mediaType":"{layer_type}","digest":"{}","size":3}}]}}"#,
+                d('a'),
+                d('b')
+            );
+            Manifest::from_bytes(Bytes::from(body), None).expect("manifest")
+        };
+        assert_eq!(
+            image("application/vnd.dev.cosign.simplesigning.v1+json").cosign_suffix(),
+            Some(".sig")
+        );
+        assert_eq!(
+            image("application/vnd.dsse.envelope.v1+json").cosign_suffix(),
+            Some(".att")
+        );
+        assert_eq!(image("text/spdx+json").cosign_suffix(), Some(".sbom"));
+        assert_eq!(
+            image("application/vnd.oci.image.layer.v1.tar+gzip").cosign_suffix(),
+            None
+        );
     }
 }

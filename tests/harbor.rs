@@ -662,3 +662,80 @@ async fn prune_removes_a_tag_alone_on_a_harbor_target() {
         )]
     );
 }
+
+/// A Harbor source (v2.8 and later) has the OCI referrers API and lists
+/// cosign's signatures in it as accessories of their image, though a
+/// legacy cosign signature (`sha256-<hex>.sig`) has no `subject`. Once the
+/// relay has seen the API answer, each new image costs one referrers `GET`
+/// instead of it and four `HEAD`s of fallback tags; the signature still
+/// arrives under its `.sig` tag, where cosign looks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_harbor_sources_referrers_api_replaces_the_fallback_tag_lookups() {
+    use harbor_relay::manifest::{Manifest, OCI_MANIFEST, sha256_digest};
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = FakeHarbor::start(&registry.url, "admin", ADMIN_PASS).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let behind = client(&registry.url, None, TlsMode::System);
+    let dst = client(&target.url, None, TlsMode::System);
+    let repo = "tkgs-demo/signed";
+    // A legacy cosign signature: simple-signing layer, no subject, stored
+    // under `sha256-<hex>.sig`.
+    let sign = |img: &TestImage| {
+        let (config, sig) = (
+            bytes::Bytes::from_static(b"{}"),
+            bytes::Bytes::from(format!("signature of {}", img.digest)),
+        );
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": sha256_digest(&sig), "size": sig.len()}],
+        });
+        let m = Manifest::from_bytes(bytes::Bytes::from(m.to_string()), None).expect("manifest");
+        let tag = format!("sha256-{}.sig", img.digest.trim_start_matches("sha256:"));
+        (vec![config, sig], m, tag)
+    };
+    let config = format!(
+        "[registries.external]\nurl = \"{}\"\nkind = \"harbor\"\nusername = \"admin\"\npassword = \"{ADMIN_PASS}\"\n\n{}{RULE}",
+        harbor.url(),
+        registry_toml("integrated", &target.url, None, "")
+    );
+    let relay = Relay::start(&config).await;
+    for (i, tag) in ["1", "2"].iter().enumerate() {
+        let img = TestImage::random(&[5_000]);
+        img.push(&behind, repo, &Reference::Tag((*tag).into()))
+            .await;
+        let (blobs, sig, sig_tag) = sign(&img);
+        for b in blobs {
+            behind.put_blob_bytes(repo, b).await.expect("blob");
+        }
+        behind
+            .put_manifest(repo, &Reference::Tag(sig_tag.clone()), &sig)
+            .await
+            .expect("signature");
+        let before = harbor.proxy.requests().len();
+        let ids = relay.push(push_event(repo, Some(tag), &img.digest)).await;
+        let job = relay.wait_success(ids[0]).await;
+        assert_eq!(job["referrers_copied"], 1, "{job}");
+        let on_target = dst
+            .get_manifest(repo, &Reference::Tag(sig_tag))
+            .await
+            .expect("the signature under its .sig tag");
+        assert_eq!(on_target.digest, sig.digest);
+        let asked: Vec<(String, String)> = harbor.proxy.requests()[before..]
+            .iter()
+            .map(|(_, m, p, _)| (m.clone(), p.clone()))
+            .collect();
+        let fallback_heads = asked
+            .iter()
+            .filter(|(m, p)| m == "HEAD" && p.contains("/manifests/sha256-"))
+            .count();
+        let listed = asked
+            .iter()
+            .filter(|(_, p)| p.contains("/referrers/"))
+            .count();
+        assert_eq!(listed, 1, "{asked:?}");
+        // The first image teaches the relay that the API exists (all five
+        // asked at once); from then on the API alone.
+        assert_eq!(fallback_heads, if i == 0 { 4 } else { 0 }, "{asked:?}");
+    }
+}

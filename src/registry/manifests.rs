@@ -171,6 +171,7 @@ impl Registry {
                         source,
                     }
                 })?;
+            self.t.note_referrers_api();
             if let Ok(manifest::Children::Manifests(list)) = index.children() {
                 all.extend(list);
             }
@@ -180,6 +181,13 @@ impl Registry {
             }
         }
         Ok(Some(all))
+    }
+
+    /// What is known of the registry's OCI referrers API: `Some(true)` it
+    /// answered with a list, `Some(false)` it has none (asked lately),
+    /// `None` not known yet.
+    pub fn referrers_api(&self) -> Option<bool> {
+        self.t.referrers_api()
     }
 
     /// Deletes a manifest by digest (which removes the tags pointing at

@@ -67,6 +67,8 @@ pub(super) struct Transport {
     pub(super) stats: std::sync::Arc<Stats>,
     /// Until when to assume the registry has no OCI referrers API.
     no_referrers_api_until: Mutex<Option<Instant>>,
+    /// The registry answered a referrers request with a list.
+    referrers_api_seen: std::sync::atomic::AtomicBool,
 }
 
 /// How long a registry without the referrers API is not asked again.
@@ -209,6 +211,7 @@ impl Transport {
             limits,
             stats: Default::default(),
             no_referrers_api_until: Mutex::new(None),
+            referrers_api_seen: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -384,7 +387,25 @@ impl Transport {
 
     /// The registry answered that it has no referrers API.
     pub(super) fn note_no_referrers_api(&self) {
+        self.referrers_api_seen.store(false, Ordering::Relaxed);
         *lock(&self.no_referrers_api_until) = Some(Instant::now() + NO_REFERRERS_API_FOR);
+    }
+
+    /// The registry answered a referrers request with a list.
+    pub(super) fn note_referrers_api(&self) {
+        self.referrers_api_seen.store(true, Ordering::Relaxed);
+    }
+
+    /// What is known of the registry's referrers API: `Some(true)` it
+    /// answered with a list, `Some(false)` it said it has none (lately),
+    /// `None` not asked yet.
+    pub(super) fn referrers_api(&self) -> Option<bool> {
+        if self.lacks_referrers_api() {
+            return Some(false);
+        }
+        self.referrers_api_seen
+            .load(Ordering::Relaxed)
+            .then_some(true)
     }
 
     /// A request to the registry's own REST API (Harbor's `/api/v2.0`),

@@ -11,6 +11,8 @@ use crate::reference::Reference;
 
 /// What refers to a subject on the source, found before it is copied.
 pub(super) struct Referrers {
+    /// The subject's digest.
+    subject: String,
     /// From the OCI referrers API (`None`: the source has no such API).
     listed: Option<Vec<Descriptor>>,
     /// The fallback and cosign tags asked for...
@@ -29,10 +31,24 @@ pub(super) fn referrer_subjects(top: &Manifest) -> Vec<String> {
     out
 }
 
-/// Asks the source, all at once (on a registry without referrers they are
-/// all misses, and one round trip is better than five), for the referrers
-/// of `subject`: the referrers API, the `sha256-<hex>` fallback tag and
-/// cosign's `.sig`, `.att` and `.sbom` tags.
+/// Which `sha256-<hex><suffix>` tags to look for beside the referrers
+/// API, from what is known of the source's API: all four while it is not
+/// known (asked at once with the API: one round trip, not two); with the
+/// API, not the `sha256-<hex>` fallback index it replaces (OCI 1.1); from
+/// a Harbor with the API, none, since Harbor lists cosign's signatures,
+/// attestations and SBOMs as accessories in it
+/// (`src/server/registry/referrers.go`).
+pub(super) fn tags_to_ask(api: Option<bool>, harbor: bool) -> &'static [&'static str] {
+    match (api, harbor) {
+        (Some(true), true) => &[],
+        (Some(true), false) => &[".sig", ".att", ".sbom"],
+        _ => &["", ".sig", ".att", ".sbom"],
+    }
+}
+
+/// Asks the source, all at once, for the referrers of `subject`: the
+/// referrers API and the tags [`tags_to_ask`] names (the `sha256-<hex>`
+/// fallback tag, cosign's `.sig`, `.att` and `.sbom`).
 pub(super) async fn find_referrers(
     req: &CopyRequest<'_>,
     subject: &str,
@@ -42,7 +58,7 @@ pub(super) async fn find_referrers(
     let tags: Vec<Reference> = if hex.is_empty() {
         Vec::new()
     } else {
-        ["", ".sig", ".att", ".sbom"]
+        tags_to_ask(source.referrers_api(), source.is_harbor())
             .iter()
             .map(|suffix| Reference::Tag(format!("sha256-{hex}{suffix}")))
             .collect()
@@ -53,6 +69,7 @@ pub(super) async fn find_referrers(
     )
     .await?;
     Ok(Referrers {
+        subject: subject.to_string(),
         listed,
         tags,
         resolved,
@@ -75,6 +92,7 @@ impl Replicator {
         let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
         let mut copied = HashSet::new();
         let Referrers {
+            subject,
             listed,
             tags,
             resolved,
@@ -89,7 +107,16 @@ impl Replicator {
                 let m = source
                     .get_manifest(src_repo, &Reference::Digest(d.digest.clone()))
                     .await?;
-                self.copy_manifest(req, &m, 1, progress, None).await?;
+                // A cosign signature a Harbor lists as an accessory has no
+                // subject: it is found by its tag, which it gets back.
+                let tag = match (m.subject(), m.cosign_suffix()) {
+                    (None, Some(suffix)) => subject
+                        .strip_prefix("sha256:")
+                        .map(|hex| Reference::Tag(format!("sha256-{hex}{suffix}"))),
+                    _ => None,
+                };
+                self.copy_manifest(req, &m, 1, progress, tag.as_ref())
+                    .await?;
                 progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -121,6 +148,21 @@ impl Replicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fallback_tags_are_asked_only_where_the_api_does_not_list_them() {
+        assert_eq!(
+            tags_to_ask(None, true).len(),
+            4,
+            "unknown: ask everything at once"
+        );
+        assert_eq!(tags_to_ask(Some(false), false).len(), 4);
+        assert_eq!(tags_to_ask(Some(true), false), [".sig", ".att", ".sbom"]);
+        assert!(
+            tags_to_ask(Some(true), true).is_empty(),
+            "Harbor lists cosign's too"
+        );
+    }
 
     #[test]
     fn an_index_brings_the_referrers_of_each_child() {

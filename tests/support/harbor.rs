@@ -617,6 +617,68 @@ async fn list_artifacts(
     paged_answer(&all, &p)
 }
 
+/// `GET /v2/<repo>/referrers/<digest>` as Harbor (from v2.8) answers it
+/// (`src/server/registry/referrers.go`): an OCI index of the subject's
+/// accessories. Harbor records a cosign signature, attestation or SBOM
+/// pushed under `sha256-<hex>.sig`/`.att`/`.sbom` as an accessory of the
+/// subject (`src/server/middleware/cosign`), so those are listed, though
+/// their manifests have no `subject`. Before v2.8 there is no such route.
+async fn referrers(st: &HarborState, method: &axum::http::Method, path: &str) -> Option<Response> {
+    let (repo, subject) = path.strip_prefix("/v2/")?.split_once("/referrers/")?;
+    if method != axum::http::Method::GET || *st.version.lock().expect("version") < (2, 8) {
+        return None;
+    }
+    let hex = subject.strip_prefix("sha256:")?;
+    let http = reqwest::Client::new();
+    let tags: Value = http
+        .get(format!("{}/v2/{repo}/tags/list", st.upstream))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .unwrap_or_default();
+    let mut manifests = Vec::new();
+    for suffix in [".sig", ".att", ".sbom"] {
+        let tag = format!("sha256-{hex}{suffix}");
+        if !tags["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t == &tag)
+        {
+            continue;
+        }
+        let head = http
+            .head(format!("{}/v2/{repo}/manifests/{tag}", st.upstream))
+            .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
+            .send()
+            .await
+            .ok()?;
+        let header = |h: &str| {
+            head.headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        manifests.push(json!({
+            "mediaType": header("content-type"),
+            "digest": header("docker-content-digest"),
+            "size": header("content-length").parse::<u64>().unwrap_or(0),
+        }));
+    }
+    let body = json!({"schemaVersion": 2, "mediaType": harbor_relay::manifest::OCI_INDEX, "manifests": manifests});
+    Some(
+        (
+            StatusCode::OK,
+            [("content-type", harbor_relay::manifest::OCI_INDEX)],
+            body.to_string(),
+        )
+            .into_response(),
+    )
+}
+
 /// A fake Harbor: its REST API here, its registry a real one behind it.
 pub struct FakeHarbor {
     pub proxy: FaultProxy,
@@ -704,8 +766,13 @@ impl FakeHarbor {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("")
                     .to_string();
-                st.auth
+                if let Some(refused) = st
+                    .auth
                     .check_v2(&method, &path, &headers, &host, &|p| names.contains(p))
+                {
+                    return Some(refused);
+                }
+                referrers(&st, &method, &path).await
             })
         });
         FakeHarbor {

@@ -24,6 +24,7 @@ mod registry_proc;
 mod relay;
 mod token;
 mod wait;
+mod wan;
 mod world;
 
 #[allow(unused_imports)]
@@ -40,5 +41,7 @@ pub use relay::*;
 pub use token::*;
 #[allow(unused_imports)]
 pub use wait::*;
+#[allow(unused_imports)]
+pub use wan::*;
 #[allow(unused_imports)]
 pub use world::*;

@@ -27,8 +27,14 @@ pub fn registry_binary() -> PathBuf {
 /// How a test registry authenticates.
 pub enum Auth {
     None,
-    Basic { user: String, pass: String },
+    Basic {
+        user: String,
+        pass: String,
+    },
     Token(Arc<TokenIssuer>),
+    /// Token auth whose realm clients reach at another address (the
+    /// issuer behind a proxy): the base URL to announce.
+    TokenVia(Arc<TokenIssuer>, String),
 }
 
 /// A running `docker-registry`.
@@ -120,10 +126,14 @@ impl RegistryProc {
                     file.display()
                 ));
             }
-            Auth::Token(issuer) => {
+            Auth::Token(issuer) | Auth::TokenVia(issuer, _) => {
+                let realm = match &auth {
+                    Auth::TokenVia(_, via) => via.as_str(),
+                    _ => issuer.url.as_str(),
+                };
                 cfg.push_str(&format!(
-                    "auth:\n  token:\n    realm: {}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
-                    issuer.url, issuer.service, issuer.issuer, issuer.cert_pem.display()
+                    "auth:\n  token:\n    realm: {realm}/token\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    issuer.service, issuer.issuer, issuer.cert_pem.display()
                 ));
             }
         }

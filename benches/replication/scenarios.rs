@@ -1,0 +1,236 @@
+//! The loopback scenarios: big, huge, many and no-op, shared, latency.
+
+use super::*;
+
+/// One big image, cold target: `skopeo copy` against `harbor-relay replicate`.
+pub(crate) async fn one_image(
+    b: &mut Bench,
+    scenario: &'static str,
+    layers: &[(u64, u64)],
+    runs: usize,
+    with_minimal: bool,
+) -> Vec<Row> {
+    let img = GenImage::new(layers);
+    let repo = format!("bench/{scenario}");
+    img.push(&b.src, &repo, "1").await;
+    let (mut relay, mut skopeo, mut minimal) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut used_relay, mut used_skopeo, mut used_minimal) = (Vec::new(), Vec::new(), Vec::new());
+    // One copy by `tool` onto a fresh target, checked, with what it used.
+    async fn copy_by(
+        b: &mut Bench,
+        tool: fn(&Bench, &str, &str) -> Measure,
+        repo: &str,
+        digest: &str,
+    ) -> (Measure, Usage) {
+        b.fresh_target().await;
+        let before = b.usage();
+        let m = tool(b, repo, "1");
+        let used = b.usage().since(before);
+        assert!(b.dst().has_manifest(repo, digest).await.expect("HEAD"));
+        (m, used)
+    }
+    for _ in 0..runs {
+        let (m, u) = copy_by(b, Bench::skopeo_copy, &repo, &img.digest).await;
+        skopeo.push(m);
+        used_skopeo.push(u);
+        let (m, u) = copy_by(b, Bench::relay_replicate, &repo, &img.digest).await;
+        relay.push(m);
+        used_relay.push(u);
+        if with_minimal {
+            let (m, u) = copy_by(b, Bench::minimal_replicate, &repo, &img.digest).await;
+            minimal.push(m);
+            used_minimal.push(u);
+        }
+    }
+    let skopeo = median_of(&skopeo);
+    let relay = median_of(&relay);
+    let mut rows = vec![Row {
+        scenario,
+        relay,
+        skopeo: Some(skopeo),
+        bytes: img.bytes(),
+        floor: cpu_floor(Usage::median(&used_relay).registries_cpu, relay.cpu_seconds),
+        extra: json!({"runs": runs, "registries_cpu_seconds": Usage::median(&used_relay).registries_cpu, "registries_cpu_seconds_skopeo": Usage::median(&used_skopeo).registries_cpu}),
+    }];
+    if with_minimal {
+        let minimal = median_of(&minimal);
+        rows.push(Row {
+            scenario: "  minimal",
+            relay: minimal,
+            skopeo: Some(skopeo),
+            bytes: img.bytes(),
+            floor: cpu_floor(Usage::median(&used_minimal).registries_cpu, minimal.cpu_seconds),
+            extra: json!({"runs": runs, "copier": "minimal: reqwest, rustls, sha2, 4 blobs at a time, no checks", "registries_cpu_seconds": Usage::median(&used_minimal).registries_cpu}),
+        });
+    }
+    rows
+}
+
+/// 200 images of 5 layers (1–4 MiB) in 20 repositories, sharing a base
+/// layer: 200 webhooks at once against one `skopeo sync`; then the same
+/// again with everything present (no-op).
+pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
+    let base = (7_000_000u64, 2 * MIB);
+    let mut imgs = Vec::new();
+    let mut bytes = base.1;
+    for i in 0..200u64 {
+        let mut layers = vec![base];
+        for j in 0..4u64 {
+            let size = MIB + ((i * 7 + j * 13) % 4) * MIB - (i % 3) * 4096;
+            layers.push((8_000_000 + i * 10 + j, size));
+            bytes += size;
+        }
+        let img = GenImage::new(&layers);
+        let repo = format!("many/app-{:02}", i % 20);
+        let tag = format!("v{i}");
+        img.push(&b.src, &repo, &tag).await;
+        bytes += img.config.len() as u64;
+        imgs.push((repo, tag, img.digest.clone()));
+    }
+    let pairs: Vec<(String, String)> = imgs
+        .iter()
+        .map(|(r, t, _)| (r.clone(), t.clone()))
+        .collect();
+    let (mut relay, mut skopeo, mut noop_relay, mut noop_skopeo) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut used_relay, mut used_skopeo, mut used_noop) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        let before = b.usage();
+        skopeo.push(b.skopeo_sync(&pairs));
+        used_skopeo.push(b.settled_usage().await.since(before));
+        noop_skopeo.push(b.skopeo_sync(&pairs));
+
+        b.fresh_target().await;
+        let daemon = b.relay_daemon().await;
+        let src_log0 = b.source.log().len();
+        let before = b.usage();
+        relay.push(replicate_all(&daemon, &imgs, 200).await);
+        used_relay.push(b.settled_usage().await.since(before));
+        // No-op: the same 200 again, everything already there.
+        let before = b.usage();
+        noop_relay.push(replicate_all(&daemon, &imgs, 200).await);
+        used_noop.push(b.settled_usage().await.since(before));
+        if std::env::var("BENCH_RELAY_LOG").is_ok() {
+            let _ = std::fs::write("target/bench/relay-many.log", daemon.logs());
+            let _ = std::fs::write("target/bench/source-many.log", &b.source.log()[src_log0..]);
+            let _ = std::fs::write("target/bench/target-many.log", b.target().log());
+        }
+    }
+    let (r, s, n) = (
+        Usage::median(&used_relay),
+        Usage::median(&used_skopeo),
+        Usage::median(&used_noop),
+    );
+    let (relay, noop_relay) = (median_of(&relay), median_of(&noop_relay));
+    let many = Row {
+        scenario: "many small",
+        relay,
+        skopeo: Some(median_of(&skopeo)),
+        bytes,
+        floor: cpu_floor(r.registries_cpu, relay.cpu_seconds),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
+    };
+    let noop = Row {
+        scenario: "no-op",
+        relay: noop_relay,
+        skopeo: Some(median_of(&noop_skopeo)),
+        bytes: 0,
+        floor: cpu_floor(n.registries_cpu, noop_relay.cpu_seconds),
+        extra: json!({"requests_per_tag": n.requests / imgs.len() as f64, "runs": runs, "registries_cpu_seconds": n.registries_cpu, "target_cpu_seconds": n.target_cpu}),
+    };
+    (many, noop)
+}
+
+/// 20 repositories whose images share 3 base layers: bytes uploaded to the
+/// target against the unique bytes.
+pub(crate) async fn shared(b: &mut Bench, runs: usize) -> Row {
+    let bases = [
+        (9_000_001u64, 8 * MIB),
+        (9_000_002, 4 * MIB),
+        (9_000_003, 2 * MIB),
+    ];
+    let mut imgs = Vec::new();
+    let mut unique: u64 = bases.iter().map(|b| b.1).sum();
+    for i in 0..20u64 {
+        let mut layers = bases.to_vec();
+        layers.push((9_100_000 + i, MIB));
+        unique += MIB;
+        let img = GenImage::new(&layers);
+        unique += img.config.len() as u64;
+        let repo = format!("shared/svc-{i:02}");
+        img.push(&b.src, &repo, "1").await;
+        imgs.push((repo, "1".to_string(), img.digest.clone()));
+    }
+    let (mut relay, mut uploaded) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        let daemon = b.relay_daemon().await;
+        relay.push(replicate_all(&daemon, &imgs, 20).await);
+        let text = metrics_text(&daemon).await;
+        uploaded.push(metric(
+            &text,
+            "harbor_relay_registry_written_bytes_total{registry=\"integrated\"}",
+        ));
+    }
+    let up = median(uploaded);
+    Row {
+        scenario: "shared base",
+        relay: median_of(&relay),
+        skopeo: None,
+        bytes: unique,
+        floor: None,
+        extra: json!({"uploaded_bytes": up, "unique_bytes": unique, "overhead": up / unique as f64 - 1.0, "runs": runs}),
+    }
+}
+
+/// From the webhook's arrival to the tag on the target, for a 1 MiB image.
+pub(crate) async fn latency(b: &mut Bench) -> Row {
+    b.fresh_target().await;
+    let daemon = b.relay_daemon().await;
+    let http = reqwest::Client::new();
+    let mut lat = Vec::new();
+    let (mut queued, mut running) = (Vec::new(), Vec::new());
+    let pid = daemon.pid();
+    let cpu0 = cpu_of(pid);
+    for i in 0..100u64 {
+        let img = GenImage::new(&[(10_000_000 + i, MIB)]);
+        img.push(&b.src, "latency/app", &format!("t{i}")).await;
+        let t = Instant::now();
+        let ids = daemon
+            .push(push_event(
+                "latency/app",
+                Some(&format!("t{i}")),
+                &img.digest,
+            ))
+            .await;
+        let j = done(&http, &daemon, ids[0]).await;
+        lat.push(t.elapsed().as_secs_f64());
+        let at = |k: &str| {
+            humantime::parse_rfc3339(j[k].as_str().unwrap_or_default())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                })
+                .unwrap_or(f64::NAN)
+        };
+        queued.push(at("started_at") - at("created_at"));
+        running.push(at("finished_at") - at("started_at"));
+    }
+    if std::env::var("BENCH_RELAY_LOG").is_ok() {
+        let _ = std::fs::write("target/bench/relay-latency.log", daemon.logs());
+    }
+    Row {
+        scenario: "latency",
+        relay: Measure {
+            seconds: median(lat.clone()),
+            cpu_seconds: cpu_of(pid) - cpu0,
+            peak_rss: daemon.peak_rss(),
+        },
+        skopeo: None,
+        bytes: MIB,
+        floor: None,
+        extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100, "queued_p50_seconds": median(queued), "copy_p50_seconds": median(running)}),
+    }
+}

@@ -1,0 +1,215 @@
+//! The WAN scenarios: the source across a [`WanLink`] (round trips and a
+//! shared bandwidth cap), the target on loopback, as an integrated Harbor
+//! sees an external one. Each reports against the link's floor.
+
+use super::*;
+
+const KIB: u64 = 1024;
+
+/// `count` images of `layers` (seed, size each), one per repository
+/// `wan/<name>-NN`, pushed to the source directly.
+async fn images(
+    b: &Bench,
+    name: &str,
+    count: u64,
+    layers: &[(u64, u64)],
+) -> (Vec<(String, String, String)>, u64) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for i in 0..count {
+        let mine: Vec<(u64, u64)> = layers.iter().map(|&(s, n)| (s + i * 1000, n)).collect();
+        let img = GenImage::new(&mine);
+        let repo = format!("wan/{name}-{i:02}");
+        img.push(&b.src, &repo, "1").await;
+        bytes += img.bytes();
+        out.push((repo, "1".to_string(), img.digest.clone()));
+    }
+    (out, bytes)
+}
+
+/// `skopeo copy` of each image in turn (what a cron job does).
+fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
+    let mut total = Measure::default();
+    for (repo, tag, _) in imgs {
+        let m = b.skopeo_copy(repo, tag);
+        total.seconds += m.seconds;
+        total.cpu_seconds += m.cpu_seconds;
+        total.peak_rss = total.peak_rss.max(m.peak_rss);
+    }
+    total
+}
+
+/// The relay daemon on a fresh target, from one webhook per image.
+async fn relay_from_webhooks(b: &mut Bench, imgs: &[(String, String, String)]) -> (Measure, Usage) {
+    b.fresh_target().await;
+    let daemon = b.relay_daemon().await;
+    let before = b.usage();
+    let m = replicate_all(&daemon, imgs, imgs.len()).await;
+    (m, b.settled_usage().await.since(before))
+}
+
+/// `wan-many`: 20 images of 3 layers of 100 KiB across a 100 ms RTT, no
+/// bandwidth cap: the relay from 20 webhooks against `skopeo sync` and
+/// against `skopeo copy` of each in sequence.
+pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
+    let rtt = Duration::from_millis(100);
+    let mut b = Bench::new(Setup {
+        wan: Some((rtt, None)),
+        ..setup
+    })
+    .await;
+    let layer = 100 * KIB;
+    let (imgs, bytes) = images(
+        &b,
+        "many",
+        20,
+        &[
+            (20_000_001, layer),
+            (20_000_002, layer),
+            (20_000_003, layer),
+        ],
+    )
+    .await;
+    let pairs: Vec<(String, String)> = imgs
+        .iter()
+        .map(|(r, t, _)| (r.clone(), t.clone()))
+        .collect();
+    let (mut relay, mut sync, mut seq, mut used) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        seq.push(skopeo_in_sequence(&b, &imgs));
+        b.fresh_target().await;
+        sync.push(b.skopeo_sync(&pairs));
+        let (m, u) = relay_from_webhooks(&mut b, &imgs).await;
+        relay.push(m);
+        used.push(u);
+    }
+    let (relay, u) = (median_of(&relay), Usage::median(&used));
+    let rtts = relay.seconds / rtt.as_secs_f64();
+    let extra = json!({"images": 20, "rtt_ms": 100, "runs": runs, "relay_rtts": rtts,
+        "source_requests": u.source_requests, "source_requests_per_image": u.source_requests / 20.0,
+        "source_tokens": u.source_token_requests, "target_tokens": u.token_requests});
+    vec![
+        Row {
+            scenario: "wan-many",
+            relay,
+            skopeo: Some(median_of(&sync)),
+            bytes,
+            floor: None,
+            extra: extra.clone(),
+        },
+        Row {
+            scenario: "  vs copies",
+            relay,
+            skopeo: Some(median_of(&seq)),
+            bytes,
+            floor: None,
+            extra: json!({"skopeo": "copy, one image after another"}),
+        },
+    ]
+}
+
+/// `wan-big`: 8 images of 10 layers of 1 MiB and one of a 256 MiB layer
+/// across a 40 ms RTT, 200 Mbit/s link: the relay against `skopeo sync`
+/// and against the link's floor (bytes ÷ bandwidth).
+pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
+    let bw = 200_000_000u64;
+    let mut b = Bench::new(Setup {
+        wan: Some((Duration::from_millis(40), Some(bw))),
+        ..setup
+    })
+    .await;
+    let tens: Vec<(u64, u64)> = (0..10).map(|j| (21_000_000 + j, MIB)).collect();
+    let (mut imgs, mut bytes) = images(&b, "big", 8, &tens).await;
+    let (one, more) = images(&b, "huge", 1, &[(22_000_000, 256 * MIB)]).await;
+    imgs.extend(one);
+    bytes += more;
+    let pairs: Vec<(String, String)> = imgs
+        .iter()
+        .map(|(r, t, _)| (r.clone(), t.clone()))
+        .collect();
+    let floor = b
+        .link
+        .as_ref()
+        .and_then(|l| l.floor_seconds(bytes))
+        .expect("a capped link");
+    let (mut relay, mut sync, mut used) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        b.fresh_target().await;
+        sync.push(b.skopeo_sync(&pairs));
+        let (m, u) = relay_from_webhooks(&mut b, &imgs).await;
+        relay.push(m);
+        used.push(u);
+    }
+    let u = Usage::median(&used);
+    vec![Row {
+        scenario: "wan-big",
+        relay: median_of(&relay),
+        skopeo: Some(median_of(&sync)),
+        bytes,
+        floor: Some(("link", floor)),
+        extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs,
+            "source_requests": u.source_requests, "source_tokens": u.source_token_requests}),
+    }]
+}
+
+/// `wan-one`: one new 3-layer image at a time across a 100 ms RTT: the
+/// time from the webhook to the job done (tag written), in RTTs, on a
+/// daemon whose connections are warm (the first image's cold number is
+/// kept apart).
+pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
+    let rtt = Duration::from_millis(100);
+    let mut b = Bench::new(Setup {
+        wan: Some((rtt, None)),
+        ..setup
+    })
+    .await;
+    b.fresh_target().await;
+    let daemon = b.relay_daemon().await;
+    let http = reqwest::Client::new();
+    let (mut took, mut first, mut requests) = (Vec::new(), None, 0.0);
+    for i in 0..pushes {
+        let layers: Vec<(u64, u64)> = (0..3)
+            .map(|j| (23_000_000 + i * 10 + j, 100 * KIB))
+            .collect();
+        let img = GenImage::new(&layers);
+        img.push(&b.src, "wan/one", &format!("t{i}")).await;
+        // The push's own requests are not the relay's.
+        let before = b.settled_usage().await;
+        let ids = daemon
+            .push(push_event("wan/one", Some(&format!("t{i}")), &img.digest))
+            .await;
+        let j = done(&http, &daemon, ids[0]).await;
+        let at = |k: &str| {
+            humantime::parse_rfc3339(j[k].as_str().unwrap_or_default())
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                })
+                .unwrap_or(f64::NAN)
+        };
+        requests += b.settled_usage().await.since(before).source_requests;
+        let s = at("finished_at") - at("created_at");
+        if i == 0 {
+            first = Some(s);
+        } else {
+            took.push(s);
+        }
+    }
+    let warm = median(took.clone());
+    Row {
+        scenario: "wan-one",
+        relay: Measure {
+            seconds: warm,
+            cpu_seconds: 0.0,
+            peak_rss: daemon.peak_rss(),
+        },
+        skopeo: None,
+        bytes: 3 * 100 * KIB,
+        floor: Some(("rtt", rtt.as_secs_f64())),
+        extra: json!({"rtts_warm_p50": warm / rtt.as_secs_f64(), "rtts_warm_max": took.iter().cloned().fold(0.0, f64::max) / rtt.as_secs_f64(),
+            "rtts_first": first.unwrap_or(f64::NAN) / rtt.as_secs_f64(), "pushes": pushes,
+            "source_requests_per_image": requests / pushes as f64}),
+    }
+}

@@ -1,0 +1,426 @@
+//! The bench world: registries, the tools' command lines, usage counters,
+//! driving the daemon.
+
+use super::*;
+
+impl Bench {
+    pub(crate) async fn new(setup: Setup) -> Bench {
+        let pki_dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::new(pki_dir.path());
+        let work = tempfile::tempdir().expect("tempdir");
+        // skopeo reads a CA from a directory as ca.crt.
+        std::fs::copy(&pki.ca_pem, work.path().join("ca.crt")).expect("ca");
+        // The source is plain HTTP, so its token realm may be too.
+        let source_issuer = match setup.source_token {
+            true => Some(TokenIssuer::start(USER, PASS).await),
+            false => None,
+        };
+        let realm_link = match (&source_issuer, setup.wan) {
+            (Some(i), Some((rtt, bw))) => {
+                let addr = i.realm_host().parse().expect("issuer address");
+                Some(WanLink::start(addr, rtt, bw).await)
+            }
+            _ => None,
+        };
+        let source_auth = match (&source_issuer, &realm_link) {
+            (Some(i), Some(l)) => Auth::TokenVia(i.clone(), l.url()),
+            (Some(i), None) => Auth::Token(i.clone()),
+            _ => Auth::None,
+        };
+        let source = RegistryProc::start_logged(free_port(), None, source_auth).await;
+        let creds = source_issuer.as_ref().map(|_| (USER, PASS));
+        let src = client(&source.url, creds, harbor_relay::config::TlsMode::System);
+        let link = match setup.wan {
+            Some((rtt, bw)) => Some(WanLink::start(source.addr, rtt, bw).await),
+            None => None,
+        };
+        let issuer = match setup.target_token {
+            // The target is HTTPS, so its token realm must be too.
+            true => Some(TokenIssuer::start_tls(USER, PASS, &pki).await),
+            false => None,
+        };
+        let mut b = Bench {
+            _pki_dir: pki_dir,
+            pki,
+            work,
+            source,
+            target: None,
+            target_port: free_port(),
+            src,
+            issuer,
+            source_issuer,
+            link,
+            realm_link,
+        };
+        b.fresh_target().await;
+        b
+    }
+
+    /// The source as the copiers reach it: across the WAN link if any.
+    pub(crate) fn source_url(&self) -> String {
+        self.link
+            .as_ref()
+            .map_or_else(|| self.source.url.clone(), WanLink::url)
+    }
+
+    /// skopeo's source credentials, when the source wants them.
+    fn src_creds(&self) -> Vec<String> {
+        match self.source_issuer {
+            Some(_) => vec!["--src-creds".into(), format!("{USER}:{PASS}")],
+            None => Vec::new(),
+        }
+    }
+
+    /// Replaces the target with an empty one on the same port.
+    pub(crate) async fn fresh_target(&mut self) {
+        self.target = None;
+        self.target = Some(
+            RegistryProc::start_logged(
+                self.target_port,
+                Some(&self.pki),
+                match &self.issuer {
+                    Some(issuer) => Auth::Token(issuer.clone()),
+                    None => Auth::Basic {
+                        user: USER.into(),
+                        pass: PASS.into(),
+                    },
+                },
+            )
+            .await,
+        );
+    }
+
+    pub(crate) fn target(&self) -> &RegistryProc {
+        self.target.as_ref().expect("target")
+    }
+
+    pub(crate) fn dst(&self) -> Registry {
+        client(&self.target().url, Some((USER, PASS)), pinned(&self.pki))
+    }
+
+    pub(crate) fn registries_toml(&self) -> String {
+        format!(
+            "{}{}",
+            registry_toml(
+                "external",
+                &self.source_url(),
+                self.source_issuer.as_ref().map(|_| (USER, PASS)),
+                ""
+            ) + &self.source_realm_toml(),
+            registry_toml(
+                "integrated",
+                &self.target().url,
+                Some((USER, PASS)),
+                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
+            ) + &std::env::var("BENCH_TARGET_EXTRA").unwrap_or_default()
+                + &self
+                    .issuer
+                    .as_ref()
+                    .map(|i| i.realm_toml())
+                    .unwrap_or_default()
+        )
+    }
+
+    /// The source's `token_realm_hosts` line (its issuer, or the link to
+    /// it), if it uses tokens.
+    fn source_realm_toml(&self) -> String {
+        match (&self.source_issuer, &self.realm_link) {
+            (Some(_), Some(l)) => format!("token_realm_hosts = [\"{}\"]\n", l.addr),
+            (Some(i), None) => i.realm_toml(),
+            _ => String::new(),
+        }
+    }
+
+    pub(crate) fn host(url: &str) -> &str {
+        url.trim_start_matches("http://")
+            .trim_start_matches("https://")
+    }
+
+    /// [`minimal_copy`] as a child process, measured like the others.
+    pub(crate) fn minimal_replicate(&self, repo: &str, tag: &str) -> Measure {
+        let args = json!({
+            "source": self.source_url(), "target": self.target().url,
+            "ca": self.pki.ca_pem, "repository": repo, "tag": tag,
+        });
+        measured(
+            Command::new(std::env::current_exe().expect("this bench"))
+                .env("BENCH_MINIMAL_COPY", args.to_string()),
+        )
+    }
+
+    pub(crate) fn skopeo(&self) -> Command {
+        let mut c = Command::new("skopeo");
+        c.arg("--insecure-policy");
+        c
+    }
+
+    pub(crate) fn skopeo_copy(&self, repo: &str, tag: &str) -> Measure {
+        measured(
+            self.skopeo()
+                .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+                .args(self.src_creds())
+                .arg("--dest-cert-dir")
+                .arg(self.work.path())
+                .args(["--dest-creds", &format!("{USER}:{PASS}")])
+                .arg(format!(
+                    "docker://{}/{repo}:{tag}",
+                    Self::host(&self.source_url())
+                ))
+                .arg(format!(
+                    "docker://{}/{repo}:{tag}",
+                    Self::host(&self.target().url)
+                )),
+        )
+    }
+
+    /// One `skopeo sync` of `images` (repository → tags).
+    pub(crate) fn skopeo_sync(&self, images: &[(String, String)]) -> Measure {
+        let mut yaml = format!(
+            "{}:\n  tls-verify: false\n  images:\n",
+            Self::host(&self.source_url())
+        );
+        let mut by_repo: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (r, t) in images {
+            by_repo.entry(r).or_default().push(t);
+        }
+        for (r, tags) in by_repo {
+            yaml.push_str(&format!("    {r}: [{}]\n", tags.join(", ")));
+        }
+        let file = self.work.path().join("sync.yaml");
+        std::fs::write(&file, yaml).expect("yaml");
+        measured(
+            self.skopeo()
+                .args([
+                    "sync",
+                    "--src",
+                    "yaml",
+                    "--dest",
+                    "docker",
+                    "--preserve-digests",
+                ])
+                .args(self.src_creds())
+                .arg("--dest-cert-dir")
+                .arg(self.work.path())
+                .args(["--dest-creds", &format!("{USER}:{PASS}")])
+                .arg(&file)
+                .arg(Self::host(&self.target().url)),
+        )
+    }
+
+    pub(crate) fn relay_replicate(&self, repo: &str, tag: &str) -> Measure {
+        let cfg = self.work.path().join("relay.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\npath = \"{}\"\n\n{}",
+                self.work.path().join("store-oneshot").display(),
+                self.registries_toml()
+            ),
+        )
+        .expect("config");
+        // BENCH_PERF=FILE profiles the relay with `perf record` (not for timing).
+        let mut cmd = match std::env::var("BENCH_PERF") {
+            Ok(out) => {
+                let mut c = Command::new("perf");
+                c.args(["record", "-F", "2000", "-g", "-o", &out, "--"])
+                    .arg(env!("CARGO_BIN_EXE_harbor-relay"));
+                c
+            }
+            Err(_) => Command::new(env!("CARGO_BIN_EXE_harbor-relay")),
+        };
+        measured(
+            cmd.env("RUST_LOG", "warn")
+                .args(["replicate", "--config"])
+                .arg(&cfg)
+                .args(["--from", "external", "--to", "integrated"])
+                .arg(format!("{repo}:{tag}")),
+        )
+    }
+
+    pub(crate) async fn relay_daemon(&self) -> Relay {
+        Relay::start_env(
+            free_port(),
+            &std::env::var("BENCH_JOBS")
+                .unwrap_or_else(|_| "workers = 8\ncoalesce_window = \"0s\"\n".into()),
+            &format!("{}{RULE}", self.registries_toml()),
+            &[(
+                "RUST_LOG",
+                &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+            )],
+        )
+        .await
+    }
+
+    /// What the registries, the token issuer and the machine have used so far.
+    pub(crate) fn usage(&self) -> Usage {
+        let target_cpu = cpu_of(self.target().pid());
+        Usage {
+            registries_cpu: cpu_of(self.source.pid()) + target_cpu,
+            target_cpu,
+            requests: (self.source.requests_served() + self.target().requests_served()) as f64,
+            source_requests: self.source.requests_served() as f64,
+            token_requests: issued(&self.issuer),
+            source_token_requests: issued(&self.source_issuer),
+            tcp_connections: tcp_opens(),
+        }
+    }
+
+    /// [`Bench::usage`] once the access logs have caught up (they are
+    /// written as requests finish).
+    pub(crate) async fn settled_usage(&self) -> Usage {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.usage()
+    }
+}
+
+impl Usage {
+    /// What was used between `before` and `self`.
+    pub(crate) fn since(self, before: Usage) -> Usage {
+        Usage {
+            registries_cpu: self.registries_cpu - before.registries_cpu,
+            target_cpu: self.target_cpu - before.target_cpu,
+            requests: self.requests - before.requests,
+            source_requests: self.source_requests - before.source_requests,
+            token_requests: self.token_requests - before.token_requests,
+            source_token_requests: self.source_token_requests - before.source_token_requests,
+            tcp_connections: self.tcp_connections - before.tcp_connections,
+        }
+    }
+
+    /// The median of each counter over several runs.
+    pub(crate) fn median(runs: &[Usage]) -> Usage {
+        let of = |f: fn(&Usage) -> f64| median(runs.iter().map(f).collect());
+        Usage {
+            registries_cpu: of(|u| u.registries_cpu),
+            target_cpu: of(|u| u.target_cpu),
+            requests: of(|u| u.requests),
+            source_requests: of(|u| u.source_requests),
+            token_requests: of(|u| u.token_requests),
+            source_token_requests: of(|u| u.source_token_requests),
+            tcp_connections: of(|u| u.tcp_connections),
+        }
+    }
+}
+
+/// Tokens an issuer (if any) has given out.
+fn issued(issuer: &Option<std::sync::Arc<TokenIssuer>>) -> f64 {
+    issuer.as_ref().map_or(0.0, |i| {
+        i.requests.load(std::sync::atomic::Ordering::Relaxed) as f64
+    })
+}
+
+/// Sends one webhook per image, `concurrency` at a time; returns job ids.
+pub(crate) async fn webhooks(
+    relay: &Relay,
+    images: &[(String, String, String)],
+    concurrency: usize,
+) -> Vec<u64> {
+    let ids: Vec<Vec<u64>> = futures_util::stream::iter(
+        images
+            .iter()
+            .map(|(r, t, d)| relay.push(push_event(r, Some(t), d))),
+    )
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    ids.into_iter().flatten().collect()
+}
+
+/// Polls job `id` every millisecond until it succeeded; returns the job.
+pub(crate) async fn done(http: &reqwest::Client, relay: &Relay, id: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let j: Value = http
+            .get(format!("{}/api/v1/jobs/{id}", relay.url))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("GET job")
+            .json()
+            .await
+            .expect("json");
+        match j["state"].as_str() {
+            Some("succeeded") => return j,
+            Some("failed") => panic!("job {id} failed: {j}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "job {id} did not finish: {j}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Waits until the daemon has finished `ids.len()` more jobs than
+/// `before` (from its metrics: one request per look, every 2 ms).
+pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
+    let ok =
+        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}";
+    let failed =
+        "harbor_relay_jobs_finished_total{outcome=\"failed\",rule=\"external-to-integrated\"}";
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let text = metrics_text(relay).await;
+        assert_eq!(metric(&text, failed), 0.0, "jobs failed:\n{}", relay.logs());
+        if metric(&text, ok) >= before + ids.len() as f64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Jobs the daemon has finished successfully so far.
+pub(crate) async fn succeeded(relay: &Relay) -> f64 {
+    metric(
+        &metrics_text(relay).await,
+        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}",
+    )
+}
+
+/// Sends one webhook per image (`concurrency` at a time) to a running
+/// daemon and measures until all those jobs succeeded.
+pub(crate) async fn replicate_all(
+    daemon: &Relay,
+    images: &[(String, String, String)],
+    concurrency: usize,
+) -> Measure {
+    let pid = daemon.pid();
+    let cpu0 = cpu_of(pid);
+    let before = succeeded(daemon).await;
+    let t = Instant::now();
+    let ids = webhooks(daemon, images, concurrency).await;
+    all_done(daemon, &ids, before).await;
+    Measure {
+        seconds: t.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_of(pid) - cpu0,
+        peak_rss: daemon.peak_rss(),
+    }
+}
+
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(str::trim))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub(crate) async fn metrics_text(relay: &Relay) -> String {
+    let (_, v) = relay.get("/metrics").await;
+    v.as_str().unwrap_or_default().to_string()
+}
+
+impl Row {
+    pub(crate) fn json(&self) -> Value {
+        let m = |m: &Measure| json!({"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_rss_bytes": m.peak_rss});
+        json!({
+            "scenario": self.scenario,
+            "bytes": self.bytes,
+            "relay": m(&self.relay),
+            "skopeo": self.skopeo.as_ref().map(m),
+            "ratio": self.skopeo.map(|s| self.relay.seconds / s.seconds),
+            "relay_mb_per_s": self.bytes as f64 / 1e6 / self.relay.seconds,
+            "relay_cpu_seconds_per_gib": self.relay.cpu_seconds / (self.bytes as f64 / (1u64 << 30) as f64),
+            "floor": self.floor.map(|(kind, s)| json!({"from": kind, "seconds": s, "ratio": self.relay.seconds / s})),
+            "extra": self.extra,
+        })
+    }
+}
