@@ -5,11 +5,15 @@
 #   BENCH_RUNS=5 scripts/bench.sh          # more runs per median
 #   BENCH_SCENARIOS=big,latency scripts/bench.sh
 #   BENCH_TARGET_AUTH=token scripts/bench.sh   # target behind token auth, as Harbor
+#   BENCH_SOURCE_AUTH=token scripts/bench.sh   # source behind token auth too
 #
 # Scenarios: big (1 GiB in 4 layers), huge (one 4 GiB layer), many (200
 # images from 200 webhooks vs one skopeo sync) and noop (the same again,
 # already replicated), shared (20 repositories sharing 3 base layers),
-# latency (webhook to target, 1 MiB image), and ingest (durable webhooks/s).
+# latency (webhook to target, 1 MiB image), ingest (durable webhooks/s), and
+# across a WAN link to the source (tests/support/wan.rs): wan-many (20 small
+# images, 100 ms RTT), wan-big (8 x 10 MiB and one 256 MiB layer, 40 ms RTT,
+# 200 Mbit/s), wan-one (webhook to tag, in RTTs).
 # Needs about 20 GiB free under $TMPDIR and ~15 minutes for everything.
 # Results: a table on stdout and JSON in target/bench/.
 set -euo pipefail
@@ -23,7 +27,7 @@ command -v skopeo >/dev/null || missing+=(skopeo)
 apt_install "${missing[@]}"
 command -v skopeo >/dev/null || { echo "skopeo is missing: apt-get install -y skopeo" >&2; exit 1; }
 
-scenarios=${BENCH_SCENARIOS:-big,huge,many,shared,latency,ingest}
+scenarios=${BENCH_SCENARIOS:-big,huge,many,shared,latency,wan-many,wan-big,wan-one,ingest}
 mkdir -p target/bench
 
 if [[ ",$scenarios," == *,ingest,* ]]; then

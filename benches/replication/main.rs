@@ -7,7 +7,11 @@
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
 //! Scenarios (see docs/performance.md): big, huge, many, noop, shared,
-//! latency. `big` also runs the minimal copier ([`minimal_copy`]) as
+//! latency on loopback, each with its floor (all the CPU the copy took,
+//! registries' and copier's, over the cores); and wan-many, wan-big,
+//! wan-one with the source across a [`WanLink`] (delay and a shared
+//! bandwidth cap), against the link's floor. `BENCH_SOURCE_AUTH=token`
+//! puts the source behind token auth too. `big` also runs the minimal copier ([`minimal_copy`]) as
 //! a third tool, for what the least a verifying copier costs here (basic
 //! auth targets only). `BENCH_TARGET_EXTRA` adds config lines to the target registry
 //! (e.g. `chunk_size_threshold = "8GiB"`), `BENCH_PERF=FILE` profiles the

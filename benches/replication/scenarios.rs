@@ -129,7 +129,7 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         skopeo: Some(median_of(&skopeo)),
         bytes,
         floor: cpu_floor(r.registries_cpu, relay.cpu_seconds),
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
         scenario: "no-op",

@@ -27,6 +27,32 @@ async fn images(
     (out, bytes)
 }
 
+/// A new connection's first request across the link takes the TCP
+/// handshake's round trip and the request's: at least two RTTs, or the
+/// link is not what the numbers claim.
+async fn check_link(b: &Bench, rtt: Duration) {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let t = Instant::now();
+    let _ = http
+        .get(format!("{}/v2/", b.source_url()))
+        .send()
+        .await
+        .expect("GET /v2/ across the link");
+    let took = t.elapsed();
+    assert!(
+        took >= rtt * 2,
+        "the WAN link answered in {took:?}, under two RTTs of {rtt:?}"
+    );
+    println!(
+        "link check: a fresh connection's GET /v2/ took {:.0} ms at {} ms RTT",
+        took.as_secs_f64() * 1000.0,
+        rtt.as_millis()
+    );
+}
+
 /// `skopeo copy` of each image in turn (what a cron job does).
 fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
     let mut total = Measure::default();
@@ -58,6 +84,7 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
         ..setup
     })
     .await;
+    check_link(&b, rtt).await;
     let layer = 100 * KIB;
     let (imgs, bytes) = images(
         &b,
@@ -114,11 +141,13 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
 /// and against the link's floor (bytes ÷ bandwidth).
 pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
     let bw = 200_000_000u64;
+    let rtt = Duration::from_millis(40);
     let mut b = Bench::new(Setup {
-        wan: Some((Duration::from_millis(40), Some(bw))),
+        wan: Some((rtt, Some(bw))),
         ..setup
     })
     .await;
+    check_link(&b, rtt).await;
     let tens: Vec<(u64, u64)> = (0..10).map(|j| (21_000_000 + j, MIB)).collect();
     let (mut imgs, mut bytes) = images(&b, "big", 8, &tens).await;
     let (one, more) = images(&b, "huge", 1, &[(22_000_000, 256 * MIB)]).await;
@@ -164,6 +193,7 @@ pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
         ..setup
     })
     .await;
+    check_link(&b, rtt).await;
     b.fresh_target().await;
     let daemon = b.relay_daemon().await;
     let http = reqwest::Client::new();
