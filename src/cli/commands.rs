@@ -107,6 +107,27 @@ async fn reconcile_rule(
         bail!("the rule's registries are not configured");
     };
     let report = harbor_relay::reconcile::pass(rule, source, target).await?;
+    print_report(rule, &report, dry_run);
+    if dry_run {
+        return Ok(());
+    }
+    let failed = prune_stale(rule, target, &report).await
+        + copy_differences(config, rule, source, target, &report).await;
+    if failed > 0 {
+        bail!(
+            "{failed} of {} copies and prunes failed",
+            report.differences.len() + report.stale.len()
+        );
+    }
+    Ok(())
+}
+
+/// What a pass found: each difference, each tag to prune, the totals.
+fn print_report(
+    rule: &harbor_relay::rules::Rule,
+    report: &harbor_relay::reconcile::Report,
+    dry_run: bool,
+) {
     for d in &report.differences {
         println!(
             "{}/{}:{} {} -> {}/{}:{} {}",
@@ -138,9 +159,14 @@ async fn reconcile_rule(
             String::new()
         }
     );
-    if dry_run {
-        return Ok(());
-    }
+}
+
+/// Removes the stale tags a pass found; returns how many failed.
+async fn prune_stale(
+    rule: &harbor_relay::rules::Rule,
+    target: &harbor_relay::registry::Registry,
+    report: &harbor_relay::reconcile::Report,
+) -> usize {
     let mut failed = 0;
     for s in &report.stale {
         match harbor_relay::reconcile::prune::remove(target, s).await {
@@ -151,20 +177,25 @@ async fn reconcile_rule(
             }
         }
     }
-    if report.differences.is_empty() {
-        if failed > 0 {
-            bail!("{failed} of {} prunes failed", report.stale.len());
-        }
-        return Ok(());
-    }
+    failed
+}
+
+/// Copies what differs, here and now; returns how many copies failed.
+async fn copy_differences(
+    config: &Config,
+    rule: &harbor_relay::rules::Rule,
+    source: &harbor_relay::registry::Registry,
+    target: &harbor_relay::registry::Registry,
+    report: &harbor_relay::reconcile::Report,
+) -> usize {
     let replicator = Replicator::new(
         config.jobs.blob_concurrency,
         None,
         std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
     );
-    for job in harbor_relay::reconcile::jobs_for(rule, &report) {
-        let done = replicator.copy(&job.copy_request(source, target)).await;
-        match done {
+    let mut failed = 0;
+    for job in harbor_relay::reconcile::jobs_for(rule, report) {
+        match replicator.copy(&job.copy_request(source, target)).await {
             Ok(s) => println!(
                 "copied {}{} ({} blobs, {} bytes)",
                 job.source_repository, job.reference, s.blobs_copied, s.bytes_copied
@@ -175,13 +206,7 @@ async fn reconcile_rule(
             }
         }
     }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} copies and prunes failed",
-            report.differences.len() + report.stale.len()
-        );
-    }
-    Ok(())
+    failed
 }
 
 pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
@@ -226,25 +251,8 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
                 types.join(", ")
             );
         }
-        if let Some(r) = rules.get(&p.rule).filter(|r| r.config.prune) {
-            println!(
-                "rule '{}': prune = true: reconcile removes target tags in {} that the rule selects and the source no longer has{}{}",
-                p.rule,
-                p.target_repository,
-                if r.config.replicate_deletes {
-                    ", and a manifest left without tags that the source no longer holds"
-                } else {
-                    ""
-                },
-                if r.config.reconcile_interval.is_none() {
-                    format!(
-                        "; the rule has no reconcile_interval, so only `harbor-relay reconcile --rule {}` does",
-                        p.rule
-                    )
-                } else {
-                    String::new()
-                }
-            );
+        if let Some(note) = rules.get(&p.rule).and_then(|r| prune_note(r, p)) {
+            println!("{note}");
         }
         let harbor = config
             .registries
@@ -265,6 +273,34 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
         println!("nothing would be replicated");
     }
     Ok(())
+}
+
+/// What `prune = true` does for a rule's target repository, in words.
+fn prune_note(
+    rule: &harbor_relay::rules::Rule,
+    plan: &harbor_relay::rules::Plan,
+) -> Option<String> {
+    let c = &rule.config;
+    c.prune.then(|| {
+        format!(
+            "rule '{}': prune = true: reconcile removes target tags in {} that the rule selects and the source no longer has{}{}",
+            c.name,
+            plan.target_repository,
+            if c.replicate_deletes {
+                ", and a manifest left without tags that the source no longer holds"
+            } else {
+                ""
+            },
+            if c.reconcile_interval.is_none() {
+                format!(
+                    "; the rule has no reconcile_interval, so only `harbor-relay reconcile --rule {}` does",
+                    c.name
+                )
+            } else {
+                String::new()
+            }
+        )
+    })
 }
 
 /// A leading registry host in an image reference (`harbor.example.com/…`,

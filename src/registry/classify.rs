@@ -52,17 +52,10 @@ impl Transport {
                 registry,
                 what,
                 detail: format!(
-                    "{status}{}{}; sent as {}{}",
+                    "{status}{}{}; {}",
                     detail.map(|d| format!(": {d}")).unwrap_or_default(),
                     self.why_refused(status.as_u16(), refused_token.as_ref(), no_challenge),
-                    match &self.username {
-                        Some(u) => format!("user '{u}'"),
-                        None => "anonymous (no username configured)".to_string(),
-                    },
-                    self.password_note
-                        .as_ref()
-                        .map(|n| format!("; note: the password file {n}"))
-                        .unwrap_or_default()
+                    self.sent_as()
                 ),
             },
             404 => RegistryError::NotFound { registry, what },
@@ -95,6 +88,21 @@ impl Transport {
                 ),
             },
         }
+    }
+
+    /// Who the request went as, and what is known of the password file.
+    fn sent_as(&self) -> String {
+        format!(
+            "sent as {}{}",
+            match &self.username {
+                Some(u) => format!("user '{u}'"),
+                None => "anonymous (no username configured)".to_string(),
+            },
+            self.password_note
+                .as_ref()
+                .map(|n| format!("; note: the password file {n}"))
+                .unwrap_or_default()
+        )
     }
 
     /// What a `401` to a request made with a token, or without a

@@ -43,6 +43,25 @@ pub(super) struct RefusedToken {
     pub method: reqwest::Method,
 }
 
+/// Keeps the token of a `401` answer on it, so the error made from the
+/// answer can say what the token granted.
+pub(super) fn keep(
+    resp: &mut reqwest::Response,
+    sent: &super::transport::AuthHeader,
+    scopes: &[String],
+    method: reqwest::Method,
+) {
+    if let (reqwest::StatusCode::UNAUTHORIZED, super::transport::AuthHeader::Bearer(token)) =
+        (resp.status(), sent)
+    {
+        resp.extensions_mut().insert(RefusedToken {
+            token: token.clone(),
+            scopes: scopes.to_vec(),
+            method,
+        });
+    }
+}
+
 /// The action Harbor's `v2auth` (and distribution) asks of a method.
 fn action_of(method: &reqwest::Method) -> &'static str {
     match *method {

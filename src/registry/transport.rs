@@ -294,16 +294,7 @@ impl Transport {
                 }
             }
             let mut resp = resp;
-            if status == StatusCode::UNAUTHORIZED
-                && let AuthHeader::Bearer(token) = &auth
-            {
-                // Kept so the error can say what the token granted.
-                resp.extensions_mut().insert(super::grant::RefusedToken {
-                    token: token.clone(),
-                    scopes: scopes.to_vec(),
-                    method,
-                });
-            }
+            super::grant::keep(&mut resp, &auth, &scopes, method);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             }

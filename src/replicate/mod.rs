@@ -253,26 +253,10 @@ impl Replicator {
                     there = resolve_tag().await?;
                     tag_asked = true;
                 }
-                decide::Next::NotAReferrer => {
-                    return skipped(format!(
-                        "{}{} was pushed by digest and is not a referrer (no subject); the rule selects tags, so it is copied with its tagged push",
-                        req.source_repository, req.reference
-                    ));
-                }
-                decide::Next::OtherType => {
-                    return skipped(format!(
-                        "{}{} is a {} artifact; the rule copies only {} (artifact_types)",
-                        req.source_repository,
-                        req.reference,
-                        kind.as_deref().unwrap_or("unknown"),
-                        req.artifact_types.unwrap_or_default().join(", ")
-                    ));
-                }
-                decide::Next::KeepTheirs(there) => {
-                    return skipped(format!(
-                        "not overwritten: {}{} on the target points at {there}, the source at {} (rule has override = false)",
-                        req.target_repository, req.reference, top.digest
-                    ));
+                decide::Next::NotAReferrer
+                | decide::Next::OtherType
+                | decide::Next::KeepTheirs(_) => {
+                    return skipped(why_skipped(req, &step, kind.as_deref(), &top.digest));
                 }
                 decide::Next::InSync => {
                     // Referrers are not looked for again: pushing one sends
@@ -565,5 +549,32 @@ impl Replicator {
             progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
+    }
+}
+
+/// Why a copy ends without writing, in words for the job record.
+fn why_skipped(
+    req: &CopyRequest<'_>,
+    step: &decide::Next,
+    kind: Option<&str>,
+    top: &str,
+) -> String {
+    match step {
+        decide::Next::NotAReferrer => format!(
+            "{}{} was pushed by digest and is not a referrer (no subject); the rule selects tags, so it is copied with its tagged push",
+            req.source_repository, req.reference
+        ),
+        decide::Next::OtherType => format!(
+            "{}{} is a {} artifact; the rule copies only {} (artifact_types)",
+            req.source_repository,
+            req.reference,
+            kind.unwrap_or("unknown"),
+            req.artifact_types.unwrap_or_default().join(", ")
+        ),
+        decide::Next::KeepTheirs(there) => format!(
+            "not overwritten: {}{} on the target points at {there}, the source at {top} (rule has override = false)",
+            req.target_repository, req.reference
+        ),
+        _ => String::new(),
     }
 }
