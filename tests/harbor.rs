@@ -54,6 +54,15 @@ async fn missing_target_projects_are_created_once() {
         2,
         "one check and one creation, then the answer is cached: {calls:?}"
     );
+    // Registry requests went with tokens from Harbor's token service, never
+    // with the password on every request (which Harbor would accept).
+    let basic = harbor
+        .state
+        .auth
+        .basic_uses
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(basic, 0, "registry requests sent with Basic credentials");
+    assert!(!harbor.state.auth.grants.lock().expect("grants").is_empty());
 
     // A project-level robot may not create projects: the job says why.
     harbor.state.auth.accounts.lock().expect("accounts").insert(

@@ -251,6 +251,13 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
                 types.join(", ")
             );
         }
+        if let Some(labels) = &p.labels {
+            println!(
+                "rule '{}': only artifacts carrying the Harbor labels {} (labels); read from the source's artifact API when the job runs",
+                p.rule,
+                labels.join(", ")
+            );
+        }
         if let Some(note) = rules.get(&p.rule).and_then(|r| prune_note(r, p)) {
             println!("{note}");
         }

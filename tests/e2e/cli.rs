@@ -150,7 +150,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
 #[test]
 fn rules_test_needs_no_secrets_and_ignores_a_registry_host() {
     let file = ConfigFile::new(
-        "[server]\nwebhook_auth = \"${HARBOR_RELAY_TEST_UNSET_SECRET}\"\n[registries.external]\nurl = \"https://harbor.example.com\"\nusername = \"robot$relay\"\npassword = \"${HARBOR_RELAY_TEST_UNSET_PASSWORD}\"\n[registries.integrated]\nurl = \"https://192.0.2.10\"\nusername = \"admin\"\npassword_file = \"/nonexistent/integrated.password\"\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\nprune = true\n",
+        "[server]\nwebhook_auth = \"${HARBOR_RELAY_TEST_UNSET_SECRET}\"\n[registries.external]\nurl = \"https://harbor.example.com\"\nkind = \"harbor\"\nusername = \"robot$relay\"\npassword = \"${HARBOR_RELAY_TEST_UNSET_PASSWORD}\"\n[registries.integrated]\nurl = \"https://192.0.2.10\"\nusername = \"admin\"\npassword_file = \"/nonexistent/integrated.password\"\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\nprojects = [\"tkgs-demo\"]\nprune = true\nlabels = [\"release\"]\n",
     );
     let out = relay_cmd(&[
         "rules",
@@ -176,6 +176,10 @@ fn rules_test_needs_no_secrets_and_ignores_a_registry_host() {
     assert!(
         stdout.contains("prune = true: reconcile removes target tags in tkgs-demo/app")
             && stdout.contains("only `harbor-relay reconcile --rule external-to-integrated` does"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("only artifacts carrying the Harbor labels release (labels)"),
         "{stdout}"
     );
 }

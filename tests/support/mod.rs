@@ -10,6 +10,12 @@
 //! - [`Relay`] runs `harbor-relay serve` as a child process.
 //! - [`SlowProxy`] forwards TCP to an upstream at a set byte rate, to make
 //!   copies last long enough to be interrupted.
+//! - [`WanLink`] puts a WAN in front of a server: an RTT (handshake and
+//!   each direction) and one bandwidth cap shared by every connection.
+//! - [`harbor::FakeHarbor`]: Harbor's REST API, its registry auth
+//!   ([`harbor_auth`]: accounts, the token service, `v2auth`) and its
+//!   referrers API, built from Harbor's source, in front of a real registry.
+//! - [`hostile`]: registries that lie, and a recorder for where credentials go.
 
 #![allow(dead_code)]
 
