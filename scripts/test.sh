@@ -25,6 +25,8 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v lintian >/dev/null || missing+=(lintian)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
+# The PostgreSQL store is tested against a real server (initdb + pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 apt_install "${missing[@]}"
 if [ ! -x /usr/bin/docker-registry ]; then
   echo "docker-registry is still missing; install it with: apt-get install -y docker-registry" >&2

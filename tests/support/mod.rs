@@ -25,6 +25,7 @@ pub mod harbor_auth;
 pub mod hostile;
 mod images;
 mod pki;
+mod postgres;
 mod proxy;
 mod registry_proc;
 mod relay;
@@ -37,6 +38,8 @@ mod world;
 pub use images::*;
 #[allow(unused_imports)]
 pub use pki::*;
+#[allow(unused_imports)]
+pub use postgres::*;
 #[allow(unused_imports)]
 pub use proxy::*;
 #[allow(unused_imports)]
