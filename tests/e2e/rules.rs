@@ -412,3 +412,45 @@ async fn prune_removes_target_tags_the_source_lost_and_nothing_outside_the_rule(
         Some(c.digest.clone())
     );
 }
+
+/// The daemon prunes on its reconcile interval too, and counts it: a tag
+/// the source lost goes from the target with its manifest
+/// (`replicate_deletes`), and `harbor_relay_reconcile_pruned_total` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_prunes_on_its_interval_and_counts_it() {
+    let w = World::new().await;
+    let (kept, lost) = (TestImage::random(&[5_000]), TestImage::random(&[5_000]));
+    let tag = |t: &str| Reference::Tag(t.into());
+    kept.push(&w.src, "library/app", &tag("1")).await;
+    kept.push(&w.dst, "library/app", &tag("1")).await;
+    lost.push(&w.dst, "library/app", &tag("2")).await;
+    let rules = "[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nreconcile_interval = \"1s\"\nprune = true\nreplicate_deletes = true\n";
+    let relay = Relay::start(&format!("{}{rules}", w.registries())).await;
+    let wait = Deadline::new(Duration::from_secs(30));
+    while w
+        .dst
+        .has_manifest("library/app", &lost.digest)
+        .await
+        .expect("HEAD")
+    {
+        wait.tick(|| format!("tag 2 was never pruned:\n{}", relay.logs()))
+            .await;
+    }
+    assert_eq!(
+        w.dst.resolve("library/app", &tag("1")).await.expect("HEAD"),
+        Some(kept.digest.clone())
+    );
+    // Counted right after the registry answered the DELETE.
+    let series = "harbor_relay_reconcile_pruned_total{result=\"removed\",rule=\"mirror\"} ";
+    loop {
+        let (_, metrics) = relay.get("/metrics").await;
+        let text = metrics.as_str().expect("text").to_string();
+        if text
+            .lines()
+            .any(|l| l.starts_with(series) && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        wait.tick(|| format!("no prune counted:\n{text}")).await;
+    }
+}
