@@ -287,6 +287,31 @@ async fn idle_sockets_from_one_address_do_not_lock_out_another() {
         .expect("webhook while flooded");
     assert_eq!(r.status(), 422, "answered (no rule in this config)");
 
+    // One more from the flooded address is told why, not reset: 503 with
+    // Retry-After (once the refusals of the flood have been answered).
+    let wait = Deadline::new(Duration::from_secs(10));
+    loop {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
+        let mut c = s
+            .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+            .await
+            .expect("connect");
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut answer)).await;
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if text.starts_with("HTTP/1.1 503") {
+            assert!(text.contains("Retry-After: 1"), "{text}");
+            assert!(text.contains("server.max_connections_per_client"), "{text}");
+            break;
+        }
+        wait.tick(|| format!("never told why: {text:?}")).await;
+    }
+
     // A connection that sends nothing is closed after the first-request
     // deadline (10 s).
     use tokio::io::AsyncReadExt as _;

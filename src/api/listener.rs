@@ -256,6 +256,7 @@ pub async fn serve(
     let builder = builder();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
     let per_client = Arc::new(PerClient::default());
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -272,11 +273,23 @@ pub async fn serve(
         };
         while conns.try_join_next().is_some() {}
         let Some(client) = per_client.enter(peer.ip(), limits.per_client) else {
-            tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); closing a new one");
+            tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); refusing a new one");
+            refuse(
+                stream,
+                tls.is_none(),
+                &refusing,
+                "too many connections from this address at once (server.max_connections_per_client)",
+            );
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = limits.total, "too many connections; closing a new one");
+            tracing::warn!(%peer, limit = limits.total, "too many connections; refusing a new one");
+            refuse(
+                stream,
+                tls.is_none(),
+                &refusing,
+                "too many connections at once",
+            );
             continue;
         };
         let svc = router.clone().map_request(
@@ -393,6 +406,47 @@ async fn request_timeout(req: Request, next: axum::middleware::Next) -> Response
         )
             .into_response(),
     }
+}
+
+/// Refusals answered at once; past this a refused connection is just
+/// closed (a flood must not turn into a flood of tasks).
+const MAX_REFUSALS: usize = 32;
+
+/// Answers a connection over the limits `503 Service Unavailable` with
+/// `Retry-After: 1` and closes it, so a client sees why instead of a reset.
+/// Only on the plain listener (an answer over TLS would need a handshake
+/// first) and only [`MAX_REFUSALS`] at a time; the request is read briefly
+/// first so that closing does not reset the connection under the answer.
+fn refuse(
+    mut stream: tokio::net::TcpStream,
+    plain: bool,
+    refusing: &Arc<tokio::sync::Semaphore>,
+    why: &'static str,
+) {
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    if !plain {
+        return;
+    }
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _permit = permit;
+        let mut buf = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await;
+        let body = format!("{why}; try again\n");
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let linger = async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            while stream.read(&mut buf).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+    });
 }
 
 #[cfg(test)]
