@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::clock::now_ms;
-use crate::jobs::Summary;
+use crate::jobs::{JobSpec, JobState, Outcome, Summary};
 use crate::reference::Reference;
 
 /// Opens the store again after the test dropped it. sled lets go of
