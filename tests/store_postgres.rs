@@ -1,33 +1,407 @@
-//! The PostgreSQL the store tests run against (issue 19): a real server
-//! from Debian's `postgresql` package, made and run by the tests as an
-//! unprivileged user. These tests hold the harness itself to what the
-//! store will rely on; the store suite joins them when the PostgreSQL
-//! backend lands.
+//! The job store's invariants, held by both backends: the same suite runs
+//! against the embedded sled store and against a real PostgreSQL (Debian's
+//! `postgresql`, made and run by [`Postgres`]); then what only a shared
+//! store has: several relays claiming from one queue, leases taken over
+//! from a relay that died, one job for an event two relays were given,
+//! and a schema newer than the binary refused.
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use harbor_relay::jobs::store::{RetryError, Store, StoreError};
+use harbor_relay::jobs::{Action, JobSpec, JobState, Outcome, Summary};
+use harbor_relay::reference::Reference;
 use support::*;
 
-/// A committed row survives the server being stopped at once (what a
-/// crash does to the process), and password auth is enforced over TCP.
-#[test]
-fn a_real_postgres_keeps_committed_rows_across_an_immediate_stop() {
-    let pg = Postgres::start();
-    assert!(pg.sql("SELECT version()").starts_with("PostgreSQL "));
-    pg.sql("CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL)");
-    pg.sql("INSERT INTO t VALUES (1, 'committed')");
-    pg.restart();
-    assert_eq!(pg.sql("SELECT v FROM t WHERE id = 1"), "committed");
-    let wrong = pg
-        .psql("not-the-password")
-        .args(["-c", "SELECT 1"])
-        .output()
-        .expect("psql");
-    assert!(!wrong.status.success());
-    assert!(
-        String::from_utf8_lossy(&wrong.stderr).contains("password authentication failed"),
-        "{}",
-        String::from_utf8_lossy(&wrong.stderr)
+/// The suite's clock (milliseconds): tests move it instead of sleeping.
+static NOW: AtomicU64 = AtomicU64::new(1_000_000);
+/// The clock is shared: the tests of this file take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+fn now() -> u64 {
+    NOW.load(Ordering::SeqCst)
+}
+fn advance(ms: u64) {
+    NOW.fetch_add(ms, Ordering::SeqCst);
+}
+
+fn spec(repo: &str, tag: &str) -> JobSpec {
+    JobSpec {
+        rule: "r".into(),
+        from: "external".into(),
+        to: "integrated".into(),
+        source_repository: repo.into(),
+        target_repository: repo.into(),
+        reference: Reference::Tag(tag.into()),
+        digest: None,
+        occurred_at: None,
+        action: Action::Copy,
+        overwrite: true,
+        referrers: true,
+        platforms: None,
+        referrer_only: false,
+        artifact_types: None,
+        labels: None,
+    }
+}
+
+/// A backend under test: how to open (and open again) its store.
+enum Backend {
+    Sled(tempfile::TempDir),
+    Postgres(Postgres),
+}
+
+impl Backend {
+    async fn open(&self, owner: &str) -> Store {
+        let mut store = match self {
+            Backend::Sled(dir) => {
+                let mut tries = 0;
+                loop {
+                    // sled lets go of its lock a moment after a drop.
+                    match Store::open(dir.path()) {
+                        Ok((s, _)) => break s,
+                        Err(e) if tries < 50 => {
+                            tries += 1;
+                            let _ = e;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("reopen: {e}"),
+                    }
+                }
+            }
+            Backend::Postgres(pg) => {
+                Store::open_postgres(&pg.url(), owner, Duration::from_secs(30))
+                    .await
+                    .expect("open the PostgreSQL store")
+            }
+        };
+        assert!(store.set_clock(now));
+        store
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sled(_) => "sled",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+}
+
+async fn both() -> Vec<Backend> {
+    vec![
+        Backend::Sled(tempfile::tempdir().expect("tempdir")),
+        Backend::Postgres(Postgres::start()),
+    ]
+}
+
+/// 2xx means committed; duplicates fold into the active job, and into a
+/// succeeded one within the coalesce window; a failed one takes none.
+async fn accepted_jobs_survive_and_duplicates_fold(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    store.set_coalesce_window(Duration::from_secs(60));
+    let first = store
+        .enqueue(vec![spec("p/app", "1")])
+        .await
+        .expect("enqueue");
+    assert!(!first[0].coalesced, "{n}");
+    let again = store
+        .enqueue(vec![spec("p/app", "1")])
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        (again[0].id, again[0].coalesced),
+        (first[0].id, true),
+        "{n}"
     );
-    assert!(pg.url().starts_with("postgres://relay:"));
+    drop(store);
+    // Committed before the answer: a new process finds it.
+    let store = b.open("relay-a").await;
+    store.set_coalesce_window(Duration::from_secs(60));
+    let job = store.get(first[0].id).await.expect("get").expect("the job");
+    assert_eq!((job.state, job.coalesced), (JobState::Queued, 1), "{n}");
+    let claimed = store.claim().await.expect("claim").expect("a job");
+    assert_eq!((claimed.id, claimed.attempts), (first[0].id, 1), "{n}");
+    store
+        .finish(claimed.id, Outcome::Succeeded(Summary::default()))
+        .await
+        .expect("finish");
+    advance(1_000);
+    let redelivered = store
+        .enqueue(vec![spec("p/app", "1")])
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        (redelivered[0].id, redelivered[0].coalesced),
+        (first[0].id, true),
+        "{n}: within the window"
+    );
+    advance(120_000);
+    let later = store
+        .enqueue(vec![spec("p/app", "1")])
+        .await
+        .expect("enqueue");
+    assert!(
+        !later[0].coalesced && later[0].id != first[0].id,
+        "{n}: after the window"
+    );
+    let c = store.claim().await.expect("claim").expect("job");
+    store
+        .finish(c.id, Outcome::Failed("gone".into()))
+        .await
+        .expect("finish");
+    let after_failure = store
+        .enqueue(vec![spec("p/app", "1")])
+        .await
+        .expect("enqueue");
+    assert!(
+        !after_failure[0].coalesced,
+        "{n}: a failed job takes no duplicates"
+    );
+}
+
+/// A failed attempt waits, then runs again; a stop puts the job back
+/// without using an attempt; a job left running is taken again.
+async fn failed_attempts_wait_and_interrupted_jobs_return(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let id = store
+        .enqueue(vec![spec("p/retry", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let j = store.claim().await.expect("claim").expect("job");
+    assert_eq!(j.id, id, "{n}");
+    let at = now() + 5_000;
+    store
+        .finish(
+            id,
+            Outcome::Retry {
+                error: "503".into(),
+                at_ms: at,
+            },
+        )
+        .await
+        .expect("finish");
+    assert_eq!(store.next_due().await.expect("due"), Some(at), "{n}");
+    assert!(
+        store.claim().await.expect("claim").is_none(),
+        "{n}: not before its time"
+    );
+    assert_eq!(store.promote_due(at - 1).await.expect("promote"), 0, "{n}");
+    assert_eq!(store.promote_due(at).await.expect("promote"), 1, "{n}");
+    let j = store.claim().await.expect("claim").expect("job");
+    assert_eq!(j.attempts, 2, "{n}");
+    store
+        .finish(id, Outcome::Interrupted)
+        .await
+        .expect("finish");
+    let j = store.get(id).await.expect("get").expect("job");
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 1), "{n}");
+    // Left running by a crash: it runs again (sled re-queues at open; on
+    // PostgreSQL the lease runs out and any relay takes it).
+    let _ = store.claim().await.expect("claim").expect("job");
+    drop(store);
+    advance(31_000);
+    let store = b.open("relay-b").await;
+    let again = store
+        .claim()
+        .await
+        .expect("claim")
+        .expect("the interrupted job");
+    assert_eq!(again.id, id, "{n}");
+}
+
+/// Manual retry of a failed job, refused for others and while another job
+/// does the same; retention deletes only old finished jobs; a full queue
+/// refuses more.
+async fn retry_prune_and_a_full_queue(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let id = store
+        .enqueue(vec![spec("p/manual", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    assert!(
+        matches!(store.retry(id).await, Err(RetryError::NotFailed { .. })),
+        "{n}"
+    );
+    let _ = store.claim().await.expect("claim").expect("job");
+    store
+        .finish(id, Outcome::Failed("denied".into()))
+        .await
+        .expect("finish");
+    let other = store
+        .enqueue(vec![spec("p/manual", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    assert!(
+        matches!(store.retry(id).await, Err(RetryError::Duplicate { active }) if active == other),
+        "{n}"
+    );
+    let o = store.claim().await.expect("claim").expect("job");
+    store
+        .finish(o.id, Outcome::Failed("denied".into()))
+        .await
+        .expect("finish");
+    let j = store.retry(id).await.expect("retry");
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{n}");
+    assert!(
+        matches!(store.retry(404_404).await, Err(RetryError::NotFound(_))),
+        "{n}"
+    );
+    advance(10_000);
+    assert_eq!(
+        store.prune(now()).await.expect("prune"),
+        1,
+        "{n}: the other failed job"
+    );
+    assert!(store.get(other).await.expect("get").is_none(), "{n}");
+    assert!(
+        store.get(id).await.expect("get").is_some(),
+        "{n}: queued again, kept"
+    );
+    store.set_max_queued(2);
+    store
+        .enqueue(vec![spec("p/full", "1")])
+        .await
+        .expect("enqueue");
+    let full = store.enqueue(vec![spec("p/full", "2")]).await;
+    assert!(
+        matches!(full, Err(StoreError::Full { waiting: 2, max: 2 })),
+        "{n}: {full:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_backends_hold_the_stores_invariants() {
+    let _turn = TURN.lock().await;
+    for b in both().await {
+        accepted_jobs_survive_and_duplicates_fold(&b).await;
+    }
+    for b in both().await {
+        failed_attempts_wait_and_interrupted_jobs_return(&b).await;
+    }
+    for b in both().await {
+        retry_prune_and_a_full_queue(&b).await;
+    }
+}
+
+/// Several relays on one database: every job is claimed exactly once, an
+/// event given to two relays at once is one job, a relay that stopped
+/// renewing loses its job to another and its late result is dropped.
+/// Claims until the queue is empty; the ids taken.
+async fn drain(s: &Store) -> Vec<u64> {
+    let mut got = Vec::new();
+    while let Some(j) = s.claim().await.expect("claim") {
+        got.push(j.id);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_sharing_one_database_split_the_queue_and_take_over() {
+    let _turn = TURN.lock().await;
+    let b = Backend::Postgres(Postgres::start());
+    let (a, c) = (b.open("relay-a").await, b.open("relay-b").await);
+    let specs: Vec<JobSpec> = (0..60).map(|i| spec("p/many", &format!("t{i}"))).collect();
+    let (x, y) = specs.split_at(30);
+    let (ra, rc) = tokio::join!(a.enqueue(x.to_vec()), c.enqueue(y.to_vec()));
+    assert_eq!(ra.expect("a").len() + rc.expect("c").len(), 60);
+    let (ga, gc) = tokio::join!(drain(&a), drain(&c));
+    let mut all: Vec<u64> = ga.iter().chain(gc.iter()).copied().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        60,
+        "every job once: a {} + b {}",
+        ga.len(),
+        gc.len()
+    );
+    assert_eq!(ga.len() + gc.len(), 60, "no job twice");
+    for (store, ids) in [(&a, &ga), (&c, &gc)] {
+        for &id in ids {
+            store
+                .finish(id, Outcome::Succeeded(Summary::default()))
+                .await
+                .expect("finish")
+                .expect("its own job");
+        }
+    }
+
+    // The same event to both relays at once: one job.
+    let (e1, e2) = tokio::join!(
+        a.enqueue(vec![spec("p/same", "1")]),
+        c.enqueue(vec![spec("p/same", "1")])
+    );
+    let (e1, e2) = (e1.expect("a")[0].clone(), e2.expect("c")[0].clone());
+    assert_eq!(e1.id, e2.id);
+    assert!(e1.coalesced ^ e2.coalesced);
+
+    // Relay a claims it and stops renewing (its VM is gone).
+    let job = a.claim().await.expect("claim").expect("job");
+    assert!(c.claim().await.expect("claim").is_none(), "leased to a");
+    advance(31_000);
+    let taken = c.claim().await.expect("claim").expect("taken over");
+    assert_eq!(taken.id, job.id);
+    assert_eq!(c.postgres().expect("pg").takeovers(), 1);
+    // a comes back with a result: dropped, the job stays b's.
+    let late = a
+        .finish(job.id, Outcome::Failed("late".into()))
+        .await
+        .expect("finish");
+    assert!(late.is_none());
+    let done = c
+        .finish(job.id, Outcome::Succeeded(Summary::default()))
+        .await
+        .expect("finish")
+        .expect("b's result");
+    assert_eq!(done.state, JobState::Succeeded);
+}
+
+/// A relay meeting a schema newer than it knows refuses to start, saying
+/// so; the database restarting under a relay costs requests, not jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused_and_a_database_restart_loses_nothing() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    let b = Backend::Postgres(pg);
+    let store = b.open("relay-a").await;
+    let id = store
+        .enqueue(vec![spec("p/kept", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let Backend::Postgres(pg) = &b else {
+        unreachable!()
+    };
+    pg.restart();
+    // The pool's connections died with the server; the next calls get new
+    // ones (the first may fail: the caller retries, as workers do).
+    let mut claimed = None;
+    for _ in 0..20 {
+        match store.claim().await {
+            Ok(Some(j)) => {
+                claimed = Some(j);
+                break;
+            }
+            Ok(None) => panic!("the job was lost in the restart"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(claimed.expect("claimed after the restart").id, id);
+    pg.sql("INSERT INTO relay_schema (version) VALUES (99)");
+    let err = Store::open_postgres(&pg.url(), "relay-new", Duration::from_secs(30))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("newer than this harbor-relay knows"),
+        "{err}"
+    );
 }

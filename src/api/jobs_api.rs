@@ -35,7 +35,7 @@ pub(super) async fn list_jobs(
         },
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    match app.store.list(state, limit) {
+    match app.store.list(state, limit).await {
         Ok(jobs) => {
             axum::Json(json!({ "jobs": jobs.iter().map(JobView::from).collect::<Vec<_>>() }))
                 .into_response()
@@ -48,7 +48,7 @@ pub(super) async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<Str
     let Ok(id) = id.parse::<u64>() else {
         return error(StatusCode::BAD_REQUEST, "job id must be a number");
     };
-    match app.store.get(id) {
+    match app.store.get(id).await {
         Ok(Some(j)) => axum::Json(JobView::from(&j)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

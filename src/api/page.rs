@@ -99,10 +99,12 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
     let running = app
         .store
         .list(Some(JobState::Running), 50)
+        .await
         .unwrap_or_default();
     let failed = app
         .store
         .list(Some(JobState::Failed), FAILURES_SHOWN)
+        .await
         .unwrap_or_default();
     let finished = |rule: &str, outcome: &str| {
         app.metrics
@@ -224,7 +226,7 @@ pub(super) async fn job(
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::BAD_REQUEST, "a job id is a number\n").into_response();
     };
-    match app.store.get(id) {
+    match app.store.get(id).await {
         Ok(Some(j)) => layout(&format!("job {id}"), job_body(&JobView::from(&j))).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),

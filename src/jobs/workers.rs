@@ -209,7 +209,7 @@ async fn scheduler(ctx: Arc<Context>, shutdown: CancellationToken) {
         if let Err(e) = ctx.store.promote_due(now_ms()).await {
             tracing::error!(error = %e, "moving due retries to the queue");
         }
-        let wait = match ctx.store.next_due() {
+        let wait = match ctx.store.next_due().await {
             Ok(Some(due)) => {
                 Duration::from_millis(due.saturating_sub(now_ms())).min(SCHEDULER_TICK)
             }

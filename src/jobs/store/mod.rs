@@ -12,16 +12,215 @@
 //! by a crash run again.
 
 mod embedded;
+mod postgres;
 
 pub use embedded::SledStore;
+pub use postgres::{DEFAULT_LEASE, PgStore, tend};
 
 pub mod transition;
 
 /// Default for [`SledStore::set_coalesce_window`]: ten minutes.
 pub const DEFAULT_COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// The store the daemon runs on.
-pub type Store = SledStore;
+/// The store the daemon runs on: one of the backends, behind one set of
+/// methods (enum dispatch: no trait objects, no boxed futures).
+pub enum Store {
+    /// Embedded, on this host (`store.path`).
+    Sled(SledStore),
+    /// Shared by several relays (`store.url`). The replicator's ledger
+    /// (chunked uploads in progress, blob locations, tags left) is kept in
+    /// this relay's memory for now.
+    Postgres {
+        /// The queue.
+        store: std::sync::Arc<PgStore>,
+        /// The replicator's ledger.
+        ledger: crate::replicate::ledger::MemoryLedger,
+    },
+}
+
+/// Calls `$m` on whichever backend runs.
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Sled($s) => $e,
+            Store::Postgres { store: $s, .. } => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the embedded store in `path`; returns it and how many jobs a
+    /// crash left running, queued again.
+    pub fn open(path: &std::path::Path) -> Result<(Store, usize), StoreError> {
+        let (s, recovered) = SledStore::open(path)?;
+        Ok((Store::Sled(s), recovered))
+    }
+
+    /// Opens the shared store at `url` (see [`PgStore::open`]).
+    pub async fn open_postgres(
+        url: &str,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let store = PgStore::open(url, owner, lease).await?;
+        Ok(Store::Postgres {
+            store: std::sync::Arc::new(store),
+            ledger: Default::default(),
+        })
+    }
+
+    /// The PostgreSQL backend, if that is the one running.
+    pub fn postgres(&self) -> Option<&std::sync::Arc<PgStore>> {
+        match self {
+            Store::Postgres { store, .. } => Some(store),
+            Store::Sled(_) => None,
+        }
+    }
+
+    /// Replaces the clock (tests move time instead of sleeping). Only
+    /// before the store is shared: a PostgreSQL store already handed out
+    /// keeps its clock, and this says so by returning false.
+    pub fn set_clock(&mut self, clock: fn() -> u64) -> bool {
+        match self {
+            Store::Sled(s) => {
+                s.set_clock(clock);
+                true
+            }
+            Store::Postgres { store, .. } => match std::sync::Arc::get_mut(store) {
+                Some(s) => {
+                    s.set_clock(clock);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// See [`SledStore::set_max_queued`].
+    pub fn set_max_queued(&self, max: usize) {
+        each!(self, s => s.set_max_queued(max))
+    }
+
+    /// See [`SledStore::set_coalesce_window`].
+    pub fn set_coalesce_window(&self, window: std::time::Duration) {
+        each!(self, s => s.set_coalesce_window(window))
+    }
+
+    /// Adds jobs (folding duplicates); returns once they are committed.
+    pub async fn enqueue(
+        &self,
+        specs: Vec<crate::jobs::JobSpec>,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        each!(self, s => s.enqueue(specs).await)
+    }
+
+    /// Takes the next job for a worker.
+    pub async fn claim(&self) -> Result<Option<crate::jobs::Job>, StoreError> {
+        each!(self, s => s.claim().await)
+    }
+
+    /// Records how an attempt ended.
+    pub async fn finish(
+        &self,
+        id: u64,
+        outcome: crate::jobs::Outcome,
+    ) -> Result<Option<crate::jobs::Job>, StoreError> {
+        each!(self, s => s.finish(id, outcome).await)
+    }
+
+    /// Queues retrying jobs whose time has come.
+    pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
+        each!(self, s => s.promote_due(now).await)
+    }
+
+    /// When the earliest retry is due.
+    pub async fn next_due(&self) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Sled(s) => s.next_due(),
+            Store::Postgres { store, .. } => store.next_due().await,
+        }
+    }
+
+    /// Queues a failed job again.
+    pub async fn retry(&self, id: u64) -> Result<crate::jobs::Job, RetryError> {
+        each!(self, s => s.retry(id).await)
+    }
+
+    /// Deletes jobs finished before `before_ms`.
+    pub async fn prune(&self, before_ms: u64) -> Result<usize, StoreError> {
+        each!(self, s => s.prune(before_ms).await)
+    }
+
+    /// One job by id.
+    pub async fn get(&self, id: u64) -> Result<Option<crate::jobs::Job>, StoreError> {
+        match self {
+            Store::Sled(s) => s.get(id),
+            Store::Postgres { store, .. } => store.get(id).await,
+        }
+    }
+
+    /// Jobs newest first.
+    pub async fn list(
+        &self,
+        state: Option<crate::jobs::JobState>,
+        limit: usize,
+    ) -> Result<Vec<crate::jobs::Job>, StoreError> {
+        match self {
+            Store::Sled(s) => s.list(state, limit),
+            Store::Postgres { store, .. } => store.list(state, limit).await,
+        }
+    }
+
+    /// Bytes the store takes.
+    pub fn size_on_disk(&self) -> u64 {
+        each!(self, s => s.size_on_disk())
+    }
+
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> usize {
+        each!(self, s => s.queued())
+    }
+
+    /// Jobs being copied.
+    pub fn running(&self) -> usize {
+        each!(self, s => s.running())
+    }
+
+    /// Jobs waiting for their next attempt.
+    pub fn retrying(&self) -> usize {
+        each!(self, s => s.retrying())
+    }
+
+    /// Group-commit flushes so far (sled; each an fsync). PostgreSQL
+    /// commits each transaction itself: 0.
+    pub fn flushes(&self) -> u64 {
+        match self {
+            Store::Sled(s) => s.flushes(),
+            Store::Postgres { .. } => 0,
+        }
+    }
+
+    /// Waits until new work may be there.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        each!(self, s => s.notified())
+    }
+
+    /// Writes everything out (on shutdown).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sled(s) => s.flush().await,
+            Store::Postgres { .. } => Ok(()),
+        }
+    }
+
+    /// The ledger the replicator keeps beside the jobs.
+    pub fn ledger(&self) -> &dyn crate::replicate::ledger::Ledger {
+        match self {
+            Store::Sled(s) => s,
+            Store::Postgres { ledger, .. } => ledger,
+        }
+    }
+}
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +228,9 @@ pub enum StoreError {
     /// The database itself failed (disk full, corruption, locked).
     #[error("job store: {0}")]
     Db(#[from] sled::Error),
+    /// PostgreSQL refused or could not be reached.
+    #[error("job store (PostgreSQL): {0}")]
+    Postgres(String),
     /// A record could not be (de)serialised.
     #[error("job store: bad record: {0}")]
     Record(#[from] serde_json::Error),
@@ -90,3 +292,42 @@ pub struct Enqueued {
 
 #[cfg(test)]
 mod tests;
+
+/// The replicator's ledger, kept by whichever backend runs.
+impl crate::replicate::ledger::Ledger for Store {
+    fn upload(&self, key: &str) -> Option<crate::replicate::ledger::UploadRecord> {
+        self.ledger().upload(key)
+    }
+    fn save_upload(&self, key: &str, record: &crate::replicate::ledger::UploadRecord) {
+        self.ledger().save_upload(key, record)
+    }
+    fn persist(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        self.ledger().persist()
+    }
+    fn clear_upload(&self, key: &str) {
+        self.ledger().clear_upload(key)
+    }
+    fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String> {
+        self.ledger().blob_locations(registry, digest)
+    }
+    fn blob_seen(&self, registry: &str, digest: &str, repository: &str) {
+        self.ledger().blob_seen(registry, digest, repository)
+    }
+    fn tag_synced(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Option<crate::replicate::ledger::TagRecord> {
+        self.ledger().tag_synced(registry, repository, tag)
+    }
+    fn record_tag(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        record: &crate::replicate::ledger::TagRecord,
+    ) {
+        self.ledger().record_tag(registry, repository, tag, record)
+    }
+}

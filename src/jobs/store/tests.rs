@@ -9,10 +9,10 @@ use crate::reference::Reference;
 /// its file lock when its background flusher has stopped, which under
 /// load can be a moment after the drop (a new process, as after a
 /// real crash, has no such wait).
-async fn reopen(path: &std::path::Path) -> (Store, usize) {
+async fn reopen(path: &std::path::Path) -> (SledStore, usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match Store::open(path) {
+        match SledStore::open(path) {
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
@@ -52,7 +52,7 @@ async fn enqueue_claim_finish_and_coalesce() {
         NOW.load(std::sync::atomic::Ordering::SeqCst)
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut store, recovered) = Store::open(dir.path()).expect("open");
+    let (mut store, recovered) = SledStore::open(dir.path()).expect("open");
     store.set_clock(now);
     assert_eq!(recovered, 0);
     let a = store
@@ -108,7 +108,7 @@ async fn enqueue_claim_finish_and_coalesce() {
 async fn running_jobs_are_requeued_after_a_crash() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = {
-        let (store, _) = Store::open(dir.path()).expect("open");
+        let (store, _) = SledStore::open(dir.path()).expect("open");
         store.enqueue(vec![spec("1")]).await.expect("enqueue");
         let job = store.claim().await.expect("claim").expect("job");
         job.id
@@ -126,7 +126,7 @@ async fn running_jobs_are_requeued_after_a_crash() {
 async fn failed_attempts_wait_then_run_again_and_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = {
-        let (store, _) = Store::open(dir.path()).expect("open");
+        let (store, _) = SledStore::open(dir.path()).expect("open");
         let e = store.enqueue(vec![spec("1")]).await.expect("enqueue");
         let job = store.claim().await.expect("claim").expect("job");
         let at = now_ms() + 60_000;
@@ -174,7 +174,7 @@ async fn failed_attempts_wait_then_run_again_and_survive_restart() {
 #[tokio::test]
 async fn manual_retry_and_pruning() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, _) = Store::open(dir.path()).expect("open");
+    let (store, _) = SledStore::open(dir.path()).expect("open");
     let e = store.enqueue(vec![spec("1")]).await.expect("enqueue");
     let id = e[0].id;
     assert!(matches!(

@@ -1,0 +1,684 @@
+//! The job store on PostgreSQL, for several relays sharing one queue.
+//!
+//! One table, `relay_jobs`: the job as JSON (the same record sled keeps)
+//! and the columns the queue needs beside it (state, due time, dedupe key,
+//! lease). Every change is a transaction that reads the row `FOR UPDATE`,
+//! applies [`super::transition`] in Rust and writes the row back, so the
+//! state machine is sled's. Across relays:
+//! - a worker claims the oldest queued job, or a running job whose lease
+//!   expired (its relay died), with `FOR UPDATE SKIP LOCKED`, and holds a
+//!   lease it renews; a result from a relay that lost its lease is
+//!   dropped;
+//! - enqueueing takes a transaction-scoped advisory lock on the dedupe key,
+//!   so two relays given the same event fold it into one job;
+//! - `NOTIFY relay_jobs` on commit wakes idle workers of every relay
+//!   (`LISTEN` on a connection of its own, with a poll every second as a
+//!   fallback), so pickup does not wait for a poll.
+//!
+//! The schema is migrated at start under an advisory lock; a database
+//! whose schema is newer than this binary knows is refused.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::Notify;
+use tokio_postgres::NoTls;
+
+use super::transition::{self, After};
+use super::{DEFAULT_COALESCE_WINDOW, Enqueued, RetryError, StoreError};
+use crate::jobs::{Job, JobSpec, JobState, Outcome};
+
+/// The schema, one migration per entry, applied in order.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE relay_jobs (
+    id bigint PRIMARY KEY,
+    dedupe_key text NOT NULL,
+    state text NOT NULL,
+    next_attempt_ms bigint,
+    finished_ms bigint,
+    lease_owner text,
+    lease_until_ms bigint,
+    job jsonb NOT NULL
+);
+CREATE SEQUENCE relay_jobs_id;
+CREATE INDEX relay_jobs_waiting ON relay_jobs (id) WHERE state = 'queued';
+CREATE INDEX relay_jobs_due ON relay_jobs (next_attempt_ms) WHERE state = 'retrying';
+CREATE INDEX relay_jobs_leases ON relay_jobs (lease_until_ms) WHERE state = 'running';
+CREATE INDEX relay_jobs_dedupe ON relay_jobs (dedupe_key, id DESC);
+CREATE INDEX relay_jobs_finished ON relay_jobs (finished_ms) WHERE finished_ms IS NOT NULL;
+"#];
+
+/// Advisory lock key for migrations ("hrmigrat").
+const MIGRATION_LOCK: i64 = 0x6872_6d69_6772_6174;
+
+/// How long a claimed job is ours without renewal.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The job store on PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    /// This relay, as written in the leases it holds.
+    owner: String,
+    lease_ms: u64,
+    /// Jobs this relay holds leases on.
+    held: Mutex<HashSet<u64>>,
+    wake: Notify,
+    queued: AtomicUsize,
+    running: AtomicUsize,
+    retrying: AtomicUsize,
+    size: AtomicU64,
+    takeovers: AtomicU64,
+    coalesce_window_ms: AtomicU64,
+    max_queued: AtomicUsize,
+    clock: fn() -> u64,
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Postgres(crate::registry::cut(&e.to_string()))
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Postgres(crate::registry::cut(&e.to_string()))
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl PgStore {
+    /// Connects to `url`, migrates the schema, and starts the lease and
+    /// wake-up tasks. `owner` names this relay in leases.
+    pub async fn open(url: &str, owner: &str, lease: Duration) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Postgres(format!("store.url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Postgres(e.to_string()))?;
+        let store = PgStore {
+            pool,
+            owner: owner.to_string(),
+            lease_ms: lease.as_millis() as u64,
+            held: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            queued: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            size: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
+            max_queued: AtomicUsize::new(usize::MAX),
+            clock: crate::clock::now_ms,
+        };
+        store.migrate().await?;
+        store.refresh().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    /// Applies the migrations this binary has and the database lacks,
+    /// under an advisory lock (several relays may start at once).
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(db)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS relay_schema (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await
+        .map_err(db)?;
+        let row = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM relay_schema", &[])
+            .await
+            .map_err(db)?;
+        let have: i32 = row.get(0);
+        let know = MIGRATIONS.len() as i32;
+        if have > know {
+            return Err(StoreError::Postgres(format!(
+                "the database's schema is version {have}, newer than this harbor-relay knows ({know}): a newer relay migrated it; upgrade this one"
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+            tx.batch_execute(sql).await.map_err(db)?;
+            let version = i as i32 + 1;
+            tx.execute(
+                "INSERT INTO relay_schema (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(db)?;
+            tracing::info!(version, "migrated the PostgreSQL job store");
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    /// Replaces the clock (tests move time instead of sleeping).
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
+    }
+
+    /// See [`super::SledStore::set_max_queued`].
+    pub fn set_max_queued(&self, max: usize) {
+        self.max_queued.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// See [`super::SledStore::set_coalesce_window`].
+    pub fn set_coalesce_window(&self, window: Duration) {
+        self.coalesce_window_ms
+            .store(window.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Reads the fleet's counts and the table's size into the gauges.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT state, count(*) FROM relay_jobs WHERE state IN ('queued','running','retrying') GROUP BY state",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let (mut q, mut r, mut t) = (0, 0, 0);
+        for row in rows {
+            let n = row.get::<_, i64>(1) as usize;
+            match row.get::<_, &str>(0) {
+                "queued" => q = n,
+                "running" => r = n,
+                _ => t = n,
+            }
+        }
+        self.queued.store(q, Ordering::Relaxed);
+        self.running.store(r, Ordering::Relaxed);
+        self.retrying.store(t, Ordering::Relaxed);
+        let size = c
+            .query_one("SELECT pg_total_relation_size('relay_jobs')", &[])
+            .await
+            .map_err(db)?;
+        self.size
+            .store(size.get::<_, i64>(0).max(0) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes `job` into its row (insert or update), with the queue's
+    /// columns taken from it.
+    async fn save(
+        tx: &deadpool_postgres::Transaction<'_>,
+        job: &Job,
+        lease: Option<(&str, u64)>,
+    ) -> Result<(), StoreError> {
+        let body = serde_json::to_value(job)?;
+        tx.execute(
+            "INSERT INTO relay_jobs (id, dedupe_key, state, next_attempt_ms, finished_ms, lease_owner, lease_until_ms, job)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET state = $3, next_attempt_ms = $4, finished_ms = $5,
+                 lease_owner = $6, lease_until_ms = $7, job = $8",
+            &[
+                &ms(job.id),
+                &job.spec.dedupe_key(),
+                &job.state.as_str(),
+                &job.next_attempt_ms.map(ms),
+                &job.finished_ms.map(ms),
+                &lease.map(|(o, _)| o),
+                &lease.map(|(_, u)| ms(u)),
+                &body,
+            ],
+        )
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn job_of(row: &tokio_postgres::Row, col: &str) -> Result<Job, StoreError> {
+        let v: serde_json::Value = row.get(col);
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// Adds jobs, folding each into an active job with the same dedupe
+    /// key, and returns once the transaction is committed.
+    pub async fn enqueue(&self, specs: Vec<JobSpec>) -> Result<Vec<Enqueued>, StoreError> {
+        for spec in &specs {
+            spec.validate().map_err(StoreError::Invalid)?;
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let waiting: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM relay_jobs WHERE state IN ('queued','retrying')",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        let max = self.max_queued.load(Ordering::Relaxed);
+        if waiting as usize >= max {
+            return Err(StoreError::Full {
+                waiting: waiting as usize,
+                max,
+            });
+        }
+        let now = (self.clock)();
+        let window = self.coalesce_window_ms.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let key = spec.dedupe_key();
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await
+            .map_err(db)?;
+            let last = tx
+                .query_opt(
+                    "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                    &[&key],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(row) = last {
+                let mut job = Self::job_of(&row, "job")?;
+                if transition::joins(&job, window, now) {
+                    job.coalesced += 1;
+                    tx.execute(
+                        "UPDATE relay_jobs SET job = $2 WHERE id = $1",
+                        &[&ms(job.id), &serde_json::to_value(&job)?],
+                    )
+                    .await
+                    .map_err(db)?;
+                    out.push(Enqueued {
+                        id: job.id,
+                        coalesced: true,
+                    });
+                    continue;
+                }
+            }
+            let id: i64 = tx
+                .query_one("SELECT nextval('relay_jobs_id')", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            let job = transition::new_job(id as u64, spec, now);
+            Self::save(&tx, &job, None).await?;
+            out.push(Enqueued {
+                id: job.id,
+                coalesced: false,
+            });
+        }
+        tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let added = out.iter().filter(|e| !e.coalesced).count();
+        self.queued.fetch_add(added, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        Ok(out)
+    }
+
+    /// Takes the oldest queued job, or a running one whose lease expired
+    /// (its relay is gone), and leases it to this relay.
+    pub async fn claim(&self) -> Result<Option<Job>, StoreError> {
+        let now = (self.clock)();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT job, state FROM relay_jobs
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until_ms < $1)
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job = Self::job_of(&row, "job")?;
+        let taken_over = row.get::<_, &str>("state") == "running";
+        transition::start(&mut job, now);
+        Self::save(&tx, &job, Some((&self.owner, now + self.lease_ms))).await?;
+        tx.commit().await.map_err(db)?;
+        if taken_over {
+            self.takeovers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = job.id,
+                "took over a job whose relay stopped renewing its lease"
+            );
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.id);
+        Ok(Some(job))
+    }
+
+    /// Renews the leases this relay holds; returns how many rows it still
+    /// holds.
+    pub async fn renew_leases(&self) -> Result<usize, StoreError> {
+        let ids: Vec<i64> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|&i| ms(i))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let until = ms((self.clock)() + self.lease_ms);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE relay_jobs SET lease_until_ms = $1 WHERE id = ANY($2) AND lease_owner = $3 AND state = 'running'",
+                &[&until, &ids, &self.owner],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// Records how an attempt ended. A relay that lost the job's lease to
+    /// another (it stopped renewing too long) has its result dropped.
+    pub async fn finish(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let now = (self.clock)();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT job, lease_owner FROM relay_jobs WHERE id = $1 FOR UPDATE",
+                &[&ms(id)],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let mut job = Self::job_of(&row, "job")?;
+        let owner: Option<&str> = row.get("lease_owner");
+        if job.state == JobState::Running && owner != Some(self.owner.as_str()) {
+            tracing::warn!(
+                id,
+                "another relay holds this job now; this attempt's result is dropped"
+            );
+            return Ok(None);
+        }
+        let after = transition::finish(&mut job, outcome, now);
+        Self::save(&tx, &job, None).await?;
+        if after == After::Queued {
+            tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.running.fetch_sub(
+            1.min(self.running.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        Ok(Some(job))
+    }
+
+    /// Moves retrying jobs whose time has come back to the queue.
+    pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT job FROM relay_jobs WHERE state = 'retrying' AND next_attempt_ms <= $1 FOR UPDATE SKIP LOCKED",
+                &[&ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            let mut job = Self::job_of(row, "job")?;
+            transition::promote(&mut job);
+            Self::save(&tx, &job, None).await?;
+        }
+        if !rows.is_empty() {
+            tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        if !rows.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok(rows.len())
+    }
+
+    /// When the earliest retry is due, if any.
+    pub async fn next_due(&self) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT min(next_attempt_ms) FROM relay_jobs WHERE state = 'retrying'",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, Option<i64>>(0).map(|v| v.max(0) as u64))
+    }
+
+    /// Queues a failed job again, with a fresh count of attempts.
+    pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT job FROM relay_jobs WHERE id = $1 FOR UPDATE",
+                &[&ms(id)],
+            )
+            .await
+            .map_err(db)?
+            .ok_or(RetryError::NotFound(id))?;
+        let mut job = Self::job_of(&row, "job")?;
+        if job.state != JobState::Failed {
+            return Err(RetryError::NotFailed {
+                id,
+                state: job.state.as_str(),
+            });
+        }
+        let other = tx
+            .query_opt(
+                "SELECT id FROM relay_jobs WHERE dedupe_key = $1 AND id <> $2 AND state IN ('queued','running','retrying') LIMIT 1",
+                &[&job.spec.dedupe_key(), &ms(id)],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(o) = other {
+            return Err(RetryError::Duplicate {
+                active: o.get::<_, i64>(0) as u64,
+            });
+        }
+        transition::rearm(&mut job);
+        Self::save(&tx, &job, None).await?;
+        tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    /// Deletes jobs that finished before `before_ms`.
+    pub async fn prune(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM relay_jobs WHERE state IN ('succeeded','failed') AND finished_ms < $1",
+                &[&ms(before_ms)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// One job by id.
+    pub async fn get(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT job FROM relay_jobs WHERE id = $1", &[&ms(id)])
+            .await
+            .map_err(db)?;
+        row.map(|r| Self::job_of(&r, "job")).transpose()
+    }
+
+    /// Jobs newest first, optionally only those in `state`, at most `limit`.
+    pub async fn list(
+        &self,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let rows = match state {
+            Some(s) => {
+                c.query(
+                    "SELECT job FROM relay_jobs WHERE state = $1 ORDER BY id DESC LIMIT $2",
+                    &[&s.as_str(), &limit],
+                )
+                .await
+            }
+            None => {
+                c.query(
+                    "SELECT job FROM relay_jobs ORDER BY id DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await
+            }
+        }
+        .map_err(db)?;
+        rows.iter().map(|r| Self::job_of(r, "job")).collect()
+    }
+
+    /// The table's size, as last read.
+    pub fn size_on_disk(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for a worker, across the fleet (as last read).
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Jobs being copied, across the fleet (as last read).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Jobs waiting for their next attempt, across the fleet (as last read).
+    pub fn retrying(&self) -> usize {
+        self.retrying.load(Ordering::Relaxed)
+    }
+
+    /// Jobs this relay took over from a relay whose lease expired.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(Ordering::Relaxed)
+    }
+
+    /// Leases this relay holds now.
+    pub fn leases_held(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until new work may be there (see [`super::SledStore::notified`]).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    /// Wakes the workers (a `NOTIFY` arrived, or the fallback poll).
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// The lease length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+}
+
+/// Keeps this relay's leases and gauges fresh, and wakes its workers on
+/// `NOTIFY relay_jobs` (or every second, if notifications are lost), until
+/// `stop`.
+pub async fn tend(
+    store: std::sync::Arc<PgStore>,
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let listen = listen(store.clone(), url, stop.clone());
+    let chores = async {
+        let mut renew = tokio::time::interval(store.lease() / 3);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    if let Err(e) = store.renew_leases().await {
+                        tracing::warn!(error = %e, "renewing job leases");
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = store.refresh().await {
+                        tracing::warn!(error = %e, "reading the job store's counts");
+                    }
+                    store.wake();
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    };
+    tokio::join!(listen, chores);
+}
+
+/// `LISTEN relay_jobs` on a connection of its own, reconnecting after a
+/// second when it drops.
+async fn listen(
+    store: std::sync::Arc<PgStore>,
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt as _;
+    while !stop.is_cancelled() {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut conn)) => {
+                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                let listening = client.batch_execute("LISTEN relay_jobs");
+                let pump = async {
+                    while let Some(m) = messages.next().await {
+                        match m {
+                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => store.wake(),
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "the LISTEN connection to the job store dropped");
+                                return;
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = async { let _ = listening.await; std::future::pending::<()>().await } => {}
+                    _ = pump => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "connecting to the job store to LISTEN"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
