@@ -28,8 +28,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Live(#[from] LiveError),
     /// The store could not be opened.
-    #[error("{0} (path {1})")]
-    Store(crate::jobs::StoreError, std::path::PathBuf),
+    #[error("{0} ({1})")]
+    Store(crate::jobs::StoreError, String),
     /// Metrics could not be registered.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -66,7 +66,7 @@ pub async fn run_reloadable(
     reload: mpsc::Receiver<()>,
 ) -> Result<(), DaemonError> {
     let metrics_listener = metrics_listener(&config).await?;
-    let store = open_store(&config)?;
+    let store = open_store(&config, shutdown.child_token()).await?;
     warn_about(&config);
     let live = Arc::new(Shared::new(Live::build(config.clone(), None)?));
     let metrics = Arc::new(Metrics::new()?);
@@ -279,10 +279,41 @@ async fn metrics_listener(config: &Config) -> Result<Option<tokio::net::TcpListe
     Ok(Some(l))
 }
 
-/// Opens the job store, re-queuing what the last stop interrupted.
-fn open_store(config: &Config) -> Result<Arc<Store>, DaemonError> {
-    let (store, recovered) = Store::open(&config.store.path)
-        .map_err(|e| DaemonError::Store(e, config.store.path.clone()))?;
+/// This relay's name in the leases it takes on a shared store: the host
+/// (a pod's name in Kubernetes) and the process.
+fn instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".into());
+    format!("{host}/{}", std::process::id())
+}
+
+/// Opens the job store (re-queuing what the last stop interrupted, on the
+/// embedded store); on PostgreSQL, starts tending its leases and wake-ups
+/// until `stop`.
+async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
+    if let Some(pg) = &config.store.postgres {
+        let store = Store::open_postgres(pg.connect.clone(), &instance(), pg.lease)
+            .await
+            .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
+        store.set_coalesce_window(config.jobs.coalesce_window);
+        store.set_max_queued(config.jobs.max_queued);
+        if let Some(shared) = store.postgres() {
+            tokio::spawn(crate::jobs::store::tend(
+                shared.clone(),
+                pg.connect.clone(),
+                stop,
+            ));
+        }
+        tracing::info!(database = %pg.shown, instance = %instance(), "job store on PostgreSQL, shared with other relays");
+        return Ok(Arc::new(store));
+    }
+    let (store, recovered) = Store::open(&config.store.path).map_err(|e| {
+        DaemonError::Store(e, format!("store.path {}", config.store.path.display()))
+    })?;
     store.set_coalesce_window(config.jobs.coalesce_window);
     store.set_max_queued(config.jobs.max_queued);
     if recovered > 0 {

@@ -129,6 +129,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.store.path != new.store.path {
         out.push("store.path");
     }
+    let shown = |c: &Config| c.store.postgres.as_ref().map(|p| p.shown.clone());
+    if shown(old) != shown(new) {
+        out.push("store.url");
+    }
     if old.jobs.workers != new.jobs.workers {
         out.push("jobs.workers");
     }

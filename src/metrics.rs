@@ -40,6 +40,10 @@ pub struct Metrics {
     pub reconcile_checked: IntCounterVec,
     /// Differences reconcile passes found (and queued), by `rule`.
     pub reconcile_differences: IntCounterVec,
+    /// Jobs this relay holds leases on (PostgreSQL store).
+    pub leases_held: IntGauge,
+    /// Jobs this relay took over from a relay whose lease ran out.
+    pub lease_takeovers: prometheus::IntCounter,
     /// Target tags reconcile passes removed (`prune`), by `rule` and
     /// `result` (`removed`, `failed`).
     pub reconcile_pruned: IntCounterVec,
@@ -137,6 +141,10 @@ impl Maker {
         self.add(IntGauge::new(name, help))
     }
 
+    fn counter(&self, name: &str, help: &str) -> Result<prometheus::IntCounter, MetricsError> {
+        self.add(prometheus::IntCounter::new(name, help))
+    }
+
     fn timestamps(&self, name: &str, help: &str) -> Result<prometheus::GaugeVec, MetricsError> {
         self.add(prometheus::GaugeVec::new(Opts::new(name, help), &["rule"]))
     }
@@ -210,6 +218,14 @@ impl Metrics {
                 "harbor_relay_reconcile_differences_total",
                 "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
                 &["rule"],
+            )?,
+            leases_held: m.gauge(
+                "harbor_relay_leases_held",
+                "Jobs this relay holds a lease on (PostgreSQL store; 0 on the embedded store).",
+            )?,
+            lease_takeovers: m.counter(
+                "harbor_relay_lease_takeovers_total",
+                "Jobs this relay took over from another relay whose lease ran out (it died or lost the database).",
             )?,
             reconcile_pruned: m.counters(
                 "harbor_relay_reconcile_pruned_total",

@@ -70,11 +70,13 @@ impl Backend {
                     }
                 }
             }
-            Backend::Postgres(pg) => {
-                Store::open_postgres(&pg.url(), owner, Duration::from_secs(30))
-                    .await
-                    .expect("open the PostgreSQL store")
-            }
+            Backend::Postgres(pg) => Store::open_postgres(
+                pg.url().parse().expect("url"),
+                owner,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("open the PostgreSQL store"),
         };
         assert!(store.set_clock(now));
         store
@@ -395,13 +397,118 @@ async fn a_newer_schema_is_refused_and_a_database_restart_loses_nothing() {
     }
     assert_eq!(claimed.expect("claimed after the restart").id, id);
     pg.sql("INSERT INTO relay_schema (version) VALUES (99)");
-    let err = Store::open_postgres(&pg.url(), "relay-new", Duration::from_secs(30))
-        .await
-        .err()
-        .expect("refused");
+    let err = Store::open_postgres(
+        pg.url().parse().expect("url"),
+        "relay-new",
+        Duration::from_secs(30),
+    )
+    .await
+    .err()
+    .expect("refused");
     assert!(
         err.to_string()
             .contains("newer than this harbor-relay knows"),
         "{err}"
+    );
+}
+
+/// `[store]` lines for `pg`, password from the environment as an admin
+/// would write it, and a short lease so a takeover is quick.
+fn pg_store(pg: &Postgres) -> String {
+    format!(
+        "url = \"postgres://{PG_USER}@127.0.0.1:{}/{PG_DB}?sslmode=disable\"\npassword = \"${{HARBOR_RELAY_TEST_PG_PASSWORD}}\"\nlease = \"3s\"\n",
+        pg.port
+    )
+}
+
+async fn relay_on(pg: &Postgres, jobs: &str, rest: &str) -> Relay {
+    Relay::start_store(
+        Some(&pg_store(pg)),
+        free_port(),
+        jobs,
+        rest,
+        &[("HARBOR_RELAY_TEST_PG_PASSWORD", PG_PASS)],
+    )
+    .await
+}
+
+/// Two relays on one database, webhooks sent to each in turn: every image
+/// arrives, each by one job (one attempt, one manifest PUT on the target),
+/// and either relay's API sees every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_the_webhooks_work_and_copy_each_image_once() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    let w = World::with_access_logs(true).await;
+    let (a, b) = (
+        relay_on(&pg, "", &w.config()).await,
+        relay_on(&pg, "", &w.config()).await,
+    );
+    let mut imgs = Vec::new();
+    for i in 0..20 {
+        let img = TestImage::random(&[20_000, 10_000]);
+        let repo = format!("fleet/app-{}", i % 4);
+        img.push(&w.src, &repo, &Reference::Tag(format!("v{i}")))
+            .await;
+        imgs.push((repo, format!("v{i}"), img));
+    }
+    let mut ids = Vec::new();
+    for (i, (repo, tag, img)) in imgs.iter().enumerate() {
+        let relay = if i % 2 == 0 { &a } else { &b };
+        ids.extend(relay.push(push_event(repo, Some(tag), &img.digest)).await);
+    }
+    for id in &ids {
+        let job = a.wait_success(*id).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    for (repo, tag, img) in &imgs {
+        assert_image_on(&w.dst, repo, img, Some(tag)).await;
+    }
+    let puts = w
+        .target
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/fleet/") && l.contains("/manifests/"))
+        .count();
+    assert_eq!(puts, 20, "one manifest PUT per image");
+    let (_, listed) = b.get("/api/v1/jobs?limit=100").await;
+    let seen = listed["jobs"].as_array().map_or(0, Vec::len);
+    assert_eq!(seen, 20, "relay b's API lists every job of the fleet");
+}
+
+/// `kill -9` of the relay in the middle of a large copy: the other relay
+/// takes the job over once the lease runs out (3 s here), finishes it, and
+/// the target is whole; it counts the takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_mid_copy_loses_its_job_to_another() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    let w = World::new().await;
+    let proxy = SlowProxy::start(w.source.addr, 4_000_000).await;
+    let img = TestImage::pushed(&w.src, "fleet/big", &[6 << 20, 6 << 20, 6 << 20]).await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
+        w.target_toml(),
+    );
+    let mut a = relay_on(&pg, "blob_concurrency = 1\n", &config).await;
+    let ids = a
+        .push(push_event("fleet/big", Some("1"), &img.digest))
+        .await;
+    let wait = Deadline::new(Duration::from_secs(60));
+    while a.job(ids[0]).await["state"] != "running" {
+        wait.tick(|| "the job never started".into()).await;
+    }
+    let b = relay_on(&pg, "", &config).await;
+    a.kill9();
+    let job = b.wait_success(ids[0]).await;
+    assert_eq!(job["attempts"], 2, "{job}");
+    assert_image_on(&w.dst, "fleet/big", &img, Some("1")).await;
+    let (_, metrics) = b.get("/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("harbor_relay_lease_takeovers_total ") && !l.ends_with(" 0")),
+        "{text}"
     );
 }

@@ -245,7 +245,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// long as the server runs) and every worker is running. `503` with the
 /// reason otherwise, e.g. while stopping.
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
-    match app.readiness.problem() {
+    let problem = app.readiness.problem().or_else(|| {
+        app.store
+            .problem()
+            .map(|why| format!("the job store is unreachable: {why}"))
+    });
+    match problem {
         None => (StatusCode::OK, "ready\n").into_response(),
         Some(why) => error(StatusCode::SERVICE_UNAVAILABLE, why),
     }
@@ -256,6 +261,13 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     app.metrics.jobs_running.set(app.store.running() as i64);
     app.metrics.jobs_retrying.set(app.store.retrying() as i64);
     app.metrics.store_size.set(app.store.size_on_disk() as i64);
+    if let Some(pg) = app.store.postgres() {
+        app.metrics.leases_held.set(pg.leases_held() as i64);
+        let seen = app.metrics.lease_takeovers.get();
+        app.metrics
+            .lease_takeovers
+            .inc_by(pg.takeovers().saturating_sub(seen));
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -46,7 +46,11 @@ pub(super) struct RawServer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
-    pub(super) path: String,
+    pub(super) path: Option<String>,
+    pub(super) url: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<String>,
+    pub(super) lease: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

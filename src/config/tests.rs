@@ -391,3 +391,40 @@ fn labels_need_a_harbor_source() {
         "{e}"
     );
 }
+
+#[test]
+fn a_postgres_store_takes_its_password_apart_and_refuses_what_it_cannot_do() {
+    let with = |store: &str| GOOD.replace("path = \"/var/lib/relay\"", store);
+    let c = parse(&with(
+        "url = \"postgres://relay@db.example:5433/harbor_relay?sslmode=disable\"\n        password = \"${PW}\"\n        lease = \"45s\"",
+    ))
+    .expect("valid");
+    let pg = c.store.postgres.as_ref().expect("postgres");
+    assert_eq!(pg.connect.get_password(), Some(&b"s3cret"[..]));
+    assert_eq!(pg.lease, Duration::from_secs(45));
+    assert_eq!(pg.shown, "db.example/harbor_relay");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the password in Debug output"
+    );
+    assert!(c.inline_secrets.iter().all(|k| k != "store.url"));
+    // A password inline in the URL is an inline secret, as elsewhere.
+    let c = parse(&with("url = \"postgres://relay:pw@db/harbor_relay\"")).expect("valid");
+    assert!(c.inline_secrets.iter().any(|k| k == "store.url"));
+    let both = error_of(&with(
+        "path = \"/x\"\n        url = \"postgres://relay@db/x\"",
+    ));
+    assert!(both.contains("not both"), "{both}");
+    let tls = error_of(&with("url = \"postgres://relay@db/x?sslmode=require\""));
+    assert!(tls.contains("store.url") && tls.contains("TLS"), "{tls}");
+    let user = error_of(&with("url = \"postgres://db/x\""));
+    assert!(user.contains("names no user"), "{user}");
+    let twice = error_of(&with(
+        "url = \"postgres://relay:a@db/x\"\n        password = \"${PW}\"",
+    ));
+    assert!(twice.contains("password already"), "{twice}");
+    let short = error_of(&with(
+        "url = \"postgres://relay@db/x\"\n        lease = \"1s\"",
+    ));
+    assert!(short.contains("at least 3s"), "{short}");
+}

@@ -123,11 +123,36 @@ impl fmt::Debug for ListenerTls {
     }
 }
 
-/// `[store]`.
+/// `[store]`: the embedded database (`path`) or a shared PostgreSQL
+/// (`url`), never both.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Directory of the embedded database.
+    /// Directory of the embedded database (empty with `url`).
     pub path: PathBuf,
+    /// The shared PostgreSQL store, when `url` is set.
+    pub postgres: Option<PostgresStore>,
+}
+
+/// `[store] url = "postgres://…"`: several relays share one queue.
+#[derive(Clone)]
+pub struct PostgresStore {
+    /// The connection settings, the password included.
+    pub connect: tokio_postgres::Config,
+    /// How long a claimed job stays this relay's without renewal
+    /// (`store.lease`, 30 s).
+    pub lease: std::time::Duration,
+    /// `host:port/dbname`, for messages (no credentials).
+    pub shown: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    /// Never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("at", &self.shown)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 /// `[jobs]`: how many jobs and blobs move at once, and how long a stopping

@@ -173,10 +173,25 @@ impl Relay {
 
     /// Like [`Relay::start_on`], with extra environment variables.
     pub async fn start_env(port: u16, jobs: &str, rest: &str, env: &[(&str, &str)]) -> Relay {
+        Self::start_store(None, port, jobs, rest, env).await
+    }
+
+    /// Like [`Relay::start_env`], with `store` as the `[store]` section's
+    /// lines (e.g. a PostgreSQL `url`) instead of a `path` of its own.
+    pub async fn start_store(
+        store: Option<&str>,
+        port: u16,
+        jobs: &str,
+        rest: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
+        let store = match store {
+            Some(lines) => lines.to_string(),
+            None => format!("path = \"{}\"\n", dir.path().join("store").display()),
+        };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\napi_token = \"{API_TOKEN}\"\n\n[store]\npath = \"{}\"\n\n[jobs]\n{}{jobs}\n{rest}",
-            dir.path().join("store").display(),
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nwebhook_auth = \"{WEBHOOK_SECRET}\"\napi_token = \"{API_TOKEN}\"\n\n[store]\n{store}\n[jobs]\n{}{jobs}\n{rest}",
             if jobs.contains("shutdown_grace") {
                 ""
             } else {

@@ -58,11 +58,11 @@ impl Store {
 
     /// Opens the shared store at `url` (see [`PgStore::open`]).
     pub async fn open_postgres(
-        url: &str,
+        connect: tokio_postgres::Config,
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<Store, StoreError> {
-        let store = PgStore::open(url, owner, lease).await?;
+        let store = PgStore::open(connect, owner, lease).await?;
         Ok(Store::Postgres {
             store: std::sync::Arc::new(store),
             ledger: Default::default(),
@@ -210,6 +210,15 @@ impl Store {
         match self {
             Store::Sled(s) => s.flush().await,
             Store::Postgres { .. } => Ok(()),
+        }
+    }
+
+    /// Why the store cannot serve now (PostgreSQL unreachable), for
+    /// `/readyz`; `None` when it can.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            Store::Sled(_) => None,
+            Store::Postgres { store, .. } => store.problem(),
         }
     }
 

@@ -71,6 +71,8 @@ pub struct PgStore {
     retrying: AtomicUsize,
     size: AtomicU64,
     takeovers: AtomicU64,
+    /// Why the database could not be read at the last look, if it could not.
+    unreachable: Mutex<Option<String>>,
     coalesce_window_ms: AtomicU64,
     max_queued: AtomicUsize,
     clock: fn() -> u64,
@@ -91,10 +93,11 @@ fn ms(v: u64) -> i64 {
 impl PgStore {
     /// Connects to `url`, migrates the schema, and starts the lease and
     /// wake-up tasks. `owner` names this relay in leases.
-    pub async fn open(url: &str, owner: &str, lease: Duration) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Postgres(format!("store.url: {e}")))?;
+    pub async fn open(
+        config: tokio_postgres::Config,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -117,6 +120,7 @@ impl PgStore {
             retrying: AtomicUsize::new(0),
             size: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
+            unreachable: Mutex::new(None),
             coalesce_window_ms: AtomicU64::new(DEFAULT_COALESCE_WINDOW.as_millis() as u64),
             max_queued: AtomicUsize::new(usize::MAX),
             clock: crate::clock::now_ms,
@@ -184,8 +188,24 @@ impl PgStore {
             .store(window.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Reads the fleet's counts and the table's size into the gauges.
+    /// Reads the fleet's counts and the table's size into the gauges, and
+    /// notes whether the database answered (for `/readyz`).
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let read = self.read_counts().await;
+        *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) =
+            read.as_ref().err().map(|e| e.to_string());
+        read
+    }
+
+    /// Why the database could not be read at the last look, if so.
+    pub fn problem(&self) -> Option<String> {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn read_counts(&self) -> Result<(), StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
@@ -616,10 +636,10 @@ impl PgStore {
 /// `stop`.
 pub async fn tend(
     store: std::sync::Arc<PgStore>,
-    url: String,
+    connect: tokio_postgres::Config,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let listen = listen(store.clone(), url, stop.clone());
+    let listen = listen(store.clone(), connect, stop.clone());
     let chores = async {
         let mut renew = tokio::time::interval(store.lease() / 3);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -647,12 +667,12 @@ pub async fn tend(
 /// second when it drops.
 async fn listen(
     store: std::sync::Arc<PgStore>,
-    url: String,
+    connect: tokio_postgres::Config,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use futures_util::StreamExt as _;
     while !stop.is_cancelled() {
-        match tokio_postgres::connect(&url, NoTls).await {
+        match connect.connect(NoTls).await {
             Ok((client, mut conn)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 let listening = client.batch_execute("LISTEN relay_jobs");
