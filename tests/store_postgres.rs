@@ -512,3 +512,46 @@ async fn a_relay_killed_mid_copy_loses_its_job_to_another() {
         "{text}"
     );
 }
+
+/// Three relays with a 1 s reconcile interval on one database: about one
+/// pass per second in all (each lists the source's catalog once), not
+/// three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_runs_once_per_interval_across_the_fleet() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    let w = World::with_access_logs(true).await;
+    let img = TestImage::pushed(&w.src, "fleet/quiet", &[5_000]).await;
+    let rules = "[[rules]]\nname = \"catch-up\"\nfrom = \"external\"\nto = \"integrated\"\nreconcile_interval = \"1s\"\n";
+    let config = format!("{}{rules}", w.registries());
+    let started = std::time::Instant::now();
+    let relays = [
+        relay_on(&pg, "", &config).await,
+        relay_on(&pg, "", &config).await,
+        relay_on(&pg, "", &config).await,
+    ];
+    // The first pass repairs what no webhook announced.
+    let wait = Deadline::new(Duration::from_secs(30));
+    while !w
+        .dst
+        .has_manifest("fleet/quiet", &img.digest)
+        .await
+        .expect("HEAD")
+    {
+        wait.tick(|| format!("never reconciled:\n{}", relays[0].logs()))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let passes = w
+        .source
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/_catalog"))
+        .count();
+    assert!(passes >= 3, "{passes} passes in {seconds:.1} s");
+    assert!(
+        (passes as f64) <= seconds + 2.0,
+        "{passes} passes in {seconds:.1} s: the three relays each ran their own"
+    );
+}

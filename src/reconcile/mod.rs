@@ -239,6 +239,51 @@ async fn prune_all(rule: &str, target: &Registry, stale: &[prune::Stale], metric
     }
 }
 
+/// One pass: compare, queue the differences, prune, count.
+async fn one_pass(
+    rule: &Rule,
+    source: &Registry,
+    target: &Registry,
+    store: &Store,
+    metrics: &Metrics,
+) {
+    let name = rule.config.name.as_str();
+    let started = Instant::now();
+    let report = match pass(rule, source, target).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(rule = %name, error = %e, "reconcile pass failed");
+            return;
+        }
+    };
+    metrics
+        .reconcile_checked
+        .with_label_values(&[name])
+        .inc_by(report.checked);
+    metrics
+        .reconcile_differences
+        .with_label_values(&[name])
+        .inc_by(report.differences.len() as u64);
+    metrics
+        .reconcile_last_pass
+        .with_label_values(&[name])
+        .set(crate::clock::now_ms() as f64 / 1000.0);
+    let jobs = jobs_for(rule, &report);
+    if !jobs.is_empty()
+        && let Err(e) = store.enqueue(jobs).await
+    {
+        tracing::error!(rule = %name, error = %e, "cannot enqueue reconcile jobs");
+    }
+    prune_all(name, target, &report.stale, metrics).await;
+    tracing::info!(
+        rule = %name,
+        checked = report.checked,
+        differences = report.differences.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "reconcile pass done"
+    );
+}
+
 /// Runs a pass for `rule` every `interval` (the first right away) and
 /// enqueues the differences, until `shutdown`.
 pub async fn run(
@@ -252,37 +297,13 @@ pub async fn run(
 ) {
     let name = rule.config.name.clone();
     loop {
-        let started = Instant::now();
-        match pass(&rule, &source, &target).await {
-            Ok(report) => {
-                metrics
-                    .reconcile_checked
-                    .with_label_values(&[name.as_str()])
-                    .inc_by(report.checked);
-                metrics
-                    .reconcile_differences
-                    .with_label_values(&[name.as_str()])
-                    .inc_by(report.differences.len() as u64);
-                metrics
-                    .reconcile_last_pass
-                    .with_label_values(&[name.as_str()])
-                    .set(crate::clock::now_ms() as f64 / 1000.0);
-                let jobs = jobs_for(&rule, &report);
-                if !jobs.is_empty()
-                    && let Err(e) = store.enqueue(jobs).await
-                {
-                    tracing::error!(rule = %name, error = %e, "cannot enqueue reconcile jobs");
-                }
-                prune_all(&name, &target, &report.stale, &metrics).await;
-                tracing::info!(
-                    rule = %name,
-                    checked = report.checked,
-                    differences = report.differences.len(),
-                    seconds = started.elapsed().as_secs_f64(),
-                    "reconcile pass done"
-                );
+        // Relays sharing a store take turns: one pass per interval in all.
+        match store.reconcile_turn(&name, interval).await {
+            Ok(true) => one_pass(&rule, &source, &target, &store, &metrics).await,
+            Ok(false) => tracing::debug!(rule = %name, "another relay runs this reconcile pass"),
+            Err(e) => {
+                tracing::warn!(rule = %name, error = %e, "cannot tell whose turn the reconcile pass is; skipping it")
             }
-            Err(e) => tracing::warn!(rule = %name, error = %e, "reconcile pass failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -213,6 +213,19 @@ impl Store {
         }
     }
 
+    /// Whether this relay runs the next reconcile pass of `rule`: always
+    /// on the embedded store; on a shared one, one relay per `interval`.
+    pub async fn reconcile_turn(
+        &self,
+        rule: &str,
+        interval: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Sled(_) => Ok(true),
+            Store::Postgres { store, .. } => store.reconcile_turn(rule, interval).await,
+        }
+    }
+
     /// Why the store cannot serve now (PostgreSQL unreachable), for
     /// `/readyz`; `None` when it can.
     pub fn problem(&self) -> Option<String> {

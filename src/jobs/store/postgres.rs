@@ -32,7 +32,8 @@ use super::{DEFAULT_COALESCE_WINDOW, Enqueued, RetryError, StoreError};
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 
 /// The schema, one migration per entry, applied in order.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE relay_jobs (
     id bigint PRIMARY KEY,
     dedupe_key text NOT NULL,
@@ -49,7 +50,15 @@ CREATE INDEX relay_jobs_due ON relay_jobs (next_attempt_ms) WHERE state = 'retry
 CREATE INDEX relay_jobs_leases ON relay_jobs (lease_until_ms) WHERE state = 'running';
 CREATE INDEX relay_jobs_dedupe ON relay_jobs (dedupe_key, id DESC);
 CREATE INDEX relay_jobs_finished ON relay_jobs (finished_ms) WHERE finished_ms IS NOT NULL;
-"#];
+"#,
+    r#"
+CREATE TABLE relay_reconcile (
+    rule text PRIMARY KEY,
+    last_pass_ms bigint NOT NULL,
+    owner text NOT NULL
+);
+"#,
+];
 
 /// Advisory lock key for migrations ("hrmigrat").
 const MIGRATION_LOCK: i64 = 0x6872_6d69_6772_6174;
@@ -583,6 +592,26 @@ impl PgStore {
         }
         .map_err(db)?;
         rows.iter().map(|r| Self::job_of(r, "job")).collect()
+    }
+
+    /// Whether this relay runs the next reconcile pass of `rule`: true for
+    /// exactly one relay of the fleet per `interval` (the row of the rule
+    /// records when its last pass started and by whom).
+    pub async fn reconcile_turn(&self, rule: &str, interval: Duration) -> Result<bool, StoreError> {
+        let now = (self.clock)();
+        let since = ms(now.saturating_sub(interval.as_millis() as u64));
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO relay_reconcile (rule, last_pass_ms, owner) VALUES ($1, $2, $3)
+                 ON CONFLICT (rule) DO UPDATE SET last_pass_ms = $2, owner = $3
+                 WHERE relay_reconcile.last_pass_ms <= $4",
+                &[&rule, &ms(now), &self.owner, &since],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
     }
 
     /// The table's size, as last read.
