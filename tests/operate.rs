@@ -495,7 +495,15 @@ fn kubernetes_manifests_validate_and_embed_a_valid_config() {
     assert!(deployment.contains("replicas: 1") && deployment.contains("type: Recreate"));
 
     // The config in the ConfigMap loads, with the Secret's files in place.
-    let cm = std::fs::read_to_string(dir.join("configmap.yaml")).expect("read");
+    let config = configmap_config(&dir.join("configmap.yaml"), tmp.path());
+    assert_eq!(config.rules.len(), 1);
+    assert!(config.log.json);
+}
+
+/// The config a ConfigMap carries, loaded with the Secret's files (and its
+/// `store-url`, as the Deployment passes it) in place under `tmp`.
+fn configmap_config(path: &Path, tmp: &Path) -> Config {
+    let cm = std::fs::read_to_string(path).expect("read");
     let body: String = cm
         .split("harbor-relay.toml: |\n")
         .nth(1)
@@ -503,18 +511,55 @@ fn kubernetes_manifests_validate_and_embed_a_valid_config() {
         .lines()
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
-    let pki = Pki::new(tmp.path());
-    let secrets = tmp.path().join("secrets");
-    std::fs::create_dir(&secrets).expect("mkdir");
+    let pki = Pki::new(tmp);
+    let secrets = tmp.join("secrets");
+    let _ = std::fs::create_dir(&secrets);
     for f in ["webhook-auth", "external-password", "integrated-password"] {
         std::fs::write(secrets.join(f), "s3cret\n").expect("write");
     }
     std::fs::copy(&pki.ca_pem, secrets.join("integrated-ca.pem")).expect("ca");
     let body = body.replace("/run/secrets/harbor-relay", secrets.to_str().expect("path"));
-    let config = Config::parse(Path::new("configmap.yaml"), &body, &|_| None)
-        .unwrap_or_else(|e| panic!("the ConfigMap's config does not load: {e}"));
-    assert_eq!(config.rules.len(), 1);
-    assert!(config.log.json);
+    Config::parse(path, &body, &|name| {
+        (name == "HARBOR_RELAY_STORE_URL").then(|| {
+            "postgres://harbor_relay:pw@postgres.example:5432/harbor_relay?sslmode=disable".into()
+        })
+    })
+    .unwrap_or_else(|e| panic!("the ConfigMap's config does not load: {e}"))
+}
+
+/// The HA variant: two replicas on PostgreSQL, rolling updates, a
+/// PodDisruptionBudget, the database URL from the Secret; valid manifests
+/// and a config that selects the PostgreSQL store.
+#[test]
+fn kubernetes_ha_manifests_validate_and_select_the_postgres_store() {
+    let dir = repo_file("deploy/kubernetes/ha");
+    let files = [
+        "configmap.yaml",
+        "deployment.yaml",
+        "pdb.yaml",
+        "service.yaml",
+    ];
+    let (ok, out, err) = run(kubernetes_validate()
+        .current_dir(&dir)
+        .arg("--strict")
+        .args(files));
+    assert!(ok, "kubernetes-validate:\n{out}{err}");
+    assert_eq!(
+        out.matches(" passed for resource ").count(),
+        files.len(),
+        "{out}{err}"
+    );
+    let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).expect("read");
+    assert!(deployment.contains("replicas: 2") && deployment.contains("type: RollingUpdate"));
+    assert!(deployment.contains("key: store-url") && !deployment.contains("persistentVolumeClaim"));
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).expect("read");
+    for f in files {
+        assert!(kustomization.contains(f), "{f} not in kustomization.yaml");
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = configmap_config(&dir.join("configmap.yaml"), tmp.path());
+    let pg = config.store.postgres.expect("the PostgreSQL store");
+    assert_eq!(pg.shown, "postgres.example/harbor_relay");
 }
 
 fn check(config: &str) -> (bool, String) {
