@@ -18,7 +18,8 @@
 //! - [`event`]: webhook bodies (Harbor Default and CloudEvents) to events.
 //! - [`reference`]: OCI names, tags and digests, checked before any use.
 //! - [`rules`]: which events replicate, and to which target repository.
-//! - [`jobs`]: the job model, the durable sled store, the worker pool.
+//! - [`jobs`]: the job model, the durable store (sled embedded, or
+//!   PostgreSQL shared by several relays), the worker pool.
 //! - [`replicate`]: copying one artifact: manifests, children, blobs, tag.
 //! - [`manifest`]: manifest media types and children, bytes untouched.
 //! - [`registry`]: one OCI Distribution client per registry (auth, TLS).

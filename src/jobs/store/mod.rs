@@ -2,9 +2,9 @@
 //!
 //! - [`SledStore`] (`embedded.rs`), embedded: the default, for one relay on a
 //!   jump VM; `store.path`.
-//! - PostgreSQL, for several relays sharing one queue: not selectable yet
-//!   (issue 19 is in progress; `tests/store_postgres.rs` holds its test
-//!   server).
+//! - [`PgStore`] (`postgres.rs`), PostgreSQL: several relays share one
+//!   queue; `store.url`. Tested with the same suite as sled against a real
+//!   server (`tests/store_postgres.rs`).
 //!
 //! Either way a job is accepted (and a webhook answered `2xx`) only once
 //! it is committed, duplicates fold into the active job with the same
