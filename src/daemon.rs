@@ -296,9 +296,14 @@ fn instance() -> String {
 /// until `stop`.
 async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
     if let Some(pg) = &config.store.postgres {
-        let store = Store::open_postgres(pg.connect.clone(), &instance(), pg.lease)
-            .await
-            .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
+        let store = Store::open_postgres(
+            pg.connect.clone(),
+            pg.ca_pem.as_deref(),
+            &instance(),
+            pg.lease,
+        )
+        .await
+        .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
         store.set_coalesce_window(config.jobs.coalesce_window);
         store.set_max_queued(config.jobs.max_queued);
         if let Some(shared) = store.postgres() {

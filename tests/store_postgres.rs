@@ -72,6 +72,7 @@ impl Backend {
             }
             Backend::Postgres(pg) => Store::open_postgres(
                 pg.url().parse().expect("url"),
+                None,
                 owner,
                 Duration::from_secs(30),
             )
@@ -399,6 +400,7 @@ async fn a_newer_schema_is_refused_and_a_database_restart_loses_nothing() {
     pg.sql("INSERT INTO relay_schema (version) VALUES (99)");
     let err = Store::open_postgres(
         pg.url().parse().expect("url"),
+        None,
         "relay-new",
         Duration::from_secs(30),
     )
@@ -553,5 +555,56 @@ async fn reconcile_runs_once_per_interval_across_the_fleet() {
     assert!(
         (passes as f64) <= seconds + 2.0,
         "{passes} passes in {seconds:.1} s: the three relays each ran their own"
+    );
+}
+
+/// A database that takes only TLS: the relay connects with the URL's
+/// `sslmode=require` and `store.ca_file`, checks the certificate, and
+/// works; without the CA (the system's trust store does not know this
+/// one) it refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_checked_against_the_configured_ca() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::new(dir.path());
+    let pg = Postgres::start_tls(&pki);
+    let ca = std::fs::read(&pki.ca_pem).expect("ca");
+    let store = Store::open_postgres(
+        pg.url().parse().expect("url"),
+        Some(&ca),
+        "relay-tls",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("open over TLS");
+    let id = store
+        .enqueue(vec![spec("p/tls", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    assert!(store.get(id).await.expect("get").is_some());
+    let clear = pg.url().replace("sslmode=require", "sslmode=disable");
+    let refused = Store::open_postgres(
+        clear.parse().expect("url"),
+        None,
+        "relay-clear",
+        Duration::from_secs(30),
+    )
+    .await
+    .err()
+    .expect("a clear connection refused by the server");
+    assert!(refused.to_string().contains("pg_hba.conf"), "{refused}");
+    let unknown = Store::open_postgres(
+        pg.url().parse().expect("url"),
+        None,
+        "relay-system-roots",
+        Duration::from_secs(30),
+    )
+    .await
+    .err()
+    .expect("a certificate the system does not trust");
+    assert!(
+        unknown.to_string().to_lowercase().contains("certificate"),
+        "{unknown}"
     );
 }

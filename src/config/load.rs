@@ -148,7 +148,19 @@ impl Loader<'_> {
                 })
             }
             (None, Some(url)) => {
-                let postgres = self.postgres(url, raw.password, raw.password_file, raw.lease)?;
+                let mut postgres =
+                    self.postgres(url, raw.password, raw.password_file, raw.lease)?;
+                if let Some(f) = raw.ca_file {
+                    let path = self.expand("store.ca_file", &f)?;
+                    let pem = std::fs::read(&path).map_err(|e| {
+                        self.invalid("store.ca_file", format!("cannot read {path}: {e}"))
+                    })?;
+                    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(self
+                            .invalid("store.ca_file", format!("{path} holds no PEM certificate")));
+                    }
+                    postgres.ca_pem = Some(pem);
+                }
                 Ok(StoreConfig {
                     path: PathBuf::new(),
                     postgres: Some(postgres),
@@ -188,15 +200,6 @@ impl Loader<'_> {
                 "names no user: write postgres://USER@HOST/DBNAME",
             ));
         }
-        if matches!(
-            connect.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        ) {
-            return Err(self.invalid(
-                "store.url",
-                "sslmode=require: TLS to PostgreSQL is not supported by this version yet; reach the database over a private network or a TLS tunnel, with sslmode=disable",
-            ));
-        }
         let lease = match lease {
             None => std::time::Duration::from_secs(30),
             Some(l) => humantime::parse_duration(&l)
@@ -224,6 +227,7 @@ impl Loader<'_> {
             connect,
             lease,
             shown,
+            ca_pem: None,
         })
     }
 

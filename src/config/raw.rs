@@ -51,6 +51,7 @@ pub(super) struct RawStore {
     pub(super) password: Option<String>,
     pub(super) password_file: Option<String>,
     pub(super) lease: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

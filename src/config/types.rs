@@ -143,6 +143,10 @@ pub struct PostgresStore {
     pub lease: std::time::Duration,
     /// `host:port/dbname`, for messages (no credentials).
     pub shown: String,
+    /// PEM of the CA that signed the database's certificate
+    /// (`store.ca_file`); without it, the system's trust store. Used when
+    /// the URL's `sslmode` is `prefer` (the default) or `require`.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for PostgresStore {

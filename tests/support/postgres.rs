@@ -20,6 +20,8 @@ pub const PG_DB: &str = "harbor_relay";
 /// A running PostgreSQL cluster; stopped (immediately) on drop.
 pub struct Postgres {
     pub port: u16,
+    /// Only TLS connections are accepted over TCP.
+    tls: bool,
     bin: PathBuf,
     data: PathBuf,
     dir: TempDir,
@@ -72,6 +74,16 @@ fn run(mut c: Command, what: &str) {
 impl Postgres {
     /// Makes a cluster, starts it and creates [`PG_DB`].
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// Like [`Postgres::start`], accepting only TLS over TCP, with the
+    /// PKI's server certificate.
+    pub fn start_tls(pki: &super::Pki) -> Postgres {
+        Self::start_with(Some(pki))
+    }
+
+    fn start_with(pki: Option<&super::Pki>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         // SAFETY: getuid has no preconditions.
@@ -111,8 +123,12 @@ impl Postgres {
             ])
             .arg(format!("--pwfile={}", pwfile.display()));
         run(initdb, "initdb");
+        if let Some(pki) = pki {
+            Self::require_tls(&data, pki);
+        }
         let pg = Postgres {
             port: free_port(),
+            tls: pki.is_some(),
             bin,
             data,
             dir,
@@ -137,6 +153,43 @@ impl Postgres {
             .arg(format!("CREATE DATABASE {PG_DB}"));
         run(create, "CREATE DATABASE");
         pg
+    }
+
+    /// `ssl = on` with the PKI's certificate, and `hostssl` only: a client
+    /// that does not speak TLS is refused.
+    fn require_tls(data: &Path, pki: &super::Pki) {
+        let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+        std::fs::copy(&pki.cert_pem, &cert).expect("server cert");
+        std::fs::copy(&pki.key_pem, &key).expect("server key");
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("conf");
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).expect("conf");
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all peer\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("hba");
+        for f in [&cert, &key] {
+            // SAFETY: getuid has no preconditions.
+            if unsafe { libc::getuid() } == 0 {
+                run(
+                    {
+                        let mut c = Command::new("chown");
+                        c.arg("postgres:postgres").arg(f);
+                        c
+                    },
+                    "chown",
+                );
+            }
+            run(
+                {
+                    let mut c = Command::new("chmod");
+                    c.arg("600").arg(f);
+                    c
+                },
+                "chmod",
+            );
+        }
     }
 
     fn pg_ctl_start(&self) {
@@ -170,11 +223,13 @@ impl Postgres {
         let _ = c.output();
     }
 
-    /// `postgres://relay:…@127.0.0.1:<port>/harbor_relay`.
+    /// `postgres://relay:…@127.0.0.1:<port>/harbor_relay?sslmode=disable`
+    /// (`require` once [`Postgres::start_tls`] turned TLS on).
     pub fn url(&self) -> String {
         format!(
-            "postgres://{PG_USER}:{PG_PASS}@127.0.0.1:{}/{PG_DB}",
-            self.port
+            "postgres://{PG_USER}:{PG_PASS}@127.0.0.1:{}/{PG_DB}?sslmode={}",
+            self.port,
+            if self.tls { "require" } else { "disable" }
         )
     }
 

@@ -15,7 +15,7 @@ mod embedded;
 mod postgres;
 
 pub use embedded::SledStore;
-pub use postgres::{DEFAULT_LEASE, PgStore, tend};
+pub use postgres::{DEFAULT_LEASE, DbTls, PgStore, tend};
 
 pub mod transition;
 
@@ -59,10 +59,12 @@ impl Store {
     /// Opens the shared store at `url` (see [`PgStore::open`]).
     pub async fn open_postgres(
         connect: tokio_postgres::Config,
+        ca_pem: Option<&[u8]>,
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<Store, StoreError> {
-        let store = PgStore::open(connect, owner, lease).await?;
+        let tls = DbTls::new(&connect, ca_pem)?;
+        let store = PgStore::open(connect, tls, owner, lease).await?;
         Ok(Store::Postgres {
             store: std::sync::Arc::new(store),
             ledger: Default::default(),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::Notify;
 use tokio_postgres::NoTls;
+use tokio_postgres::config::SslMode;
 
 use super::transition::{self, After};
 use super::{DEFAULT_COALESCE_WINDOW, Enqueued, RetryError, StoreError};
@@ -66,9 +67,73 @@ const MIGRATION_LOCK: i64 = 0x6872_6d69_6772_6174;
 /// How long a claimed job is ours without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
+/// How connections to the database are made: in the clear (the URL says
+/// `sslmode=disable`), or with TLS whose certificate is checked against
+/// `store.ca_file` or the system's trust store (`prefer`, the default, and
+/// `require`; unlike libpq's `require`, the certificate is always checked).
+#[derive(Clone)]
+pub enum DbTls {
+    /// `sslmode=disable`.
+    Clear,
+    /// TLS.
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl DbTls {
+    /// The connector `connect`'s `sslmode` asks for.
+    pub fn new(
+        connect: &tokio_postgres::Config,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<DbTls, StoreError> {
+        if connect.get_ssl_mode() == SslMode::Disable {
+            return Ok(DbTls::Clear);
+        }
+        let tls_err = |e: String| StoreError::Postgres(format!("TLS to the database: {e}"));
+        let config = match ca_pem {
+            Some(pem) => {
+                use rustls_pki_types::pem::PemObject;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| tls_err(format!("store.ca_file: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| tls_err(format!("store.ca_file: {e}")))?;
+                }
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }
+            None => {
+                use rustls_platform_verifier::ConfigVerifierExt;
+                rustls::ClientConfig::with_platform_verifier()
+                    .map_err(|e| tls_err(e.to_string()))?
+            }
+        };
+        Ok(DbTls::Rustls(
+            tokio_postgres_rustls::MakeRustlsConnect::new(config),
+        ))
+    }
+
+    /// A connection pool over this connector.
+    fn pool(&self, config: tokio_postgres::Config) -> Result<Pool, StoreError> {
+        let mc = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match self {
+            DbTls::Clear => Manager::from_config(config, NoTls, mc),
+            DbTls::Rustls(t) => Manager::from_config(config, t.clone(), mc),
+        };
+        Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| StoreError::Postgres(e.to_string()))
+    }
+}
+
 /// The job store on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
+    tls: DbTls,
     /// This relay, as written in the leases it holds.
     owner: String,
     lease_ms: u64,
@@ -87,12 +152,27 @@ pub struct PgStore {
     clock: fn() -> u64,
 }
 
+/// The error and its causes, joined (a TLS failure's reason is a few
+/// sources down).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
 fn db(e: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(crate::registry::cut(&e.to_string()))
+    StoreError::Postgres(chain(&e))
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Postgres(crate::registry::cut(&e.to_string()))
+    StoreError::Postgres(chain(&e))
 }
 
 fn ms(v: u64) -> i64 {
@@ -104,22 +184,14 @@ impl PgStore {
     /// wake-up tasks. `owner` names this relay in leases.
     pub async fn open(
         config: tokio_postgres::Config,
+        tls: DbTls,
         owner: &str,
         lease: Duration,
     ) -> Result<PgStore, StoreError> {
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(16)
-            .build()
-            .map_err(|e| StoreError::Postgres(e.to_string()))?;
+        let pool = tls.pool(config)?;
         let store = PgStore {
             pool,
+            tls,
             owner: owner.to_string(),
             lease_ms: lease.as_millis() as u64,
             held: Mutex::new(HashSet::new()),
@@ -699,35 +771,58 @@ async fn listen(
     connect: tokio_postgres::Config,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    use futures_util::StreamExt as _;
     while !stop.is_cancelled() {
-        match connect.connect(NoTls).await {
-            Ok((client, mut conn)) => {
-                let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                let listening = client.batch_execute("LISTEN relay_jobs");
-                let pump = async {
-                    while let Some(m) = messages.next().await {
-                        match m {
-                            Ok(tokio_postgres::AsyncMessage::Notification(_)) => store.wake(),
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(error = %e, "the LISTEN connection to the job store dropped");
-                                return;
-                            }
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = async { let _ = listening.await; std::future::pending::<()>().await } => {}
-                    _ = pump => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "connecting to the job store to LISTEN"),
+        let tls = store.tls.clone();
+        let stopped = match tls {
+            DbTls::Clear => listen_once(&store, &connect, NoTls, &stop).await,
+            DbTls::Rustls(t) => listen_once(&store, &connect, t, &stop).await,
+        };
+        if stopped {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// One `LISTEN` connection, until it drops (false) or `stop` (true).
+async fn listen_once<T>(
+    store: &PgStore,
+    connect: &tokio_postgres::Config,
+    tls: T,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    use futures_util::StreamExt as _;
+    let (client, mut conn) = match connect.connect(tls).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "connecting to the job store to LISTEN");
+            return false;
+        }
+    };
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let listening = client.batch_execute("LISTEN relay_jobs");
+    let pump = async {
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => store.wake(),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the LISTEN connection to the job store dropped");
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { let _ = listening.await; std::future::pending::<()>().await } => false,
+        _ = pump => false,
+        _ = stop.cancelled() => true,
     }
 }
