@@ -416,11 +416,17 @@ fn a_postgres_store_takes_its_password_apart_and_refuses_what_it_cannot_do() {
     ));
     assert!(both.contains("not both"), "{both}");
     let c = parse(&with("url = \"postgres://relay@db/x?sslmode=require\"")).expect("TLS");
-    assert!(c.store.postgres.expect("pg").ca_pem.is_none(), "the system's trust store");
+    assert!(
+        c.store.postgres.expect("pg").ca_pem.is_none(),
+        "the system's trust store"
+    );
     let ca = error_of(&with(
         "url = \"postgres://relay@db/x?sslmode=require\"\n        ca_file = \"/nonexistent/ca.pem\"",
     ));
-    assert!(ca.contains("store.ca_file") && ca.contains("cannot read"), "{ca}");
+    assert!(
+        ca.contains("store.ca_file") && ca.contains("cannot read"),
+        "{ca}"
+    );
     let user = error_of(&with("url = \"postgres://db/x\""));
     assert!(user.contains("names no user"), "{user}");
     let twice = error_of(&with(
