@@ -279,6 +279,50 @@ async fn retry_prune_and_a_full_queue(b: &Backend) {
     );
 }
 
+/// The replicator's ledger: what one relay records (an upload's progress,
+/// where a blob went, what it left under a tag) the next reads, after a
+/// restart on sled, from another relay on PostgreSQL, so a job taken
+/// over resumes its chunked uploads and mounts instead of sending again.
+async fn the_ledger_outlives_the_relay_that_wrote_it(b: &Backend) {
+    use harbor_relay::replicate::ledger::{Ledger, TagRecord, UploadRecord};
+    let n = b.name();
+    let a = b.open("relay-a").await;
+    let rec = UploadRecord {
+        location: "https://target/v2/p/app/blobs/uploads/s1".into(),
+        offset: 42,
+        hash_state: "00ff".into(),
+        updated_ms: 7,
+    };
+    let tag = TagRecord {
+        source: "sha256:5".into(),
+        target: "sha256:7".into(),
+    };
+    a.save_upload("integrated\np/app\nsha256:aa", &rec).await;
+    a.blob_seen("integrated", "sha256:aa", "p/one").await;
+    a.blob_seen("integrated", "sha256:aa", "p/two").await;
+    a.record_tag("integrated", "p/app", "1", &tag).await;
+    a.persist().await;
+    drop(a);
+    let c = b.open("relay-b").await;
+    assert_eq!(
+        c.upload("integrated\np/app\nsha256:aa").await,
+        Some(rec),
+        "{n}"
+    );
+    assert_eq!(
+        c.blob_locations("integrated", "sha256:aa").await,
+        ["p/two", "p/one"],
+        "{n}: most recent first"
+    );
+    assert_eq!(
+        c.tag_synced("integrated", "p/app", "1").await,
+        Some(tag),
+        "{n}"
+    );
+    c.clear_upload("integrated\np/app\nsha256:aa").await;
+    assert_eq!(c.upload("integrated\np/app\nsha256:aa").await, None, "{n}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_hold_the_stores_invariants() {
     let _turn = TURN.lock().await;
@@ -290,6 +334,9 @@ async fn both_backends_hold_the_stores_invariants() {
     }
     for b in both().await {
         retry_prune_and_a_full_queue(&b).await;
+    }
+    for b in both().await {
+        the_ledger_outlives_the_relay_that_wrote_it(&b).await;
     }
 }
 

@@ -30,7 +30,8 @@ impl Replicator {
         // ARCHITECTURE.md, "Who retries what".
         self.copy_blob_once(req, blob, progress).await?;
         self.ledger
-            .blob_seen(req.target.name(), &blob.digest, req.target_repository);
+            .blob_seen(req.target.name(), &blob.digest, req.target_repository)
+            .await;
         Ok(())
     }
 
@@ -41,7 +42,10 @@ impl Replicator {
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         let (target, repo) = (req.target, req.target_repository);
-        let known = self.ledger.blob_locations(target.name(), &blob.digest);
+        let known = self
+            .ledger
+            .blob_locations(target.name(), &blob.digest)
+            .await;
         let (threshold, _) = target.chunking();
         let chunkable = blob.digest.starts_with("sha256:");
         let big = blob.size > threshold && chunkable;

@@ -188,7 +188,7 @@ async fn recorded_session(
     key: &str,
 ) -> Option<Session> {
     let (target, repo) = (req.target, req.target_repository);
-    let rec = ledger.upload(key)?;
+    let rec = ledger.upload(key).await?;
     let mut resume = None;
     match target.upload_offset(repo, &rec.location).await {
         // The target may hold more than recorded: part of the chunk in
@@ -218,7 +218,7 @@ async fn recorded_session(
         }
     }
     if resume.is_none() {
-        ledger.clear_upload(key);
+        ledger.clear_upload(key).await;
     }
     resume
 }
@@ -247,15 +247,17 @@ async fn open_session(
 /// Records where an upload session stands (on disk before the next chunk),
 /// so a restart resumes it: `offset` bytes sent, `hasher` over them.
 async fn record(ledger: &dyn Ledger, key: &str, location: &url::Url, offset: u64, hasher: &Sha256) {
-    ledger.save_upload(
-        key,
-        &UploadRecord {
-            location: location.to_string(),
-            offset,
-            hash_state: save_state(hasher),
-            updated_ms: now_ms(),
-        },
-    );
+    ledger
+        .save_upload(
+            key,
+            &UploadRecord {
+                location: location.to_string(),
+                offset,
+                hash_state: save_state(hasher),
+                updated_ms: now_ms(),
+            },
+        )
+        .await;
     ledger.persist().await;
 }
 
@@ -265,7 +267,7 @@ async fn abandon(req: &CopyRequest<'_>, ledger: &dyn Ledger, key: &str, location
     req.target
         .cancel_upload(req.target_repository, location.as_str())
         .await;
-    ledger.clear_upload(key);
+    ledger.clear_upload(key).await;
 }
 
 /// Sends one chunk (`at`: session, offset, length); returns the session's
@@ -324,7 +326,7 @@ async fn finish(
         ));
     }
     target.finish_upload(repo, location, &blob.digest).await?;
-    ledger.clear_upload(key);
+    ledger.clear_upload(key).await;
     Ok(())
 }
 

@@ -3,13 +3,15 @@
 //! each target registry a blob is known to live (so it can be mounted
 //! instead of sent again).
 //!
-//! The daemon's ledger is the job store ([`crate::jobs::Store`]); the
-//! one-shot CLI uses [`MemoryLedger`]. Failing to record is logged, never
-//! fatal: at worst, bytes are sent again.
+//! The daemon's ledger is the job store ([`crate::jobs::Store`]: sled, or
+//! PostgreSQL shared by several relays, hence async); the one-shot CLI
+//! uses [`MemoryLedger`]. Failing to record is logged, never fatal: at
+//! worst, bytes are sent again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 /// An upload in progress on a target, as of the last chunk it accepted.
@@ -26,30 +28,128 @@ pub struct UploadRecord {
     pub updated_ms: u64,
 }
 
-/// Durable memory for the replicator.
+/// Durable memory for the replicator. Async, as a shared database answers
+/// over the network; a ledger kept in this process implements
+/// [`LocalLedger`] instead and gets this for free.
 pub trait Ledger: Send + Sync {
     /// The upload recorded under `key`, if any.
-    fn upload(&self, key: &str) -> Option<UploadRecord>;
+    fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>>;
     /// Records progress; durable once [`Ledger::persist`] has finished.
-    fn save_upload(&self, key: &str, record: &UploadRecord);
-    /// Waits until everything recorded so far is on disk, without blocking
+    fn save_upload<'a>(&'a self, key: &'a str, record: &'a UploadRecord) -> BoxFuture<'a, ()>;
+    /// Waits until everything recorded so far is durable, without blocking
     /// the caller's thread (a blocking fsync per chunk stalled a runtime
-    /// worker). The in-memory ledger has nothing to wait for.
-    fn persist(&self) -> futures_util::future::BoxFuture<'_, ()> {
-        Box::pin(std::future::ready(()))
-    }
+    /// worker).
+    fn persist(&self) -> BoxFuture<'_, ()>;
     /// Forgets an upload (done, or not resumable).
-    fn clear_upload(&self, key: &str);
+    fn clear_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()>;
     /// Repositories on `registry` known to hold `digest`, most recent first.
-    fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String>;
+    fn blob_locations<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Vec<String>>;
     /// Records that `repository` on `registry` holds `digest`.
-    fn blob_seen(&self, registry: &str, digest: &str, repository: &str);
+    fn blob_seen<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, ()>;
     /// What this daemon last left under `tag` in `repository` on
     /// `registry`: the source manifest's digest and the digest written
     /// (they differ for a platform subset).
-    fn tag_synced(&self, registry: &str, repository: &str, tag: &str) -> Option<TagRecord>;
+    fn tag_synced<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Option<TagRecord>>;
     /// Records that `tag` on `registry` now holds what the source had.
+    fn record_tag<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+        record: &'a TagRecord,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// A [`Ledger`] kept in this process (memory, or the embedded store): the
+/// same operations, answered at once.
+pub trait LocalLedger: Send + Sync {
+    /// See [`Ledger::upload`].
+    fn upload(&self, key: &str) -> Option<UploadRecord>;
+    /// See [`Ledger::save_upload`].
+    fn save_upload(&self, key: &str, record: &UploadRecord);
+    /// See [`Ledger::persist`]; nothing to wait for by default.
+    fn persist(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+    /// See [`Ledger::clear_upload`].
+    fn clear_upload(&self, key: &str);
+    /// See [`Ledger::blob_locations`].
+    fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String>;
+    /// See [`Ledger::blob_seen`].
+    fn blob_seen(&self, registry: &str, digest: &str, repository: &str);
+    /// See [`Ledger::tag_synced`].
+    fn tag_synced(&self, registry: &str, repository: &str, tag: &str) -> Option<TagRecord>;
+    /// See [`Ledger::record_tag`].
     fn record_tag(&self, registry: &str, repository: &str, tag: &str, record: &TagRecord);
+}
+
+impl<T: LocalLedger> Ledger for T {
+    fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>> {
+        Box::pin(std::future::ready(LocalLedger::upload(self, key)))
+    }
+    fn save_upload<'a>(&'a self, key: &'a str, record: &'a UploadRecord) -> BoxFuture<'a, ()> {
+        LocalLedger::save_upload(self, key, record);
+        Box::pin(std::future::ready(()))
+    }
+    fn persist(&self) -> BoxFuture<'_, ()> {
+        LocalLedger::persist(self)
+    }
+    fn clear_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        LocalLedger::clear_upload(self, key);
+        Box::pin(std::future::ready(()))
+    }
+    fn blob_locations<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(std::future::ready(LocalLedger::blob_locations(
+            self, registry, digest,
+        )))
+    }
+    fn blob_seen<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        LocalLedger::blob_seen(self, registry, digest, repository);
+        Box::pin(std::future::ready(()))
+    }
+    fn tag_synced<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Option<TagRecord>> {
+        Box::pin(std::future::ready(LocalLedger::tag_synced(
+            self, registry, repository, tag,
+        )))
+    }
+    fn record_tag<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+        record: &'a TagRecord,
+    ) -> BoxFuture<'a, ()> {
+        LocalLedger::record_tag(self, registry, repository, tag, record);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// A tag this daemon replicated: see [`Ledger::tag_synced`].
@@ -85,7 +185,7 @@ pub struct MemoryLedger {
     tags: Mutex<HashMap<String, TagRecord>>,
 }
 
-impl Ledger for MemoryLedger {
+impl LocalLedger for MemoryLedger {
     fn upload(&self, key: &str) -> Option<UploadRecord> {
         self.uploads.lock().ok()?.get(key).cloned()
     }

@@ -169,17 +169,15 @@ impl Replicator {
 
     /// Remembers what a tagged copy left on the target (see
     /// [`Ledger::tag_synced`]).
-    fn record_tag(&self, req: &CopyRequest<'_>, source: &str, target: &str) {
+    async fn record_tag(&self, req: &CopyRequest<'_>, source: &str, target: &str) {
         if let Reference::Tag(tag) = req.reference {
-            self.ledger.record_tag(
-                req.target.name(),
-                req.target_repository,
-                tag,
-                &ledger::TagRecord {
-                    source: source.to_string(),
-                    target: target.to_string(),
-                },
-            );
+            let record = ledger::TagRecord {
+                source: source.to_string(),
+                target: target.to_string(),
+            };
+            self.ledger
+                .record_tag(req.target.name(), req.target_repository, tag, &record)
+                .await;
         }
     }
 
@@ -262,7 +260,7 @@ impl Replicator {
                     // Referrers are not looked for again: pushing one sends
                     // its own event, and reconcile passes list the tags.
                     tracing::debug!(digest = %top.digest, "already on the target under this tag");
-                    self.record_tag(req, &source_digest, &top.digest);
+                    self.record_tag(req, &source_digest, &top.digest).await;
                     return Ok(Summary {
                         digest: top.digest,
                         note,
@@ -318,6 +316,7 @@ impl Replicator {
             Reference::Tag(tag) => {
                 self.ledger
                     .tag_synced(req.target.name(), req.target_repository, tag)
+                    .await
             }
             Reference::Digest(_) => None,
         };
@@ -440,7 +439,7 @@ impl Replicator {
                 .await
         };
         let ((), found) = futures_util::future::try_join(content, lookup).await?;
-        self.record_tag(req, source_digest, &top.digest);
+        self.record_tag(req, source_digest, &top.digest).await;
         for f in found {
             self.copy_referrers(req, f, &progress).await?;
         }

@@ -501,7 +501,7 @@ impl SledStore {
 /// The replicator's memory: uploads in progress and blob locations, kept
 /// in the same database as the jobs. Errors are logged: the worst outcome
 /// of a lost record is bytes sent again.
-impl crate::replicate::ledger::Ledger for SledStore {
+impl crate::replicate::ledger::LocalLedger for SledStore {
     fn upload(&self, key: &str) -> Option<UploadRecord> {
         match self.uploads.get(key.as_bytes()) {
             Ok(Some(v)) => serde_json::from_slice(&v).ok(),
@@ -513,7 +513,7 @@ impl crate::replicate::ledger::Ledger for SledStore {
         }
     }
 
-    /// Not flushed here: the chunk loop awaits [`Ledger::persist`], which
+    /// Not flushed here: the chunk loop awaits [`LocalLedger::persist`], which
     /// flushes on sled's own thread pool instead of blocking a runtime
     /// worker for an fsync.
     fn save_upload(&self, key: &str, record: &UploadRecord) {

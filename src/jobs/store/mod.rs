@@ -11,11 +11,18 @@
 //! dedupe key, failed attempts wait and run again, and jobs left running
 //! by a crash run again.
 
+use futures_util::future::BoxFuture;
+
+use crate::replicate::ledger::{Ledger, TagRecord, UploadRecord};
+
 mod embedded;
 mod postgres;
+mod postgres_ledger;
+mod postgres_tend;
 
 pub use embedded::SledStore;
-pub use postgres::{DEFAULT_LEASE, DbTls, PgStore, tend};
+pub use postgres::{DEFAULT_LEASE, DbTls, PgStore};
+pub use postgres_tend::tend;
 
 pub mod transition;
 
@@ -26,15 +33,12 @@ pub const DEFAULT_COALESCE_WINDOW: std::time::Duration = std::time::Duration::fr
 /// methods (enum dispatch: no trait objects, no boxed futures).
 pub enum Store {
     /// Embedded, on this host (`store.path`).
-    Sled(SledStore),
-    /// Shared by several relays (`store.url`). The replicator's ledger
-    /// (chunked uploads in progress, blob locations, tags left) is kept in
-    /// this relay's memory for now.
+    Sled(Box<SledStore>),
+    /// Shared by several relays (`store.url`), the replicator's ledger
+    /// included.
     Postgres {
-        /// The queue.
+        /// The queue and the ledger.
         store: std::sync::Arc<PgStore>,
-        /// The replicator's ledger.
-        ledger: crate::replicate::ledger::MemoryLedger,
     },
 }
 
@@ -43,7 +47,7 @@ macro_rules! each {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             Store::Sled($s) => $e,
-            Store::Postgres { store: $s, .. } => $e,
+            Store::Postgres { store: $s } => $e,
         }
     };
 }
@@ -53,7 +57,7 @@ impl Store {
     /// crash left running, queued again.
     pub fn open(path: &std::path::Path) -> Result<(Store, usize), StoreError> {
         let (s, recovered) = SledStore::open(path)?;
-        Ok((Store::Sled(s), recovered))
+        Ok((Store::Sled(Box::new(s)), recovered))
     }
 
     /// Opens the shared store at `url` (see [`PgStore::open`]).
@@ -67,7 +71,6 @@ impl Store {
         let store = PgStore::open(connect, tls, owner, lease).await?;
         Ok(Store::Postgres {
             store: std::sync::Arc::new(store),
-            ledger: Default::default(),
         })
     }
 
@@ -236,14 +239,6 @@ impl Store {
             Store::Postgres { store, .. } => store.problem(),
         }
     }
-
-    /// The ledger the replicator keeps beside the jobs.
-    pub fn ledger(&self) -> &dyn crate::replicate::ledger::Ledger {
-        match self {
-            Store::Sled(s) => s,
-            Store::Postgres { ledger, .. } => ledger,
-        }
-    }
 }
 
 /// A store operation failed.
@@ -317,41 +312,77 @@ pub struct Enqueued {
 #[cfg(test)]
 mod tests;
 
-/// The replicator's ledger, kept by whichever backend runs.
+/// The replicator's ledger, kept by whichever backend runs: on sled beside
+/// the jobs, on PostgreSQL in tables every relay reads.
 impl crate::replicate::ledger::Ledger for Store {
-    fn upload(&self, key: &str) -> Option<crate::replicate::ledger::UploadRecord> {
-        self.ledger().upload(key)
+    fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>> {
+        match self {
+            Store::Sled(s) => Ledger::upload(&**s, key),
+            Store::Postgres { store } => Ledger::upload(&**store, key),
+        }
     }
-    fn save_upload(&self, key: &str, record: &crate::replicate::ledger::UploadRecord) {
-        self.ledger().save_upload(key, record)
+    fn save_upload<'a>(&'a self, key: &'a str, record: &'a UploadRecord) -> BoxFuture<'a, ()> {
+        match self {
+            Store::Sled(s) => Ledger::save_upload(&**s, key, record),
+            Store::Postgres { store } => Ledger::save_upload(&**store, key, record),
+        }
     }
-    fn persist(&self) -> futures_util::future::BoxFuture<'_, ()> {
-        self.ledger().persist()
+    fn persist(&self) -> BoxFuture<'_, ()> {
+        match self {
+            Store::Sled(s) => Ledger::persist(&**s),
+            Store::Postgres { store } => Ledger::persist(&**store),
+        }
     }
-    fn clear_upload(&self, key: &str) {
-        self.ledger().clear_upload(key)
+    fn clear_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        match self {
+            Store::Sled(s) => Ledger::clear_upload(&**s, key),
+            Store::Postgres { store } => Ledger::clear_upload(&**store, key),
+        }
     }
-    fn blob_locations(&self, registry: &str, digest: &str) -> Vec<String> {
-        self.ledger().blob_locations(registry, digest)
+    fn blob_locations<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Vec<String>> {
+        match self {
+            Store::Sled(s) => Ledger::blob_locations(&**s, registry, digest),
+            Store::Postgres { store } => Ledger::blob_locations(&**store, registry, digest),
+        }
     }
-    fn blob_seen(&self, registry: &str, digest: &str, repository: &str) {
-        self.ledger().blob_seen(registry, digest, repository)
+    fn blob_seen<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        match self {
+            Store::Sled(s) => Ledger::blob_seen(&**s, registry, digest, repository),
+            Store::Postgres { store } => Ledger::blob_seen(&**store, registry, digest, repository),
+        }
     }
-    fn tag_synced(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-    ) -> Option<crate::replicate::ledger::TagRecord> {
-        self.ledger().tag_synced(registry, repository, tag)
+    fn tag_synced<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Option<TagRecord>> {
+        match self {
+            Store::Sled(s) => Ledger::tag_synced(&**s, registry, repository, tag),
+            Store::Postgres { store } => Ledger::tag_synced(&**store, registry, repository, tag),
+        }
     }
-    fn record_tag(
-        &self,
-        registry: &str,
-        repository: &str,
-        tag: &str,
-        record: &crate::replicate::ledger::TagRecord,
-    ) {
-        self.ledger().record_tag(registry, repository, tag, record)
+    fn record_tag<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+        record: &'a TagRecord,
+    ) -> BoxFuture<'a, ()> {
+        match self {
+            Store::Sled(s) => Ledger::record_tag(&**s, registry, repository, tag, record),
+            Store::Postgres { store } => {
+                Ledger::record_tag(&**store, registry, repository, tag, record)
+            }
+        }
     }
 }

@@ -59,6 +59,11 @@ CREATE TABLE relay_reconcile (
     owner text NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE relay_uploads (key text PRIMARY KEY, record jsonb NOT NULL);
+CREATE TABLE relay_blobs (key text PRIMARY KEY, record jsonb NOT NULL);
+CREATE TABLE relay_tags (key text PRIMARY KEY, record jsonb NOT NULL);
+"#,
 ];
 
 /// Advisory lock key for migrations ("hrmigrat").
@@ -133,7 +138,7 @@ impl DbTls {
 /// The job store on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
-    tls: DbTls,
+    pub(super) tls: DbTls,
     /// This relay, as written in the leases it holds.
     owner: String,
     lease_ms: u64,
@@ -167,7 +172,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn db(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn db(e: tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(chain(&e))
 }
 
@@ -211,7 +216,7 @@ impl PgStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_err)
     }
 
@@ -729,100 +734,5 @@ impl PgStore {
     /// The lease length.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
-    }
-}
-
-/// Keeps this relay's leases and gauges fresh, and wakes its workers on
-/// `NOTIFY relay_jobs` (or every second, if notifications are lost), until
-/// `stop`.
-pub async fn tend(
-    store: std::sync::Arc<PgStore>,
-    connect: tokio_postgres::Config,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let listen = listen(store.clone(), connect, stop.clone());
-    let chores = async {
-        let mut renew = tokio::time::interval(store.lease() / 3);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = renew.tick() => {
-                    if let Err(e) = store.renew_leases().await {
-                        tracing::warn!(error = %e, "renewing job leases");
-                    }
-                }
-                _ = tick.tick() => {
-                    if let Err(e) = store.refresh().await {
-                        tracing::warn!(error = %e, "reading the job store's counts");
-                    }
-                    store.wake();
-                }
-                _ = stop.cancelled() => return,
-            }
-        }
-    };
-    tokio::join!(listen, chores);
-}
-
-/// `LISTEN relay_jobs` on a connection of its own, reconnecting after a
-/// second when it drops.
-async fn listen(
-    store: std::sync::Arc<PgStore>,
-    connect: tokio_postgres::Config,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    while !stop.is_cancelled() {
-        let tls = store.tls.clone();
-        let stopped = match tls {
-            DbTls::Clear => listen_once(&store, &connect, NoTls, &stop).await,
-            DbTls::Rustls(t) => listen_once(&store, &connect, t, &stop).await,
-        };
-        if stopped {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// One `LISTEN` connection, until it drops (false) or `stop` (true).
-async fn listen_once<T>(
-    store: &PgStore,
-    connect: &tokio_postgres::Config,
-    tls: T,
-    stop: &tokio_util::sync::CancellationToken,
-) -> bool
-where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
-    use futures_util::StreamExt as _;
-    let (client, mut conn) = match connect.connect(tls).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "connecting to the job store to LISTEN");
-            return false;
-        }
-    };
-    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-    let listening = client.batch_execute("LISTEN relay_jobs");
-    let pump = async {
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notification(_)) => store.wake(),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "the LISTEN connection to the job store dropped");
-                    return;
-                }
-            }
-        }
-    };
-    tokio::select! {
-        _ = async { let _ = listening.await; std::future::pending::<()>().await } => false,
-        _ = pump => false,
-        _ = stop.cancelled() => true,
     }
 }

@@ -1,0 +1,186 @@
+//! The replicator's ledger in PostgreSQL, so that every relay of a fleet
+//! sees it: a job one relay took over from another resumes its chunked
+//! uploads from the recorded offset and hash state, mounts blobs from where
+//! any relay put them, and knows what any relay left under a tag. Tables
+//! `relay_uploads`, `relay_blobs` and `relay_tags` (migration 3). As on
+//! sled, a failure to record is logged, never fatal: at worst bytes are
+//! sent again.
+
+use futures_util::future::BoxFuture;
+
+use super::PgStore;
+use crate::replicate::ledger::{Ledger, TagRecord, UploadRecord, remember, tag_key};
+
+/// Logs a ledger failure (never fatal).
+fn logged<T: Default>(what: &str, r: Result<T, super::StoreError>) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "{what}");
+        T::default()
+    })
+}
+
+fn blob_key(registry: &str, digest: &str) -> String {
+    format!("{registry}\n{digest}")
+}
+
+impl PgStore {
+    async fn ledger_get(
+        &self,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, super::StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                &format!("SELECT record FROM {table} WHERE key = $1"),
+                &[&key],
+            )
+            .await
+            .map_err(super::postgres::db)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn ledger_put(
+        &self,
+        table: &str,
+        key: &str,
+        record: serde_json::Value,
+    ) -> Result<(), super::StoreError> {
+        self.client()
+            .await?
+            .execute(
+                &format!("INSERT INTO {table} (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2"),
+                &[&key, &record],
+            )
+            .await
+            .map_err(super::postgres::db)?;
+        Ok(())
+    }
+
+    async fn blob_seen_tx(&self, key: &str, repository: &str) -> Result<(), super::StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(super::postgres::db)?;
+        let old = tx
+            .query_opt(
+                "SELECT record FROM relay_blobs WHERE key = $1 FOR UPDATE",
+                &[&key],
+            )
+            .await
+            .map_err(super::postgres::db)?;
+        let mut list: Vec<String> = old
+            .and_then(|r| serde_json::from_value(r.get(0)).ok())
+            .unwrap_or_default();
+        remember(&mut list, repository);
+        tx.execute(
+            "INSERT INTO relay_blobs (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2",
+            &[&key, &serde_json::to_value(&list)?],
+        )
+        .await
+        .map_err(super::postgres::db)?;
+        tx.commit().await.map_err(super::postgres::db)
+    }
+}
+
+impl Ledger for PgStore {
+    fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>> {
+        Box::pin(async move {
+            let v = logged(
+                "reading upload progress",
+                self.ledger_get("relay_uploads", key).await,
+            );
+            v.and_then(|v| serde_json::from_value(v).ok())
+        })
+    }
+
+    /// Committed when it returns: nothing left for [`Ledger::persist`].
+    fn save_upload<'a>(&'a self, key: &'a str, record: &'a UploadRecord) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let put = async {
+                let v = serde_json::to_value(record)?;
+                self.ledger_put("relay_uploads", key, v).await
+            };
+            logged("recording upload progress", put.await);
+        })
+    }
+
+    fn persist(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn clear_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let del = async {
+                self.client()
+                    .await?
+                    .execute("DELETE FROM relay_uploads WHERE key = $1", &[&key])
+                    .await
+                    .map_err(super::postgres::db)
+            };
+            logged("clearing upload progress", del.await);
+        })
+    }
+
+    fn blob_locations<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let key = blob_key(registry, digest);
+            let v = logged(
+                "reading blob locations",
+                self.ledger_get("relay_blobs", &key).await,
+            );
+            v.and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default()
+        })
+    }
+
+    fn blob_seen<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+        repository: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let key = blob_key(registry, digest);
+            logged(
+                "recording a blob location",
+                self.blob_seen_tx(&key, repository).await,
+            );
+        })
+    }
+
+    fn tag_synced<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+    ) -> BoxFuture<'a, Option<TagRecord>> {
+        Box::pin(async move {
+            let key = tag_key(registry, repository, tag);
+            let v = logged(
+                "reading a replicated tag",
+                self.ledger_get("relay_tags", &key).await,
+            );
+            v.and_then(|v| serde_json::from_value(v).ok())
+        })
+    }
+
+    fn record_tag<'a>(
+        &'a self,
+        registry: &'a str,
+        repository: &'a str,
+        tag: &'a str,
+        record: &'a TagRecord,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let put = async {
+                let v = serde_json::to_value(record)?;
+                self.ledger_put("relay_tags", &tag_key(registry, repository, tag), v)
+                    .await
+            };
+            logged("recording a replicated tag", put.await);
+        })
+    }
+}
