@@ -655,3 +655,48 @@ async fn tls_to_the_database_is_checked_against_the_configured_ca() {
         "{unknown}"
     );
 }
+
+/// One upload of a blob to a target at a time across the fleet: a second
+/// relay waits while the first holds the turn (other blobs do not), goes
+/// when it ends, and takes it from a relay that died holding it once the
+/// lease has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_at_a_time_uploads_a_blob_to_a_target() {
+    use harbor_relay::replicate::ledger::Ledger;
+    let _turn = TURN.lock().await;
+    let b = Backend::Postgres(Postgres::start());
+    let (a, c) = (b.open("relay-a").await, b.open("relay-b").await);
+    let held = a.upload_turn("integrated", "sha256:aa").await;
+    let waiting = c.upload_turn("integrated", "sha256:aa");
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), &mut waiting)
+            .await
+            .is_err(),
+        "b uploaded the blob a is uploading"
+    );
+    let other = tokio::time::timeout(
+        Duration::from_secs(2),
+        c.upload_turn("integrated", "sha256:bb"),
+    )
+    .await
+    .expect("another blob is not held up");
+    drop(other);
+    drop(held);
+    let _got = tokio::time::timeout(Duration::from_secs(3), &mut waiting)
+        .await
+        .expect("b's turn once a's ended");
+    // a dies holding a turn (never released): b gets it after the lease.
+    std::mem::forget(a.upload_turn("integrated", "sha256:cc").await);
+    let stuck = c.upload_turn("integrated", "sha256:cc");
+    tokio::pin!(stuck);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), &mut stuck)
+            .await
+            .is_err()
+    );
+    advance(31_000);
+    let _taken = tokio::time::timeout(Duration::from_secs(3), &mut stuck)
+        .await
+        .expect("taken from the dead relay after its lease");
+}

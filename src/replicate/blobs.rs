@@ -23,6 +23,11 @@ impl Replicator {
         // finds it present or mounts it from where the first put it (so a
         // base layer shared by many images crosses the network once).
         let _turn = self.inflight.acquire(req.target.name(), &blob.digest).await;
+        // And across relays sharing a ledger (PostgreSQL).
+        let _fleet_turn = self
+            .ledger
+            .upload_turn(req.target.name(), &blob.digest)
+            .await;
         let _in_flight = self.metrics.as_ref().map(|m| m.transfer_started());
         // No retry here: the transport repeats a failed request and the job
         // scheduler repeats a failed job (whose next attempt skips or mounts

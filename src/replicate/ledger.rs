@@ -72,6 +72,33 @@ pub trait Ledger: Send + Sync {
         tag: &'a str,
         record: &'a TagRecord,
     ) -> BoxFuture<'a, ()>;
+    /// Waits until this relay may upload `digest` to `registry` with no
+    /// other relay sharing the ledger doing the same; the next one then
+    /// finds the blob there, or mounts it. A ledger of one process has no
+    /// one else to wait for.
+    fn upload_turn<'a>(&'a self, _registry: &'a str, _digest: &'a str) -> BoxFuture<'a, FleetTurn> {
+        Box::pin(std::future::ready(FleetTurn::default()))
+    }
+}
+
+/// A relay's turn to upload one blob to one target, across every relay
+/// sharing the ledger; the turn ends when this is dropped.
+#[derive(Default)]
+pub struct FleetTurn(Option<Box<dyn FnOnce() + Send>>);
+
+impl FleetTurn {
+    /// A turn that `release` ends.
+    pub fn new(release: impl FnOnce() + Send + 'static) -> FleetTurn {
+        FleetTurn(Some(Box::new(release)))
+    }
+}
+
+impl Drop for FleetTurn {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            release();
+        }
+    }
 }
 
 /// A [`Ledger`] kept in this process (memory, or the embedded store): the

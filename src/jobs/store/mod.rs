@@ -385,4 +385,14 @@ impl crate::replicate::ledger::Ledger for Store {
             }
         }
     }
+    fn upload_turn<'a>(
+        &'a self,
+        registry: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, crate::replicate::ledger::FleetTurn> {
+        match self {
+            Store::Sled(s) => Ledger::upload_turn(&**s, registry, digest),
+            Store::Postgres { store } => Ledger::upload_turn(&**store, registry, digest),
+        }
+    }
 }

@@ -64,6 +64,9 @@ CREATE TABLE relay_uploads (key text PRIMARY KEY, record jsonb NOT NULL);
 CREATE TABLE relay_blobs (key text PRIMARY KEY, record jsonb NOT NULL);
 CREATE TABLE relay_tags (key text PRIMARY KEY, record jsonb NOT NULL);
 "#,
+    r#"
+CREATE TABLE relay_upload_turns (key text PRIMARY KEY, owner text NOT NULL, until_ms bigint NOT NULL);
+"#,
 ];
 
 /// Advisory lock key for migrations ("hrmigrat").
@@ -137,13 +140,15 @@ impl DbTls {
 
 /// The job store on PostgreSQL.
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
     pub(super) tls: DbTls,
     /// This relay, as written in the leases it holds.
-    owner: String,
-    lease_ms: u64,
+    pub(super) owner: String,
+    pub(super) lease_ms: u64,
     /// Jobs this relay holds leases on.
     held: Mutex<HashSet<u64>>,
+    /// Blob uploads this relay holds the fleet's turn for.
+    pub(super) turns: std::sync::Arc<Mutex<HashSet<String>>>,
     wake: Notify,
     queued: AtomicUsize,
     running: AtomicUsize,
@@ -154,7 +159,7 @@ pub struct PgStore {
     unreachable: Mutex<Option<String>>,
     coalesce_window_ms: AtomicU64,
     max_queued: AtomicUsize,
-    clock: fn() -> u64,
+    pub(super) clock: fn() -> u64,
 }
 
 /// The error and its causes, joined (a TLS failure's reason is a few
@@ -180,7 +185,7 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Postgres(chain(&e))
 }
 
-fn ms(v: u64) -> i64 {
+pub(super) fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -200,6 +205,7 @@ impl PgStore {
             owner: owner.to_string(),
             lease_ms: lease.as_millis() as u64,
             held: Mutex::new(HashSet::new()),
+            turns: Default::default(),
             wake: Notify::new(),
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
@@ -473,6 +479,7 @@ impl PgStore {
     /// Renews the leases this relay holds; returns how many rows it still
     /// holds.
     pub async fn renew_leases(&self) -> Result<usize, StoreError> {
+        self.renew_turns().await?;
         let ids: Vec<i64> = self
             .held
             .lock()

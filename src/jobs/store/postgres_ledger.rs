@@ -9,7 +9,7 @@
 use futures_util::future::BoxFuture;
 
 use super::PgStore;
-use crate::replicate::ledger::{Ledger, TagRecord, UploadRecord, remember, tag_key};
+use crate::replicate::ledger::{FleetTurn, Ledger, TagRecord, UploadRecord, remember, tag_key};
 
 /// Logs a ledger failure (never fatal).
 fn logged<T: Default>(what: &str, r: Result<T, super::StoreError>) -> T {
@@ -81,7 +81,105 @@ impl PgStore {
     }
 }
 
+/// How often a relay waiting for another's upload of the same blob looks
+/// again.
+const TURN_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl PgStore {
+    /// Takes the fleet's turn for `key` if no other relay holds it (or
+    /// its hold ran out with its lease): true when taken.
+    async fn try_turn(&self, key: &str) -> Result<bool, super::StoreError> {
+        use super::postgres::{db, ms};
+        let now = (self.clock)();
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO relay_upload_turns (key, owner, until_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (key) DO UPDATE SET owner = $2, until_ms = $3
+                 WHERE relay_upload_turns.until_ms < $4 OR relay_upload_turns.owner = $2",
+                &[&key, &self.owner, &ms(now + self.lease_ms), &ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n == 1)
+    }
+
+    /// Renews the upload turns this relay holds (with its job leases).
+    pub(super) async fn renew_turns(&self) -> Result<(), super::StoreError> {
+        use super::postgres::{db, ms};
+        let keys: Vec<String> = self
+            .turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let until = ms((self.clock)() + self.lease_ms);
+        self.client()
+            .await?
+            .execute(
+                "UPDATE relay_upload_turns SET until_ms = $1 WHERE key = ANY($2) AND owner = $3",
+                &[&until, &keys, &self.owner],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// The turn's end: forgotten here, released in the database (by a task
+    /// of its own: a drop cannot wait).
+    fn release_turn(&self, key: String) -> FleetTurn {
+        let (pool, owner, turns) = (self.pool.clone(), self.owner.clone(), self.turns.clone());
+        FleetTurn::new(move || {
+            turns.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Ok(c) = pool.get().await
+                        && let Err(e) = c
+                            .execute(
+                                "DELETE FROM relay_upload_turns WHERE key = $1 AND owner = $2",
+                                &[&key, &owner],
+                            )
+                            .await
+                    {
+                        tracing::warn!(error = %e, "releasing an upload turn");
+                    }
+                });
+            }
+        })
+    }
+}
+
 impl Ledger for PgStore {
+    /// Waits while another relay holds the turn (it is uploading the same
+    /// blob to the same target), looking every 250 ms; a relay that died
+    /// holding it loses it with its lease. A database that cannot answer
+    /// does not stop the copy: it goes on without the turn.
+    fn upload_turn<'a>(&'a self, registry: &'a str, digest: &'a str) -> BoxFuture<'a, FleetTurn> {
+        Box::pin(async move {
+            let key = blob_key(registry, digest);
+            loop {
+                match self.try_turn(&key).await {
+                    Ok(true) => break,
+                    Ok(false) => tokio::time::sleep(TURN_POLL).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "taking the upload turn; uploading without it");
+                        return FleetTurn::default();
+                    }
+                }
+            }
+            self.turns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone());
+            self.release_turn(key)
+        })
+    }
+
     fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>> {
         Box::pin(async move {
             let v = logged(
