@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench ingest            # 20,000 webhooks, 50 clients
 //!     INGEST_WEBHOOKS=50000 INGEST_CLIENTS=100 cargo bench --bench ingest
+//!     INGEST_STORE=postgres cargo bench --bench ingest   # on a real PostgreSQL
 //!
 //! The HTTP layer and the store are the real ones; no workers run, so the
 //! number is for acceptance alone. It prints accepted/s, latency
@@ -18,6 +19,9 @@ use harbor_relay::jobs::workers::Readiness;
 use harbor_relay::live::{Live, Shared};
 use harbor_relay::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -45,7 +49,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let dir = tempfile::tempdir()?;
-        let (store, _) = Store::open(dir.path())?;
+        // INGEST_STORE=postgres: the shared store, on a server the bench
+        // starts (Debian's postgresql, as the tests do).
+        let postgres = std::env::var("INGEST_STORE").is_ok_and(|v| v == "postgres");
+        let pg = postgres.then(support::Postgres::start);
+        let store = match &pg {
+            Some(pg) => {
+                Store::open_postgres(pg.url().parse()?, None, "bench", Duration::from_secs(30))
+                    .await?
+            }
+            None => Store::open(dir.path())?.0,
+        };
         let store = Arc::new(store);
         let config = Config::parse(
             std::path::Path::new("bench.toml"),
@@ -109,7 +123,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let took = started.elapsed();
         lat.sort();
         let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-        println!("webhook ingest, durable: {total} webhooks from {clients} clients");
+        let backend = if postgres { "postgres" } else { "sled" };
+        println!("webhook ingest, durable, {backend}: {total} webhooks from {clients} clients");
         println!("  accepted/s   {:.0}", total as f64 / took.as_secs_f64());
         println!("  p50          {:?}", pct(0.50));
         println!("  p99          {:?}", pct(0.99));
@@ -128,6 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             dir.join(format!("ingest-{at}.json")),
             serde_json::to_vec_pretty(&serde_json::json!({
                 "scenario": "webhook ingest",
+                "store": backend,
                 "webhooks": total,
                 "clients": clients,
                 "accepted_per_second": total as f64 / took.as_secs_f64(),
