@@ -13,7 +13,8 @@
 # latency (webhook to target, 1 MiB image), ingest (durable webhooks/s), and
 # across a WAN link to the source (tests/support/wan.rs): wan-many (20 small
 # images, 100 ms RTT), wan-big (8 x 10 MiB and one 256 MiB layer, 40 ms RTT,
-# 200 Mbit/s), wan-one (webhook to tag, in RTTs).
+# 200 Mbit/s), wan-one (webhook to tag, in RTTs); and ha (the many images
+# with 1, 2 and 3 relays sharing a PostgreSQL queue; not in the default list).
 # Needs about 20 GiB free under $TMPDIR and ~15 minutes for everything.
 # Results: a table on stdout and JSON in target/bench/.
 set -euo pipefail

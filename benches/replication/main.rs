@@ -287,6 +287,10 @@ fn main() {
                 show(vec![latency(&mut b).await], &mut rows);
             }
         }
+        if want("ha") {
+            let mut b = Bench::new(setup).await;
+            show(scenarios::ha(&mut b, runs).await, &mut rows);
+        }
         if want("wan-many") {
             show(wan::wan_many(setup, runs).await, &mut rows);
         }

@@ -74,7 +74,9 @@ pub(crate) async fn one_image(
 /// 200 images of 5 layers (1–4 MiB) in 20 repositories, sharing a base
 /// layer: 200 webhooks at once against one `skopeo sync`; then the same
 /// again with everything present (no-op).
-pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
+/// The `many` images: 200 of 5 layers (1–4 MiB) in 20 repositories,
+/// sharing a base layer, pushed to the source; and their bytes.
+pub(crate) async fn many_images(b: &Bench) -> (Vec<(String, String, String)>, u64) {
     let base = (7_000_000u64, 2 * MIB);
     let mut imgs = Vec::new();
     let mut bytes = base.1;
@@ -92,6 +94,11 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         bytes += img.config.len() as u64;
         imgs.push((repo, tag, img.digest.clone()));
     }
+    (imgs, bytes)
+}
+
+pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
+    let (imgs, bytes) = many_images(b).await;
     let pairs: Vec<(String, String)> = imgs
         .iter()
         .map(|(r, t, _)| (r.clone(), t.clone()))
@@ -238,4 +245,71 @@ pub(crate) async fn latency(b: &mut Bench) -> Row {
         floor: None,
         extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100, "queued_p50_seconds": median(queued), "copy_p50_seconds": median(running)}),
     }
+}
+
+/// `ha`: the `many` images copied by 1, 2 and 3 relays sharing one
+/// PostgreSQL queue (a server the bench starts), webhooks sent to each in
+/// turn, onto a fresh target each run: how the work spreads, on a machine
+/// whose two cores the registries already fill.
+pub(crate) async fn ha(b: &mut Bench, runs: usize) -> Vec<Row> {
+    let pg = Postgres::start();
+    let (imgs, bytes) = many_images(b).await;
+    let store = format!(
+        "url = \"postgres://{PG_USER}@127.0.0.1:{}/{PG_DB}?sslmode=disable\"\npassword = \"{PG_PASS}\"\n",
+        pg.port
+    );
+    let mut rows = Vec::new();
+    for relays in 1..=3usize {
+        let mut took = Vec::new();
+        for _ in 0..runs {
+            b.fresh_target().await;
+            let mut fleet = Vec::new();
+            for _ in 0..relays {
+                fleet.push(
+                    Relay::start_store(
+                        Some(&store),
+                        free_port(),
+                        "workers = 8\ncoalesce_window = \"0s\"\n",
+                        &format!("{}{RULE}", b.registries_toml()),
+                        &[("RUST_LOG", "warn")],
+                    )
+                    .await,
+                );
+            }
+            // The relays made the schema; the last run's rows go.
+            pg.sql(
+                "TRUNCATE relay_jobs, relay_uploads, relay_blobs, relay_tags, relay_upload_turns",
+            );
+            let t = Instant::now();
+            for (i, (r, tag, d)) in imgs.iter().enumerate() {
+                fleet[i % relays].push(push_event(r, Some(tag), d)).await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(900);
+            loop {
+                let mut done = 0.0;
+                for relay in &fleet {
+                    done += succeeded(relay).await;
+                }
+                if done >= imgs.len() as f64 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the fleet did not finish");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            took.push(t.elapsed().as_secs_f64());
+        }
+        rows.push(Row {
+            scenario: ["ha 1 relay", "ha 2 relays", "ha 3 relays"][relays - 1],
+            relay: Measure {
+                seconds: median(took),
+                cpu_seconds: 0.0,
+                peak_rss: 0,
+            },
+            skopeo: None,
+            bytes,
+            floor: None,
+            extra: json!({"relays": relays, "images": imgs.len(), "runs": runs, "store": "postgres"}),
+        });
+    }
+    rows
 }
