@@ -80,7 +80,7 @@ pub async fn run_reloadable(
         replicator: Replicator::new(
             config.jobs.blob_concurrency,
             Some(metrics.clone()),
-            store.clone(),
+            store.ledger(),
         )
         .with_stop(shutdown.clone()),
         metrics: metrics.clone(),

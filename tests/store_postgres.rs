@@ -284,7 +284,7 @@ async fn retry_prune_and_a_full_queue(b: &Backend) {
 /// restart on sled, from another relay on PostgreSQL, so a job taken
 /// over resumes its chunked uploads and mounts instead of sending again.
 async fn the_ledger_outlives_the_relay_that_wrote_it(b: &Backend) {
-    use harbor_relay::replicate::ledger::{Ledger, TagRecord, UploadRecord};
+    use harbor_relay::replicate::ledger::{TagRecord, UploadRecord};
     let n = b.name();
     let a = b.open("relay-a").await;
     let rec = UploadRecord {
@@ -297,13 +297,14 @@ async fn the_ledger_outlives_the_relay_that_wrote_it(b: &Backend) {
         source: "sha256:5".into(),
         target: "sha256:7".into(),
     };
-    a.save_upload("integrated\np/app\nsha256:aa", &rec).await;
-    a.blob_seen("integrated", "sha256:aa", "p/one").await;
-    a.blob_seen("integrated", "sha256:aa", "p/two").await;
-    a.record_tag("integrated", "p/app", "1", &tag).await;
-    a.persist().await;
-    drop(a);
-    let c = b.open("relay-b").await;
+    let la = a.ledger();
+    la.save_upload("integrated\np/app\nsha256:aa", &rec).await;
+    la.blob_seen("integrated", "sha256:aa", "p/one").await;
+    la.blob_seen("integrated", "sha256:aa", "p/two").await;
+    la.record_tag("integrated", "p/app", "1", &tag).await;
+    la.persist().await;
+    drop((la, a));
+    let c = b.open("relay-b").await.ledger();
     assert_eq!(
         c.upload("integrated\np/app\nsha256:aa").await,
         Some(rec),
@@ -662,10 +663,12 @@ async fn tls_to_the_database_is_checked_against_the_configured_ca() {
 /// lease has run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_relay_at_a_time_uploads_a_blob_to_a_target() {
-    use harbor_relay::replicate::ledger::Ledger;
     let _turn = TURN.lock().await;
     let b = Backend::Postgres(Postgres::start());
-    let (a, c) = (b.open("relay-a").await, b.open("relay-b").await);
+    let (a, c) = (
+        b.open("relay-a").await.ledger(),
+        b.open("relay-b").await.ledger(),
+    );
     let held = a.upload_turn("integrated", "sha256:aa").await;
     let waiting = c.upload_turn("integrated", "sha256:aa");
     tokio::pin!(waiting);

@@ -11,9 +11,7 @@
 //! dedupe key, failed attempts wait and run again, and jobs left running
 //! by a crash run again.
 
-use futures_util::future::BoxFuture;
-
-use crate::replicate::ledger::{Ledger, TagRecord, UploadRecord};
+use crate::replicate::ledger::Ledger;
 
 mod embedded;
 mod postgres;
@@ -33,7 +31,7 @@ pub const DEFAULT_COALESCE_WINDOW: std::time::Duration = std::time::Duration::fr
 /// methods (enum dispatch: no trait objects, no boxed futures).
 pub enum Store {
     /// Embedded, on this host (`store.path`).
-    Sled(Box<SledStore>),
+    Sled(std::sync::Arc<SledStore>),
     /// Shared by several relays (`store.url`), the replicator's ledger
     /// included.
     Postgres {
@@ -57,7 +55,7 @@ impl Store {
     /// crash left running, queued again.
     pub fn open(path: &std::path::Path) -> Result<(Store, usize), StoreError> {
         let (s, recovered) = SledStore::open(path)?;
-        Ok((Store::Sled(Box::new(s)), recovered))
+        Ok((Store::Sled(std::sync::Arc::new(s)), recovered))
     }
 
     /// Opens the shared store at `url` (see [`PgStore::open`]).
@@ -83,14 +81,17 @@ impl Store {
     }
 
     /// Replaces the clock (tests move time instead of sleeping). Only
-    /// before the store is shared: a PostgreSQL store already handed out
-    /// keeps its clock, and this says so by returning false.
+    /// before the store is shared (its ledger handed out): a store already
+    /// shared keeps its clock, and this says so by returning false.
     pub fn set_clock(&mut self, clock: fn() -> u64) -> bool {
         match self {
-            Store::Sled(s) => {
-                s.set_clock(clock);
-                true
-            }
+            Store::Sled(s) => match std::sync::Arc::get_mut(s) {
+                Some(s) => {
+                    s.set_clock(clock);
+                    true
+                }
+                None => false,
+            },
             Store::Postgres { store, .. } => match std::sync::Arc::get_mut(store) {
                 Some(s) => {
                     s.set_clock(clock);
@@ -231,6 +232,15 @@ impl Store {
         }
     }
 
+    /// The replicator's ledger, kept by whichever backend runs: on sled
+    /// beside the jobs, on PostgreSQL in tables every relay reads.
+    pub fn ledger(&self) -> std::sync::Arc<dyn Ledger> {
+        match self {
+            Store::Sled(s) => s.clone(),
+            Store::Postgres { store } => store.clone(),
+        }
+    }
+
     /// Why the store cannot serve now (PostgreSQL unreachable), for
     /// `/readyz`; `None` when it can.
     pub fn problem(&self) -> Option<String> {
@@ -311,88 +321,3 @@ pub struct Enqueued {
 
 #[cfg(test)]
 mod tests;
-
-/// The replicator's ledger, kept by whichever backend runs: on sled beside
-/// the jobs, on PostgreSQL in tables every relay reads.
-impl crate::replicate::ledger::Ledger for Store {
-    fn upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Option<UploadRecord>> {
-        match self {
-            Store::Sled(s) => Ledger::upload(&**s, key),
-            Store::Postgres { store } => Ledger::upload(&**store, key),
-        }
-    }
-    fn save_upload<'a>(&'a self, key: &'a str, record: &'a UploadRecord) -> BoxFuture<'a, ()> {
-        match self {
-            Store::Sled(s) => Ledger::save_upload(&**s, key, record),
-            Store::Postgres { store } => Ledger::save_upload(&**store, key, record),
-        }
-    }
-    fn persist(&self) -> BoxFuture<'_, ()> {
-        match self {
-            Store::Sled(s) => Ledger::persist(&**s),
-            Store::Postgres { store } => Ledger::persist(&**store),
-        }
-    }
-    fn clear_upload<'a>(&'a self, key: &'a str) -> BoxFuture<'a, ()> {
-        match self {
-            Store::Sled(s) => Ledger::clear_upload(&**s, key),
-            Store::Postgres { store } => Ledger::clear_upload(&**store, key),
-        }
-    }
-    fn blob_locations<'a>(
-        &'a self,
-        registry: &'a str,
-        digest: &'a str,
-    ) -> BoxFuture<'a, Vec<String>> {
-        match self {
-            Store::Sled(s) => Ledger::blob_locations(&**s, registry, digest),
-            Store::Postgres { store } => Ledger::blob_locations(&**store, registry, digest),
-        }
-    }
-    fn blob_seen<'a>(
-        &'a self,
-        registry: &'a str,
-        digest: &'a str,
-        repository: &'a str,
-    ) -> BoxFuture<'a, ()> {
-        match self {
-            Store::Sled(s) => Ledger::blob_seen(&**s, registry, digest, repository),
-            Store::Postgres { store } => Ledger::blob_seen(&**store, registry, digest, repository),
-        }
-    }
-    fn tag_synced<'a>(
-        &'a self,
-        registry: &'a str,
-        repository: &'a str,
-        tag: &'a str,
-    ) -> BoxFuture<'a, Option<TagRecord>> {
-        match self {
-            Store::Sled(s) => Ledger::tag_synced(&**s, registry, repository, tag),
-            Store::Postgres { store } => Ledger::tag_synced(&**store, registry, repository, tag),
-        }
-    }
-    fn record_tag<'a>(
-        &'a self,
-        registry: &'a str,
-        repository: &'a str,
-        tag: &'a str,
-        record: &'a TagRecord,
-    ) -> BoxFuture<'a, ()> {
-        match self {
-            Store::Sled(s) => Ledger::record_tag(&**s, registry, repository, tag, record),
-            Store::Postgres { store } => {
-                Ledger::record_tag(&**store, registry, repository, tag, record)
-            }
-        }
-    }
-    fn upload_turn<'a>(
-        &'a self,
-        registry: &'a str,
-        digest: &'a str,
-    ) -> BoxFuture<'a, crate::replicate::ledger::FleetTurn> {
-        match self {
-            Store::Sled(s) => Ledger::upload_turn(&**s, registry, digest),
-            Store::Postgres { store } => Ledger::upload_turn(&**store, registry, digest),
-        }
-    }
-}
