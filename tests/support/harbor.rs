@@ -373,17 +373,8 @@ async fn delete_tag(
     if !account.actions_on(&project).contains("delete") {
         return errors(StatusCode::FORBIDDEN, "forbidden");
     }
-    let resp = reqwest::Client::new()
-        .head(format!("{}/v2/{repo}/manifests/{tag}", st.upstream))
-        .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
-        .send()
-        .await
-        .expect("HEAD");
-    let on_artifact = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|d| d == reference);
+    let on_artifact =
+        upstream_digest(&st, &repo, &tag).await.as_deref() == Some(reference.as_str());
     if !on_artifact {
         return errors(StatusCode::NOT_FOUND, "tag not found on this artifact");
     }
@@ -392,6 +383,40 @@ async fn delete_tag(
         .expect("deleted")
         .push((repo, reference, tag));
     StatusCode::OK.into_response()
+}
+
+/// The tags of `repository` in the registry behind (none if it has none).
+async fn upstream_tags(st: &HarborState, repository: &str) -> Vec<String> {
+    let v: Value = reqwest::get(format!("{}/v2/{repository}/tags/list", st.upstream))
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .unwrap_or_default();
+    v["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
+}
+
+/// What `reference` resolves to in `repository` of the registry behind
+/// (its `Docker-Content-Digest`), if it exists.
+async fn upstream_digest(st: &HarborState, repository: &str, reference: &str) -> Option<String> {
+    reqwest::Client::new()
+        .head(format!(
+            "{}/v2/{repository}/manifests/{reference}",
+            st.upstream
+        ))
+        .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
+        .send()
+        .await
+        .expect("HEAD")
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 async fn get_artifact(
@@ -410,21 +435,7 @@ async fn get_artifact(
     if who(&st, &headers).is_none() {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
     }
-    let resp = reqwest::Client::new()
-        .head(format!(
-            "{}/v2/{project}/{repo}/manifests/{reference}",
-            st.upstream
-        ))
-        .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
-        .send()
-        .await
-        .expect("HEAD");
-    let Some(digest) = resp
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-    else {
+    let Some(digest) = upstream_digest(&st, &format!("{project}/{repo}"), &reference).await else {
         return errors(StatusCode::NOT_FOUND, "artifact not found");
     };
     let labels: Vec<Value> = match q.with_label {
@@ -563,34 +574,9 @@ async fn list_artifacts(
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
     }
     let full = format!("{project}/{repo}");
-    let http = reqwest::Client::new();
-    let tags: Value = http
-        .get(format!("{}/v2/{full}/tags/list", st.upstream))
-        .send()
-        .await
-        .expect("tags")
-        .json()
-        .await
-        .expect("json");
     let mut by_digest: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for t in tags["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t.as_str())
-    {
-        let resp = http
-            .head(format!("{}/v2/{full}/manifests/{t}", st.upstream))
-            .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
-            .send()
-            .await
-            .expect("HEAD");
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+    for t in upstream_tags(&st, &full).await.iter().map(String::as_str) {
+        let digest = upstream_digest(&st, &full, t).await.unwrap_or_default();
         by_digest
             .entry(digest)
             .or_default()
@@ -629,27 +615,14 @@ async fn referrers(st: &HarborState, method: &axum::http::Method, path: &str) ->
         return None;
     }
     let hex = subject.strip_prefix("sha256:")?;
-    let http = reqwest::Client::new();
-    let tags: Value = http
-        .get(format!("{}/v2/{repo}/tags/list", st.upstream))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .unwrap_or_default();
+    let tags = upstream_tags(st, repo).await;
     let mut manifests = Vec::new();
     for suffix in [".sig", ".att", ".sbom"] {
         let tag = format!("sha256-{hex}{suffix}");
-        if !tags["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|t| t == &tag)
-        {
+        if !tags.contains(&tag) {
             continue;
         }
-        let head = http
+        let head = reqwest::Client::new()
             .head(format!("{}/v2/{repo}/manifests/{tag}", st.upstream))
             .header("accept", harbor_relay::manifest::ACCEPTED.join(", "))
             .send()
