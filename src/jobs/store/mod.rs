@@ -320,4 +320,4 @@ pub struct Enqueued {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -24,7 +24,9 @@ async fn reopen(path: &std::path::Path) -> (SledStore, usize) {
     }
 }
 
-fn spec(tag: &str) -> JobSpec {
+/// A copy job's spec for `library/nginx:<tag>` (the transition tests use
+/// it too).
+pub(crate) fn spec(tag: &str) -> JobSpec {
     JobSpec {
         rule: "r".into(),
         from: "external".into(),

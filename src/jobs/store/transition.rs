@@ -102,27 +102,9 @@ pub fn expired(job: &Job, before_ms: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::Reference;
 
     fn job() -> Job {
-        let spec = JobSpec {
-            rule: "r".into(),
-            from: "a".into(),
-            to: "b".into(),
-            source_repository: "p/app".into(),
-            target_repository: "p/app".into(),
-            reference: Reference::Tag("1".into()),
-            digest: None,
-            occurred_at: None,
-            action: crate::jobs::Action::Copy,
-            overwrite: true,
-            referrers: true,
-            platforms: None,
-            referrer_only: false,
-            artifact_types: None,
-            labels: None,
-        };
-        new_job(7, spec, 1_000)
+        new_job(7, crate::jobs::store::tests::spec("1"), 1_000)
     }
 
     #[test]
