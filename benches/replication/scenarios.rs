@@ -218,15 +218,7 @@ pub(crate) async fn latency(b: &mut Bench) -> Row {
             .await;
         let j = done(&http, &daemon, ids[0]).await;
         lat.push(t.elapsed().as_secs_f64());
-        let at = |k: &str| {
-            humantime::parse_rfc3339(j[k].as_str().unwrap_or_default())
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                })
-                .unwrap_or(f64::NAN)
-        };
+        let at = |k: &str| job_time(&j, k);
         queued.push(at("started_at") - at("created_at"));
         running.push(at("finished_at") - at("started_at"));
     }

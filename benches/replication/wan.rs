@@ -210,15 +210,7 @@ pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
             .push(push_event("wan/one", Some(&format!("t{i}")), &img.digest))
             .await;
         let j = done(&http, &daemon, ids[0]).await;
-        let at = |k: &str| {
-            humantime::parse_rfc3339(j[k].as_str().unwrap_or_default())
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                })
-                .unwrap_or(f64::NAN)
-        };
+        let at = |k: &str| job_time(&j, k);
         requests += b.settled_usage().await.since(before).source_requests;
         let s = at("finished_at") - at("created_at");
         if i == 0 {

@@ -349,6 +349,18 @@ pub(crate) async fn done(http: &reqwest::Client, relay: &Relay, id: u64) -> Valu
     }
 }
 
+/// A time of a job (`created_at`, `started_at`, `finished_at`) as Unix
+/// seconds, NaN when missing.
+pub(crate) fn job_time(job: &Value, key: &str) -> f64 {
+    humantime::parse_rfc3339(job[key].as_str().unwrap_or_default())
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64()
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Waits until the daemon has finished `ids.len()` more jobs than
 /// `before` (from its metrics: one request per look, every 2 ms).
 pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
