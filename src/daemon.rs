@@ -296,14 +296,10 @@ fn instance() -> String {
 /// until `stop`.
 async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
     if let Some(pg) = &config.store.postgres {
-        let store = Store::open_postgres(
-            pg.connect.clone(),
-            pg.ca_pem.as_deref(),
-            &instance(),
-            pg.lease,
-        )
-        .await
-        .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
+        let me = instance();
+        let store = Store::open_postgres(pg.connect.clone(), pg.ca_pem.as_deref(), &me, pg.lease)
+            .await
+            .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
         store.set_coalesce_window(config.jobs.coalesce_window);
         store.set_max_queued(config.jobs.max_queued);
         if let Some(shared) = store.postgres() {
@@ -313,7 +309,7 @@ async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Stor
                 stop,
             ));
         }
-        tracing::info!(database = %pg.shown, instance = %instance(), "job store on PostgreSQL, shared with other relays");
+        tracing::info!(database = %pg.shown, instance = %me, "job store on PostgreSQL, shared with other relays");
         return Ok(Arc::new(store));
     }
     let (store, recovered) = Store::open(&config.store.path).map_err(|e| {

@@ -185,6 +185,14 @@ fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Postgres(chain(&e))
 }
 
+/// Counts one less in a gauge that the next refresh corrects anyway
+/// (never below zero).
+fn decrement(gauge: &AtomicUsize) {
+    let _ = gauge.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        Some(n.saturating_sub(1))
+    });
+}
+
 pub(super) fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -467,6 +475,10 @@ impl PgStore {
         transition::start(&mut job, now);
         Self::save(&tx, &job, Some((&self.owner, now + self.lease_ms))).await?;
         tx.commit().await.map_err(db)?;
+        if !taken_over {
+            decrement(&self.queued);
+            self.running.fetch_add(1, Ordering::Relaxed);
+        }
         if taken_over {
             self.takeovers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -543,10 +555,12 @@ impl PgStore {
             tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
-        self.running.fetch_sub(
-            1.min(self.running.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        decrement(&self.running);
+        match after {
+            After::Queued => self.queued.fetch_add(1, Ordering::Relaxed),
+            After::Retrying(_) => self.retrying.fetch_add(1, Ordering::Relaxed),
+            After::Finished => 0,
+        };
         Ok(Some(job))
     }
 
