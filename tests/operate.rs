@@ -459,6 +459,20 @@ fn kubernetes_validate() -> Command {
     cmd
 }
 
+/// Every one of `files` in `dir` passes `kubernetes-validate --strict`.
+fn validate_strictly(dir: &Path, files: &[&str]) {
+    let (ok, out, err) = run(kubernetes_validate()
+        .current_dir(dir)
+        .arg("--strict")
+        .args(files));
+    assert!(ok, "kubernetes-validate:\n{out}{err}");
+    assert_eq!(
+        out.matches(" passed for resource ").count(),
+        files.len(),
+        "{out}{err}"
+    );
+}
+
 #[test]
 fn kubernetes_manifests_validate_and_embed_a_valid_config() {
     let dir = repo_file("deploy/kubernetes");
@@ -469,16 +483,7 @@ fn kubernetes_manifests_validate_and_embed_a_valid_config() {
         "deployment.yaml",
         "service.yaml",
     ];
-    let (ok, out, err) = run(kubernetes_validate()
-        .current_dir(&dir)
-        .arg("--strict")
-        .args(files));
-    assert!(ok, "kubernetes-validate:\n{out}{err}");
-    assert_eq!(
-        out.matches(" passed for resource ").count(),
-        files.len(),
-        "{out}{err}"
-    );
+    validate_strictly(&dir, &files);
 
     // The validator does reject a wrong field.
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -539,16 +544,7 @@ fn kubernetes_ha_manifests_validate_and_select_the_postgres_store() {
         "pdb.yaml",
         "service.yaml",
     ];
-    let (ok, out, err) = run(kubernetes_validate()
-        .current_dir(&dir)
-        .arg("--strict")
-        .args(files));
-    assert!(ok, "kubernetes-validate:\n{out}{err}");
-    assert_eq!(
-        out.matches(" passed for resource ").count(),
-        files.len(),
-        "{out}{err}"
-    );
+    validate_strictly(&dir, &files);
     let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).expect("read");
     assert!(deployment.contains("replicas: 2") && deployment.contains("type: RollingUpdate"));
     assert!(deployment.contains("key: store-url") && !deployment.contains("persistentVolumeClaim"));

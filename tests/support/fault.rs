@@ -210,21 +210,6 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
-    if let Some(gate) = &st.gate
-        && let Some(refused) =
-            gate(req.method().clone(), path_q.clone(), req.headers().clone()).await
-    {
-        st.log.requests.lock().expect("log").push((
-            arrived,
-            method.clone(),
-            path_q.clone(),
-            refused.status().as_u16(),
-        ));
-        let mut drain = req.into_body().into_data_stream();
-        while let Some(Ok(_)) = drain.next().await {}
-        return refused;
-    }
-    let fault = take_fault(&st, &method, &path_q);
     let record = |status: u16| {
         st.log.requests.lock().expect("log").push((
             arrived,
@@ -233,6 +218,16 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
             status,
         ));
     };
+    if let Some(gate) = &st.gate
+        && let Some(refused) =
+            gate(req.method().clone(), path_q.clone(), req.headers().clone()).await
+    {
+        record(refused.status().as_u16());
+        let mut drain = req.into_body().into_data_stream();
+        while let Some(Ok(_)) = drain.next().await {}
+        return refused;
+    }
+    let fault = take_fault(&st, &method, &path_q);
     if let Some(Fault::HoldThenFail(d)) = &fault {
         tokio::time::sleep(*d).await;
         record(503);
