@@ -198,12 +198,7 @@ impl Registry {
         digest: &str,
     ) -> Result<bool, RegistryError> {
         let what = format!("deleting manifest {repository}@{digest}");
-        let url = self.url(&format!("{repository}/manifests/{digest}"));
-        let scopes = vec![auth::scope(repository, "delete")];
-        let resp = self
-            .t
-            .send(&what, &scopes, true, &|c| c.delete(&url))
-            .await?;
+        let resp = self.delete_reference(repository, digest, &what).await?;
         match resp.status() {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -217,17 +212,24 @@ impl Registry {
         }
     }
 
+    /// `DELETE /v2/<name>/manifests/<reference>` with a `delete` token.
+    async fn delete_reference(
+        &self,
+        repository: &str,
+        reference: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = self.url(&format!("{repository}/manifests/{reference}"));
+        let scopes = vec![auth::scope(repository, "delete")];
+        self.t.send(what, &scopes, true, &|c| c.delete(&url)).await
+    }
+
     /// Removes a tag alone (`DELETE /v2/<name>/manifests/<tag>`, OCI 1.1):
     /// true when removed or already gone, false when the registry cannot
     /// (CNCF distribution 2.x answers `400`; others `405`).
     pub async fn delete_tag(&self, repository: &str, tag: &str) -> Result<bool, RegistryError> {
         let what = format!("removing tag {repository}:{tag}");
-        let url = self.url(&format!("{repository}/manifests/{tag}"));
-        let scopes = vec![auth::scope(repository, "delete")];
-        let resp = self
-            .t
-            .send(&what, &scopes, true, &|c| c.delete(&url))
-            .await?;
+        let resp = self.delete_reference(repository, tag, &what).await?;
         match resp.status() {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
             StatusCode::NOT_FOUND => Ok(true),
