@@ -482,11 +482,12 @@ async fn relay_on(pg: &Postgres, jobs: &str, rest: &str) -> Relay {
     .await
 }
 
-/// Two relays on one database, webhooks sent to each in turn: every image
+/// Two relays on one database, 200 webhooks sent to each in turn: every image
 /// arrives, each by one job (one attempt, one manifest PUT on the target),
 /// and either relay's API sees every job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_share_the_webhooks_work_and_copy_each_image_once() {
+    const IMAGES: usize = 200;
     let _turn = TURN.lock().await;
     let pg = Postgres::start();
     let w = World::with_access_logs(true).await;
@@ -494,14 +495,20 @@ async fn two_relays_share_the_webhooks_work_and_copy_each_image_once() {
         relay_on(&pg, "", &w.config()).await,
         relay_on(&pg, "", &w.config()).await,
     );
-    let mut imgs = Vec::new();
-    for i in 0..20 {
-        let img = TestImage::random(&[20_000, 10_000]);
-        let repo = format!("fleet/app-{}", i % 4);
-        img.push(&w.src, &repo, &Reference::Tag(format!("v{i}")))
-            .await;
-        imgs.push((repo, format!("v{i}"), img));
-    }
+    use futures_util::{StreamExt as _, stream};
+    let imgs: Vec<(String, String, TestImage)> = stream::iter(0..IMAGES)
+        .map(|i| {
+            let src = &w.src;
+            async move {
+                let img = TestImage::random(&[2_000 + i]);
+                let (repo, tag) = (format!("fleet/app-{}", i % 8), format!("v{i}"));
+                img.push(src, &repo, &Reference::Tag(tag.clone())).await;
+                (repo, tag, img)
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
     let mut ids = Vec::new();
     for (i, (repo, tag, img)) in imgs.iter().enumerate() {
         let relay = if i % 2 == 0 { &a } else { &b };
@@ -511,19 +518,21 @@ async fn two_relays_share_the_webhooks_work_and_copy_each_image_once() {
         let job = a.wait_success(*id).await;
         assert_eq!(job["attempts"], 1, "{job}");
     }
-    for (repo, tag, img) in &imgs {
-        assert_image_on(&w.dst, repo, img, Some(tag)).await;
-    }
+    stream::iter(&imgs)
+        .for_each_concurrent(8, |(repo, tag, img)| {
+            assert_image_on(&w.dst, repo, img, Some(tag))
+        })
+        .await;
     let puts = w
         .target
         .log()
         .lines()
         .filter(|l| l.contains("\"PUT /v2/fleet/") && l.contains("/manifests/"))
         .count();
-    assert_eq!(puts, 20, "one manifest PUT per image");
-    let (_, listed) = b.get("/api/v1/jobs?limit=100").await;
+    assert_eq!(puts, IMAGES, "one manifest PUT per image");
+    let (_, listed) = b.get("/api/v1/jobs?limit=1000").await;
     let seen = listed["jobs"].as_array().map_or(0, Vec::len);
-    assert_eq!(seen, 20, "relay b's API lists every job of the fleet");
+    assert_eq!(seen, IMAGES, "relay b's API lists every job of the fleet");
 }
 
 /// `kill -9` of the relay in the middle of a large copy: the other relay
