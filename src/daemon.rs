@@ -281,7 +281,7 @@ async fn metrics_listener(config: &Config) -> Result<Option<tokio::net::TcpListe
 
 /// This relay's name in the leases it takes on a shared store: the host
 /// (a pod's name in Kubernetes) and the process.
-fn instance() -> String {
+pub fn instance() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
@@ -291,32 +291,43 @@ fn instance() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-/// Opens the job store (re-queuing what the last stop interrupted, on the
-/// embedded store); on PostgreSQL, starts tending its leases and wake-ups
-/// until `stop`.
-async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
-    if let Some(pg) = &config.store.postgres {
-        let me = instance();
-        let store = Store::open_postgres(pg.connect.clone(), pg.ca_pem.as_deref(), &me, pg.lease)
-            .await
-            .map_err(|e| DaemonError::Store(e, format!("store.url, database {}", pg.shown)))?;
-        store.set_coalesce_window(config.jobs.coalesce_window);
-        store.set_max_queued(config.jobs.max_queued);
-        if let Some(shared) = store.postgres() {
-            tokio::spawn(crate::jobs::store::tend(
-                shared.clone(),
-                pg.connect.clone(),
-                stop,
-            ));
+/// Opens the job store the config names, with its queue limits: on the
+/// embedded store, re-queuing what the last stop interrupted (returned as
+/// the count); on PostgreSQL, migrating the schema. `instance` names this
+/// process in the leases it takes. The `store` commands open it so too.
+pub async fn connect_store(config: &Config, instance: &str) -> Result<(Store, usize), DaemonError> {
+    let (store, recovered) = match &config.store.postgres {
+        Some(pg) => {
+            let store =
+                Store::open_postgres(pg.connect.clone(), pg.ca_pem.as_deref(), instance, pg.lease)
+                    .await
+                    .map_err(|e| {
+                        DaemonError::Store(e, format!("store.url, database {}", pg.shown))
+                    })?;
+            (store, 0)
         }
-        tracing::info!(database = %pg.shown, instance = %me, "job store on PostgreSQL, shared with other relays");
-        return Ok(Arc::new(store));
-    }
-    let (store, recovered) = Store::open(&config.store.path).map_err(|e| {
-        DaemonError::Store(e, format!("store.path {}", config.store.path.display()))
-    })?;
+        None => Store::open(&config.store.path).map_err(|e| {
+            DaemonError::Store(e, format!("store.path {}", config.store.path.display()))
+        })?,
+    };
     store.set_coalesce_window(config.jobs.coalesce_window);
     store.set_max_queued(config.jobs.max_queued);
+    Ok((store, recovered))
+}
+
+/// Opens the job store (see [`connect_store`]); on PostgreSQL, starts
+/// tending its leases and wake-ups until `stop`.
+async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
+    let me = instance();
+    let (store, recovered) = connect_store(config, &me).await?;
+    if let (Some(shared), Some(pg)) = (store.postgres(), &config.store.postgres) {
+        tokio::spawn(crate::jobs::store::tend(
+            shared.clone(),
+            pg.connect.clone(),
+            stop,
+        ));
+        tracing::info!(database = %pg.shown, instance = %me, "job store on PostgreSQL, shared with other relays");
+    }
     if recovered > 0 {
         tracing::info!(
             jobs = recovered,

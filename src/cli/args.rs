@@ -83,6 +83,12 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move jobs between stores: export a store's jobs, import the ones not
+    /// yet done into another (the embedded store to PostgreSQL, or back).
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Harbor helpers.
     Harbor {
         #[command(subcommand)]
@@ -187,5 +193,38 @@ pub enum JobsAction {
     Retry {
         /// The job id.
         id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreAction {
+    /// Write every job of the config's store as JSON Lines (a header line,
+    /// then one job per line, oldest first). Stop the daemon first when the
+    /// store is embedded (`store.path`): it holds the store's lock.
+    Export {
+        /// The configuration file whose [store] to read.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Queue, in the config's store, the jobs of an export that were not
+    /// done (queued, running or waiting for a retry) as new jobs; succeeded
+    /// jobs stay history. Duplicates fold into active jobs, so running it
+    /// twice queues nothing twice.
+    Import {
+        /// The configuration file whose [store] to fill; it must define
+        /// every registry the jobs name.
+        #[arg(long, short, env = "HARBOR_RELAY_CONFIG")]
+        config: PathBuf,
+        /// Queue the export's failed jobs again too.
+        #[arg(long)]
+        include_failed: bool,
+        /// Only print which jobs would be queued.
+        #[arg(long)]
+        dry_run: bool,
+        /// The export (`-` for standard input).
+        file: PathBuf,
     },
 }

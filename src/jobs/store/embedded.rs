@@ -77,6 +77,17 @@ fn delayed_key(at_ms: u64, id: u64) -> [u8; 16] {
     k
 }
 
+/// sled's refusal to open a directory another process holds (its file
+/// lock), told apart: the usual cause is a daemon still running on it.
+fn in_use(e: sled::Error, path: &Path) -> StoreError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::InUse(path.to_path_buf())
+        }
+        e => StoreError::Db(e),
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `path` and recovers from a crash.
     /// Returns the store and how many interrupted jobs were queued again.
@@ -84,7 +95,8 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_CAPACITY)
-            .open()?;
+            .open()
+            .map_err(|e| in_use(e, path))?;
         let store = SledStore {
             jobs: db.open_tree("jobs")?,
             queue: db.open_tree("queue")?,

@@ -22,6 +22,7 @@ pub use embedded::SledStore;
 pub use postgres::{DEFAULT_LEASE, DbTls, PgStore};
 pub use postgres_tend::tend;
 
+pub mod transfer;
 pub mod transition;
 
 /// Default for [`SledStore::set_coalesce_window`]: ten minutes.
@@ -257,6 +258,12 @@ pub enum StoreError {
     /// The database itself failed (disk full, corruption, locked).
     #[error("job store: {0}")]
     Db(#[from] sled::Error),
+    /// Another process (a running daemon) holds the embedded store.
+    #[error(
+        "job store {}: another harbor-relay holds it (is the daemon running? stop it first)",
+        .0.display()
+    )]
+    InUse(std::path::PathBuf),
     /// PostgreSQL refused or could not be reached.
     #[error("job store (PostgreSQL): {0}")]
     Postgres(String),
