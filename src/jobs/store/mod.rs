@@ -2,7 +2,7 @@
 //!
 //! - [`SledStore`] (`embedded.rs`), embedded: the default, for one relay on a
 //!   jump VM; `store.path`.
-//! - [`PgStore`] (`postgres.rs`), PostgreSQL: several relays share one
+//! - [`PgStore`] (`postgres/`), PostgreSQL: several relays share one
 //!   queue; `store.url`. Tested with the same suite as sled against a real
 //!   server (`tests/store_postgres.rs`).
 //!
@@ -15,12 +15,9 @@ use crate::replicate::ledger::Ledger;
 
 mod embedded;
 mod postgres;
-mod postgres_ledger;
-mod postgres_tend;
 
 pub use embedded::SledStore;
-pub use postgres::{DEFAULT_LEASE, DbTls, PgStore};
-pub use postgres_tend::tend;
+pub use postgres::{DEFAULT_LEASE, DbTls, PgStore, tend};
 
 pub mod transfer;
 pub mod transition;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
-use super::postgres::{DbTls, PgStore};
+use super::{DbTls, PgStore};
 
 /// Keeps this relay's leases and gauges fresh, and wakes its workers on
 /// `NOTIFY relay_jobs` (or every second, if notifications are lost), until

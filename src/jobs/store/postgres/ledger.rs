@@ -36,7 +36,7 @@ impl PgStore {
                 &[&key],
             )
             .await
-            .map_err(super::postgres::db)?;
+            .map_err(super::db)?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -53,20 +53,20 @@ impl PgStore {
                 &[&key, &record],
             )
             .await
-            .map_err(super::postgres::db)?;
+            .map_err(super::db)?;
         Ok(())
     }
 
     async fn blob_seen_tx(&self, key: &str, repository: &str) -> Result<(), super::StoreError> {
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(super::postgres::db)?;
+        let tx = c.transaction().await.map_err(super::db)?;
         let old = tx
             .query_opt(
                 "SELECT record FROM relay_blobs WHERE key = $1 FOR UPDATE",
                 &[&key],
             )
             .await
-            .map_err(super::postgres::db)?;
+            .map_err(super::db)?;
         let mut list: Vec<String> = old
             .and_then(|r| serde_json::from_value(r.get(0)).ok())
             .unwrap_or_default();
@@ -76,8 +76,8 @@ impl PgStore {
             &[&key, &serde_json::to_value(&list)?],
         )
         .await
-        .map_err(super::postgres::db)?;
-        tx.commit().await.map_err(super::postgres::db)
+        .map_err(super::db)?;
+        tx.commit().await.map_err(super::db)
     }
 }
 
@@ -89,7 +89,7 @@ impl PgStore {
     /// Takes the fleet's turn for `key` if no other relay holds it (or
     /// its hold ran out with its lease): true when taken.
     async fn try_turn(&self, key: &str) -> Result<bool, super::StoreError> {
-        use super::postgres::{db, ms};
+        use super::{db, ms};
         let now = (self.clock)();
         let n = self
             .client()
@@ -107,7 +107,7 @@ impl PgStore {
 
     /// Renews the upload turns this relay holds (with its job leases).
     pub(super) async fn renew_turns(&self) -> Result<(), super::StoreError> {
-        use super::postgres::{db, ms};
+        use super::{db, ms};
         let keys: Vec<String> = self
             .turns
             .lock()
@@ -212,7 +212,7 @@ impl Ledger for PgStore {
                     .await?
                     .execute("DELETE FROM relay_uploads WHERE key = $1", &[&key])
                     .await
-                    .map_err(super::postgres::db)
+                    .map_err(super::db)
             };
             logged("clearing upload progress", del.await);
         })

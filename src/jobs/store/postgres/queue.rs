@@ -1,0 +1,272 @@
+//! The queue's state changes on PostgreSQL: each a transaction that reads
+//! the job's row `FOR UPDATE`, applies [`transition`] and writes it back.
+
+use std::sync::atomic::Ordering;
+
+use super::{PgStore, db, decrement, ms};
+use crate::jobs::store::transition::{self, After};
+use crate::jobs::store::{Enqueued, RetryError, StoreError};
+use crate::jobs::{Job, JobSpec, JobState, Outcome};
+
+impl PgStore {
+    /// Adds jobs, folding each into an active job with the same dedupe
+    /// key, and returns once the transaction is committed.
+    pub async fn enqueue(&self, specs: Vec<JobSpec>) -> Result<Vec<Enqueued>, StoreError> {
+        for spec in &specs {
+            spec.validate().map_err(StoreError::Invalid)?;
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        // The exact count costs a scan of the waiting jobs: only near the
+        // cap (the estimate is the fleet's counts, read every second).
+        let max = self.max_queued.load(Ordering::Relaxed);
+        let estimate = self.queued() + self.retrying() + specs.len();
+        if estimate.saturating_mul(10) >= max.saturating_mul(9) {
+            let waiting: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM relay_jobs WHERE state IN ('queued','retrying')",
+                    &[],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            if waiting as usize >= max {
+                return Err(StoreError::Full {
+                    waiting: waiting as usize,
+                    max,
+                });
+            }
+        }
+        let now = (self.clock)();
+        let window = self.coalesce_window_ms.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let key = spec.dedupe_key();
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .await
+            .map_err(db)?;
+            let last = tx
+                .query_opt(
+                    "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                    &[&key],
+                )
+                .await
+                .map_err(db)?;
+            if let Some(row) = last {
+                let mut job = Self::job_of(&row, "job")?;
+                if transition::joins(&job, window, now) {
+                    job.coalesced += 1;
+                    tx.execute(
+                        "UPDATE relay_jobs SET job = $2 WHERE id = $1",
+                        &[&ms(job.id), &serde_json::to_value(&job)?],
+                    )
+                    .await
+                    .map_err(db)?;
+                    out.push(Enqueued {
+                        id: job.id,
+                        coalesced: true,
+                    });
+                    continue;
+                }
+            }
+            let id: i64 = tx
+                .query_one("SELECT nextval('relay_jobs_id')", &[])
+                .await
+                .map_err(db)?
+                .get(0);
+            let job = transition::new_job(id as u64, spec, now);
+            Self::save(&tx, &job, None).await?;
+            out.push(Enqueued {
+                id: job.id,
+                coalesced: false,
+            });
+        }
+        tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let added = out.iter().filter(|e| !e.coalesced).count();
+        self.queued.fetch_add(added, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        Ok(out)
+    }
+
+    /// Takes the oldest queued job, or a running one whose lease expired
+    /// (its relay is gone), and leases it to this relay.
+    pub async fn claim(&self) -> Result<Option<Job>, StoreError> {
+        let now = (self.clock)();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT job, state FROM relay_jobs
+                 WHERE state = 'queued' OR (state = 'running' AND lease_until_ms < $1)
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut job = Self::job_of(&row, "job")?;
+        let taken_over = row.get::<_, &str>("state") == "running";
+        transition::start(&mut job, now);
+        Self::save(&tx, &job, Some((&self.owner, now + self.lease_ms))).await?;
+        tx.commit().await.map_err(db)?;
+        if !taken_over {
+            decrement(&self.queued);
+            self.running.fetch_add(1, Ordering::Relaxed);
+        }
+        if taken_over {
+            self.takeovers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                id = job.id,
+                "took over a job whose relay stopped renewing its lease"
+            );
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.id);
+        Ok(Some(job))
+    }
+
+    /// Renews the leases this relay holds; returns how many rows it still
+    /// holds.
+    pub async fn renew_leases(&self) -> Result<usize, StoreError> {
+        self.renew_turns().await?;
+        let ids: Vec<i64> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|&i| ms(i))
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let until = ms((self.clock)() + self.lease_ms);
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE relay_jobs SET lease_until_ms = $1 WHERE id = ANY($2) AND lease_owner = $3 AND state = 'running'",
+                &[&until, &ids, &self.owner],
+            )
+            .await
+            .map_err(db)?;
+        Ok(n as usize)
+    }
+
+    /// Records how an attempt ended. A relay that lost the job's lease to
+    /// another (it stopped renewing too long) has its result dropped.
+    pub async fn finish(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let now = (self.clock)();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT job, lease_owner FROM relay_jobs WHERE id = $1 FOR UPDATE",
+                &[&ms(id)],
+            )
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let mut job = Self::job_of(&row, "job")?;
+        let owner: Option<&str> = row.get("lease_owner");
+        if job.state == JobState::Running && owner != Some(self.owner.as_str()) {
+            tracing::warn!(
+                id,
+                "another relay holds this job now; this attempt's result is dropped"
+            );
+            return Ok(None);
+        }
+        let after = transition::finish(&mut job, outcome, now);
+        Self::save(&tx, &job, None).await?;
+        if after == After::Queued {
+            tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        decrement(&self.running);
+        match after {
+            After::Queued => self.queued.fetch_add(1, Ordering::Relaxed),
+            After::Retrying(_) => self.retrying.fetch_add(1, Ordering::Relaxed),
+            After::Finished => 0,
+        };
+        Ok(Some(job))
+    }
+
+    /// Moves retrying jobs whose time has come back to the queue.
+    pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT job FROM relay_jobs WHERE state = 'retrying' AND next_attempt_ms <= $1 FOR UPDATE SKIP LOCKED",
+                &[&ms(now)],
+            )
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            let mut job = Self::job_of(row, "job")?;
+            transition::promote(&mut job);
+            Self::save(&tx, &job, None).await?;
+        }
+        if !rows.is_empty() {
+            tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        if !rows.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok(rows.len())
+    }
+
+    /// Queues a failed job again, with a fresh count of attempts.
+    pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT job FROM relay_jobs WHERE id = $1 FOR UPDATE",
+                &[&ms(id)],
+            )
+            .await
+            .map_err(db)?
+            .ok_or(RetryError::NotFound(id))?;
+        let mut job = Self::job_of(&row, "job")?;
+        if job.state != JobState::Failed {
+            return Err(RetryError::NotFailed {
+                id,
+                state: job.state.as_str(),
+            });
+        }
+        let other = tx
+            .query_opt(
+                "SELECT id FROM relay_jobs WHERE dedupe_key = $1 AND id <> $2 AND state IN ('queued','running','retrying') LIMIT 1",
+                &[&job.spec.dedupe_key(), &ms(id)],
+            )
+            .await
+            .map_err(db)?;
+        if let Some(o) = other {
+            return Err(RetryError::Duplicate {
+                active: o.get::<_, i64>(0) as u64,
+            });
+        }
+        transition::rearm(&mut job);
+        Self::save(&tx, &job, None).await?;
+        tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+}
