@@ -43,6 +43,12 @@ mod tend;
 pub use schema::DbTls;
 pub use tend::tend;
 
+/// [`PgStore::save`]'s statement.
+const SAVE: &str = "INSERT INTO relay_jobs (id, dedupe_key, state, next_attempt_ms, finished_ms, lease_owner, lease_until_ms, job)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (id) DO UPDATE SET state = $3, next_attempt_ms = $4, finished_ms = $5,
+         lease_owner = $6, lease_until_ms = $7, job = $8";
+
 /// How long a claimed job is ours without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
@@ -206,18 +212,18 @@ impl PgStore {
     }
 
     /// Writes `job` into its row (insert or update), with the queue's
-    /// columns taken from it.
+    /// columns taken from it. Prepared once per connection, as every
+    /// statement of the queue's hot path: a statement given as text costs
+    /// a second round trip (parse, then execute) each time.
     async fn save(
         tx: &deadpool_postgres::Transaction<'_>,
         job: &Job,
         lease: Option<(&str, u64)>,
     ) -> Result<(), StoreError> {
         let body = serde_json::to_value(job)?;
+        let save = tx.prepare_cached(SAVE).await.map_err(db)?;
         tx.execute(
-            "INSERT INTO relay_jobs (id, dedupe_key, state, next_attempt_ms, finished_ms, lease_owner, lease_until_ms, job)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (id) DO UPDATE SET state = $3, next_attempt_ms = $4, finished_ms = $5,
-                 lease_owner = $6, lease_until_ms = $7, job = $8",
+            &save,
             &[
                 &ms(job.id),
                 &job.spec.dedupe_key(),

@@ -17,79 +17,104 @@ impl PgStore {
         }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
-        // The exact count costs a scan of the waiting jobs: only near the
-        // cap (the estimate is the fleet's counts, read every second).
-        let max = self.max_queued.load(Ordering::Relaxed);
-        let estimate = self.queued() + self.retrying() + specs.len();
-        if estimate.saturating_mul(10) >= max.saturating_mul(9) {
-            let waiting: i64 = tx
-                .query_one(
-                    "SELECT count(*) FROM relay_jobs WHERE state IN ('queued','retrying')",
-                    &[],
-                )
-                .await
-                .map_err(db)?
-                .get(0);
-            if waiting as usize >= max {
-                return Err(StoreError::Full {
-                    waiting: waiting as usize,
-                    max,
-                });
-            }
-        }
-        let now = (self.clock)();
-        let window = self.coalesce_window_ms.load(Ordering::Relaxed);
+        self.check_room(&tx, specs.len()).await?;
+        let (now, window) = (
+            (self.clock)(),
+            self.coalesce_window_ms.load(Ordering::Relaxed),
+        );
         let mut out = Vec::with_capacity(specs.len());
         for spec in specs {
-            let key = spec.dedupe_key();
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&key],
-            )
-            .await
-            .map_err(db)?;
-            let last = tx
-                .query_opt(
-                    "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE",
-                    &[&key],
-                )
-                .await
-                .map_err(db)?;
-            if let Some(row) = last {
-                let mut job = Self::job_of(&row, "job")?;
-                if transition::joins(&job, window, now) {
-                    job.coalesced += 1;
-                    tx.execute(
-                        "UPDATE relay_jobs SET job = $2 WHERE id = $1",
-                        &[&ms(job.id), &serde_json::to_value(&job)?],
-                    )
-                    .await
-                    .map_err(db)?;
-                    out.push(Enqueued {
-                        id: job.id,
-                        coalesced: true,
-                    });
-                    continue;
-                }
-            }
-            let id: i64 = tx
-                .query_one("SELECT nextval('relay_jobs_id')", &[])
-                .await
-                .map_err(db)?
-                .get(0);
-            let job = transition::new_job(id as u64, spec, now);
-            Self::save(&tx, &job, None).await?;
-            out.push(Enqueued {
-                id: job.id,
-                coalesced: false,
-            });
+            out.push(Self::fold_or_add(&tx, spec, window, now).await?);
         }
-        tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         let added = out.iter().filter(|e| !e.coalesced).count();
         self.queued.fetch_add(added, Ordering::Relaxed);
         self.wake.notify_waiters();
         Ok(out)
+    }
+
+    /// Refuses `adding` more jobs when `jobs.max_queued` are waiting. The
+    /// exact count costs a scan of the waiting jobs: only near the cap
+    /// (the estimate is the fleet's counts, read every second).
+    async fn check_room(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        adding: usize,
+    ) -> Result<(), StoreError> {
+        let max = self.max_queued.load(Ordering::Relaxed);
+        let estimate = self.queued() + self.retrying() + adding;
+        if estimate.saturating_mul(10) < max.saturating_mul(9) {
+            return Ok(());
+        }
+        let waiting: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM relay_jobs WHERE state IN ('queued','retrying')",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        match waiting as usize {
+            w if w >= max => Err(StoreError::Full { waiting: w, max }),
+            _ => Ok(()),
+        }
+    }
+
+    /// One spec of an enqueue: folded into the newest job with its dedupe
+    /// key if that one [`transition::joins`] it, else a new queued job.
+    /// Two round trips. The first is pipelined: the advisory lock on the
+    /// key, then (a statement of its own, so its snapshot is taken once the
+    /// lock is held) the newest job with the key, and an id in case a new
+    /// job is needed (an id left unused is a gap; ids need only grow). The
+    /// second writes the job with the `NOTIFY` that wakes the fleet (sent
+    /// on commit, once however many jobs the transaction adds).
+    async fn fold_or_add(
+        tx: &deadpool_postgres::Transaction<'_>,
+        spec: JobSpec,
+        window: u64,
+        now: u64,
+    ) -> Result<Enqueued, StoreError> {
+        let key = spec.dedupe_key();
+        let (lock, newest, next_id) = futures_util::try_join!(
+            tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
+            tx.prepare_cached(
+                "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE"
+            ),
+            tx.prepare_cached("SELECT nextval('relay_jobs_id')"),
+        )
+        .map_err(db)?;
+        let by_key: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
+        let (_, last, id) = futures_util::try_join!(
+            tx.execute(&lock, &by_key),
+            tx.query_opt(&newest, &by_key),
+            tx.query_one(&next_id, &[]),
+        )
+        .map_err(db)?;
+        if let Some(row) = last {
+            let mut job = Self::job_of(&row, "job")?;
+            if transition::joins(&job, window, now) {
+                job.coalesced += 1;
+                let update = tx
+                    .prepare_cached("UPDATE relay_jobs SET job = $2 WHERE id = $1")
+                    .await
+                    .map_err(db)?;
+                tx.execute(&update, &[&ms(job.id), &serde_json::to_value(&job)?])
+                    .await
+                    .map_err(db)?;
+                return Ok(Enqueued {
+                    id: job.id,
+                    coalesced: true,
+                });
+            }
+        }
+        let job = transition::new_job(id.get::<_, i64>(0) as u64, spec, now);
+        futures_util::try_join!(Self::save(tx, &job, None), async {
+            tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)
+        })?;
+        Ok(Enqueued {
+            id: job.id,
+            coalesced: false,
+        })
     }
 
     /// Takes the oldest queued job, or a running one whose lease expired
@@ -98,15 +123,15 @@ impl PgStore {
         let now = (self.clock)();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
-        let row = tx
-            .query_opt(
+        let next = tx
+            .prepare_cached(
                 "SELECT job, state FROM relay_jobs
                  WHERE state = 'queued' OR (state = 'running' AND lease_until_ms < $1)
                  ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                &[&ms(now)],
             )
             .await
             .map_err(db)?;
+        let row = tx.query_opt(&next, &[&ms(now)]).await.map_err(db)?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -170,14 +195,11 @@ impl PgStore {
         let now = (self.clock)();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
-        let Some(row) = tx
-            .query_opt(
-                "SELECT job, lease_owner FROM relay_jobs WHERE id = $1 FOR UPDATE",
-                &[&ms(id)],
-            )
+        let row = tx
+            .prepare_cached("SELECT job, lease_owner FROM relay_jobs WHERE id = $1 FOR UPDATE")
             .await
-            .map_err(db)?
-        else {
+            .map_err(db)?;
+        let Some(row) = tx.query_opt(&row, &[&ms(id)]).await.map_err(db)? else {
             return Ok(None);
         };
         let mut job = Self::job_of(&row, "job")?;
