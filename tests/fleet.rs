@@ -253,3 +253,58 @@ async fn unfinished_jobs_move_from_the_embedded_store_to_the_fleet() {
         "{said}"
     );
 }
+
+/// The database crashes in the middle of a run and is back 3 s later:
+/// copies under way go on, their results are recorded once it is back,
+/// and no job is lost or run twice (one attempt and one manifest PUT per
+/// image).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_crash_mid_run_loses_and_repeats_nothing() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    let w = World::with_access_logs(true).await;
+    let proxy = SlowProxy::start(w.source.addr, 2_000_000).await;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &format!("http://{}", proxy.addr), None, ""),
+        w.target_toml(),
+    );
+    // A lease longer than the outage: nothing is taken over here.
+    let store = pg_store(&pg).replace("lease = \"3s\"", "lease = \"15s\"");
+    let relay = Relay::start_store(
+        Some(&store),
+        free_port(),
+        "",
+        &config,
+        &[("HARBOR_RELAY_TEST_PG_PASSWORD", PG_PASS)],
+    )
+    .await;
+    let mut ids = Vec::new();
+    let mut imgs = Vec::new();
+    for i in 0..6 {
+        let repo = format!("crash/app-{i}");
+        let img = TestImage::pushed(&w.src, &repo, &[3 << 20]).await;
+        ids.extend(relay.push(push_event(&repo, Some("1"), &img.digest)).await);
+        imgs.push((repo, img));
+    }
+    relay.wait_state(ids[0], "running").await;
+    let down = tokio::task::spawn_blocking(move || {
+        pg.down_for(Duration::from_secs(3));
+        pg
+    });
+    let _pg = down.await.expect("restart");
+    for id in &ids {
+        let job = relay.wait_success(*id).await;
+        assert_eq!(job["attempts"], 1, "{job}");
+    }
+    for (repo, img) in &imgs {
+        assert_image_on(&w.dst, repo, img, Some("1")).await;
+    }
+    let puts = w
+        .target
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/crash/") && l.contains("/manifests/"))
+        .count();
+    assert_eq!(puts, 6, "one manifest PUT per image");
+}

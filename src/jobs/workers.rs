@@ -353,13 +353,25 @@ async fn run_job(ctx: &Context, job: Job) {
         ctx.board.end(job.id);
         let outcome = decide(tried, job.attempts, &retry, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);
-        if let Err(e) = ctx.store.finish(job.id, outcome).await {
-            tracing::error!(error = %e, "cannot record the job's outcome; it will run again at next start");
-        }
+        record(ctx, job.id, outcome).await;
         update_gauges(ctx);
     }
     .instrument(span)
     .await
+}
+
+/// Records an attempt's outcome, trying again while the store fails (a
+/// database restarting, a disk briefly full): the copy is done, and a
+/// result left unrecorded would run the job again (after its lease on
+/// PostgreSQL, at the next start on sled). Shutdown's grace period bounds
+/// the wait.
+async fn record(ctx: &Context, id: u64, outcome: crate::jobs::Outcome) {
+    let mut wait = Duration::from_millis(100);
+    while let Err(e) = ctx.store.finish(id, outcome.clone()).await {
+        tracing::warn!(error = %e, retry_in = ?wait, "cannot record the job's outcome yet; trying again");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn update_gauges(ctx: &Context) {

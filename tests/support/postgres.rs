@@ -215,6 +215,14 @@ impl Postgres {
         self.pg_ctl_start();
     }
 
+    /// Stops the server (`-m immediate`: a crash), keeps it down for
+    /// `down`, and starts it again.
+    pub fn down_for(&self, down: std::time::Duration) {
+        self.stop();
+        std::thread::sleep(down);
+        self.pg_ctl_start();
+    }
+
     fn stop(&self) {
         let mut c = as_owner(&self.bin.join("pg_ctl"));
         c.arg("-D")

@@ -188,10 +188,19 @@ impl PgStore {
     /// Records how an attempt ended. A relay that lost the job's lease to
     /// another (it stopped renewing too long) has its result dropped.
     pub async fn finish(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        let recorded = self.record(id, outcome).await;
+        // The lease is renewed until the result is in: a database that is
+        // down for a moment must not turn a finished copy into a takeover.
+        if recorded.is_ok() {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+        recorded
+    }
+
+    async fn record(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {
         let now = (self.clock)();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
@@ -204,7 +213,12 @@ impl PgStore {
         };
         let mut job = Self::job_of(&row, "job")?;
         let owner: Option<&str> = row.get("lease_owner");
-        if job.state == JobState::Running && owner != Some(self.owner.as_str()) {
+        if job.state != JobState::Running {
+            // Recorded already: a commit whose answer the connection lost,
+            // then tried again.
+            return Ok(None);
+        }
+        if owner != Some(self.owner.as_str()) {
             tracing::warn!(
                 id,
                 "another relay holds this job now; this attempt's result is dropped"
