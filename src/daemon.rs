@@ -66,10 +66,16 @@ pub async fn run_reloadable(
     reload: mpsc::Receiver<()>,
 ) -> Result<(), DaemonError> {
     let metrics_listener = metrics_listener(&config).await?;
-    let store = open_store(&config, shutdown.child_token()).await?;
+    let me = instance();
+    let store = open_store(&config, &me, shutdown.child_token()).await?;
     warn_about(&config);
     let live = Arc::new(Shared::new(Live::build(config.clone(), None)?));
     let metrics = Arc::new(Metrics::new()?);
+    let backend = match store.postgres() {
+        Some(_) => "postgres",
+        None => "embedded",
+    };
+    metrics.describe(backend, &me)?;
     metrics.queue_depth.set(store.queued() as i64);
     metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
 
@@ -317,9 +323,12 @@ pub async fn connect_store(config: &Config, instance: &str) -> Result<(Store, us
 
 /// Opens the job store (see [`connect_store`]); on PostgreSQL, starts
 /// tending its leases and wake-ups until `stop`.
-async fn open_store(config: &Config, stop: CancellationToken) -> Result<Arc<Store>, DaemonError> {
-    let me = instance();
-    let (store, recovered) = connect_store(config, &me).await?;
+async fn open_store(
+    config: &Config,
+    me: &str,
+    stop: CancellationToken,
+) -> Result<Arc<Store>, DaemonError> {
+    let (store, recovered) = connect_store(config, me).await?;
     if let (Some(shared), Some(pg)) = (store.postgres(), &config.store.postgres) {
         tokio::spawn(crate::jobs::store::tend(
             shared.clone(),

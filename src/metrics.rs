@@ -270,6 +270,24 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Adds `harbor_relay_info{version, store, relay}` = 1: which version
+    /// runs, on which store (`embedded` or `postgres`), and the relay's
+    /// name as written in the leases it holds (host/pid), so a fleet's
+    /// series, its leases and its logs can be matched up.
+    pub fn describe(&self, store: &str, relay: &str) -> Result<(), MetricsError> {
+        let info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "harbor_relay_info",
+                "Always 1: this relay's version, job store (embedded, postgres) and name in leases.",
+            ),
+            &["version", "store", "relay"],
+        )?;
+        self.registry.register(Box::new(info.clone()))?;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), store, relay])
+            .set(1);
+        Ok(())
+    }
+
     /// Makes each rule's series visible at zero, so that alerts and rates
     /// work before the first job of a rule finishes.
     pub fn init_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {

@@ -123,6 +123,14 @@ async fn a_relay_killed_mid_copy_loses_its_job_to_another() {
             .any(|l| l.starts_with("harbor_relay_lease_takeovers_total ") && !l.ends_with(" 0")),
         "{text}"
     );
+    let info = text
+        .lines()
+        .find(|l| l.starts_with("harbor_relay_info{"))
+        .expect("harbor_relay_info");
+    assert!(
+        info.contains("store=\"postgres\"") && info.contains(&format!("/{}\"", b.pid())),
+        "{info}"
+    );
 }
 
 /// Three relays with a 1 s reconcile interval on one database: about one
