@@ -63,6 +63,15 @@ struct Measure {
     seconds: f64,
     cpu_seconds: f64,
     peak_rss: u64,
+    /// The bench's own CPU during a daemon run: the webhooks it sends (as
+    /// Harbor would), in-process token issuers, and its looks at the
+    /// daemon. Part of the machine's load, so part of the floor.
+    sender_cpu: f64,
+    /// Of the machine's CPU time during a daemon run: the share idle, and
+    /// the share idle while waiting for the disk (the registries `fsync`
+    /// every blob they write).
+    idle_share: f64,
+    iowait_share: f64,
 }
 
 /// An image whose layers are generated, pushed streaming.
@@ -132,8 +141,10 @@ struct Row {
     extra: Value,
 }
 
-/// The loopback floor: all the CPU the copy took (registries and copier)
-/// spread over every core, as if nothing else ran.
+/// The loopback floor: all the CPU the copy took (the registries, the
+/// copier and, for the daemon, the bench sending it webhooks) spread over
+/// every core, as if nothing else ran. Waiting for the disk is not in it:
+/// the JSON has the machine's idle and iowait shares beside it.
 fn cpu_floor(registries_cpu: f64, copier_cpu: f64) -> Option<(&'static str, f64)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Some(("cpu", (registries_cpu + copier_cpu) / cores))
@@ -251,6 +262,8 @@ fn main() {
     calibrate_sha256();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let rows = rt.block_on(async {
+        // Built before any timing (see webhook_clients).
+        world::webhook_clients(world::WEBHOOK_SENDERS);
         let mut rows = Vec::new();
         let show = |new: Vec<Row>, rows: &mut Vec<Row>| {
             print(&new);

@@ -35,6 +35,7 @@ pub(crate) fn measured(cmd: &mut Command) -> Measure {
         seconds,
         cpu_seconds: tv(usage.ru_utime) + tv(usage.ru_stime),
         peak_rss: usage.ru_maxrss as u64 * 1024,
+        ..Measure::default()
     }
 }
 
@@ -66,6 +67,25 @@ pub(crate) fn cpu_of(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
+/// The machine's CPU time so far (all cores, seconds): busy, idle, and
+/// idle waiting for I/O, from `/proc/stat`.
+pub(crate) fn machine_cpu() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .expect("cpu line")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (idle, iowait) = (f[3], f[4]);
+    let total: f64 = f.iter().take(8).sum();
+    ((total - idle - iowait) / tck, idle / tck, iowait / tck)
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -87,5 +107,8 @@ pub(crate) fn median_of(runs: &[Measure]) -> Measure {
         seconds: median(runs.iter().map(|m| m.seconds).collect()),
         cpu_seconds: median(runs.iter().map(|m| m.cpu_seconds).collect()),
         peak_rss: median(runs.iter().map(|m| m.peak_rss as f64).collect()) as u64,
+        sender_cpu: median(runs.iter().map(|m| m.sender_cpu).collect()),
+        idle_share: median(runs.iter().map(|m| m.idle_share).collect()),
+        iowait_share: median(runs.iter().map(|m| m.iowait_share).collect()),
     }
 }

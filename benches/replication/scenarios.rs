@@ -140,16 +140,19 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         relay,
         skopeo: Some(median_of(&skopeo)),
         bytes,
-        floor: cpu_floor(r.registries_cpu, relay.cpu_seconds),
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
+        floor: cpu_floor(r.registries_cpu, relay.cpu_seconds + relay.sender_cpu),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "idle_share": relay.idle_share, "iowait_share": relay.iowait_share, "sender_cpu_seconds": relay.sender_cpu, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
         scenario: "no-op",
         relay: noop_relay,
         skopeo: Some(median_of(&noop_skopeo)),
         bytes: 0,
-        floor: cpu_floor(n.registries_cpu, noop_relay.cpu_seconds),
-        extra: json!({"requests_per_tag": n.requests / imgs.len() as f64, "runs": runs, "registries_cpu_seconds": n.registries_cpu, "target_cpu_seconds": n.target_cpu}),
+        floor: cpu_floor(
+            n.registries_cpu,
+            noop_relay.cpu_seconds + noop_relay.sender_cpu,
+        ),
+        extra: json!({"requests_per_tag": n.requests / imgs.len() as f64, "runs": runs, "idle_share": noop_relay.idle_share, "iowait_share": noop_relay.iowait_share, "sender_cpu_seconds": noop_relay.sender_cpu, "registries_cpu_seconds": n.registries_cpu, "target_cpu_seconds": n.target_cpu}),
     };
     (many, noop)
 }
@@ -231,6 +234,7 @@ pub(crate) async fn latency(b: &mut Bench) -> Row {
             seconds: median(lat.clone()),
             cpu_seconds: cpu_of(pid) - cpu0,
             peak_rss: daemon.peak_rss(),
+            ..Measure::default()
         },
         skopeo: None,
         bytes: MIB,
@@ -261,7 +265,7 @@ pub(crate) async fn ha(b: &mut Bench, runs: usize) -> Vec<Row> {
                     Relay::start_store(
                         Some(&store),
                         free_port(),
-                        "workers = 8\ncoalesce_window = \"0s\"\n",
+                        DAEMON_JOBS,
                         &format!("{}{RULE}", b.registries_toml()),
                         &[("RUST_LOG", "warn")],
                     )
@@ -296,6 +300,7 @@ pub(crate) async fn ha(b: &mut Bench, runs: usize) -> Vec<Row> {
                 seconds: median(took),
                 cpu_seconds: 0.0,
                 peak_rss: 0,
+                ..Measure::default()
             },
             skopeo: None,
             bytes,

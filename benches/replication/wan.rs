@@ -226,6 +226,7 @@ pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
             seconds: warm,
             cpu_seconds: 0.0,
             peak_rss: daemon.peak_rss(),
+            ..Measure::default()
         },
         skopeo: None,
         bytes: 3 * 100 * KIB,

@@ -240,8 +240,7 @@ impl Bench {
     pub(crate) async fn relay_daemon(&self) -> Relay {
         Relay::start_env(
             free_port(),
-            &std::env::var("BENCH_JOBS")
-                .unwrap_or_else(|_| "workers = 8\ncoalesce_window = \"0s\"\n".into()),
+            &std::env::var("BENCH_JOBS").unwrap_or_else(|_| DAEMON_JOBS.into()),
             &format!("{}{RULE}", self.registries_toml()),
             &[(
                 "RUST_LOG",
@@ -309,21 +308,80 @@ fn issued(issuer: &Option<std::sync::Arc<TokenIssuer>>) -> f64 {
     })
 }
 
-/// Sends one webhook per image, `concurrency` at a time; returns job ids.
+/// `n` webhook senders (at most [`WEBHOOK_SENDERS`]), made once per bench
+/// run and kept, so no timed run pays for building them and their idle
+/// connections to a daemon carry over from one run to the next.
+pub(crate) fn webhook_clients(n: usize) -> &'static [reqwest::Client] {
+    static CLIENTS: std::sync::OnceLock<Vec<reqwest::Client>> = std::sync::OnceLock::new();
+    let all = CLIENTS.get_or_init(|| {
+        (0..WEBHOOK_SENDERS)
+            .map(|_| {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .expect("client")
+            })
+            .collect()
+    });
+    &all[..n.clamp(1, WEBHOOK_SENDERS)]
+}
+
+/// The daemon's `[jobs]` in the bench (`BENCH_JOBS` replaces it): 16
+/// workers, enough in-flight requests to keep both cores busy while the
+/// registries wait on the disk (distribution's filesystem driver `fsync`s
+/// every blob it writes; 8 workers left 7-8% of the machine idle in
+/// `many`, 16 about 6%); no coalescing, so the no-op runs every job again.
+pub(crate) const DAEMON_JOBS: &str = "workers = 16\ncoalesce_window = \"0s\"\n";
+
+/// The most webhook senders a scenario may use.
+pub(crate) const WEBHOOK_SENDERS: usize = 100;
+
+/// Sends one webhook per image from `concurrency` clients, each sending
+/// its share in turn over one connection of its own, as that many Harbor
+/// webhook workers would; returns the job ids. (One shared pool would open
+/// more connections than requests when a new one races an idle one, and
+/// the relay caps connections per address.)
 pub(crate) async fn webhooks(
     relay: &Relay,
     images: &[(String, String, String)],
     concurrency: usize,
 ) -> Vec<u64> {
-    let ids: Vec<Vec<u64>> = futures_util::stream::iter(
-        images
-            .iter()
-            .map(|(r, t, d)| relay.push(push_event(r, Some(t), d))),
-    )
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    ids.into_iter().flatten().collect()
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let url = format!("{}/webhooks/harbor", relay.url);
+    let clients = webhook_clients(concurrency).iter().map(|http| {
+        let (next, url) = (&next, &url);
+        async move {
+            let mut ids = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((r, t, d)) = images.get(i) else {
+                    return ids;
+                };
+                let resp = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("authorization", WEBHOOK_SECRET)
+                    .body(push_event(r, Some(t), d))
+                    .send()
+                    .await
+                    .expect("POST webhook");
+                assert_eq!(resp.status(), 202, "webhook for {r}:{t}");
+                let v: Value = resp.json().await.expect("json");
+                ids.extend(
+                    v["jobs"]
+                        .as_array()
+                        .expect("jobs")
+                        .iter()
+                        .filter_map(|j| j["id"].as_u64()),
+                );
+            }
+        }
+    });
+    futures_util::future::join_all(clients)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Polls job `id` every millisecond until it succeeded; returns the job.
@@ -362,7 +420,9 @@ pub(crate) fn job_time(job: &Value, key: &str) -> f64 {
 }
 
 /// Waits until the daemon has finished `ids.len()` more jobs than
-/// `before` (from its metrics: one request per look, every 2 ms).
+/// `before` (from its metrics: one request per look, every 20 ms; the
+/// time is then read from the jobs themselves, see [`last_finished`], so
+/// looking more often would only load the machine being measured).
 pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
     let ok =
         "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}";
@@ -376,7 +436,7 @@ pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
             return;
         }
         assert!(Instant::now() < deadline, "jobs did not finish");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -388,23 +448,53 @@ pub(crate) async fn succeeded(relay: &Relay) -> f64 {
     )
 }
 
+/// Unix time now, in seconds: the clock the daemon's job times use.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// When the last of `ids` finished, by the daemon's own record (Unix
+/// seconds, millisecond precision).
+pub(crate) async fn last_finished(relay: &Relay, ids: &[u64]) -> f64 {
+    let times: Vec<f64> = futures_util::stream::iter(ids)
+        .map(|id| async move { job_time(&relay.job(*id).await, "finished_at") })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    times.into_iter().fold(f64::NAN, f64::max)
+}
+
 /// Sends one webhook per image (`concurrency` at a time) to a running
-/// daemon and measures until all those jobs succeeded.
+/// daemon and measures until all those jobs succeeded: from the first
+/// webhook sent to the last job's `finished_at`.
 pub(crate) async fn replicate_all(
     daemon: &Relay,
     images: &[(String, String, String)],
     concurrency: usize,
 ) -> Measure {
-    let pid = daemon.pid();
-    let cpu0 = cpu_of(pid);
+    let (pid, me) = (daemon.pid(), std::process::id());
     let before = succeeded(daemon).await;
-    let t = Instant::now();
+    let (cpu0, sender0, machine0) = (cpu_of(pid), cpu_of(me), machine_cpu());
+    let t0 = unix_now();
     let ids = webhooks(daemon, images, concurrency).await;
     all_done(daemon, &ids, before).await;
+    let (cpu1, sender1, machine1) = (cpu_of(pid), cpu_of(me), machine_cpu());
+    let (busy, idle, iowait) = (
+        machine1.0 - machine0.0,
+        machine1.1 - machine0.1,
+        machine1.2 - machine0.2,
+    );
+    let all = (busy + idle + iowait).max(f64::MIN_POSITIVE);
     Measure {
-        seconds: t.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_of(pid) - cpu0,
+        seconds: last_finished(daemon, &ids).await - t0,
+        cpu_seconds: cpu1 - cpu0,
         peak_rss: daemon.peak_rss(),
+        sender_cpu: sender1 - sender0,
+        idle_share: idle / all,
+        iowait_share: iowait / all,
     }
 }
 
@@ -422,7 +512,7 @@ pub(crate) async fn metrics_text(relay: &Relay) -> String {
 
 impl Row {
     pub(crate) fn json(&self) -> Value {
-        let m = |m: &Measure| json!({"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_rss_bytes": m.peak_rss});
+        let m = |m: &Measure| json!({"seconds": m.seconds, "cpu_seconds": m.cpu_seconds, "peak_rss_bytes": m.peak_rss, "sender_cpu_seconds": m.sender_cpu, "machine_idle_share": m.idle_share, "machine_iowait_share": m.iowait_share});
         json!({
             "scenario": self.scenario,
             "bytes": self.bytes,
