@@ -115,6 +115,11 @@ async fn a_relay_killed_mid_copy_loses_its_job_to_another() {
     a.kill9();
     let job = b.wait_success(ids[0]).await;
     assert_eq!(job["attempts"], 2, "{job}");
+    let relay = job["relay"].as_str().unwrap_or_default();
+    assert!(
+        relay.ends_with(&format!("/{}", b.pid())),
+        "the job names relay b: {job}"
+    );
     assert_image_on(&w.dst, "fleet/big", &img, Some("1")).await;
     let (_, metrics) = b.get("/metrics").await;
     let text = metrics.as_str().expect("text");

@@ -249,6 +249,7 @@ fn job_body(j: &JobView) -> Markup {
             tr { th { "started" } td { (opt(&j.started_at)) } }
             tr { th { "finished" } td { (opt(&j.finished_at)) } }
             tr { th { "next attempt" } td { (opt(&j.next_attempt_at)) } }
+            @if let Some(r) = &j.relay { tr { th { "relay" } td { (r) } } }
             tr { th { "blobs" } td { (j.blobs_copied) " copied, " (j.blobs_skipped) " already there, " (j.blobs_mounted) " mounted, " (j.blobs_resumed) " resumed" } }
             tr { th { "bytes" } td { (bytesize::ByteSize::b(j.bytes_copied).display().iec()) } }
             tr { th { "manifests" } td { (j.manifests_copied) " written, " (j.referrers_copied) " referrers" } }

@@ -211,6 +211,9 @@ fn show(j: &JobView) -> String {
     if let Some(s) = j.duration_seconds {
         row("took", format!("{s:.2}s"));
     }
+    if let Some(r) = &j.relay {
+        row("relay", r.clone());
+    }
     row(
         "blobs",
         format!(

@@ -265,6 +265,11 @@ pub struct Job {
     /// When the next attempt is due, while `retrying`.
     #[serde(default)]
     pub next_attempt_ms: Option<u64>,
+    /// The relay that started the last attempt, as its leases name it
+    /// (host/pid), on a store several relays share: which one to look at
+    /// when a job is slow. `None` on the embedded store (one relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 /// How an attempt ended, as the store records it.

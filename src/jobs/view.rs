@@ -70,6 +70,9 @@ pub struct JobView {
     pub note: Option<String>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// The relay that started the last attempt (a shared store only).
+    #[serde(default)]
+    pub relay: Option<String>,
 }
 
 fn rfc3339(ms: Option<u64>) -> Option<String> {
@@ -104,6 +107,7 @@ impl From<&Job> for JobView {
             started_at: rfc3339(j.started_ms),
             finished_at: rfc3339(j.finished_ms),
             next_attempt_at: rfc3339(j.next_attempt_ms),
+            relay: j.relay.clone(),
             duration_seconds: match (j.started_ms, j.finished_ms) {
                 (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),
                 _ => None,

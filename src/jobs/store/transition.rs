@@ -18,6 +18,7 @@ pub fn new_job(id: u64, spec: JobSpec, now_ms: u64) -> Job {
         summary: None,
         last_error: None,
         next_attempt_ms: None,
+        relay: None,
     }
 }
 

@@ -138,6 +138,7 @@ impl PgStore {
         let mut job = Self::job_of(&row, "job")?;
         let taken_over = row.get::<_, &str>("state") == "running";
         transition::start(&mut job, now);
+        job.relay = Some(self.owner.clone());
         Self::save(&tx, &job, Some((&self.owner, now + self.lease_ms))).await?;
         tx.commit().await.map_err(db)?;
         if !taken_over {
