@@ -70,14 +70,7 @@ pub async fn run_reloadable(
     let store = open_store(&config, &me, shutdown.child_token()).await?;
     warn_about(&config);
     let live = Arc::new(Shared::new(Live::build(config.clone(), None)?));
-    let metrics = Arc::new(Metrics::new()?);
-    let backend = match store.postgres() {
-        Some(_) => "postgres",
-        None => "embedded",
-    };
-    metrics.describe(backend, &me)?;
-    metrics.queue_depth.set(store.queued() as i64);
-    metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
+    let metrics = daemon_metrics(&config, &store, &me)?;
 
     let board = Arc::new(crate::jobs::workers::Board::default());
     let ctx = Arc::new(Context {
@@ -154,6 +147,20 @@ pub async fn run_reloadable(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The daemon's metrics, with what is known at start: which relay this
+/// is and on which store, the queue, each rule's series at zero.
+fn daemon_metrics(config: &Config, store: &Store, me: &str) -> Result<Arc<Metrics>, DaemonError> {
+    let metrics = Metrics::new()?;
+    let backend = match store.postgres() {
+        Some(_) => "postgres",
+        None => "embedded",
+    };
+    metrics.describe(backend, me)?;
+    metrics.queue_depth.set(store.queued() as i64);
+    metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
+    Ok(Arc::new(metrics))
 }
 
 /// What the running daemon holds while it serves, reloads and pings the

@@ -11,7 +11,7 @@ use harbor_relay::daemon;
 
 mod cli;
 
-use cli::args::{Cli, Command, HarborAction, LogFormat, RulesAction, StoreAction};
+use cli::args::{Cli, Command, HarborAction, LogFormat, RulesAction};
 use cli::commands::{check, reconcile, register_webhook, replicate, rules_test};
 
 /// Logs to stderr (journald takes it under systemd). The level comes from
@@ -84,15 +84,7 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
             None => serve(Config::load(&config)?).await,
         },
         Command::Check { config } => check(config).await,
-        Command::Store { action } => match action {
-            StoreAction::Export { config, output } => cli::store::export(config, output).await,
-            StoreAction::Import {
-                config,
-                include_failed,
-                dry_run,
-                file,
-            } => cli::store::import(config, file, include_failed, dry_run).await,
-        },
+        Command::Store { action } => cli::store::run(action).await,
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

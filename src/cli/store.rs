@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
+use super::args::StoreAction;
 use harbor_relay::config::Config;
 use harbor_relay::daemon;
 use harbor_relay::jobs::store::transfer;
@@ -18,6 +19,19 @@ use harbor_relay::jobs::{Job, Store, StoreError, now_ms};
 /// How many specs one enqueue commits: the store's queue cap is checked
 /// per batch, and a batch is one commit on either backend.
 const BATCH: usize = 200;
+
+/// Runs `harbor-relay store …`.
+pub async fn run(action: StoreAction) -> anyhow::Result<()> {
+    match action {
+        StoreAction::Export { config, output } => export(config, output).await,
+        StoreAction::Import {
+            config,
+            include_failed,
+            dry_run,
+            file,
+        } => import(config, file, include_failed, dry_run).await,
+    }
+}
 
 /// Where the config keeps its jobs, for messages.
 fn which_store(config: &Config) -> String {
