@@ -24,6 +24,15 @@ fn pg_store(pg: &Postgres) -> String {
     )
 }
 
+/// Manifest `PUT`s the target's access log shows under `prefix`.
+fn manifest_puts(w: &World, prefix: &str) -> usize {
+    w.target
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT /v2/{prefix}")) && l.contains("/manifests/"))
+        .count()
+}
+
 async fn relay_on(pg: &Postgres, jobs: &str, rest: &str) -> Relay {
     Relay::start_store(
         Some(&pg_store(pg)),
@@ -76,13 +85,11 @@ async fn two_relays_share_the_webhooks_work_and_copy_each_image_once() {
             assert_image_on(&w.dst, repo, img, Some(tag))
         })
         .await;
-    let puts = w
-        .target
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"PUT /v2/fleet/") && l.contains("/manifests/"))
-        .count();
-    assert_eq!(puts, IMAGES, "one manifest PUT per image");
+    assert_eq!(
+        manifest_puts(&w, "fleet/"),
+        IMAGES,
+        "one manifest PUT per image"
+    );
     let (_, listed) = b.get("/api/v1/jobs?limit=1000").await;
     let seen = listed["jobs"].as_array().map_or(0, Vec::len);
     assert_eq!(seen, IMAGES, "relay b's API lists every job of the fleet");
@@ -313,11 +320,5 @@ async fn a_database_crash_mid_run_loses_and_repeats_nothing() {
     for (repo, img) in &imgs {
         assert_image_on(&w.dst, repo, img, Some("1")).await;
     }
-    let puts = w
-        .target
-        .log()
-        .lines()
-        .filter(|l| l.contains("\"PUT /v2/crash/") && l.contains("/manifests/"))
-        .count();
-    assert_eq!(puts, 6, "one manifest PUT per image");
+    assert_eq!(manifest_puts(&w, "crash/"), 6, "one manifest PUT per image");
 }
