@@ -24,19 +24,20 @@ fn blob_key(registry: &str, digest: &str) -> String {
 }
 
 impl PgStore {
+    /// One record of a ledger table. Its statements, as the ledger's
+    /// others, are prepared once per connection: a copy writes the
+    /// ledger at every chunk and every blob.
     async fn ledger_get(
         &self,
         table: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, super::StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_opt(
-                &format!("SELECT record FROM {table} WHERE key = $1"),
-                &[&key],
-            )
+        let get = c
+            .prepare_cached(&format!("SELECT record FROM {table} WHERE key = $1"))
             .await
             .map_err(super::db)?;
+        let row = c.query_opt(&get, &[&key]).await.map_err(super::db)?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -46,37 +47,33 @@ impl PgStore {
         key: &str,
         record: serde_json::Value,
     ) -> Result<(), super::StoreError> {
-        self.client()
-            .await?
-            .execute(
-                &format!("INSERT INTO {table} (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2"),
-                &[&key, &record],
-            )
+        let c = self.client().await?;
+        let put = c
+            .prepare_cached(&format!("INSERT INTO {table} (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2"))
             .await
             .map_err(super::db)?;
+        c.execute(&put, &[&key, &record]).await.map_err(super::db)?;
         Ok(())
     }
 
     async fn blob_seen_tx(&self, key: &str, repository: &str) -> Result<(), super::StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(super::db)?;
-        let old = tx
-            .query_opt(
-                "SELECT record FROM relay_blobs WHERE key = $1 FOR UPDATE",
-                &[&key],
-            )
-            .await
-            .map_err(super::db)?;
+        let (read, write) = futures_util::try_join!(
+            tx.prepare_cached("SELECT record FROM relay_blobs WHERE key = $1 FOR UPDATE"),
+            tx.prepare_cached(
+                "INSERT INTO relay_blobs (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2"
+            ),
+        )
+        .map_err(super::db)?;
+        let old = tx.query_opt(&read, &[&key]).await.map_err(super::db)?;
         let mut list: Vec<String> = old
             .and_then(|r| serde_json::from_value(r.get(0)).ok())
             .unwrap_or_default();
         remember(&mut list, repository);
-        tx.execute(
-            "INSERT INTO relay_blobs (key, record) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET record = $2",
-            &[&key, &serde_json::to_value(&list)?],
-        )
-        .await
-        .map_err(super::db)?;
+        tx.execute(&write, &[&key, &serde_json::to_value(&list)?])
+            .await
+            .map_err(super::db)?;
         tx.commit().await.map_err(super::db)
     }
 }
@@ -91,13 +88,18 @@ impl PgStore {
     async fn try_turn(&self, key: &str) -> Result<bool, super::StoreError> {
         use super::{db, ms};
         let now = (self.clock)();
-        let n = self
-            .client()
-            .await?
-            .execute(
+        let c = self.client().await?;
+        let take = c
+            .prepare_cached(
                 "INSERT INTO relay_upload_turns (key, owner, until_ms) VALUES ($1, $2, $3)
                  ON CONFLICT (key) DO UPDATE SET owner = $2, until_ms = $3
                  WHERE relay_upload_turns.until_ms < $4 OR relay_upload_turns.owner = $2",
+            )
+            .await
+            .map_err(db)?;
+        let n = c
+            .execute(
+                &take,
                 &[&key, &self.owner, &ms(now + self.lease_ms), &ms(now)],
             )
             .await
