@@ -8,9 +8,19 @@
 //! Each check is a [`Row`]; nothing here prints or exits, `main` does. No
 //! row ever holds a secret: details come from error messages, which never
 //! carry credentials.
+//!
+//! `tls.rs` reads the certificate a server presents and judges it against
+//! the configured trust; `webhooks.rs` checks a Harbor source's webhook
+//! policy and its last deliveries; this file runs the steps in order.
+
+mod tls;
+mod webhooks;
+
+pub use tls::SeenCertificate;
+use tls::check_tls;
+use webhooks::check_webhooks;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, RegistryConfig, RuleConfig, TlsMode};
@@ -18,8 +28,6 @@ use crate::registry::{Registry, RegistryError};
 
 /// How long one network step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// A certificate expiring sooner than this is a warning.
-const EXPIRY_WARNING_DAYS: i64 = 30;
 /// The repository name used for the push check (never written to).
 pub const PROBE_REPOSITORY: &str = "harbor-relay-check";
 
@@ -232,53 +240,6 @@ async fn check_tcp(addrs: &[SocketAddr], port: u16, out: &mut Report) -> Option<
     Some(addr)
 }
 
-/// TLS: what the server presents, and whether the configured mode trusts it.
-async fn check_tls(
-    reg: &RegistryConfig,
-    addr: SocketAddr,
-    host: &str,
-    ping: &Result<&'static str, RegistryError>,
-    out: &mut Report,
-) {
-    let seen = match peer_certificate(addr, host).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            out.add("tls", Status::Fail, format!("handshake failed: {e}"));
-            None
-        }
-    };
-    if let Some(cert) = seen {
-        let mode = match &reg.tls {
-            TlsMode::System => "the system's trusted CAs".to_string(),
-            TlsMode::Pinned { file, .. } => format!("the pinned CA {}", file.display()),
-            TlsMode::InsecureSkipVerify => String::new(),
-        };
-        let what = format!(
-            "subject {}, issuer {}, expires {} ({} days)",
-            cert.subject, cert.issuer, cert.not_after, cert.days_left
-        );
-        let (status, verdict) = match (&reg.tls, &ping) {
-            (TlsMode::InsecureSkipVerify, _) => (
-                Status::Warn,
-                "NOT verified (tls.insecure_skip_verify = true); pin the CA with tls.ca_file"
-                    .to_string(),
-            ),
-            (_, Err(e @ RegistryError::Tls { .. })) => {
-                (Status::Fail, format!("not trusted by {mode}: {e}"))
-            }
-            _ => (Status::Ok, format!("trusted by {mode}")),
-        };
-        let status = if cert.days_left < 0 {
-            Status::Fail
-        } else if cert.days_left < EXPIRY_WARNING_DAYS && status == Status::Ok {
-            Status::Warn
-        } else {
-            status
-        };
-        out.add("tls", status, format!("{what}; {verdict}"));
-    }
-}
-
 /// The API and our credentials; false if it failed.
 fn check_api(
     reg: &RegistryConfig,
@@ -392,112 +353,6 @@ async fn check_push(reg: &RegistryConfig, client: &Registry, rule: &RuleConfig, 
     }
 }
 
-/// The projects rules copy from, as literal names: listed in `projects`
-/// without patterns, or, with none listed, every project of the source.
-async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out: &mut Report) {
-    let mut literal: Vec<String> = Vec::new();
-    let mut any = false;
-    for r in rules {
-        if r.projects.is_empty() || r.projects.iter().any(|p| is_pattern(p)) {
-            any = true;
-        }
-        literal.extend(r.projects.iter().filter(|p| !is_pattern(p)).cloned());
-    }
-    let projects = if any {
-        let globs: Vec<globset::GlobMatcher> = rules
-            .iter()
-            .flat_map(|r| r.projects.iter())
-            .filter_map(|p| globset::Glob::new(p).ok())
-            .map(|g| g.compile_matcher())
-            .collect();
-        let all = rules.iter().any(|r| r.projects.is_empty());
-        let take = |p: &str| all || globs.iter().any(|g| g.is_match(p));
-        match crate::harbor::projects(client, &take).await {
-            Ok(p) => p,
-            Err(e) => {
-                out.add(
-                    "webhook",
-                    Status::Fail,
-                    format!("cannot list projects: {e}"),
-                );
-                return;
-            }
-        }
-    } else {
-        literal.sort();
-        literal.dedup();
-        literal
-    };
-    if projects.is_empty() {
-        out.add(
-            "webhook",
-            Status::Warn,
-            "no project on this Harbor matches the rules' `projects`",
-        );
-    }
-    for project in projects {
-        match crate::harbor::webhook_policies(client, &project).await {
-            Ok(policies) => match policies.iter().find(|p| p.feeds_relay()) {
-                Some(p) => {
-                    let deliveries = crate::harbor::last_deliveries(client, &project, p.id).await;
-                    let (status, said) = delivery_verdict(&deliveries);
-                    out.add(
-                        "webhook",
-                        status,
-                        format!(
-                            "project '{project}': policy '{}' sends pushes to {}; {said}",
-                            p.name,
-                            p.addresses.join(", ")
-                        ),
-                    )
-                }
-                None => out.add(
-                    "webhook",
-                    Status::Fail,
-                    format!(
-                        "project '{project}': no enabled webhook policy sends PUSH_ARTIFACT to a harbor-relay (/webhooks/harbor); pushes there are not replicated until `harbor-relay harbor register-webhook --project {project} --url http://RELAY:8080/webhooks/harbor`"
-                    ),
-                ),
-            },
-            Err(e) => out.add("webhook", Status::Fail, format!("project '{project}': {e}")),
-        }
-    }
-}
-
-/// What the latest deliveries of a policy say: whether Harbor reaches the
-/// relay.
-fn delivery_verdict(
-    deliveries: &Result<Vec<crate::harbor::Delivery>, RegistryError>,
-) -> (Status, String) {
-    match deliveries {
-        Err(e) => (Status::Warn, format!("its deliveries cannot be read: {e}")),
-        Ok(list) => match list.first() {
-            None => (Status::Ok, "no delivery yet".to_string()),
-            Some(d) if d.status == "Error" => (
-                Status::Fail,
-                format!(
-                    "its last delivery ({} at {}) FAILED{}: Harbor cannot reach the relay (check the address and the firewall; a relay with a self-signed certificate needs register-webhook --skip-cert-verify)",
-                    if d.event.is_empty() {
-                        "an event"
-                    } else {
-                        d.event.as_str()
-                    },
-                    d.at,
-                    if d.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", d.message)
-                    }
-                ),
-            ),
-            Some(d) => (
-                Status::Ok,
-                format!("its last delivery at {} was {}", d.at, d.status),
-            ),
-        },
-    }
-}
-
 fn is_pattern(s: &str) -> bool {
     s.contains(['*', '?', '[', '{'])
 }
@@ -524,118 +379,6 @@ pub fn target_projects(rule: &RuleConfig) -> Vec<String> {
     out.sort();
     out.dedup();
     out
-}
-
-/// What `check` shows of a server certificate.
-#[derive(Debug, Clone)]
-pub struct SeenCertificate {
-    /// Subject distinguished name.
-    pub subject: String,
-    /// Issuer distinguished name.
-    pub issuer: String,
-    /// Expiry, RFC 2822-like.
-    pub not_after: String,
-    /// Days until expiry (negative once expired).
-    pub days_left: i64,
-}
-
-/// Handshakes with `addr` accepting any certificate, only to show the one
-/// it presents (trust is judged separately, by the configured client).
-async fn peer_certificate(addr: SocketAddr, host: &str) -> Result<SeenCertificate, String> {
-    let host = host.to_string();
-    tokio::task::spawn_blocking(move || peer_certificate_blocking(addr, &host))
-        .await
-        .map_err(|e| e.to_string())?
-}
-
-fn peer_certificate_blocking(addr: SocketAddr, host: &str) -> Result<SeenCertificate, String> {
-    use std::io::Write;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ShowAnyCertificate(provider)))
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| format!("{host}: {e}"))?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
-    let mut sock =
-        std::net::TcpStream::connect_timeout(&addr, STEP_TIMEOUT).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(STEP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    sock.set_write_timeout(Some(STEP_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
-    }
-    let _ = conn.writer().flush();
-    let leaf = conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or("the server sent no certificate")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
-    let not_after = cert.validity().not_after;
-    let now = x509_parser::time::ASN1Time::now();
-    let days_left = (not_after.timestamp() - now.timestamp()) / 86_400;
-    Ok(SeenCertificate {
-        subject: cert.subject().to_string(),
-        issuer: cert.issuer().to_string(),
-        not_after: not_after.to_string(),
-        days_left,
-    })
-}
-
-/// Accepts any certificate (signatures still checked for the handshake),
-/// for showing it only: no request is ever sent over this connection.
-#[derive(Debug)]
-struct ShowAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for ShowAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
