@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 mod load;
 mod raw;
 mod registry;
+mod rule;
+mod store;
 #[cfg(test)]
 mod tests;
 mod types;
