@@ -12,7 +12,7 @@
 //! - HTTP/2 keep-alive pings, so a peer that vanished is noticed.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -254,9 +254,11 @@ pub async fn serve(
 
     let router = router.layer(axum::middleware::from_fn(request_timeout));
     let builder = builder();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
-    let per_client = Arc::new(PerClient::default());
-    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
+    let gate = Gate {
+        slots: Arc::new(tokio::sync::Semaphore::new(limits.total)),
+        per_client: Arc::new(PerClient::default()),
+        refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
+    };
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -272,24 +274,7 @@ pub async fn serve(
             },
         };
         while conns.try_join_next().is_some() {}
-        let Some(client) = per_client.enter(peer.ip(), limits.per_client) else {
-            tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); refusing a new one");
-            refuse(
-                stream,
-                tls.is_none(),
-                &refusing,
-                "too many connections from this address at once (server.max_connections_per_client)",
-            );
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = limits.total, "too many connections; refusing a new one");
-            refuse(
-                stream,
-                tls.is_none(),
-                &refusing,
-                "too many connections at once",
-            );
+        let Some((stream, held)) = gate.admit(stream, peer, &limits, tls.is_none()) else {
             continue;
         };
         let svc = router.clone().map_request(
@@ -305,44 +290,8 @@ pub async fn serve(
         let acceptor = tls.as_ref().map(|t| t.get());
         let limits = limits.clone();
         conns.spawn(async move {
-            let _held = (slot, client);
-            let activity = Activity::new();
-            let io = Watched {
-                inner: stream,
-                activity: activity.clone(),
-            };
-            let served = async {
-                match acceptor {
-                    None => {
-                        // Waiting for the first byte must not hold up a stop.
-                        tokio::select! {
-                            _ = notice_tls_on_plain(&io.inner, peer) => {}
-                            _ = stop.cancelled() => return,
-                        }
-                        serve_connection(&builder, io, svc, stop).await
-                    }
-                    Some(acceptor) => {
-                        // A handshake in progress does not hold up a stop either.
-                        let handshake = tokio::select! {
-                            h = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)) => h,
-                            _ = stop.cancelled() => return,
-                        };
-                        match handshake {
-                            Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                _ = served => {}
-                _ = activity.silent(limits.first_request, limits.idle) => {
-                    tracing::debug!(%peer, "closing a connection that sent nothing in time");
-                }
-            }
+            let _held = held;
+            connection(stream, peer, acceptor, builder, svc, stop, limits).await;
         });
     }
     drop(listener);
@@ -351,6 +300,54 @@ pub async fn serve(
         conns.abort_all();
     }
     Ok(())
+}
+
+/// What a new connection must get past: a place among `limits.total`,
+/// and among its address's `limits.per_client`.
+struct Gate {
+    slots: Arc<tokio::sync::Semaphore>,
+    per_client: Arc<PerClient>,
+    /// Refusals being answered at once (each a task; capped so a flood
+    /// cannot make unbounded work).
+    refusing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    /// Lets the connection in with the places it holds until dropped, or
+    /// refuses it (a `503` with `Retry-After` on a plain listener) and
+    /// says why in the log.
+    fn admit(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        limits: &ConnLimits,
+        plain: bool,
+    ) -> Option<(
+        tokio::net::TcpStream,
+        (tokio::sync::OwnedSemaphorePermit, ClientSlot),
+    )> {
+        let Some(client) = self.per_client.enter(peer.ip(), limits.per_client) else {
+            tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); refusing a new one");
+            refuse(
+                stream,
+                plain,
+                &self.refusing,
+                "too many connections from this address at once (server.max_connections_per_client)",
+            );
+            return None;
+        };
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = limits.total, "too many connections; refusing a new one");
+            refuse(
+                stream,
+                plain,
+                &self.refusing,
+                "too many connections at once",
+            );
+            return None;
+        };
+        Some((stream, (slot, client)))
+    }
 }
 
 /// A client that starts a TLS handshake on the plain-HTTP listener (Harbor
@@ -364,6 +361,63 @@ async fn notice_tls_on_plain(stream: &tokio::net::TcpStream, peer: std::net::Soc
             tracing::debug!(%peer, "a TLS handshake on the plain-HTTP listener");
         } else {
             tracing::warn!(%peer, "a client started a TLS handshake on the plain-HTTP listener: its URL says https:// but server.tls_cert is not set; use http:// in Harbor's webhook, or set server.tls_cert and server.tls_key");
+        }
+    }
+}
+
+/// One accepted connection: the TLS handshake when the listener has TLS,
+/// then HTTP until the client is done, the connection is silent too long
+/// (`limits.first_request`, `limits.idle`) or the daemon stops (neither
+/// waiting for a first byte nor a handshake holds up a stop).
+async fn connection<S>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    builder: Builder,
+    svc: S,
+    stop: CancellationToken,
+    limits: ConnLimits,
+) where
+    S: hyper::service::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Activity::new();
+    let io = Watched {
+        inner: stream,
+        activity: activity.clone(),
+    };
+    let served = async {
+        match acceptor {
+            None => {
+                tokio::select! {
+                    _ = notice_tls_on_plain(&io.inner, peer) => {}
+                    _ = stop.cancelled() => return,
+                }
+                serve_connection(&builder, io, svc, stop).await
+            }
+            Some(acceptor) => {
+                let handshake = tokio::select! {
+                    h = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(io)) => h,
+                    _ = stop.cancelled() => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => serve_connection(&builder, tls, svc, stop).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = served => {}
+        _ = activity.silent(limits.first_request, limits.idle) => {
+            tracing::debug!(%peer, "closing a connection that sent nothing in time");
         }
     }
 }
