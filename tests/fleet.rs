@@ -118,6 +118,12 @@ async fn a_relay_killed_mid_copy_loses_its_job_to_another() {
     while a.job(ids[0]).await["state"] != "running" {
         wait.tick(|| "the job never started".into()).await;
     }
+    let (_, page) = a.get("/").await;
+    let page = page.as_str().unwrap_or_default().to_string();
+    assert!(
+        page.contains("<th>relay</th>") && page.contains(&format!("/{}</td>", a.pid())),
+        "the status page names the relay running the job:\n{page}"
+    );
     let b = relay_on(&pg, "", &config).await;
     a.kill9();
     let job = b.wait_success(ids[0]).await;

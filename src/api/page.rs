@@ -139,36 +139,9 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         }
         p.muted { "succeeded and failed: since the relay started" }
         h2 { "Running" }
-        @if running.is_empty() { p.muted { "nothing is being copied" } }
-        @else {
-            table {
-                tr { th { "job" } th { "source → target" } th { "attempt" } th { "started" } th { "moved so far" } }
-                @for j in running.iter().map(JobView::from) {
-                    tr {
-                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
-                        td { (j.source) " → " (j.target) }
-                        td { (j.attempts) }
-                        td { (j.started_at.clone().unwrap_or_default()) }
-                        td { (app.board.moved(j.id).map(|b| bytesize::ByteSize::b(b).display().iec().to_string()).unwrap_or_else(|| "—".into())) }
-                    }
-                }
-            }
-        }
+        (running_table(&running, &app.board))
         h2 { "Last failures" }
-        @if failed.is_empty() { p.muted { "none" } }
-        @else {
-            table {
-                tr { th { "job" } th { "source → target" } th { "error" } th { "retry" } }
-                @for j in failed.iter().map(JobView::from) {
-                    tr {
-                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
-                        td { (j.source) " → " (j.target) }
-                        td.failed { (j.last_error.unwrap_or_default()) }
-                        td { code { "harbor-relay jobs retry " (j.id) } }
-                    }
-                }
-            }
-        }
+        (failures_table(&failed))
         h2 { "Rules" }
         table {
             tr { th { "rule" } th { "from → to" } th { "succeeded" } th { "failed" } th { "last success" } th { "last reconcile" } }
@@ -188,6 +161,50 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         (registries_table(&live))
     };
     layout("harbor-relay", body).into_response()
+}
+
+/// The jobs being copied, with the bytes moved so far and, on a shared
+/// store, the relay that runs each.
+fn running_table(running: &[crate::jobs::Job], board: &crate::jobs::workers::Board) -> Markup {
+    let fleet = running.iter().any(|j| j.relay.is_some());
+    html! {
+        @if running.is_empty() { p.muted { "nothing is being copied" } }
+        @else {
+            table {
+                tr { th { "job" } th { "source → target" } th { "attempt" } th { "started" } th { "moved so far" } @if fleet { th { "relay" } } }
+                @for j in running.iter().map(JobView::from) {
+                    tr {
+                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
+                        td { (j.source) " → " (j.target) }
+                        td { (j.attempts) }
+                        td { (j.started_at.clone().unwrap_or_default()) }
+                        td { (board.moved(j.id).map(|b| bytesize::ByteSize::b(b).display().iec().to_string()).unwrap_or_else(|| "—".into())) }
+                        @if fleet { td { (j.relay.clone().unwrap_or_default()) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The latest failed jobs, each with the command that retries it.
+fn failures_table(failed: &[crate::jobs::Job]) -> Markup {
+    html! {
+        @if failed.is_empty() { p.muted { "none" } }
+        @else {
+            table {
+                tr { th { "job" } th { "source → target" } th { "error" } th { "retry" } }
+                @for j in failed.iter().map(JobView::from) {
+                    tr {
+                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
+                        td { (j.source) " → " (j.target) }
+                        td.failed { (j.last_error.unwrap_or_default()) }
+                        td { code { "harbor-relay jobs retry " (j.id) } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Each registry with its requests, retries, 429s and errors.
