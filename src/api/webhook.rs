@@ -28,6 +28,61 @@ fn ignored(body: serde_json::Value) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
+/// The refusal for a client over `server.webhook_rate_limit` (a `429`
+/// with `Retry-After`), if it is.
+fn over_rate(app: &AppState, parts: &axum::http::request::Parts) -> Option<Response> {
+    let limiter = app.limiter.as_ref()?;
+    let axum::extract::ConnectInfo(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
+    let not_until = limiter.check_key(&peer.ip()).err()?;
+    let wait = not_until
+        .wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ))
+        .as_secs()
+        .max(1);
+    tracing::warn!(client = %peer.ip(), "webhook refused: over server.webhook_rate_limit");
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "more than server.webhook_rate_limit webhooks per second from {}; retry in {wait}s",
+            peer.ip()
+        ),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(resp)
+}
+
+/// The refusal for a request without `server.webhook_auth` (a `401`
+/// saying what was wrong, counted in `auth_failures`), if it lacks it.
+fn unauthorized(app: &AppState, parts: &axum::http::request::Parts) -> Option<Response> {
+    let live = app.live.get();
+    let secret = live.webhook_auth()?;
+    if authorized(secret, &parts.headers) {
+        return None;
+    }
+    app.metrics
+        .auth_failures
+        .with_label_values(&["webhook"])
+        .inc();
+    let why = why_refused(secret, &parts.headers);
+    let client = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    tracing::warn!(%client, reason = why, "webhook refused: wrong Authorization header");
+    Some(error(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "{why}: the Authorization header Harbor sends (the webhook's Auth Header) must equal server.webhook_auth"
+        ),
+    ))
+}
+
 /// The checks every webhook passes, in order: auth (401), content type
 /// (415, with the formats this endpoint takes), size (413). Nothing is
 /// stored for a refused request.
@@ -41,54 +96,13 @@ async fn receive(
     let format = format_of(&parts.headers).filter(|f| takes.contains(f));
     let label = format.map_or("unknown", Format::as_str);
     let count = |outcome: &str| counted(app, label, outcome);
-    if let (Some(limiter), Some(axum::extract::ConnectInfo(peer))) = (
-        &app.limiter,
-        parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>(),
-    ) && let Err(not_until) = limiter.check_key(&peer.ip())
-    {
-        count("rate_limited");
-        let wait = not_until
-            .wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ))
-            .as_secs()
-            .max(1);
-        tracing::warn!(client = %peer.ip(), "webhook refused: over server.webhook_rate_limit");
-        let mut resp = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "more than server.webhook_rate_limit webhooks per second from {}; retry in {wait}s",
-                peer.ip()
-            ),
-        );
-        if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Err(resp);
-    }
-    if let Some(secret) = app.live.get().webhook_auth()
-        && !authorized(secret, &parts.headers)
-    {
-        count("unauthorized");
-        app.metrics
-            .auth_failures
-            .with_label_values(&["webhook"])
-            .inc();
-        let why = why_refused(secret, &parts.headers);
-        let client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_default();
-        tracing::warn!(%client, reason = why, "webhook refused: wrong Authorization header");
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "{why}: the Authorization header Harbor sends (the webhook's Auth Header) must equal server.webhook_auth"
-            ),
-        ));
+    if let Some(refused) = over_rate(app, &parts).or_else(|| unauthorized(app, &parts)) {
+        count(if refused.status() == StatusCode::TOO_MANY_REQUESTS {
+            "rate_limited"
+        } else {
+            "unauthorized"
+        });
+        return Err(refused);
     }
     let Some(format) = format else {
         count("unsupported_media_type");
