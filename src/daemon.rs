@@ -127,6 +127,19 @@ pub async fn run_reloadable(
     let (served, server) = running.until_stopped(server, reload).await;
     crate::notify::stopping();
     running.reconcilers.cancel();
+    wind_down(&config, workers, &store, (served, server), metrics_server).await
+}
+
+/// The stop, in order: the running jobs finish (for `jobs.shutdown_grace`
+/// at most; the rest resume at the next start), the store is flushed,
+/// then the servers' own results are collected.
+async fn wind_down(
+    config: &Config,
+    workers: Workers,
+    store: &Store,
+    (served, server): (Option<Served>, tokio::task::JoinHandle<std::io::Result<()>>),
+    metrics_server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<(), DaemonError> {
     tracing::info!("stopping: waiting for running jobs");
     if !workers.join(config.jobs.shutdown_grace).await {
         tracing::warn!(
