@@ -250,8 +250,6 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use tower::ServiceExt as _;
-
     let router = router.layer(axum::middleware::from_fn(request_timeout));
     let builder = builder();
     let gate = Gate {
@@ -277,21 +275,14 @@ pub async fn serve(
         let Some((stream, held)) = gate.admit(stream, peer, &limits, tls.is_none()) else {
             continue;
         };
-        let svc = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                req.map(axum::body::Body::new)
-            },
-        );
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let router = router.clone();
         let builder = builder.clone();
         let stop = shutdown.clone();
         let acceptor = tls.as_ref().map(|t| t.get());
         let limits = limits.clone();
         conns.spawn(async move {
             let _held = held;
-            connection(stream, peer, acceptor, builder, svc, stop, limits).await;
+            connection(stream, peer, acceptor, builder, router, stop, limits).await;
         });
     }
     drop(listener);
@@ -369,24 +360,24 @@ async fn notice_tls_on_plain(stream: &tokio::net::TcpStream, peer: std::net::Soc
 /// then HTTP until the client is done, the connection is silent too long
 /// (`limits.first_request`, `limits.idle`) or the daemon stops (neither
 /// waiting for a first byte nor a handshake holds up a stop).
-async fn connection<S>(
+async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     builder: Builder,
-    svc: S,
+    router: Router,
     stop: CancellationToken,
     limits: ConnLimits,
-) where
-    S: hyper::service::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
+    use tower::ServiceExt as _;
+    // Each request carries the client's address.
+    let svc = hyper_util::service::TowerToHyperService::new(router.map_request(
+        move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            req.map(axum::body::Body::new)
+        },
+    ));
     let activity = Activity::new();
     let io = Watched {
         inner: stream,
