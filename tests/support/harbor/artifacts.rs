@@ -4,6 +4,23 @@
 
 use super::*;
 
+/// A repository name inside a project as Harbor's artifact handlers take
+/// it, URL-encoded twice (they path-unescape the already-decoded parameter
+/// again: src/server/v2.0/handler/util.go, unescapePathParams). axum undid
+/// one encoding; a name encoded only once arrives with a bare '/', which
+/// Harbor's router does not match: `None`.
+fn twice_decoded(repo: &str) -> Option<String> {
+    (!repo.contains('/')).then(|| repo.replace("%2F", "/"))
+}
+
+/// Harbor's 404 for a repository name encoded only once.
+fn not_twice_encoded() -> Response {
+    errors(
+        StatusCode::NOT_FOUND,
+        "the repository name must be URL-encoded twice (%252F)",
+    )
+}
+
 #[derive(serde::Deserialize, Default)]
 pub(super) struct Labels {
     with_label: Option<bool>,
@@ -25,13 +42,10 @@ pub(super) async fn delete_tag(
         "DELETE".into(),
         format!("/projects/{project}/repositories/{repo}/artifacts/{reference}/tags/{tag}"),
     ));
-    if repo.contains('/') {
-        return errors(
-            StatusCode::NOT_FOUND,
-            "the repository name must be URL-encoded twice (%252F)",
-        );
-    }
-    let repo = format!("{project}/{}", repo.replace("%2F", "/"));
+    let Some(repo) = twice_decoded(&repo) else {
+        return not_twice_encoded();
+    };
+    let repo = format!("{project}/{repo}");
     let Some((_, account)) = st.auth.basic(&headers) else {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
     };
@@ -94,13 +108,9 @@ pub(super) async fn get_artifact(
     Path((project, repo, reference)): Path<(String, String, String)>,
     Query(q): Query<Labels>,
 ) -> Response {
-    if repo.contains('/') {
-        return errors(
-            StatusCode::NOT_FOUND,
-            "the repository name must be URL-encoded twice (%252F)",
-        );
-    }
-    let repo = repo.replace("%2F", "/");
+    let Some(repo) = twice_decoded(&repo) else {
+        return not_twice_encoded();
+    };
     if who(&st, &headers).is_none() {
         return errors(StatusCode::UNAUTHORIZED, "unauthorized");
     }
@@ -151,18 +161,9 @@ pub(super) async fn list_artifacts(
     Query(p): Query<Paging>,
     Query(q): Query<Labels>,
 ) -> Response {
-    // Harbor takes the repository name URL-encoded twice (its handlers
-    // path-unescape the already-decoded parameter again:
-    // src/server/v2.0/handler/util.go, unescapePathParams). axum undid one
-    // encoding; a name encoded only once arrives here with a bare '/',
-    // which Harbor's router does not match: 404.
-    if repo.contains('/') {
-        return errors(
-            StatusCode::NOT_FOUND,
-            "the repository name must be URL-encoded twice (%252F)",
-        );
-    }
-    let repo = repo.replace("%2F", "/");
+    let Some(repo) = twice_decoded(&repo) else {
+        return not_twice_encoded();
+    };
     st.calls.lock().expect("calls").push((
         "GET".into(),
         format!("/projects/{project}/repositories/{repo}/artifacts"),

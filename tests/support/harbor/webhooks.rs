@@ -85,25 +85,38 @@ pub(super) async fn list_policies(
     paged_answer(&list, &p)
 }
 
+/// What creating and updating a policy share: the call recorded, Harbor's
+/// refusal of an account that may not manage webhooks, then the body
+/// parsed and checked as Harbor's handler does.
+fn policy_body(
+    st: &HarborState,
+    headers: &HeaderMap,
+    method: &str,
+    path: String,
+    body: &str,
+) -> Result<Value, Box<Response>> {
+    st.calls.lock().expect("calls").push((method.into(), path));
+    if let Some(refused) = webhook_refusal(st, headers) {
+        return Err(Box::new(refused));
+    }
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return Err(Box::new(errors(StatusCode::BAD_REQUEST, "invalid JSON")));
+    };
+    valid_policy(&v).map_err(|e| Box::new(errors(StatusCode::BAD_REQUEST, e)))?;
+    Ok(v)
+}
+
 pub(super) async fn create_policy(
     State(st): State<St>,
     headers: HeaderMap,
     Path(project): Path<String>,
     body: String,
 ) -> Response {
-    st.calls.lock().expect("calls").push((
-        "POST".into(),
-        format!("/projects/{project}/webhook/policies"),
-    ));
-    if let Some(refused) = webhook_refusal(&st, &headers) {
-        return refused;
-    }
-    let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
-        return errors(StatusCode::BAD_REQUEST, "invalid JSON");
+    let path = format!("/projects/{project}/webhook/policies");
+    let mut v = match policy_body(&st, &headers, "POST", path, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
     };
-    if let Err(e) = valid_policy(&v) {
-        return errors(StatusCode::BAD_REQUEST, e);
-    }
     let mut all = st.policies.lock().expect("policies");
     let list = all.entry(project.clone()).or_default();
     if list.iter().any(|p| p["name"] == v["name"]) {
@@ -128,19 +141,11 @@ pub(super) async fn update_policy(
     Path((project, id)): Path<(String, u64)>,
     body: String,
 ) -> Response {
-    st.calls.lock().expect("calls").push((
-        "PUT".into(),
-        format!("/projects/{project}/webhook/policies/{id}"),
-    ));
-    if let Some(refused) = webhook_refusal(&st, &headers) {
-        return refused;
-    }
-    let Ok(mut v) = serde_json::from_str::<Value>(&body) else {
-        return errors(StatusCode::BAD_REQUEST, "invalid JSON");
+    let path = format!("/projects/{project}/webhook/policies/{id}");
+    let mut v = match policy_body(&st, &headers, "PUT", path, &body) {
+        Ok(v) => v,
+        Err(refused) => return *refused,
     };
-    if let Err(e) = valid_policy(&v) {
-        return errors(StatusCode::BAD_REQUEST, e);
-    }
     let mut all = st.policies.lock().expect("policies");
     let Some(p) = all
         .get_mut(&project)
