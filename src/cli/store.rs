@@ -5,7 +5,7 @@
 //! the files and says what was done.
 
 use std::collections::BTreeMap;
-use std::io::{BufReader, Write as _};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -49,7 +49,7 @@ async fn open(config: &Config, what: &str) -> anyhow::Result<Store> {
 
 /// Writes every job of the config's store to `output` (standard output
 /// without one) and a count by state to standard error.
-pub async fn export(path: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
+async fn export(path: PathBuf, output: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let store = open(&config, "export").await?;
     let jobs = store.list(None, usize::MAX).await?;
@@ -86,7 +86,7 @@ fn by_state(jobs: &[Job]) -> String {
 
 /// Queues the jobs of the export at `file` (`-`: standard input) that
 /// were not done, in the config's store; `dry_run` only says which.
-pub async fn import(
+async fn import(
     path: PathBuf,
     file: PathBuf,
     include_failed: bool,
@@ -173,6 +173,5 @@ async fn enqueue_all(
         }
         done += batch.len();
     }
-    std::io::stdout().flush()?;
     Ok((queued, folded))
 }

@@ -155,18 +155,13 @@ pub fn plan(mut jobs: Vec<Job>, include_failed: bool) -> ImportPlan {
     jobs.sort_by_key(|j| j.id);
     let mut plan = ImportPlan::default();
     for job in jobs {
-        let take = match job.state {
-            JobState::Queued | JobState::Running | JobState::Retrying => true,
-            JobState::Failed => include_failed,
-            JobState::Succeeded => false,
-        };
-        match (take, job.state) {
-            (true, _) => {
+        match job.state {
+            JobState::Succeeded => plan.succeeded += 1,
+            JobState::Failed if !include_failed => plan.failed_left += 1,
+            JobState::Queued | JobState::Running | JobState::Retrying | JobState::Failed => {
                 plan.from_ids.push(job.id);
                 plan.specs.push(job.spec);
             }
-            (false, JobState::Failed) => plan.failed_left += 1,
-            (false, _) => plan.succeeded += 1,
         }
     }
     plan
