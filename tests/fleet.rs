@@ -250,6 +250,24 @@ async fn unfinished_jobs_move_from_the_embedded_store_to_the_fleet() {
             &[("HARBOR_RELAY_TEST_PG_PASSWORD", PG_PASS)],
         )
     };
+    let dry = relay_cmd_env(
+        &[
+            "store",
+            "import",
+            "--dry-run",
+            "-c",
+            &fleet_config,
+            export_arg,
+        ],
+        &[("HARBOR_RELAY_TEST_PG_PASSWORD", PG_PASS)],
+    );
+    let said = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{said}");
+    assert!(
+        said.contains("copy external/moving/app-0:1 -> integrated/moving/app-0:1")
+            && said.contains("4 jobs would be queued"),
+        "{said}"
+    );
     let first = import();
     let said = String::from_utf8_lossy(&first.stdout);
     assert!(

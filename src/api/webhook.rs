@@ -277,15 +277,8 @@ async fn store_jobs(
     events: usize,
 ) -> Response {
     let count = |outcome: &str| counted(app, format.as_str(), outcome);
-    let described: Vec<(String, String)> = specs
-        .iter()
-        .map(|s| {
-            (
-                s.rule.clone(),
-                format!("{}/{}{}", s.to, s.target_repository, s.reference),
-            )
-        })
-        .collect();
+    let described: Vec<(String, String)> =
+        specs.iter().map(|s| (s.rule.clone(), s.target())).collect();
     match app.store.enqueue(specs).await {
         Ok(done) => {
             count("accepted");

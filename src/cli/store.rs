@@ -111,12 +111,10 @@ async fn import(
     if dry_run {
         for (id, spec) in plan.from_ids.iter().zip(&plan.specs) {
             println!(
-                "would queue job {id}: {} {}:{} -> {}:{}",
+                "would queue job {id}: {} {} -> {}",
                 spec.action.as_str(),
-                spec.from,
-                spec.source_repository,
-                spec.to,
-                spec.target_repository
+                spec.source(),
+                spec.target()
             );
         }
         println!("{} jobs would be queued; {left}", plan.specs.len());

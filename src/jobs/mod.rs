@@ -224,6 +224,17 @@ impl JobSpec {
         }
     }
 
+    /// `registry/repository:tag` (or `@digest`) on the source, as the API,
+    /// the CLI and the logs name it.
+    pub fn source(&self) -> String {
+        format!("{}/{}{}", self.from, self.source_repository, self.reference)
+    }
+
+    /// The same on the target.
+    pub fn target(&self) -> String {
+        format!("{}/{}{}", self.to, self.target_repository, self.reference)
+    }
+
     /// Two deliveries of the same event (or the same push seen twice) give
     /// the same key; while a job with this key is active, new ones join it.
     pub fn dedupe_key(&self) -> String {

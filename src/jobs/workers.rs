@@ -336,7 +336,7 @@ async fn run_job(ctx: &Context, job: Job) {
         "job",
         id = job.id,
         rule = %spec.rule,
-        source = %format!("{}/{}{}", spec.from, spec.source_repository, spec.reference),
+        source = %spec.source(),
         target = %format!("{}/{}", spec.to, spec.target_repository),
         digest = tracing::field::Empty,
     );
