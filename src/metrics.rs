@@ -36,19 +36,12 @@ pub struct Metrics {
     pub jobs_retrying: IntGauge,
     /// Failed attempts that will be retried, by `rule`.
     pub job_retries: IntCounterVec,
-    /// Tags compared by reconcile passes, by `rule`.
-    pub reconcile_checked: IntCounterVec,
-    /// Differences reconcile passes found (and queued), by `rule`.
-    pub reconcile_differences: IntCounterVec,
+    /// What reconcile passes checked, found, removed and when.
+    pub reconcile: ReconcileMetrics,
     /// Jobs this relay holds leases on (PostgreSQL store).
     pub leases_held: IntGauge,
     /// Jobs this relay took over from a relay whose lease ran out.
     pub lease_takeovers: prometheus::IntCounter,
-    /// Target tags reconcile passes removed (`prune`), by `rule` and
-    /// `result` (`removed`, `failed`).
-    pub reconcile_pruned: IntCounterVec,
-    /// When the last reconcile pass of a rule finished (Unix seconds).
-    pub reconcile_last_pass: prometheus::GaugeVec,
     /// From the event's time to the tag written on the target.
     pub replication_lag: Histogram,
     /// When a rule last replicated something successfully (Unix seconds).
@@ -60,6 +53,46 @@ pub struct Metrics {
     /// Requests refused for a missing or wrong secret, by `endpoint`
     /// (webhook, api).
     pub auth_failures: IntCounterVec,
+}
+
+/// The reconcile passes' metrics, apart because only `reconcile` (and the
+/// status page's last-pass column) touch them.
+pub struct ReconcileMetrics {
+    /// Tags compared by reconcile passes, by `rule`.
+    pub checked: IntCounterVec,
+    /// Differences reconcile passes found (and queued), by `rule`.
+    pub differences: IntCounterVec,
+    /// Target tags reconcile passes removed (`prune`), by `rule` and
+    /// `result` (`removed`, `failed`).
+    pub pruned: IntCounterVec,
+    /// When the last reconcile pass of a rule finished (Unix seconds).
+    pub last_pass: prometheus::GaugeVec,
+}
+
+impl ReconcileMetrics {
+    fn new(m: &Maker) -> Result<ReconcileMetrics, MetricsError> {
+        Ok(ReconcileMetrics {
+            checked: m.counters(
+                "harbor_relay_reconcile_checked_total",
+                "Tags compared between source and target by reconcile passes, by rule.",
+                &["rule"],
+            )?,
+            differences: m.counters(
+                "harbor_relay_reconcile_differences_total",
+                "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
+                &["rule"],
+            )?,
+            pruned: m.counters(
+                "harbor_relay_reconcile_pruned_total",
+                "Target tags the source no longer has, removed by reconcile passes of rules with prune = true, by rule and result (removed, failed).",
+                &["rule", "result"],
+            )?,
+            last_pass: m.timestamps(
+                "harbor_relay_reconcile_last_pass_timestamp_seconds",
+                "When the last successful reconcile pass of a rule finished, in Unix seconds.",
+            )?,
+        })
+    }
 }
 
 /// Counts one blob transfer as in flight while held.
@@ -209,16 +242,7 @@ impl Metrics {
                 "Failed replication attempts that will be retried, by rule.",
                 &["rule"],
             )?,
-            reconcile_checked: m.counters(
-                "harbor_relay_reconcile_checked_total",
-                "Tags compared between source and target by reconcile passes, by rule.",
-                &["rule"],
-            )?,
-            reconcile_differences: m.counters(
-                "harbor_relay_reconcile_differences_total",
-                "Tags found different on the target by reconcile passes (each queued as a job), by rule.",
-                &["rule"],
-            )?,
+            reconcile: ReconcileMetrics::new(&m)?,
             leases_held: m.gauge(
                 "harbor_relay_leases_held",
                 "Jobs this relay holds a lease on (PostgreSQL store; 0 on the embedded store).",
@@ -226,15 +250,6 @@ impl Metrics {
             lease_takeovers: m.counter(
                 "harbor_relay_lease_takeovers_total",
                 "Jobs this relay took over from another relay whose lease ran out (it died or lost the database).",
-            )?,
-            reconcile_pruned: m.counters(
-                "harbor_relay_reconcile_pruned_total",
-                "Target tags the source no longer has, removed by reconcile passes of rules with prune = true, by rule and result (removed, failed).",
-                &["rule", "result"],
-            )?,
-            reconcile_last_pass: m.timestamps(
-                "harbor_relay_reconcile_last_pass_timestamp_seconds",
-                "When the last successful reconcile pass of a rule finished, in Unix seconds.",
             )?,
             replication_lag: m.histogram(
                 "harbor_relay_replication_lag_seconds",
@@ -260,14 +275,18 @@ impl Metrics {
             )?,
             registry: m.registry,
         };
-        // Make the usual series visible at zero before anything happens.
+        metrics.show_usual_series();
+        Ok(metrics)
+    }
+
+    /// Makes the usual series visible at zero before anything happens.
+    fn show_usual_series(&self) {
         for e in ["webhook", "api"] {
-            metrics.auth_failures.with_label_values(&[e]);
+            self.auth_failures.with_label_values(&[e]);
         }
         for o in ["copied", "skipped", "mounted", "resumed"] {
-            metrics.blobs.with_label_values(&[o]);
+            self.blobs.with_label_values(&[o]);
         }
-        Ok(metrics)
     }
 
     /// Adds `harbor_relay_info{version, store, relay}` = 1: which version
@@ -296,7 +315,7 @@ impl Metrics {
                 self.jobs_finished.with_label_values(&[rule, outcome]);
             }
             self.job_retries.with_label_values(&[rule]);
-            self.reconcile_differences.with_label_values(&[rule]);
+            self.reconcile.differences.with_label_values(&[rule]);
         }
     }
 

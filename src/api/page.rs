@@ -153,7 +153,7 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
                     td { (finished(&r.name, "failed")) }
                     td { (when(app.metrics.last_success.with_label_values(&[r.name.as_str()]).get())) }
                     td { @if r.reconcile_interval.is_some() {
-                        (when(app.metrics.reconcile_last_pass.with_label_values(&[r.name.as_str()]).get()))
+                        (when(app.metrics.reconcile.last_pass.with_label_values(&[r.name.as_str()]).get()))
                     } @else { span.muted { "off" } } }
                 }
             }

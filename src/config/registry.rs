@@ -156,85 +156,109 @@ impl Loader<'_> {
     /// The request, bandwidth, upload and listing limits.
     fn registry_limits(&self, name: &str, r: RawRegistry) -> Result<RegistryLimits, ConfigError> {
         let key = |k: &str| format!("registries.{name}.{k}");
-        let size = |k: &str, v: Option<RawSize>| -> Result<Option<u64>, ConfigError> {
-            match v {
-                None => Ok(None),
-                Some(RawSize::Bytes(n)) => Ok(Some(n)),
-                Some(RawSize::Text(t)) => {
-                    let t = self.expand(&key(k), &t)?;
-                    t.parse::<bytesize::ByteSize>()
-                        .map(|b| Some(b.as_u64()))
-                        .map_err(|e| {
-                            self.invalid(key(k), format!("`{t}` is not a size like \"64MiB\": {e}"))
-                        })
-                }
-            }
-        };
         let defaults = RegistryLimits::default();
-        let limits = RegistryLimits {
-            max_concurrent_requests: match r.max_concurrent_requests {
-                Some(0) => {
-                    return Err(self.invalid(key("max_concurrent_requests"), "must be at least 1"));
-                }
-                v => v,
-            },
-            max_bytes_per_second: match size("max_bytes_per_second", r.max_bytes_per_second)? {
-                Some(n) if n < 1024 => {
-                    return Err(self.invalid(
-                        key("max_bytes_per_second"),
-                        "must be at least 1KiB (omit it for no limit)",
-                    ));
-                }
-                v => v,
-            },
-            request_attempts: match r.request_attempts {
-                Some(0) => return Err(self.invalid(key("request_attempts"), "must be at least 1")),
-                Some(n) => n,
-                None => defaults.request_attempts,
-            },
-            stall_timeout: match r.stall_timeout {
-                None => defaults.stall_timeout,
-                Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                    self.invalid(
-                        key("stall_timeout"),
-                        format!("`{t}` is not a duration: {e}"),
-                    )
-                })?,
-            },
-            chunk_size_threshold: size("chunk_size_threshold", r.chunk_size_threshold)?
+        let bytes_per_second = self.size(&key("max_bytes_per_second"), r.max_bytes_per_second)?;
+        let chunk_size = self.size(&key("chunk_size"), r.chunk_size)?;
+        let max_list_bytes = self.size(&key("max_list_bytes"), r.max_list_bytes)?;
+        Ok(RegistryLimits {
+            max_concurrent_requests: self.at_least(
+                &key("max_concurrent_requests"),
+                r.max_concurrent_requests,
+                1,
+                "must be at least 1",
+            )?,
+            max_bytes_per_second: self.at_least(
+                &key("max_bytes_per_second"),
+                bytes_per_second,
+                1024,
+                "must be at least 1KiB (omit it for no limit)",
+            )?,
+            request_attempts: self
+                .at_least(
+                    &key("request_attempts"),
+                    r.request_attempts,
+                    1,
+                    "must be at least 1",
+                )?
+                .unwrap_or(defaults.request_attempts),
+            stall_timeout: self
+                .duration(&key("stall_timeout"), r.stall_timeout)?
+                .unwrap_or(defaults.stall_timeout),
+            chunk_size_threshold: self
+                .size(&key("chunk_size_threshold"), r.chunk_size_threshold)?
                 .unwrap_or(defaults.chunk_size_threshold),
-            chunk_size: match size("chunk_size", r.chunk_size)? {
-                Some(n) if n < 64 * 1024 => {
-                    return Err(self.invalid(key("chunk_size"), "must be at least 64KiB"));
-                }
-                Some(n) => n,
-                None => defaults.chunk_size,
-            },
-            max_retry_after: match r.max_retry_after {
-                None => defaults.max_retry_after,
-                Some(t) => humantime::parse_duration(&t).map_err(|e| {
-                    self.invalid(
-                        key("max_retry_after"),
-                        format!("`{t}` is not a duration: {e}"),
-                    )
-                })?,
-            },
-            max_list_bytes: match size("max_list_bytes", r.max_list_bytes)? {
-                Some(n) if n < 1024 * 1024 => {
-                    return Err(self.invalid(key("max_list_bytes"), "must be at least 1MiB"));
-                }
-                Some(n) => n,
-                None => defaults.max_list_bytes,
-            },
-            max_list_entries: match r.max_list_entries {
-                Some(n) if n < 1000 => {
-                    return Err(self.invalid(key("max_list_entries"), "must be at least 1000"));
-                }
-                Some(n) => n,
-                None => defaults.max_list_entries,
-            },
-        };
-        Ok(limits)
+            chunk_size: self
+                .at_least(
+                    &key("chunk_size"),
+                    chunk_size,
+                    64 * 1024,
+                    "must be at least 64KiB",
+                )?
+                .unwrap_or(defaults.chunk_size),
+            max_retry_after: self
+                .duration(&key("max_retry_after"), r.max_retry_after)?
+                .unwrap_or(defaults.max_retry_after),
+            max_list_bytes: self
+                .at_least(
+                    &key("max_list_bytes"),
+                    max_list_bytes,
+                    1024 * 1024,
+                    "must be at least 1MiB",
+                )?
+                .unwrap_or(defaults.max_list_bytes),
+            max_list_entries: self
+                .at_least(
+                    &key("max_list_entries"),
+                    r.max_list_entries,
+                    1000,
+                    "must be at least 1000",
+                )?
+                .unwrap_or(defaults.max_list_entries),
+        })
+    }
+
+    /// A size: a number of bytes, or text like `"64MiB"` (`${VAR}`
+    /// expanded).
+    fn size(&self, key: &str, v: Option<RawSize>) -> Result<Option<u64>, ConfigError> {
+        match v {
+            None => Ok(None),
+            Some(RawSize::Bytes(n)) => Ok(Some(n)),
+            Some(RawSize::Text(t)) => {
+                let t = self.expand(key, &t)?;
+                t.parse::<bytesize::ByteSize>()
+                    .map(|b| Some(b.as_u64()))
+                    .map_err(|e| {
+                        self.invalid(key, format!("`{t}` is not a size like \"64MiB\": {e}"))
+                    })
+            }
+        }
+    }
+
+    /// A duration like `"30s"` or `"5m"`.
+    fn duration(
+        &self,
+        key: &str,
+        v: Option<String>,
+    ) -> Result<Option<std::time::Duration>, ConfigError> {
+        v.map(|t| {
+            humantime::parse_duration(&t)
+                .map_err(|e| self.invalid(key, format!("`{t}` is not a duration: {e}")))
+        })
+        .transpose()
+    }
+
+    /// `v` if absent or at least `min`; below it, `problem`.
+    fn at_least<T: PartialOrd>(
+        &self,
+        key: &str,
+        v: Option<T>,
+        min: T,
+        problem: &str,
+    ) -> Result<Option<T>, ConfigError> {
+        match v {
+            Some(n) if n < min => Err(self.invalid(key, problem)),
+            v => Ok(v),
+        }
     }
 
     /// `token_realm_hosts`: each a host or `host:port`.

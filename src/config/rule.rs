@@ -18,20 +18,7 @@ impl Loader<'_> {
     ) -> Result<RuleConfig, ConfigError> {
         let key = |k: &str| format!("rules[{i}].{k}");
         for (k, v) in [("from", &r.from), ("to", &r.to)] {
-            if !registries.contains_key(v) {
-                let known: Vec<&str> = registries.keys().map(String::as_str).collect();
-                return Err(self.invalid(
-                    key(k),
-                    format!(
-                        "unknown registry '{v}' (defined: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
+            self.known_registry(&key(k), v, registries)?;
         }
         let name = match r.name {
             Some(n) => self.expand(&key("name"), &n)?,
@@ -40,35 +27,11 @@ impl Loader<'_> {
         if name.is_empty() {
             return Err(self.invalid(key("name"), "is empty"));
         }
-        let list = |k: &str,
-                    v: Option<Vec<String>>,
-                    default: &[&str]|
-         -> Result<Vec<String>, ConfigError> {
-            let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
-            let v = v
-                .iter()
-                .map(|p| self.expand(&key(k), p))
-                .collect::<Result<Vec<_>, _>>()?;
-            for p in &v {
-                globset::Glob::new(p)
-                    .map_err(|e| self.invalid(key(k), format!("`{p}` is not a glob: {e}")))?;
-            }
-            Ok(v)
-        };
-        let projects = list("projects", r.projects, &["**"])?;
-        if let Some(p) = projects.iter().find(|p| p.contains('/')) {
-            return Err(self.invalid(
-                key("projects"),
-                format!(
-                    "`{p}`: a project name has no '/'; to pick repositories inside a project, use `repositories` (e.g. projects = [\"{}\"], repositories = [\"{}\"])",
-                    p.split('/').next().unwrap_or(p),
-                    p.split_once('/').map(|(_, r)| if r.is_empty() { "**" } else { r }).unwrap_or("**")
-                ),
-            ));
-        }
-        let tags = list("tags", r.tags, &["**"])?;
-        let exclude_tags = list("exclude_tags", r.exclude_tags, &[])?;
-        let repositories = list("repositories", r.repositories, &["**"])?;
+        let projects = self.globs(&key("projects"), r.projects, &["**"])?;
+        self.project_names(&key("projects"), &projects)?;
+        let tags = self.globs(&key("tags"), r.tags, &["**"])?;
+        let exclude_tags = self.globs(&key("exclude_tags"), r.exclude_tags, &[])?;
+        let repositories = self.globs(&key("repositories"), r.repositories, &["**"])?;
         let labels = self.labels(&key("labels"), r.labels.clone(), &registries[&r.from])?;
         let target_project = self.target_project(&key("target_project"), r.target_project)?;
         Ok(RuleConfig {
@@ -91,6 +54,60 @@ impl Loader<'_> {
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })
+    }
+
+    /// `rules[].from`/`to` name a registry of the config.
+    fn known_registry(
+        &self,
+        key: &str,
+        name: &str,
+        registries: &BTreeMap<String, RegistryConfig>,
+    ) -> Result<(), ConfigError> {
+        if registries.contains_key(name) {
+            return Ok(());
+        }
+        let known: Vec<&str> = registries.keys().map(String::as_str).collect();
+        let known = match known.is_empty() {
+            true => "none".to_string(),
+            false => known.join(", "),
+        };
+        Err(self.invalid(key, format!("unknown registry '{name}' (defined: {known})")))
+    }
+
+    /// A list of globs (`projects`, `repositories`, `tags`, …), each
+    /// `${VAR}`-expanded and checked; `default` when absent.
+    fn globs(
+        &self,
+        key: &str,
+        v: Option<Vec<String>>,
+        default: &[&str],
+    ) -> Result<Vec<String>, ConfigError> {
+        let v = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+        let v = v
+            .iter()
+            .map(|p| self.expand(key, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for p in &v {
+            globset::Glob::new(p)
+                .map_err(|e| self.invalid(key, format!("`{p}` is not a glob: {e}")))?;
+        }
+        Ok(v)
+    }
+
+    /// `rules[].projects` name projects, which have no '/': a pattern with
+    /// one was meant for `repositories`, and the error says how to write it.
+    fn project_names(&self, key: &str, projects: &[String]) -> Result<(), ConfigError> {
+        let Some(p) = projects.iter().find(|p| p.contains('/')) else {
+            return Ok(());
+        };
+        Err(self.invalid(
+            key,
+            format!(
+                "`{p}`: a project name has no '/'; to pick repositories inside a project, use `repositories` (e.g. projects = [\"{}\"], repositories = [\"{}\"])",
+                p.split('/').next().unwrap_or(p),
+                p.split_once('/').map(|(_, r)| if r.is_empty() { "**" } else { r }).unwrap_or("**")
+            ),
+        ))
     }
 
     /// `rules[].target_project`: a project name, or a path template with

@@ -233,7 +233,8 @@ async fn prune_all(rule: &str, target: &Registry, stale: &[prune::Stale], metric
             }
         };
         metrics
-            .reconcile_pruned
+            .reconcile
+            .pruned
             .with_label_values(&[rule, result])
             .inc();
     }
@@ -257,15 +258,18 @@ async fn one_pass(
         }
     };
     metrics
-        .reconcile_checked
+        .reconcile
+        .checked
         .with_label_values(&[name])
         .inc_by(report.checked);
     metrics
-        .reconcile_differences
+        .reconcile
+        .differences
         .with_label_values(&[name])
         .inc_by(report.differences.len() as u64);
     metrics
-        .reconcile_last_pass
+        .reconcile
+        .last_pass
         .with_label_values(&[name])
         .set(crate::clock::now_ms() as f64 / 1000.0);
     let jobs = jobs_for(rule, &report);

@@ -53,6 +53,15 @@ pub fn first_asks(tagged: bool, event_digest: Option<&str>, overwrite: bool) -> 
     }
 }
 
+/// Whether a rule's `artifact_types` filter keeps an artifact of Harbor
+/// type `kind` (`IMAGE`, `CHART`, …; `*` keeps all). No filter keeps all.
+pub fn type_wanted(types: Option<&[String]>, kind: Option<&str>) -> bool {
+    match (types, kind) {
+        (Some(types), Some(kind)) => types.iter().any(|t| t == "*" || t == kind),
+        _ => true,
+    }
+}
+
 /// What is known once the source manifest has been read.
 #[derive(Debug, Clone, Copy)]
 pub struct Known<'a> {
@@ -338,6 +347,16 @@ mod tests {
                 manifest_there: Some(false)
             }
         );
+    }
+
+    #[test]
+    fn the_type_filter_keeps_listed_types_or_all_with_a_star() {
+        let images = ["IMAGE".to_string()];
+        let all = ["*".to_string()];
+        assert!(type_wanted(None, None));
+        assert!(type_wanted(Some(&images), Some("IMAGE")));
+        assert!(!type_wanted(Some(&images), Some("CHART")));
+        assert!(type_wanted(Some(&all), Some("CHART")));
     }
 
     #[test]

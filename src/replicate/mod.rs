@@ -194,36 +194,13 @@ impl Replicator {
         }
         let asks = decide::first_asks(tagged, req.event_digest, req.overwrite);
         let resolve_tag = || req.target.resolve(req.target_repository, req.reference);
-        let (source_top, mut there, held) = futures_util::future::try_join3(
-            req.source
-                .get_manifest(req.source_repository, req.reference),
-            async {
-                match asks.tag {
-                    true => resolve_tag().await,
-                    false => Ok(None),
-                }
-            },
-            async {
-                match asks.held {
-                    Some(d) => req
-                        .target
-                        .has_manifest(req.target_repository, d)
-                        .await
-                        .map(|held| Some((d, held))),
-                    None => Ok(None),
-                }
-            },
-        )
-        .await?;
+        let (source_top, mut there, held) = self.first_round(req, &asks).await?;
         let source_digest = source_top.digest.clone();
         let has_subject = source_top.subject().is_some();
         // The artifact's Harbor type, worked out only for a rule that
         // filters by it.
         let kind = req.artifact_types.map(|_| source_top.harbor_type());
-        let type_wanted = match (req.artifact_types, &kind) {
-            (Some(types), Some(kind)) => types.iter().any(|t| t == "*" || t == kind),
-            _ => true,
-        };
+        let type_wanted = decide::type_wanted(req.artifact_types, kind.as_deref());
         let (top, note) = self.subset(req, source_top)?;
         let mut tag_asked = asks.tag;
         let manifest_there = loop {
@@ -272,6 +249,42 @@ impl Replicator {
         };
         self.write(req, &top, manifest_there, &source_digest, note)
             .await
+    }
+
+    /// The first round of requests, sent together: the source manifest,
+    /// and on the target what [`decide::first_asks`] chose (the tag, the
+    /// event's digest).
+    async fn first_round<'a>(
+        &self,
+        req: &CopyRequest<'a>,
+        asks: &decide::FirstAsks<'a>,
+    ) -> Result<(Manifest, Option<String>, Option<(&'a str, bool)>), ReplicateError> {
+        let (top, there, held) = futures_util::future::try_join3(
+            req.source
+                .get_manifest(req.source_repository, req.reference),
+            async {
+                match asks.tag {
+                    true => {
+                        req.target
+                            .resolve(req.target_repository, req.reference)
+                            .await
+                    }
+                    false => Ok(None),
+                }
+            },
+            async {
+                match asks.held {
+                    Some(d) => req
+                        .target
+                        .has_manifest(req.target_repository, d)
+                        .await
+                        .map(|held| Some((d, held))),
+                    None => Ok(None),
+                }
+            },
+        )
+        .await?;
+        Ok((top, there, held))
     }
 
     /// Harbor's label filter (a rule with `labels`): the artifact's labels

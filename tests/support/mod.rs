@@ -16,6 +16,7 @@
 //!   ([`harbor_auth`]: accounts, the token service, `v2auth`) and its
 //!   referrers API, built from Harbor's source, in front of a real registry.
 //! - [`hostile`]: registries that lie, and a recorder for where credentials go.
+//! - [`tools`]: the checking tools a test runs (`promtool`, `hadolint`, …).
 
 #![allow(dead_code)]
 
@@ -30,6 +31,7 @@ mod proxy;
 mod registry_proc;
 mod relay;
 mod token;
+mod tools;
 mod wait;
 mod wan;
 mod world;
@@ -48,6 +50,8 @@ pub use registry_proc::*;
 pub use relay::*;
 #[allow(unused_imports)]
 pub use token::*;
+#[allow(unused_imports)]
+pub use tools::*;
 #[allow(unused_imports)]
 pub use wait::*;
 #[allow(unused_imports)]
