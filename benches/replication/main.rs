@@ -24,7 +24,8 @@
 //! per request) instead of basic auth. Each copy runs against a fresh target (the target registry is
 //! restarted on empty storage, the relay on an empty store); the tools
 //! alternate, and each number is the median of `BENCH_RUNS` (default 3)
-//! runs. CPU and peak RSS are the copier's own (`wait4` for one-shot
+//! runs. `BENCH_REGISTRY_DIR` is where the registries keep their storage
+//! (`scripts/bench.sh` sets it to `/dev/shm`, see `registry_storage`). CPU and peak RSS are the copier's own (`wait4` for one-shot
 //! commands, `/proc` for the daemon). Results go to stdout as a table and
 //! to `target/bench/replication-<unix time>.json`.
 
@@ -239,6 +240,14 @@ fn calibrate_sha256() {
     );
 }
 
+/// Where the registries keep their blobs (`BENCH_REGISTRY_DIR`, set by
+/// `scripts/bench.sh` to tmpfs unless `BENCH_REGISTRY_STORAGE=disk`): on a
+/// disk their `fsync`s are waits that a CPU floor does not count. The
+/// relay's own store is always under `$TMPDIR`.
+fn registry_storage() -> String {
+    std::env::var("BENCH_REGISTRY_DIR").unwrap_or_else(|_| "$TMPDIR".into())
+}
+
 fn main() {
     if let Ok(args) = std::env::var("BENCH_MINIMAL_COPY") {
         let args: Value = serde_json::from_str(&args).expect("BENCH_MINIMAL_COPY");
@@ -316,8 +325,9 @@ fn main() {
         rows
     });
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let storage = registry_storage();
     println!(
-        "\nmedians of {runs} runs; machine: {cores} cores; source auth: {source_auth}; target auth: {target_auth}"
+        "\nmedians of {runs} runs; machine: {cores} cores; source auth: {source_auth}; target auth: {target_auth}; registries' storage: {storage}"
     );
     print(&rows);
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
@@ -332,6 +342,7 @@ fn main() {
         "source_auth": source_auth,
         "target_auth": target_auth,
         "cores": cores,
+        "registry_storage": storage,
         "results": rows.iter().map(Row::json).collect::<Vec<_>>(),
     });
     std::fs::write(&file, serde_json::to_vec_pretty(&out).expect("json")).expect("write");

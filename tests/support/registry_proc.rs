@@ -12,6 +12,21 @@ use tempfile::TempDir;
 
 use super::*;
 
+/// A registry's own directory (storage, config, htpasswd): under
+/// `BENCH_REGISTRY_DIR` when set, else the temp dir. The bench sets it to
+/// tmpfs: distribution `fsync`s every blob it writes
+/// (`registry/storage/driver/filesystem/driver.go`, `fileWriter.Commit`),
+/// and a floor computed from the registries' CPU counts none of that wait.
+/// (Not `REGISTRY_*`: distribution reads every such variable it inherits
+/// as an override of its config file.)
+fn storage_dir() -> TempDir {
+    match std::env::var_os("BENCH_REGISTRY_DIR") {
+        Some(root) => tempfile::tempdir_in(&root)
+            .unwrap_or_else(|e| panic!("tempdir in BENCH_REGISTRY_DIR={root:?}: {e}")),
+        None => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
 /// The registry binary, or a loud failure that says how to install it.
 pub fn registry_binary() -> PathBuf {
     for p in ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"] {
@@ -101,7 +116,7 @@ impl RegistryProc {
         access_log: bool,
     ) -> RegistryProc {
         let bin = registry_binary();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = storage_dir();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n  secret: test-secret\n",
