@@ -223,64 +223,34 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
             gate(req.method().clone(), path_q.clone(), req.headers().clone()).await
     {
         record(refused.status().as_u16());
-        let mut drain = req.into_body().into_data_stream();
-        while let Some(Ok(_)) = drain.next().await {}
+        drain(req).await;
         return refused;
     }
     let fault = take_fault(&st, &method, &path_q);
-    if let Some(Fault::HoldThenFail(d)) = &fault {
-        tokio::time::sleep(*d).await;
-        record(503);
-        return (StatusCode::SERVICE_UNAVAILABLE, "held, then dropped\n").into_response();
-    }
-    if let Some(Fault::Status {
-        status,
-        retry_after,
-    }) = &fault
-    {
-        // Read what the client sends first, so that it reads the answer
-        // rather than a connection closed under its upload.
-        let mut drain = req.into_body().into_data_stream();
-        while let Some(Ok(_)) = drain.next().await {}
-        record(*status);
-        let mut r = (
-            StatusCode::from_u16(*status).expect("status"),
-            "injected fault\n",
-        )
-            .into_response();
-        if let Some(ra) = retry_after {
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_str(ra).expect("header"));
+    match &fault {
+        Some(Fault::HoldThenFail(d)) => {
+            tokio::time::sleep(*d).await;
+            record(503);
+            return (StatusCode::SERVICE_UNAVAILABLE, "held, then dropped\n").into_response();
         }
-        return r;
+        Some(Fault::Status {
+            status,
+            retry_after,
+        }) => {
+            // Read what the client sends first, so that it reads the answer
+            // rather than a connection closed under its upload.
+            drain(req).await;
+            record(*status);
+            return injected_status(*status, retry_after.as_deref());
+        }
+        _ => {}
     }
-
     let (parts, body) = req.into_parts();
-    let counter = st.log.clone();
     let stall_upload = match &fault {
         Some(Fault::StallUpload(n, d)) => Some((*n, *d)),
         _ => None,
     };
-    let mut taken: u64 = 0;
-    let upload = body.into_data_stream().then(move |c| {
-        let start = taken;
-        if let Ok(b) = &c {
-            taken += b.len() as u64;
-            counter
-                .uploaded
-                .fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-        let end = taken;
-        async move {
-            if let Some((n, d)) = stall_upload
-                && start <= n
-                && end > n
-            {
-                tokio::time::sleep(d).await;
-            }
-            c
-        }
-    });
+    let upload = counted_upload(body, st.log.clone(), stall_upload);
     let mut fwd = st
         .http
         .request(parts.method.clone(), format!("{}{}", st.upstream, path_q));
@@ -289,16 +259,70 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
             fwd = fwd.header(name, value);
         }
     }
-    let resp = match fwd.body(reqwest::Body::wrap_stream(upload)).send().await {
-        Ok(r) => r,
+    match fwd.body(reqwest::Body::wrap_stream(upload)).send().await {
+        Ok(resp) => {
+            record(resp.status().as_u16());
+            faulty_response(&st, resp, fault)
+        }
         Err(e) => {
             record(502);
-            return (StatusCode::BAD_GATEWAY, format!("proxy: {e}\n")).into_response();
+            (StatusCode::BAD_GATEWAY, format!("proxy: {e}\n")).into_response()
         }
-    };
-    let status = resp.status().as_u16();
-    record(status);
-    let mut out = Response::builder().status(status);
+    }
+}
+
+/// Reads and drops a request's body.
+async fn drain(req: Request) {
+    let mut body = req.into_body().into_data_stream();
+    while let Some(Ok(_)) = body.next().await {}
+}
+
+/// An injected error status, with `Retry-After` if given.
+fn injected_status(status: u16, retry_after: Option<&str>) -> Response {
+    let mut r = (
+        StatusCode::from_u16(status).expect("status"),
+        "injected fault\n",
+    )
+        .into_response();
+    if let Some(ra) = retry_after {
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from_str(ra).expect("header"));
+    }
+    r
+}
+
+/// The request body as forwarded upstream: each byte counted in
+/// `log.uploaded`, and a stall once `stall` = (offset, how long) is passed.
+fn counted_upload(
+    body: Body,
+    log: Arc<Log>,
+    stall: Option<(u64, Duration)>,
+) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+    let mut taken: u64 = 0;
+    body.into_data_stream().then(move |c| {
+        let start = taken;
+        if let Ok(b) = &c {
+            taken += b.len() as u64;
+            log.uploaded.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+        let end = taken;
+        async move {
+            if let Some((n, d)) = stall
+                && start <= n
+                && end > n
+            {
+                tokio::time::sleep(d).await;
+            }
+            c
+        }
+    })
+}
+
+/// The upstream's answer, with `Location` pointing back through the proxy
+/// and the response body reset, stalled or with a byte flipped as `fault`
+/// says.
+fn faulty_response(st: &St, resp: reqwest::Response, fault: Option<Fault>) -> Response {
+    let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers().iter() {
         if name == "location" {
             let v = value.to_str().unwrap_or("").replace(&st.upstream, &st.me);
@@ -308,7 +332,6 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
         }
     }
     let mut sent: u64 = 0;
-    let fault = fault.clone();
     let stream = resp.bytes_stream().then(move |chunk| {
         let fault = fault.clone();
         let start = sent;
