@@ -112,9 +112,12 @@ async fn kill_9_fifty_times_during_a_busy_run_loses_nothing() {
                 .unwrap_or_else(|_| panic!("round {round}: a webhook sender hung"))
                 .expect("sender");
         }
-        tokio::time::timeout(Duration::from_secs(30), relay.restart())
+        if tokio::time::timeout(Duration::from_secs(30), relay.restart())
             .await
-            .unwrap_or_else(|_| panic!("round {round}: restart hung"));
+            .is_err()
+        {
+            panic!("round {round}: restart hung; log:\n{}", relay.logs());
+        }
 
         let ids: Vec<u64> = accepted.lock().expect("ids").iter().copied().collect();
         for id in &ids {
