@@ -209,7 +209,10 @@ impl Relay {
             url: format!("http://127.0.0.1:{port}"),
             dir,
             config_path,
+            // A request the daemon never answers fails the test with a
+            // message instead of hanging the suite.
             http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
                 .default_headers(
                     [(
                         reqwest::header::AUTHORIZATION,
@@ -253,7 +256,11 @@ impl Relay {
         self.child = Some(child);
         let wait = Deadline::new(Duration::from_secs(20));
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send().await
+            // Each probe has its own timeout: a connection accepted before
+            // the daemon serves (it binds, then opens its store) must not
+            // hold the wait past its deadline and its log.
+            let probe = self.http.get(format!("{}/healthz", self.url));
+            if let Ok(r) = probe.timeout(Duration::from_secs(2)).send().await
                 && r.status().is_success()
             {
                 return;
