@@ -38,6 +38,24 @@ impl Loader<'_> {
         }
     }
 
+    /// A duration like `"30s"`, `"10m"` or `"7d"`, if given: the one
+    /// parser for every duration key, so each refuses the same way.
+    pub(super) fn duration(
+        &self,
+        key: &str,
+        v: Option<String>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        v.map(|t| {
+            humantime::parse_duration(&t).map_err(|e| {
+                self.invalid(
+                    key,
+                    format!("`{t}` is not a duration like \"30s\", \"10m\" or \"7d\": {e}"),
+                )
+            })
+        })
+        .transpose()
+    }
+
     /// Replaces every `${VAR}` from the environment; a missing variable is
     /// an error naming the key, not a silent empty string.
     pub(super) fn expand(&self, key: &str, value: &str) -> Result<String, ConfigError> {
@@ -291,14 +309,9 @@ impl Loader<'_> {
         if !(1..=64).contains(&blob_concurrency) {
             return Err(self.invalid("jobs.blob_concurrency", "must be between 1 and 64"));
         }
-        let duration = |key: &str, value: Option<String>, default: Duration| match value {
-            None => Ok(default),
-            Some(text) => humantime::parse_duration(&text).map_err(|e| {
-                self.invalid(
-                    format!("jobs.{key}"),
-                    format!("`{text}` is not a duration like \"30s\", \"10m\" or \"7d\": {e}"),
-                )
-            }),
+        let duration = |key: &str, value: Option<String>, default: Duration| {
+            self.duration(&format!("jobs.{key}"), value)
+                .map(|d| d.unwrap_or(default))
         };
         let shutdown_grace = duration(
             "shutdown_grace",

@@ -234,19 +234,6 @@ impl Loader<'_> {
         }
     }
 
-    /// A duration like `"30s"` or `"5m"`.
-    fn duration(
-        &self,
-        key: &str,
-        v: Option<String>,
-    ) -> Result<Option<std::time::Duration>, ConfigError> {
-        v.map(|t| {
-            humantime::parse_duration(&t)
-                .map_err(|e| self.invalid(key, format!("`{t}` is not a duration: {e}")))
-        })
-        .transpose()
-    }
-
     /// `v` if absent or at least `min`; below it, `problem`.
     fn at_least<T: PartialOrd>(
         &self,

@@ -216,14 +216,9 @@ impl Loader<'_> {
         key: &str,
         raw: Option<String>,
     ) -> Result<Option<Duration>, ConfigError> {
-        let Some(t) = raw else {
-            return Ok(None);
-        };
-        let d = humantime::parse_duration(&t)
-            .map_err(|e| self.invalid(key, format!("`{t}` is not a duration like \"15m\": {e}")))?;
-        if d < Duration::from_secs(1) {
-            return Err(self.invalid(key, "must be at least 1s"));
+        match self.duration(key, raw)? {
+            Some(d) if d < Duration::from_secs(1) => Err(self.invalid(key, "must be at least 1s")),
+            d => Ok(d),
         }
-        Ok(Some(d))
     }
 }

@@ -89,11 +89,9 @@ impl Loader<'_> {
                 "names no user: write postgres://USER@HOST/DBNAME",
             ));
         }
-        let lease = match lease {
-            None => std::time::Duration::from_secs(30),
-            Some(l) => humantime::parse_duration(&l)
-                .map_err(|e| self.invalid("store.lease", format!("`{l}`: {e} (e.g. \"30s\")")))?,
-        };
+        let lease = self
+            .duration("store.lease", lease)?
+            .unwrap_or(std::time::Duration::from_secs(30));
         if lease < std::time::Duration::from_secs(3) {
             return Err(self.invalid(
                 "store.lease",

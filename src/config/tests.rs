@@ -438,3 +438,42 @@ fn a_postgres_store_takes_its_password_apart_and_refuses_what_it_cannot_do() {
     ));
     assert!(short.contains("at least 3s"), "{short}");
 }
+
+#[test]
+fn every_duration_key_refuses_the_same_way_naming_its_key() {
+    let cases = [
+        (
+            GOOD.replace(
+                "[store]",
+                "[jobs]\n        retention = \"soon\"\n        [store]",
+            ),
+            "jobs.retention",
+        ),
+        (
+            format!("{GOOD}        reconcile_interval = \"soon\"\n"),
+            "rules[0].reconcile_interval",
+        ),
+        (
+            GOOD.replace(
+                "path = \"/var/lib/relay\"",
+                "url = \"postgres://relay@db/x\"\n        lease = \"soon\"",
+            ),
+            "store.lease",
+        ),
+        (
+            GOOD.replace(
+                "tls = { insecure_skip_verify = true }",
+                "tls = { insecure_skip_verify = true }\n        stall_timeout = \"soon\"",
+            ),
+            "registries.integrated.stall_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = error_of(&text);
+        assert!(
+            e.contains(key)
+                && e.contains("`soon` is not a duration like \"30s\", \"10m\" or \"7d\""),
+            "{key}: {e}"
+        );
+    }
+}
