@@ -113,12 +113,7 @@ async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
     ));
     let cfg = file.path.as_str();
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(
         stdout.contains("2 tags checked, 2 differ"),
         "{stdout}\n{:?}",
@@ -138,11 +133,7 @@ async fn reconcile_lists_a_harbor_source_through_its_rest_api() {
     );
 
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     assert_image_on(&dst, "team-a/platform/api", &a, Some("1")).await;
     assert_image_on(&dst, "team-a/platform/api", &a, Some("stable")).await;
     let out = relay_cmd(&["reconcile", "--config", cfg, "--rule", "teams", "--dry-run"]);
@@ -215,12 +206,7 @@ async fn only_artifacts_carrying_the_rules_labels_are_copied() {
         "released",
         "--dry-run",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(!stdout.contains("tkgs-demo/tool"), "unlabelled: {stdout}");
     assert!(stdout.contains("1 tags checked, 0 differ"), "{stdout}");
     harbor
@@ -236,11 +222,7 @@ async fn only_artifacts_carrying_the_rules_labels_are_copied() {
         "--rule",
         "released",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     assert_image_on(&dst, "tkgs-demo/tool", &draft, Some("1")).await;
 }
 
@@ -359,11 +341,7 @@ async fn prune_removes_a_tag_alone_on_a_harbor_target() {
     );
 
     let out = relay_cmd(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     let deleted = harbor.state.deleted_tags.lock().expect("deleted").clone();
     assert_eq!(
         deleted,

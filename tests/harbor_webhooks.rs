@@ -22,21 +22,11 @@ async fn register_webhook_creates_then_updates_the_policy() {
     let cfg = file.path.as_str();
     let register = |url: &str, format: &str| register_webhook(cfg, url, &["--format", format]);
     let out = register("https://jumpvm:8080/webhooks/harbor", "Default");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(stdout.contains("created webhook policy"), "{stdout}");
 
     let out = register("https://jumpvm2:8080/webhooks/harbor", "CloudEvents");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(stdout.contains("updated webhook policy"), "{stdout}");
 
     let policies = harbor.state.policies.lock().expect("policies").clone();
@@ -103,11 +93,7 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
     );
 
     let out = register_webhook(cfg, "https://jumpvm:8080/webhooks/harbor", &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     let out = relay_cmd(&["check", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
@@ -175,11 +161,7 @@ async fn registering_again_keeps_what_the_admin_added_to_the_policy() {
         "https://jumpvm:8443/webhooks/harbor",
         &["--skip-cert-verify"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     let p = harbor.state.policies.lock().expect("policies")["tkgs-demo"][0].clone();
     assert_eq!(p["creator"], "alice", "{p}");
     assert_eq!(p["description"], "relay + audit", "{p}");
@@ -224,11 +206,7 @@ async fn a_robot_on_harbor_2_8_is_told_why_it_may_not_register_the_webhook() {
 
     *harbor.state.version.lock().expect("version") = (2, 14);
     let out = register();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
 }
 
 /// `create_projects = true` on a registry that is not a Harbor: `check`

@@ -94,11 +94,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
     );
     let with_token = [("HARBOR_RELAY_API_TOKEN", API_TOKEN)];
     let out = relay_cmd_env(&["jobs", "--url", &url, "retry", &id], &with_token);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("queued again"));
     relay.wait_success(ids[0]).await;
     assert_image_on(&w.dst, "library/late", &img, Some("1")).await;
@@ -116,12 +112,7 @@ async fn failed_job_is_listed_and_retried_from_the_cli() {
         &["jobs", "--config", &cfg, "show", &id, "--json"],
         &with_token,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");
     // Without --json, a record a person reads.
     let out = relay_cmd(&["jobs", "--config", &cfg, "show", &id]);

@@ -33,11 +33,7 @@ fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
 /// The page's DOM as Chromium rendered it, and a screenshot kept in `dir`.
 fn render(url: &str, shot: &std::path::Path, dir: &std::path::Path) -> String {
     let out = chromium(&["--dump-dom", url], &dir.join("profile-dom"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    expect_success(&out);
     let png = chromium(
         &[&format!("--screenshot={}", shot.display()), url],
         &dir.join("profile-shot"),

@@ -31,12 +31,7 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
     // What `rules test` says, before anything is copied.
     let cfg = relay.config_path.to_str().expect("utf-8").to_string();
     let out = relay_cmd(&["rules", "test", "--config", &cfg, "team-a/platform/api:2.0"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(
         stdout.contains(
             "rule 'platform': external/team-a/platform/api:2.0 -> integrated/mirror-team-a/api:2.0"
@@ -188,12 +183,7 @@ async fn reconcile_repairs_what_no_webhook_announced_and_pulls_on_a_schedule() {
         "catch-up",
         "--dry-run",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(stdout.contains("2 tags checked, 2 differ"), "{stdout}");
     assert!(stdout.contains("external/library/quiet:1"), "{stdout}");
 
@@ -340,12 +330,7 @@ async fn prune_removes_target_tags_the_source_lost_and_nothing_outside_the_rule(
     ];
 
     let out = relay_cmd(&[&args[..], &["--dry-run"]].concat());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = expect_success(&out);
     assert!(
         stdout.contains(&format!(
             "would prune integrated/library/app:3 {} (tag and manifest)",

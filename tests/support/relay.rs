@@ -106,6 +106,17 @@ pub async fn wait_until_answers(http: &reqwest::Client, url: &str, what: &str) {
     }
 }
 
+/// Asserts that a command succeeded, showing its stderr if not, and
+/// returns its stdout.
+pub fn expect_success(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs the `harbor-relay` binary with `args` and waits for it.
 pub fn relay_cmd(args: &[&str]) -> std::process::Output {
     relay_cmd_env(args, &[])
