@@ -83,10 +83,7 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
     let out = relay_cmd(&["check", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("webhook"))
-        .unwrap_or_else(|| panic!("no webhook row:\n{stdout}"));
+    let row = check_row(&stdout, "external", "webhook");
     assert!(
         row.contains("FAIL") && row.contains("register-webhook"),
         "{row}"
@@ -123,10 +120,7 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
     let out = relay_cmd(&["check", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("webhook"))
-        .unwrap_or_else(|| panic!("no webhook row:\n{stdout}"));
+    let row = check_row(&stdout, "external", "webhook");
     assert!(
         row.contains("FAIL") && row.contains("last delivery") && row.contains("PUSH_ARTIFACT"),
         "{row}"
@@ -226,10 +220,7 @@ async fn check_exercises_the_project_api_a_job_depends_on() {
     let out = relay_cmd(&["check", "--config", file.path.as_str()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
-    let row = stdout
-        .lines()
-        .find(|l| l.contains("harbor") && l.contains("integrated"))
-        .unwrap_or_else(|| panic!("no harbor row:\n{stdout}"));
+    let row = check_row(&stdout, "integrated", "harbor");
     assert!(
         row.contains("FAIL") && row.contains("not a Harbor"),
         "{row}"

@@ -138,15 +138,6 @@ fn check(config: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-fn row<'a>(text: &'a str, registry: &str, check: &str) -> &'a str {
-    text.lines()
-        .find(|l| {
-            let mut w = l.split_whitespace();
-            w.next() == Some(registry) && w.next() == Some(check)
-        })
-        .unwrap_or_else(|| panic!("no {registry} {check} row:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_walks_each_step_and_names_the_one_that_fails() {
     let w = World::new().await;
@@ -155,17 +146,17 @@ async fn check_walks_each_step_and_names_the_one_that_fails() {
     eprintln!("{text}");
     assert!(ok, "{text}");
     for c in ["dns", "tcp", "api"] {
-        assert!(row(&text, "external", c).contains(" ok "), "{text}");
+        assert!(check_row(&text, "external", c).contains(" ok "), "{text}");
     }
-    let tls = row(&text, "integrated", "tls");
+    let tls = check_row(&text, "integrated", "tls");
     assert!(tls.contains(" ok "), "{tls}");
     assert!(tls.contains("subject") && tls.contains("issuer") && tls.contains("expires"));
     assert!(tls.contains("trusted by the pinned CA"), "{tls}");
     assert!(
-        row(&text, "integrated", "api").contains("basic auth, as relay"),
+        check_row(&text, "integrated", "api").contains("basic auth, as relay"),
         "{text}"
     );
-    let push = row(&text, "integrated", "push");
+    let push = check_row(&text, "integrated", "push");
     assert!(
         push.contains(" ok ") && push.contains("'library'"),
         "{push}"
@@ -180,10 +171,10 @@ async fn check_walks_each_step_and_names_the_one_that_fails() {
     // Wrong password: the API step fails, push is not tried.
     let (ok, text) = check(&format!("{}{rule}", w.registries()).replace(PASS, "wrong-pw"));
     assert!(!ok);
-    let api = row(&text, "integrated", "api");
+    let api = check_row(&text, "integrated", "api");
     assert!(api.contains("FAIL"), "{api}");
     assert!(
-        row(&text, "integrated", "push").contains("skipped"),
+        check_row(&text, "integrated", "push").contains("skipped"),
         "{text}"
     );
     assert!(!text.contains("wrong-pw"), "{text}");
@@ -196,7 +187,7 @@ async fn check_walks_each_step_and_names_the_one_that_fails() {
     );
     let (ok, text) = check(&unpinned);
     assert!(!ok);
-    let tls = row(&text, "integrated", "tls");
+    let tls = check_row(&text, "integrated", "tls");
     assert!(
         tls.contains("FAIL") && tls.contains("not trusted by the system"),
         "{tls}"
@@ -214,8 +205,14 @@ async fn check_walks_each_step_and_names_the_one_that_fails() {
             .expect("integrated")
     ));
     assert!(!ok);
-    assert!(row(&text, "external", "tcp").contains("FAIL"), "{text}");
-    assert!(row(&text, "external", "api").contains("skipped"), "{text}");
+    assert!(
+        check_row(&text, "external", "tcp").contains("FAIL"),
+        "{text}"
+    );
+    assert!(
+        check_row(&text, "external", "api").contains("skipped"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,17 @@ pub async fn wait_until_answers(http: &reqwest::Client, url: &str, what: &str) {
     }
 }
 
+/// The line of `harbor-relay check`'s output for one registry's check
+/// (its first two words), or a panic showing the whole output.
+pub fn check_row<'a>(text: &'a str, registry: &str, check: &str) -> &'a str {
+    text.lines()
+        .find(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(registry) && w.next() == Some(check)
+        })
+        .unwrap_or_else(|| panic!("no {registry} {check} row:\n{text}"))
+}
+
 /// Asserts that a command succeeded, showing its stderr if not, and
 /// returns its stdout.
 pub fn expect_success(out: &std::process::Output) -> String {
