@@ -74,6 +74,9 @@ pub enum Skip {
     Excluded,
     /// Pushed by digest, and the rule selects tags.
     Untagged,
+    /// The mapped target path would leave the target project the rule
+    /// names (a source project or path that escapes `target_project`).
+    Escapes,
 }
 
 /// Compiles one glob list. Patterns were validated when the config loaded;
@@ -126,6 +129,30 @@ impl Rule {
         } else {
             format!("{template}/{path}")
         }
+    }
+
+    /// Whether `target` (a path this rule mapped for `project`) stays in the
+    /// target project the rule names: the first component of
+    /// `target_project` with `{project}` filled in (the load refuses a
+    /// template whose first component is not made of a literal and
+    /// `{project}`). Checked again at plan time, so no source project
+    /// name or repository path can pick the project the relay's account
+    /// writes into.
+    pub fn confined(&self, project: &str, target: &str) -> bool {
+        let template = &self.config.target_project;
+        let first = template.split('/').next().unwrap_or(template);
+        if first.contains("{repository}") {
+            return false;
+        }
+        let want = first.replace("{project}", project);
+        if want.is_empty() || want.contains('/') {
+            // A plain registry's top-level path (no project) or a source
+            // project with a '/', which no Harbor project has.
+            return want.is_empty() && template.is_empty();
+        }
+        target
+            .strip_prefix(want.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Where a repository (full path, in `project`) goes on the target.
@@ -189,9 +216,13 @@ impl Rule {
         if !self.repositories.is_match(inside) {
             return Err(Skip::Repository);
         }
+        let target = self.target_path(project, inside);
+        if !self.confined(project, &target) {
+            return Err(Skip::Escapes);
+        }
         Ok(Plan {
             referrer_only: matches!(reference, Reference::Digest(_)) && !self.all_tags,
-            ..self.plan_for(repository, self.target_path(project, inside))
+            ..self.plan_for(repository, target)
         })
     }
 
@@ -307,6 +338,9 @@ impl std::fmt::Display for Skip {
             Skip::Tag => "tag not in `tags`",
             Skip::Excluded => "tag in `exclude_tags`",
             Skip::Untagged => "pushed by digest and the rule selects tags",
+            Skip::Escapes => {
+                "the target path would leave the target project that `target_project` names"
+            }
         })
     }
 }
@@ -463,6 +497,40 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(r.target_path("library", "nginx"), "library-dr/nginx");
+    }
+
+    #[test]
+    fn a_target_path_stays_in_the_project_the_rule_names() {
+        let mk = |target: &str| {
+            Rule::new(RuleConfig {
+                target_project: target.into(),
+                ..RuleConfig::new("r", "external", "integrated")
+            })
+            .expect("valid")
+        };
+        let r = mk("{project}");
+        assert!(r.confined("team-a", "team-a/app"));
+        assert!(
+            !r.confined("team-a", "team-ab/app"),
+            "a prefix is not the project"
+        );
+        assert!(!r.confined("team-a", "secret/app"));
+        assert!(
+            !r.confined("team-a/x", "team-a/x/app"),
+            "a project has no '/'"
+        );
+        let r = mk("{project}-dr/{repository}");
+        assert!(r.confined("library", "library-dr/nginx"));
+        // A template whose first component comes from the repository lets
+        // the source pick the project: never confined (and refused at load).
+        let r = mk("{repository}");
+        assert!(!r.confined("team-a", "secret/app"));
+        assert_eq!(
+            r.plan("team-a", "team-a/secret/app", &tag("1")),
+            Err(Skip::Escapes)
+        );
+        let r = mk("mirror");
+        assert!(r.confined("anything", "mirror/app"));
     }
 
     #[test]

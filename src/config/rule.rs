@@ -126,6 +126,15 @@ impl Loader<'_> {
                 format!("`{target_project}`: the placeholders are {{project}} and {{repository}}"),
             ));
         }
+        let first = target_project.split('/').next().unwrap_or_default();
+        if first.contains("{repository}") || first.is_empty() {
+            return Err(self.invalid(
+                key,
+                format!(
+                    "`{target_project}`: the first path component (the target project) must be a name or built from {{project}}, e.g. \"{{project}}/{{repository}}\" or \"mirror/{{repository}}\"; {{repository}} there would let a source repository choose which target project the relay writes into, with an account that can write every one"
+                ),
+            ));
+        }
         if !crate::reference::is_valid_repository(&probe) || (probe.contains('/') && !whole_path) {
             return Err(self.invalid(
                 key,

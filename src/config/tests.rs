@@ -335,6 +335,38 @@ fn bad_target_project_is_refused() {
 }
 
 #[test]
+fn a_target_project_a_source_repository_could_choose_is_refused() {
+    for template in [
+        "{repository}",
+        "x{repository}",
+        "/{repository}",
+        "{project}{repository}",
+    ] {
+        let text = GOOD.replace(
+            "projects = [\"library\", \"team-*\"]",
+            &format!("target_project = \"{template}\""),
+        );
+        let e = error_of(&text);
+        assert!(e.contains("rules[0].target_project"), "{template}: {e}");
+        assert!(
+            e.contains("would let a source repository choose which target project"),
+            "{template}: {e}"
+        );
+    }
+    for fine in [
+        "{project}/{repository}",
+        "mirror/{repository}",
+        "{project}-dr/{repository}",
+    ] {
+        let text = GOOD.replace(
+            "projects = [\"library\", \"team-*\"]",
+            &format!("target_project = \"{fine}\""),
+        );
+        parse(&text).expect(fine);
+    }
+}
+
+#[test]
 fn the_usual_slips_get_the_fix_in_their_message() {
     let e = error_of(&GOOD.replace("[[rules]]", "[rules]"));
     assert!(e.contains("[[rules]]"), "{e}");

@@ -235,6 +235,18 @@ impl JobSpec {
         format!("{}/{}{}", self.to, self.target_repository, self.reference)
     }
 
+    /// For a deletion, the dedupe key of the copy of the same artifact
+    /// under the same rule (its push): the job a delete is weighed against.
+    pub fn push_key(&self) -> Option<String> {
+        (self.action == Action::Delete).then(|| {
+            JobSpec {
+                action: Action::Copy,
+                ..self.clone()
+            }
+            .dedupe_key()
+        })
+    }
+
     /// Two deliveries of the same event (or the same push seen twice) give
     /// the same key; while a job with this key is active, new ones join it.
     pub fn dedupe_key(&self) -> String {
@@ -281,6 +293,10 @@ pub struct Job {
     /// when a job is slow. `None` on the embedded store (one relay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
+    /// A deletion of the same artifact came after this copy: no later
+    /// delivery folds into it, so a push after the delete copies again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub window_closed: bool,
 }
 
 /// How an attempt ended, as the store records it.

@@ -301,9 +301,8 @@ async fn attempt(
     let work = async {
         match (spec.action, &spec.digest) {
             (Action::Delete, Some(digest)) => {
-                ctx.replicator
-                    .delete(target, &spec.target_repository, &spec.reference, digest)
-                    .await
+                let req = spec.copy_request(source, target);
+                ctx.replicator.delete(&req, digest).await
             }
             _ => {
                 let mut req = spec.copy_request(source, target);

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::chunked;
+use super::decide;
 use super::{CopyRequest, Progress, ReplicateError, Replicator};
 use crate::manifest::Descriptor;
 use crate::registry::{MountOrUpload, RegistryError, Tap};
@@ -57,25 +58,26 @@ impl Replicator {
         if !known.is_empty() || big {
             // Known to the ledger (likely present, or mountable from where
             // it went), or too big to open a stream for on a guess: ask
-            // first.
-            if target.has_blob(repo, &blob.digest).await? {
-                progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-                self.count("skipped");
-                return Ok(());
-            }
-            for from in known.iter().filter(|r| r.as_str() != repo).take(3) {
-                match target.mount_blob(repo, &blob.digest, from).await {
-                    Ok(true) => {
-                        progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                        self.count("mounted");
-                        tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
+            // first, the target and (for its word that it holds the blob
+            // in this repository) the source, together.
+            let (source_has, target_has) = futures_util::future::try_join(
+                self.source_holds(req, blob, progress),
+                target.has_blob(repo, &blob.digest),
+            )
+            .await?;
+            match decide::held(source_has, target_has) {
+                decide::Held::Skip => {
+                    progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                    self.count("skipped");
+                    return Ok(());
+                }
+                decide::Held::MountOrUpload => {
+                    if self.mount_known(req, blob, &known, progress).await {
                         return Ok(());
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
-                    }
                 }
+                // Read it: the source's error names the blob it lacks.
+                decide::Held::Read => {}
             }
             if big {
                 return self.copy_chunked(req, blob, progress).await;
@@ -92,7 +94,9 @@ impl Replicator {
         )
         .await;
         let location = match opened? {
+            // Skipped only on the source's word too: its answer to the GET.
             MountOrUpload::Mounted => {
+                drop(read?);
                 progress.blobs_skipped.fetch_add(1, Ordering::Relaxed);
                 self.count("skipped");
                 return Ok(());
@@ -108,6 +112,57 @@ impl Replicator {
         };
         self.upload(req, blob, progress, location, body, chunkable)
             .await
+    }
+
+    /// Whether the source holds `blob` in the job's source repository
+    /// (a `HEAD` by digest, asked once per job and digest).
+    async fn source_holds(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        progress: &Progress,
+    ) -> Result<bool, RegistryError> {
+        if progress.proven(&blob.digest) {
+            return Ok(true);
+        }
+        let has = req
+            .source
+            .has_blob(req.source_repository, &blob.digest)
+            .await?;
+        if has {
+            progress.prove(&blob.digest);
+        } else {
+            tracing::warn!(digest = %blob.digest, repository = %req.source_repository, "the source does not hold this blob in the repository whose manifest names it: not skipped or mounted");
+        }
+        Ok(has)
+    }
+
+    /// Mounts `blob` from another repository of the same target project
+    /// that the ledger saw it in ([`decide::mount_sources`]); true if one
+    /// mount took.
+    async fn mount_known(
+        &self,
+        req: &CopyRequest<'_>,
+        blob: &Descriptor,
+        known: &[String],
+        progress: &Progress,
+    ) -> bool {
+        let (target, repo) = (req.target, req.target_repository);
+        for from in decide::mount_sources(known, repo) {
+            match target.mount_blob(repo, &blob.digest, from).await {
+                Ok(true) => {
+                    progress.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                    self.count("mounted");
+                    tracing::debug!(digest = %blob.digest, from = %from, "blob mounted");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(digest = %blob.digest, from = %from, error = %e, "mount failed")
+                }
+            }
+        }
+        false
     }
 
     /// Streams `body` into the open upload session at `location`.

@@ -141,10 +141,60 @@ pub fn next(k: &Known<'_>) -> Next {
     }
 }
 
+/// The target project of a repository: its first path component (Harbor's
+/// project). A one-component name has none (Harbor cannot hold it).
+pub fn project_of(repository: &str) -> Option<&str> {
+    repository.split_once('/').map(|(project, _)| project)
+}
+
+/// Where a blob missing from `repo` may be mounted from, of the target
+/// repositories the ledger saw it in: only other repositories of the same
+/// target project (at most three tries). A mount from another project
+/// would hand that project's layer to whoever can pull `repo`, on the
+/// word of a source that named its digest: what one source project feeds
+/// never reaches another's (invariant 10, SECURITY.md).
+pub fn mount_sources<'a>(known: &'a [String], repo: &str) -> Vec<&'a str> {
+    known
+        .iter()
+        .map(String::as_str)
+        .filter(|r| *r != repo && project_of(r).is_some() && project_of(r) == project_of(repo))
+        .take(3)
+        .collect()
+}
+
+/// What may be done with a blob the target already holds or could mount,
+/// once the source has answered whether it holds the blob in the job's
+/// source repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// The source holds it and so does the target repository: skip.
+    Skip,
+    /// The source holds it; the target repository does not: mount it if a
+    /// mount source is left, else upload.
+    MountOrUpload,
+    /// The source does not hold it (in that repository): nothing may be
+    /// skipped or mounted on its account; reading it will fail, saying so.
+    Read,
+}
+
+/// A blob is skipped or mounted only on the source's proof that it holds
+/// the blob in the job's source repository: otherwise a hostile source
+/// could name another project's layer and have the relay link it for it.
+pub fn held(source_has: bool, target_has: bool) -> Held {
+    match (source_has, target_has) {
+        (false, _) => Held::Read,
+        (true, true) => Held::Skip,
+        (true, false) => Held::MountOrUpload,
+    }
+}
+
 /// What a replicated deletion does, given where the target's reference
 /// points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Deletion {
+    /// The source still has the manifest: the event is not the source's
+    /// state (replayed, reordered or forged); leave the target alone.
+    SourceHolds,
     /// Nothing is there: skip.
     Absent,
     /// The target's reference points at this other digest: leave it.
@@ -153,8 +203,13 @@ pub enum Deletion {
     Delete,
 }
 
-/// A deletion deletes only the digest that was deleted on the source.
-pub fn deletion(there: Option<&str>, deleted: &str) -> Deletion {
+/// A deletion deletes only the digest that was deleted on the source, and
+/// only once the source confirms it is gone (`source_has` is its answer
+/// to a `HEAD` of the manifest by digest).
+pub fn deletion(source_has: bool, there: Option<&str>, deleted: &str) -> Deletion {
+    if source_has {
+        return Deletion::SourceHolds;
+    }
     match there {
         None => Deletion::Absent,
         Some(t) if t != deleted => Deletion::Other(t.to_string()),
@@ -360,9 +415,47 @@ mod tests {
     }
 
     #[test]
+    fn mounts_come_only_from_the_same_target_project() {
+        let known: Vec<String> = [
+            "secret/app",
+            "team-a/base",
+            "team-a/app",
+            "team-a/x",
+            "team-a/y",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            mount_sources(&known, "team-a/app"),
+            vec!["team-a/base", "team-a/x", "team-a/y"],
+            "itself and another project are never mount sources; three tries"
+        );
+        assert!(mount_sources(&known, "evil/steal").is_empty());
+        assert_eq!(project_of("app"), None);
+        assert!(
+            mount_sources(&["app".to_string()], "app/x").is_empty(),
+            "a repository without a project is no project's"
+        );
+        assert!(mount_sources(&["x".to_string()], "y").is_empty());
+    }
+
+    #[test]
+    fn nothing_is_skipped_or_mounted_without_the_sources_word() {
+        assert_eq!(held(false, true), Held::Read);
+        assert_eq!(held(false, false), Held::Read);
+        assert_eq!(held(true, true), Held::Skip);
+        assert_eq!(held(true, false), Held::MountOrUpload);
+    }
+
+    #[test]
     fn a_deletion_deletes_only_the_deleted_digest() {
-        assert_eq!(deletion(None, A), Deletion::Absent);
-        assert_eq!(deletion(Some(B), A), Deletion::Other(B.into()));
-        assert_eq!(deletion(Some(A), A), Deletion::Delete);
+        assert_eq!(deletion(false, None, A), Deletion::Absent);
+        assert_eq!(deletion(false, Some(B), A), Deletion::Other(B.into()));
+        assert_eq!(deletion(false, Some(A), A), Deletion::Delete);
+        assert_eq!(
+            deletion(true, Some(A), A),
+            Deletion::SourceHolds,
+            "what the source still has is never deleted"
+        );
     }
 }

@@ -113,9 +113,26 @@ struct Progress {
     blobs_resumed: AtomicU64,
     bytes_copied: AtomicU64,
     referrers_copied: AtomicU64,
+    /// Digests the source said it holds in the job's source repository
+    /// (the proof a skip or a mount needs), asked once per job.
+    proven: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Progress {
+    fn proven(&self, digest: &str) -> bool {
+        self.proven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(digest)
+    }
+
+    fn prove(&self, digest: &str) {
+        self.proven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string());
+    }
+
     /// The summary of a copy that wrote `digest`.
     fn summary(self, digest: String, note: Option<String>) -> Summary {
         Summary {
@@ -461,14 +478,15 @@ impl Replicator {
 
     /// Replicates a deletion: deletes the manifest with `digest` from the
     /// target (which removes its tags there, as Harbor does), but only if
+    /// the source no longer has that manifest (a delete event proves
+    /// nothing by itself: it may be replayed, reordered or forged) and
     /// what the target has under the deleted reference is that digest.
     pub async fn delete(
         &self,
-        target: &Registry,
-        repository: &str,
-        reference: &Reference,
+        req: &CopyRequest<'_>,
         digest: &str,
     ) -> Result<Summary, ReplicateError> {
+        let (target, repository, reference) = (req.target, req.target_repository, req.reference);
         let skipped = |why: String| {
             tracing::info!("{why}");
             Ok(Summary {
@@ -477,8 +495,18 @@ impl Replicator {
                 ..Summary::default()
             })
         };
-        let there = target.resolve(repository, reference).await?;
-        match decide::deletion(there.as_deref(), digest) {
+        let (source_has, there) = futures_util::future::try_join(
+            req.source.has_manifest(req.source_repository, digest),
+            target.resolve(repository, reference),
+        )
+        .await?;
+        match decide::deletion(source_has, there.as_deref(), digest) {
+            decide::Deletion::SourceHolds => {
+                return skipped(format!(
+                    "not deleted: the source still has {}@{digest}; a delete event for what the source holds is replayed, reordered or forged",
+                    req.source_repository
+                ));
+            }
             decide::Deletion::Absent => {
                 return skipped(format!(
                     "{repository}{reference} is not on the target; nothing to delete"

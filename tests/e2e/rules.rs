@@ -138,6 +138,14 @@ async fn deletions_replicate_only_when_a_rule_asks() {
         v["type"] = "DELETE_ARTIFACT".into();
         serde_json::to_vec(&v).expect("json")
     };
+    // Harbor sends DELETE_ARTIFACT once the artifact is gone from the
+    // source; a delete is replicated only once the source confirms it.
+    assert!(
+        w.src
+            .delete_manifest("library/gone", &img.digest)
+            .await
+            .expect("delete on the source")
+    );
     let ids = relay.push(delete("library/gone")).await;
     let job = relay.wait_success(ids[0]).await;
     assert_eq!(job["action"], "delete");

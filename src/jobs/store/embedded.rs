@@ -247,12 +247,18 @@ impl SledStore {
                         continue;
                     }
                 }
+                let deleting = self.weigh_delete(&spec)?;
                 let id = self.db.generate_id()? + 1;
-                let job = transition::new_job(id, spec, (self.clock)());
-                self.save(&job)?;
+                let mut job = transition::new_job(id, spec, (self.clock)());
+                if let Some(transition::Deleting::Stale(why)) = deleting {
+                    transition::ignored(&mut job, why, (self.clock)());
+                    self.save(&job)?;
+                } else {
+                    self.save(&job)?;
+                    self.queue.insert(key(id), &[])?;
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                }
                 self.dedupe.insert(dkey.as_bytes(), &key(id))?;
-                self.queue.insert(key(id), &[])?;
-                self.queued.fetch_add(1, Ordering::Relaxed);
                 out.push(Enqueued {
                     id,
                     coalesced: false,
@@ -262,6 +268,25 @@ impl SledStore {
         self.durable().await?;
         self.wake.notify_waiters();
         Ok(out)
+    }
+
+    /// For a deletion: [`transition::deleting`] against the newest copy
+    /// of the same artifact, whose window is closed here if it says so.
+    /// `None` for a copy. Called under the write guard.
+    fn weigh_delete(&self, spec: &JobSpec) -> Result<Option<transition::Deleting>, StoreError> {
+        let Some(push_key) = spec.push_key() else {
+            return Ok(None);
+        };
+        let push = match self.dedupe.get(push_key.as_bytes())? {
+            Some(id) => self.load(id_of(&id))?,
+            None => None,
+        };
+        let decision = transition::deleting(push.as_ref(), spec);
+        if let (transition::Deleting::Queue { close: true }, Some(mut push)) = (&decision, push) {
+            transition::close_window(&mut push);
+            self.save(&push)?;
+        }
+        Ok(Some(decision))
     }
 
     /// Takes the oldest queued job and marks it running (on disk).

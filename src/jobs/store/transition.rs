@@ -19,15 +19,76 @@ pub fn new_job(id: u64, spec: JobSpec, now_ms: u64) -> Job {
         last_error: None,
         next_attempt_ms: None,
         relay: None,
+        window_closed: false,
     }
 }
 
 /// Whether a new event with the same dedupe key folds into `job`: while it
 /// is active, or within `window_ms` after it succeeded (a redelivery).
+/// A deletion folds only into an active one: a finished delete may have
+/// been skipped because the source still had the artifact, and a later
+/// delete event must be weighed again.
 pub fn joins(job: &Job, window_ms: u64, now_ms: u64) -> bool {
-    job.state.is_active()
-        || (job.state == JobState::Succeeded
-            && job.finished_ms.is_some_and(|f| f + window_ms >= now_ms))
+    let copy = job.spec.action == crate::jobs::Action::Copy;
+    !job.window_closed
+        && (job.state.is_active()
+            || (copy
+                && job.state == JobState::Succeeded
+                && job.finished_ms.is_some_and(|f| f + window_ms >= now_ms)))
+}
+
+/// What the enqueue of a deletion does, weighed against the newest copy
+/// job of the same artifact under the same rule (`push`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleting {
+    /// The push happened after the event's `occur_at` (a replayed or
+    /// reordered delete, or a forged one back-dated): the delete is kept
+    /// as a job, finished at once as ignored, saying why.
+    Stale(String),
+    /// Queue the delete and close the push's window, so that a push of
+    /// the same digest after it copies again instead of folding into the
+    /// copy from before the delete.
+    Queue {
+        /// Whether there is a push job whose window to close.
+        close: bool,
+    },
+}
+
+/// Decides [`Deleting`]: only a delete whose event is older than the last
+/// push of that digest is stale (both times known); any other is queued
+/// (and it deletes only if the source no longer has the manifest, checked
+/// when it runs).
+pub fn deleting(push: Option<&Job>, delete: &JobSpec) -> Deleting {
+    let Some(push) = push else {
+        return Deleting::Queue { close: false };
+    };
+    match (push.spec.occurred_at, delete.occurred_at) {
+        (Some(pushed), Some(deleted)) if pushed > deleted => Deleting::Stale(format!(
+            "ignored: this delete event's occur_at ({deleted}) is older than the push of the same digest that job {} copied (occur_at {pushed}); a replayed, reordered or forged delete",
+            push.id
+        )),
+        _ => Deleting::Queue {
+            close: !push.window_closed,
+        },
+    }
+}
+
+/// A push job whose window a deletion closed.
+pub fn close_window(job: &mut Job) {
+    job.window_closed = true;
+}
+
+/// A new deletion job that [`Deleting::Stale`] ends at once, succeeded and
+/// skipped with `why` (kept so the webhook's answer and the API name it).
+pub fn ignored(job: &mut Job, why: String, now_ms: u64) {
+    let summary = crate::jobs::Summary {
+        digest: job.spec.digest.clone().unwrap_or_default(),
+        skipped: Some(why),
+        ..Default::default()
+    };
+    job.state = JobState::Succeeded;
+    job.summary = Some(summary);
+    job.finished_ms = Some(now_ms);
 }
 
 /// A worker takes the job.
@@ -153,6 +214,50 @@ mod tests {
         assert_eq!(
             (j.state, j.attempts, j.finished_ms),
             (JobState::Queued, 0, None)
+        );
+    }
+
+    #[test]
+    fn a_delete_older_than_the_push_is_stale_and_a_newer_one_closes_its_window() {
+        let mut push = job();
+        push.spec.occurred_at = Some(2_000);
+        start(&mut push, 2_000);
+        finish(&mut push, Outcome::Succeeded(Default::default()), 3_000);
+        let mut delete = push.spec.clone();
+        delete.action = crate::jobs::Action::Delete;
+        assert_eq!(delete.push_key(), Some(push.spec.dedupe_key()));
+        assert_eq!(push.spec.push_key(), None);
+        delete.occurred_at = Some(1_500);
+        assert!(
+            matches!(deleting(Some(&push), &delete), Deleting::Stale(why) if why.contains("job 7")),
+            "a delete from before the push is ignored"
+        );
+        delete.occurred_at = Some(2_500);
+        assert_eq!(
+            deleting(Some(&push), &delete),
+            Deleting::Queue { close: true }
+        );
+        delete.occurred_at = None;
+        assert_eq!(
+            deleting(Some(&push), &delete),
+            Deleting::Queue { close: true },
+            "without a time the source decides, when the delete runs"
+        );
+        assert_eq!(deleting(None, &delete), Deleting::Queue { close: false });
+        assert!(joins(&push, 60_000, 4_000));
+        close_window(&mut push);
+        assert!(!joins(&push, 60_000, 4_000), "the next push copies again");
+        assert_eq!(
+            deleting(Some(&push), &delete),
+            Deleting::Queue { close: false }
+        );
+        let mut d = new_job(8, delete, 5_000);
+        assert!(joins(&d, 0, 6_000), "a queued delete takes duplicates");
+        ignored(&mut d, "why".into(), 5_000);
+        assert_eq!(d.state, JobState::Succeeded);
+        assert!(
+            !joins(&d, 60_000, 6_000),
+            "a finished delete takes none: the next one is weighed again"
         );
     }
 

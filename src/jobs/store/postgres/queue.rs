@@ -107,7 +107,16 @@ impl PgStore {
                 });
             }
         }
-        let job = transition::new_job(id.get::<_, i64>(0) as u64, spec, now);
+        let deleting = Self::weigh_delete(tx, &spec).await?;
+        let mut job = transition::new_job(id.get::<_, i64>(0) as u64, spec, now);
+        if let Some(transition::Deleting::Stale(why)) = deleting {
+            transition::ignored(&mut job, why, now);
+            Self::save(tx, &job, None).await?;
+            return Ok(Enqueued {
+                id: job.id,
+                coalesced: false,
+            });
+        }
         futures_util::try_join!(Self::save(tx, &job, None), async {
             tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)
         })?;
@@ -115,6 +124,41 @@ impl PgStore {
             id: job.id,
             coalesced: false,
         })
+    }
+
+    /// For a deletion: [`transition::deleting`] against the newest copy of
+    /// the same artifact (locked, as [`PgStore::fold_or_add`] locks its
+    /// own key), whose window is closed here if it says so. `None` for a
+    /// copy.
+    async fn weigh_delete(
+        tx: &deadpool_postgres::Transaction<'_>,
+        spec: &JobSpec,
+    ) -> Result<Option<transition::Deleting>, StoreError> {
+        let Some(push_key) = spec.push_key() else {
+            return Ok(None);
+        };
+        let newest = tx
+            .prepare_cached(
+                "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            )
+            .await
+            .map_err(db)?;
+        let push = match tx.query_opt(&newest, &[&push_key]).await.map_err(db)? {
+            Some(row) => Some(Self::job_of(&row, "job")?),
+            None => None,
+        };
+        let decision = transition::deleting(push.as_ref(), spec);
+        if let (transition::Deleting::Queue { close: true }, Some(mut push)) = (&decision, push) {
+            transition::close_window(&mut push);
+            let update = tx
+                .prepare_cached("UPDATE relay_jobs SET job = $2 WHERE id = $1")
+                .await
+                .map_err(db)?;
+            tx.execute(&update, &[&ms(push.id), &serde_json::to_value(&push)?])
+                .await
+                .map_err(db)?;
+        }
+        Ok(Some(decision))
     }
 
     /// Takes the oldest queued job, or a running one whose lease expired

@@ -1,0 +1,226 @@
+//! Confinement (invariant 10): the relay's account can write every project
+//! of the integrated Harbor, so it writes only what the matching rule maps
+//! to. Each test plays what a hostile source, a source project or a forged
+//! event asks beyond that, against real registries, and checks the target
+//! afterwards: nothing reached what was not the asker's own.
+
+mod support;
+
+use harbor_relay::reference::Reference;
+use support::fault::{Fault, FaultProxy};
+use support::*;
+
+fn not_found() -> Fault {
+    Fault::Status {
+        status: 404,
+        retry_after: None,
+    }
+}
+
+/// A DELETE_ARTIFACT event for `repo:tag` at `digest`, dated `occur_at`.
+fn delete_event(repo: &str, tag: &str, digest: &str, occur_at: i64) -> Vec<u8> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&push_event(repo, Some(tag), digest)).expect("json");
+    v["type"] = "DELETE_ARTIFACT".into();
+    v["occur_at"] = occur_at.into();
+    serde_json::to_vec(&v).expect("json")
+}
+
+/// Finding 1: a source that names another project's layer in its manifest
+/// and does not serve it gets nothing mounted or skipped for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_source_cannot_mount_another_projects_layer() {
+    let w = World::new().await;
+    let secret = TestImage::random(&[300_000, 200_000]);
+    secret
+        .push(&w.src, "secret/app", &Reference::Tag("1.0".into()))
+        .await;
+    // The same manifest under `evil/steal`: its blobs are the secret ones,
+    // and the source (through the proxy) says it does not hold them there.
+    secret
+        .push(&w.src, "evil/steal", &Reference::Tag("1.0".into()))
+        .await;
+    let proxy = FaultProxy::start(&w.source.url).await;
+    proxy.inject(None, "/v2/evil/steal/blobs/", usize::MAX, not_found());
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &proxy.url, None, ""),
+        w.target_toml()
+    );
+    let relay = Relay::start_with_jobs("max_attempts = 1\n", &config).await;
+    let ids = relay
+        .push(push_event("secret/app", Some("1.0"), &secret.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+
+    let ids = relay
+        .push(push_event("evil/steal", Some("1.0"), &secret.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["blobs_mounted"].as_u64().unwrap_or(0), 0, "{job}");
+    for digest in secret.blob_digests() {
+        assert!(
+            !w.dst.has_blob("evil/steal", &digest).await.expect("HEAD"),
+            "{digest} reached evil/steal on the target: {job}"
+        );
+    }
+    assert!(
+        !w.dst
+            .has_manifest("evil/steal", &secret.digest)
+            .await
+            .expect("HEAD"),
+        "a manifest was written without its blobs"
+    );
+    // The source was asked for the blobs in evil/steal (and said no).
+    let asked = proxy
+        .requests()
+        .iter()
+        .filter(|(_, _, path, status)| path.contains("/v2/evil/steal/blobs/") && *status == 404)
+        .count();
+    assert!(asked >= 1, "the source was never asked for the blobs");
+}
+
+/// Finding 1, second half: a blob the source does hold is still mounted
+/// only from the same target project; another project's copy is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounts_stay_inside_one_target_project() {
+    let w = World::new().await;
+    let base = vec![random_bytes(300_000), random_bytes(200_000)];
+    let image = |extra: usize| {
+        TestImage::from_layers(
+            [base.clone(), vec![random_bytes(extra)]].concat(),
+            "linux",
+            "amd64",
+        )
+    };
+    let (a, b, a2) = (image(10_000), image(11_000), image(12_000));
+    a.push(&w.src, "team-a/app", &Reference::Tag("1".into()))
+        .await;
+    b.push(&w.src, "team-b/app", &Reference::Tag("1".into()))
+        .await;
+    a2.push(&w.src, "team-a/other", &Reference::Tag("1".into()))
+        .await;
+    let relay = Relay::start(&w.config()).await;
+    let ids = relay
+        .push(push_event("team-a/app", Some("1"), &a.digest))
+        .await;
+    relay.wait_success(ids[0]).await;
+
+    let ids = relay
+        .push(push_event("team-b/app", Some("1"), &b.digest))
+        .await;
+    let jb = relay.wait_success(ids[0]).await;
+    assert_eq!(jb["blobs_mounted"], 0, "mounted across projects: {jb}");
+    assert_eq!(jb["blobs_copied"], 4, "{jb}");
+    assert_image_on(&w.dst, "team-b/app", &b, Some("1")).await;
+
+    // Inside team-a the shared layers are mounted, not sent again.
+    let ids = relay
+        .push(push_event("team-a/other", Some("1"), &a2.digest))
+        .await;
+    let j = relay.wait_success(ids[0]).await;
+    assert_eq!(j["blobs_mounted"], 2, "{j}");
+    assert_image_on(&w.dst, "team-a/other", &a2, Some("1")).await;
+}
+
+/// Finding 2: a delete event for what the source still holds deletes
+/// nothing, a back-dated one is ignored when it is read, and after a
+/// genuine delete the next push of the same digest copies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_replayed_delete_deletes_nothing_the_source_still_has() {
+    let w = World::new().await;
+    let img = TestImage::pushed(&w.src, "library/app", &[20_000]).await;
+    let config = format!(
+        "{}[[rules]]\nname = \"mirror\"\nfrom = \"external\"\nto = \"integrated\"\nreplicate_deletes = true\n",
+        w.registries(),
+    );
+    let relay = Relay::start(&config).await;
+    // push_event says occur_at 1724572800 (2024-08-25).
+    let ids = relay
+        .push(push_event("library/app", Some("1"), &img.digest))
+        .await;
+    let pushed = relay.wait_success(ids[0]).await;
+
+    // Back-dated to 2017: older than the push, ignored at once.
+    let ids = relay
+        .push(delete_event("library/app", "1", &img.digest, 1_500_000_000))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["deleted"], false, "{job}");
+    let why = job["skipped"].as_str().expect("a reason");
+    assert!(why.contains("older than the push"), "{why}");
+    assert!(why.contains(&format!("job {}", pushed["id"])), "{why}");
+    assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
+
+    // Dated now, but the source still has the manifest: not deleted.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let ids = relay
+        .push(delete_event("library/app", "1", &img.digest, now))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["deleted"], false, "{job}");
+    let why = job["skipped"].as_str().expect("a reason");
+    assert!(why.contains("the source still has"), "{why}");
+    assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
+
+    // The genuine delete: the source deleted it first.
+    assert!(
+        w.src
+            .delete_manifest("library/app", &img.digest)
+            .await
+            .expect("delete on the source")
+    );
+    let ids = relay
+        .push(delete_event("library/app", "1", &img.digest, now + 1))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["deleted"], true, "{job}");
+    assert!(
+        !w.dst
+            .has_manifest("library/app", &img.digest)
+            .await
+            .expect("HEAD")
+    );
+
+    // Pushed again (same digest, same event): a new copy, not the old job.
+    img.push(&w.src, "library/app", &Reference::Tag("1".into()))
+        .await;
+    let (status, v) = relay
+        .deliver(push_event("library/app", Some("1"), &img.digest))
+        .await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["jobs"][0]["coalesced"], false, "{v}");
+    let id = v["jobs"][0]["id"].as_u64().expect("id");
+    assert_ne!(Some(id), pushed["id"].as_u64());
+    relay.wait_success(id).await;
+    assert_image_on(&w.dst, "library/app", &img, Some("1")).await;
+}
+
+/// Finding 3: a template that lets the source repository choose the target
+/// project is refused at load, with the reason.
+#[test]
+fn a_target_project_the_source_chooses_is_refused_at_load() {
+    let cfg = ConfigFile::new(&format!(
+        "{}{}[[rules]]\nfrom = \"external\"\nto = \"integrated\"\ntarget_project = \"{{repository}}\"\n",
+        registry_toml("external", "http://127.0.0.1:1", None, ""),
+        registry_toml("integrated", "http://127.0.0.1:2", None, ""),
+    ));
+    let out = relay_cmd(&[
+        "rules",
+        "test",
+        "--config",
+        cfg.path.as_str(),
+        "team-a/secret/app:1.0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rules[0].target_project"), "{err}");
+    assert!(
+        err.contains("would let a source repository choose which target project"),
+        "{err}"
+    );
+}
