@@ -324,6 +324,9 @@ pub fn instance() -> String {
 pub async fn connect_store(config: &Config, instance: &str) -> Result<(Store, usize), DaemonError> {
     let (store, recovered) = match &config.store.postgres {
         Some(pg) => {
+            if let Some(warning) = pg.clear_text_warning() {
+                tracing::warn!("{warning}");
+            }
             let store =
                 Store::open_postgres(pg.connect.clone(), pg.ca_pem.as_deref(), instance, pg.lease)
                     .await

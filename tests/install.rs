@@ -94,7 +94,7 @@ fn configmap_config(path: &Path, tmp: &Path) -> Config {
     let body = body.replace("/run/secrets/harbor-relay", secrets.to_str().expect("path"));
     Config::parse(path, &body, &|name| {
         (name == "HARBOR_RELAY_STORE_URL").then(|| {
-            "postgres://harbor_relay:pw@postgres.example:5432/harbor_relay?sslmode=disable".into()
+            "postgres://harbor_relay:pw@postgres.example:5432/harbor_relay?sslmode=require".into()
         })
     })
     .unwrap_or_else(|e| panic!("the ConfigMap's config does not load: {e}"))

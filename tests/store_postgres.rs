@@ -513,6 +513,73 @@ async fn tls_to_the_database_is_checked_against_the_configured_ca() {
     );
 }
 
+/// A server (or whoever answers in its place) that declines TLS and asks
+/// for the password in cleartext or as MD5 gets nothing: the relay refuses
+/// before sending it, with `sslmode=disable` and with `prefer` (which falls
+/// back to the clear). libpq's psql, given the same password, is let in,
+/// so the server did ask. SCRAM in the clear still works (the other tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_is_sent_in_cleartext_or_as_md5_without_tls() {
+    let _turn = TURN.lock().await;
+    let pg = Postgres::start();
+    // An MD5 verifier, so that `md5` in pg_hba.conf means MD5 (with a
+    // SCRAM verifier PostgreSQL would use SCRAM anyway).
+    pg.sql(&format!(
+        "SET password_encryption = 'md5'; ALTER ROLE {PG_USER} PASSWORD '{PG_PASS}'"
+    ));
+    for (method, mode, said) in [
+        ("password", "disable", "in cleartext"),
+        ("password", "prefer", "in cleartext"),
+        ("md5", "disable", "as MD5"),
+        ("md5", "prefer", "as MD5"),
+    ] {
+        pg.host_auth(method);
+        let url = pg
+            .url()
+            .replace("sslmode=disable", &format!("sslmode={mode}"));
+        let err = Store::open_postgres(
+            url.parse().expect("url"),
+            None,
+            "relay-clear",
+            Duration::from_secs(30),
+        )
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{method} with sslmode={mode} was let through"));
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!(
+                "asked for the password {said} over a connection without TLS"
+            )),
+            "{method}/{mode}: {err}"
+        );
+        assert!(err.contains("pg_hba.conf"), "{err}");
+        let psql = pg
+            .psql(PG_PASS)
+            .args(["-At", "-c", "SELECT 1"])
+            .output()
+            .expect("psql");
+        assert!(
+            psql.status.success(),
+            "the server does accept the password by {method}: {}",
+            String::from_utf8_lossy(&psql.stderr)
+        );
+    }
+    // TLS required (the config's default without sslmode): a server
+    // without TLS is refused.
+    pg.sql(&format!(
+        "SET password_encryption = 'scram-sha-256'; ALTER ROLE {PG_USER} PASSWORD '{PG_PASS}'"
+    ));
+    pg.host_auth("scram-sha-256");
+    let mut required: tokio_postgres::Config = pg.url().parse().expect("url");
+    required.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let err = Store::open_postgres(required, None, "relay-tls", Duration::from_secs(30))
+        .await
+        .err()
+        .expect("no TLS, no connection");
+    assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
+}
+
 /// One upload of a blob to a target at a time across the fleet: a second
 /// relay waits while the first holds the turn (other blobs do not), goes
 /// when it ends, and takes it from a relay that died holding it once the

@@ -72,6 +72,12 @@ impl Loader<'_> {
                 format!("not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DBNAME"),
             )
         })?;
+        if !expanded.contains("sslmode") {
+            // libpq's default, `prefer`, falls back to the clear when the
+            // server (or whoever answers in its place) declines TLS: the
+            // default here is TLS with the certificate and host checked.
+            connect.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         if connect.get_password().is_some() && !url.contains("${") {
             self.inline.borrow_mut().push("store.url".to_string());
         }

@@ -440,9 +440,32 @@ fn a_postgres_store_takes_its_password_apart_and_refuses_what_it_cannot_do() {
         "the password in Debug output"
     );
     assert!(c.inline_secrets.iter().all(|k| k != "store.url"));
+    assert!(
+        pg.clear_text_warning()
+            .is_some_and(|w| w.contains("sslmode=disable")),
+        "disable is warned about"
+    );
     // A password inline in the URL is an inline secret, as elsewhere.
     let c = parse(&with("url = \"postgres://relay:pw@db/harbor_relay\"")).expect("valid");
     assert!(c.inline_secrets.iter().any(|k| k == "store.url"));
+    // No sslmode: TLS required (libpq's `prefer` would fall back to the
+    // clear), and nothing to warn about.
+    let pg = c.store.postgres.as_ref().expect("postgres");
+    assert_eq!(
+        pg.connect.get_ssl_mode(),
+        tokio_postgres::config::SslMode::Require
+    );
+    assert_eq!(pg.clear_text_warning(), None);
+    let c = parse(&with("url = \"postgres://relay@db/x?sslmode=prefer\"")).expect("prefer");
+    let pg = c.store.postgres.as_ref().expect("postgres");
+    assert_eq!(
+        pg.connect.get_ssl_mode(),
+        tokio_postgres::config::SslMode::Prefer
+    );
+    assert!(
+        pg.clear_text_warning()
+            .is_some_and(|w| w.contains("sslmode=prefer"))
+    );
     let both = error_of(&with(
         "path = \"/x\"\n        url = \"postgres://relay@db/x\"",
     ));

@@ -145,8 +145,25 @@ pub struct PostgresStore {
     pub shown: String,
     /// PEM of the CA that signed the database's certificate
     /// (`store.ca_file`); without it, the system's trust store. Used when
-    /// the URL's `sslmode` is `prefer` (the default) or `require`.
+    /// the URL's `sslmode` is `require` (the default) or `prefer`.
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl PostgresStore {
+    /// What to warn about at start, if the connection may run without TLS
+    /// (`sslmode=disable` or `prefer`).
+    pub fn clear_text_warning(&self) -> Option<String> {
+        use tokio_postgres::config::SslMode;
+        let mode = match self.connect.get_ssl_mode() {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            _ => return None,
+        };
+        Some(format!(
+            "store.url has sslmode={mode}: the connection to the database {} may run without TLS, where anyone on the path reads and changes the job queue (harbor-relay still never sends the password in cleartext or as MD5 there); use sslmode=require (the default) with store.ca_file",
+            self.shown
+        ))
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {

@@ -208,6 +208,31 @@ impl Postgres {
         run(c, "pg_ctl start");
     }
 
+    /// Asks TCP clients for their password with `method` (`pg_hba.conf`'s
+    /// `password`, `md5`, `scram-sha-256`) from now on.
+    pub fn host_auth(&self, method: &str) {
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            format!("local all all peer\nhost all all 127.0.0.1/32 {method}\n"),
+        )
+        .expect("hba");
+        let reloads = || self.log().matches("reloading configuration files").count();
+        let before = reloads();
+        let mut c = as_owner(&self.bin.join("pg_ctl"));
+        c.arg("-D").arg(&self.data).arg("reload");
+        run(c, "pg_ctl reload");
+        // A reload is signalled, not waited for: the postmaster logs when
+        // it has read the files again, and new connections use them.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if reloads() > before {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("pg_hba.conf with {method} was not loaded");
+    }
+
     /// Stops the server at once (as a crash would) and starts it again on
     /// the same port and data.
     pub fn restart(&self) {

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use super::{DEFAULT_COALESCE_WINDOW, StoreError};
 use crate::jobs::{Job, JobState};
 
+mod guard;
 mod ledger;
 mod queue;
 mod schema;

@@ -3,7 +3,6 @@
 //! `sslmode` asks for.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 
 use super::{PgStore, db};
@@ -50,9 +49,12 @@ CREATE TABLE relay_upload_turns (key text PRIMARY KEY, owner text NOT NULL, unti
 const MIGRATION_LOCK: i64 = 0x6872_6d69_6772_6174;
 
 /// How connections to the database are made: in the clear (the URL says
-/// `sslmode=disable`), or with TLS whose certificate is checked against
-/// `store.ca_file` or the system's trust store (`prefer`, the default, and
-/// `require`; unlike libpq's `require`, the certificate is always checked).
+/// `sslmode=disable`), or with TLS whose certificate and host name are
+/// checked against `store.ca_file` or the system's trust store (`require`,
+/// the default the config gives a URL without `sslmode`, as libpq's
+/// `verify-full`; `prefer` may fall back to the clear). Every connection
+/// goes through [`super::guard`]: without TLS, a password is never sent in
+/// cleartext or as MD5.
 #[derive(Clone)]
 pub enum DbTls {
     /// `sslmode=disable`.
@@ -101,10 +103,7 @@ impl DbTls {
         let mc = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let manager = match self {
-            DbTls::Clear => Manager::from_config(config, NoTls, mc),
-            DbTls::Rustls(t) => Manager::from_config(config, t.clone(), mc),
-        };
+        let manager = Manager::from_connect(config, super::guard::GuardedConnect(self.clone()), mc);
         Pool::builder(manager)
             .max_size(16)
             .build()

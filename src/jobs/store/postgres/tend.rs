@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
-use super::{DbTls, PgStore};
+use super::PgStore;
 
 /// Keeps this relay's leases and gauges fresh, and wakes its workers on
 /// `NOTIFY relay_jobs` (or every second, if notifications are lost), until
@@ -48,12 +46,7 @@ async fn listen(
     stop: tokio_util::sync::CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        let tls = store.tls.clone();
-        let stopped = match tls {
-            DbTls::Clear => listen_once(&store, &connect, NoTls, &stop).await,
-            DbTls::Rustls(t) => listen_once(&store, &connect, t, &stop).await,
-        };
-        if stopped {
+        if listen_once(&store, &connect, &stop).await {
             return;
         }
         tokio::select! {
@@ -64,18 +57,13 @@ async fn listen(
 }
 
 /// One `LISTEN` connection, until it drops (false) or `stop` (true).
-async fn listen_once<T>(
+async fn listen_once(
     store: &PgStore,
     connect: &tokio_postgres::Config,
-    tls: T,
     stop: &tokio_util::sync::CancellationToken,
-) -> bool
-where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
+) -> bool {
     use futures_util::StreamExt as _;
-    let (client, mut conn) = match connect.connect(tls).await {
+    let (client, mut conn) = match super::guard::connect(connect, &store.tls).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "connecting to the job store to LISTEN");
