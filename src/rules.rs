@@ -50,6 +50,8 @@ pub struct Plan {
     /// Only artifacts carrying every one of these Harbor labels (`None`:
     /// no label filter).
     pub labels: Option<Vec<String>>,
+    /// The rule's `max_blob_size`, if it sets one.
+    pub max_blob_size: Option<u64>,
 }
 
 /// The repository's path inside its project (`library/app` in `library`
@@ -242,6 +244,7 @@ impl Rule {
             artifact_types: (!self.config.artifact_types.iter().any(|t| t == "*"))
                 .then(|| self.config.artifact_types.clone()),
             labels: (!self.config.labels.is_empty()).then(|| self.config.labels.clone()),
+            max_blob_size: self.config.max_blob_size,
         }
     }
 }

@@ -224,3 +224,120 @@ fn a_target_project_the_source_chooses_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// Pushes to `reg` a manifest whose one layer is `layer` but declared
+/// `declared` bytes long (distribution checks that the blob exists, not
+/// its size): what a hostile source serves.
+async fn push_declaring(
+    reg: &harbor_relay::registry::Registry,
+    repo: &str,
+    layer: &bytes::Bytes,
+    declared: u64,
+) -> String {
+    use harbor_relay::manifest::{Manifest, OCI_MANIFEST, sha256_digest};
+    let config = bytes::Bytes::from_static(b"{\"architecture\":\"amd64\",\"os\":\"linux\"}");
+    for b in [&config, layer] {
+        reg.put_blob_bytes(repo, b.clone()).await.expect("blob");
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(layer), "size": declared}],
+    }))
+    .expect("json");
+    let m = Manifest::from_bytes(manifest.into(), None).expect("manifest");
+    reg.put_manifest(repo, &Reference::Tag("1".into()), &m)
+        .await
+        .expect("manifest");
+    m.digest
+}
+
+/// Finding 5: a blob declared bigger than `max_blob_size` (the registry's
+/// 20 GiB default, or a rule's own) fails the job before any byte of it
+/// is read or written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_over_max_blob_size_is_refused_before_a_byte_moves() {
+    let w = World::new().await;
+    let layer = random_bytes(2 << 20);
+    let huge = push_declaring(&w.src, "evil/fill", &layer, 1 << 40).await;
+    let img = TestImage::pushed(&w.src, "library/big", &[2 << 20]).await;
+    let proxy = FaultProxy::start(&w.source.url).await;
+    let config = format!(
+        "{}{}{RULE}max_blob_size = \"1MiB\"\nrepositories = [\"big\"]\n{RULE}name = \"all\"\nprojects = [\"evil\"]\n",
+        registry_toml("external", &proxy.url, None, ""),
+        w.target_toml()
+    );
+    let relay = Relay::start(&config).await;
+    for (repo, digest, key) in [
+        ("evil/fill", &huge, "registries.external.max_blob_size"),
+        ("library/big", &img.digest, "the rule's max_blob_size"),
+    ] {
+        let ids = relay.push(push_event(repo, Some("1"), digest)).await;
+        let job = relay.wait_job(ids[0]).await;
+        assert_eq!(job["state"], "failed", "{job}");
+        assert_eq!(job["attempts"], 1, "a size limit is not retried: {job}");
+        let err = job["last_error"].as_str().expect("error");
+        assert!(err.contains(key) && err.contains("declared"), "{err}");
+    }
+    let blob_reads = proxy
+        .requests()
+        .iter()
+        .filter(|(_, _, path, _)| path.contains("/blobs/sha256:"))
+        .count();
+    assert_eq!(blob_reads, 0, "a blob was read: {:?}", proxy.requests());
+    assert!(
+        !w.dst
+            .has_blob("evil/fill", &harbor_relay::manifest::sha256_digest(&layer))
+            .await
+            .expect("HEAD")
+    );
+}
+
+/// Finding 10: a blob whose bytes do not match its digest fails the job at
+/// once, naming the source; the target never gets the last byte (so it
+/// cannot close the upload with its own verdict) and the session is
+/// cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_blob_fails_at_once_naming_the_source_and_its_upload_is_cancelled() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let src_proxy = FaultProxy::start(&source.url).await;
+    let dst_proxy = FaultProxy::start(&target.url).await;
+    let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+    let dst = client(&target.url, None, harbor_relay::config::TlsMode::System);
+    let img = TestImage::pushed(&src, "library/flip", &[300_000]).await;
+    let layer = img.blob_digests()[1].clone();
+    src_proxy.inject(Some("GET"), &layer, usize::MAX, Fault::FlipByte(299_999));
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &src_proxy.url, None, ""),
+        registry_toml("integrated", &dst_proxy.url, None, ""),
+    );
+    let relay = Relay::start_with_jobs("max_attempts = 5\n", &config).await;
+    let ids = relay
+        .push(push_event("library/flip", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "content-addressed: retrying cannot help: {job}"
+    );
+    let err = job["last_error"].as_str().expect("error");
+    assert!(
+        err.contains("reading from source 'external'") && err.contains("digest mismatch"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DIGEST_INVALID"),
+        "the target's verdict: {err}"
+    );
+    let cancelled = dst_proxy
+        .requests()
+        .iter()
+        .filter(|(_, method, path, _)| method == "DELETE" && path.contains("/blobs/uploads/"))
+        .count();
+    assert!(cancelled >= 1, "{:?}", dst_proxy.requests());
+    assert!(!dst.has_blob("library/flip", &layer).await.expect("HEAD"));
+}

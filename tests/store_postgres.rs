@@ -43,6 +43,7 @@ fn spec(repo: &str, tag: &str) -> JobSpec {
         referrer_only: false,
         artifact_types: None,
         labels: None,
+        max_blob_size: None,
     }
 }
 

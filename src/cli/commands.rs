@@ -409,6 +409,7 @@ pub async fn replicate(
             referrer_only: false,
             artifact_types: None,
             labels: None,
+            max_blob_size: None,
             moved: None,
         })
         .await?;

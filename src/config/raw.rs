@@ -88,6 +88,7 @@ pub(super) struct RawRegistry {
     pub(super) max_retry_after: Option<String>,
     pub(super) max_list_bytes: Option<RawSize>,
     pub(super) max_list_entries: Option<usize>,
+    pub(super) max_blob_size: Option<RawSize>,
 }
 
 /// A size: a number of bytes, or text like "64MiB".
@@ -127,4 +128,5 @@ pub(super) struct RawRule {
     pub(super) artifact_types: Option<Vec<String>>,
     pub(super) labels: Option<Vec<String>>,
     pub(super) prune: Option<bool>,
+    pub(super) max_blob_size: Option<RawSize>,
 }

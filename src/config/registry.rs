@@ -160,6 +160,7 @@ impl Loader<'_> {
         let bytes_per_second = self.size(&key("max_bytes_per_second"), r.max_bytes_per_second)?;
         let chunk_size = self.size(&key("chunk_size"), r.chunk_size)?;
         let max_list_bytes = self.size(&key("max_list_bytes"), r.max_list_bytes)?;
+        let max_blob_size = self.size(&key("max_blob_size"), r.max_blob_size)?;
         Ok(RegistryLimits {
             max_concurrent_requests: self.at_least(
                 &key("max_concurrent_requests"),
@@ -214,12 +215,20 @@ impl Loader<'_> {
                     "must be at least 1000",
                 )?
                 .unwrap_or(defaults.max_list_entries),
+            max_blob_size: self
+                .at_least(
+                    &key("max_blob_size"),
+                    max_blob_size,
+                    1024 * 1024,
+                    "must be at least 1MiB",
+                )?
+                .unwrap_or(defaults.max_blob_size),
         })
     }
 
     /// A size: a number of bytes, or text like `"64MiB"` (`${VAR}`
     /// expanded).
-    fn size(&self, key: &str, v: Option<RawSize>) -> Result<Option<u64>, ConfigError> {
+    pub(super) fn size(&self, key: &str, v: Option<RawSize>) -> Result<Option<u64>, ConfigError> {
         match v {
             None => Ok(None),
             Some(RawSize::Bytes(n)) => Ok(Some(n)),
@@ -235,7 +244,7 @@ impl Loader<'_> {
     }
 
     /// `v` if absent or at least `min`; below it, `problem`.
-    fn at_least<T: PartialOrd>(
+    pub(super) fn at_least<T: PartialOrd>(
         &self,
         key: &str,
         v: Option<T>,

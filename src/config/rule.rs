@@ -51,6 +51,12 @@ impl Loader<'_> {
             artifact_types: self.artifact_types(&key("artifact_types"), r.artifact_types)?,
             labels,
             prune: r.prune.unwrap_or(false),
+            max_blob_size: self.at_least(
+                &key("max_blob_size"),
+                self.size(&key("max_blob_size"), r.max_blob_size)?,
+                1024 * 1024,
+                "must be at least 1MiB",
+            )?,
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
         })

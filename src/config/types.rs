@@ -273,6 +273,11 @@ pub struct RegistryLimits {
     pub max_list_bytes: u64,
     /// Entries kept in all across the pages of one listing.
     pub max_list_entries: usize,
+    /// The largest blob read from or written to this registry: a copy
+    /// whose manifest declares a bigger one fails before any byte moves,
+    /// so a hostile source cannot fill the target's disk with a "1 TiB"
+    /// layer of zeros.
+    pub max_blob_size: u64,
 }
 
 impl Default for RegistryLimits {
@@ -287,6 +292,7 @@ impl Default for RegistryLimits {
             max_retry_after: Duration::from_secs(600),
             max_list_bytes: 64 * 1024 * 1024,
             max_list_entries: 1_000_000,
+            max_blob_size: 20 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -351,6 +357,9 @@ pub struct RuleConfig {
     /// `replicate_deletes`, also a manifest left without tags there that
     /// the source no longer holds.
     pub prune: bool,
+    /// The largest blob this rule copies (below the registries' own
+    /// `max_blob_size`); `None`: theirs alone.
+    pub max_blob_size: Option<u64>,
 }
 
 impl RuleConfig {
@@ -373,6 +382,7 @@ impl RuleConfig {
             reconcile_interval: None,
             artifact_types: vec!["*".into()],
             labels: vec![],
+            max_blob_size: None,
             prune: false,
         }
     }

@@ -135,6 +135,9 @@ pub struct JobSpec {
     /// [`crate::rules::Plan::labels`].
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// The rule's `max_blob_size`; see [`crate::rules::Plan::max_blob_size`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blob_size: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -167,6 +170,7 @@ impl JobSpec {
             referrer_only: plan.referrer_only,
             artifact_types: plan.artifact_types,
             labels: plan.labels,
+            max_blob_size: plan.max_blob_size,
         }
     }
 
@@ -191,6 +195,7 @@ impl JobSpec {
             referrer_only: self.referrer_only,
             artifact_types: self.artifact_types.as_deref(),
             labels: self.labels.as_deref(),
+            max_blob_size: self.max_blob_size,
             moved: None,
         }
     }

@@ -172,6 +172,12 @@ impl Registry {
         format!("{}/v2/{path}", self.t.base)
     }
 
+    /// The largest blob read from or written to this registry
+    /// (`max_blob_size`).
+    pub fn max_blob_size(&self) -> u64 {
+        self.t.limits.max_blob_size
+    }
+
     /// The chunked-upload settings for uploads to this registry:
     /// (threshold, chunk size).
     pub fn chunking(&self) -> (u64, u64) {

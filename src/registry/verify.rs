@@ -142,6 +142,17 @@ impl Stream for Verify {
                     Some(Hasher::Sha512(h)) => h.update(&chunk),
                     None => {}
                 }
+                // The last byte is held back until the digest is checked:
+                // a target given every byte of a request with a known
+                // length would close the upload itself (and answer with
+                // its own DIGEST_INVALID, blaming no one) before the
+                // stream's end reported the source's fault.
+                if total == self.size
+                    && let Some(e) = self.finish()
+                {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -188,10 +188,15 @@ impl Replicator {
             }
         };
         let (tap, body) = Tap::wrap(body);
+        let session = location.to_string();
         let sent = target
             .put_blob_at(location, repo, &blob.digest, blob.size, body)
             .await;
         if let Err(e) = sent {
+            // A session whose one request failed cannot go on: cancelled,
+            // so that what it received does not stay in the target's
+            // upload area.
+            target.cancel_upload(repo, &session).await;
             if let Some(fault) = tap.source_error() {
                 return Err(ReplicateError::source_read(req, blob, fault));
             }

@@ -188,6 +188,32 @@ pub fn held(source_has: bool, target_has: bool) -> Held {
     }
 }
 
+/// The largest blob a copy may move and the key that sets it: the least of
+/// the source's and the target's `max_blob_size` and the rule's, if set.
+pub fn blob_limit<'a>(
+    source: (&'a str, u64),
+    target: (&'a str, u64),
+    rule: Option<u64>,
+) -> (u64, String) {
+    let mut limit = (source.1, format!("registries.{}.max_blob_size", source.0));
+    if target.1 < limit.0 {
+        limit = (target.1, format!("registries.{}.max_blob_size", target.0));
+    }
+    if let Some(r) = rule.filter(|r| *r < limit.0) {
+        limit = (r, "the rule's max_blob_size".to_string());
+    }
+    limit
+}
+
+/// The first blob a manifest declares bigger than `limit`: the copy fails
+/// before any byte moves (a declared size is what the stream is held to).
+pub fn too_big(
+    blobs: &[crate::manifest::Descriptor],
+    limit: u64,
+) -> Option<&crate::manifest::Descriptor> {
+    blobs.iter().find(|b| b.size > limit)
+}
+
 /// What a replicated deletion does, given where the target's reference
 /// points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,6 +463,34 @@ mod tests {
             "a repository without a project is no project's"
         );
         assert!(mount_sources(&["x".to_string()], "y").is_empty());
+    }
+
+    #[test]
+    fn the_smallest_blob_limit_wins_and_is_named() {
+        let gib = 1 << 30;
+        assert_eq!(
+            blob_limit(("external", 20 * gib), ("integrated", 20 * gib), None),
+            (20 * gib, "registries.external.max_blob_size".to_string())
+        );
+        assert_eq!(
+            blob_limit(("external", 20 * gib), ("integrated", gib), None),
+            (gib, "registries.integrated.max_blob_size".to_string())
+        );
+        assert_eq!(
+            blob_limit(("external", 20 * gib), ("integrated", gib), Some(gib / 2)),
+            (gib / 2, "the rule's max_blob_size".to_string())
+        );
+        let d = |size| crate::manifest::Descriptor {
+            media_type: String::new(),
+            digest: format!("sha256:{size}"),
+            size,
+        };
+        let blobs = [d(10), d(gib + 1), d(5)];
+        assert_eq!(too_big(&blobs, gib).map(|b| b.size), Some(gib + 1));
+        assert!(
+            too_big(&blobs, gib + 1).is_none(),
+            "the limit itself is allowed"
+        );
     }
 
     #[test]

@@ -30,6 +30,20 @@ pub enum ReplicateError {
         /// Set when the content is not what its manifest declares.
         mismatch: Option<Mismatch>,
     },
+    /// A manifest declares a blob bigger than the copy may move.
+    #[error(
+        "blob {digest} is declared {size} bytes, over the {limit} bytes of {key}: not copied (raise {key} if it is genuine)"
+    )]
+    TooBig {
+        /// The blob.
+        digest: String,
+        /// Its declared size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+        /// The key that sets the limit.
+        key: String,
+    },
     /// An index nests deeper than [`MAX_DEPTH`].
     #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
     TooDeep(String),
@@ -45,11 +59,16 @@ impl ReplicateError {
     pub fn is_permanent(&self) -> bool {
         match self {
             ReplicateError::Registry(e) => e.is_permanent(),
-            ReplicateError::Manifest { .. } | ReplicateError::TooDeep(_) => true,
-            // The source served a blob of another size than its manifest
-            // declares, cleanly (a cut connection is a transport error, not
-            // this): content-addressed, so it will every time.
-            ReplicateError::SourceRead { mismatch, .. } => *mismatch == Some(Mismatch::Size),
+            ReplicateError::Manifest { .. }
+            | ReplicateError::TooDeep(_)
+            | ReplicateError::TooBig { .. } => true,
+            // The source served a blob of another size or content than its
+            // manifest declares, cleanly (a cut connection is a transport
+            // error, not this): content-addressed, so it will every time,
+            // and each attempt would write that much into the target's
+            // upload area for nothing. The job fails at once, naming the
+            // source.
+            ReplicateError::SourceRead { mismatch, .. } => mismatch.is_some(),
             ReplicateError::Interrupted => false,
         }
     }

@@ -99,6 +99,8 @@ pub struct CopyRequest<'a> {
     /// Only artifacts carrying every one of these Harbor labels (read from
     /// the source's REST API when the copy starts).
     pub labels: Option<&'a [String]>,
+    /// The rule's `max_blob_size` (the registries' own apply too).
+    pub max_blob_size: Option<u64>,
     /// Counts blob bytes as they are sent, for whoever watches the copy
     /// (the status page's running jobs).
     pub moved: Option<Arc<AtomicU64>>,
@@ -570,6 +572,19 @@ impl Replicator {
                     }
                 }
                 Children::Blobs(blobs) => {
+                    let (limit, key) = decide::blob_limit(
+                        (req.source.name(), req.source.max_blob_size()),
+                        (req.target.name(), req.target.max_blob_size()),
+                        req.max_blob_size,
+                    );
+                    if let Some(b) = decide::too_big(&blobs, limit) {
+                        return Err(ReplicateError::TooBig {
+                            digest: b.digest.clone(),
+                            size: b.size,
+                            limit,
+                            key,
+                        });
+                    }
                     let mut seen = HashSet::new();
                     let unique: Vec<Descriptor> = blobs
                         .into_iter()

@@ -40,6 +40,7 @@ pub(crate) fn spec(tag: &str) -> JobSpec {
         referrer_only: false,
         artifact_types: None,
         labels: None,
+        max_blob_size: None,
     }
 }
 
