@@ -22,12 +22,23 @@ impl Transport {
             .headers()
             .get(reqwest::header::WWW_AUTHENTICATE)
             .is_none_or(|v| v.as_bytes().trim_ascii().is_empty());
-        let body = self
-            .read_limited(resp, 64 * 1024, what)
-            .await
-            .unwrap_or_default();
+        // An answer from another origin (where a redirect led) is not the
+        // registry's: its body is never echoed into the job's error, which
+        // the jobs API shows, and its host is named instead.
+        let foreign = (!super::trust::same_origin(resp.url(), &self.base_url))
+            .then(|| super::trust::host_of(resp.url()));
+        let body = match foreign {
+            Some(_) => bytes::Bytes::new(),
+            None => self
+                .read_limited(resp, 64 * 1024, what)
+                .await
+                .unwrap_or_default(),
+        };
         let registry = self.name.clone();
-        let what = what.to_string();
+        let what = match &foreign {
+            Some(host) => format!("{what} (redirected to {host})"),
+            None => what.to_string(),
+        };
         if let Some(detail) = harbor_refusal(status.as_u16(), &body) {
             return RegistryError::Refused {
                 registry,

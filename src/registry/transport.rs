@@ -157,6 +157,23 @@ fn backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// The redirects a registry's answers may lead to ([`trust::check_redirect`]),
+/// at most five in a row.
+fn redirects(base: url::Url) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error(format!(
+                "more than 5 redirects from {}",
+                base.origin().ascii_serialization()
+            ));
+        }
+        match super::trust::check_redirect(attempt.url(), &base) {
+            Ok(()) => attempt.follow(),
+            Err(why) => attempt.error(why),
+        }
+    })
+}
+
 fn is_retryable(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
 }
@@ -169,6 +186,7 @@ impl Transport {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(limits.stall_timeout)
             .referer(false)
+            .redirect(redirects(cfg.url.clone()))
             .http1_only();
         match &cfg.tls {
             TlsMode::System => {}

@@ -28,6 +28,63 @@ pub(super) fn same_origin(url: &url::Url, base: &url::Url) -> bool {
     url.origin() == base.origin()
 }
 
+/// Whether a redirect from the registry at `base` may be followed to
+/// `to`: to the registry's own origin, or to HTTPS (a blob store such as
+/// S3 behind Harbor) on a host that is not a loopback, link-local or
+/// private address, unless the registry itself is on such an address.
+/// Otherwise a registry could point the relay at what only the jump VM
+/// reaches (a blind SSRF). The error names the host. Host names are not
+/// resolved here: the rule catches addresses written into the redirect.
+pub(super) fn check_redirect(to: &url::Url, base: &url::Url) -> Result<(), String> {
+    if same_origin(to, base) {
+        return Ok(());
+    }
+    if to.scheme() != "https" {
+        return Err(format!(
+            "it redirected to {}://{}, which is not HTTPS on another host; not followed",
+            cut(to.scheme()),
+            host_of(to)
+        ));
+    }
+    if inward(to) && !inward(base) {
+        return Err(format!(
+            "it redirected to {}, a loopback, link-local or private address that the registry itself is not on; not followed",
+            host_of(to)
+        ));
+    }
+    Ok(())
+}
+
+/// True for `localhost` and loopback, link-local, private and unspecified
+/// addresses.
+fn inward(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                // 100.64.0.0/10, carrier-grade NAT
+                || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64)
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let mapped = ip.to_ipv4_mapped();
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || mapped
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private() || v4.is_link_local())
+        }
+        None => true,
+    }
+}
+
 /// `host[:port]` of a URL, for messages.
 pub(super) fn host_of(url: &url::Url) -> String {
     match (url.host_str(), url.port()) {
@@ -90,6 +147,46 @@ pub fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_is_followed_only_to_its_origin_or_outward_https() {
+        let u = |s: &str| -> url::Url { s.parse().expect("url") };
+        let harbor = u("https://harbor.example");
+        assert!(check_redirect(&u("https://harbor.example/v2/x"), &harbor).is_ok());
+        assert!(check_redirect(&u("https://s3.amazonaws.com/bucket/blob"), &harbor).is_ok());
+        for bad in [
+            "http://s3.example/blob",
+            "file:///etc/passwd",
+            "https://127.0.0.1:2375/containers",
+            "https://localhost/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.0.0.5/x",
+            "https://192.168.1.1/x",
+            "https://[::1]/x",
+            "https://[fe80::1]/x",
+            "https://[fd00::1]/x",
+            "https://[::ffff:127.0.0.1]/x",
+            "https://100.64.0.1/x",
+        ] {
+            let e = check_redirect(&u(bad), &harbor).expect_err(bad);
+            assert!(e.contains("not followed"), "{bad}: {e}");
+        }
+        assert!(
+            check_redirect(&u("https://[::1]/x"), &harbor)
+                .expect_err("loopback")
+                .contains("[::1]")
+                || check_redirect(&u("https://[::1]/x"), &harbor)
+                    .expect_err("loopback")
+                    .contains("::1"),
+            "the host is named"
+        );
+        // A registry on a private address may send its clients to another.
+        let inside = u("https://10.0.0.5:8443");
+        assert!(check_redirect(&u("https://10.0.0.6/blob"), &inside).is_ok());
+        assert!(check_redirect(&u("http://10.0.0.6/blob"), &inside).is_err());
+        let plain = u("http://127.0.0.1:5000");
+        assert!(check_redirect(&u("http://127.0.0.1:5000/v2/x"), &plain).is_ok());
+    }
 
     #[test]
     fn a_token_realm_must_be_on_the_registry_or_listed_and_never_downgrade() {

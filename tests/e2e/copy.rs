@@ -225,8 +225,9 @@ async fn corrupted_source_blob_fails_the_job_and_never_reaches_the_target() {
     ));
     std::fs::write(&data, random_bytes(500_000)).expect("corrupt the blob");
 
-    // A mismatch may be a fault on the wire, so it is retried; here the
-    // source itself is corrupt, so every attempt fails the same way.
+    // Content-addressed: a source that serves other bytes under a digest
+    // will every time, so the job fails at its first attempt, naming the
+    // source (issue 25; it used to be retried, blamed on the wire).
     let relay = Relay::start_with_jobs(
         "max_attempts = 2\nretry_initial_delay = \"100ms\"\n",
         &w.config(),
@@ -237,9 +238,10 @@ async fn corrupted_source_blob_fails_the_job_and_never_reaches_the_target() {
         .await;
     let job = relay.wait_job(ids[0]).await;
     assert_eq!(job["state"], "failed", "{job}");
-    assert_eq!(job["attempts"], 2, "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
     let err = job["last_error"].as_str().expect("error");
     eprintln!("last_error: {err}");
+    assert!(err.contains("reading from source 'external'"), "{err}");
     assert!(err.contains(&layer), "{err}");
     assert!(err.to_lowercase().contains("digest"), "{err}");
     assert!(

@@ -224,6 +224,16 @@ pub struct HostileRegistry {
 
 impl HostileRegistry {
     pub async fn start(attack: Attack) -> HostileRegistry {
+        Self::start_with(attack, None).await
+    }
+
+    /// Like [`HostileRegistry::start`], over HTTPS with the PKI's
+    /// certificate.
+    pub async fn start_tls(attack: Attack, pki: &super::Pki) -> HostileRegistry {
+        Self::start_with(attack, Some(pki)).await
+    }
+
+    async fn start_with(attack: Attack, pki: Option<&super::Pki>) -> HostileRegistry {
         let st = Arc::new(St {
             attack,
             image: Image::new(),
@@ -233,8 +243,20 @@ impl HostileRegistry {
         });
         let s2 = st.clone();
         let app = axum::Router::new().fallback(move |req: Request| handle(s2.clone(), req));
+        let url = match pki {
+            None => serve(app).await,
+            Some(pki) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let addr = listener.local_addr().expect("addr");
+                // The task lives as long as the runtime, as `serve`'s does.
+                let (_task, scheme) = super::serve(listener, app, Some(pki));
+                format!("{scheme}://{addr}")
+            }
+        };
         HostileRegistry {
-            url: serve(app).await,
+            url,
             digest: st.image.digest.clone(),
             st,
         }

@@ -187,7 +187,9 @@ fn granted(ok: bool, asked: &[&str]) -> Vec<Value> {
 
 /// Serves the issuer over plain HTTP, or over HTTPS with the PKI's
 /// certificate through the relay's own listener.
-fn serve(
+/// Serves `app` on `listener`, over TLS with the PKI's certificate if
+/// given (through the relay's own listener); returns the task and scheme.
+pub fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     pki: Option<&Pki>,
