@@ -341,3 +341,71 @@ async fn a_corrupt_blob_fails_at_once_naming_the_source_and_its_upload_is_cancel
     assert!(cancelled >= 1, "{:?}", dst_proxy.requests());
     assert!(!dst.has_blob("library/flip", &layer).await.expect("HEAD"));
 }
+
+/// Finding 8: a diamond of indexes (each of 40 indexes per level lists
+/// all 40 of the level below, four levels deep) costs each manifest one
+/// `HEAD` on the target, not one per path to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_of_indexes_asks_each_manifest_once() {
+    use harbor_relay::manifest::{Manifest, OCI_INDEX, OCI_MANIFEST};
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let dst_proxy = FaultProxy::start(&target.url).await;
+    let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+    let repo = "library/diamond";
+    let images = [TestImage::random(&[1_000]), TestImage::random(&[1_000])];
+    let mut below: Vec<(String, usize, &str)> = Vec::new();
+    for i in &images {
+        i.push(&src, repo, &Reference::Digest(i.digest.clone()))
+            .await;
+        below.push((i.digest.clone(), i.manifest.len(), OCI_MANIFEST));
+    }
+    let mut count = images.len();
+    let index = |children: &[(String, usize, &str)], n: usize| {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "annotations": {"n": n.to_string()},
+            "manifests": children.iter().map(|(d, size, mt)| serde_json::json!({
+                "mediaType": mt, "digest": d, "size": size
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("json");
+        Manifest::from_bytes(body.into(), None).expect("index")
+    };
+    for level in 0..3 {
+        let mut this = Vec::new();
+        for n in 0..40 {
+            let m = index(&below, level * 100 + n);
+            src.put_manifest(repo, &Reference::Digest(m.digest.clone()), &m)
+                .await
+                .expect("push index");
+            this.push((m.digest.clone(), m.bytes.len(), OCI_INDEX));
+        }
+        count += this.len();
+        below = this;
+    }
+    let top = index(&below, 999);
+    src.put_manifest(repo, &Reference::Tag("1".into()), &top)
+        .await
+        .expect("push top");
+    count += 1;
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml("integrated", &dst_proxy.url, None, ""),
+    );
+    let relay = Relay::start(&config).await;
+    let ids = relay.push(push_event(repo, Some("1"), &top.digest)).await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["manifests_copied"], count, "{job}");
+    let heads = dst_proxy
+        .requests()
+        .iter()
+        .filter(|(_, m, p, _)| m == "HEAD" && p.contains("/manifests/"))
+        .count();
+    assert!(
+        heads <= count + 2,
+        "{heads} manifest HEADs on the target for {count} manifests"
+    );
+}

@@ -44,6 +44,11 @@ pub enum ReplicateError {
         /// The key that sets the limit.
         key: String,
     },
+    /// One job's graph lists more descriptors than it may visit.
+    #[error(
+        "the artifact's indexes list more than {0} manifests and blobs in all; not copied (a graph this size is malformed or built to make the relay work)"
+    )]
+    TooMany(u64),
     /// An index nests deeper than [`MAX_DEPTH`].
     #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
     TooDeep(String),
@@ -61,6 +66,7 @@ impl ReplicateError {
             ReplicateError::Registry(e) => e.is_permanent(),
             ReplicateError::Manifest { .. }
             | ReplicateError::TooDeep(_)
+            | ReplicateError::TooMany(_)
             | ReplicateError::TooBig { .. } => true,
             // The source served a blob of another size or content than its
             // manifest declares, cleanly (a cut connection is a transport

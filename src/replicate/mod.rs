@@ -34,6 +34,7 @@ mod decide;
 mod error;
 pub mod ledger;
 mod platforms;
+mod progress;
 mod referrers;
 mod summary;
 
@@ -52,6 +53,7 @@ use blobs::Inflight;
 pub use error::ReplicateError;
 use ledger::Ledger;
 pub use platforms::platform_subset;
+use progress::Progress;
 use referrers::{find_referrers, referrer_subjects};
 pub use summary::Summary;
 
@@ -104,53 +106,6 @@ pub struct CopyRequest<'a> {
     /// Counts blob bytes as they are sent, for whoever watches the copy
     /// (the status page's running jobs).
     pub moved: Option<Arc<AtomicU64>>,
-}
-
-#[derive(Default)]
-struct Progress {
-    manifests_copied: AtomicU64,
-    blobs_copied: AtomicU64,
-    blobs_skipped: AtomicU64,
-    blobs_mounted: AtomicU64,
-    blobs_resumed: AtomicU64,
-    bytes_copied: AtomicU64,
-    referrers_copied: AtomicU64,
-    /// Digests the source said it holds in the job's source repository
-    /// (the proof a skip or a mount needs), asked once per job.
-    proven: std::sync::Mutex<HashSet<String>>,
-}
-
-impl Progress {
-    fn proven(&self, digest: &str) -> bool {
-        self.proven
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(digest)
-    }
-
-    fn prove(&self, digest: &str) {
-        self.proven
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string());
-    }
-
-    /// The summary of a copy that wrote `digest`.
-    fn summary(self, digest: String, note: Option<String>) -> Summary {
-        Summary {
-            digest,
-            manifests_copied: self.manifests_copied.into_inner(),
-            blobs_copied: self.blobs_copied.into_inner(),
-            blobs_skipped: self.blobs_skipped.into_inner(),
-            blobs_mounted: self.blobs_mounted.into_inner(),
-            blobs_resumed: self.blobs_resumed.into_inner(),
-            bytes_copied: self.bytes_copied.into_inner(),
-            deleted: false,
-            skipped: None,
-            referrers_copied: self.referrers_copied.into_inner(),
-            note,
-        }
-    }
 }
 
 impl Replicator {
@@ -550,14 +505,17 @@ impl Replicator {
             })?;
             match children {
                 Children::Manifests(list) => {
-                    let mut seen = HashSet::new();
+                    progress.visit(list.len())?;
                     for child in list {
-                        if !seen.insert(child.digest.clone())
-                            || req
-                                .target
-                                .has_manifest(req.target_repository, &child.digest)
-                                .await?
+                        if progress.is_present(&child.digest) {
+                            continue;
+                        }
+                        if req
+                            .target
+                            .has_manifest(req.target_repository, &child.digest)
+                            .await?
                         {
+                            progress.now_present(&child.digest);
                             continue;
                         }
                         let cm = req
@@ -569,6 +527,7 @@ impl Replicator {
                             .await?;
                         self.copy_manifest(req, &cm, depth + 1, progress, None)
                             .await?;
+                        progress.now_present(&child.digest);
                     }
                 }
                 Children::Blobs(blobs) => {
@@ -577,6 +536,7 @@ impl Replicator {
                         (req.target.name(), req.target.max_blob_size()),
                         req.max_blob_size,
                     );
+                    progress.visit(blobs.len())?;
                     if let Some(b) = decide::too_big(&blobs, limit) {
                         return Err(ReplicateError::TooBig {
                             digest: b.digest.clone(),
