@@ -262,9 +262,6 @@ fn announce(
     listener: &tokio::net::TcpListener,
     queued: usize,
 ) -> std::io::Result<()> {
-    if config.server.api_token.is_none() {
-        tracing::info!("server.api_token is not set: the jobs API is read-only");
-    }
     let local = listener.local_addr()?;
     tracing::info!(
         listen = %local,
@@ -393,6 +390,20 @@ fn warn_about(config: &Config) {
                 config.file.display()
             );
         }
+    }
+    for (key, path, mode, why) in config.loose_secret_files() {
+        tracing::warn!(
+            key = %key,
+            file = %path.display(),
+            "{} holds a secret and is {why} (mode {mode:o}): run `chmod 600 {}` (owner: the service's user), or give it as a systemd credential",
+            path.display(),
+            path.display()
+        );
+    }
+    if config.server.api_token.is_none() {
+        tracing::warn!(
+            "server.api_token is not set: the jobs API and the status page are open to anyone who can reach this port (they show every job, its repositories and errors); set it, or bind server.listen where only admins reach"
+        );
     }
     if config.server.webhook_auth.is_none() {
         tracing::warn!(

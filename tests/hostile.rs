@@ -205,8 +205,10 @@ async fn blob_store(
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    // "localhost", not the registry's "127.0.0.1": another host.
-    (format!("http://localhost:{port}/store"), seen)
+    // The registry's host on another port: a plain-HTTP redirect is
+    // followed only there (issue 25), and the port alone makes it another
+    // origin, to which no credential may go.
+    (format!("http://127.0.0.1:{port}/store"), seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,9 +475,9 @@ async fn a_body_that_trickles_in_is_cut_off_with_408_after_30_seconds() {
     );
 }
 
-/// A compromised source serves manifests whose layer sizes lie: 1 TiB (the
-/// chunked path) and less than the blob (the one-request path). Each job
-/// fails at once on the size, blaming the source; the daemon reserves
+/// A compromised source serves manifests whose layer sizes lie: 1 TiB (over
+/// `max_blob_size`) and less than the blob (the one-request path). Each
+/// job fails at once on the size, blaming the source; the daemon reserves
 /// nothing for the claim; the target gets no manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_lying_about_layer_sizes_fail_without_reserving_memory() {
@@ -504,10 +506,15 @@ async fn manifests_lying_about_layer_sizes_fail_without_reserving_memory() {
             "a lying manifest is not worth a retry: {job}"
         );
         let err = job["last_error"].as_str().expect("error");
-        assert!(
-            err.contains("reading from source 'external' failed: size mismatch"),
-            "{err}"
-        );
+        // 1 TiB is over the source's max_blob_size (20 GiB by default):
+        // refused before anything is read (issue 25).
+        let expected = match tag {
+            "tib" => {
+                "declared 1099511627776 bytes, over the 21474836480 bytes of registries.external.max_blob_size"
+            }
+            _ => "reading from source 'external' failed: size mismatch",
+        };
+        assert!(err.contains(expected), "{err}");
         assert!(
             !w.dst
                 .has_manifest("library/liar", &liar.digest)

@@ -108,22 +108,44 @@ async fn a_token_realm_on_another_host_gets_no_credentials_and_fails_the_job_nam
     );
 }
 
-/// A blob redirect to plain HTTP on another host (the recorder: a blind
-/// SSRF to whatever the jump VM reaches) is not followed, and the error
-/// names where it pointed. (Until issue 25 it was followed, and the test
-/// checked that the store's 401 realm taught nothing; now nothing reaches
-/// the store at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_store_that_answers_401_with_its_own_realm_learns_nothing() {
+    let foreign = Recorder::start().await;
+    // The registry's own host on another port: followed (issue 25 lets a
+    // plain-HTTP redirect go only there).
+    let source = HostileRegistry::start(Attack::BlobRedirect(foreign.url.clone())).await;
+    // Even with the store's host allowed as a realm host, a challenge from
+    // it is not learned: only the registry's own answers teach auth.
+    let (relay, job, _target) = copy_from(&source, &allow_realm(&foreign)).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let seen = foreign.seen();
+    assert!(
+        seen.iter().any(|s| s.path.starts_with("/store/")),
+        "the redirect was followed: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.path.starts_with("/steal")),
+        "the store's realm was learned: {seen:?}"
+    );
+    foreign.assert_no_credentials(&[PASS]);
+    assert_ready(&relay).await;
+}
+
+/// A blob redirect to plain HTTP on another host (`localhost`, not the
+/// registry's `127.0.0.1`: a blind SSRF to whatever the jump VM reaches) is
+/// not followed, the job fails at once, and the error names where it
+/// pointed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_redirect_to_plain_http_elsewhere_is_not_followed() {
     let foreign = Recorder::start().await;
-    let source = HostileRegistry::start(Attack::BlobRedirect(foreign.url.clone())).await;
-    let (relay, job, _target) = copy_from(&source, &allow_realm(&foreign)).await;
+    let elsewhere = foreign.url.replace("127.0.0.1", "localhost");
+    let source = HostileRegistry::start(Attack::BlobRedirect(elsewhere)).await;
+    let (relay, job, _target) = copy_from(&source, "").await;
     assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "a refused redirect is permanent: {job}");
     let err = job["last_error"].as_str().expect("error");
-    assert!(
-        err.contains(&foreign.host()) && err.contains("not followed"),
-        "{err}"
-    );
+    let host = foreign.host().replace("127.0.0.1", "localhost");
+    assert!(err.contains(&host) && err.contains("not followed"), "{err}");
     assert!(foreign.seen().is_empty(), "{:?}", foreign.seen());
     assert_ready(&relay).await;
 }

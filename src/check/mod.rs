@@ -115,18 +115,38 @@ fn file_rows(config: &Config) -> Vec<Row> {
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
-        if !readable_by_others(std::os::unix::fs::PermissionsExt::mode(&meta.permissions())) {
-            rows.push(Row {
-                registry: who,
-                check: "file",
-                status: Status::Warn,
-                detail: format!(
-                    "{} is not readable by other users (mode {:o}): the systemd unit's DynamicUser cannot read it; install it with -m 0644 (it holds no secret)",
-                    path.display(),
-                    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
-                ),
-            });
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        if readable_by_others(mode) {
+            continue;
         }
+        let inline = (who == "config").then_some(&config.inline_secrets);
+        let fix = match inline {
+            Some(keys) if !keys.is_empty() => format!(
+                "it holds secrets inline ({}), so do not make it readable by all: move them to *_file systemd credentials (LoadCredential), then install it with -m 0644",
+                keys.join(", ")
+            ),
+            _ => "install it with -m 0644 (it holds no secret)".to_string(),
+        };
+        rows.push(Row {
+            registry: who,
+            check: "file",
+            status: Status::Warn,
+            detail: format!(
+                "{} is not readable by other users (mode {mode:o}): the systemd unit's DynamicUser cannot read it; {fix}",
+                path.display(),
+            ),
+        });
+    }
+    for (key, path, mode, why) in config.loose_secret_files() {
+        rows.push(Row {
+            registry: key,
+            check: "file",
+            status: Status::Warn,
+            detail: format!(
+                "{} holds a secret and is {why} (mode {mode:o}): chmod 600 it, or give it as a systemd credential",
+                path.display()
+            ),
+        });
     }
     rows
 }
@@ -361,12 +381,19 @@ fn is_pattern(s: &str) -> bool {
 /// names one project, else the rule's literal source projects put through
 /// it. Empty when they depend on patterns.
 pub fn target_projects(rule: &RuleConfig) -> Vec<String> {
-    let t = &rule.target_project;
+    // The first path component is the project; the config refuses one
+    // that {repository} is part of.
+    let t = rule
+        .target_project
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if t.contains("{repository}") {
         return Vec::new();
     }
     if !t.contains("{project}") {
-        return vec![t.clone()];
+        return vec![t];
     }
     if rule.projects.is_empty() || rule.projects.iter().any(|p| is_pattern(p)) {
         return Vec::new();

@@ -23,6 +23,9 @@ pub(super) struct Loader<'a> {
     /// Remarks about secrets read from files, by key (e.g. trailing
     /// whitespace), for the error a refused login gets.
     pub(super) notes: std::cell::RefCell<BTreeMap<String, String>>,
+    /// The files secrets were read from (`*_file`, `server.tls_key`), by
+    /// key, for the warning about files others may read.
+    pub(super) secret_files: std::cell::RefCell<Vec<(String, PathBuf)>>,
 }
 
 impl Loader<'_> {
@@ -121,6 +124,9 @@ impl Loader<'_> {
                 let path = self.expand(&file_key, &f)?;
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| self.invalid(&file_key, format!("cannot read {path}: {e}")))?;
+                self.secret_files
+                    .borrow_mut()
+                    .push((file_key.clone(), PathBuf::from(&path)));
                 let v = text.trim_end_matches(['\n', '\r']).to_string();
                 let one_newline_less = text.strip_suffix('\n').unwrap_or(&text);
                 if one_newline_less.ends_with(char::is_whitespace) {
@@ -204,6 +210,7 @@ impl Loader<'_> {
             store,
             log,
             inline_secrets: self.inline.take(),
+            secret_files: self.secret_files.take(),
             jobs,
             registries,
             rules,
@@ -268,6 +275,9 @@ impl Loader<'_> {
             (Some(cert), Some(key)) => {
                 let cert_file = PathBuf::from(self.expand("server.tls_cert", &cert)?);
                 let key_file = PathBuf::from(self.expand("server.tls_key", &key)?);
+                self.secret_files
+                    .borrow_mut()
+                    .push(("server.tls_key".to_string(), key_file.clone()));
                 let cert_pem = std::fs::read(&cert_file).map_err(|e| {
                     self.invalid(
                         "server.tls_cert",

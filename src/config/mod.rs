@@ -171,6 +171,7 @@ impl Config {
             inline: Default::default(),
             without_secrets,
             notes: Default::default(),
+            secret_files: Default::default(),
         }
         .build(raw)
     }
@@ -192,6 +193,7 @@ pub fn api_token(file: &Path) -> Result<Option<Secret>, ConfigError> {
         inline: Default::default(),
         without_secrets: false,
         notes: Default::default(),
+        secret_files: Default::default(),
     }
     .secret(
         "server.api_token",

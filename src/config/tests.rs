@@ -335,6 +335,30 @@ fn bad_target_project_is_refused() {
 }
 
 #[test]
+fn a_secret_file_others_may_read_or_change_is_named() {
+    assert_eq!(loose_mode(0o600), None);
+    assert_eq!(loose_mode(0o400), None);
+    assert_eq!(loose_mode(0o640), Some("readable by its group"));
+    assert_eq!(loose_mode(0o644), Some("readable by every user"));
+    assert_eq!(loose_mode(0o602), Some("writable by other users"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "s3cret\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = GOOD.replace(
+        "password = \"${PW}\"",
+        &format!("password_file = \"{}\"", pw.display()),
+    );
+    let c = parse(&text).expect("valid");
+    let loose = c.loose_secret_files();
+    assert_eq!(loose.len(), 1, "{loose:?}");
+    assert_eq!(loose[0].0, "registries.integrated.password_file");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(c.loose_secret_files().is_empty());
+}
+
+#[test]
 fn a_target_project_a_source_repository_could_choose_is_refused() {
     for template in [
         "{repository}",

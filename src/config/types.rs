@@ -28,6 +28,38 @@ pub struct Config {
     /// Keys whose secret is written in the file itself (not `${VAR}` or a
     /// `*_file`): worth a warning when the file is readable by others.
     pub inline_secrets: Vec<String>,
+    /// The files secrets were read from (`*_file`, `server.tls_key`), by
+    /// key: worth a warning when others may read or change them.
+    pub secret_files: Vec<(String, std::path::PathBuf)>,
+}
+
+/// What is wrong with the mode of a file that holds a secret, if anything:
+/// readable by its group or by others, or writable by others.
+pub fn loose_mode(mode: u32) -> Option<&'static str> {
+    if mode & 0o002 != 0 {
+        Some("writable by other users")
+    } else if mode & 0o004 != 0 {
+        Some("readable by every user")
+    } else if mode & 0o040 != 0 {
+        Some("readable by its group")
+    } else {
+        None
+    }
+}
+
+impl Config {
+    /// Each secret file whose mode is [`loose_mode`], with why: key, path,
+    /// mode, problem.
+    pub fn loose_secret_files(&self) -> Vec<(String, std::path::PathBuf, u32, &'static str)> {
+        use std::os::unix::fs::PermissionsExt;
+        self.secret_files
+            .iter()
+            .filter_map(|(key, path)| {
+                let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+                loose_mode(mode).map(|why| (key.clone(), path.clone(), mode, why))
+            })
+            .collect()
+    }
 }
 
 /// `[log]`: the level and format of the daemon's logs. `RUST_LOG` and

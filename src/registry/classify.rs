@@ -181,6 +181,18 @@ impl Transport {
                 detail,
             };
         }
+        if e.is_redirect() {
+            // A redirect the trust boundary refused (or too many): the
+            // registry's answer, the same every time.
+            let detail = match lower.find("it redirected to") {
+                Some(i) => chain[i..].to_string(),
+                None => last_cause(&chain),
+            };
+            return RegistryError::Untrusted {
+                registry,
+                detail: format!("{what}: {detail}"),
+            };
+        }
         if e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() {
             let detail = if e.is_timeout() {
                 format!(

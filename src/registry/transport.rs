@@ -282,7 +282,10 @@ impl Transport {
                 Ok(r) => r,
                 Err(e) => {
                     let err = self.transport_error(&e, what);
-                    let transient = !matches!(err, RegistryError::Tls { .. });
+                    let transient = !matches!(
+                        err,
+                        RegistryError::Tls { .. } | RegistryError::Untrusted { .. }
+                    );
                     if may_retry && transient {
                         let wait = backoff.next().unwrap_or(MAX_BACKOFF);
                         self.stats.retries.fetch_add(1, Ordering::Relaxed);

@@ -29,14 +29,16 @@ pub(super) fn same_origin(url: &url::Url, base: &url::Url) -> bool {
 }
 
 /// Whether a redirect from the registry at `base` may be followed to
-/// `to`: to the registry's own origin, or to HTTPS (a blob store such as
+/// `to`: to the registry's own scheme and host, or to HTTPS (a blob store such as
 /// S3 behind Harbor) on a host that is not a loopback, link-local or
 /// private address, unless the registry itself is on such an address.
 /// Otherwise a registry could point the relay at what only the jump VM
 /// reaches (a blind SSRF). The error names the host. Host names are not
 /// resolved here: the rule catches addresses written into the redirect.
 pub(super) fn check_redirect(to: &url::Url, base: &url::Url) -> Result<(), String> {
-    if same_origin(to, base) {
+    // The registry's own scheme and host (another port: its blob store
+    // beside it) reach nothing the registry could not reach itself.
+    if to.scheme() == base.scheme() && to.host() == base.host() {
         return Ok(());
     }
     if to.scheme() != "https" {
@@ -186,6 +188,11 @@ mod tests {
         assert!(check_redirect(&u("http://10.0.0.6/blob"), &inside).is_err());
         let plain = u("http://127.0.0.1:5000");
         assert!(check_redirect(&u("http://127.0.0.1:5000/v2/x"), &plain).is_ok());
+        assert!(
+            check_redirect(&u("http://127.0.0.1:9000/store"), &plain).is_ok(),
+            "its own host on another port"
+        );
+        assert!(check_redirect(&u("http://localhost:9000/store"), &plain).is_err());
     }
 
     #[test]

@@ -32,8 +32,18 @@ fn chromium(args: &[&str], profile: &std::path::Path) -> std::process::Output {
 
 /// The page's DOM as Chromium rendered it, and a screenshot kept in `dir`.
 fn render(url: &str, shot: &std::path::Path, dir: &std::path::Path) -> String {
-    let out = chromium(&["--dump-dom", url], &dir.join("profile-dom"));
+    let out = chromium(
+        &["--enable-logging=stderr", "--v=0", "--dump-dom", url],
+        &dir.join("profile-dom"),
+    );
     expect_success(&out);
+    // The page's own style is allowed by its Content-Security-Policy (a
+    // blocked inline style is reported on the console).
+    let console = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !console.contains("Content Security Policy"),
+        "the page's CSP blocks part of it: {console}"
+    );
     let png = chromium(
         &[&format!("--screenshot={}", shot.display()), url],
         &dir.join("profile-shot"),
@@ -78,6 +88,25 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
             .expect("header")
             .starts_with("Basic")
     );
+
+    // Every page says what a browser may do with it: nothing loads or runs
+    // but its own style, no frame may hold it.
+    let page = reqwest::Client::new()
+        .get(format!("{}/", relay.url))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .expect("csp");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
 
     let empty = render(&url, &shots.path().join("empty.png"), shots.path());
     assert!(empty.contains("nothing is being copied"), "{empty}");

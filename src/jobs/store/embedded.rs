@@ -92,6 +92,17 @@ impl SledStore {
     /// Opens (or creates) the store in `path` and recovers from a crash.
     /// Returns the store and how many interrupted jobs were queued again.
     pub fn open(path: &Path) -> Result<(SledStore, usize), StoreError> {
+        // A store made here is the relay's alone: jobs name repositories
+        // and errors, the ledger upload sessions. (Under systemd the unit's
+        // StateDirectory makes it, with its own mode.)
+        if !path.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(sled::Error::Io)?;
+        }
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(CACHE_CAPACITY)

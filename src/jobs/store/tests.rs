@@ -44,6 +44,16 @@ pub(crate) fn spec(tag: &str) -> JobSpec {
     }
 }
 
+#[test]
+fn a_store_made_here_is_the_relays_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("new").join("store");
+    let (_store, _) = super::SledStore::open(&path).expect("open");
+    let mode = std::fs::metadata(&path).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+}
+
 #[tokio::test]
 async fn enqueue_claim_finish_and_coalesce() {
     // The store's clock, moved by the test instead of sleeping.
