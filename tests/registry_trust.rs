@@ -287,6 +287,94 @@ async fn harbors_basic_challenge_to_a_refused_token_keeps_the_client_on_tokens()
     assert!(head.2.starts_with("Bearer "), "{seen:?}");
 }
 
+/// Every place taken by idle keep-alive connections from several addresses
+/// (each under its own cap): Harbor's webhook still gets in, because the
+/// idlest connection that never authenticated is closed to make room; the
+/// flood's unauthenticated webhooks are not charged to Harbor's rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_house_of_idle_connections_makes_room_for_harbor() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let port = free_port();
+    let _relay = RawRelay::spawn(
+        port,
+        &format!(
+            "webhook_auth = \"{WEBHOOK_SECRET}\"\nmax_connections_per_client = 16\nmax_connections = 64\nwebhook_rate_limit = 2\n"
+        ),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_answers(&http, &format!("{base}/healthz"), "the relay did not start").await;
+    // 4 addresses x 16 keep-alive connections, each having made a request
+    // (unauthenticated webhooks: charged to no one) and now idle.
+    let mut idle = Vec::new();
+    for a in 2..6u8 {
+        for _ in 0..16 {
+            let s = tokio::net::TcpSocket::new_v4().expect("socket");
+            s.bind(format!("127.0.0.{a}:0").parse().expect("addr"))
+                .expect("bind");
+            let mut c = s
+                .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+                .await
+                .expect("connect");
+            c.write_all(b"POST /webhooks/harbor HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            idle.push(c);
+        }
+    }
+    // Harbor's own address first sends unauthenticated webhooks (another
+    // process on its host, or behind its NAT), more than its burst.
+    let harbor = reqwest::Client::builder()
+        .local_address(Some("127.0.0.9".parse().expect("ip")))
+        .build()
+        .expect("client");
+    for _ in 0..10 {
+        let r = harbor
+            .post(format!("{base}/webhooks/harbor"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("unauthenticated webhook");
+        assert_eq!(r.status(), 401);
+    }
+    // Then Harbor's genuine webhooks, as many as its burst (twice the rate
+    // of 2): none was used up by the refused ones.
+    for i in 0..4 {
+        let r = harbor
+            .post(format!("{base}/webhooks/harbor"))
+            .header("authorization", WEBHOOK_SECRET)
+            .header("content-type", "application/json")
+            .body(push_event(
+                "library/app",
+                Some("1"),
+                &format!("sha256:{}", "a".repeat(64)),
+            ))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("webhook {i} with every place taken: {e}"));
+        assert_eq!(r.status(), 422, "answered (no rule in this config)");
+    }
+    // The closed ones were the flood's: some of its sockets see their end.
+    let mut closed = 0;
+    for c in idle.iter_mut() {
+        let mut buf = [0u8; 16];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), c.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no idle connection was closed to make room");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_from_one_address_do_not_lock_out_another() {
     let port = free_port();

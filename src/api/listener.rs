@@ -11,11 +11,10 @@
 //!   received for [`ConnLimits::idle`] closes the connection;
 //! - HTTP/2 keep-alive pings, so a peer that vanished is noticed.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::admission::{ClientSlot, Conns, PerClient, client_key};
 
 /// How long a client may take to send a request's headers (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,13 +57,18 @@ pub struct ConnLimits {
     pub first_request: Duration,
     /// Nothing received for this long closes the connection.
     pub idle: Duration,
+    /// IPv6 clients are counted by this many leading bits of their address
+    /// (`server.ipv6_client_prefix`).
+    pub ipv6_prefix: u8,
 }
 
 impl ConnLimits {
     /// The limits `[server]` asks for.
     pub fn from_config(server: &crate::config::ServerConfig) -> ConnLimits {
         ConnLimits {
+            total: server.max_connections,
             per_client: server.max_connections_per_client,
+            ipv6_prefix: server.ipv6_client_prefix,
             ..ConnLimits::default()
         }
     }
@@ -75,6 +81,7 @@ impl Default for ConnLimits {
             per_client: 128,
             first_request: HEADER_READ_TIMEOUT,
             idle: IDLE_TIMEOUT,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -100,42 +107,10 @@ impl TlsSlot {
     }
 }
 
-/// Open connections per client address; an entry leaves with its last
-/// connection, so the map holds only addresses connected now.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-/// One connection counted against its address until dropped.
-struct ClientSlot(Arc<PerClient>, IpAddr);
-
-impl PerClient {
-    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot(self.clone(), ip))
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut m = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// When a connection last received a byte.
 struct Activity {
     start: Instant,
-    last_ms: AtomicU64,
+    last_ms: Arc<AtomicU64>,
     any: AtomicBool,
 }
 
@@ -143,7 +118,7 @@ impl Activity {
     fn new() -> Arc<Activity> {
         Arc::new(Activity {
             start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ms: Arc::default(),
             any: AtomicBool::new(false),
         })
     }
@@ -255,6 +230,7 @@ pub async fn serve(
     let gate = Gate {
         slots: Arc::new(tokio::sync::Semaphore::new(limits.total)),
         per_client: Arc::new(PerClient::default()),
+        conns: Arc::new(Conns::default()),
         refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
     };
     let mut conns = tokio::task::JoinSet::new();
@@ -272,7 +248,8 @@ pub async fn serve(
             },
         };
         while conns.try_join_next().is_some() {}
-        let Some((stream, held)) = gate.admit(stream, peer, &limits, tls.is_none()) else {
+        let plain = tls.is_none();
+        let Some((stream, admitted)) = gate.admit(stream, peer, &limits, plain) else {
             continue;
         };
         let router = router.clone();
@@ -280,9 +257,30 @@ pub async fn serve(
         let stop = shutdown.clone();
         let acceptor = tls.as_ref().map(|t| t.get());
         let limits = limits.clone();
+        let (registry, slots, refusing) = (
+            gate.conns.clone(),
+            gate.slots.clone(),
+            gate.refusing.clone(),
+        );
         conns.spawn(async move {
+            let held = match admitted {
+                Admitted::Now(held) => held,
+                // Room is being made: the evicted connection gives back
+                // its place as it closes.
+                Admitted::Soon(client) => {
+                    match tokio::time::timeout(MAKING_ROOM, slots.acquire_owned()).await {
+                        Ok(Ok(slot)) => (slot, client),
+                        _ => {
+                            tracing::warn!(%peer, "too many connections, and none could be closed in time; refusing a new one");
+                            refuse(stream, plain, &refusing, "too many connections at once");
+                            return;
+                        }
+                    }
+                }
+            };
             let _held = held;
-            connection(stream, peer, acceptor, builder, router, stop, limits).await;
+            let seat = registry.clone();
+            connection(stream, peer, acceptor, builder, router, stop, limits, &seat).await;
         });
     }
     drop(listener);
@@ -293,31 +291,43 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long a new connection waits for the place an evicted one frees.
+const MAKING_ROOM: Duration = Duration::from_secs(2);
+
+/// A connection let in: with its places, or (every place taken, the
+/// idlest unauthenticated connection told to close) with its client's
+/// place, to wait for the freed one.
+enum Admitted {
+    Now((tokio::sync::OwnedSemaphorePermit, ClientSlot)),
+    Soon(ClientSlot),
+}
+
 /// What a new connection must get past: a place among `limits.total`,
-/// and among its address's `limits.per_client`.
+/// and among its client's `limits.per_client`.
 struct Gate {
     slots: Arc<tokio::sync::Semaphore>,
     per_client: Arc<PerClient>,
+    /// Every open connection, to make room when all places are taken.
+    conns: Arc<Conns>,
     /// Refusals being answered at once (each a task; capped so a flood
     /// cannot make unbounded work).
     refusing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gate {
-    /// Lets the connection in with the places it holds until dropped, or
-    /// refuses it (a `503` with `Retry-After` on a plain listener) and
-    /// says why in the log.
+    /// Lets the connection in with the places it holds until dropped
+    /// (when every place is taken, after the idlest connection that never
+    /// authenticated closes), or refuses it (a `503` with `Retry-After` on
+    /// a plain listener) and says why in the log.
     fn admit(
         &self,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
         limits: &ConnLimits,
         plain: bool,
-    ) -> Option<(
-        tokio::net::TcpStream,
-        (tokio::sync::OwnedSemaphorePermit, ClientSlot),
-    )> {
-        let Some(client) = self.per_client.enter(peer.ip(), limits.per_client) else {
+    ) -> Option<(tokio::net::TcpStream, Admitted)> {
+        let key = client_key(peer.ip(), limits.ipv6_prefix);
+        let Some(client) = self.per_client.enter(key, limits.per_client) else {
             tracing::warn!(%peer, limit = limits.per_client, "too many connections from one address (server.max_connections_per_client); refusing a new one");
             refuse(
                 stream,
@@ -328,7 +338,11 @@ impl Gate {
             return None;
         };
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = limits.total, "too many connections; refusing a new one");
+            if self.conns.evict_idlest() {
+                tracing::info!(%peer, limit = limits.total, "all connections taken: closing the idlest one that never authenticated to make room");
+                return Some((stream, Admitted::Soon(client)));
+            }
+            tracing::warn!(%peer, limit = limits.total, "too many connections, all authenticated; refusing a new one");
             refuse(
                 stream,
                 plain,
@@ -337,7 +351,7 @@ impl Gate {
             );
             return None;
         };
-        Some((stream, (slot, client)))
+        Some((stream, Admitted::Now((slot, client))))
     }
 }
 
@@ -360,6 +374,7 @@ async fn notice_tls_on_plain(stream: &tokio::net::TcpStream, peer: std::net::Soc
 /// then HTTP until the client is done, the connection is silent too long
 /// (`limits.first_request`, `limits.idle`) or the daemon stops (neither
 /// waiting for a first byte nor a handshake holds up a stop).
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -368,17 +383,22 @@ async fn connection(
     router: Router,
     stop: CancellationToken,
     limits: ConnLimits,
+    registry: &Arc<Conns>,
 ) {
     use tower::ServiceExt as _;
-    // Each request carries the client's address.
+    let activity = Activity::new();
+    let seat = registry.register(activity.last_ms.clone(), activity.start);
+    // Each request carries the client's address, and the mark its
+    // handlers set once it authenticates.
+    let mark = seat.mark.clone();
     let svc = hyper_util::service::TowerToHyperService::new(router.map_request(
         move |mut req: axum::http::Request<hyper::body::Incoming>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(mark.clone());
             req.map(axum::body::Body::new)
         },
     ));
-    let activity = Activity::new();
     let io = Watched {
         inner: stream,
         activity: activity.clone(),
@@ -409,6 +429,9 @@ async fn connection(
         _ = served => {}
         _ = activity.silent(limits.first_request, limits.idle) => {
             tracing::debug!(%peer, "closing a connection that sent nothing in time");
+        }
+        _ = seat.close.cancelled() => {
+            tracing::debug!(%peer, "closing an idle connection to make room for a new one");
         }
     }
 }
@@ -497,29 +520,6 @@ fn refuse(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn per_client_slots_are_counted_and_released() {
-        let pc = Arc::new(PerClient::default());
-        let a: IpAddr = "127.0.0.2".parse().expect("ip");
-        let b: IpAddr = "127.0.0.1".parse().expect("ip");
-        let s1 = pc.enter(a, 2).expect("first");
-        let _s2 = pc.enter(a, 2).expect("second");
-        assert!(pc.enter(a, 2).is_none(), "third from the same address");
-        assert!(pc.enter(b, 2).is_some(), "another address is not affected");
-        drop(s1);
-        assert!(pc.enter(a, 2).is_some(), "a slot comes back when closed");
-    }
-
-    #[test]
-    fn the_per_client_map_forgets_addresses_without_connections() {
-        let pc = Arc::new(PerClient::default());
-        for i in 0..100u8 {
-            let ip = IpAddr::from([10, 0, 0, i]);
-            drop(pc.enter(ip, 1).expect("slot"));
-        }
-        assert!(pc.0.lock().expect("lock").is_empty());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_sends_nothing_is_silent_after_the_first_request_deadline() {

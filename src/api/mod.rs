@@ -22,10 +22,12 @@ use crate::jobs::workers::Readiness;
 use crate::live::Shared;
 use crate::metrics::Metrics;
 
+mod admission;
 mod jobs_api;
 mod listener;
 mod page;
 mod webhook;
+pub use admission::{ConnMark, client_key};
 pub use listener::{
     ConnLimits, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_TIMEOUT, TlsSlot, serve,
 };
@@ -219,6 +221,9 @@ async fn api_guard(
                     header::HeaderValue::from_static("Bearer realm=\"harbor-relay\""),
                 );
                 return resp;
+            }
+            if let Some(mark) = req.extensions().get::<ConnMark>() {
+                mark.authenticated();
             }
         }
         None if req.method() != axum::http::Method::GET => {

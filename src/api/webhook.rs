@@ -35,19 +35,20 @@ fn over_rate(app: &AppState, parts: &axum::http::request::Parts) -> Option<Respo
     let axum::extract::ConnectInfo(peer) = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?;
-    let not_until = limiter.check_key(&peer.ip()).err()?;
+    let prefix = app.live.get().config.server.ipv6_client_prefix;
+    let client = super::client_key(peer.ip(), prefix);
+    let not_until = limiter.check_key(&client).err()?;
     let wait = not_until
         .wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ))
         .as_secs()
         .max(1);
-    tracing::warn!(client = %peer.ip(), "webhook refused: over server.webhook_rate_limit");
+    tracing::warn!(%client, "webhook refused: over server.webhook_rate_limit");
     let mut resp = error(
         StatusCode::TOO_MANY_REQUESTS,
         format!(
-            "more than server.webhook_rate_limit webhooks per second from {}; retry in {wait}s",
-            peer.ip()
+            "more than server.webhook_rate_limit webhooks per second from {client}; retry in {wait}s"
         ),
     );
     if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
@@ -96,13 +97,20 @@ async fn receive(
     let format = format_of(&parts.headers).filter(|f| takes.contains(f));
     let label = format.map_or("unknown", Format::as_str);
     let count = |outcome: &str| counted(app, label, outcome);
-    if let Some(refused) = over_rate(app, &parts).or_else(|| unauthorized(app, &parts)) {
+    // Authentication first: only an authenticated webhook is charged to
+    // its client's rate budget (a flood of unauthenticated requests from
+    // Harbor's address must not use up Harbor's), and its connection is
+    // never closed to make room for another.
+    if let Some(refused) = unauthorized(app, &parts).or_else(|| over_rate(app, &parts)) {
         count(if refused.status() == StatusCode::TOO_MANY_REQUESTS {
             "rate_limited"
         } else {
             "unauthorized"
         });
         return Err(refused);
+    }
+    if let Some(mark) = parts.extensions.get::<super::ConnMark>() {
+        mark.authenticated();
     }
     let Some(format) = format else {
         count("unsupported_media_type");

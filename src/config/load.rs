@@ -249,6 +249,18 @@ impl Loader<'_> {
         if max_connections_per_client < 1 {
             return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
         }
+        // The listener's own cap (api::MAX_CONNECTIONS) by default.
+        let max_connections = raw.max_connections.unwrap_or(1024);
+        if max_connections < 16 {
+            return Err(self.invalid("server.max_connections", "must be at least 16"));
+        }
+        let ipv6_client_prefix = raw.ipv6_client_prefix.unwrap_or(64);
+        if !(16..=128).contains(&ipv6_client_prefix) {
+            return Err(self.invalid(
+                "server.ipv6_client_prefix",
+                "must be between 16 and 128 (64: one IPv6 subnet counts as one client)",
+            ));
+        }
         Ok(ServerConfig {
             listen,
             webhook_auth: self.secret(
@@ -260,6 +272,8 @@ impl Loader<'_> {
             metrics_listen,
             webhook_rate_limit: raw.webhook_rate_limit.unwrap_or(1000),
             max_connections_per_client,
+            max_connections,
+            ipv6_client_prefix,
             tls: self.listener_tls(raw.tls_cert, raw.tls_key)?,
         })
     }

@@ -39,6 +39,8 @@ pub(super) struct RawServer {
     pub(super) metrics_listen: Option<String>,
     pub(super) webhook_rate_limit: Option<u32>,
     pub(super) max_connections_per_client: Option<usize>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) ipv6_client_prefix: Option<u8>,
     pub(super) tls_cert: Option<String>,
     pub(super) tls_key: Option<String>,
 }

@@ -91,6 +91,12 @@ pub struct ServerConfig {
     /// closed at accept, so idle sockets from one address never lock out
     /// another (Harbor's deliveries).
     pub max_connections_per_client: usize,
+    /// Connections open at once in all; when every one is taken, the
+    /// idlest that never authenticated is closed to make room.
+    pub max_connections: usize,
+    /// IPv6 clients are counted (connections, webhook rate) by this many
+    /// leading bits of their address: 64, one subnet, by default.
+    pub ipv6_client_prefix: u8,
     /// HTTPS on `listen`: the certificate chain and key (PEM), read again
     /// on reload.
     pub tls: Option<ListenerTls>,
