@@ -409,3 +409,75 @@ async fn a_diamond_of_indexes_asks_each_manifest_once() {
         "{heads} manifest HEADs on the target for {count} manifests"
     );
 }
+
+/// Finding 5: `jobs cancel` stops a running job, cancels its upload on the
+/// target and fails it, saying so; a waiting job is cancelled at once;
+/// `retry` runs it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cancel_stops_a_running_copy_and_cancels_its_upload() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+    let img = TestImage::pushed(&src, "library/slow", &[8 << 20]).await;
+    let slow = SlowProxy::start(source.addr, 1_000_000).await;
+    let dst_proxy = FaultProxy::start(&target.url).await;
+    let dst = client(&target.url, None, harbor_relay::config::TlsMode::System);
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &format!("http://{}", slow.addr), None, ""),
+        registry_toml("integrated", &dst_proxy.url, None, ""),
+    );
+    let relay = Relay::start_with_jobs("workers = 1\n", &config).await;
+    let ids = relay
+        .push(push_event("library/slow", Some("1"), &img.digest))
+        .await;
+    // A second job waits behind it (one worker).
+    let other = TestImage::pushed(&src, "library/next", &[1_000]).await;
+    let waiting = relay
+        .push(push_event("library/next", Some("1"), &other.digest))
+        .await;
+    relay.wait_state(ids[0], "running").await;
+    let wait = Deadline::new(std::time::Duration::from_secs(20));
+    while !dst_proxy
+        .requests()
+        .iter()
+        .any(|(_, m, p, _)| m == "PUT" && p.contains("/blobs/uploads/"))
+    {
+        wait.tick(|| format!("no upload started: {:?}", dst_proxy.requests()))
+            .await;
+    }
+    let cfg = relay.config_path.to_str().expect("utf-8").to_string();
+    let out = relay_cmd(&["jobs", "--config", &cfg, "cancel", &waiting[0].to_string()]);
+    assert!(expect_success(&out).contains("cancelled"), "{out:?}");
+    assert_eq!(relay.job(waiting[0]).await["state"], "failed");
+    let out = relay_cmd(&["jobs", "--config", &cfg, "cancel", &ids[0].to_string()]);
+    assert!(expect_success(&out).contains("is stopping"), "{out:?}");
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    let err = job["last_error"].as_str().expect("error");
+    assert!(err.contains("cancelled by an operator"), "{err}");
+    assert!(
+        dst_proxy
+            .requests()
+            .iter()
+            .any(|(_, m, p, _)| m == "DELETE" && p.contains("/blobs/uploads/")),
+        "the upload session was not cancelled: {:?}",
+        dst_proxy.requests()
+    );
+    assert!(
+        !dst.has_manifest("library/slow", &img.digest)
+            .await
+            .expect("HEAD")
+    );
+    // A finished job cannot be cancelled; a cancelled one can be retried.
+    let out = relay_cmd(&["jobs", "--config", &cfg, "cancel", &ids[0].to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("failed already"),
+        "{out:?}"
+    );
+    let out = relay_cmd(&["jobs", "--config", &cfg, "retry", &waiting[0].to_string()]);
+    expect_success(&out);
+    relay.wait_success(waiting[0]).await;
+}

@@ -280,6 +280,122 @@ async fn retry_prune_and_a_full_queue(b: &Backend) {
     );
 }
 
+/// `jobs cancel`: a queued or retrying job fails at once and leaves the
+/// queue (on disk: a new process sees it failed), a running one is left to
+/// its worker, a finished one is refused; a cancelled job can be retried.
+/// A delete older than the push of its digest is kept, finished, ignored.
+async fn cancels_and_stale_deletes(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let queued = store
+        .enqueue(vec![spec("p/c", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let retrying = store
+        .enqueue(vec![spec("p/c", "2")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let running = store
+        .enqueue(vec![spec("p/c", "3")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        claimed.push(store.claim().await.expect("claim").expect("job").id);
+    }
+    assert_eq!(claimed, [queued, retrying, running], "{n}");
+    let later = Outcome::Retry {
+        error: "503".into(),
+        at_ms: now() + 60_000,
+    };
+    store.finish(retrying, later).await.expect("finish");
+    store
+        .finish(queued, Outcome::Interrupted)
+        .await
+        .expect("finish");
+    assert_eq!((store.queued(), store.retrying()), (1, 1), "{n}");
+    for id in [queued, retrying] {
+        let j = store.cancel(id, "cancelled by test").await.expect("cancel");
+        assert_eq!(j.state, JobState::Failed, "{n}");
+        assert_eq!(j.last_error.as_deref(), Some("cancelled by test"), "{n}");
+    }
+    assert_eq!((store.queued(), store.retrying()), (0, 0), "{n}");
+    assert!(
+        matches!(store.cancel(running, "x").await, Err(harbor_relay::jobs::CancelError::Running { id, .. }) if id == running),
+        "{n}"
+    );
+    assert!(
+        matches!(
+            store.cancel(queued, "x").await,
+            Err(harbor_relay::jobs::CancelError::Finished { .. })
+        ),
+        "{n}"
+    );
+    assert!(
+        matches!(
+            store.cancel(404_404, "x").await,
+            Err(harbor_relay::jobs::CancelError::NotFound(_))
+        ),
+        "{n}"
+    );
+    advance(120_000);
+    store.promote_due(now()).await.expect("promote");
+    // (On PostgreSQL the running job's lease has run out by now, so it may
+    // be taken over: that one is not cancelled.)
+    while let Some(j) = store.claim().await.expect("claim") {
+        assert_eq!(j.id, running, "{n}: a cancelled job never runs");
+    }
+    drop(store);
+    let store = b.open("relay-a").await;
+    let j = store.get(queued).await.expect("get").expect("job");
+    assert_eq!(j.state, JobState::Failed, "{n}: on disk");
+    let j = store.retry(queued).await.expect("retry");
+    assert_eq!(j.state, JobState::Queued, "{n}");
+
+    // A push at 2000, then a delete event dated 1000: ignored at once.
+    store.set_coalesce_window(Duration::from_secs(60));
+    let mut push = spec("p/d", "1");
+    push.digest = Some(format!("sha256:{}", "d".repeat(64)));
+    push.occurred_at = Some(2_000);
+    let p = store.enqueue(vec![push.clone()]).await.expect("enqueue")[0].id;
+    let mut delete = push.clone();
+    delete.action = Action::Delete;
+    delete.occurred_at = Some(1_000);
+    let d = store.enqueue(vec![delete.clone()]).await.expect("enqueue")[0].id;
+    let dj = store.get(d).await.expect("get").expect("job");
+    assert_eq!(dj.state, JobState::Succeeded, "{n}");
+    assert!(
+        dj.summary
+            .and_then(|s| s.skipped)
+            .is_some_and(|w| w.contains("older than the push")),
+        "{n}"
+    );
+    // A newer delete is queued and closes the push's window: the same
+    // push again is a new job.
+    delete.occurred_at = Some(3_000);
+    let d2 = store
+        .enqueue(vec![delete])
+        .await
+        .expect("enqueue")
+        .remove(0);
+    assert!(!d2.coalesced && d2.id != d, "{n}");
+    let again = store.enqueue(vec![push]).await.expect("enqueue").remove(0);
+    assert!(
+        matches!(
+            store.get(p).await.expect("get").map(|j| j.state),
+            Some(JobState::Queued)
+        ),
+        "{n}"
+    );
+    assert!(
+        !again.coalesced && again.id != p,
+        "{n}: folded into the push from before the delete"
+    );
+}
+
 /// The replicator's ledger: what one relay records (an upload's progress,
 /// where a blob went, what it left under a tag) the next reads, after a
 /// restart on sled, from another relay on PostgreSQL, so a job taken
@@ -339,6 +455,9 @@ async fn both_backends_hold_the_stores_invariants() {
     }
     for b in both().await {
         the_ledger_outlives_the_relay_that_wrote_it(&b).await;
+    }
+    for b in both().await {
+        cancels_and_stale_deletes(&b).await;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The jobs API: `GET /api/v1/jobs`, `GET /api/v1/jobs/{id}`,
-//! `POST /api/v1/jobs/{id}/retry`, each job as a [`JobView`].
+//! `POST /api/v1/jobs/{id}/retry`, `POST /api/v1/jobs/{id}/cancel`, each
+//! job as a [`JobView`].
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{AppState, error};
-use crate::jobs::{JobState, JobView, RetryError};
+use crate::jobs::{CancelError, JobState, JobView, RetryError};
 
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
@@ -73,5 +74,48 @@ pub(super) async fn retry_job(
             error(StatusCode::CONFLICT, e.to_string())
         }
         Err(RetryError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Cancels a job: a waiting one fails at once (`200`); one running on this
+/// relay is told to stop, cancels its uploads and fails (`202`); one
+/// running on another relay of the fleet is refused, naming it (`409`).
+pub(super) async fn cancel_job(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id must be a number");
+    };
+    let why = "cancelled by an operator (jobs cancel)";
+    match app.store.cancel(id, why).await {
+        Ok(j) => {
+            tracing::info!(id, "waiting job cancelled by API request");
+            app.metrics.queue_depth.set(app.store.queued() as i64);
+            axum::Json(JobView::from(&j)).into_response()
+        }
+        Err(CancelError::Running { .. }) if app.board.cancel(id) => {
+            tracing::info!(id, "running job told to stop by API request");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "id": id,
+                    "state": "running",
+                    "cancelling": true,
+                    "message": format!("job {id} is stopping: its uploads are cancelled and it fails as cancelled"),
+                })),
+            )
+                .into_response()
+        }
+        Err(CancelError::Running { relay, .. }) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "job {id} is running on {}, not on this relay: send the cancel to that relay",
+                relay.unwrap_or_else(|| "another relay".into())
+            ),
+        ),
+        Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e @ CancelError::Finished { .. }) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(CancelError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

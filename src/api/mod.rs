@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs", get(jobs_api::list_jobs))
         .route("/api/v1/jobs/{id}", get(jobs_api::get_job))
         .route("/api/v1/jobs/{id}/retry", post(jobs_api::retry_job))
+        .route("/api/v1/jobs/{id}/cancel", post(jobs_api::cancel_job))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api_guard,

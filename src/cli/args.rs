@@ -194,6 +194,12 @@ pub enum JobsAction {
         /// The job id.
         id: u64,
     },
+    /// Cancel a job: a waiting one fails at once; a running one stops,
+    /// cancels its uploads on the target and fails. `retry` queues it again.
+    Cancel {
+        /// The job id.
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]

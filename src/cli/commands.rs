@@ -411,6 +411,7 @@ pub async fn replicate(
             labels: None,
             max_blob_size: None,
             moved: None,
+            cancel: None,
         })
         .await?;
     println!(

@@ -107,6 +107,20 @@ pub async fn run(
                 .await?;
             println!("job {id} queued again ({})", job.source);
         }
+        JobsAction::Cancel { id } => {
+            let answer: serde_json::Value = api
+                .call(api.http.post(format!("{base}/api/v1/jobs/{id}/cancel")))
+                .await?;
+            match answer["cancelling"].as_bool() {
+                Some(true) => println!(
+                    "job {id} is stopping: its uploads are cancelled and it fails as cancelled (`harbor-relay jobs show {id}` to see it)"
+                ),
+                _ => println!(
+                    "job {id} cancelled ({})",
+                    answer["source"].as_str().unwrap_or_default()
+                ),
+            }
+        }
     }
     Ok(())
 }

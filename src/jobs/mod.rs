@@ -19,7 +19,7 @@ use crate::rules::Plan;
 pub use crate::clock::now_ms;
 pub use crate::replicate::Summary;
 
-pub use store::{Enqueued, RetryError, Store, StoreError};
+pub use store::{CancelError, Enqueued, RetryError, Store, StoreError};
 pub use view::JobView;
 pub use workers::Workers;
 
@@ -197,6 +197,7 @@ impl JobSpec {
             labels: self.labels.as_deref(),
             max_blob_size: self.max_blob_size,
             moved: None,
+            cancel: None,
         }
     }
 

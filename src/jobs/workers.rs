@@ -40,26 +40,37 @@ pub struct Context {
     pub board: Arc<Board>,
 }
 
-/// Bytes moved so far by each running job: what the status page shows.
+/// The jobs running here: bytes moved so far by each (what the status
+/// page shows), and how to tell one to stop (`jobs cancel`).
 #[derive(Debug, Default)]
 pub struct Board(
-    std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::atomic::AtomicU64>>>,
+    std::sync::Mutex<
+        std::collections::HashMap<u64, (Arc<std::sync::atomic::AtomicU64>, CancellationToken)>,
+    >,
 );
 
 impl Board {
     /// Bytes moved so far by job `id`, if it is running here.
     pub fn moved(&self, id: u64) -> Option<u64> {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(&id).map(|c| c.load(Ordering::Relaxed))
+        m.get(&id).map(|(c, _)| c.load(Ordering::Relaxed))
     }
 
-    fn start(&self, id: u64) -> Arc<std::sync::atomic::AtomicU64> {
+    /// Tells job `id` to stop, if it is running here: it cancels its
+    /// uploads and fails, saying it was cancelled. False if it is not.
+    pub fn cancel(&self, id: u64) -> bool {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&id).map(|(_, stop)| stop.cancel()).is_some()
+    }
+
+    fn start(&self, id: u64) -> (Arc<std::sync::atomic::AtomicU64>, CancellationToken) {
         let c = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = CancellationToken::new();
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, c.clone());
-        c
+            .insert(id, (c.clone(), stop.clone()));
+        (c, stop)
     }
 
     fn end(&self, id: u64) {
@@ -103,6 +114,10 @@ impl RetryPolicy {
             .unwrap_or(self.max_delay)
     }
 }
+
+/// How long a cancelled job may take to stop by itself (cancelling its
+/// uploads) before it is dropped where it is.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the scheduler looks for due retries at most.
 const SCHEDULER_TICK: Duration = Duration::from_millis(250);
@@ -285,6 +300,7 @@ async fn attempt(
     live: &crate::live::Live,
     spec: &super::JobSpec,
     moved: Arc<std::sync::atomic::AtomicU64>,
+    cancel: CancellationToken,
 ) -> Attempt {
     let (Some(source), Some(target)) = (
         live.registries.get(&spec.from),
@@ -307,8 +323,21 @@ async fn attempt(
             _ => {
                 let mut req = spec.copy_request(source, target);
                 req.moved = Some(moved);
+                req.cancel = Some(cancel.clone());
                 ctx.replicator.copy(&req).await
             }
+        }
+    };
+    // A cancelled copy stops at its next step and cancels the upload in
+    // flight; what does not end by itself within CANCEL_GRACE is dropped.
+    let work = async {
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => r,
+            () = async {
+                cancel.cancelled().await;
+                tokio::time::sleep(CANCEL_GRACE).await;
+            } => Err(crate::replicate::ReplicateError::Cancelled),
         }
     };
     match supervised(work).await {
@@ -347,8 +376,8 @@ async fn run_job(ctx: &Context, job: Job) {
         let live = ctx.live.get();
         let retry = RetryPolicy::from_config(&live.config.jobs);
         let started = Instant::now();
-        let moved = ctx.board.start(job.id);
-        let tried = attempt(ctx, &live, spec, moved).await;
+        let (moved, cancel) = ctx.board.start(job.id);
+        let tried = attempt(ctx, &live, spec, moved, cancel).await;
         ctx.board.end(job.id);
         let outcome = decide(tried, job.attempts, &retry, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);

@@ -19,6 +19,7 @@ impl Replicator {
         blob: &Descriptor,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
+        req.check_cancel()?;
         // One upload of a digest per target at a time, whatever the
         // repository: a second job that wants the same blob waits, then
         // finds it present or mounts it from where the first put it (so a
@@ -189,9 +190,14 @@ impl Replicator {
         };
         let (tap, body) = Tap::wrap(body);
         let session = location.to_string();
-        let sent = target
-            .put_blob_at(location, repo, &blob.digest, blob.size, body)
-            .await;
+        let put = target.put_blob_at(location, repo, &blob.digest, blob.size, body);
+        let sent = tokio::select! {
+            sent = put => sent,
+            () = req.cancelled() => {
+                target.cancel_upload(repo, &session).await;
+                return Err(ReplicateError::Cancelled);
+            }
+        };
         if let Err(e) = sent {
             // A session whose one request failed cannot go on: cancelled,
             // so that what it received does not stay in the target's

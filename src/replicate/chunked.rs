@@ -153,6 +153,10 @@ pub async fn copy(
         if stopping.is_cancelled() {
             return Err(ReplicateError::Interrupted);
         }
+        if req.check_cancel().is_err() {
+            abandon(req, ledger, &key, &location).await;
+            return Err(ReplicateError::Cancelled);
+        }
         let len = chunk.min(blob.size - offset);
         location = send_chunk(req, blob, ledger, &key, &feed, (&location, offset, len)).await?;
         offset += len;

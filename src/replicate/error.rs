@@ -56,6 +56,10 @@ pub enum ReplicateError {
     /// continues at the next start.
     #[error("stopped between chunks for shutdown; the upload continues at the next start")]
     Interrupted,
+    /// An operator cancelled the job (`jobs cancel`); its uploads were
+    /// cancelled on the target.
+    #[error("cancelled by an operator (jobs cancel); its uploads were cancelled on the target")]
+    Cancelled,
 }
 
 impl ReplicateError {
@@ -76,6 +80,7 @@ impl ReplicateError {
             // source.
             ReplicateError::SourceRead { mismatch, .. } => mismatch.is_some(),
             ReplicateError::Interrupted => false,
+            ReplicateError::Cancelled => true,
         }
     }
 

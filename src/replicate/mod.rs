@@ -106,6 +106,27 @@ pub struct CopyRequest<'a> {
     /// Counts blob bytes as they are sent, for whoever watches the copy
     /// (the status page's running jobs).
     pub moved: Option<Arc<AtomicU64>>,
+    /// Cancelled when an operator cancels the job: the copy stops at its
+    /// next step and cancels the upload in flight.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl CopyRequest<'_> {
+    /// An operator cancelled the job: the copy stops here.
+    fn check_cancel(&self) -> Result<(), ReplicateError> {
+        match &self.cancel {
+            Some(c) if c.is_cancelled() => Err(ReplicateError::Cancelled),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resolves when the job is cancelled (never without a token).
+    async fn cancelled(&self) {
+        match &self.cancel {
+            Some(c) => c.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Replicator {
@@ -507,6 +528,7 @@ impl Replicator {
                 Children::Manifests(list) => {
                     progress.visit(list.len())?;
                     for child in list {
+                        req.check_cancel()?;
                         if progress.is_present(&child.digest) {
                             continue;
                         }

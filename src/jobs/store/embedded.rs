@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 use super::transition::{self, After};
-use super::{DEFAULT_COALESCE_WINDOW, Enqueued, RetryError, StoreError};
+use super::{DEFAULT_COALESCE_WINDOW, Enqueued, StoreError};
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 use crate::replicate::ledger::{TagRecord, UploadRecord, remember, tag_key};
+
+mod manual;
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -281,25 +283,6 @@ impl SledStore {
         Ok(out)
     }
 
-    /// For a deletion: [`transition::deleting`] against the newest copy
-    /// of the same artifact, whose window is closed here if it says so.
-    /// `None` for a copy. Called under the write guard.
-    fn weigh_delete(&self, spec: &JobSpec) -> Result<Option<transition::Deleting>, StoreError> {
-        let Some(push_key) = spec.push_key() else {
-            return Ok(None);
-        };
-        let push = match self.dedupe.get(push_key.as_bytes())? {
-            Some(id) => self.load(id_of(&id))?,
-            None => None,
-        };
-        let decision = transition::deleting(push.as_ref(), spec);
-        if let (transition::Deleting::Queue { close: true }, Some(mut push)) = (&decision, push) {
-            transition::close_window(&mut push);
-            self.save(&push)?;
-        }
-        Ok(Some(decision))
-    }
-
     /// Takes the oldest queued job and marks it running (on disk).
     pub async fn claim(&self) -> Result<Option<Job>, StoreError> {
         let job = {
@@ -413,36 +396,6 @@ impl SledStore {
     /// When the earliest retry is due, if any.
     pub fn next_due(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.delayed.first()?.map(|(k, _)| id_of(&k[..8])))
-    }
-
-    /// Queues a failed job again, with a fresh count of attempts.
-    pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
-        let job = {
-            let _g = self.guard();
-            let mut job = self.load(id)?.ok_or(RetryError::NotFound(id))?;
-            if job.state != JobState::Failed {
-                return Err(RetryError::NotFailed {
-                    id,
-                    state: job.state.as_str(),
-                });
-            }
-            let dkey = job.spec.dedupe_key();
-            if let Some(other) = self.dedupe.get(dkey.as_bytes())? {
-                let other = id_of(&other);
-                if other != id && self.load(other)?.is_some_and(|o| o.state.is_active()) {
-                    return Err(RetryError::Duplicate { active: other });
-                }
-            }
-            transition::rearm(&mut job);
-            self.save(&job)?;
-            self.dedupe.insert(dkey.as_bytes(), &key(id))?;
-            self.queue.insert(key(id), &[])?;
-            self.queued.fetch_add(1, Ordering::Relaxed);
-            job
-        };
-        self.durable().await.map_err(RetryError::Store)?;
-        self.wake.notify_waiters();
-        Ok(job)
     }
 
     /// Deletes finished jobs that finished before `before_ms`. Returns how

@@ -150,6 +150,13 @@ impl Store {
         each!(self, s => s.retry(id).await)
     }
 
+    /// Cancels a job: a waiting one fails at once with `why`; a running
+    /// one is [`CancelError::Running`] (its worker must be told); a
+    /// finished one is refused.
+    pub async fn cancel(&self, id: u64, why: &str) -> Result<crate::jobs::Job, CancelError> {
+        each!(self, s => s.cancel(id, why).await)
+    }
+
     /// Deletes jobs finished before `before_ms`.
     pub async fn prune(&self, before_ms: u64) -> Result<usize, StoreError> {
         each!(self, s => s.prune(before_ms).await)
@@ -283,6 +290,33 @@ pub enum StoreError {
     },
 }
 
+/// Why a cancel was refused, or that it must reach a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No job with that id.
+    #[error("no job {0}")]
+    NotFound(u64),
+    /// Over already.
+    #[error("job {id} is {state} already; nothing to cancel")]
+    Finished {
+        /// The job.
+        id: u64,
+        /// Its state.
+        state: &'static str,
+    },
+    /// A worker is running it: the worker must be told.
+    #[error("job {id} is running{}", .relay.as_ref().map(|r| format!(" on relay {r}")).unwrap_or_default())]
+    Running {
+        /// The job.
+        id: u64,
+        /// The relay running it, on a shared store.
+        relay: Option<String>,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Why a manual retry was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -311,6 +345,12 @@ pub enum RetryError {
 impl From<sled::Error> for RetryError {
     fn from(e: sled::Error) -> Self {
         RetryError::Store(StoreError::Db(e))
+    }
+}
+
+impl From<sled::Error> for CancelError {
+    fn from(e: sled::Error) -> Self {
+        CancelError::Store(StoreError::Db(e))
     }
 }
 

@@ -156,6 +156,36 @@ pub fn rearm(job: &mut Job) {
     job.next_attempt_ms = None;
 }
 
+/// What cancelling a job does, by its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelling {
+    /// Waiting (queued, or for its next attempt): failed at once.
+    Now,
+    /// A worker has it: the worker is told, stops, cancels its uploads
+    /// and records the failure.
+    Running,
+    /// Already over.
+    Finished,
+}
+
+/// Decides [`Cancelling`].
+pub fn cancelling(job: &Job) -> Cancelling {
+    match job.state {
+        JobState::Queued | JobState::Retrying => Cancelling::Now,
+        JobState::Running => Cancelling::Running,
+        JobState::Succeeded | JobState::Failed => Cancelling::Finished,
+    }
+}
+
+/// A waiting job cancelled: failed with `why`, so `retry` can queue it
+/// again.
+pub fn cancel(job: &mut Job, why: String, now_ms: u64) {
+    job.state = JobState::Failed;
+    job.last_error = Some(why);
+    job.finished_ms = Some(now_ms);
+    job.next_attempt_ms = None;
+}
+
 /// Whether a finished job is old enough for retention to delete.
 pub fn expired(job: &Job, before_ms: u64) -> bool {
     !job.state.is_active() && job.finished_ms.is_some_and(|f| f < before_ms)
@@ -259,6 +289,29 @@ mod tests {
             !joins(&d, 60_000, 6_000),
             "a finished delete takes none: the next one is weighed again"
         );
+    }
+
+    #[test]
+    fn a_waiting_job_is_cancelled_at_once_and_a_running_one_is_told() {
+        let mut j = job();
+        assert_eq!(cancelling(&j), Cancelling::Now);
+        start(&mut j, 2_000);
+        assert_eq!(cancelling(&j), Cancelling::Running);
+        finish(
+            &mut j,
+            Outcome::Retry {
+                error: "503".into(),
+                at_ms: 9_000,
+            },
+            3_000,
+        );
+        assert_eq!(cancelling(&j), Cancelling::Now);
+        cancel(&mut j, "cancelled".into(), 4_000);
+        assert_eq!(
+            (j.state, j.next_attempt_ms, j.finished_ms),
+            (JobState::Failed, None, Some(4_000))
+        );
+        assert_eq!(cancelling(&j), Cancelling::Finished);
     }
 
     #[test]

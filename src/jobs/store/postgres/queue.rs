@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{PgStore, db, decrement, ms};
 use crate::jobs::store::transition::{self, After};
-use crate::jobs::store::{Enqueued, RetryError, StoreError};
+use crate::jobs::store::{CancelError, Enqueued, RetryError, StoreError};
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 
 impl PgStore {
@@ -309,6 +309,46 @@ impl PgStore {
             self.wake.notify_waiters();
         }
         Ok(rows.len())
+    }
+
+    /// Cancels a waiting job (failed with `why`, committed before it
+    /// returns); a running or finished one is refused with what to do.
+    pub async fn cancel(&self, id: u64, why: &str) -> Result<Job, CancelError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let row = tx
+            .query_opt(
+                "SELECT job FROM relay_jobs WHERE id = $1 FOR UPDATE",
+                &[&ms(id)],
+            )
+            .await
+            .map_err(db)?
+            .ok_or(CancelError::NotFound(id))?;
+        let mut job = Self::job_of(&row, "job")?;
+        match transition::cancelling(&job) {
+            transition::Cancelling::Running => {
+                return Err(CancelError::Running {
+                    id,
+                    relay: job.relay.clone(),
+                });
+            }
+            transition::Cancelling::Finished => {
+                return Err(CancelError::Finished {
+                    id,
+                    state: job.state.as_str(),
+                });
+            }
+            transition::Cancelling::Now => {}
+        }
+        let was = job.state;
+        transition::cancel(&mut job, why.to_string(), (self.clock)());
+        Self::save(&tx, &job, None).await?;
+        tx.commit().await.map_err(db)?;
+        match was {
+            JobState::Queued => decrement(&self.queued),
+            _ => decrement(&self.retrying),
+        }
+        Ok(job)
     }
 
     /// Queues a failed job again, with a fresh count of attempts.

@@ -1,0 +1,111 @@
+//! What changes a job from outside its run: an operator's `retry` and
+//! `cancel`, and what a deletion's enqueue does to the push it follows.
+
+use std::sync::atomic::Ordering;
+
+use super::{SledStore, id_of, key};
+use crate::jobs::store::transition::{self, Cancelling};
+use crate::jobs::store::{CancelError, RetryError, StoreError};
+use crate::jobs::{Job, JobSpec, JobState};
+
+impl SledStore {
+    /// Queues a failed job again, with a fresh count of attempts.
+    pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
+        let job = {
+            let _g = self.guard();
+            let mut job = self.load(id)?.ok_or(RetryError::NotFound(id))?;
+            if job.state != JobState::Failed {
+                return Err(RetryError::NotFailed {
+                    id,
+                    state: job.state.as_str(),
+                });
+            }
+            let dkey = job.spec.dedupe_key();
+            if let Some(other) = self.dedupe.get(dkey.as_bytes())? {
+                let other = id_of(&other);
+                if other != id && self.load(other)?.is_some_and(|o| o.state.is_active()) {
+                    return Err(RetryError::Duplicate { active: other });
+                }
+            }
+            transition::rearm(&mut job);
+            self.save(&job)?;
+            self.dedupe.insert(dkey.as_bytes(), &key(id))?;
+            self.queue.insert(key(id), &[])?;
+            self.queued.fetch_add(1, Ordering::Relaxed);
+            job
+        };
+        self.durable().await.map_err(RetryError::Store)?;
+        self.wake.notify_waiters();
+        Ok(job)
+    }
+
+    /// For a deletion: [`transition::deleting`] against the newest copy
+    /// of the same artifact, whose window is closed here if it says so.
+    /// `None` for a copy. Called under the write guard.
+    pub(super) fn weigh_delete(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<transition::Deleting>, StoreError> {
+        let Some(push_key) = spec.push_key() else {
+            return Ok(None);
+        };
+        let push = match self.dedupe.get(push_key.as_bytes())? {
+            Some(id) => self.load(id_of(&id))?,
+            None => None,
+        };
+        let decision = transition::deleting(push.as_ref(), spec);
+        if let (transition::Deleting::Queue { close: true }, Some(mut push)) = (&decision, push) {
+            transition::close_window(&mut push);
+            self.save(&push)?;
+        }
+        Ok(Some(decision))
+    }
+
+    /// Cancels a waiting job (failed with `why`, out of the queue or the
+    /// retry schedule, on disk before it returns); a running or finished
+    /// one is refused with what to do.
+    pub async fn cancel(&self, id: u64, why: &str) -> Result<Job, CancelError> {
+        let job = {
+            let _g = self.guard();
+            let mut job = self.load(id)?.ok_or(CancelError::NotFound(id))?;
+            match transition::cancelling(&job) {
+                Cancelling::Running => {
+                    return Err(CancelError::Running {
+                        id,
+                        relay: job.relay.clone(),
+                    });
+                }
+                Cancelling::Finished => {
+                    return Err(CancelError::Finished {
+                        id,
+                        state: job.state.as_str(),
+                    });
+                }
+                Cancelling::Now => {}
+            }
+            // Out of the retry schedule or the queue, whichever holds it.
+            let waiting = job
+                .next_attempt_ms
+                .filter(|_| job.state == JobState::Retrying);
+            let counted = match waiting {
+                Some(at) => self
+                    .delayed
+                    .remove(super::delayed_key(at, id))?
+                    .map(|_| &self.retrying),
+                None => self.queue.remove(key(id))?.map(|_| &self.queued),
+            };
+            if let Some(counter) = counted {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+            transition::cancel(&mut job, why.to_string(), (self.clock)());
+            let dkey = job.spec.dedupe_key();
+            if self.dedupe.get(dkey.as_bytes())?.as_deref() == Some(&key(id)[..]) {
+                self.dedupe.remove(dkey.as_bytes())?;
+            }
+            self.save(&job)?;
+            job
+        };
+        self.durable().await?;
+        Ok(job)
+    }
+}
