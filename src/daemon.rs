@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +37,17 @@ pub enum DaemonError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The embedded store could not write for [`STORE_FAILING_EXIT`]: the
+    /// daemon stopped so that it is opened again (systemd restarts it).
+    #[error("the job store could not write for {0:?} ({1}); stopped so that it is opened again")]
+    StoreWedged(Duration, String),
 }
+
+/// How long the embedded store may fail to write before the daemon stops
+/// (and systemd, `Restart=on-failure`, starts it again): sled refuses
+/// every write after one failed, even once space is freed, and only a
+/// reopen clears that.
+pub const STORE_FAILING_EXIT: Duration = Duration::from_secs(10);
 
 /// Builds one client per configured registry, warning about any that skips
 /// certificate verification. For the one-shot commands.
@@ -124,10 +135,39 @@ pub async fn run_reloadable(
         reconcilers,
         shutdown,
     };
+    let wedged = tokio::spawn(watch_store(store.clone(), running.shutdown.clone()));
     let (served, server) = running.until_stopped(server, reload).await;
     crate::notify::stopping();
     running.reconcilers.cancel();
-    wind_down(&config, workers, &store, (served, server), metrics_server).await
+    let stopped = wind_down(&config, workers, &store, (served, server), metrics_server).await;
+    match wedged.await {
+        Ok(Some((since, why))) => Err(DaemonError::StoreWedged(since, why)),
+        _ => stopped,
+    }
+}
+
+/// Watches whether the embedded store can write: a flush every two
+/// seconds while it cannot (which clears the problem if it works again);
+/// past [`STORE_FAILING_EXIT`] the daemon stops, and this says why.
+async fn watch_store(store: Arc<Store>, shutdown: CancellationToken) -> Option<(Duration, String)> {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        let Some((why, since)) = store.write_failing() else {
+            continue;
+        };
+        if store.flush().await.is_ok() {
+            tracing::info!("the job store writes again");
+            continue;
+        }
+        if since >= STORE_FAILING_EXIT {
+            tracing::error!(error = %why, ?since, "the job store cannot write; stopping so that it is opened again (systemd restarts the service)");
+            shutdown.cancel();
+            return Some((since, why));
+        }
+    }
 }
 
 /// The stop, in order: the running jobs finish (for `jobs.shutdown_grace`

@@ -254,7 +254,7 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     let problem = app.readiness.problem().or_else(|| {
         app.store
             .problem()
-            .map(|why| format!("the job store is unreachable: {why}"))
+            .map(|why| format!("the job store: {why}"))
     });
     match problem {
         None => (StatusCode::OK, "ready\n").into_response(),

@@ -350,6 +350,29 @@ impl Relay {
         }
     }
 
+    /// Waits for the daemon to exit by itself (at most `within`).
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let wait = Deadline::new(within);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return status;
+            }
+            wait.tick(|| format!("harbor-relay did not exit; log:\n{}", self.logs()))
+                .await;
+        }
+    }
+
+    /// Starts the daemon again after it exited (or was killed).
+    pub async fn start_again(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;

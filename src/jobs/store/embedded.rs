@@ -24,7 +24,10 @@ use super::{DEFAULT_COALESCE_WINDOW, Enqueued, StoreError};
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 use crate::replicate::ledger::{TagRecord, UploadRecord, remember, tag_key};
 
+mod health;
 mod manual;
+
+pub use health::MARK_FILE;
 
 /// sled's page cache; the default (1 GiB) is far more than a job store needs.
 const CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
@@ -39,6 +42,12 @@ pub struct SledStore {
     uploads: sled::Tree,
     blobs: sled::Tree,
     tags: sled::Tree,
+    /// The highest job id ever created ([`health`]'s high-water).
+    meta: sled::Tree,
+    /// Where the store lives (its high-water mark file too).
+    dir: std::path::PathBuf,
+    /// Whether writes work, and when the mark was last written.
+    health: health::Health,
     /// Serialises read-modify-write sequences across trees.
     lock: Mutex<()>,
     queued: AtomicUsize,
@@ -118,6 +127,9 @@ impl SledStore {
             blobs: db.open_tree("blobs")?,
             tags: db.open_tree("tags")?,
             dedupe: db.open_tree("dedupe")?,
+            meta: db.open_tree("meta")?,
+            dir: path.to_path_buf(),
+            health: health::Health::default(),
             db,
             lock: Mutex::new(()),
             queued: AtomicUsize::new(0),
@@ -132,6 +144,14 @@ impl SledStore {
             max_queued: AtomicUsize::new(usize::MAX),
             clock: crate::clock::now_ms,
         };
+        let high = store.high()?;
+        if let Some(mark) = health::behind(high, health::read_mark(path)) {
+            return Err(StoreError::Behind {
+                path: path.to_path_buf(),
+                high,
+                mark,
+            });
+        }
         let recovered = store.recover()?;
         Ok((store, recovered))
     }
@@ -173,9 +193,14 @@ impl SledStore {
                 return Ok(());
             }
             let covers = self.written.load(Ordering::SeqCst);
-            self.db.flush_async().await?;
+            if let Err(e) = self.db.flush_async().await {
+                let e = StoreError::Db(e);
+                self.write_failed(&e);
+                return Err(e);
+            }
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.flushed.fetch_max(covers, Ordering::SeqCst);
+            self.wrote_ok();
         }
     }
 
@@ -236,6 +261,7 @@ impl SledStore {
             spec.validate().map_err(StoreError::Invalid)?;
         }
         let mut out = Vec::with_capacity(specs.len());
+        let mut wrote = Vec::with_capacity(specs.len());
         {
             let _g = self.guard();
             let waiting = self.queued() + self.retrying();
@@ -253,6 +279,7 @@ impl SledStore {
                     {
                         job.coalesced += 1;
                         self.save(&job)?;
+                        wrote.push(health::Wrote::Folded(id));
                         out.push(Enqueued {
                             id,
                             coalesced: true,
@@ -263,22 +290,33 @@ impl SledStore {
                 let deleting = self.weigh_delete(&spec)?;
                 let id = self.db.generate_id()? + 1;
                 let mut job = transition::new_job(id, spec, (self.clock)());
+                let queued = !matches!(deleting, Some(transition::Deleting::Stale(_)));
                 if let Some(transition::Deleting::Stale(why)) = deleting {
                     transition::ignored(&mut job, why, (self.clock)());
-                    self.save(&job)?;
-                } else {
-                    self.save(&job)?;
+                }
+                self.save(&job)?;
+                self.meta.insert(health::HIGH, &key(id))?;
+                if queued {
                     self.queue.insert(key(id), &[])?;
                     self.queued.fetch_add(1, Ordering::Relaxed);
                 }
                 self.dedupe.insert(dkey.as_bytes(), &key(id))?;
+                wrote.push(health::Wrote::New {
+                    id,
+                    dedupe: dkey,
+                    queued,
+                });
                 out.push(Enqueued {
                     id,
                     coalesced: false,
                 });
             }
         }
-        self.durable().await?;
+        if let Err(e) = self.durable().await {
+            // Answered with an error: nothing of it may stay.
+            self.take_back(&wrote);
+            return Err(e);
+        }
         self.wake.notify_waiters();
         Ok(out)
     }
@@ -494,7 +532,13 @@ impl SledStore {
 
     /// Writes everything to disk (on shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        if let Err(e) = self.db.flush_async().await {
+            let e = StoreError::Db(e);
+            self.write_failed(&e);
+            return Err(e);
+        }
+        self.wrote_ok();
+        self.mark_now();
         Ok(())
     }
 }

@@ -246,12 +246,25 @@ impl Store {
         }
     }
 
-    /// Why the store cannot serve now (PostgreSQL unreachable), for
-    /// `/readyz`; `None` when it can.
+    /// Why the store cannot serve now (PostgreSQL unreachable, the
+    /// embedded store unable to write), for `/readyz`; `None` when it can.
     pub fn problem(&self) -> Option<String> {
         match self {
-            Store::Sled(_) => None,
+            Store::Sled(s) => s
+                .write_problem()
+                .map(|(e, since)| format!("it cannot write (for {}s): {e}", since.as_secs())),
             Store::Postgres { store, .. } => store.problem(),
+        }
+    }
+
+    /// How long the embedded store has been unable to write, and why:
+    /// sled refuses every write after one failed, so the daemon restarts
+    /// to open it again ([`crate::daemon`]). `None` on PostgreSQL, whose
+    /// connections come back by themselves.
+    pub fn write_failing(&self) -> Option<(String, std::time::Duration)> {
+        match self {
+            Store::Sled(s) => s.write_problem(),
+            Store::Postgres { .. } => None,
         }
     }
 }
@@ -262,6 +275,20 @@ pub enum StoreError {
     /// The database itself failed (disk full, corruption, locked).
     #[error("job store: {0}")]
     Db(#[from] sled::Error),
+    /// The embedded store opened behind its high-water mark: jobs it had
+    /// accepted are gone.
+    #[error(
+        "job store {}: it holds jobs up to id {high}, but jobs up to id {mark} were accepted (its high-water mark, {}/{}): part of the store was lost (a truncated or restored file). Restore it from a backup, or remove that file to start with what is left",
+        .path.display(), .path.display(), embedded::MARK_FILE
+    )]
+    Behind {
+        /// The store's directory.
+        path: std::path::PathBuf,
+        /// The highest job id it holds.
+        high: u64,
+        /// The highest it had accepted.
+        mark: u64,
+    },
     /// Another process (a running daemon) holds the embedded store.
     #[error(
         "job store {}: another harbor-relay holds it (is the daemon running? stop it first)",
