@@ -481,3 +481,50 @@ async fn jobs_cancel_stops_a_running_copy_and_cancels_its_upload() {
     expect_success(&out);
     relay.wait_success(waiting[0]).await;
 }
+
+/// Finding 5: a chunked upload whose job fails for good (its last attempt)
+/// is cancelled on the target, not left in its upload area for a resume
+/// that will never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_upload_of_a_job_that_fails_for_good_is_cancelled() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let target = RegistryProc::start(None, Auth::None).await;
+    let src = client(&source.url, None, harbor_relay::config::TlsMode::System);
+    let img = TestImage::pushed(&src, "library/chunky", &[3 << 20]).await;
+    let dst_proxy = FaultProxy::start(&target.url).await;
+    // Two chunks go through, then the target fails every one.
+    dst_proxy.inject_after(
+        Some("PATCH"),
+        "/blobs/uploads/",
+        2,
+        usize::MAX,
+        Fault::Status {
+            status: 500,
+            retry_after: None,
+        },
+    );
+    let config = format!(
+        "{}{}\nchunk_size_threshold = \"1MiB\"\nchunk_size = \"256KiB\"\nrequest_attempts = 1\n\n{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml("integrated", &dst_proxy.url, None, "").trim_end(),
+    );
+    let relay = Relay::start_with_jobs("max_attempts = 1\n", &config).await;
+    let ids = relay
+        .push(push_event("library/chunky", Some("1"), &img.digest))
+        .await;
+    let job = relay.wait_job(ids[0]).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let requests = dst_proxy.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|(_, m, p, _)| m == "PATCH" && p.contains("/blobs/uploads/")),
+        "no chunk was sent: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|(_, m, p, _)| m == "DELETE" && p.contains("/blobs/uploads/")),
+        "the session was left on the target: {requests:?}"
+    );
+}

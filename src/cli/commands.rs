@@ -412,6 +412,7 @@ pub async fn replicate(
             max_blob_size: None,
             moved: None,
             cancel: None,
+            last_attempt: true,
         })
         .await?;
     println!(

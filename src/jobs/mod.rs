@@ -198,6 +198,7 @@ impl JobSpec {
             max_blob_size: self.max_blob_size,
             moved: None,
             cancel: None,
+            last_attempt: false,
         }
     }
 

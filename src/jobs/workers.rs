@@ -301,6 +301,7 @@ async fn attempt(
     spec: &super::JobSpec,
     moved: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
+    last_attempt: bool,
 ) -> Attempt {
     let (Some(source), Some(target)) = (
         live.registries.get(&spec.from),
@@ -324,6 +325,7 @@ async fn attempt(
                 let mut req = spec.copy_request(source, target);
                 req.moved = Some(moved);
                 req.cancel = Some(cancel.clone());
+                req.last_attempt = last_attempt;
                 ctx.replicator.copy(&req).await
             }
         }
@@ -377,7 +379,8 @@ async fn run_job(ctx: &Context, job: Job) {
         let retry = RetryPolicy::from_config(&live.config.jobs);
         let started = Instant::now();
         let (moved, cancel) = ctx.board.start(job.id);
-        let tried = attempt(ctx, &live, spec, moved, cancel).await;
+        let last = job.attempts >= retry.max_attempts;
+        let tried = attempt(ctx, &live, spec, moved, cancel, last).await;
         ctx.board.end(job.id);
         let outcome = decide(tried, job.attempts, &retry, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);

@@ -117,6 +117,30 @@ pub async fn copy(
     on_chunk: &(dyn Fn(u64) + Sync),
     stopping: &tokio_util::sync::CancellationToken,
 ) -> Result<Chunked, ReplicateError> {
+    let copied = copy_resumably(req, blob, ledger, on_chunk, stopping).await;
+    if let Err(e) = &copied
+        && req.last_attempt
+        && !matches!(e, ReplicateError::Interrupted)
+    {
+        // The job fails for good: no attempt will resume this session,
+        // so what the target holds of it goes now.
+        let key = upload_key(req.target.name(), req.target_repository, &blob.digest);
+        if let Some(rec) = ledger.upload(&key).await
+            && let Ok(location) = url::Url::parse(&rec.location)
+        {
+            abandon(req, ledger, &key, &location).await;
+        }
+    }
+    copied
+}
+
+async fn copy_resumably(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    ledger: &dyn Ledger,
+    on_chunk: &(dyn Fn(u64) + Sync),
+    stopping: &tokio_util::sync::CancellationToken,
+) -> Result<Chunked, ReplicateError> {
     let (target, repo) = (req.target, req.target_repository);
     let key = upload_key(target.name(), repo, &blob.digest);
     let resumed = recorded_session(req, blob, ledger, &key).await;

@@ -109,6 +109,9 @@ pub struct CopyRequest<'a> {
     /// Cancelled when an operator cancels the job: the copy stops at its
     /// next step and cancels the upload in flight.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
+    /// This is the job's last attempt: a chunked upload that fails is
+    /// cancelled on the target instead of kept for a resume.
+    pub last_attempt: bool,
 }
 
 impl CopyRequest<'_> {
