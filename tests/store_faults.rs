@@ -160,31 +160,14 @@ fn a_store_behind_its_high_water_mark_refuses_to_start() {
     let store = dir.path().join("store");
     let early = dir.path().join("early");
     let cfg = format!(
-        "[store]\npath = \"{}\"\n[registries.a]\nurl = \"http://127.0.0.1:1\"\n",
+        "[store]\npath = \"{}\"\n[registries.external]\nurl = \"http://127.0.0.1:1\"\n",
         store.display()
     );
     let file = dir.path().join("relay.toml");
     std::fs::write(&file, &cfg).expect("config");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let spec = |i: u64| harbor_relay::jobs::JobSpec {
-            rule: "r".into(),
-            from: "a".into(),
-            to: "a".into(),
-            source_repository: "p/app".into(),
-            target_repository: "p/app".into(),
-            reference: harbor_relay::reference::Reference::Tag(format!("t{i}")),
-            digest: None,
-            occurred_at: None,
-            action: harbor_relay::jobs::Action::Copy,
-            overwrite: true,
-            referrers: true,
-            platforms: None,
-            referrer_only: false,
-            artifact_types: None,
-            labels: None,
-            max_blob_size: None,
-        };
+        let spec = |i: u64| job_spec("p/app", &format!("t{i}"));
         let (s, _) = harbor_relay::jobs::store::Store::open(&store).expect("open");
         for i in 0..2 {
             s.enqueue(vec![spec(i)]).await.expect("enqueue");

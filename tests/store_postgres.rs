@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use harbor_relay::jobs::store::{RetryError, Store, StoreError};
 use harbor_relay::jobs::{Action, JobSpec, JobState, Outcome, Summary};
-use harbor_relay::reference::Reference;
 use support::*;
 
 /// The suite's clock (milliseconds): tests move it instead of sleeping.
@@ -27,24 +26,7 @@ fn advance(ms: u64) {
 }
 
 fn spec(repo: &str, tag: &str) -> JobSpec {
-    JobSpec {
-        rule: "r".into(),
-        from: "external".into(),
-        to: "integrated".into(),
-        source_repository: repo.into(),
-        target_repository: repo.into(),
-        reference: Reference::Tag(tag.into()),
-        digest: None,
-        occurred_at: None,
-        action: Action::Copy,
-        overwrite: true,
-        referrers: true,
-        platforms: None,
-        referrer_only: false,
-        artifact_types: None,
-        labels: None,
-        max_blob_size: None,
-    }
+    job_spec(repo, tag)
 }
 
 /// A backend under test: how to open (and open again) its store.

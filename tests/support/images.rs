@@ -212,3 +212,26 @@ pub fn push_cloudevent(repo_full: &str, tag: &str, digest: &str) -> Vec<u8> {
     }))
     .expect("json")
 }
+
+/// A copy job for `repo:tag` from `external` to `integrated`, under rule
+/// `r`: what the store tests enqueue.
+pub fn job_spec(repo: &str, tag: &str) -> harbor_relay::jobs::JobSpec {
+    harbor_relay::jobs::JobSpec {
+        rule: "r".into(),
+        from: "external".into(),
+        to: "integrated".into(),
+        source_repository: repo.into(),
+        target_repository: repo.into(),
+        reference: Reference::Tag(tag.into()),
+        digest: None,
+        occurred_at: None,
+        action: harbor_relay::jobs::Action::Copy,
+        overwrite: true,
+        referrers: true,
+        platforms: None,
+        referrer_only: false,
+        artifact_types: None,
+        labels: None,
+        max_blob_size: None,
+    }
+}

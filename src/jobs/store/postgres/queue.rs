@@ -311,20 +311,29 @@ impl PgStore {
         Ok(rows.len())
     }
 
-    /// Cancels a waiting job (failed with `why`, committed before it
-    /// returns); a running or finished one is refused with what to do.
-    pub async fn cancel(&self, id: u64, why: &str) -> Result<Job, CancelError> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
+    /// Job `id`, locked for the rest of the transaction.
+    async fn locked(
+        tx: &deadpool_postgres::Transaction<'_>,
+        id: u64,
+    ) -> Result<Option<Job>, StoreError> {
         let row = tx
             .query_opt(
                 "SELECT job FROM relay_jobs WHERE id = $1 FOR UPDATE",
                 &[&ms(id)],
             )
             .await
-            .map_err(db)?
+            .map_err(db)?;
+        row.map(|r| Self::job_of(&r, "job")).transpose()
+    }
+
+    /// Cancels a waiting job (failed with `why`, committed before it
+    /// returns); a running or finished one is refused with what to do.
+    pub async fn cancel(&self, id: u64, why: &str) -> Result<Job, CancelError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let mut job = Self::locked(&tx, id)
+            .await?
             .ok_or(CancelError::NotFound(id))?;
-        let mut job = Self::job_of(&row, "job")?;
         match transition::cancelling(&job) {
             transition::Cancelling::Running => {
                 return Err(CancelError::Running {
@@ -355,15 +364,9 @@ impl PgStore {
     pub async fn retry(&self, id: u64) -> Result<Job, RetryError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
-        let row = tx
-            .query_opt(
-                "SELECT job FROM relay_jobs WHERE id = $1 FOR UPDATE",
-                &[&ms(id)],
-            )
-            .await
-            .map_err(db)?
+        let mut job = Self::locked(&tx, id)
+            .await?
             .ok_or(RetryError::NotFound(id))?;
-        let mut job = Self::job_of(&row, "job")?;
         if job.state != JobState::Failed {
             return Err(RetryError::NotFailed {
                 id,
