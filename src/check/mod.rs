@@ -435,5 +435,57 @@ mod tests {
         assert!(target_projects(&r).is_empty());
         r.target_project = "{project}/{repository}".into();
         assert!(target_projects(&r).is_empty());
+        r.projects.pop();
+        r.target_project = "{project}-dr/{repository}".into();
+        assert_eq!(
+            target_projects(&r),
+            vec!["library-dr", "team-dr"],
+            "the project is the first path component"
+        );
+    }
+
+    #[test]
+    fn a_config_with_inline_secrets_is_never_told_to_be_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("relay.toml");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").expect("pw");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = |password: &str| {
+            format!(
+                "[store]\npath = \"/x\"\n[registries.a]\nurl = \"http://127.0.0.1:1\"\nusername = \"u\"\n{password}\n"
+            )
+        };
+        let rows_for = |body: String| {
+            std::fs::write(&file, &body).expect("write");
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            let c = Config::parse(&file, &body, &|_| None).expect("config");
+            file_rows(&c)
+        };
+        let inline = rows_for(text("password = \"hunter2\""));
+        assert!(
+            inline.iter().any(|r| r
+                .detail
+                .contains("holds secrets inline (registries.a.password)")
+                && !r.detail.contains("it holds no secret")),
+            "{:?}",
+            inline.iter().map(|r| &r.detail).collect::<Vec<_>>()
+        );
+        let by_file = rows_for(text(&format!("password_file = \"{}\"", pw.display())));
+        let details: Vec<&String> = by_file.iter().map(|r| &r.detail).collect();
+        assert!(
+            details
+                .iter()
+                .any(|d| d.contains("-m 0644 (it holds no secret)")),
+            "{details:?}"
+        );
+        assert!(
+            by_file
+                .iter()
+                .any(|r| r.registry == "registries.a.password_file"
+                    && r.detail.contains("readable by every user")),
+            "{details:?}"
+        );
     }
 }
