@@ -447,13 +447,21 @@ async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
 
     // Without a token the API is read-only; /metrics moved to its own port.
     let port = free_port();
-    let _daemon = RawRelay::spawn(
+    let daemon = RawRelay::spawn(
         port,
         &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
     );
     let main = format!("http://127.0.0.1:{port}");
     let side = format!("http://127.0.0.1:{metrics_port}");
     wait_until_answers(&http, &format!("{side}/readyz"), "daemon did not start").await;
+    // Said at start, before the daemon serves: the API and page are open.
+    assert!(
+        daemon
+            .logs()
+            .contains("server.api_token is not set: the jobs API and the status page are open"),
+        "{}",
+        daemon.logs()
+    );
     let status = |r: reqwest::Response| r.status().as_u16();
     let get = |u: String| http.get(u).send();
     assert_eq!(

@@ -58,14 +58,20 @@ impl RawRelay {
             ),
         )
         .expect("config");
+        let log = std::fs::File::create(dir.path().join("relay.log")).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
             .args(["serve", "--config"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start harbor-relay");
         RawRelay { child, dir }
+    }
+
+    /// What the daemon logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("relay.log")).unwrap_or_default()
     }
 
     /// The daemon's process id.
