@@ -75,12 +75,13 @@ fn unauthorized(app: &AppState, parts: &axum::http::request::Parts) -> Option<Re
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();
-    tracing::warn!(%client, reason = why, "webhook refused: wrong Authorization header");
+    // The caller is told only that it is not authorized: what was wrong
+    // (a missing prefix, another case) says how the secret is shaped, so
+    // it goes to the admin's log alone.
+    tracing::warn!(%client, reason = why, "webhook refused: wrong Authorization header (Harbor's webhook Auth Header must equal server.webhook_auth)");
     Some(error(
         StatusCode::UNAUTHORIZED,
-        format!(
-            "{why}: the Authorization header Harbor sends (the webhook's Auth Header) must equal server.webhook_auth"
-        ),
+        "unauthorized: this webhook's Authorization header is not the one the relay expects (the relay's log says why)",
     ))
 }
 
