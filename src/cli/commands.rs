@@ -277,7 +277,8 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
         println!("rule '{rule}': no match ({why})");
     }
     if plans.is_empty() {
-        println!("nothing would be replicated");
+        // Exit 1, so a script can ask whether an image would replicate.
+        bail!("nothing would be replicated: no rule takes {image}");
     }
     Ok(())
 }

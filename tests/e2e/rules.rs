@@ -46,6 +46,12 @@ async fn rules_select_repositories_and_tags_and_map_paths() {
         "team-a/platform/api:2.1-rc1",
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("tag in `exclude_tags`"));
+    // Nothing would be replicated: exit 1, so scripts can use it.
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing would be replicated"),
+        "{out:?}"
+    );
 
     let ids = relay
         .push(push_event("team-a/platform/api", Some("2.0"), &keep.digest))
