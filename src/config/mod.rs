@@ -35,12 +35,12 @@ use raw::RawConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("config {file}: cannot read: {source}")]
+    #[error("config {file}: cannot read: {io}")]
     Read {
         /// The configuration file.
         file: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (in the message, not a source: shown once).
+        io: std::io::Error,
     },
     /// The file is not valid TOML or has keys or types we do not know.
     #[error("config {file}: {message}")]
@@ -97,9 +97,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// without loading the rest (so `harbor-relay jobs` works in a shell that
 /// lacks the daemon's secrets). A wildcard listen address becomes loopback.
 pub fn api_url(file: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(file).map_err(|io| ConfigError::Read {
         file: file.to_path_buf(),
-        source,
+        io,
     })?;
     let value: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         file: file.to_path_buf(),
@@ -127,9 +127,9 @@ pub fn api_url(file: &Path) -> Result<String, ConfigError> {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(file).map_err(|io| ConfigError::Read {
             file: file.to_path_buf(),
-            source,
+            io,
         })?;
         Self::parse(file, &text, &|name| std::env::var(name).ok())
     }
@@ -151,9 +151,9 @@ impl Config {
     /// anyone, such as `rules test`, so they run in a shell without the
     /// daemon's credentials.
     pub fn load_without_secrets(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(file).map_err(|io| ConfigError::Read {
             file: file.to_path_buf(),
-            source,
+            io,
         })?;
         Self::parse_with(file, &text, &|name| std::env::var(name).ok(), true)
     }
@@ -182,9 +182,9 @@ impl Config {
 /// `CREDENTIALS_DIRECTORY` as the daemon reads it), without loading the
 /// rest: what `harbor-relay jobs --config` sends.
 pub fn api_token(file: &Path) -> Result<Option<Secret>, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(file).map_err(|io| ConfigError::Read {
         file: file.to_path_buf(),
-        source,
+        io,
     })?;
     let raw = parse_raw(file, &text)?;
     Loader {

@@ -255,3 +255,17 @@ fn completions_and_man_page_are_generated_from_the_cli() {
         assert!(page.contains(sub), "{sub} missing from the man page");
     }
 }
+
+/// A config file that is not there is said once, with the path (issue 27:
+/// the OS error was printed twice).
+#[test]
+fn a_missing_config_file_is_said_once() {
+    let out = relay_cmd(&["check", "--config", "/nonexistent/relay.toml"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config /nonexistent/relay.toml: cannot read: No such file or directory"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}
