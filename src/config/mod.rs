@@ -224,7 +224,7 @@ fn parse_error(file: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
         message.push_str(key);
         message.push_str(": ");
     }
-    message.push_str(e.message().trim());
+    message.push_str(&in_words(e.message().trim()));
     if let Some(hint) = parse_hint(text, key, e) {
         message.push_str("; ");
         message.push_str(&hint);
@@ -233,6 +233,28 @@ fn parse_error(file: &Path, text: &str, key: &str, e: &toml::de::Error) -> Confi
         file: file.to_path_buf(),
         message,
     }
+}
+
+/// The parser's Rust type names in the words an admin reads: `expected
+/// usize` is "expected a whole number".
+fn in_words(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number up to 65535"),
+        ("expected u8", "expected a whole number up to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        if let Some(at) = m.find(rust)
+            && !m[at + rust.len()..].starts_with(|c: char| c.is_ascii_alphanumeric())
+        {
+            m.replace_range(at..at + rust.len(), words);
+        }
+    }
+    m
 }
 
 /// What the usual slips behind a parse error are, and the fix: `[rules]`

@@ -391,6 +391,17 @@ fn a_target_project_a_source_repository_could_choose_is_refused() {
 }
 
 #[test]
+fn a_wrong_type_is_said_in_words_not_rust_types() {
+    let e = error_of(&GOOD.replace(
+        "[store]",
+        "[jobs]\n        workers = \"four\"\n        [store]",
+    ));
+    assert!(e.contains("jobs.workers"), "{e}");
+    assert!(e.contains("expected a whole number"), "{e}");
+    assert!(!e.contains("usize"), "{e}");
+}
+
+#[test]
 fn the_usual_slips_get_the_fix_in_their_message() {
     let e = error_of(&GOOD.replace("[[rules]]", "[rules]"));
     assert!(e.contains("[[rules]]"), "{e}");
