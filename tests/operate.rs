@@ -499,3 +499,62 @@ async fn api_needs_the_token_and_metrics_can_live_on_their_own_port() {
         .expect("POST");
     assert_eq!(hook.status(), 404);
 }
+
+/// The shipped unit's environment leaves `[log] level` in charge (issue
+/// 27: its `RUST_LOG=info` silently overrode `level = "debug"`): the
+/// daemon started with exactly the unit's `Environment=` lines logs at
+/// the config's level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_units_environment_lets_the_configs_log_level_win() {
+    let unit =
+        std::fs::read_to_string(repo_file("deploy/systemd/harbor-relay.service")).expect("unit");
+    let env: Vec<(String, String)> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .flat_map(|v| v.split_whitespace())
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = dir.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n[log]\nlevel = \"debug\"\n",
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("relay.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    let http = reqwest::Client::new();
+    wait_until_answers(
+        &http,
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "no start",
+    )
+    .await;
+    // A request the daemon logs at debug level.
+    let _ = http
+        .get(format!("http://127.0.0.1:{port}/api/v1/jobs/1"))
+        .send()
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        text.contains("DEBUG"),
+        "no debug line with level = \"debug\" under the unit's environment {env:?}:\n{text}"
+    );
+}
