@@ -416,11 +416,18 @@ pub async fn replicate(
             last_attempt: true,
         })
         .await?;
+    let manifests = match (s.manifests_copied, s.tag_written) {
+        (0, true) => format!(
+            "0 written (the target had the manifest); the tag {} now points at it",
+            image.reference.as_str()
+        ),
+        (0, false) => "0 written (already on the target under this reference)".to_string(),
+        (n, _) => format!("{n} written"),
+    };
     println!(
-        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {} written\n  blobs      {} copied, {} already present, {} mounted\n  bytes      {}\n  time       {:.2}s",
+        "replicated {from}/{image} -> {to}/{target_repository}{}\n  digest     {}\n  manifests  {manifests}\n  blobs      {} copied, {} already present, {} mounted\n  bytes      {}\n  time       {:.2}s",
         image.reference,
         s.digest,
-        s.manifests_copied,
         s.blobs_copied,
         s.blobs_skipped,
         s.blobs_mounted,

@@ -427,12 +427,16 @@ impl Replicator {
                     req.target
                         .put_manifest(req.target_repository, req.reference, top)
                         .await?;
+                    progress.tag_written.store(true, Ordering::Relaxed);
                 }
             } else {
                 // Copy what the manifest needs, then write it: under the tag
                 // in one PUT for a tagged copy, which is the tag written last.
                 let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
                 self.copy_manifest(req, top, 0, &progress, under).await?;
+                progress
+                    .tag_written
+                    .store(under.is_some(), Ordering::Relaxed);
             }
             Ok::<_, ReplicateError>(())
         };

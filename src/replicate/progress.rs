@@ -23,6 +23,8 @@ pub(super) struct Progress {
     pub(super) blobs_resumed: AtomicU64,
     pub(super) bytes_copied: AtomicU64,
     pub(super) referrers_copied: AtomicU64,
+    /// The job's tag was written.
+    pub(super) tag_written: std::sync::atomic::AtomicBool,
     /// Digests the source said it holds in the job's source repository
     /// (the proof a skip or a mount needs), asked once per job.
     proven: std::sync::Mutex<HashSet<String>>,
@@ -76,6 +78,7 @@ impl Progress {
         Summary {
             digest,
             manifests_copied: self.manifests_copied.into_inner(),
+            tag_written: self.tag_written.into_inner(),
             blobs_copied: self.blobs_copied.into_inner(),
             blobs_skipped: self.blobs_skipped.into_inner(),
             blobs_mounted: self.blobs_mounted.into_inner(),

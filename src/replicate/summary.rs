@@ -10,6 +10,10 @@ pub struct Summary {
     pub digest: String,
     /// Manifests written to the target (children and top).
     pub manifests_copied: u64,
+    /// The tag was written (moved onto a manifest the target already had,
+    /// or with the top manifest).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tag_written: bool,
     /// Blobs uploaded.
     pub blobs_copied: u64,
     /// Blobs already on the target.

@@ -40,6 +40,23 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("0 copied"), "{stdout}");
+    assert!(
+        stdout.contains("manifests  0 written (already on the target under this reference)"),
+        "{stdout}"
+    );
+    // A new tag on the same manifest: only the tag is written, and said so
+    // (issue 27: it said "manifests 0 written").
+    img.push(&w.src, "library/cli", &Reference::Tag("3".into()))
+        .await;
+    let out = replicate("library/cli:3");
+    let stdout = expect_success(&out);
+    assert!(
+        stdout.contains(
+            "manifests  0 written (the target had the manifest); the tag 3 now points at it"
+        ),
+        "{stdout}"
+    );
+    assert_image_on(&w.dst, "library/cli", &img, Some("3")).await;
 
     // A tag that does not exist: non-zero exit and the reason.
     let out = replicate("library/cli:nope");
