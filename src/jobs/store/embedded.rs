@@ -193,6 +193,9 @@ impl SledStore {
                 return Ok(());
             }
             let covers = self.written.load(Ordering::SeqCst);
+            // Read before the flush: what the flush covers, never more
+            // (the mark must not lead what is on disk).
+            let high = self.high()?;
             if let Err(e) = self.db.flush_async().await {
                 let e = StoreError::Db(e);
                 self.write_failed(&e);
@@ -200,7 +203,7 @@ impl SledStore {
             }
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.flushed.fetch_max(covers, Ordering::SeqCst);
-            self.wrote_ok();
+            self.wrote_ok(high);
         }
     }
 
@@ -532,13 +535,14 @@ impl SledStore {
 
     /// Writes everything to disk (on shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let high = self.high()?;
         if let Err(e) = self.db.flush_async().await {
             let e = StoreError::Db(e);
             self.write_failed(&e);
             return Err(e);
         }
-        self.wrote_ok();
-        self.mark_now();
+        self.wrote_ok(high);
+        self.mark(high);
         Ok(())
     }
 }

@@ -77,9 +77,11 @@ impl SledStore {
         Ok(self.meta.get(HIGH)?.map(|v| super::id_of(&v)).unwrap_or(0))
     }
 
-    /// After a successful flush: writes stop failing, and the mark moves
-    /// up (at most once a second; it may lag the store, never lead it).
-    pub(super) fn wrote_ok(&self) {
+    /// After a successful flush that covers jobs up to `high` (read before
+    /// it began): writes stop failing, and the mark moves up to `high` (at
+    /// most once a second; it may lag what is on disk, never lead it, or a
+    /// `kill -9` right after would leave a store "behind" its mark).
+    pub(super) fn wrote_ok(&self, high: u64) {
         *self
             .health
             .failing
@@ -91,13 +93,12 @@ impl SledStore {
         }
         *marked = Some(Instant::now());
         drop(marked);
-        self.mark_now();
+        self.mark(high);
     }
 
-    /// Writes the mark for what is on disk now.
-    pub(super) fn mark_now(&self) {
-        if let Ok(high) = self.high()
-            && high > 0
+    /// Writes the mark: jobs up to `high` are on disk.
+    pub(super) fn mark(&self, high: u64) {
+        if high > 0
             && let Err(e) = write_mark(&self.dir, high)
         {
             tracing::warn!(error = %e, "writing the job store's high-water mark");
