@@ -130,6 +130,37 @@ fn size(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
 
+/// A job's error or note for one table cell: digests shortened to their
+/// first 12 hex digits (the part people compare), so the message's hint at
+/// its end still fits; past 160 characters it is cut, pointing at `jobs
+/// show`, which prints it whole.
+fn brief(text: &str, id: u64) -> String {
+    const MAX: usize = 160;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sha256:") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let hex: String = from[7..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        if hex.len() == 64 {
+            out.push_str(&format!("sha256:{}…", &hex[..12]));
+            rest = &from[7 + 64..];
+        } else {
+            out.push_str("sha256:");
+            rest = &from[7..];
+        }
+    }
+    out.push_str(rest);
+    if out.chars().count() <= MAX {
+        return out;
+    }
+    let cut: String = out.chars().take(MAX).collect();
+    format!("{cut}… (harbor-relay jobs show {id})")
+}
+
 /// The job list as a table whose columns line up with their header.
 fn list_table(jobs: &[JobView]) -> String {
     if jobs.is_empty() {
@@ -148,13 +179,13 @@ fn list_table(jobs: &[JobView]) -> String {
                 j.duration_seconds
                     .map(|s| format!("{s:.1}s"))
                     .unwrap_or_else(|| "-".into()),
-                j.last_error
-                    .as_deref()
-                    .or(j.skipped.as_deref())
-                    .unwrap_or("")
-                    .chars()
-                    .take(120)
-                    .collect(),
+                brief(
+                    j.last_error
+                        .as_deref()
+                        .or(j.skipped.as_deref())
+                        .unwrap_or(""),
+                    j.id,
+                ),
             ]
         })
         .collect();
@@ -261,6 +292,22 @@ fn show(j: &JobView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_cell_keeps_its_hint_and_shortens_digests() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let e = format!(
+            "copying blob {d}: reading from source 'external' failed: digest mismatch; the source serves other bytes"
+        );
+        let b = brief(&e, 7);
+        assert!(b.contains("sha256:abababababab…"), "{b}");
+        assert!(!b.contains(&d), "{b}");
+        assert!(b.ends_with("the source serves other bytes"), "{b}");
+        let long = "x".repeat(500);
+        let b = brief(&long, 7);
+        assert!(b.ends_with("… (harbor-relay jobs show 7)"), "{b}");
+        assert_eq!(brief("sha256:abc short", 1), "sha256:abc short");
+    }
 
     fn job(id: u64, error: Option<&str>) -> JobView {
         serde_json::from_value(serde_json::json!({
