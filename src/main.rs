@@ -52,8 +52,10 @@ fn main() -> std::process::ExitCode {
     // `check` prints a table on stdout; its verdicts already say why a
     // certificate is not trusted, so the TLS verifier's own error lines
     // would only break the table up on a terminal.
+    // `replicate` says it too, with the fix, in its own error.
     let level = match (&cli.command, log.level.as_deref()) {
         (Command::Check { .. }, None) => Some("warn,rustls_platform_verifier=off,rustls=off"),
+        (Command::Replicate { .. }, None) => Some("info,rustls_platform_verifier=off,rustls=off"),
         (_, level) => level,
     };
     init_logging(format, level);

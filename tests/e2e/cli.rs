@@ -286,3 +286,24 @@ fn a_missing_config_file_is_said_once() {
     );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// `replicate` to a target whose certificate is not trusted says so once,
+/// with the fix, and no stray line from the TLS verifier comes before it
+/// (issue 27).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_said_once_by_replicate() {
+    let w = World::new().await;
+    TestImage::pushed(&w.src, "library/tls", &[1_000]).await;
+    let file = ConfigFile::new(&w.config_with_tls("{ }").replace("tls = { }\n", ""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .args(["replicate", "--config", file.path.as_str()])
+        .args(["--from", "external", "--to", "integrated", "library/tls:1"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tls.ca_file"), "{err}");
+    assert!(!err.contains("rustls_platform_verifier"), "{err}");
+    assert!(!err.contains(" ERROR "), "{err}");
+}
