@@ -151,8 +151,8 @@ impl Transport {
             "corrupt message",
         ];
         if https && tls_words.iter().any(|w| lower.contains(w)) {
-            let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message")
-            {
+            let plain = lower.contains("invalidcontenttype") || lower.contains("corrupt message");
+            let hint = if plain {
                 format!(
                     "registry '{}' does not answer with TLS; if it serves plain HTTP, write its url as http://",
                     self.name
@@ -177,6 +177,11 @@ impl Transport {
             };
             return RegistryError::Tls {
                 registry,
+                problem: if plain {
+                    "no TLS on this port"
+                } else {
+                    "certificate not trusted"
+                },
                 hint,
                 detail,
             };

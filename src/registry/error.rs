@@ -6,10 +6,13 @@ use crate::manifest;
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The TLS handshake failed.
-    #[error("registry '{registry}': certificate not trusted: {hint} ({detail})")]
+    #[error("registry '{registry}': {problem}: {hint} ({detail})")]
     Tls {
         /// Registry name from the config.
         registry: String,
+        /// What failed: the certificate is not trusted, or the registry
+        /// does not speak TLS on this port at all.
+        problem: &'static str,
         /// How to fix it.
         hint: String,
         /// The TLS library's reason.

@@ -307,3 +307,33 @@ async fn an_untrusted_certificate_is_said_once_by_replicate() {
     assert!(!err.contains("rustls_platform_verifier"), "{err}");
     assert!(!err.contains(" ERROR "), "{err}");
 }
+
+/// `https://` written for a plain-HTTP registry is said as such, not as an
+/// untrusted certificate (issue 27).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_plain_http_registry_is_not_called_a_certificate_problem() {
+    let w = World::new().await;
+    let https_source = w.source.url.replace("http://", "https://");
+    let file = ConfigFile::new(&format!(
+        "{}{}",
+        registry_toml("external", &https_source, None, ""),
+        w.target_toml()
+    ));
+    let out = relay_cmd(&[
+        "replicate",
+        "--config",
+        file.path.as_str(),
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        "library/x:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no TLS on this port") && err.contains("write its url as http://"),
+        "{err}"
+    );
+    assert!(!err.contains("certificate not trusted"), "{err}");
+}
