@@ -158,13 +158,13 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         p.muted { "up " (uptime) " · refreshes every 10 s · " a href="/api/v1/jobs" { "JSON" } }
         h2 { "Jobs" }
         table {
-            tr { th { "queued" } th { "running" } th { "retrying" } th { "succeeded" } th { "failed" } }
+            tr { th { "queued" } th { "running" } th { "retrying" } th { "successes since start" } th { "failures since start" } }
             tr {
                 td { (app.store.queued()) } td { (app.store.running()) } td { (app.store.retrying()) }
                 td.ok { (total("succeeded")) } td.failed { (total("failed")) }
             }
         }
-        p.muted { "succeeded and failed: since the relay started" }
+        p.muted { "queued, running, retrying: jobs now; successes and failures: jobs finished since the relay started (a job retried and failing again counts each time; the failed jobs themselves are listed below)" }
         h2 { "Running" }
         (running_table(&running, &app.board))
         h2 { "Last failures" }

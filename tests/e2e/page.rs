@@ -138,6 +138,8 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
     assert_eq!(job["state"], "failed", "{job}");
     let failing = render(&url, &shots.path().join("failing.png"), shots.path());
     assert!(failing.contains("Last failures"), "{failing}");
+    // Counts say what they count (issue 27: "failed 2" for one failed job).
+    assert!(failing.contains("failures since start"), "{failing}");
     assert!(
         failing.contains(&format!("harbor-relay jobs retry {}", ids[0])),
         "{failing}"
