@@ -142,7 +142,7 @@ impl Rule {
     /// writes into.
     pub fn confined(&self, project: &str, target: &str) -> bool {
         let template = &self.config.target_project;
-        let first = template.split('/').next().unwrap_or(template);
+        let first = crate::config::project_part(template);
         if first.contains("{repository}") {
             return false;
         }

@@ -76,12 +76,20 @@ impl ConnMark {
 
 /// A connection as the registry of open ones sees it.
 struct Tracked {
-    /// When it last received a byte (milliseconds since it opened, see
-    /// `opened_ms`).
+    /// When it opened, and when it last received a byte (milliseconds
+    /// after that: the listener's `Activity` clock).
+    opened: tokio::time::Instant,
     last: Arc<AtomicU64>,
-    opened_ms: u64,
     mark: ConnMark,
     close: CancellationToken,
+}
+
+impl Tracked {
+    /// How long it has been silent, in milliseconds.
+    fn silent_ms(&self) -> u64 {
+        let open = self.opened.elapsed().as_millis() as u64;
+        open.saturating_sub(self.last.load(Ordering::Relaxed))
+    }
 }
 
 /// Every open connection, for choosing one to close when all places are
@@ -90,7 +98,6 @@ struct Tracked {
 pub(super) struct Conns {
     open: Mutex<HashMap<u64, Tracked>>,
     next: AtomicU64,
-    epoch: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 /// A connection's entry in [`Conns`], removed when dropped.
@@ -111,27 +118,20 @@ impl Drop for Registered {
 }
 
 impl Conns {
-    fn now_ms(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(tokio::time::Instant::now);
-        epoch.elapsed().as_millis() as u64
-    }
-
-    /// Registers a connection whose last received byte `last` counts in
-    /// milliseconds since `opened` (the connection's own clock).
+    /// Registers a connection opened at `opened` whose last received byte
+    /// `last` counts in milliseconds after that.
     pub(super) fn register(
         self: &Arc<Self>,
         last: Arc<AtomicU64>,
         opened: tokio::time::Instant,
     ) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let epoch = *self.epoch.get_or_init(tokio::time::Instant::now);
-        let opened_ms = opened.saturating_duration_since(epoch).as_millis() as u64;
         let (close, mark) = (CancellationToken::new(), ConnMark::default());
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Tracked {
+                opened,
                 last,
-                opened_ms,
                 mark: mark.clone(),
                 close: close.clone(),
             },
@@ -145,18 +145,14 @@ impl Conns {
     }
 
     /// Closes the connection that has been silent longest among those that
-    /// never authenticated; false if every one did.
+    /// never authenticated and are not closing already; false if there is
+    /// none.
     pub(super) fn evict_idlest(&self) -> bool {
         let m = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let now = self.now_ms();
-        let victim = idlest(m.values().map(|t| {
-            let last = t.opened_ms + t.last.load(Ordering::Relaxed);
-            (
-                now.saturating_sub(last),
-                t.mark.0.load(Ordering::Relaxed),
-                t,
-            )
-        }));
+        let victim = m
+            .values()
+            .filter(|t| !t.mark.0.load(Ordering::Relaxed) && !t.close.is_cancelled())
+            .max_by_key(|t| t.silent_ms());
         match victim {
             Some(t) => {
                 t.close.cancel();
@@ -165,15 +161,6 @@ impl Conns {
             None => false,
         }
     }
-}
-
-/// Of (silent for, authenticated, item), the unauthenticated item silent
-/// longest, not yet closed.
-fn idlest<'a>(conns: impl Iterator<Item = (u64, bool, &'a Tracked)>) -> Option<&'a Tracked> {
-    conns
-        .filter(|(_, authed, t)| !authed && !t.close.is_cancelled())
-        .max_by_key(|(silent, _, _)| *silent)
-        .map(|(_, _, t)| t)
 }
 
 #[cfg(test)]

@@ -383,12 +383,7 @@ fn is_pattern(s: &str) -> bool {
 pub fn target_projects(rule: &RuleConfig) -> Vec<String> {
     // The first path component is the project; the config refuses one
     // that {repository} is part of.
-    let t = rule
-        .target_project
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let t = crate::config::project_part(&rule.target_project).to_string();
     if t.contains("{repository}") {
         return Vec::new();
     }

@@ -250,10 +250,14 @@ impl Loader<'_> {
             return Err(self.invalid("server.max_connections_per_client", "must be at least 1"));
         }
         // The listener's own cap (api::MAX_CONNECTIONS) by default.
-        let max_connections = raw.max_connections.unwrap_or(1024);
-        if max_connections < 16 {
-            return Err(self.invalid("server.max_connections", "must be at least 16"));
-        }
+        let max_connections = self
+            .at_least(
+                "server.max_connections",
+                raw.max_connections,
+                16,
+                "must be at least 16",
+            )?
+            .unwrap_or(1024);
         let ipv6_client_prefix = raw.ipv6_client_prefix.unwrap_or(64);
         if !(16..=128).contains(&ipv6_client_prefix) {
             return Err(self.invalid(

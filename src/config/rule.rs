@@ -132,7 +132,7 @@ impl Loader<'_> {
                 format!("`{target_project}`: the placeholders are {{project}} and {{repository}}"),
             ));
         }
-        let first = target_project.split('/').next().unwrap_or_default();
+        let first = crate::config::project_part(&target_project);
         if first.contains("{repository}") || first.is_empty() {
             return Err(self.invalid(
                 key,

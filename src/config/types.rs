@@ -33,6 +33,12 @@ pub struct Config {
     pub secret_files: Vec<(String, std::path::PathBuf)>,
 }
 
+/// The part of a `target_project` template that names the target project:
+/// its first path component (`{project}-dr` of `{project}-dr/{repository}`).
+pub fn project_part(template: &str) -> &str {
+    template.split('/').next().unwrap_or(template)
+}
+
 /// What is wrong with the mode of a file that holds a secret, if anything:
 /// readable by its group or by others, or writable by others.
 pub fn loose_mode(mode: u32) -> Option<&'static str> {

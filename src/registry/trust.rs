@@ -176,10 +176,7 @@ mod tests {
         assert!(
             check_redirect(&u("https://[::1]/x"), &harbor)
                 .expect_err("loopback")
-                .contains("[::1]")
-                || check_redirect(&u("https://[::1]/x"), &harbor)
-                    .expect_err("loopback")
-                    .contains("::1"),
+                .contains("[::1]"),
             "the host is named"
         );
         // A registry on a private address may send its clients to another.

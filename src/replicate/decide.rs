@@ -154,10 +154,13 @@ pub fn project_of(repository: &str) -> Option<&str> {
 /// word of a source that named its digest: what one source project feeds
 /// never reaches another's (invariant 10, SECURITY.md).
 pub fn mount_sources<'a>(known: &'a [String], repo: &str) -> Vec<&'a str> {
+    let Some(project) = project_of(repo) else {
+        return Vec::new();
+    };
     known
         .iter()
         .map(String::as_str)
-        .filter(|r| *r != repo && project_of(r).is_some() && project_of(r) == project_of(repo))
+        .filter(|r| *r != repo && project_of(r) == Some(project))
         .take(3)
         .collect()
 }

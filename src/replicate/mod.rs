@@ -393,7 +393,7 @@ impl Replicator {
             .into());
         }
         if req.target.creates_projects()
-            && let Some((project, _)) = req.target_repository.split_once('/')
+            && let Some(project) = decide::project_of(req.target_repository)
         {
             self.projects.ensure(req.target, project).await?;
         }

@@ -193,17 +193,9 @@ impl SledStore {
                 return Ok(());
             }
             let covers = self.written.load(Ordering::SeqCst);
-            // Read before the flush: what the flush covers, never more
-            // (the mark must not lead what is on disk).
-            let high = self.high()?;
-            if let Err(e) = self.db.flush_async().await {
-                let e = StoreError::Db(e);
-                self.write_failed(&e);
-                return Err(e);
-            }
+            self.flush_noted().await?;
             self.flushes.fetch_add(1, Ordering::Relaxed);
             self.flushed.fetch_max(covers, Ordering::SeqCst);
-            self.wrote_ok(high);
         }
     }
 
@@ -293,10 +285,13 @@ impl SledStore {
                 let deleting = self.weigh_delete(&spec)?;
                 let id = self.db.generate_id()? + 1;
                 let mut job = transition::new_job(id, spec, (self.clock)());
-                let queued = !matches!(deleting, Some(transition::Deleting::Stale(_)));
-                if let Some(transition::Deleting::Stale(why)) = deleting {
-                    transition::ignored(&mut job, why, (self.clock)());
-                }
+                let queued = match deleting {
+                    Some(transition::Deleting::Stale(why)) => {
+                        transition::ignored(&mut job, why, (self.clock)());
+                        false
+                    }
+                    _ => true,
+                };
                 self.save(&job)?;
                 self.meta.insert(health::HIGH, &key(id))?;
                 if queued {
@@ -535,13 +530,7 @@ impl SledStore {
 
     /// Writes everything to disk (on shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let high = self.high()?;
-        if let Err(e) = self.db.flush_async().await {
-            let e = StoreError::Db(e);
-            self.write_failed(&e);
-            return Err(e);
-        }
-        self.wrote_ok(high);
+        let high = self.flush_noted().await?;
         self.mark(high);
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! backend applies these and only stores the result, so the state machine
 //! is the same on sled and on PostgreSQL.
 
+use crate::jobs::store::CancelError;
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 
 /// A new job for `spec`, queued.
@@ -156,24 +157,21 @@ pub fn rearm(job: &mut Job) {
     job.next_attempt_ms = None;
 }
 
-/// What cancelling a job does, by its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cancelling {
-    /// Waiting (queued, or for its next attempt): failed at once.
-    Now,
-    /// A worker has it: the worker is told, stops, cancels its uploads
-    /// and records the failure.
-    Running,
-    /// Already over.
-    Finished,
-}
-
-/// Decides [`Cancelling`].
-pub fn cancelling(job: &Job) -> Cancelling {
+/// Whether the store may cancel `job` itself: a waiting one (queued, or
+/// waiting for its next attempt) yes, and [`cancel`] fails it at once; a
+/// running one is [`CancelError::Running`] (its worker is told, stops,
+/// cancels its uploads and records the failure); a finished one is over.
+pub fn cancellable(job: &Job) -> Result<(), CancelError> {
     match job.state {
-        JobState::Queued | JobState::Retrying => Cancelling::Now,
-        JobState::Running => Cancelling::Running,
-        JobState::Succeeded | JobState::Failed => Cancelling::Finished,
+        JobState::Queued | JobState::Retrying => Ok(()),
+        JobState::Running => Err(CancelError::Running {
+            id: job.id,
+            relay: job.relay.clone(),
+        }),
+        JobState::Succeeded | JobState::Failed => Err(CancelError::Finished {
+            id: job.id,
+            state: job.state.as_str(),
+        }),
     }
 }
 
@@ -294,9 +292,12 @@ mod tests {
     #[test]
     fn a_waiting_job_is_cancelled_at_once_and_a_running_one_is_told() {
         let mut j = job();
-        assert_eq!(cancelling(&j), Cancelling::Now);
+        assert!(cancellable(&j).is_ok());
         start(&mut j, 2_000);
-        assert_eq!(cancelling(&j), Cancelling::Running);
+        assert!(matches!(
+            cancellable(&j),
+            Err(CancelError::Running { id: 7, .. })
+        ));
         finish(
             &mut j,
             Outcome::Retry {
@@ -305,13 +306,19 @@ mod tests {
             },
             3_000,
         );
-        assert_eq!(cancelling(&j), Cancelling::Now);
+        assert!(cancellable(&j).is_ok());
         cancel(&mut j, "cancelled".into(), 4_000);
         assert_eq!(
             (j.state, j.next_attempt_ms, j.finished_ms),
             (JobState::Failed, None, Some(4_000))
         );
-        assert_eq!(cancelling(&j), Cancelling::Finished);
+        assert!(matches!(
+            cancellable(&j),
+            Err(CancelError::Finished {
+                id: 7,
+                state: "failed"
+            })
+        ));
     }
 
     #[test]

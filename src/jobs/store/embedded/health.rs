@@ -77,11 +77,26 @@ impl SledStore {
         Ok(self.meta.get(HIGH)?.map(|v| super::id_of(&v)).unwrap_or(0))
     }
 
+    /// Flushes sled and notes how it went: a failure for `/readyz`; after a
+    /// success the mark moves up (see [`SledStore::wrote_ok`]). Returns the
+    /// highest job id the flush covers, read before it began: the mark
+    /// must never lead what is on disk.
+    pub(super) async fn flush_noted(&self) -> Result<u64, StoreError> {
+        let high = self.high()?;
+        if let Err(e) = self.db.flush_async().await {
+            let e = StoreError::Db(e);
+            self.write_failed(&e);
+            return Err(e);
+        }
+        self.wrote_ok(high);
+        Ok(high)
+    }
+
     /// After a successful flush that covers jobs up to `high` (read before
     /// it began): writes stop failing, and the mark moves up to `high` (at
     /// most once a second; it may lag what is on disk, never lead it, or a
     /// `kill -9` right after would leave a store "behind" its mark).
-    pub(super) fn wrote_ok(&self, high: u64) {
+    fn wrote_ok(&self, high: u64) {
         *self
             .health
             .failing
@@ -106,7 +121,7 @@ impl SledStore {
     }
 
     /// A flush failed: said by `/readyz` until one succeeds.
-    pub(super) fn write_failed(&self, e: &StoreError) {
+    fn write_failed(&self, e: &StoreError) {
         let mut failing = self
             .health
             .failing

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{SledStore, id_of, key};
-use crate::jobs::store::transition::{self, Cancelling};
+use crate::jobs::store::transition;
 use crate::jobs::store::{CancelError, RetryError, StoreError};
 use crate::jobs::{Job, JobSpec, JobState};
 
@@ -68,21 +68,7 @@ impl SledStore {
         let job = {
             let _g = self.guard();
             let mut job = self.load(id)?.ok_or(CancelError::NotFound(id))?;
-            match transition::cancelling(&job) {
-                Cancelling::Running => {
-                    return Err(CancelError::Running {
-                        id,
-                        relay: job.relay.clone(),
-                    });
-                }
-                Cancelling::Finished => {
-                    return Err(CancelError::Finished {
-                        id,
-                        state: job.state.as_str(),
-                    });
-                }
-                Cancelling::Now => {}
-            }
+            transition::cancellable(&job)?;
             // Out of the retry schedule or the queue, whichever holds it.
             let waiting = job
                 .next_attempt_ms

@@ -8,7 +8,25 @@ use crate::jobs::store::transition::{self, After};
 use crate::jobs::store::{CancelError, Enqueued, RetryError, StoreError};
 use crate::jobs::{Job, JobSpec, JobState, Outcome};
 
+/// The newest job with a dedupe key, locked: what an event folds into, and
+/// what a deletion is weighed against.
+const NEWEST_BY_KEY: &str =
+    "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE";
+
 impl PgStore {
+    /// Writes back a job whose queue columns did not change (a fold, a
+    /// closed window): its JSON alone.
+    async fn rewrite(tx: &deadpool_postgres::Transaction<'_>, job: &Job) -> Result<(), StoreError> {
+        let update = tx
+            .prepare_cached("UPDATE relay_jobs SET job = $2 WHERE id = $1")
+            .await
+            .map_err(db)?;
+        tx.execute(&update, &[&ms(job.id), &serde_json::to_value(job)?])
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     /// Adds jobs, folding each into an active job with the same dedupe
     /// key, and returns once the transaction is committed.
     pub async fn enqueue(&self, specs: Vec<JobSpec>) -> Result<Vec<Enqueued>, StoreError> {
@@ -77,9 +95,7 @@ impl PgStore {
         let key = spec.dedupe_key();
         let (lock, newest, next_id) = futures_util::try_join!(
             tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
-            tx.prepare_cached(
-                "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE"
-            ),
+            tx.prepare_cached(NEWEST_BY_KEY),
             tx.prepare_cached("SELECT nextval('relay_jobs_id')"),
         )
         .map_err(db)?;
@@ -94,13 +110,7 @@ impl PgStore {
             let mut job = Self::job_of(&row, "job")?;
             if transition::joins(&job, window, now) {
                 job.coalesced += 1;
-                let update = tx
-                    .prepare_cached("UPDATE relay_jobs SET job = $2 WHERE id = $1")
-                    .await
-                    .map_err(db)?;
-                tx.execute(&update, &[&ms(job.id), &serde_json::to_value(&job)?])
-                    .await
-                    .map_err(db)?;
+                Self::rewrite(tx, &job).await?;
                 return Ok(Enqueued {
                     id: job.id,
                     coalesced: true,
@@ -137,12 +147,7 @@ impl PgStore {
         let Some(push_key) = spec.push_key() else {
             return Ok(None);
         };
-        let newest = tx
-            .prepare_cached(
-                "SELECT job FROM relay_jobs WHERE dedupe_key = $1 ORDER BY id DESC LIMIT 1 FOR UPDATE",
-            )
-            .await
-            .map_err(db)?;
+        let newest = tx.prepare_cached(NEWEST_BY_KEY).await.map_err(db)?;
         let push = match tx.query_opt(&newest, &[&push_key]).await.map_err(db)? {
             Some(row) => Some(Self::job_of(&row, "job")?),
             None => None,
@@ -150,13 +155,7 @@ impl PgStore {
         let decision = transition::deleting(push.as_ref(), spec);
         if let (transition::Deleting::Queue { close: true }, Some(mut push)) = (&decision, push) {
             transition::close_window(&mut push);
-            let update = tx
-                .prepare_cached("UPDATE relay_jobs SET job = $2 WHERE id = $1")
-                .await
-                .map_err(db)?;
-            tx.execute(&update, &[&ms(push.id), &serde_json::to_value(&push)?])
-                .await
-                .map_err(db)?;
+            Self::rewrite(tx, &push).await?;
         }
         Ok(Some(decision))
     }
@@ -334,21 +333,7 @@ impl PgStore {
         let mut job = Self::locked(&tx, id)
             .await?
             .ok_or(CancelError::NotFound(id))?;
-        match transition::cancelling(&job) {
-            transition::Cancelling::Running => {
-                return Err(CancelError::Running {
-                    id,
-                    relay: job.relay.clone(),
-                });
-            }
-            transition::Cancelling::Finished => {
-                return Err(CancelError::Finished {
-                    id,
-                    state: job.state.as_str(),
-                });
-            }
-            transition::Cancelling::Now => {}
-        }
+        transition::cancellable(&job)?;
         let was = job.state;
         transition::cancel(&mut job, why.to_string(), (self.clock)());
         Self::save(&tx, &job, None).await?;
