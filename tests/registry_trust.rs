@@ -76,6 +76,36 @@ fn allow_realm(foreign: &Recorder) -> String {
     format!("token_realm_hosts = [\"{}\"]", foreign.host())
 }
 
+/// A TCP connection to the relay on `port` from loopback address `from`
+/// (e.g. "127.0.0.2"): another client, as far as the relay can tell.
+async fn connect_from(from: &str, port: u16) -> tokio::net::TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind");
+    s.connect(format!("127.0.0.1:{port}").parse().expect("addr"))
+        .await
+        .expect("connect")
+}
+
+/// Harbor's webhook, with the right secret, for an image no rule of these
+/// configs is about (answered 422).
+async fn authenticated_webhook(
+    http: &reqwest::Client,
+    base: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{base}/webhooks/harbor"))
+        .header("authorization", WEBHOOK_SECRET)
+        .header("content-type", "application/json")
+        .body(push_event(
+            "library/app",
+            Some("1"),
+            &format!("sha256:{}", "a".repeat(64)),
+        ))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+}
+
 async fn assert_ready(relay: &Relay) {
     let (status, body) = relay.get("/readyz").await;
     assert_eq!(status, 200, "the daemon is not ready: {body}");
@@ -309,13 +339,7 @@ async fn a_full_house_of_idle_connections_makes_room_for_harbor() {
     let mut idle = Vec::new();
     for a in 2..6u8 {
         for _ in 0..16 {
-            let s = tokio::net::TcpSocket::new_v4().expect("socket");
-            s.bind(format!("127.0.0.{a}:0").parse().expect("addr"))
-                .expect("bind");
-            let mut c = s
-                .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
-                .await
-                .expect("connect");
+            let mut c = connect_from(&format!("127.0.0.{a}"), port).await;
             c.write_all(b"POST /webhooks/harbor HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n")
                 .await
                 .expect("write");
@@ -349,17 +373,7 @@ async fn a_full_house_of_idle_connections_makes_room_for_harbor() {
     // Then Harbor's genuine webhooks, as many as its burst (twice the rate
     // of 2): none was used up by the refused ones.
     for i in 0..4 {
-        let r = harbor
-            .post(format!("{base}/webhooks/harbor"))
-            .header("authorization", WEBHOOK_SECRET)
-            .header("content-type", "application/json")
-            .body(push_event(
-                "library/app",
-                Some("1"),
-                &format!("sha256:{}", "a".repeat(64)),
-            ))
-            .timeout(Duration::from_secs(5))
-            .send()
+        let r = authenticated_webhook(&harbor, &base)
             .await
             .unwrap_or_else(|e| panic!("webhook {i} with every place taken: {e}"));
         assert_eq!(r.status(), 422, "answered (no rule in this config)");
@@ -389,13 +403,7 @@ async fn idle_sockets_from_one_address_do_not_lock_out_another() {
     // 40 idle connections from 127.0.0.2: more than its cap, sending nothing.
     let mut idle = Vec::new();
     for _ in 0..40 {
-        let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
-        idle.push(
-            s.connect(format!("127.0.0.1:{port}").parse().expect("addr"))
-                .await
-                .expect("connect"),
-        );
+        idle.push(connect_from("127.0.0.2", port).await);
     }
     // Another address still gets answers at once.
     let fresh = reqwest::Client::builder()
@@ -411,17 +419,7 @@ async fn idle_sockets_from_one_address_do_not_lock_out_another() {
             .expect("healthz while flooded");
         assert_eq!(r.status(), 200);
     }
-    let r = fresh
-        .post(format!("{base}/webhooks/harbor"))
-        .header("authorization", WEBHOOK_SECRET)
-        .header("content-type", "application/json")
-        .body(push_event(
-            "library/app",
-            Some("1"),
-            &format!("sha256:{}", "a".repeat(64)),
-        ))
-        .timeout(Duration::from_secs(5))
-        .send()
+    let r = authenticated_webhook(&fresh, &base)
         .await
         .expect("webhook while flooded");
     assert_eq!(r.status(), 422, "answered (no rule in this config)");
@@ -431,12 +429,7 @@ async fn idle_sockets_from_one_address_do_not_lock_out_another() {
     let wait = Deadline::new(Duration::from_secs(10));
     loop {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let s = tokio::net::TcpSocket::new_v4().expect("socket");
-        s.bind("127.0.0.2:0".parse().expect("addr")).expect("bind");
-        let mut c = s
-            .connect(format!("127.0.0.1:{port}").parse().expect("addr"))
-            .await
-            .expect("connect");
+        let mut c = connect_from("127.0.0.2", port).await;
         c.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
             .await
             .expect("write");

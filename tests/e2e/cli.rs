@@ -4,6 +4,20 @@ use harbor_relay::reference::Reference;
 
 use crate::support::*;
 
+/// `harbor-relay replicate` of `image` from `external` to `integrated`.
+fn replicate(cfg: &str, image: &str) -> std::process::Output {
+    relay_cmd(&[
+        "replicate",
+        "--config",
+        cfg,
+        "--from",
+        "external",
+        "--to",
+        "integrated",
+        image,
+    ])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicate_command_copies_one_artifact_and_reports() {
     let w = World::new().await;
@@ -12,19 +26,7 @@ async fn replicate_command_copies_one_artifact_and_reports() {
         .await;
     let file = ConfigFile::new(&w.config());
     let cfg = file.path.as_str();
-    let replicate = |image: &str| {
-        relay_cmd(&[
-            "replicate",
-            "--config",
-            cfg,
-            "--from",
-            "external",
-            "--to",
-            "integrated",
-            image,
-        ])
-    };
-    let out = replicate("library/cli:3.1");
+    let out = replicate(cfg, "library/cli:3.1");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -36,7 +38,7 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     assert_image_on(&w.dst, "library/cli", &img, Some("3.1")).await;
 
     // Again: everything is there, nothing is copied.
-    let out = replicate("library/cli:3.1");
+    let out = replicate(cfg, "library/cli:3.1");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(stdout.contains("0 copied"), "{stdout}");
@@ -48,7 +50,7 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     // (issue 27: it said "manifests 0 written").
     img.push(&w.src, "library/cli", &Reference::Tag("3".into()))
         .await;
-    let out = replicate("library/cli:3");
+    let out = replicate(cfg, "library/cli:3");
     let stdout = expect_success(&out);
     assert!(
         stdout.contains(
@@ -59,7 +61,7 @@ async fn replicate_command_copies_one_artifact_and_reports() {
     assert_image_on(&w.dst, "library/cli", &img, Some("3")).await;
 
     // A tag that does not exist: non-zero exit and the reason.
-    let out = replicate("library/cli:nope");
+    let out = replicate(cfg, "library/cli:nope");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -220,16 +222,7 @@ fn replicate_of_a_name_without_a_project_says_so() {
     let file = ConfigFile::new(
         "[registries.external]\nurl = \"http://127.0.0.1:9\"\nkind = \"harbor\"\n[registries.integrated]\nurl = \"http://127.0.0.1:9\"\n",
     );
-    let out = relay_cmd(&[
-        "replicate",
-        "--config",
-        file.path.as_str(),
-        "--from",
-        "external",
-        "--to",
-        "integrated",
-        "nginx:1",
-    ]);
+    let out = replicate(file.path.as_str(), "nginx:1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -319,16 +312,7 @@ async fn https_to_a_plain_http_registry_is_not_called_a_certificate_problem() {
         registry_toml("external", &https_source, None, ""),
         w.target_toml()
     ));
-    let out = relay_cmd(&[
-        "replicate",
-        "--config",
-        file.path.as_str(),
-        "--from",
-        "external",
-        "--to",
-        "integrated",
-        "library/x:1",
-    ]);
+    let out = replicate(file.path.as_str(), "library/x:1");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
