@@ -6,9 +6,23 @@
 # self-signed certificate. Starts harbor-relay with the target's CA pinned,
 # pushes a small image to the source, sends the webhook Harbor would send,
 # and shows the image on the target with the same digest. Cleans up after
-# itself.
+# itself, unless --keep is given: then it leaves the registries and the relay
+# running and prints how to send them more webhooks (docs/install.md,
+# "Sending a webhook by hand").
+#
+#   scripts/demo.sh            # builds harbor-relay (the first build takes a few minutes)
+#   scripts/demo.sh --keep     # ... and leaves it all running; Ctrl-C stops it
+#   HARBOR_RELAY_BIN=/usr/bin/harbor-relay scripts/demo.sh   # use a binary already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+KEEP=""
+case "${1:-}" in
+  --keep) KEEP=1 ;;
+  "") ;;
+  *) echo "usage: scripts/demo.sh [--keep]" >&2; exit 2 ;;
+esac
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
@@ -32,24 +46,29 @@ RELAY_PORT=$(pick_port "${RELAY_PORT:-18080}")
 WORK=$(mktemp -d /tmp/harbor-relay-demo.XXXXXX)
 PIDS=()
 cleanup() {
+  local status=$?
+  # The demo failed while the relay ran: show why before its log goes.
+  if [ "$status" != 0 ] && [ "$status" != 130 ] && [ -s "$WORK/relay.log" ]; then
+    echo "demo: the last lines of harbor-relay's log ($WORK/relay.log):" >&2
+    tail -n 30 "$WORK/relay.log" | sed 's/^/    /' >&2
+  fi
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM   # Ctrl-C (or a kill) still cleans up
 
-# An existing binary is used as it is (HARBOR_RELAY_BIN, else a release
-# build already made); otherwise a debug build is made, which is quicker.
+# HARBOR_RELAY_BIN is used as it is; otherwise cargo builds the binary (a
+# debug build, the quicker one; a no-op when it is up to date) and says
+# where it put it, which honours CARGO_TARGET_DIR.
 if [ -n "${HARBOR_RELAY_BIN:-}" ]; then
   RELAY=$HARBOR_RELAY_BIN
-elif [ -x target/release/harbor-relay ]; then
-  RELAY=target/release/harbor-relay
-  say "using the release binary $RELAY (rebuild it with cargo build --release if the sources changed)"
 else
-  say "building harbor-relay"
-  cargo build --quiet --bin harbor-relay
-  RELAY=target/debug/harbor-relay
+  say "building harbor-relay (the first build takes a few minutes)"
+  RELAY=$(built_binary --quiet)
 fi
+echo "harbor-relay: $RELAY"
 
 say "making a CA and a certificate for the 'integrated' registry (127.0.0.1)"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=demo integrated Harbor CA" \
@@ -139,11 +158,15 @@ projects = ["library"]
 TOML
 sed 's/^/    /' "$WORK/relay.toml"
 "$RELAY" serve --config "$WORK/relay.toml" >"$WORK/relay.log" 2>&1 &
-PIDS+=($!)
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+UP=""
 for _ in $(seq 100); do
-  curl -fsS -o /dev/null "http://127.0.0.1:$RELAY_PORT/healthz" 2>/dev/null && break
+  curl -fsS -o /dev/null "http://127.0.0.1:$RELAY_PORT/healthz" 2>/dev/null && { UP=1; break; }
+  kill -0 "$RELAY_PID" 2>/dev/null || break
   sleep 0.1
 done
+[ -n "$UP" ] || die "harbor-relay did not come up on 127.0.0.1:$RELAY_PORT"
 
 say "sending the PUSH_ARTIFACT webhook Harbor would send"
 cat >"$WORK/webhook.json" <<JSON
@@ -183,5 +206,19 @@ for b in "$CFG" "$L1" "$L2"; do
   curl -fsS -I --cacert "$WORK/ca.pem" -o /dev/null "$DST/v2/$REPO/blobs/$b" || die "blob $b missing on target"
 done
 printf '\n\033[1;32mReplicated: same digest on both sides, every blob present.\033[0m\n'
-echo "(harbor-relay's log was:)"
+echo "(harbor-relay's log so far:)"
 sed 's/^/    /' "$WORK/relay.log"
+
+if [ -n "$KEEP" ]; then
+  cat <<EOF
+
+Left running (Ctrl-C stops it all and removes $WORK):
+  source   $SRC   (holds $REPO:1.0)
+  target   $DST   (CA: $WORK/ca.pem)
+  relay    http://127.0.0.1:$RELAY_PORT   (status page at /; webhook secret: $DEMO_WEBHOOK_SECRET)
+Send a webhook by hand as docs/install.md shows ("Sending a webhook by hand"), e.g.:
+  curl -sS -H 'Content-Type: application/json' -H 'Authorization: $DEMO_WEBHOOK_SECRET' \\
+    --data-binary @$WORK/webhook.json http://127.0.0.1:$RELAY_PORT/webhooks/harbor
+EOF
+  wait "$RELAY_PID" || true
+fi

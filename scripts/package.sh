@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Debian package: target/debian/harbor-relay_<version>-1_amd64.deb
+# Builds the Debian package: <target dir>/debian/harbor-relay_<version>-1_amd64.deb
+# (the target dir is target/ unless CARGO_TARGET_DIR says otherwise)
 #
 #   scripts/package.sh                 # from a release build (cargo build --release)
 #   HARBOR_RELAY_BIN=path scripts/package.sh   # from a binary already built
@@ -17,13 +18,14 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 revision=1
 arch=amd64
 name=harbor-relay
-out=${HARBOR_RELAY_DEB_OUT:-target/debian}
+. scripts/lib.sh
+out=${HARBOR_RELAY_DEB_OUT:-$(target_dir)/debian}
 root=$out/root
 
 bin=${HARBOR_RELAY_BIN:-}
 if [ -z "$bin" ]; then
-  cargo build --release --locked --bin harbor-relay
-  bin=target/release/harbor-relay
+  # Where cargo put it (CARGO_TARGET_DIR included), as cargo says.
+  bin=$(built_binary --release --locked)
 fi
 
 rm -rf "$root"

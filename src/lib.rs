@@ -27,6 +27,7 @@
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).
 //! - [`clock`]: wall-clock milliseconds, one definition for store and copier.
+//! - [`advice`]: the commands printed as advice, spelled to run when pasted.
 //! - [`check`]: `harbor-relay check`: DNS, TCP, TLS, auth, push, webhook per registry.
 //! - [`metrics`]: every Prometheus metric.
 //! - [`live`]: the reloadable settings (registries, rules), swapped on SIGHUP.
@@ -35,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod advice;
 pub mod api;
 pub mod check;
 pub mod clock;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("reference", &[]),
     ("clock", &[]),
+    ("advice", &[]),
     ("notify", &[]),
     ("manifest", &["reference"]),
     ("event", &["manifest", "reference"]),
@@ -57,10 +58,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "rules",
         ],
     ),
-    ("check", &["config", "harbor", "reference", "registry"]),
+    (
+        "check",
+        &["advice", "config", "harbor", "reference", "registry"],
+    ),
     (
         "api",
         &[
+            "advice",
             "config",
             "event",
             "jobs",

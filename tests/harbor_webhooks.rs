@@ -84,20 +84,41 @@ async fn check_finds_the_webhook_policy_or_says_how_to_add_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     let row = check_row(&stdout, "external", "webhook");
+    assert!(row.contains("FAIL"), "{row}");
+    // The command it prints runs as pasted, from anywhere: it names this
+    // config and this source, and where this relay listens (0.0.0.0:8080
+    // by default: this machine's name).
+    let hint = row
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in {row}"));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let url = format!("http://{}:8080/webhooks/harbor", host.trim());
     assert!(
-        row.contains("FAIL") && row.contains("register-webhook"),
-        "{row}"
+        hint.contains("--registry external") && hint.ends_with(&format!("--url {url}")),
+        "{hint}"
     );
-
-    let out = register_webhook(cfg, "https://jumpvm:8080/webhooks/harbor", &[]);
-    expect_success(&out);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_harbor-relay"))
+        .parent()
+        .expect("bin dir")
+        .display()
+        .to_string();
+    let pasted = std::process::Command::new("sh")
+        .args(["-c", &format!("cd / && {hint}")])
+        .env(
+            "PATH",
+            format!("{bin}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .expect("sh");
+    expect_success(&pasted);
     let out = relay_cmd(&["check", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.lines().any(|l| l.contains("webhook")
-            && l.contains("ok")
-            && l.contains("https://jumpvm:8080/webhooks/harbor")),
+        stdout
+            .lines()
+            .any(|l| l.contains("webhook") && l.contains("ok") && l.contains(&url)),
         "{stdout}"
     );
     assert!(!stdout.contains(ADMIN_PASS) && !stdout.contains("webhook-s3cret"));
@@ -236,6 +257,14 @@ async fn check_exercises_the_project_api_a_job_depends_on() {
         stdout.contains("project 'tkgs-demo' will be created at the first push"),
         "{stdout}"
     );
+    // Nothing can be pushed into a project that does not exist yet: the
+    // push check says so instead of failing a config that will work.
+    let row = check_row(&stdout, "integrated", "push");
+    assert!(
+        row.contains("WARN") && row.contains("does not exist yet"),
+        "{row}"
+    );
+    assert!(out.status.success(), "{stdout}");
 }
 
 /// `harbor-relay harbor register-webhook` for project `tkgs-demo` of the

@@ -164,11 +164,11 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
                 td.ok { (total("succeeded")) } td.failed { (total("failed")) }
             }
         }
-        p.muted { "queued, running, retrying: jobs now; successes and failures: jobs finished since the relay started (a job retried and failing again counts each time; the failed jobs themselves are listed below)" }
+        p.muted { "queued, running, retrying: jobs now; successes and failures: jobs finished since the relay started (a job retried and failing again counts each time; the failed jobs themselves are listed below). Job ids are unique and increasing, not consecutive: the embedded store's jump by about 2,000,000 at each start." }
         h2 { "Running" }
         (running_table(&running, &app.board))
         h2 { "Last failures" }
-        (failures_table(&failed))
+        (failures_table(&failed, &crate::advice::Advice::for_config(&live.config.file)))
         h2 { "Rules" }
         table {
             tr { th { "rule" } th { "from → to" } th { "succeeded" } th { "failed" } th { "last success" } th { "last reconcile" } }
@@ -215,7 +215,7 @@ fn running_table(running: &[crate::jobs::Job], board: &crate::jobs::workers::Boa
 }
 
 /// The latest failed jobs, each with the command that retries it.
-fn failures_table(failed: &[crate::jobs::Job]) -> Markup {
+fn failures_table(failed: &[crate::jobs::Job], advice: &crate::advice::Advice) -> Markup {
     html! {
         @if failed.is_empty() { p.muted { "none" } }
         @else {
@@ -226,7 +226,7 @@ fn failures_table(failed: &[crate::jobs::Job]) -> Markup {
                         td { a href={ "/jobs/" (j.id) } { (j.id) } }
                         td { (j.source) " → " (j.target) }
                         td.failed { (j.last_error.unwrap_or_default()) }
-                        td { code { "harbor-relay jobs retry " (j.id) } }
+                        td { code { (advice.retry(j.id)) } }
                     }
                 }
             }
@@ -270,15 +270,18 @@ pub(super) async fn job(
     let Ok(id) = id.parse::<u64>() else {
         return (StatusCode::BAD_REQUEST, "a job id is a number\n").into_response();
     };
+    let advice = crate::advice::Advice::for_config(&app.live.get().config.file);
     match app.store.get(id).await {
-        Ok(Some(j)) => layout(&format!("job {id}"), job_body(&JobView::from(&j))).into_response(),
+        Ok(Some(j)) => {
+            layout(&format!("job {id}"), job_body(&JobView::from(&j), &advice)).into_response()
+        }
         Ok(None) => (StatusCode::NOT_FOUND, format!("no job {id}\n")).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
 /// The record of one job.
-fn job_body(j: &JobView) -> Markup {
+fn job_body(j: &JobView, advice: &crate::advice::Advice) -> Markup {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "—".into());
     html! {
         h2 { "Job " (j.id) ": " span class=(if j.state == "failed" { "failed" } else { "" }) { (j.state) } }
@@ -301,7 +304,7 @@ fn job_body(j: &JobView) -> Markup {
             @if let Some(n) = &j.note { tr { th { "note" } td { (n) } } }
             @if let Some(e) = &j.last_error { tr { th { "last error" } td.failed { (e) } } }
         }
-        @if j.state == "failed" { p { "Retry: " code { "harbor-relay jobs retry " (j.id) } } }
+        @if j.state == "failed" { p { "Retry: " code { (advice.retry(j.id)) } } }
     }
 }
 
@@ -325,12 +328,13 @@ mod tests {
             "skipped": null, "note": hostile, "last_error": format!("registry said {hostile}"),
         }))
         .expect("view");
-        let page = document("t", job_body(&j));
+        let advice = crate::advice::Advice::for_url("http://127.0.0.1:8080");
+        let page = document("t", job_body(&j, &advice));
         assert!(!page.contains("<script>"), "{page}");
         assert!(
             page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
             "{page}"
         );
-        assert!(page.contains("harbor-relay jobs retry 3"));
+        assert!(page.contains("harbor-relay jobs --url http://127.0.0.1:8080 retry 3"));
     }
 }

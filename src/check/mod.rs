@@ -18,7 +18,7 @@ mod webhooks;
 
 pub use tls::SeenCertificate;
 use tls::check_tls;
-use webhooks::check_webhooks;
+use webhooks::{RegisterHint, check_webhooks};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -186,16 +186,29 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         return skip_rest(out, &["push"]);
     }
     let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
-    if (reg.is_harbor || reg.create_projects) && !check_harbor(reg, &client, &rules, out).await {
-        return skip_rest(out, &["push"]);
+    let mut missing = Vec::new();
+    if reg.is_harbor || reg.create_projects {
+        match check_harbor(reg, &client, &rules, out).await {
+            Some(m) => missing = m,
+            None => return skip_rest(out, &["push"]),
+        }
     }
     for rule in &rules {
-        check_push(reg, &client, rule, out).await;
+        check_push(reg, &client, rule, &missing, out).await;
     }
     // A Harbor source: does a webhook policy feed the relay?
     let sourcing: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.from == reg.name).collect();
     if reg.is_harbor && !sourcing.is_empty() {
-        check_webhooks(&client, &sourcing, out).await;
+        let register = RegisterHint {
+            advice: crate::advice::Advice::for_config(&config.file),
+            registry: reg.name.clone(),
+            url: crate::advice::webhook_url(
+                config.server.listen,
+                config.server.tls.is_some(),
+                crate::advice::hostname().as_deref(),
+            ),
+        };
+        check_webhooks(&client, &sourcing, &register, out).await;
     }
 }
 
@@ -285,21 +298,23 @@ fn check_api(
 }
 
 /// A Harbor target: that it is a Harbor (its version), and for each rule's
-/// target project the same project API a job uses (`create_projects`);
-/// false if the registry is not a Harbor.
+/// target project the same project API a job uses (`create_projects`).
+/// The projects that do not exist yet and will be created at the first
+/// push; `None` if the registry is not a Harbor.
 async fn check_harbor(
     reg: &RegistryConfig,
     client: &Registry,
     rules: &[&RuleConfig],
     out: &mut Report,
-) -> bool {
+) -> Option<Vec<String>> {
     match crate::harbor::version(client).await {
         Ok(v) => out.add("harbor", Status::Ok, format!("Harbor {v}")),
         Err(e) => {
             out.add("harbor", Status::Fail, e.to_string());
-            return false;
+            return None;
         }
     }
+    let mut missing = Vec::new();
     for rule in rules {
         for project in target_projects(rule) {
             match crate::harbor::project_exists(client, &project).await {
@@ -308,11 +323,14 @@ async fn check_harbor(
                     Status::Ok,
                     format!("rule '{}': project '{project}' exists", rule.name),
                 ),
-                Ok(false) if reg.create_projects => out.add(
-                    "harbor",
-                    Status::Ok,
-                    format!("rule '{}': project '{project}' will be created at the first push (create_projects; needs a system admin or a system-level robot with project:create)", rule.name),
-                ),
+                Ok(false) if reg.create_projects => {
+                    out.add(
+                        "harbor",
+                        Status::Ok,
+                        format!("rule '{}': project '{project}' will be created at the first push (create_projects; needs a system admin or a system-level robot with project:create)", rule.name),
+                    );
+                    missing.push(project);
+                }
                 Ok(false) => out.add(
                     "harbor",
                     Status::Fail,
@@ -322,11 +340,19 @@ async fn check_harbor(
             }
         }
     }
-    true
+    Some(missing)
 }
 
 /// Push permission on a rule's target projects.
-async fn check_push(reg: &RegistryConfig, client: &Registry, rule: &RuleConfig, out: &mut Report) {
+/// A project in `missing` does not exist yet (it is created at the first
+/// push): nothing can be pushed into it before, so it is not tried.
+async fn check_push(
+    reg: &RegistryConfig,
+    client: &Registry,
+    rule: &RuleConfig,
+    missing: &[String],
+    out: &mut Report,
+) {
     let projects = target_projects(rule);
     if projects.is_empty() {
         out.add(
@@ -339,6 +365,14 @@ async fn check_push(reg: &RegistryConfig, client: &Registry, rule: &RuleConfig, 
         );
     }
     for project in projects {
+        if missing.contains(&project) {
+            out.add(
+                "push",
+                Status::Warn,
+                format!("rule '{}': project '{project}' does not exist yet, so push into it is not tried; the first job creates it and pushes (run check again after it)", rule.name),
+            );
+            continue;
+        }
         let repo = format!("{project}/{PROBE_REPOSITORY}");
         let what = format!("opening an upload session in {repo}");
         match client.begin_upload(&repo, &what).await {

@@ -6,9 +6,40 @@ use super::{Report, Status, is_pattern};
 use crate::config::RuleConfig;
 use crate::registry::{Registry, RegistryError};
 
+/// What `check` tells an admin to run when a project has no webhook for
+/// the relay: `register-webhook` with this config, this source and the
+/// relay's own address, ready to paste.
+pub(super) struct RegisterHint {
+    pub(super) advice: crate::advice::Advice,
+    pub(super) registry: String,
+    pub(super) url: String,
+}
+
+impl RegisterHint {
+    /// The command that registers the webhook on `project`.
+    fn command(&self, project: &str) -> String {
+        self.advice.command(
+            &["harbor", "register-webhook"],
+            &[
+                "--registry",
+                &self.registry,
+                "--project",
+                project,
+                "--url",
+                &self.url,
+            ],
+        )
+    }
+}
+
 /// The projects rules copy from, as literal names: listed in `projects`
 /// without patterns, or, with none listed, every project of the source.
-pub(super) async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out: &mut Report) {
+pub(super) async fn check_webhooks(
+    client: &Registry,
+    rules: &[&RuleConfig],
+    register: &RegisterHint,
+    out: &mut Report,
+) {
     let mut literal: Vec<String> = Vec::new();
     let mut any = false;
     for r in rules {
@@ -69,7 +100,8 @@ pub(super) async fn check_webhooks(client: &Registry, rules: &[&RuleConfig], out
                     "webhook",
                     Status::Fail,
                     format!(
-                        "project '{project}': no enabled webhook policy sends PUSH_ARTIFACT to a harbor-relay (/webhooks/harbor); pushes there are not replicated until `harbor-relay harbor register-webhook --project {project} --url http://RELAY:8080/webhooks/harbor`"
+                        "project '{project}': no enabled webhook policy sends PUSH_ARTIFACT to a harbor-relay (/webhooks/harbor); pushes there are not replicated until `{}`",
+                        register.command(&project)
                     ),
                 ),
             },

@@ -169,7 +169,9 @@ pub enum RulesAction {
 
 #[derive(Subcommand)]
 pub enum JobsAction {
-    /// List jobs, newest first.
+    /// List jobs, newest first. Ids are unique and increasing, not
+    /// consecutive: the embedded store's jump by about 2,000,000 at each
+    /// start (docs/operations.md, "Jobs: states and retries").
     List {
         /// Only jobs in this state: queued, running, retrying, succeeded, failed.
         #[arg(long)]

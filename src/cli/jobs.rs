@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use serde::de::DeserializeOwned;
 
+use harbor_relay::advice::Advice;
 use harbor_relay::jobs::JobView;
 
 use super::args::JobsAction;
@@ -59,6 +60,11 @@ pub async fn run(
         (None, Some(c)) => harbor_relay::config::api_url(c)?,
         (None, None) => "http://127.0.0.1:8080".to_string(),
     };
+    // The commands this prints reach the same relay the same way.
+    let advice = match (&url, &config) {
+        (None, Some(c)) => Advice::for_config(c),
+        _ => Advice::for_url(&base),
+    };
     // The daemon's own token, read from its config as the daemon reads it
     // (api_token or api_token_file, CREDENTIALS_DIRECTORY included), unless
     // one was given.
@@ -98,7 +104,7 @@ pub async fn run(
             if json {
                 println!("{}", serde_json::to_string_pretty(&job)?);
             } else {
-                print!("{}", show(&job));
+                print!("{}", show(&job, &advice));
             }
         }
         JobsAction::Retry { id } => {
@@ -227,7 +233,7 @@ fn list_table(jobs: &[JobView]) -> String {
 
 /// One job, for a person: what, where it is, when, what it moved, why it
 /// failed.
-fn show(j: &JobView) -> String {
+fn show(j: &JobView, advice: &Advice) -> String {
     let mut out = format!("job {}: {} ({})\n", j.id, j.state, j.action);
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<12} {v}\n"));
     row("rule", j.rule.clone());
@@ -284,7 +290,7 @@ fn show(j: &JobView) -> String {
         }
     }
     if j.state == "failed" {
-        row("retry with", format!("harbor-relay jobs retry {}", j.id));
+        row("retry with", advice.retry(j.id));
     }
     out
 }
@@ -342,9 +348,15 @@ mod tests {
 
     #[test]
     fn show_reads_as_a_record_with_the_retry_line() {
-        let s = show(&job(9, Some("boom")));
+        let s = show(
+            &job(9, Some("boom")),
+            &Advice::for_url("http://127.0.0.1:8080"),
+        );
         assert!(s.starts_with("job 9: failed (copy)"), "{s}");
         assert!(s.contains("bytes        3.3 MiB"), "{s}");
-        assert!(s.contains("harbor-relay jobs retry 9"), "{s}");
+        assert!(
+            s.contains("harbor-relay jobs --url http://127.0.0.1:8080 retry 9"),
+            "{s}"
+        );
     }
 }

@@ -77,10 +77,12 @@ impl Loader<'_> {
                 return Err(self.invalid(key, format!("`${{{name}}}` is not a variable name")));
             }
             let v = (self.env)(name).ok_or_else(|| {
-                self.invalid(
-                    key,
-                    format!("environment variable {name} is not set (used as ${{{name}}})"),
-                )
+                let mut why = format!("environment variable {name} is not set (used as ${{{name}}})");
+                if name == "CREDENTIALS_DIRECTORY" {
+                    // systemd sets it for the service; an admin's shell does not.
+                    why.push_str(": outside systemd, name the directory the unit's LoadCredential= files are in, as root: `export CREDENTIALS_DIRECTORY=/etc/harbor-relay/credentials`");
+                }
+                self.invalid(key, why)
             })?;
             out.push_str(&v);
             rest = &after[end + 1..];

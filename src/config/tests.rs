@@ -176,7 +176,9 @@ fn secrets_come_from_systemd_credentials() {
     assert!(
         e.to_string().contains(
             "server.webhook_auth_file: environment variable CREDENTIALS_DIRECTORY is not set"
-        ),
+        ) && e
+            .to_string()
+            .contains("export CREDENTIALS_DIRECTORY=/etc/harbor-relay/credentials"),
         "{e}"
     );
     let both = GOOD.replace(
@@ -284,11 +286,27 @@ fn trust_limits_have_defaults_and_are_checked() {
     }
 }
 
+/// The credential ids the shipped unit loads (`LoadCredential=ID:PATH`).
+fn unit_credentials() -> Vec<String> {
+    include_str!("../../deploy/systemd/harbor-relay.service")
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .filter_map(|l| l.split_once(':').map(|(id, _)| id.to_string()))
+        .collect()
+}
+
+/// The example config is what the package installs as its conffile: it
+/// loads with the shipped unit as it is, every secret a file the unit's
+/// `LoadCredential=` lines put in `CREDENTIALS_DIRECTORY`, and nothing
+/// else from the environment.
 #[test]
-fn the_example_config_parses() {
+fn the_example_config_loads_with_the_units_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pw = dir.path().join("external.password");
-    std::fs::write(&pw, "robot-secret\n").expect("write");
+    let ids = unit_credentials();
+    assert!(ids.contains(&"api-token".to_string()), "{ids:?}");
+    for id in &ids {
+        std::fs::write(dir.path().join(id), format!("value-of-{id}\n")).expect("write");
+    }
     let ca = dir.path().join("ca.pem");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     std::fs::write(&ca, cert.cert.pem()).expect("write");
@@ -297,17 +315,11 @@ fn the_example_config_parses() {
     )
     .expect("example config")
     .replace(
-        "/etc/harbor-relay/external.password",
-        &pw.display().to_string(),
-    )
-    .replace(
         "/etc/harbor-relay/integrated-ca.pem",
         &ca.display().to_string(),
     );
-    let env = |name: &str| match name {
-        "HARBOR_WEBHOOK_SECRET" | "INTEGRATED_PASSWORD" => Some(format!("value-of-{name}")),
-        _ => None,
-    };
+    let creds = dir.path().display().to_string();
+    let env = |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| creds.clone());
     let c = Config::parse(Path::new("example.toml"), &text, &env).expect("example parses");
     assert_eq!(c.rules[0].name, "tanzu");
     assert_eq!(c.rules[0].exclude_tags, vec!["*-rc*"]);
@@ -315,13 +327,95 @@ fn the_example_config_parses() {
         c.registries["integrated"].tls,
         TlsMode::Pinned { .. }
     ));
+    let secret = |s: &Option<Secret>| s.as_ref().map(|s| s.expose().to_string());
     assert_eq!(
-        c.registries["external"]
-            .password
-            .as_ref()
-            .map(Secret::expose),
-        Some("robot-secret")
+        secret(&c.registries["external"].password).as_deref(),
+        Some("value-of-external-password")
     );
+    assert_eq!(
+        secret(&c.registries["integrated"].password).as_deref(),
+        Some("value-of-integrated-password")
+    );
+    assert_eq!(
+        secret(&c.server.api_token).as_deref(),
+        Some("value-of-api-token")
+    );
+    assert!(c.server.webhook_auth.is_some());
+    // Every file it reads is one the unit loads: none is left out.
+    let read: Vec<String> = c
+        .secret_files
+        .iter()
+        .filter_map(|(_, p)| p.file_name().map(|f| f.to_string_lossy().to_string()))
+        .collect();
+    assert!(read.iter().all(|f| ids.contains(f)), "{read:?} vs {ids:?}");
+    assert_eq!(read.len(), 4, "{read:?}");
+}
+
+/// Every key of docs/configuration.md's reference table is in the example
+/// config, in its section (set, or commented out with its default).
+#[test]
+fn every_documented_key_is_in_the_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/configuration.md")).expect("doc");
+    let example =
+        std::fs::read_to_string(root.join("config/harbor-relay.example.toml")).expect("example");
+    let keys = documented_keys(&doc);
+    assert!(keys.len() > 50, "{keys:?}");
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|(section, key)| !example_has(&example, section, key))
+        .map(|(s, k)| format!("{s}.{k}"))
+        .collect();
+    assert!(missing.is_empty(), "not in the example config: {missing:?}");
+    assert!(!example_has(&example, "store", "no_such_key"));
+}
+
+/// (section, key) of each row of the reference table: `server.webhook_auth`
+/// / `webhook_auth_file` gives both keys; `registries.NAME.` and `rules[].`
+/// name the section `registries` and `rules`.
+fn documented_keys(doc: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let cell = line.split('|').nth(1).unwrap_or_default();
+        let names: Vec<&str> = cell.split('`').skip(1).step_by(2).collect();
+        let Some(first) = names.first() else { continue };
+        let (section, key) = match first.rsplit_once('.') {
+            Some((s, k)) => (s, k),
+            None => continue,
+        };
+        let section = section
+            .trim_end_matches(".NAME")
+            .trim_end_matches("[]")
+            .to_string();
+        out.push((section.clone(), key.to_string()));
+        for other in &names[1..] {
+            out.push((section.clone(), other.to_string()));
+        }
+    }
+    out
+}
+
+/// Whether `key = …` (or `# key = …`) is in one of the example's
+/// `[section]`, `[section.NAME]` or `[[section]]` tables.
+fn example_has(example: &str, section: &str, key: &str) -> bool {
+    let mut current = String::new();
+    for line in example.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        let in_section = current == section || current.starts_with(&format!("{section}."));
+        let body = t.trim_start_matches('#').trim_start();
+        if in_section
+            && body
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return true;
+        }
+    }
+    false
 }
 
 #[test]

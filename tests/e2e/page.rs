@@ -140,8 +140,15 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
     assert!(failing.contains("Last failures"), "{failing}");
     // Counts say what they count (issue 27: "failed 2" for one failed job).
     assert!(failing.contains("failures since start"), "{failing}");
+    // The retry command names this relay's config, to run as pasted.
     assert!(
-        failing.contains(&format!("harbor-relay jobs retry {}", ids[0])),
+        failing.contains(&format!(
+            "harbor-relay jobs --config {} retry {}",
+            std::fs::canonicalize(&relay.config_path)
+                .expect("config")
+                .display(),
+            ids[0]
+        )),
         "{failing}"
     );
     assert!(

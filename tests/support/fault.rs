@@ -72,8 +72,14 @@ pub type Gate = Arc<
         + Sync,
 >;
 
+/// Told of every forwarded request once the upstream answered: (method,
+/// path, status, the request's headers). A Harbor fires its webhooks so,
+/// after the registry took a push.
+pub type Observer = Arc<dyn Fn(&str, &str, u16, &axum::http::HeaderMap) + Send + Sync>;
+
 struct St {
     gate: Option<Gate>,
+    observer: Option<Observer>,
     upstream: String,
     me: String,
     http: reqwest::Client,
@@ -113,13 +119,29 @@ impl FaultProxy {
         routes: axum::Router,
         gate: Option<Gate>,
     ) -> FaultProxy {
+        Self::start_observed(upstream, routes, gate, None, None).await
+    }
+
+    /// Like [`FaultProxy::start_gated`], telling `observer` of each
+    /// forwarded request's answer, and serving HTTPS with `pki`'s
+    /// certificate when given.
+    pub async fn start_observed(
+        upstream: &str,
+        routes: axum::Router,
+        gate: Option<Gate>,
+        observer: Option<Observer>,
+        pki: Option<&super::Pki>,
+    ) -> FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let me = format!("http://{}", listener.local_addr().expect("addr"));
+        let addr = listener.local_addr().expect("addr");
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let me = format!("{scheme}://{addr}");
         let log = Arc::new(Log::default());
         let state = Arc::new(St {
             gate,
+            observer,
             upstream: upstream.trim_end_matches('/').to_string(),
             me: me.clone(),
             http: reqwest::Client::builder()
@@ -133,9 +155,7 @@ impl FaultProxy {
             .fallback(handle)
             .with_state(state.clone());
         let app = routes.fallback_service(forward);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (task, _) = super::serve(listener, app, pki);
         FaultProxy {
             url: me,
             log,
@@ -262,6 +282,9 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
     match fwd.body(reqwest::Body::wrap_stream(upload)).send().await {
         Ok(resp) => {
             record(resp.status().as_u16());
+            if let Some(observe) = &st.observer {
+                observe(&method, &path_q, resp.status().as_u16(), &parts.headers);
+            }
             faulty_response(&st, resp, fault)
         }
         Err(e) => {

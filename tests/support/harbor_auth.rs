@@ -279,13 +279,15 @@ impl HarborAuth {
     }
 
     /// `v2auth`'s check of a registry request: `None` lets it through,
-    /// `Some` is Harbor's refusal.
+    /// `Some` is Harbor's refusal. `origin` is the instance's external
+    /// endpoint (`scheme://host[:port]`), which the challenge's realm is
+    /// built from (`getChallenge`, src/server/middleware/v2auth/auth.go).
     pub fn check_v2(
         &self,
         method: &Method,
         path: &str,
         headers: &HeaderMap,
-        host: &str,
+        origin: &str,
         exists: &dyn Fn(&str) -> bool,
     ) -> Option<Response> {
         let caller = self.caller(headers);
@@ -295,8 +297,7 @@ impl HarborAuth {
             if has_auth {
                 "Basic realm=\"harbor\"".to_string()
             } else {
-                let base =
-                    format!("Bearer realm=\"http://{host}/service/token\",service=\"{SERVICE}\"");
+                let base = format!("Bearer realm=\"{origin}/service/token\",service=\"{SERVICE}\"");
                 match scope {
                     Some(s) => format!("{base},scope=\"{s}\""),
                     None => base,

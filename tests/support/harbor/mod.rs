@@ -21,6 +21,7 @@ use super::fault::{FaultProxy, Gate};
 use super::harbor_auth::{Account, HarborAuth};
 
 mod artifacts;
+mod notify;
 mod projects;
 mod webhooks;
 
@@ -49,6 +50,8 @@ pub struct HarborState {
     pub version: Mutex<(u32, u32)>,
     /// Tags removed through `deleteTag`: (repository, digest, tag).
     pub deleted_tags: Mutex<Vec<(String, String, String)>>,
+    /// The CA that signed this Harbor's certificate, when it serves HTTPS.
+    pub ca: Option<Vec<u8>>,
 }
 
 type St = Arc<HarborState>;
@@ -95,6 +98,23 @@ async fn systeminfo(State(st): State<St>) -> Response {
         json!({"harbor_version": format!("v{major}.{minor}.0-fake"), "auth_mode": "db_auth"}),
     )
     .into_response()
+}
+
+/// `GET /api/v2.0/systeminfo/getcert`: the CA as a file download, without
+/// login, or `404` when the instance has none (GetCert in
+/// src/server/v2.0/handler/systeminfo.go; harbor.md §4).
+async fn getcert(State(st): State<St>) -> Response {
+    match &st.ca {
+        Some(pem) => (
+            [
+                ("content-type", "application/octet-stream"),
+                ("content-disposition", "attachment; filename=ca.crt"),
+            ],
+            pem.clone(),
+        )
+            .into_response(),
+        None => errors(StatusCode::NOT_FOUND, "the CA does not exist"),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -167,8 +187,32 @@ impl FakeHarbor {
         Self::start_with(registry_url, BTreeMap::from([(user.to_string(), account)])).await
     }
 
+    /// [`FakeHarbor::start`] over HTTPS with `pki`'s certificate, its CA
+    /// served at `/api/v2.0/systeminfo/getcert` as Harbor serves its own.
+    pub async fn start_tls(
+        registry_url: &str,
+        user: &str,
+        pass: &str,
+        pki: &super::Pki,
+    ) -> FakeHarbor {
+        let account = match user.strip_prefix("robot$") {
+            None => Account::admin(pass),
+            Some(_) => Account::system_robot(pass, &["pull", "push", "delete"], true),
+        };
+        let accounts = BTreeMap::from([(user.to_string(), account)]);
+        Self::start_full(registry_url, accounts, Some(pki)).await
+    }
+
     /// A Harbor with these accounts.
     pub async fn start_with(registry_url: &str, accounts: BTreeMap<String, Account>) -> FakeHarbor {
+        Self::start_full(registry_url, accounts, None).await
+    }
+
+    async fn start_full(
+        registry_url: &str,
+        accounts: BTreeMap<String, Account>,
+        pki: Option<&super::Pki>,
+    ) -> FakeHarbor {
         let state = Arc::new(HarborState {
             upstream: registry_url.trim_end_matches('/').to_string(),
             auth: HarborAuth::new(accounts),
@@ -180,6 +224,7 @@ impl FakeHarbor {
             labels: Mutex::default(),
             version: Mutex::new((2, 14)),
             deleted_tags: Mutex::default(),
+            ca: pki.map(|p| std::fs::read(&p.ca_pem).expect("ca")),
         });
         let routes = axum::Router::new()
             .route(
@@ -189,6 +234,7 @@ impl FakeHarbor {
                     .post(create_project),
             )
             .route("/api/v2.0/systeminfo", get(systeminfo))
+            .route("/api/v2.0/systeminfo/getcert", get(getcert))
             .route("/service/token", get(service_token))
             .route(
                 "/api/v2.0/projects/{project}/repositories",
@@ -219,6 +265,15 @@ impl FakeHarbor {
                 get(list_executions),
             )
             .with_state(state.clone());
+        let observed = state.clone();
+        let observer: super::fault::Observer = Arc::new(move |method, path, status, headers| {
+            let host = headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            notify::pushed(&observed, method, path, status, headers, &host);
+        });
         let gate_state = state.clone();
         let gate: Gate = Arc::new(move |method, path, headers| {
             let st = gate_state.clone();
@@ -229,9 +284,11 @@ impl FakeHarbor {
                     .and_then(|h| h.to_str().ok())
                     .unwrap_or("")
                     .to_string();
+                let scheme = if st.ca.is_some() { "https" } else { "http" };
+                let origin = format!("{scheme}://{host}");
                 if let Some(refused) = st
                     .auth
-                    .check_v2(&method, &path, &headers, &host, &|p| names.contains(p))
+                    .check_v2(&method, &path, &headers, &origin, &|p| names.contains(p))
                 {
                     return Some(refused);
                 }
@@ -239,7 +296,14 @@ impl FakeHarbor {
             })
         });
         FakeHarbor {
-            proxy: FaultProxy::start_gated(registry_url, routes, Some(gate)).await,
+            proxy: FaultProxy::start_observed(
+                registry_url,
+                routes,
+                Some(gate),
+                Some(observer),
+                pki,
+            )
+            .await,
             state,
         }
     }
