@@ -366,12 +366,7 @@ fn shell(command: &str) -> Command {
 async fn the_retry_command_printed_for_a_failed_job_runs_as_pasted() {
     let world = World::new().await;
     let relay = Relay::start(&world.config()).await;
-    let digest = format!("sha256:{}", "e".repeat(64));
-    let ids = relay
-        .push(push_event("library/gone", Some("1"), &digest))
-        .await;
-    let job = relay.wait_job(ids[0]).await;
-    assert_eq!(job["state"], "failed", "{job}");
+    let ids = [relay.failed_job().await];
     let config = relay.config_path.display().to_string();
 
     // `jobs show`, run from another directory: its "retry with" line.

@@ -130,12 +130,7 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
     relay.wait_success(ids[0]).await;
 
     // Failing: an event for a tag the source does not have.
-    let digest = format!("sha256:{}", "e".repeat(64));
-    let ids = relay
-        .push(push_event("library/gone", Some("1"), &digest))
-        .await;
-    let job = relay.wait_job(ids[0]).await;
-    assert_eq!(job["state"], "failed", "{job}");
+    let ids = [relay.failed_job().await];
     let failing = render(&url, &shots.path().join("failing.png"), shots.path());
     assert!(failing.contains("Last failures"), "{failing}");
     // Counts say what they count (issue 27: "failed 2" for one failed job).

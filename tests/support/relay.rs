@@ -459,6 +459,18 @@ impl Relay {
         }
     }
 
+    /// A job that fails at once: an event for a tag the source does not
+    /// have (`library/gone:1`). Its id.
+    pub async fn failed_job(&self) -> u64 {
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let ids = self
+            .push(super::push_event("library/gone", Some("1"), &digest))
+            .await;
+        let job = self.wait_job(ids[0]).await;
+        assert_eq!(job["state"], "failed", "{job}");
+        ids[0]
+    }
+
     /// Waits until job `id` is in `state`.
     pub async fn wait_state(&self, id: u64, state: &str) -> Value {
         let wait = Deadline::new(Duration::from_secs(60));

@@ -75,13 +75,7 @@ struct Push {
 /// `PUSH_ARTIFACT`, recording an execution per target.
 async fn deliver(st: &St, push: Push) {
     let project = push.repo.split('/').next().unwrap_or_default().to_string();
-    let policies: Vec<Value> = st
-        .policies
-        .lock()
-        .expect("policies")
-        .get(&project)
-        .cloned()
-        .unwrap_or_default();
+    let policies = super::webhooks::policies_of(st, &project);
     let digest = match &push.digest {
         Some(d) => d.clone(),
         None => manifest_digest(st, &push.repo, &push.reference).await,

@@ -75,14 +75,17 @@ pub(super) async fn list_policies(
     if let Some(refused) = webhook_refusal(&st, &headers) {
         return refused;
     }
-    let list = st
-        .policies
+    paged_answer(&policies_of(&st, &project), &p)
+}
+
+/// The policies of a project, as stored.
+pub(super) fn policies_of(st: &HarborState, project: &str) -> Vec<Value> {
+    st.policies
         .lock()
         .expect("policies")
-        .get(&project)
+        .get(project)
         .cloned()
-        .unwrap_or_default();
-    paged_answer(&list, &p)
+        .unwrap_or_default()
 }
 
 /// What creating and updating a policy share: the call recorded, Harbor's
