@@ -16,6 +16,7 @@
 //! Modules, each one concept (see `ARCHITECTURE.md` for why each exists):
 //! - [`config`]: the TOML file, validated, secrets from env or files.
 //! - [`event`]: webhook bodies (Harbor Default and CloudEvents) to events.
+//! - [`gate`]: signature and scan gate decisions (issue 26; not wired into jobs yet).
 //! - [`reference`]: OCI names, tags and digests, checked before any use.
 //! - [`rules`]: which events replicate, and to which target repository.
 //! - [`jobs`]: the job model, the durable store (sled embedded, or
@@ -43,6 +44,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod gate;
 pub mod harbor;
 pub mod jobs;
 pub mod live;

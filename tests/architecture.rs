@@ -11,6 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reference", &[]),
     ("clock", &[]),
     ("advice", &[]),
+    ("gate", &["reference"]),
     ("notify", &[]),
     ("manifest", &["reference"]),
     ("event", &["manifest", "reference"]),
