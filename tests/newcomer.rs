@@ -511,19 +511,46 @@ async fn the_webhook_bodies_in_the_docs_work_against_the_demo() {
     stop(&mut demo);
 }
 
-/// The demo finds the binary where cargo built it (here a target directory
-/// named by CARGO_TARGET_DIR, not ./target), and when the relay does not
-/// come up it prints the relay's last log lines before it cleans up.
+/// The demo runs the binary where cargo says it built it (here under a
+/// CARGO_TARGET_DIR, not ./target), and when the relay does not come up
+/// it prints the relay's last log lines before it cleans up.
+///
+/// `cargo` is played by a script that answers `cargo build
+/// --message-format=json…` with cargo's own `compiler-artifact` message
+/// (https://doc.rust-lang.org/cargo/reference/external-tools.html), the
+/// line copied from a real build: a real build here would relink the
+/// binary the other tests are running, with the features of a plain
+/// build, and take minutes on a fresh machine.
 #[test]
 fn the_demo_uses_what_cargo_built_and_shows_why_the_relay_failed() {
-    let real_target = Path::new(env!("CARGO_BIN_EXE_harbor-relay"))
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
     let tmp = tempfile::tempdir().expect("tempdir");
     let elsewhere = tmp.path().join("build");
-    std::os::unix::fs::symlink(&real_target, &elsewhere).expect("symlink");
+    std::fs::create_dir_all(elsewhere.join("debug")).expect("dir");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_harbor-relay"),
+        elsewhere.join("debug/harbor-relay"),
+    )
+    .expect("symlink");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let calls = tmp.path().join("cargo-calls");
+    std::fs::write(
+        bin.join("cargo"),
+        format!(
+            "#!/bin/sh
+echo \"$*\" >> {calls}
+[ \"$1\" = build ] || exit 1
+printf '%s\\n' '{{\"reason\":\"compiler-artifact\",\"package_id\":\"path+file:///src#harbor-relay@0.1.0\",\"target\":{{\"kind\":[\"bin\"],\"crate_types\":[\"bin\"],\"name\":\"harbor-relay\"}},\"profile\":{{\"opt_level\":\"0\"}},\"features\":[],\"filenames\":[\"'\"$CARGO_TARGET_DIR\"'/debug/harbor-relay\"],\"executable\":\"'\"$CARGO_TARGET_DIR\"'/debug/harbor-relay\",\"fresh\":true}}' '{{\"reason\":\"build-finished\",\"success\":true}}'
+",
+            calls = calls.display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(
+        bin.join("cargo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
     let ports = |cmd: &mut Command| {
         cmd.env("SRC_PORT", free_port().to_string())
             .env("DST_PORT", free_port().to_string())
@@ -532,10 +559,23 @@ fn the_demo_uses_what_cargo_built_and_shows_why_the_relay_failed() {
     };
     let mut cmd = Command::new("bash");
     cmd.arg(repo_file("scripts/demo.sh"))
-        .env("CARGO_TARGET_DIR", &elsewhere);
+        .env("CARGO_TARGET_DIR", &elsewhere)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
     ports(&mut cmd);
     let (ok, out, err) = run(&mut cmd);
     assert!(ok, "{out}{err}");
+    let asked = std::fs::read_to_string(&calls).expect("cargo was asked");
+    assert!(
+        asked.contains("build --bin harbor-relay --message-format=json-render-diagnostics"),
+        "{asked}"
+    );
     assert!(
         out.contains(&format!(
             "harbor-relay: {}/debug/harbor-relay",

@@ -20,6 +20,7 @@
 
 #![allow(dead_code)]
 
+pub mod cosign;
 pub mod fault;
 pub mod harbor;
 pub mod harbor_auth;

@@ -1,0 +1,190 @@
+//! The signature gate's reading against a real registry (Debian's
+//! `docker-registry`, which has no referrers API, so cosign 3 writes the
+//! `sha256-<hex>` fallback index): signatures made in cosign's formats
+//! (`support/cosign.rs`), and what a hostile or careless signer leaves.
+
+mod support;
+
+use harbor_relay::config::TlsMode;
+use harbor_relay::gate::keys::{self, TrustedKey};
+use harbor_relay::gate::read::{Signed, signature};
+use harbor_relay::gate::signature::Claim;
+use support::cosign::*;
+use support::*;
+
+fn trusted(key: &CosignKey, name: &str) -> TrustedKey {
+    keys::parse(std::path::Path::new(name), &key.public_pem()).expect("key")
+}
+
+fn claim(digest: &str) -> Claim<'_> {
+    Claim {
+        digest,
+        repository: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_cosign_layouts_are_read_and_a_copied_signature_is_not_one() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let reg = client(&source.url, None, TlsMode::System);
+    let ci = CosignKey::new("ci");
+    let keys = [
+        trusted(&CosignKey::new("release"), "release.pub"),
+        trusted(&ci, "ci.pub"),
+    ];
+    let a = TestImage::pushed(&reg, "library/app", &[2_000]).await;
+    let b = TestImage::pushed(&reg, "library/other", &[2_000]).await;
+    let c = TestImage::pushed(&reg, "library/new", &[2_000]).await;
+
+    // Nothing yet.
+    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
+        .await
+        .expect("read");
+    assert_eq!(got, Signed::Not("no signature yet".into()));
+
+    // cosign 2.x: the .sig tag.
+    let signed = payload(&a.digest, "harbor.example.com/library/app");
+    push_sig_tag(&reg, "library/app", &a.digest, &signed, &ci).await;
+    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
+        .await
+        .expect("read");
+    assert_eq!(
+        got,
+        Signed::By {
+            key: "ci.pub".into(),
+            layout: ".sig tag"
+        }
+    );
+
+    // A's signature replayed under B's .sig tag verifies, and names A.
+    push_sig_tag(&reg, "library/other", &b.digest, &signed, &ci).await;
+    let got = signature(&reg, "library/other", claim(&b.digest), &keys)
+        .await
+        .expect("read");
+    match got {
+        Signed::Not(why) => assert!(why.contains(&format!("not of {}", b.digest)), "{why}"),
+        other => panic!("a replayed signature counted: {other:?}"),
+    }
+
+    // An unknown key.
+    let intruder = CosignKey::new("intruder");
+    push_sig_tag(
+        &reg,
+        "library/new",
+        &c.digest,
+        &payload(&c.digest, "h/library/new"),
+        &intruder,
+    )
+    .await;
+    let got = signature(&reg, "library/new", claim(&c.digest), &keys)
+        .await
+        .expect("read");
+    assert!(
+        matches!(&got, Signed::Not(w) if w.contains("none of the trusted keys")),
+        "{got:?}"
+    );
+
+    // cosign 3.x: the bundle referrer, through the fallback index; the
+    // .sig tag by the intruder still there does not stop it.
+    push_bundle(
+        &reg,
+        "library/new",
+        &c.digest,
+        c.manifest.len(),
+        &c.digest,
+        &ci,
+    )
+    .await;
+    let got = signature(&reg, "library/new", claim(&c.digest), &keys)
+        .await
+        .expect("read");
+    assert_eq!(
+        got,
+        Signed::By {
+            key: "ci.pub".into(),
+            layout: "bundle"
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_for_another_image_and_match_reference_do_not_count() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let reg = client(&source.url, None, TlsMode::System);
+    let ci = CosignKey::new("ci");
+    let keys = [trusted(&ci, "ci.pub")];
+    let a = TestImage::pushed(&reg, "team/app", &[1_000]).await;
+    let b = TestImage::pushed(&reg, "team/app", &[1_000]).await;
+    // A bundle referring to B whose statement names A.
+    push_bundle(
+        &reg,
+        "team/app",
+        &b.digest,
+        b.manifest.len(),
+        &a.digest,
+        &ci,
+    )
+    .await;
+    let got = signature(&reg, "team/app", claim(&b.digest), &keys)
+        .await
+        .expect("read");
+    assert!(
+        matches!(&got, Signed::Not(w) if w.contains("not of")),
+        "{got:?}"
+    );
+
+    // match_reference: the repository path the signer saw, never its host.
+    let signed = payload(&a.digest, "harbor.external.example.com/team/app");
+    push_sig_tag(&reg, "team/app", &a.digest, &signed, &ci).await;
+    let mut c = claim(&a.digest);
+    c.repository = Some("team/app");
+    assert!(matches!(
+        signature(&reg, "team/app", c, &keys).await.expect("read"),
+        Signed::By { .. }
+    ));
+    c.repository = Some("team/other");
+    assert!(matches!(
+        signature(&reg, "team/app", c, &keys).await.expect("read"),
+        Signed::Not(_)
+    ));
+}
+
+/// A hostile source cannot stop the reading or make it read without
+/// bound: a `.sig` layer that declares more than a payload may be, and a
+/// referrer that is not JSON, make "not signed" with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_signature_manifests_are_not_signatures() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let reg = client(&source.url, None, TlsMode::System);
+    let keys = [trusted(&CosignKey::new("ci"), "ci.pub")];
+    let a = TestImage::pushed(&reg, "library/app", &[1_000]).await;
+    let big = bytes::Bytes::from(vec![b'x'; 200_000]);
+    let big_digest = reg.put_blob_bytes("library/app", big).await.expect("blob");
+    let hex = a.digest.trim_start_matches("sha256:");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": big_digest, "size": 200_000},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                    "digest": big_digest, "size": 200_000,
+                    "annotations": {"dev.cosignproject.cosign/signature": "AAAA"}}],
+    });
+    let m = harbor_relay::manifest::Manifest::from_bytes(
+        bytes::Bytes::from(serde_json::to_vec(&manifest).expect("json")),
+        None,
+    )
+    .expect("manifest");
+    reg.put_manifest(
+        "library/app",
+        &harbor_relay::reference::Reference::Tag(format!("sha256-{hex}.sig")),
+        &m,
+    )
+    .await
+    .expect("push");
+    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
+        .await
+        .expect("read");
+    assert!(
+        matches!(&got, Signed::Not(w) if w.contains("200000 bytes, more than")),
+        "{got:?}"
+    );
+}
