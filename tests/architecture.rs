@@ -11,7 +11,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reference", &[]),
     ("clock", &[]),
     ("advice", &[]),
-    ("gate", &["manifest", "reference", "registry"]),
+    ("gate", &["harbor", "manifest", "reference", "registry"]),
     ("notify", &[]),
     ("manifest", &["reference"]),
     ("event", &["manifest", "reference"]),

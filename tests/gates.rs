@@ -188,3 +188,56 @@ async fn hostile_signature_manifests_are_not_signatures() {
         "{got:?}"
     );
 }
+
+/// The scan gate's reading against the Harbor double's scanner (built from
+/// Harbor's source, `support/harbor/scans.rs`): not scannable, not yet
+/// scanned, running, clean, above the threshold, and above it only by an
+/// allowed CVE; the repository's name encoded twice, as Harbor wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scan_is_read_from_harbors_artifact_api() {
+    use harbor_relay::gate::read::scan;
+    use harbor_relay::gate::scan::{MaxSeverity, ScanVerdict};
+    let registry = RegistryProc::start(None, Auth::None).await;
+    let harbor = support::harbor::FakeHarbor::start(&registry.url, "admin", "pw").await;
+    let plain = client(&registry.url, None, TlsMode::System);
+    let img = TestImage::pushed(&plain, "team/platform/api", &[1_000]).await;
+    let reg = client(harbor.url(), Some(("admin", "pw")), TlsMode::System);
+    let repo = "team/platform/api";
+    let read = |max| {
+        let reg = reg.clone();
+        let d = img.digest.clone();
+        async move { scan(&reg, repo, &d, max, &[]).await.expect("read") }
+    };
+    assert_eq!(read(MaxSeverity::High).await, ScanVerdict::Unscanned);
+    harbor.enable_scanner();
+    assert!(
+        matches!(read(MaxSeverity::High).await, ScanVerdict::Pending(w) if w == "not scanned yet")
+    );
+    harbor.scanning(&img.digest, 40);
+    assert_eq!(
+        read(MaxSeverity::High).await,
+        ScanVerdict::Pending("scan running, 40 %".into())
+    );
+    harbor.scanned(
+        &img.digest,
+        &[("CVE-2026-1", "Critical"), ("CVE-2026-2", "Low")],
+    );
+    assert!(
+        matches!(read(MaxSeverity::High).await, ScanVerdict::Refused(w) if w.contains("1 Critical"))
+    );
+    let allowed = scan(
+        &reg,
+        repo,
+        &img.digest,
+        MaxSeverity::Low,
+        &["CVE-2026-1".to_string()],
+    )
+    .await
+    .expect("read");
+    assert_eq!(allowed, ScanVerdict::Clean);
+    harbor.scanned(&img.digest, &[("CVE-2026-3", "Unknown")]);
+    assert!(
+        matches!(read(MaxSeverity::None).await, ScanVerdict::Refused(_)),
+        "None on top hides Unknown"
+    );
+}

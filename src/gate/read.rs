@@ -159,3 +159,23 @@ async fn blob(reg: &Registry, repository: &str, layer: &Layer) -> Result<Vec<u8>
     }
     Ok(out)
 }
+
+/// What the source Harbor's scan says of `digest` in `repository`: its
+/// scan overview judged against `max`, or, with `allow` CVEs, its findings
+/// without them (a clean overview needs no findings read).
+pub async fn scan(
+    reg: &Registry,
+    repository: &str,
+    digest: &str,
+    max: super::scan::MaxSeverity,
+    allow: &[String],
+) -> Result<super::scan::ScanVerdict, RegistryError> {
+    use super::scan::{ScanVerdict, from_artifact, from_findings};
+    let artifact = crate::harbor::scan_overview(reg, repository, digest).await?;
+    let verdict = from_artifact(&artifact, max);
+    if allow.is_empty() || !matches!(verdict, ScanVerdict::Refused(_)) {
+        return Ok(verdict);
+    }
+    let findings = crate::harbor::vulnerabilities(reg, repository, digest).await?;
+    Ok(from_findings(&findings, allow, max))
+}

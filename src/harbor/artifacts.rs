@@ -91,6 +91,38 @@ pub async fn artifact_labels(
     Ok(label_names(&artifact))
 }
 
+/// One artifact with its scan overview (`GET …/artifacts/{reference}?with_scan_overview=true`),
+/// as Harbor answers it, for the scan gate to judge.
+pub async fn scan_overview(
+    registry: &Registry,
+    repository: &str,
+    reference: &str,
+) -> Result<serde_json::Value, RegistryError> {
+    let (project, inside) = repository.split_once('/').unwrap_or((repository, ""));
+    let what = format!("reading the scan of {repository}@{reference}");
+    let path = format!(
+        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_scan_overview=true",
+        inside.replace('/', "%252F")
+    );
+    get_json(registry, &what, &path, 4 << 20).await
+}
+
+/// An artifact's findings (`GET …/artifacts/{reference}/additions/vulnerabilities`),
+/// for a rule's `allow_cves`; `{}` before a report exists.
+pub async fn vulnerabilities(
+    registry: &Registry,
+    repository: &str,
+    reference: &str,
+) -> Result<serde_json::Value, RegistryError> {
+    let (project, inside) = repository.split_once('/').unwrap_or((repository, ""));
+    let what = format!("reading the findings of {repository}@{reference}");
+    let path = format!(
+        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}/additions/vulnerabilities",
+        inside.replace('/', "%252F")
+    );
+    get_json(registry, &what, &path, 64 << 20).await
+}
+
 /// Lists `(repository, tag, digest)` of every tagged artifact in the
 /// projects `take_project` accepts, through Harbor's REST API
 /// (`/projects`, `/projects/{p}/repositories`, `…/artifacts?with_tag=true`,

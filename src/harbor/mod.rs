@@ -20,7 +20,10 @@ mod artifacts;
 mod projects;
 mod webhooks;
 
-pub use artifacts::{Tagged, artifact_labels, delete_tag, list_tagged, missing_labels};
+pub use artifacts::{
+    Tagged, artifact_labels, delete_tag, list_tagged, missing_labels, scan_overview,
+    vulnerabilities,
+};
 pub use projects::{ProjectCache, ensure_project, project_exists, projects};
 pub use webhooks::{
     Delivery, POLICY_NAME, Policy, Registered, WebhookTarget, last_deliveries, merged_policy,

@@ -73,6 +73,10 @@ fn push(repository: &str) -> Vec<String> {
     vec![auth::scope(repository, "pull,push")]
 }
 
+/// The vulnerability report types asked of Harbor, newest first (the
+/// swagger's `acceptVulnerabilities` default).
+pub const ACCEPT_VULNERABILITIES: &str = "application/vnd.security.vulnerability.report; version=1.1, application/vnd.scanner.adapter.vuln.report.harbor+json; version=1.0";
+
 impl Registry {
     /// Builds the client for a configured registry. A bad TLS setting is an
     /// error here, never a silently different client.
@@ -128,9 +132,13 @@ impl Registry {
         let url = format!("{}{path}", self.t.base);
         self.t
             .send_api(what, &|c| {
+                // Harbor answers scan overviews in the first report type
+                // of this list it knows, else its 1.0 type only
+                // (parseScanReportMimeTypes, src/server/v2.0/handler/util.go).
                 let rb = c
                     .request(method.clone(), &url)
-                    .header("X-Is-Resource-Name", "true");
+                    .header("X-Is-Resource-Name", "true")
+                    .header("X-Accept-Vulnerabilities", ACCEPT_VULNERABILITIES);
                 match &body {
                     Some(b) => rb.json(b),
                     None => rb,

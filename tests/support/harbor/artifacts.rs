@@ -9,12 +9,12 @@ use super::*;
 /// again: src/server/v2.0/handler/util.go, unescapePathParams). axum undid
 /// one encoding; a name encoded only once arrives with a bare '/', which
 /// Harbor's router does not match: `None`.
-fn twice_decoded(repo: &str) -> Option<String> {
+pub(super) fn twice_decoded(repo: &str) -> Option<String> {
     (!repo.contains('/')).then(|| repo.replace("%2F", "/"))
 }
 
 /// Harbor's 404 for a repository name encoded only once.
-fn not_twice_encoded() -> Response {
+pub(super) fn not_twice_encoded() -> Response {
     errors(
         StatusCode::NOT_FOUND,
         "the repository name must be URL-encoded twice (%252F)",
@@ -24,6 +24,7 @@ fn not_twice_encoded() -> Response {
 #[derive(serde::Deserialize, Default)]
 pub(super) struct Labels {
     with_label: Option<bool>,
+    with_scan_overview: Option<bool>,
 }
 
 /// `GET …/repositories/{repo}/artifacts/{reference}` (GetArtifact): one
@@ -129,7 +130,11 @@ pub(super) async fn get_artifact(
             .collect(),
         _ => Vec::new(),
     };
-    axum::Json(json!({"digest": digest, "labels": labels})).into_response()
+    let mut artifact = json!({"digest": digest, "labels": labels});
+    if q.with_scan_overview == Some(true) {
+        super::scans::add_overview(&st, &headers, &digest, &mut artifact);
+    }
+    axum::Json(artifact).into_response()
 }
 
 pub(super) async fn list_repositories(

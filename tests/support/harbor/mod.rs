@@ -23,6 +23,7 @@ use super::harbor_auth::{Account, HarborAuth};
 mod artifacts;
 mod notify;
 mod projects;
+pub mod scans;
 mod webhooks;
 
 use artifacts::*;
@@ -52,6 +53,10 @@ pub struct HarborState {
     pub deleted_tags: Mutex<Vec<(String, String, String)>>,
     /// The CA that signed this Harbor's certificate, when it serves HTTPS.
     pub ca: Option<Vec<u8>>,
+    /// Whether a scanner is configured (artifacts are scannable).
+    pub scanner: Mutex<bool>,
+    /// The scanner's reports by artifact digest.
+    pub scans: Mutex<BTreeMap<String, scans::Scan>>,
 }
 
 type St = Arc<HarborState>;
@@ -225,6 +230,8 @@ impl FakeHarbor {
             version: Mutex::new((2, 14)),
             deleted_tags: Mutex::default(),
             ca: pki.map(|p| std::fs::read(&p.ca_pem).expect("ca")),
+            scanner: Mutex::new(false),
+            scans: Mutex::default(),
         });
         let routes = axum::Router::new()
             .route(
@@ -247,6 +254,10 @@ impl FakeHarbor {
             .route(
                 "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}",
                 get(get_artifact),
+            )
+            .route(
+                "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}/additions/vulnerabilities",
+                get(scans::vulnerabilities),
             )
             .route(
                 "/api/v2.0/projects/{project}/repositories/{repo}/artifacts/{reference}/tags/{tag}",
