@@ -135,6 +135,8 @@ async fn the_status_page_shows_an_empty_a_busy_and_a_failing_daemon() {
     assert!(failing.contains("Last failures"), "{failing}");
     // Counts say what they count (issue 27: "failed 2" for one failed job).
     assert!(failing.contains("failures since start"), "{failing}");
+    // And why the ids it lists jump (issue 27: 1–90, then 2000001…).
+    assert!(failing.contains("not consecutive"), "{failing}");
     // The retry command names this relay's config, to run as pasted.
     assert!(
         failing.contains(&format!(
