@@ -23,6 +23,26 @@ fn claim(digest: &str) -> Claim<'_> {
     }
 }
 
+/// What the source's signatures say of `digest` in `repo`.
+async fn read(
+    reg: &harbor_relay::registry::Registry,
+    repo: &str,
+    digest: &str,
+    keys: &[TrustedKey],
+) -> Signed {
+    signature(reg, repo, claim(digest), keys)
+        .await
+        .expect("read")
+}
+
+/// Signed by `ci.pub`, in `layout`.
+fn by_ci(layout: &'static str) -> Signed {
+    Signed::By {
+        key: "ci.pub".into(),
+        layout,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_cosign_layouts_are_read_and_a_copied_signature_is_not_one() {
     let source = RegistryProc::start(None, Auth::None).await;
@@ -37,30 +57,18 @@ async fn both_cosign_layouts_are_read_and_a_copied_signature_is_not_one() {
     let c = TestImage::pushed(&reg, "library/new", &[2_000]).await;
 
     // Nothing yet.
-    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
-        .await
-        .expect("read");
+    let got = read(&reg, "library/app", &a.digest, &keys).await;
     assert_eq!(got, Signed::Not("no signature yet".into()));
 
     // cosign 2.x: the .sig tag.
     let signed = payload(&a.digest, "harbor.example.com/library/app");
     push_sig_tag(&reg, "library/app", &a.digest, &signed, &ci).await;
-    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
-        .await
-        .expect("read");
-    assert_eq!(
-        got,
-        Signed::By {
-            key: "ci.pub".into(),
-            layout: ".sig tag"
-        }
-    );
+    let got = read(&reg, "library/app", &a.digest, &keys).await;
+    assert_eq!(got, by_ci(".sig tag"));
 
     // A's signature replayed under B's .sig tag verifies, and names A.
     push_sig_tag(&reg, "library/other", &b.digest, &signed, &ci).await;
-    let got = signature(&reg, "library/other", claim(&b.digest), &keys)
-        .await
-        .expect("read");
+    let got = read(&reg, "library/other", &b.digest, &keys).await;
     match got {
         Signed::Not(why) => assert!(why.contains(&format!("not of {}", b.digest)), "{why}"),
         other => panic!("a replayed signature counted: {other:?}"),
@@ -76,9 +84,7 @@ async fn both_cosign_layouts_are_read_and_a_copied_signature_is_not_one() {
         &intruder,
     )
     .await;
-    let got = signature(&reg, "library/new", claim(&c.digest), &keys)
-        .await
-        .expect("read");
+    let got = read(&reg, "library/new", &c.digest, &keys).await;
     assert!(
         matches!(&got, Signed::Not(w) if w.contains("none of the trusted keys")),
         "{got:?}"
@@ -95,16 +101,8 @@ async fn both_cosign_layouts_are_read_and_a_copied_signature_is_not_one() {
         &ci,
     )
     .await;
-    let got = signature(&reg, "library/new", claim(&c.digest), &keys)
-        .await
-        .expect("read");
-    assert_eq!(
-        got,
-        Signed::By {
-            key: "ci.pub".into(),
-            layout: "bundle"
-        }
-    );
+    let got = read(&reg, "library/new", &c.digest, &keys).await;
+    assert_eq!(got, by_ci("bundle"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,9 +123,7 @@ async fn a_bundle_for_another_image_and_match_reference_do_not_count() {
         &ci,
     )
     .await;
-    let got = signature(&reg, "team/app", claim(&b.digest), &keys)
-        .await
-        .expect("read");
+    let got = read(&reg, "team/app", &b.digest, &keys).await;
     assert!(
         matches!(&got, Signed::Not(w) if w.contains("not of")),
         "{got:?}"
@@ -180,9 +176,7 @@ async fn hostile_signature_manifests_are_not_signatures() {
     )
     .await
     .expect("push");
-    let got = signature(&reg, "library/app", claim(&a.digest), &keys)
-        .await
-        .expect("read");
+    let got = read(&reg, "library/app", &a.digest, &keys).await;
     assert!(
         matches!(&got, Signed::Not(w) if w.contains("200000 bytes, more than")),
         "{got:?}"

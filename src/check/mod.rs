@@ -186,13 +186,14 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
         return skip_rest(out, &["push"]);
     }
     let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
-    let mut missing = Vec::new();
-    if reg.is_harbor || reg.create_projects {
+    let missing = if reg.is_harbor || reg.create_projects {
         match check_harbor(reg, &client, &rules, out).await {
-            Some(m) => missing = m,
+            Some(m) => m,
             None => return skip_rest(out, &["push"]),
         }
-    }
+    } else {
+        Vec::new()
+    };
     for rule in &rules {
         check_push(reg, &client, rule, &missing, out).await;
     }

@@ -46,8 +46,8 @@ pub async fn signature(
     let hex = claim.digest.strip_prefix("sha256:").unwrap_or(claim.digest);
     let mut why: Vec<String> = Vec::new();
     let sig_tag = Reference::Tag(format!("sha256-{hex}.sig"));
-    if let Some(bytes) = manifest(reg, repository, &sig_tag).await? {
-        match signature::sig_layers(&bytes) {
+    if let Some(m) = manifest(reg, repository, &sig_tag).await? {
+        match signature::sig_layers(&m.bytes) {
             Err(e) => why.push(e),
             Ok(layers) => {
                 for l in layers {
@@ -65,10 +65,10 @@ pub async fn signature(
         }
     }
     for d in referrers(reg, repository, claim.digest, hex).await? {
-        let Some(bytes) = manifest(reg, repository, &Reference::Digest(d)).await? else {
+        let Some(m) = manifest(reg, repository, &Reference::Digest(d)).await? else {
             continue;
         };
-        let layer = match signature::bundle_layer(&bytes, claim.digest) {
+        let layer = match signature::bundle_layer(&m.bytes, claim.digest) {
             Ok(Some(l)) => l,
             Ok(None) => continue,
             Err(e) => {
@@ -99,14 +99,15 @@ fn by(key: &TrustedKey, layout: &'static str) -> Signed {
     }
 }
 
-/// A manifest's bytes, or `None` when the source does not have it.
+/// A manifest, or `None` when the source does not have it or serves one
+/// that cannot be read as a manifest (not a signature, then).
 async fn manifest(
     reg: &Registry,
     repository: &str,
     reference: &Reference,
-) -> Result<Option<bytes::Bytes>, RegistryError> {
+) -> Result<Option<crate::manifest::Manifest>, RegistryError> {
     match reg.get_manifest(repository, reference).await {
-        Ok(m) => Ok(Some(m.bytes)),
+        Ok(m) => Ok(Some(m)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(RegistryError::Manifest { .. }) => Ok(None),
         Err(e) => Err(e),
@@ -125,16 +126,11 @@ async fn referrers(
         Some(list) => list.into_iter().map(|d| d.digest).collect(),
         None => {
             let tag = Reference::Tag(format!("sha256-{hex}"));
-            match reg.get_manifest(repository, &tag).await {
-                Ok(m) => match m.children() {
-                    Ok(crate::manifest::Children::Manifests(list)) => {
-                        list.into_iter().map(|d| d.digest).collect()
-                    }
-                    _ => Vec::new(),
-                },
-                Err(e) if e.is_not_found() => Vec::new(),
-                Err(RegistryError::Manifest { .. }) => Vec::new(),
-                Err(e) => return Err(e),
+            match manifest(reg, repository, &tag).await?.map(|m| m.children()) {
+                Some(Ok(crate::manifest::Children::Manifests(list))) => {
+                    list.into_iter().map(|d| d.digest).collect()
+                }
+                _ => Vec::new(),
             }
         }
     };

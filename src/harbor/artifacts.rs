@@ -7,6 +7,21 @@ use reqwest::{Method, StatusCode};
 use super::{api_error, get_json, paged, projects};
 use crate::registry::{Registry, RegistryError};
 
+/// `/api/v2.0/projects/{project}/repositories/{inside}`, the repository's
+/// '/' encoded twice, as Harbor's artifact handlers want it (they unescape
+/// the path parameter once more).
+fn repository_path(project: &str, inside: &str) -> String {
+    format!(
+        "/api/v2.0/projects/{project}/repositories/{}",
+        inside.replace('/', "%252F")
+    )
+}
+
+/// One artifact's path: [`repository_path`]`/artifacts/{reference}`.
+fn artifact_path(project: &str, inside: &str, reference: &str) -> String {
+    format!("{}/artifacts/{reference}", repository_path(project, inside))
+}
+
 /// Removes a tag from an artifact, leaving the artifact (swagger
 /// `deleteTag`: `DELETE /projects/{p}/repositories/{r}/artifacts/{digest}/tags/{tag}`,
 /// the repository's '/' encoded twice). A tag already gone is fine.
@@ -24,10 +39,7 @@ pub async fn delete_tag(
             detail: "a Harbor repository is always inside a project".into(),
         });
     };
-    let path = format!(
-        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{digest}/tags/{tag}",
-        inside.replace('/', "%252F")
-    );
+    let path = format!("{}/tags/{tag}", artifact_path(project, inside, digest));
     let resp = registry.api(&what, Method::DELETE, &path, None).await?;
     match resp.status() {
         StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
@@ -82,10 +94,9 @@ pub async fn artifact_labels(
         return Ok(Vec::new());
     };
     let what = format!("reading the labels of {repository}:{reference}");
-    // Harbor wants a repository name with '/' encoded twice.
     let path = format!(
-        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_label=true",
-        inside.replace('/', "%252F")
+        "{}?with_label=true",
+        artifact_path(project, inside, reference)
     );
     let artifact: serde_json::Value = get_json(registry, &what, &path, 4 << 20).await?;
     Ok(label_names(&artifact))
@@ -101,8 +112,8 @@ pub async fn scan_overview(
     let (project, inside) = repository.split_once('/').unwrap_or((repository, ""));
     let what = format!("reading the scan of {repository}@{reference}");
     let path = format!(
-        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}?with_scan_overview=true",
-        inside.replace('/', "%252F")
+        "{}?with_scan_overview=true",
+        artifact_path(project, inside, reference)
     );
     get_json(registry, &what, &path, 4 << 20).await
 }
@@ -117,8 +128,8 @@ pub async fn vulnerabilities(
     let (project, inside) = repository.split_once('/').unwrap_or((repository, ""));
     let what = format!("reading the findings of {repository}@{reference}");
     let path = format!(
-        "/api/v2.0/projects/{project}/repositories/{}/artifacts/{reference}/additions/vulnerabilities",
-        inside.replace('/', "%252F")
+        "{}/additions/vulnerabilities",
+        artifact_path(project, inside, reference)
     );
     get_json(registry, &what, &path, 64 << 20).await
 }
@@ -151,13 +162,12 @@ pub async fn list_tagged(
             let Some(inside) = full.strip_prefix(project).and_then(|x| x.strip_prefix('/')) else {
                 continue;
             };
-            // Harbor wants a repository name with '/' encoded twice.
-            let encoded = inside.replace('/', "%252F");
             let artifacts: Vec<serde_json::Value> = paged(
                 registry,
                 &format!("listing artifacts of {full}"),
                 &format!(
-                    "/api/v2.0/projects/{project}/repositories/{encoded}/artifacts?with_tag=true&with_label=true&"
+                    "{}/artifacts?with_tag=true&with_label=true&",
+                    repository_path(project, inside)
                 ),
             )
             .await?;
