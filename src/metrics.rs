@@ -36,6 +36,11 @@ pub struct Metrics {
     pub jobs_retrying: IntGauge,
     /// Failed attempts that will be retried, by `rule`.
     pub job_retries: IntCounterVec,
+    /// Jobs held at a gate (waiting for a signature or a scan).
+    pub jobs_held: IntGauge,
+    /// Each gate's verdicts, by `rule`, `gate` (`signature`, `scan`) and
+    /// `verdict` (`pass`, `hold`, `refuse`).
+    pub gate_decisions: IntCounterVec,
     /// What reconcile passes checked, found, removed and when.
     pub reconcile: ReconcileMetrics,
     /// Jobs this relay holds leases on (PostgreSQL store).
@@ -242,6 +247,15 @@ impl Metrics {
                 "Failed replication attempts that will be retried, by rule.",
                 &["rule"],
             )?,
+            jobs_held: m.gauge(
+                "harbor_relay_jobs_held",
+                "Replication jobs held at a gate, waiting for a signature or a scan.",
+            )?,
+            gate_decisions: m.counters(
+                "harbor_relay_gate_decisions_total",
+                "Gate verdicts (pass, hold, refuse) by rule and gate (signature, scan).",
+                &["rule", "gate", "verdict"],
+            )?,
             reconcile: ReconcileMetrics::new(&m)?,
             leases_held: m.gauge(
                 "harbor_relay_leases_held",
@@ -311,7 +325,7 @@ impl Metrics {
     /// work before the first job of a rule finishes.
     pub fn init_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
         for rule in rules {
-            for outcome in ["succeeded", "failed"] {
+            for outcome in ["succeeded", "failed", "refused"] {
                 self.jobs_finished.with_label_values(&[rule, outcome]);
             }
             self.job_retries.with_label_values(&[rule]);

@@ -52,6 +52,8 @@ pub struct Plan {
     pub labels: Option<Vec<String>>,
     /// The rule's `max_blob_size`, if it sets one.
     pub max_blob_size: Option<u64>,
+    /// The rule has gates: the job passes them before it writes.
+    pub gated: bool,
 }
 
 /// The repository's path inside its project (`library/app` in `library`
@@ -222,8 +224,13 @@ impl Rule {
         if !self.confined(project, &target) {
             return Err(Skip::Escapes);
         }
+        // Under a gated rule an artifact pushed by digest alone (an index's
+        // child) is not judged on its own digest: cosign signs the index,
+        // and the child crosses with it. Only a referrer goes by itself,
+        // gated on its subject.
+        let gated = self.config.gates.is_some();
         Ok(Plan {
-            referrer_only: matches!(reference, Reference::Digest(_)) && !self.all_tags,
+            referrer_only: matches!(reference, Reference::Digest(_)) && (!self.all_tags || gated),
             ..self.plan_for(repository, target)
         })
     }
@@ -245,6 +252,7 @@ impl Rule {
                 .then(|| self.config.artifact_types.clone()),
             labels: (!self.config.labels.is_empty()).then(|| self.config.labels.clone()),
             max_blob_size: self.config.max_blob_size,
+            gated: self.config.gates.is_some(),
         }
     }
 }

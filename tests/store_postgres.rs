@@ -199,6 +199,127 @@ async fn failed_attempts_wait_and_interrupted_jobs_return(b: &Backend) {
     assert_eq!(again.id, id, "{n}");
 }
 
+/// A job a gate holds waits (not claimable, folding duplicates) until an
+/// event of its repository or its time; its hold gives back the attempt;
+/// it survives a restart held; a refused job is over, folds a redelivery
+/// of its digest, and may be retried by hand.
+async fn held_jobs_wait_for_a_release_or_their_time(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let mut gated = spec("p/held", "1");
+    gated.digest = Some(format!("sha256:{}", "a".repeat(64)));
+    let ids: Vec<u64> = store
+        .enqueue(vec![gated.clone(), spec("p/later", "1")])
+        .await
+        .expect("enqueue")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let at = now() + 60_000;
+    for _ in 0..2 {
+        let j = store.claim().await.expect("claim").expect("job");
+        let reason = format!("waiting for a signature ({})", j.id);
+        store
+            .finish(j.id, Outcome::Held { reason, at_ms: at })
+            .await
+            .expect("finish");
+    }
+    let j = store.get(ids[0]).await.expect("get").expect("job");
+    assert_eq!(
+        (j.state, j.attempts),
+        (JobState::Held, 0),
+        "{n}: a hold is no attempt"
+    );
+    assert_eq!(j.held_since_ms, Some(now()), "{n}");
+    assert_eq!(
+        j.last_error.as_deref(),
+        Some(format!("waiting for a signature ({})", ids[0]).as_str())
+    );
+    assert_eq!(store.held(), 2, "{n}");
+    assert!(
+        store.claim().await.expect("claim").is_none(),
+        "{n}: held, not claimable"
+    );
+    let again = store.enqueue(vec![gated.clone()]).await.expect("enqueue");
+    assert_eq!(
+        (again[0].id, again[0].coalesced),
+        (ids[0], true),
+        "{n}: the push folds into its held job"
+    );
+    assert_eq!(store.next_due().await.expect("due"), Some(at), "{n}");
+    // Across a restart it is still held, and still due at its time.
+    drop(store);
+    let store = b.open("relay-a").await;
+    assert_eq!(store.held(), 2, "{n}: held jobs survive a restart");
+    assert_eq!(
+        store.release("p/elsewhere").await.expect("release"),
+        0,
+        "{n}"
+    );
+    assert_eq!(
+        store.release("p/held").await.expect("release"),
+        1,
+        "{n}: released by an event of its repository"
+    );
+    let j = store
+        .claim()
+        .await
+        .expect("claim")
+        .expect("the released job");
+    assert_eq!((j.id, j.attempts), (ids[0], 1), "{n}");
+    advance(1_000);
+    store
+        .finish(
+            j.id,
+            Outcome::Held {
+                reason: "still".into(),
+                at_ms: at,
+            },
+        )
+        .await
+        .expect("finish");
+    let j = store.get(ids[0]).await.expect("get").expect("job");
+    assert_eq!(
+        j.held_since_ms,
+        Some(now() - 1_000),
+        "{n}: hold_for counts from the first hold"
+    );
+    assert_eq!(store.promote_due(at - 1).await.expect("promote"), 0, "{n}");
+    assert_eq!(
+        store.promote_due(at).await.expect("promote"),
+        2,
+        "{n}: gate_recheck's time"
+    );
+    assert_eq!(store.held(), 0, "{n}");
+    let first = store.claim().await.expect("claim").expect("job");
+    let second = store.claim().await.expect("claim").expect("job");
+    let gated_id = [first.id, second.id]
+        .into_iter()
+        .find(|i| *i == ids[0])
+        .expect("held job back");
+    store
+        .finish(
+            gated_id,
+            Outcome::Refused("critical above high: 3 vulnerabilities".into()),
+        )
+        .await
+        .expect("finish");
+    let j = store.get(gated_id).await.expect("get").expect("job");
+    assert_eq!(j.state, JobState::Refused, "{n}");
+    assert!(j.finished_ms.is_some(), "{n}");
+    let again = store.enqueue(vec![gated]).await.expect("enqueue");
+    assert_eq!(
+        (again[0].id, again[0].coalesced),
+        (gated_id, true),
+        "{n}: the same digest is refused once"
+    );
+    let j = store
+        .retry(gated_id)
+        .await
+        .expect("a refused job may be retried by hand");
+    assert_eq!((j.state, j.held_since_ms), (JobState::Queued, None), "{n}");
+}
+
 /// Manual retry of a failed job, refused for others and while another job
 /// does the same; retention deletes only old finished jobs; a full queue
 /// refuses more.
@@ -440,6 +561,9 @@ async fn both_backends_hold_the_stores_invariants() {
     }
     for b in both().await {
         cancels_and_stale_deletes(&b).await;
+    }
+    for b in both().await {
+        held_jobs_wait_for_a_release_or_their_time(&b).await;
     }
 }
 

@@ -263,6 +263,19 @@ async fn accept(
             ),
         );
     }
+    let released = release(app, rules, &events).await;
+    if specs.is_empty() && events.iter().all(|ev| ev.kind == EventKind::Scan) {
+        count(if released > 0 { "released" } else { "ignored" });
+        let repos: Vec<&str> = events.iter().map(|ev| ev.repository.as_str()).collect();
+        return ignored(json!({
+            "status": if released > 0 { "released" } else { "ignored" },
+            "released": released,
+            "reason": format!(
+                "a scan copies nothing; it makes the held jobs of {} look at their gates again ({released} held)",
+                repos.join(", ")
+            ),
+        }));
+    }
     if specs.is_empty() {
         count("ignored");
         return ignored(json!({
@@ -273,6 +286,36 @@ async fn accept(
         }));
     }
     store_jobs(app, format, specs, skipped, events.len()).await
+}
+
+/// An event of a repository a rule is about (a push: a signature, a
+/// referrer; a settled scan) releases that repository's held jobs, which
+/// look at their gates again: events are hints, never let through. Store
+/// errors are logged, not answered: `gate_recheck` looks again anyway.
+async fn release(app: &AppState, rules: &crate::rules::RuleSet, events: &[event::Event]) -> usize {
+    let mut released = 0;
+    let mut seen = std::collections::HashSet::new();
+    for ev in events {
+        if ev.kind == EventKind::Delete
+            || !rules.covers(&ev.project, &ev.repository)
+            || !seen.insert(ev.repository.as_str())
+        {
+            continue;
+        }
+        match app.store.release(&ev.repository).await {
+            Ok(n) => released += n,
+            Err(e) => {
+                tracing::warn!(error = %e, repository = %ev.repository, "cannot release held jobs; gate_recheck will look again")
+            }
+        }
+    }
+    if released > 0 {
+        tracing::info!(
+            released,
+            "held jobs released by an event of their repository"
+        );
+    }
+    released
 }
 
 /// Stores the jobs a webhook asked for: `202` with their ids once they are

@@ -414,6 +414,8 @@ pub async fn replicate(
             moved: None,
             cancel: None,
             last_attempt: true,
+            rule: "replicate",
+            gates: None,
         })
         .await?;
     let manifests = match (s.manifests_copied, s.tag_written) {

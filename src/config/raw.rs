@@ -131,4 +131,17 @@ pub(super) struct RawRule {
     pub(super) labels: Option<Vec<String>>,
     pub(super) prune: Option<bool>,
     pub(super) max_blob_size: Option<RawSize>,
+    pub(super) require_signature: Option<RawSignature>,
+    pub(super) max_severity: Option<String>,
+    pub(super) allow_cves: Option<Vec<String>>,
+    pub(super) unscanned: Option<String>,
+    pub(super) hold_for: Option<String>,
+    pub(super) gate_recheck: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignature {
+    pub(super) keys: Vec<String>,
+    pub(super) match_reference: Option<bool>,
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 use super::raw::*;
 use super::*;
 
+mod gates;
+
 impl Loader<'_> {
     /// The `i`th `[[rules]]` entry, validated against `registries`.
     pub(super) fn rule(
@@ -20,6 +22,7 @@ impl Loader<'_> {
         for (k, v) in [("from", &r.from), ("to", &r.to)] {
             self.known_registry(&key(k), v, registries)?;
         }
+        let gates = self.gates(i, &r, &registries[&r.from])?;
         let name = match r.name {
             Some(n) => self.expand(&key("name"), &n)?,
             None => format!("{}-to-{}", r.from, r.to),
@@ -59,6 +62,7 @@ impl Loader<'_> {
             )?,
             reconcile_interval: self
                 .reconcile_interval(&key("reconcile_interval"), r.reconcile_interval)?,
+            gates,
         })
     }
 

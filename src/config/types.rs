@@ -404,6 +404,9 @@ pub struct RuleConfig {
     /// The largest blob this rule copies (below the registries' own
     /// `max_blob_size`); `None`: theirs alone.
     pub max_blob_size: Option<u64>,
+    /// The rule's gates (`require_signature`, `max_severity`), key files
+    /// read; `None`: every artifact crosses.
+    pub gates: Option<crate::gate::Gates>,
 }
 
 impl RuleConfig {
@@ -428,6 +431,7 @@ impl RuleConfig {
             labels: vec![],
             max_blob_size: None,
             prune: false,
+            gates: None,
         }
     }
 }

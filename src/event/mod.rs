@@ -39,6 +39,12 @@ pub enum EventKind {
     Push,
     /// `DELETE_ARTIFACT` / `harbor.artifact.deleted`.
     Delete,
+    /// `SCANNING_COMPLETED`, `_FAILED`, `_STOPPED` / `harbor.scan.*`: a
+    /// scan of the artifact settled. Nothing is copied for it; it releases
+    /// the held jobs of its repository to look at their gates again (Harbor
+    /// sends one per scanned child of an index and none for the index,
+    /// `src/controller/event/handler/webhook/scan/scan.go`).
+    Scan,
 }
 
 /// One artifact named by an event.
@@ -249,6 +255,7 @@ pub fn parse_default(body: &[u8]) -> Result<Parsed, EventError> {
     let kind = match event_type.as_str() {
         "PUSH_ARTIFACT" => EventKind::Push,
         "DELETE_ARTIFACT" => EventKind::Delete,
+        "SCANNING_COMPLETED" | "SCANNING_FAILED" | "SCANNING_STOPPED" => EventKind::Scan,
         _ => return Ok(ignored(event_type)),
     };
     let data = p.event_data.ok_or_else(|| missing("event_data"))?;
@@ -269,6 +276,7 @@ pub fn parse_cloudevents(body: &[u8]) -> Result<Parsed, EventError> {
     let kind = match event_type.as_str() {
         "harbor.artifact.pushed" => EventKind::Push,
         "harbor.artifact.deleted" => EventKind::Delete,
+        "harbor.scan.completed" | "harbor.scan.failed" | "harbor.scan.stopped" => EventKind::Scan,
         _ => return Ok(ignored(event_type)),
     };
     let occurred_at = match e.time {
@@ -304,19 +312,13 @@ fn ignored(event_type: String) -> Parsed {
         "REPLICATION" | "harbor.replication.status.changed" => {
             "Harbor's own replication status is not acted on"
         }
-        "SCANNING_COMPLETED"
-        | "SCANNING_FAILED"
-        | "SCANNING_STOPPED"
-        | "harbor.scan.completed"
-        | "harbor.scan.failed"
-        | "harbor.scan.stopped" => "scan results are not replicated",
         "QUOTA_EXCEED" | "QUOTA_WARNING" | "harbor.quota.exceeded" | "harbor.quota.warned" => {
             "quota events are not acted on"
         }
         "TAG_RETENTION" | "harbor.tag_retention.finished" => {
             "tag retention runs are not acted on (deleted artifacts arrive as DELETE_ARTIFACT)"
         }
-        _ => "only PUSH_ARTIFACT and DELETE_ARTIFACT events are acted on",
+        _ => "only PUSH_ARTIFACT, DELETE_ARTIFACT and SCANNING_* events are acted on",
     };
     Parsed::Ignored {
         event_type: short(&event_type),

@@ -84,7 +84,6 @@ fn other_event_types_are_ignored_with_a_reason() {
         ("pull-artifact.json", "PULL_ARTIFACT"),
         ("quota-exceed.json", "QUOTA_EXCEED"),
         ("replication.json", "REPLICATION"),
-        ("scanning-completed.json", "SCANNING_COMPLETED"),
         ("tag-retention.json", "TAG_RETENTION"),
     ] {
         match parse_default(&fixture(name)).expect(name) {
@@ -95,6 +94,32 @@ fn other_event_types_are_ignored_with_a_reason() {
             other => panic!("{name}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_settled_scan_is_an_event_of_its_repository_by_digest() {
+    let body = fixture("scanning-completed.json");
+    let e = event(parse_default(&body).expect("parses"));
+    assert_eq!(e.kind, EventKind::Scan);
+    assert_eq!(e.repository, "library/nginx");
+    assert_eq!(e.artifacts[0].reference, Reference::Digest(D947.into()));
+    for ty in ["SCANNING_FAILED", "SCANNING_STOPPED"] {
+        let mut v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        v["type"] = ty.into();
+        let e = event(parse_default(&serde_json::to_vec(&v).expect("json")).expect(ty));
+        assert_eq!(e.kind, EventKind::Scan, "{ty}");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let ce = serde_json::json!({
+        "specversion": "1.0", "type": "harbor.scan.completed", "id": "x",
+        "source": "/projects/1/webhook/policies/1", "time": "2024-08-25T08:01:40Z",
+        "data": v["event_data"],
+    });
+    let e = event(parse_cloudevents(&serde_json::to_vec(&ce).expect("json")).expect("parses"));
+    assert_eq!(
+        (e.kind, e.repository.as_str()),
+        (EventKind::Scan, "library/nginx")
+    );
 }
 
 fn body_with(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {

@@ -6,14 +6,21 @@
 //! Each is a pure function of bytes the copier has already read within
 //! its limits, unit-tested beside it: `keys` reads the trusted keys,
 //! `signature` verifies `.sig` layers and v0.3 bundles, `scan` judges
-//! Harbor's scan overview and findings; `read` is the thin effect that
-//! fetches an artifact's signatures from the source for `signature`.
+//! Harbor's scan overview and findings, `policy` holds a rule's gates and
+//! combines their verdicts (pass, hold, refuse). `read` and `judge` are
+//! the thin effects that fetch what those need from the source.
 //!
-//! Not wired yet: the rule keys, reading the signatures and the overview
-//! from the source, and the `held` state that waits for them are the rest
-//! of issue 26.
+//! The copier asks [`judge`] before it writes anything to the target
+//! ([`crate::replicate`]); a hold becomes the job's `held` state, which the
+//! next event of the repository or the `gate_recheck` timer releases
+//! ([`crate::jobs`]).
 
+pub mod judge;
 pub mod keys;
+pub mod policy;
 pub mod read;
 pub mod scan;
 pub mod signature;
+
+pub use judge::judge;
+pub use policy::{Decision, Gates, ScanGate, SignatureGate, Unscanned, Verdict};

@@ -127,7 +127,8 @@ pub enum Registered {
 }
 
 /// Creates or updates the project's `harbor-relay` webhook policy: events
-/// `PUSH_ARTIFACT` and `DELETE_ARTIFACT`, to `url`, with `auth_header` (the
+/// `PUSH_ARTIFACT`, `DELETE_ARTIFACT` and the three `SCANNING_*` (which
+/// release jobs a scan gate holds), to `url`, with `auth_header` (the
 /// daemon's `webhook_auth`) and the given payload format (`Default` or
 /// `CloudEvents`).
 pub async fn register_webhook(
@@ -195,7 +196,14 @@ pub struct WebhookTarget<'a> {
 }
 
 /// The event types the relay needs.
-const RELAY_EVENTS: [&str; 2] = ["PUSH_ARTIFACT", "DELETE_ARTIFACT"];
+const RELAY_EVENTS: [&str; 5] = [
+    "PUSH_ARTIFACT",
+    "DELETE_ARTIFACT",
+    // A settled scan releases the jobs a scan gate holds (issue 26).
+    "SCANNING_COMPLETED",
+    "SCANNING_FAILED",
+    "SCANNING_STOPPED",
+];
 
 fn our_target(t: &WebhookTarget<'_>) -> serde_json::Value {
     json!({
@@ -295,7 +303,13 @@ mod tests {
         assert_eq!(merged["enabled"], true);
         assert_eq!(
             merged["event_types"],
-            json!(["PUSH_ARTIFACT", "SCANNING_COMPLETED", "DELETE_ARTIFACT"])
+            json!([
+                "PUSH_ARTIFACT",
+                "SCANNING_COMPLETED",
+                "DELETE_ARTIFACT",
+                "SCANNING_FAILED",
+                "SCANNING_STOPPED"
+            ])
         );
         let targets = merged["targets"].as_array().expect("targets");
         assert_eq!(targets.len(), 2, "{merged}");

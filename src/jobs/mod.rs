@@ -37,6 +37,13 @@ pub enum JobState {
     Succeeded,
     /// Gave up; `last_error` says why.
     Failed,
+    /// Waiting at a gate (a signature, a scan): `last_error` says for
+    /// what; an event of its repository or the `gate_recheck` timer (at
+    /// `next_attempt_ms`) looks again.
+    Held,
+    /// A gate said no for good (a scan above the threshold): `last_error`
+    /// says why. Not retried; a fixed image is a new push, a new job.
+    Refused,
 }
 
 impl JobState {
@@ -48,6 +55,8 @@ impl JobState {
             JobState::Retrying => "retrying",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
+            JobState::Held => "held",
+            JobState::Refused => "refused",
         }
     }
 
@@ -59,6 +68,8 @@ impl JobState {
             "retrying" => Some(JobState::Retrying),
             "succeeded" => Some(JobState::Succeeded),
             "failed" => Some(JobState::Failed),
+            "held" => Some(JobState::Held),
+            "refused" => Some(JobState::Refused),
             _ => None,
         }
     }
@@ -67,8 +78,14 @@ impl JobState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            JobState::Queued | JobState::Running | JobState::Retrying
+            JobState::Queued | JobState::Running | JobState::Retrying | JobState::Held
         )
+    }
+
+    /// True while it waits for a time (`next_attempt_ms`): a retry, or a
+    /// held job's next look.
+    pub fn is_waiting(self) -> bool {
+        matches!(self, JobState::Retrying | JobState::Held)
     }
 }
 
@@ -138,6 +155,10 @@ pub struct JobSpec {
     /// The rule's `max_blob_size`; see [`crate::rules::Plan::max_blob_size`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_blob_size: Option<u64>,
+    /// The rule had gates when the job was made: should the rule be gone
+    /// when it runs, it fails rather than crossing ungated.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
 }
 
 fn yes() -> bool {
@@ -171,6 +192,7 @@ impl JobSpec {
             artifact_types: plan.artifact_types,
             labels: plan.labels,
             max_blob_size: plan.max_blob_size,
+            gated: plan.gated,
         }
     }
 
@@ -199,6 +221,8 @@ impl JobSpec {
             moved: None,
             cancel: None,
             last_attempt: false,
+            rule: &self.rule,
+            gates: None,
         }
     }
 
@@ -304,6 +328,9 @@ pub struct Job {
     /// delivery folds into it, so a push after the delete copies again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub window_closed: bool,
+    /// When a gate first held it (`hold_for` counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since_ms: Option<u64>,
 }
 
 /// How an attempt ended, as the store records it.
@@ -322,4 +349,13 @@ pub enum Outcome {
     Failed(String),
     /// Not finished, not failed: stopped for shutdown. Queued again.
     Interrupted,
+    /// A gate holds it: look again at `at_ms` (or at the next event).
+    Held {
+        /// What it waits for.
+        reason: String,
+        /// When to look again by itself (Unix milliseconds).
+        at_ms: u64,
+    },
+    /// A gate refused it for good.
+    Refused(String),
 }

@@ -10,6 +10,10 @@ use crate::rules::RuleSet;
 
 /// The jobs one event asks for; why none, in `skipped`.
 pub fn for_event(rules: &RuleSet, ev: &Event, skipped: &mut Vec<String>) -> Vec<JobSpec> {
+    if ev.kind == EventKind::Scan {
+        // A scan copies nothing: it releases held jobs (see the webhook).
+        return Vec::new();
+    }
     let deleting = ev.kind == EventKind::Delete;
     let action = if deleting {
         Action::Delete

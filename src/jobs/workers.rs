@@ -274,14 +274,50 @@ enum Attempt {
     Interrupted,
     /// Failed; `permanent` when retrying cannot help.
     Failed { error: String, permanent: bool },
+    /// A gate holds it (nothing written): not a failure.
+    Held(String),
+    /// A gate refused it for good (nothing written).
+    Refused(String),
+}
+
+/// A gated job's timing: when a gate first held it, and its rule's
+/// `hold_for` and `gate_recheck`.
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    since_ms: Option<u64>,
+    hold_for: Duration,
+    recheck: Duration,
 }
 
 /// What to record after an attempt: a pure decision (tested below), so the
 /// retry policy is read in one place.
-fn decide(attempt: Attempt, attempts: u32, retry: &RetryPolicy, now_ms: u64) -> Outcome {
+fn decide(
+    attempt: Attempt,
+    attempts: u32,
+    retry: &RetryPolicy,
+    holding: Option<Holding>,
+    now_ms: u64,
+) -> Outcome {
     match attempt {
         Attempt::Done(s) => Outcome::Succeeded(s),
         Attempt::Interrupted => Outcome::Interrupted,
+        Attempt::Refused(why) => Outcome::Refused(why),
+        Attempt::Held(reason) => {
+            let Some(h) = holding else {
+                return Outcome::Failed(format!("held, and its rule has no gates now: {reason}"));
+            };
+            let since = h.since_ms.unwrap_or(now_ms);
+            if now_ms.saturating_sub(since) >= h.hold_for.as_millis() as u64 {
+                return Outcome::Failed(format!(
+                    "held for {} (hold_for) and not released: {reason}",
+                    humantime::format_duration(h.hold_for)
+                ));
+            }
+            Outcome::Held {
+                reason,
+                at_ms: now_ms + h.recheck.as_millis() as u64,
+            }
+        }
         Attempt::Failed { error, permanent } if permanent || attempts >= retry.max_attempts => {
             Outcome::Failed(error)
         }
@@ -303,6 +339,17 @@ async fn attempt(
     cancel: CancellationToken,
     last_attempt: bool,
 ) -> Attempt {
+    let rule = live.config.rules.iter().find(|r| r.name == spec.rule);
+    let gates = rule.and_then(|r| r.gates.as_ref());
+    if spec.gated && spec.action == Action::Copy && gates.is_none() {
+        return Attempt::Failed {
+            error: format!(
+                "rule '{}' had gates when this job was made and has none now (renamed or removed?): not copied ungated; retry it once the rule is back",
+                spec.rule
+            ),
+            permanent: true,
+        };
+    }
     let (Some(source), Some(target)) = (
         live.registries.get(&spec.from),
         live.registries.get(&spec.to),
@@ -326,6 +373,7 @@ async fn attempt(
                 req.moved = Some(moved);
                 req.cancel = Some(cancel.clone());
                 req.last_attempt = last_attempt;
+                req.gates = gates;
                 ctx.replicator.copy(&req).await
             }
         }
@@ -345,6 +393,8 @@ async fn attempt(
     match supervised(work).await {
         Ok(Ok(s)) => Attempt::Done(s),
         Ok(Err(crate::replicate::ReplicateError::Interrupted)) => Attempt::Interrupted,
+        Ok(Err(crate::replicate::ReplicateError::Held(why))) => Attempt::Held(why),
+        Ok(Err(crate::replicate::ReplicateError::Refused(why))) => Attempt::Refused(why),
         Ok(Err(e)) => Attempt::Failed {
             permanent: e.is_permanent(),
             error: e.to_string(),
@@ -382,7 +432,18 @@ async fn run_job(ctx: &Context, job: Job) {
         let last = job.attempts >= retry.max_attempts;
         let tried = attempt(ctx, &live, spec, moved, cancel, last).await;
         ctx.board.end(job.id);
-        let outcome = decide(tried, job.attempts, &retry, now_ms());
+        let holding = live
+            .config
+            .rules
+            .iter()
+            .find(|r| r.name == spec.rule)
+            .and_then(|r| r.gates.as_ref())
+            .map(|g| Holding {
+                since_ms: job.held_since_ms,
+                hold_for: g.hold_for,
+                recheck: g.recheck,
+            });
+        let outcome = decide(tried, job.attempts, &retry, holding, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);
         record(ctx, job.id, outcome).await;
         update_gauges(ctx);
@@ -409,6 +470,7 @@ fn update_gauges(ctx: &Context) {
     ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
     ctx.metrics.jobs_retrying.set(ctx.store.retrying() as i64);
     ctx.metrics.jobs_running.set(ctx.store.running() as i64);
+    ctx.metrics.jobs_held.set(ctx.store.held() as i64);
 }
 
 /// Logs an attempt's outcome and counts it in the metrics.
@@ -454,6 +516,20 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
                 format!("attempt {} of {}", job.attempts, retry.max_attempts)
             };
             tracing::warn!(error = %error, attempt = job.attempts, "job failed ({why})");
+        }
+        Outcome::Held { reason, at_ms } => {
+            tracing::info!(
+                reason = %reason,
+                look_again_in = ?Duration::from_millis(at_ms.saturating_sub(now_ms())),
+                "held at a gate: nothing written; an event of the repository or the timer looks again"
+            );
+        }
+        Outcome::Refused(reason) => {
+            ctx.metrics
+                .jobs_finished
+                .with_label_values(&[rule, "refused"])
+                .inc();
+            tracing::warn!(reason = %reason, "refused at a gate: nothing written, not retried");
         }
         Outcome::Retry { error, at_ms } => {
             ctx.metrics.job_retries.with_label_values(&[rule]).inc();
@@ -512,19 +588,67 @@ mod tests {
     #[test]
     fn a_failed_attempt_is_retried_until_attempts_run_out_unless_permanent() {
         let p = policy();
-        match decide(failed(false), 1, &p, 1_000) {
+        match decide(failed(false), 1, &p, None, 1_000) {
             Outcome::Retry { error, at_ms } => {
                 assert_eq!(error, "e");
                 assert!((11_000..=21_000).contains(&at_ms), "{at_ms}");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(decide(failed(false), 3, &p, 0), Outcome::Failed("e".into()));
-        assert_eq!(decide(failed(true), 1, &p, 0), Outcome::Failed("e".into()));
-        assert_eq!(decide(Attempt::Interrupted, 3, &p, 0), Outcome::Interrupted);
         assert_eq!(
-            decide(Attempt::Done(Summary::default()), 1, &p, 0),
+            decide(failed(false), 3, &p, None, 0),
+            Outcome::Failed("e".into())
+        );
+        assert_eq!(
+            decide(failed(true), 1, &p, None, 0),
+            Outcome::Failed("e".into())
+        );
+        assert_eq!(
+            decide(Attempt::Interrupted, 3, &p, None, 0),
+            Outcome::Interrupted
+        );
+        assert_eq!(
+            decide(Attempt::Done(Summary::default()), 1, &p, None, 0),
             Outcome::Succeeded(Summary::default())
+        );
+    }
+
+    #[test]
+    fn a_held_job_looks_again_after_gate_recheck_and_fails_after_hold_for() {
+        let p = policy();
+        let h = Holding {
+            since_ms: Some(1_000),
+            hold_for: Duration::from_secs(60),
+            recheck: Duration::from_secs(5),
+        };
+        let held = || Attempt::Held("waiting for a signature".into());
+        assert_eq!(
+            decide(held(), 9, &p, Some(h), 30_000),
+            Outcome::Held {
+                reason: "waiting for a signature".into(),
+                at_ms: 35_000
+            },
+            "a hold is not an attempt: max_attempts does not end it"
+        );
+        match decide(held(), 1, &p, Some(h), 61_000) {
+            Outcome::Failed(e) => {
+                assert!(e.starts_with("held for 1m (hold_for)"), "{e}");
+                assert!(e.ends_with("waiting for a signature"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let first = Holding {
+            since_ms: None,
+            ..h
+        };
+        assert!(matches!(
+            decide(held(), 1, &p, Some(first), 500_000),
+            Outcome::Held { at_ms: 505_000, .. }
+        ));
+        assert!(matches!(decide(held(), 1, &p, None, 0), Outcome::Failed(_)));
+        assert_eq!(
+            decide(Attempt::Refused("critical".into()), 1, &p, Some(h), 0),
+            Outcome::Refused("critical".into())
         );
     }
 

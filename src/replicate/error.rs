@@ -60,6 +60,14 @@ pub enum ReplicateError {
     /// cancelled on the target.
     #[error("cancelled by an operator (jobs cancel); its uploads were cancelled on the target")]
     Cancelled,
+    /// A gate holds the artifact (no signature yet, scan not settled):
+    /// nothing was written; the job waits, it has not failed.
+    #[error("held: {0}")]
+    Held(String),
+    /// A gate refused the artifact for good (a scan above the threshold):
+    /// nothing was written.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ReplicateError {
@@ -79,8 +87,8 @@ impl ReplicateError {
             // upload area for nothing. The job fails at once, naming the
             // source.
             ReplicateError::SourceRead { mismatch, .. } => mismatch.is_some(),
-            ReplicateError::Interrupted => false,
-            ReplicateError::Cancelled => true,
+            ReplicateError::Interrupted | ReplicateError::Held(_) => false,
+            ReplicateError::Cancelled | ReplicateError::Refused(_) => true,
         }
     }
 

@@ -32,6 +32,7 @@ mod blobs;
 pub mod chunked;
 mod decide;
 mod error;
+mod gated;
 pub mod ledger;
 mod platforms;
 mod progress;
@@ -112,6 +113,10 @@ pub struct CopyRequest<'a> {
     /// This is the job's last attempt: a chunked upload that fails is
     /// cancelled on the target instead of kept for a resume.
     pub last_attempt: bool,
+    /// The rule that asked (for the gates' metrics).
+    pub rule: &'a str,
+    /// The rule's gates: judged before anything is written to the target.
+    pub gates: Option<&'a crate::gate::Gates>,
 }
 
 impl CopyRequest<'_> {
@@ -186,13 +191,20 @@ impl Replicator {
         if let Some(summary) = self.unlabelled(req).await? {
             return Ok(summary);
         }
+        // Gates first: a held or refused artifact writes nothing, not even
+        // the target's project. The source manifest read for them is the
+        // one the copy uses.
+        let read = match req.gates {
+            Some(gates) => Some(self.gate(req, gates).await?),
+            None => None,
+        };
         self.prepare_target(req).await?;
         if let Some(summary) = self.settled(req, tagged).await? {
             return Ok(summary);
         }
         let asks = decide::first_asks(tagged, req.event_digest, req.overwrite);
         let resolve_tag = || req.target.resolve(req.target_repository, req.reference);
-        let (source_top, mut there, held) = self.first_round(req, &asks).await?;
+        let (source_top, mut there, held) = self.first_round(req, &asks, read).await?;
         let source_digest = source_top.digest.clone();
         let has_subject = source_top.subject().is_some();
         // The artifact's Harbor type, worked out only for a rule that
@@ -256,10 +268,19 @@ impl Replicator {
         &self,
         req: &CopyRequest<'a>,
         asks: &decide::FirstAsks<'a>,
+        read: Option<Manifest>,
     ) -> Result<(Manifest, Option<String>, Option<(&'a str, bool)>), ReplicateError> {
         let (top, there, held) = futures_util::future::try_join3(
-            req.source
-                .get_manifest(req.source_repository, req.reference),
+            async {
+                match read {
+                    Some(m) => Ok(m),
+                    None => {
+                        req.source
+                            .get_manifest(req.source_repository, req.reference)
+                            .await
+                    }
+                }
+            },
             async {
                 match asks.tag {
                     true => {

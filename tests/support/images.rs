@@ -233,5 +233,6 @@ pub fn job_spec(repo: &str, tag: &str) -> harbor_relay::jobs::JobSpec {
         artifact_types: None,
         labels: None,
         max_blob_size: None,
+        gated: false,
     }
 }

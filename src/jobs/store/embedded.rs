@@ -53,6 +53,7 @@ pub struct SledStore {
     queued: AtomicUsize,
     running: AtomicUsize,
     retrying: AtomicUsize,
+    held: AtomicUsize,
     wake: Notify,
     /// Group commit: tickets taken after writing, and the highest ticket
     /// known to be on disk. One caller flushes for all who wait.
@@ -135,6 +136,7 @@ impl SledStore {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             wake: Notify::new(),
             written: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
@@ -204,6 +206,7 @@ impl SledStore {
         let mut recovered = 0;
         let mut queued = 0;
         let mut retrying = 0;
+        let mut held = 0;
         self.queue.clear()?;
         self.delayed.clear()?;
         for item in self.jobs.iter() {
@@ -219,10 +222,13 @@ impl SledStore {
                     self.queue.insert(&k, &[])?;
                     queued += 1;
                 }
-                JobState::Retrying => {
+                JobState::Retrying | JobState::Held => {
                     let at = job.next_attempt_ms.unwrap_or(0);
                     self.delayed.insert(delayed_key(at, job.id), &[])?;
-                    retrying += 1;
+                    match job.state {
+                        JobState::Held => held += 1,
+                        _ => retrying += 1,
+                    }
                 }
                 _ => continue,
             }
@@ -231,6 +237,7 @@ impl SledStore {
         self.db.flush()?;
         self.queued.store(queued, Ordering::Relaxed);
         self.retrying.store(retrying, Ordering::Relaxed);
+        self.held.store(held, Ordering::Relaxed);
         Ok(recovered)
     }
 
@@ -367,7 +374,8 @@ impl SledStore {
                 }
                 After::Retrying(at_ms) => {
                     self.delayed.insert(delayed_key(at_ms, id), &[])?;
-                    self.retrying.fetch_add(1, Ordering::Relaxed);
+                    self.waiting_count(job.state)
+                        .fetch_add(1, Ordering::Relaxed);
                     false
                 }
             };
@@ -392,8 +400,8 @@ impl SledStore {
         Ok(Some(job))
     }
 
-    /// Moves retrying jobs whose time has come back to the queue. Returns
-    /// how many moved.
+    /// Moves retrying and held jobs whose time has come back to the queue.
+    /// Returns how many moved.
     pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
         let mut moved = 0;
         {
@@ -407,14 +415,15 @@ impl SledStore {
                     break;
                 }
                 self.delayed.remove(&k)?;
-                self.retrying.fetch_sub(1, Ordering::Relaxed);
                 let id = id_of(&k);
                 let Some(mut job) = self.load(id)? else {
                     continue;
                 };
-                if job.state != JobState::Retrying {
+                if !job.state.is_waiting() {
                     continue;
                 }
+                self.waiting_count(job.state)
+                    .fetch_sub(1, Ordering::Relaxed);
                 transition::promote(&mut job);
                 self.save(&job)?;
                 self.queue.insert(key(id), &[])?;
@@ -520,6 +529,19 @@ impl SledStore {
     /// Jobs waiting for their next attempt.
     pub fn retrying(&self) -> usize {
         self.retrying.load(Ordering::Relaxed)
+    }
+
+    /// Jobs held at a gate.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// The counter of jobs waiting in `state` (retrying or held).
+    fn waiting_count(&self, state: JobState) -> &AtomicUsize {
+        match state {
+            JobState::Held => &self.held,
+            _ => &self.retrying,
+        }
     }
 
     /// Waits until new work may be there. Create the future (and `enable`

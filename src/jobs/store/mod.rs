@@ -137,6 +137,13 @@ impl Store {
         each!(self, s => s.promote_due(now).await)
     }
 
+    /// Queues at once the held jobs of source `repository`: an event there
+    /// (a signature, a referrer, a scan) may settle their gates. Returns
+    /// how many.
+    pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
+        each!(self, s => s.release(repository).await)
+    }
+
     /// When the earliest retry is due.
     pub async fn next_due(&self) -> Result<Option<u64>, StoreError> {
         match self {
@@ -200,6 +207,11 @@ impl Store {
     /// Jobs waiting for their next attempt.
     pub fn retrying(&self) -> usize {
         each!(self, s => s.retrying())
+    }
+
+    /// Jobs held at a gate.
+    pub fn held(&self) -> usize {
+        each!(self, s => s.held())
     }
 
     /// Group-commit flushes so far (sled; each an fsync). PostgreSQL

@@ -41,6 +41,7 @@ pub(crate) fn spec(tag: &str) -> JobSpec {
         artifact_types: None,
         labels: None,
         max_blob_size: None,
+        gated: false,
     }
 }
 

@@ -157,8 +157,13 @@ pub fn plan(mut jobs: Vec<Job>, include_failed: bool) -> ImportPlan {
     for job in jobs {
         match job.state {
             JobState::Succeeded => plan.succeeded += 1,
-            JobState::Failed if !include_failed => plan.failed_left += 1,
-            JobState::Queued | JobState::Running | JobState::Retrying | JobState::Failed => {
+            JobState::Failed | JobState::Refused if !include_failed => plan.failed_left += 1,
+            JobState::Queued
+            | JobState::Running
+            | JobState::Retrying
+            | JobState::Held
+            | JobState::Failed
+            | JobState::Refused => {
                 plan.from_ids.push(job.id);
                 plan.specs.push(job.spec);
             }

@@ -21,11 +21,15 @@ pub fn new_job(id: u64, spec: JobSpec, now_ms: u64) -> Job {
         next_attempt_ms: None,
         relay: None,
         window_closed: false,
+        held_since_ms: None,
     }
 }
 
 /// Whether a new event with the same dedupe key folds into `job`: while it
-/// is active, or within `window_ms` after it succeeded (a redelivery).
+/// is active (held included: the push it waits with is the same), within
+/// `window_ms` after it succeeded (a redelivery), or, refused for the
+/// digest the key names, at any time (the same digest is refused again;
+/// a fixed image has another digest, so another key).
 /// A deletion folds only into an active one: a finished delete may have
 /// been skipped because the source still had the artifact, and a later
 /// delete event must be weighed again.
@@ -35,7 +39,8 @@ pub fn joins(job: &Job, window_ms: u64, now_ms: u64) -> bool {
         && (job.state.is_active()
             || (copy
                 && job.state == JobState::Succeeded
-                && job.finished_ms.is_some_and(|f| f + window_ms >= now_ms)))
+                && job.finished_ms.is_some_and(|f| f + window_ms >= now_ms))
+            || (job.state == JobState::Refused && job.spec.digest.is_some()))
 }
 
 /// What the enqueue of a deletion does, weighed against the newest copy
@@ -106,7 +111,8 @@ pub enum After {
     Finished,
     /// Back in the queue (stopped for shutdown).
     Queued,
-    /// Waiting for its next attempt at this time.
+    /// Waiting until this time: for its next attempt, or held for its
+    /// next look at the gates.
     Retrying(u64),
 }
 
@@ -135,6 +141,20 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
             job.next_attempt_ms = Some(at_ms);
             After::Retrying(at_ms)
         }
+        Outcome::Held { reason, at_ms } => {
+            // A look at the gates is not an attempt: attempts count copies.
+            job.state = JobState::Held;
+            job.attempts = job.attempts.saturating_sub(1);
+            job.last_error = Some(reason);
+            job.next_attempt_ms = Some(at_ms);
+            job.held_since_ms.get_or_insert(now_ms);
+            After::Retrying(at_ms)
+        }
+        Outcome::Refused(reason) => {
+            job.state = JobState::Refused;
+            job.last_error = Some(reason);
+            After::Finished
+        }
     };
     if after == After::Finished {
         job.finished_ms = Some(now_ms);
@@ -143,16 +163,19 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
     after
 }
 
-/// A retrying job whose time has come goes back to the queue.
+/// A retrying or held job whose time has come (or an event of its
+/// repository, for a held one) goes back to the queue.
 pub fn promote(job: &mut Job) {
     job.state = JobState::Queued;
     job.next_attempt_ms = None;
 }
 
-/// A failed job queued again by hand, with a fresh count of attempts.
+/// A failed (or refused) job queued again by hand, with a fresh count of
+/// attempts and a fresh `hold_for`.
 pub fn rearm(job: &mut Job) {
     job.state = JobState::Queued;
     job.attempts = 0;
+    job.held_since_ms = None;
     job.finished_ms = None;
     job.next_attempt_ms = None;
 }
@@ -163,12 +186,12 @@ pub fn rearm(job: &mut Job) {
 /// cancels its uploads and records the failure); a finished one is over.
 pub fn cancellable(job: &Job) -> Result<(), CancelError> {
     match job.state {
-        JobState::Queued | JobState::Retrying => Ok(()),
+        JobState::Queued | JobState::Retrying | JobState::Held => Ok(()),
         JobState::Running => Err(CancelError::Running {
             id: job.id,
             relay: job.relay.clone(),
         }),
-        JobState::Succeeded | JobState::Failed => Err(CancelError::Finished {
+        JobState::Succeeded | JobState::Failed | JobState::Refused => Err(CancelError::Finished {
             id: job.id,
             state: job.state.as_str(),
         }),
@@ -182,6 +205,19 @@ pub fn cancel(job: &mut Job, why: String, now_ms: u64) {
     job.last_error = Some(why);
     job.finished_ms = Some(now_ms);
     job.next_attempt_ms = None;
+}
+
+/// Whether a held job is released by an event of `repository` (its
+/// source repository: a signature, a referrer, a scan of it or of one of
+/// its children all arrive there). Events are hints: the job looks at
+/// the gates again, it is not let through.
+pub fn released_by(job: &Job, repository: &str) -> bool {
+    job.state == JobState::Held && job.spec.source_repository == repository
+}
+
+/// Whether `job` may be queued again by hand: a failed or refused one.
+pub fn retryable(job: &Job) -> bool {
+    matches!(job.state, JobState::Failed | JobState::Refused)
 }
 
 /// Whether a finished job is old enough for retention to delete.

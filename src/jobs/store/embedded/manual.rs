@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use super::{SledStore, id_of, key};
 use crate::jobs::store::transition;
 use crate::jobs::store::{CancelError, RetryError, StoreError};
-use crate::jobs::{Job, JobSpec, JobState};
+use crate::jobs::{Job, JobSpec};
 
 impl SledStore {
     /// Queues a failed job again, with a fresh count of attempts.
@@ -14,7 +14,7 @@ impl SledStore {
         let job = {
             let _g = self.guard();
             let mut job = self.load(id)?.ok_or(RetryError::NotFound(id))?;
-            if job.state != JobState::Failed {
+            if !transition::retryable(&job) {
                 return Err(RetryError::NotFailed {
                     id,
                     state: job.state.as_str(),
@@ -37,6 +37,43 @@ impl SledStore {
         self.durable().await.map_err(RetryError::Store)?;
         self.wake.notify_waiters();
         Ok(job)
+    }
+
+    /// Queues at once the held jobs an event of `repository` releases
+    /// ([`transition::released_by`]): they look at their gates again.
+    /// Returns how many.
+    pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
+        if self.held() == 0 {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        {
+            let _g = self.guard();
+            let mut due = Vec::new();
+            for item in self.delayed.iter() {
+                let (k, _) = item?;
+                let id = id_of(&k);
+                if let Some(job) = self.load(id)?
+                    && transition::released_by(&job, repository)
+                {
+                    due.push((k, job));
+                }
+            }
+            for (k, mut job) in due {
+                self.delayed.remove(&k)?;
+                self.held.fetch_sub(1, Ordering::Relaxed);
+                transition::promote(&mut job);
+                self.save(&job)?;
+                self.queue.insert(key(job.id), &[])?;
+                self.queued.fetch_add(1, Ordering::Relaxed);
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.durable().await?;
+            self.wake.notify_waiters();
+        }
+        Ok(moved)
     }
 
     /// For a deletion: [`transition::deleting`] against the newest copy
@@ -70,14 +107,12 @@ impl SledStore {
             let mut job = self.load(id)?.ok_or(CancelError::NotFound(id))?;
             transition::cancellable(&job)?;
             // Out of the retry schedule or the queue, whichever holds it.
-            let waiting = job
-                .next_attempt_ms
-                .filter(|_| job.state == JobState::Retrying);
+            let waiting = job.next_attempt_ms.filter(|_| job.state.is_waiting());
             let counted = match waiting {
                 Some(at) => self
                     .delayed
                     .remove(super::delayed_key(at, id))?
-                    .map(|_| &self.retrying),
+                    .map(|_| self.waiting_count(job.state)),
                 None => self.queue.remove(key(id))?.map(|_| &self.queued),
             };
             if let Some(counter) = counted {

@@ -68,6 +68,7 @@ pub struct PgStore {
     queued: AtomicUsize,
     running: AtomicUsize,
     retrying: AtomicUsize,
+    held_jobs: AtomicUsize,
     size: AtomicU64,
     takeovers: AtomicU64,
     /// Why the database could not be read at the last look, if it could not.
@@ -133,6 +134,7 @@ impl PgStore {
             queued: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
+            held_jobs: AtomicUsize::new(0),
             size: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             unreachable: Mutex::new(None),
@@ -186,20 +188,22 @@ impl PgStore {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT state, count(*) FROM relay_jobs WHERE state IN ('queued','running','retrying') GROUP BY state",
+                "SELECT state, count(*) FROM relay_jobs WHERE state IN ('queued','running','retrying','held') GROUP BY state",
                 &[],
             )
             .await
             .map_err(db)?;
-        let (mut q, mut r, mut t) = (0, 0, 0);
+        let (mut q, mut r, mut t, mut h) = (0, 0, 0, 0);
         for row in rows {
             let n = row.get::<_, i64>(1) as usize;
             match row.get::<_, &str>(0) {
                 "queued" => q = n,
                 "running" => r = n,
+                "held" => h = n,
                 _ => t = n,
             }
         }
+        self.held_jobs.store(h, Ordering::Relaxed);
         self.queued.store(q, Ordering::Relaxed);
         self.running.store(r, Ordering::Relaxed);
         self.retrying.store(t, Ordering::Relaxed);
@@ -252,7 +256,7 @@ impl PgStore {
             .client()
             .await?
             .query_one(
-                "SELECT min(next_attempt_ms) FROM relay_jobs WHERE state = 'retrying'",
+                "SELECT min(next_attempt_ms) FROM relay_jobs WHERE state IN ('retrying','held')",
                 &[],
             )
             .await
@@ -266,7 +270,7 @@ impl PgStore {
             .client()
             .await?
             .execute(
-                "DELETE FROM relay_jobs WHERE state IN ('succeeded','failed') AND finished_ms < $1",
+                "DELETE FROM relay_jobs WHERE state IN ('succeeded','failed','refused') AND finished_ms < $1",
                 &[&ms(before_ms)],
             )
             .await
@@ -351,6 +355,19 @@ impl PgStore {
     /// Jobs waiting for their next attempt, across the fleet (as last read).
     pub fn retrying(&self) -> usize {
         self.retrying.load(Ordering::Relaxed)
+    }
+
+    /// Jobs held at a gate, across the fleet (as last read).
+    pub fn held(&self) -> usize {
+        self.held_jobs.load(Ordering::Relaxed)
+    }
+
+    /// The counter of jobs waiting in `state` (retrying or held).
+    fn waiting_count(&self, state: JobState) -> &AtomicUsize {
+        match state {
+            JobState::Held => &self.held_jobs,
+            _ => &self.retrying,
+        }
     }
 
     /// Jobs this relay took over from a relay whose lease expired.

@@ -278,27 +278,48 @@ impl PgStore {
         decrement(&self.running);
         match after {
             After::Queued => self.queued.fetch_add(1, Ordering::Relaxed),
-            After::Retrying(_) => self.retrying.fetch_add(1, Ordering::Relaxed),
+            After::Retrying(_) => self
+                .waiting_count(job.state)
+                .fetch_add(1, Ordering::Relaxed),
             After::Finished => 0,
         };
         Ok(Some(job))
     }
 
-    /// Moves retrying jobs whose time has come back to the queue.
+    /// Moves retrying and held jobs whose time has come back to the queue.
     pub async fn promote_due(&self, now: u64) -> Result<usize, StoreError> {
+        self.promote_where(
+            "SELECT job FROM relay_jobs WHERE state IN ('retrying','held') AND next_attempt_ms <= $1 FOR UPDATE SKIP LOCKED",
+            &ms(now),
+        )
+        .await
+    }
+
+    /// Queues at once the held jobs an event of `repository` releases
+    /// ([`transition::released_by`]): they look at their gates again.
+    pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
+        self.promote_where(
+            "SELECT job FROM relay_jobs WHERE state = 'held' AND job->'spec'->>'source_repository' = $1 FOR UPDATE SKIP LOCKED",
+            &repository,
+        )
+        .await
+    }
+
+    /// Queues the waiting jobs `select` (one parameter) picks.
+    async fn promote_where(
+        &self,
+        select: &str,
+        param: &(dyn tokio_postgres::types::ToSql + Sync),
+    ) -> Result<usize, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(db)?;
-        let rows = tx
-            .query(
-                "SELECT job FROM relay_jobs WHERE state = 'retrying' AND next_attempt_ms <= $1 FOR UPDATE SKIP LOCKED",
-                &[&ms(now)],
-            )
-            .await
-            .map_err(db)?;
+        let rows = tx.query(select, &[param]).await.map_err(db)?;
         for row in &rows {
             let mut job = Self::job_of(row, "job")?;
+            decrement(self.waiting_count(job.state));
             transition::promote(&mut job);
             Self::save(&tx, &job, None).await?;
+            self.queued.fetch_add(1, Ordering::Relaxed);
         }
         if !rows.is_empty() {
             tx.batch_execute("NOTIFY relay_jobs").await.map_err(db)?;
@@ -340,7 +361,7 @@ impl PgStore {
         tx.commit().await.map_err(db)?;
         match was {
             JobState::Queued => decrement(&self.queued),
-            _ => decrement(&self.retrying),
+            w => decrement(self.waiting_count(w)),
         }
         Ok(job)
     }
@@ -352,7 +373,7 @@ impl PgStore {
         let mut job = Self::locked(&tx, id)
             .await?
             .ok_or(RetryError::NotFound(id))?;
-        if job.state != JobState::Failed {
+        if !transition::retryable(&job) {
             return Err(RetryError::NotFailed {
                 id,
                 state: job.state.as_str(),
@@ -360,7 +381,7 @@ impl PgStore {
         }
         let other = tx
             .query_opt(
-                "SELECT id FROM relay_jobs WHERE dedupe_key = $1 AND id <> $2 AND state IN ('queued','running','retrying') LIMIT 1",
+                "SELECT id FROM relay_jobs WHERE dedupe_key = $1 AND id <> $2 AND state IN ('queued','running','retrying','held') LIMIT 1",
                 &[&job.spec.dedupe_key(), &ms(id)],
             )
             .await

@@ -43,6 +43,11 @@ CREATE TABLE relay_tags (key text PRIMARY KEY, record jsonb NOT NULL);
     r#"
 CREATE TABLE relay_upload_turns (key text PRIMARY KEY, owner text NOT NULL, until_ms bigint NOT NULL);
 "#,
+    r#"
+DROP INDEX relay_jobs_due;
+CREATE INDEX relay_jobs_due ON relay_jobs (next_attempt_ms) WHERE state IN ('retrying','held');
+CREATE INDEX relay_jobs_held ON relay_jobs ((job->'spec'->>'source_repository')) WHERE state = 'held';
+"#,
 ];
 
 /// Advisory lock key for migrations ("hrmigrat").

@@ -1,0 +1,159 @@
+//! A rule's gates (issue 26): `require_signature`, `max_severity`,
+//! `allow_cves`, `unscanned`, `hold_for` and `gate_recheck`, each checked
+//! with a message that names the key, and every key file read and checked
+//! here, so a file that is not a P-256 public key stops the load (and
+//! `check`) instead of holding every job.
+
+use std::time::Duration;
+
+use super::super::raw::RawRule;
+use super::super::{ConfigError, Loader, RegistryConfig};
+use crate::gate::policy::{DEFAULT_HOLD_FOR, DEFAULT_RECHECK};
+use crate::gate::scan::MaxSeverity;
+use crate::gate::{Gates, ScanGate, SignatureGate, Unscanned};
+
+impl Loader<'_> {
+    /// The `i`th rule's gates; `None` when it sets neither gate (and then
+    /// none of the keys that only a gate reads).
+    pub(in crate::config) fn gates(
+        &self,
+        i: usize,
+        r: &RawRule,
+        from: &RegistryConfig,
+    ) -> Result<Option<Gates>, ConfigError> {
+        let key = |k: &str| format!("rules[{i}].{k}");
+        let signature = match &r.require_signature {
+            None => None,
+            Some(s) => Some(self.signature_gate(&key("require_signature.keys"), s)?),
+        };
+        let scan = match &r.max_severity {
+            None => None,
+            Some(word) => Some(self.scan_gate(i, r, word, from)?),
+        };
+        if scan.is_none() {
+            for (k, set) in [
+                ("allow_cves", r.allow_cves.is_some()),
+                ("unscanned", r.unscanned.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(key(k), "applies to the scan gate: set max_severity"));
+                }
+            }
+        }
+        if signature.is_none() && scan.is_none() {
+            for (k, set) in [
+                ("hold_for", r.hold_for.is_some()),
+                ("gate_recheck", r.gate_recheck.is_some()),
+            ] {
+                if set {
+                    return Err(self.invalid(
+                        key(k),
+                        "applies to gated rules: set require_signature or max_severity",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        let hold_for = self
+            .duration(&key("hold_for"), r.hold_for.clone())?
+            .unwrap_or(DEFAULT_HOLD_FOR);
+        let recheck = self
+            .duration(&key("gate_recheck"), r.gate_recheck.clone())?
+            .unwrap_or(DEFAULT_RECHECK);
+        if recheck < Duration::from_secs(1) {
+            return Err(self.invalid(key("gate_recheck"), "must be at least 1s"));
+        }
+        if hold_for < recheck {
+            return Err(self.invalid(
+                key("hold_for"),
+                format!(
+                    "is shorter than gate_recheck ({}): a held job would fail before it is looked at again",
+                    humantime::format_duration(recheck)
+                ),
+            ));
+        }
+        Ok(Some(Gates {
+            signature,
+            scan,
+            hold_for,
+            recheck,
+        }))
+    }
+
+    /// `require_signature = { keys = […], match_reference = … }`: at least
+    /// one key, each a P-256 public key in PEM.
+    fn signature_gate(
+        &self,
+        key: &str,
+        raw: &super::super::raw::RawSignature,
+    ) -> Result<SignatureGate, ConfigError> {
+        if raw.keys.is_empty() {
+            return Err(self.invalid(
+                key,
+                "is empty: name at least one public key file (cosign.pub)",
+            ));
+        }
+        let mut keys = Vec::with_capacity(raw.keys.len());
+        for k in &raw.keys {
+            let path = self.expand(key, k)?;
+            let loaded = crate::gate::keys::load(std::path::Path::new(&path))
+                .map_err(|e| self.invalid(key, e.to_string()))?;
+            keys.push(loaded);
+        }
+        Ok(SignatureGate {
+            keys,
+            match_reference: raw.match_reference.unwrap_or(false),
+        })
+    }
+
+    /// `max_severity`, `allow_cves`, `unscanned`: the scan is the source
+    /// Harbor's, so the source must be `kind = "harbor"`.
+    fn scan_gate(
+        &self,
+        i: usize,
+        r: &RawRule,
+        word: &str,
+        from: &RegistryConfig,
+    ) -> Result<ScanGate, ConfigError> {
+        let key = |k: &str| format!("rules[{i}].{k}");
+        let max = MaxSeverity::parse(word).ok_or_else(|| {
+            self.invalid(
+                key("max_severity"),
+                format!(
+                    "`{word}` is not a severity: use none, low, medium, high or critical (the highest let through)"
+                ),
+            )
+        })?;
+        if !from.is_harbor {
+            return Err(self.invalid(
+                key("max_severity"),
+                format!(
+                    "the scan is the source Harbor's: the source registry '{}' needs kind = \"harbor\"",
+                    from.name
+                ),
+            ));
+        }
+        let allow = r.allow_cves.clone().unwrap_or_default();
+        if let Some(bad) = allow.iter().find(|c| c.trim().is_empty() || c.len() > 64) {
+            return Err(self.invalid(
+                key("allow_cves"),
+                format!("`{}` is not a vulnerability id", crate::registry::cut(bad)),
+            ));
+        }
+        let unscanned = match r.unscanned.as_deref() {
+            None | Some("hold") => Unscanned::Hold,
+            Some("pass") => Unscanned::Pass,
+            Some(other) => {
+                return Err(self.invalid(
+                    key("unscanned"),
+                    format!("`{other}`: use \"hold\" (wait for a scan) or \"pass\""),
+                ));
+            }
+        };
+        Ok(ScanGate {
+            max,
+            allow,
+            unscanned,
+        })
+    }
+}
