@@ -145,8 +145,19 @@ async fn run(command: Command, loaded: Option<Config>) -> anyhow::Result<()> {
                 },
         } => register_webhook(config, registry, project, url, format, skip_cert_verify).await,
         Command::Rules {
-            action: RulesAction::Test { config, image },
-        } => rules_test(config, image),
+            action:
+                RulesAction::Test {
+                    config,
+                    image,
+                    gates,
+                },
+        } => {
+            rules_test(config.clone(), image.clone())?;
+            if gates {
+                cli::gates::run(config, image).await?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -133,6 +133,16 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         .list(Some(JobState::Failed), FAILURES_SHOWN)
         .await
         .unwrap_or_default();
+    let held = app
+        .store
+        .list(Some(JobState::Held), FAILURES_SHOWN)
+        .await
+        .unwrap_or_default();
+    let refused = app
+        .store
+        .list(Some(JobState::Refused), FAILURES_SHOWN)
+        .await
+        .unwrap_or_default();
     let finished = |rule: &str, outcome: &str| {
         app.metrics
             .jobs_finished
@@ -158,15 +168,21 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         p.muted { "up " (uptime) " · refreshes every 10 s · " a href="/api/v1/jobs" { "JSON" } }
         h2 { "Jobs" }
         table {
-            tr { th { "queued" } th { "running" } th { "retrying" } th { "successes since start" } th { "failures since start" } }
+            tr { th { "queued" } th { "running" } th { "retrying" } th { "held" } th { "successes since start" } th { "failures since start" } th { "refused since start" } }
             tr {
-                td { (app.store.queued()) } td { (app.store.running()) } td { (app.store.retrying()) }
-                td.ok { (total("succeeded")) } td.failed { (total("failed")) }
+                td { (app.store.queued()) } td { (app.store.running()) } td { (app.store.retrying()) } td { (app.store.held()) }
+                td.ok { (total("succeeded")) } td.failed { (total("failed")) } td.failed { (total("refused")) }
             }
         }
-        p.muted { "queued, running, retrying: jobs now; successes and failures: jobs finished since the relay started (a job retried and failing again counts each time; the failed jobs themselves are listed below). Job ids are unique and increasing, not consecutive: the embedded store's jump by about 2,000,000 at each start." }
+        p.muted { "queued, running, retrying, held (at a gate: waiting for a signature or a scan): jobs now; successes and failures: jobs finished since the relay started (a job retried and failing again counts each time; the failed jobs themselves are listed below). Job ids are unique and increasing, not consecutive: the embedded store's jump by about 2,000,000 at each start." }
         h2 { "Running" }
         (running_table(&running, &app.board))
+        @if !held.is_empty() || !refused.is_empty() || rules.iter().any(|r| r.gates.is_some()) {
+            h2 { "Held at a gate" }
+            (gated_table(&held, "nothing is held"))
+            h2 { "Refused at a gate" }
+            (gated_table(&refused, "none"))
+        }
         h2 { "Last failures" }
         (failures_table(&failed, &crate::advice::Advice::for_config(&live.config.file)))
         h2 { "Rules" }
@@ -227,6 +243,28 @@ fn failures_table(failed: &[crate::jobs::Job], advice: &crate::advice::Advice) -
                         td { (j.source) " → " (j.target) }
                         td.failed { (j.last_error.unwrap_or_default()) }
                         td { code { (advice.retry(j.id)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Held or refused jobs with the gate's reason: what each waits for (and
+/// since when, and when it looks again by itself), or why it was refused.
+fn gated_table(jobs: &[crate::jobs::Job], empty: &str) -> Markup {
+    html! {
+        @if jobs.is_empty() { p.muted { (empty) } }
+        @else {
+            table {
+                tr { th { "job" } th { "source → target" } th { "reason" } th { "since" } th { "looks again" } }
+                @for j in jobs.iter().map(JobView::from) {
+                    tr {
+                        td { a href={ "/jobs/" (j.id) } { (j.id) } }
+                        td { (j.source) " → " (j.target) }
+                        td { (j.reason.unwrap_or_default()) }
+                        td { (j.held_since.or(j.finished_at).unwrap_or_default()) }
+                        td { (j.next_attempt_at.unwrap_or_else(|| "never".into())) }
                     }
                 }
             }

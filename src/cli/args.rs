@@ -164,6 +164,11 @@ pub enum RulesAction {
         config: PathBuf,
         /// The image as Harbor names it: project/repository:tag or @sha256:…
         image: String,
+        /// Also read the image's signatures and scan from the source and
+        /// print each gate's verdict (pass, hold, refuse) for each gated
+        /// rule, without copying anything.
+        #[arg(long)]
+        gates: bool,
     },
 }
 
@@ -173,7 +178,8 @@ pub enum JobsAction {
     /// consecutive: the embedded store's jump by about 2,000,000 at each
     /// start (docs/operations.md, "Jobs: states and retries").
     List {
-        /// Only jobs in this state: queued, running, retrying, succeeded, failed.
+        /// Only jobs in this state: queued, running, retrying, held,
+        /// succeeded, failed, refused.
         #[arg(long)]
         state: Option<String>,
         /// At most this many.

@@ -3,5 +3,6 @@
 
 pub mod args;
 pub mod commands;
+pub mod gates;
 pub mod jobs;
 pub mod store;

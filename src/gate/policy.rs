@@ -168,6 +168,21 @@ pub fn cosign_subject(tag: &str) -> Option<String> {
     ok.then(|| format!("sha256:{hex}"))
 }
 
+/// The digest the gates judge once the manifest is read: a cosign tag's
+/// subject, a referrer's subject, else the artifact's own (an index's own:
+/// cosign signs the index, not its children).
+pub fn gated_digest(
+    reference: &crate::reference::Reference,
+    top: &crate::manifest::Manifest,
+) -> String {
+    if let crate::reference::Reference::Tag(t) = reference
+        && let Some(d) = cosign_subject(t)
+    {
+        return d;
+    }
+    top.subject().unwrap_or_else(|| top.digest.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

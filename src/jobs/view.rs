@@ -42,8 +42,16 @@ pub struct JobView {
     pub started_at: Option<String>,
     /// When it finished.
     pub finished_at: Option<String>,
-    /// When the next attempt is due, while retrying.
+    /// When the next attempt is due, while retrying; while held, when the
+    /// gates are looked at again by themselves.
     pub next_attempt_at: Option<String>,
+    /// Since when a gate holds it (`hold_for` counts from here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<String>,
+    /// Why it is held or refused, in words (a gate's reason); `None` in
+    /// other states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// From the last start to the finish.
     pub duration_seconds: Option<f64>,
     /// The digest written.
@@ -107,6 +115,10 @@ impl From<&Job> for JobView {
             started_at: rfc3339(j.started_ms),
             finished_at: rfc3339(j.finished_ms),
             next_attempt_at: rfc3339(j.next_attempt_ms),
+            held_since: rfc3339(j.held_since_ms),
+            reason: matches!(j.state, super::JobState::Held | super::JobState::Refused)
+                .then(|| j.last_error.clone())
+                .flatten(),
             relay: j.relay.clone(),
             duration_seconds: match (j.started_ms, j.finished_ms) {
                 (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / 1000.0),

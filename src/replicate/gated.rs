@@ -42,7 +42,7 @@ impl Replicator {
             // Not a referrer: the copy ends skipped, writing nothing.
             return Ok(top);
         }
-        let digest = gated_digest(req.reference, &top);
+        let digest = crate::gate::policy::gated_digest(req.reference, &top);
         let decision = match first {
             Some(d) if d.digest == digest => d,
             _ => self.judge(req, &digest, gates).await?,
@@ -89,16 +89,4 @@ fn early_digest(req: &CopyRequest<'_>) -> Option<String> {
         Reference::Digest(d) if !req.referrer_only => Some(d.clone()),
         Reference::Digest(_) => None,
     }
-}
-
-/// The digest the gates judge once the manifest is read: a cosign tag's
-/// subject, a referrer's subject, else the artifact's own (an index's own:
-/// cosign signs the index, not its children).
-pub(super) fn gated_digest(reference: &Reference, top: &Manifest) -> String {
-    if let Reference::Tag(t) = reference
-        && let Some(d) = crate::gate::policy::cosign_subject(t)
-    {
-        return d;
-    }
-    top.subject().unwrap_or_else(|| top.digest.clone())
 }

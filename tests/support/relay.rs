@@ -451,7 +451,7 @@ impl Relay {
         let wait = Deadline::new(Duration::from_secs(120));
         loop {
             let j = self.job(id).await;
-            if j["state"] == "succeeded" || j["state"] == "failed" {
+            if j["state"] == "succeeded" || j["state"] == "failed" || j["state"] == "refused" {
                 return j;
             }
             wait.tick(|| format!("job {id} did not finish: {j}\nlog:\n{}", self.logs()))

@@ -132,7 +132,8 @@ pub(super) async fn get_artifact(
     };
     let mut artifact = json!({"digest": digest, "labels": labels});
     if q.with_scan_overview == Some(true) {
-        super::scans::add_overview(&st, &headers, &digest, &mut artifact);
+        let repository = format!("{project}/{repo}");
+        super::scans::add_overview(&st, &headers, &repository, &digest, &mut artifact).await;
     }
     axum::Json(artifact).into_response()
 }
