@@ -38,6 +38,8 @@ pub struct Metrics {
     pub job_retries: IntCounterVec,
     /// Jobs held at a gate (waiting for a signature or a scan).
     pub jobs_held: IntGauge,
+    /// How long the longest-held job has waited at its gate (0: none).
+    pub oldest_held: IntGauge,
     /// Each gate's verdicts, by `rule`, `gate` (`signature`, `scan`) and
     /// `verdict` (`pass`, `hold`, `refuse`).
     pub gate_decisions: IntCounterVec,
@@ -250,6 +252,10 @@ impl Metrics {
             jobs_held: m.gauge(
                 "harbor_relay_jobs_held",
                 "Replication jobs held at a gate, waiting for a signature or a scan.",
+            )?,
+            oldest_held: m.gauge(
+                "harbor_relay_jobs_held_oldest_seconds",
+                "How long the longest-held job has waited at a gate, in seconds (0 when none is held).",
             )?,
             gate_decisions: m.counters(
                 "harbor_relay_gate_decisions_total",

@@ -121,6 +121,8 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the scheduler looks for due retries at most.
 const SCHEDULER_TICK: Duration = Duration::from_millis(250);
+/// How often the longest hold is measured for its gauge.
+const HELD_EVERY: Duration = Duration::from_secs(10);
 /// How often finished jobs past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -210,7 +212,17 @@ impl Workers {
 /// Moves due retries to the queue and prunes old finished jobs.
 async fn scheduler(ctx: Arc<Context>, shutdown: CancellationToken) {
     let mut last_prune: Option<Instant> = None;
+    let mut last_held: Option<Instant> = None;
     loop {
+        if last_held.is_none_or(|t| t.elapsed() >= HELD_EVERY) {
+            let age = match ctx.store.oldest_held().await {
+                Ok(Some(since)) => now_ms().saturating_sub(since) / 1000,
+                _ => 0,
+            };
+            ctx.metrics.oldest_held.set(age as i64);
+            ctx.metrics.jobs_held.set(ctx.store.held() as i64);
+            last_held = Some(Instant::now());
+        }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             let retention = ctx.live.get().config.jobs.retention;
             let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);

@@ -157,3 +157,120 @@ impl Loader<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    /// A config whose rule (from a Harbor source) ends with `gate_lines`.
+    fn config(gate_lines: &str) -> String {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[store]\npath = \"/var/lib/relay\"\n[registries.external]\nurl = \"https://harbor.example\"\nkind = \"harbor\"\n[registries.plain]\nurl = \"http://127.0.0.1:5000\"\n[registries.integrated]\nurl = \"https://harbor.local\"\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n{gate_lines}\n"
+        )
+    }
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/relay.toml"), text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    /// A P-256 public key in PEM, written to `dir/name`.
+    fn key_file(dir: &Path, name: &str) -> String {
+        use p256::pkcs8::EncodePublicKey as _;
+        let secret = p256::ecdsa::SigningKey::from_slice(&[7u8; 32]).expect("key");
+        let pem = secret
+            .verifying_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .expect("pem");
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write");
+        path.display().to_string()
+    }
+
+    #[test]
+    fn gates_load_with_their_defaults_and_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = key_file(dir.path(), "ci.pub");
+        let c = load(&config(&format!(
+            "require_signature = {{ keys = [\"{key}\"] }}\nmax_severity = \"high\"\nallow_cves = [\"CVE-2026-1\"]"
+        )))
+        .expect("loads");
+        let g = c.rules[0].gates.as_ref().expect("gated");
+        let sig = g.signature.as_ref().expect("signature gate");
+        assert_eq!((sig.keys.len(), sig.match_reference), (1, false));
+        let scan = g.scan.as_ref().expect("scan gate");
+        assert_eq!(scan.max, crate::gate::scan::MaxSeverity::High);
+        assert_eq!(scan.unscanned, crate::gate::Unscanned::Hold);
+        assert_eq!(scan.allow, vec!["CVE-2026-1".to_string()]);
+        assert_eq!(g.hold_for, crate::gate::policy::DEFAULT_HOLD_FOR);
+        assert_eq!(g.recheck, crate::gate::policy::DEFAULT_RECHECK);
+        assert!(load(&config("")).expect("loads").rules[0].gates.is_none());
+    }
+
+    #[test]
+    fn each_gate_key_refuses_what_it_cannot_use_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = key_file(dir.path(), "ci.pub");
+        let not_a_key = dir.path().join("ci.key");
+        std::fs::write(
+            &not_a_key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let cases = [
+            (
+                format!(
+                    "require_signature = {{ keys = [\"{}\"] }}",
+                    not_a_key.display()
+                ),
+                vec!["rules[0].require_signature.keys", "ci.key"],
+            ),
+            (
+                "require_signature = { keys = [\"/nonexistent/ci.pub\"] }".to_string(),
+                vec!["/nonexistent/ci.pub", "cannot read"],
+            ),
+            (
+                "require_signature = { keys = [] }".to_string(),
+                vec!["require_signature.keys", "is empty"],
+            ),
+            (
+                "max_severity = \"severe\"".to_string(),
+                vec![
+                    "rules[0].max_severity",
+                    "none, low, medium, high or critical",
+                ],
+            ),
+            (
+                "allow_cves = [\"CVE-1\"]".to_string(),
+                vec!["rules[0].allow_cves", "set max_severity"],
+            ),
+            (
+                "max_severity = \"low\"\nunscanned = \"skip\"".to_string(),
+                vec!["rules[0].unscanned", "\"hold\""],
+            ),
+            (
+                "hold_for = \"1h\"".to_string(),
+                vec!["rules[0].hold_for", "require_signature or max_severity"],
+            ),
+            (
+                format!("require_signature = {{ keys = [\"{key}\"] }}\nhold_for = \"10s\""),
+                vec!["rules[0].hold_for", "shorter than gate_recheck (1m)"],
+            ),
+            (
+                format!("require_signature = {{ keys = [\"{key}\"] }}\ngate_recheck = \"10ms\""),
+                vec!["rules[0].gate_recheck", "at least 1s"],
+            ),
+        ];
+        for (lines, wanted) in cases {
+            let e = load(&config(&lines)).expect_err(&lines);
+            for w in wanted {
+                assert!(e.contains(w), "{lines}: `{w}` not in: {e}");
+            }
+        }
+        let plain =
+            config("max_severity = \"high\"").replace("from = \"external\"", "from = \"plain\"");
+        let e = load(&plain).expect_err("a scan needs Harbor");
+        assert!(e.contains("'plain' needs kind = \"harbor\""), "{e}");
+    }
+}

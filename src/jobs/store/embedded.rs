@@ -54,6 +54,8 @@ pub struct SledStore {
     running: AtomicUsize,
     retrying: AtomicUsize,
     held: AtomicUsize,
+    /// Releases seen lately ([`super::released`]).
+    releases: super::released::Releases,
     wake: Notify,
     /// Group commit: tickets taken after writing, and the highest ticket
     /// known to be on disk. One caller flushes for all who wait.
@@ -137,6 +139,7 @@ impl SledStore {
             running: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            releases: Default::default(),
             wake: Notify::new(),
             written: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
@@ -365,6 +368,7 @@ impl SledStore {
             if job.state == JobState::Running {
                 self.running.fetch_sub(1, Ordering::Relaxed);
             }
+            let outcome = self.releases.adjust(&job, outcome, (self.clock)());
             let finished = match transition::finish(&mut job, outcome, (self.clock)()) {
                 After::Finished => true,
                 After::Queued => {

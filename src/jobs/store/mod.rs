@@ -19,6 +19,7 @@ mod postgres;
 pub use embedded::SledStore;
 pub use postgres::{DEFAULT_LEASE, DbTls, PgStore, tend};
 
+pub mod released;
 pub mod transfer;
 pub mod transition;
 
@@ -142,6 +143,11 @@ impl Store {
     /// how many.
     pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
         each!(self, s => s.release(repository).await)
+    }
+
+    /// When the longest-held job was first held (Unix ms), if any is.
+    pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
+        each!(self, s => s.oldest_held().await)
     }
 
     /// When the earliest retry is due.

@@ -43,6 +43,7 @@ impl SledStore {
     /// ([`transition::released_by`]): they look at their gates again.
     /// Returns how many.
     pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
+        self.releases.note(repository, (self.clock)());
         if self.held() == 0 {
             return Ok(0);
         }
@@ -74,6 +75,24 @@ impl SledStore {
             self.wake.notify_waiters();
         }
         Ok(moved)
+    }
+
+    /// When the longest-held job was first held, if any job is held.
+    pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
+        if self.held() == 0 {
+            return Ok(None);
+        }
+        let mut oldest: Option<u64> = None;
+        for item in self.delayed.iter() {
+            let (k, _) = item?;
+            if let Some(job) = self.load(id_of(&k))?
+                && job.state == crate::jobs::JobState::Held
+                && let Some(since) = job.held_since_ms
+            {
+                oldest = Some(oldest.map_or(since, |o| o.min(since)));
+            }
+        }
+        Ok(oldest)
     }
 
     /// For a deletion: [`transition::deleting`] against the newest copy

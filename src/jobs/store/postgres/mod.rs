@@ -69,6 +69,8 @@ pub struct PgStore {
     running: AtomicUsize,
     retrying: AtomicUsize,
     held_jobs: AtomicUsize,
+    /// Releases this relay saw lately ([`super::released`]).
+    releases: super::released::Releases,
     size: AtomicU64,
     takeovers: AtomicU64,
     /// Why the database could not be read at the last look, if it could not.
@@ -135,6 +137,7 @@ impl PgStore {
             running: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             held_jobs: AtomicUsize::new(0),
+            releases: Default::default(),
             size: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
             unreachable: Mutex::new(None),

@@ -269,6 +269,7 @@ impl PgStore {
             );
             return Ok(None);
         }
+        let outcome = self.releases.adjust(&job, outcome, now);
         let after = transition::finish(&mut job, outcome, now);
         Self::save(&tx, &job, None).await?;
         if after == After::Queued {
@@ -298,11 +299,26 @@ impl PgStore {
     /// Queues at once the held jobs an event of `repository` releases
     /// ([`transition::released_by`]): they look at their gates again.
     pub async fn release(&self, repository: &str) -> Result<usize, StoreError> {
+        self.releases.note(repository, (self.clock)());
         self.promote_where(
             "SELECT job FROM relay_jobs WHERE state = 'held' AND job->'spec'->>'source_repository' = $1 FOR UPDATE SKIP LOCKED",
             &repository,
         )
         .await
+    }
+
+    /// When the longest-held job was first held, across the fleet.
+    pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT min((job->>'held_since_ms')::bigint) FROM relay_jobs WHERE state = 'held'",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.get::<_, Option<i64>>(0).map(|v| v.max(0) as u64))
     }
 
     /// Queues the waiting jobs `select` (one parameter) picks.
