@@ -147,6 +147,54 @@ async fn the_signature_gate_holds_until_signed_and_refuses_what_is_not_a_signatu
         absent(&dst, "team/other", &sig_b).await,
         "nor its signature"
     );
+    // Reconcile passes the same gates: the difference stays uncopied.
+    let file = ConfigFile::new(&config);
+    // `rules test --gates` says what a job would: read, nothing written.
+    let out = relay_cmd(&[
+        "rules",
+        "test",
+        "--config",
+        file.path.as_str(),
+        "--gates",
+        "team/app:1",
+    ]);
+    let stdout = expect_success(&out);
+    assert!(
+        stdout.contains(&format!("rule 'signed': gates on {}", a.digest)),
+        "{stdout}"
+    );
+    assert!(stdout.contains("signature: pass — signed by"), "{stdout}");
+    assert!(stdout.contains("=> a job would copy it now"), "{stdout}");
+    let out = relay_cmd(&[
+        "rules",
+        "test",
+        "--config",
+        file.path.as_str(),
+        "--gates",
+        "team/other:1",
+    ]);
+    let stdout = expect_success(&out);
+    assert!(
+        stdout.contains("signature: hold — waiting for a signature"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("=> a job would be held, looking again every 1h and failing after 2h"),
+        "{stdout}"
+    );
+    let out = relay_cmd(&[
+        "reconcile",
+        "--config",
+        file.path.as_str(),
+        "--rule",
+        "signed",
+    ]);
+    let stdout = expect_success(&out);
+    assert!(
+        stdout.contains("not copied team/other:1: held: signature: waiting for a signature"),
+        "{stdout}"
+    );
+    assert!(absent(&dst, "team/other", &b.digest).await);
 
     // Signed by a key the rule does not trust: held, then failed after
     // hold_for, saying why.

@@ -7,8 +7,9 @@ mod support;
 
 use harbor_relay::config::TlsMode;
 use harbor_relay::gate::keys::{self, TrustedKey};
-use harbor_relay::gate::read::{Signed, signature};
 use harbor_relay::gate::signature::Claim;
+use harbor_relay::gate::signature::Signed;
+use harbor_relay::replicate::gates::read::signature;
 use support::cosign::*;
 use support::*;
 
@@ -189,8 +190,8 @@ async fn hostile_signature_manifests_are_not_signatures() {
 /// allowed CVE; the repository's name encoded twice, as Harbor wants.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scan_is_read_from_harbors_artifact_api() {
-    use harbor_relay::gate::read::scan;
     use harbor_relay::gate::scan::{MaxSeverity, ScanVerdict};
+    use harbor_relay::replicate::gates::read::scan;
     let registry = RegistryProc::start(None, Auth::None).await;
     let harbor = support::harbor::FakeHarbor::start(&registry.url, "admin", "pw").await;
     let plain = client(&registry.url, None, TlsMode::System);

@@ -194,12 +194,20 @@ async fn copy_differences(
         std::sync::Arc::new(harbor_relay::replicate::ledger::MemoryLedger::default()),
     );
     let mut failed = 0;
+    // Through the rule's gates, as the daemon's jobs are.
+    let gates = rule.config.gates.as_ref();
     for job in harbor_relay::reconcile::jobs_for(rule, report) {
-        match replicator.copy(&job.copy_request(source, target)).await {
+        match replicator
+            .copy(&job.copy_request(source, target, gates))
+            .await
+        {
             Ok(s) => println!(
                 "copied {}{} ({} blobs, {} bytes)",
                 job.source_repository, job.reference, s.blobs_copied, s.bytes_copied
             ),
+            Err(e @ harbor_relay::replicate::ReplicateError::Held(_)) => {
+                println!("not copied {}{}: {e}", job.source_repository, job.reference);
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("failed {}{}: {e}", job.source_repository, job.reference);
@@ -256,6 +264,20 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
                 "rule '{}': only artifacts carrying the Harbor labels {} (labels); read from the source's artifact API when the job runs",
                 p.rule,
                 labels.join(", ")
+            );
+        }
+        if let Some(g) = rules.get(&p.rule).and_then(|r| r.config.gates.as_ref()) {
+            let mut what = Vec::new();
+            if let Some(sig) = &g.signature {
+                what.push(format!("require_signature: {} key(s)", sig.keys.len()));
+            }
+            if let Some(scan) = &g.scan {
+                what.push(format!("max_severity: {}", scan.max.word()));
+            }
+            println!(
+                "rule '{}': gated ({}): nothing is copied before they pass; `--gates` reads them now",
+                p.rule,
+                what.join(", ")
             );
         }
         if let Some(note) = rules.get(&p.rule).and_then(|r| prune_note(r, p)) {

@@ -42,9 +42,10 @@ pub async fn run(path: PathBuf, image: String) -> anyhow::Result<()> {
                 )
             })?;
         let digest = gate::policy::gated_digest(&image.reference, &top);
-        let decision = gate::judge(source, &image.repository, &digest, gates)
-            .await
-            .with_context(|| format!("reading the gates' evidence from '{}'", p.from))?;
+        let decision =
+            harbor_relay::replicate::gates::judge(source, &image.repository, &digest, gates)
+                .await
+                .with_context(|| format!("reading the gates' evidence from '{}'", p.from))?;
         println!("rule '{}': gates on {digest}", p.rule);
         for (g, v) in &decision.verdicts {
             println!("  {g}: {} — {}", v.word(), v.reason());

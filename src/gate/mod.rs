@@ -7,20 +7,17 @@
 //! its limits, unit-tested beside it: `keys` reads the trusted keys,
 //! `signature` verifies `.sig` layers and v0.3 bundles, `scan` judges
 //! Harbor's scan overview and findings, `policy` holds a rule's gates and
-//! combines their verdicts (pass, hold, refuse). `read` and `judge` are
-//! the thin effects that fetch what those need from the source.
+//! combines their verdicts (pass, hold, refuse). No I/O here: the reads
+//! that fetch what these judge from the source are the copier's
+//! ([`crate::replicate::gates`]), so `config` can hold a rule's gates
+//! without reaching the registry client.
 //!
-//! The copier asks [`judge`] before it writes anything to the target
-//! ([`crate::replicate`]); a hold becomes the job's `held` state, which the
+//! The copier judges before it writes anything to the target; a hold becomes the job's `held` state, which the
 //! next event of the repository or the `gate_recheck` timer releases
 //! ([`crate::jobs`]).
 
-pub mod judge;
 pub mod keys;
 pub mod policy;
-pub mod read;
 pub mod scan;
 pub mod signature;
-
-pub use judge::judge;
 pub use policy::{Decision, Gates, ScanGate, SignatureGate, Unscanned, Verdict};

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use super::keys::TrustedKey;
-use super::read::Signed;
 use super::scan::{MaxSeverity, ScanVerdict};
+use super::signature::Signed;
 
 /// Default `hold_for`: how long a held job waits before it fails.
 pub const DEFAULT_HOLD_FOR: Duration = Duration::from_secs(24 * 3600);

@@ -52,6 +52,21 @@ pub struct Claim<'a> {
     pub repository: Option<&'a str>,
 }
 
+/// What the source's signatures say about an artifact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signed {
+    /// Signed by this key, in this layout (`.sig tag` or `bundle`).
+    By {
+        /// The key file.
+        key: std::path::PathBuf,
+        /// Which layout held the signature.
+        layout: &'static str,
+    },
+    /// No signature that counts; why, in words ("no signature yet", or
+    /// what was wrong with each one found).
+    Not(String),
+}
+
 /// A blob to read, as its descriptor declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layer {

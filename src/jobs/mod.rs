@@ -197,12 +197,14 @@ impl JobSpec {
     }
 
     /// What the copier needs to run this job between `source` and
-    /// `target` (the registries its `from` and `to` name): the one place a
-    /// job becomes a [`CopyRequest`].
+    /// `target` (the registries its `from` and `to` name) under its rule's
+    /// `gates`: the one place a job becomes a [`CopyRequest`], so no caller
+    /// can copy without saying which gates apply.
     pub fn copy_request<'a>(
         &'a self,
         source: &'a Registry,
         target: &'a Registry,
+        gates: Option<&'a crate::gate::Gates>,
     ) -> CopyRequest<'a> {
         CopyRequest {
             source,
@@ -222,7 +224,7 @@ impl JobSpec {
             cancel: None,
             last_attempt: false,
             rule: &self.rule,
-            gates: None,
+            gates,
         }
     }
 

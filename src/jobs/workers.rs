@@ -377,15 +377,14 @@ async fn attempt(
     let work = async {
         match (spec.action, &spec.digest) {
             (Action::Delete, Some(digest)) => {
-                let req = spec.copy_request(source, target);
+                let req = spec.copy_request(source, target, None);
                 ctx.replicator.delete(&req, digest).await
             }
             _ => {
-                let mut req = spec.copy_request(source, target);
+                let mut req = spec.copy_request(source, target, gates);
                 req.moved = Some(moved);
                 req.cancel = Some(cancel.clone());
                 req.last_attempt = last_attempt;
-                req.gates = gates;
                 ctx.replicator.copy(&req).await
             }
         }

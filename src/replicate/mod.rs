@@ -32,7 +32,7 @@ mod blobs;
 pub mod chunked;
 mod decide;
 mod error;
-mod gated;
+pub mod gates;
 pub mod ledger;
 mod platforms;
 mod progress;

@@ -137,7 +137,10 @@ impl Loader<'_> {
         if let Some(bad) = allow.iter().find(|c| c.trim().is_empty() || c.len() > 64) {
             return Err(self.invalid(
                 key("allow_cves"),
-                format!("`{}` is not a vulnerability id", crate::registry::cut(bad)),
+                format!(
+                    "`{}` is not a vulnerability id",
+                    bad.chars().take(64).collect::<String>()
+                ),
             ));
         }
         let unscanned = match r.unscanned.as_deref() {

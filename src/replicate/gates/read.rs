@@ -1,5 +1,5 @@
 //! Reading an artifact's cosign signatures from the source, within limits,
-//! for [`super::signature`] to judge: the `sha256-<hex>.sig` tag's layers,
+//! for [`crate::gate::signature`] to judge: the `sha256-<hex>.sig` tag's layers,
 //! and the referrers (OCI 1.1 API, or the `sha256-<hex>` fallback index
 //! cosign writes where a registry has none) that are v0.3 bundles.
 //!
@@ -12,28 +12,13 @@
 
 use futures_util::StreamExt as _;
 
-use super::keys::TrustedKey;
-use super::signature::{self, Claim, Layer};
+use crate::gate::keys::TrustedKey;
+use crate::gate::signature::{self, Claim, Layer, Signed};
 use crate::reference::Reference;
 use crate::registry::{Registry, RegistryError};
 
 /// Most referrers of one artifact looked at.
 pub const MAX_REFERRERS: usize = 16;
-
-/// What the source's signatures say about an artifact.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Signed {
-    /// Signed by this key, in this layout (`.sig tag` or `bundle`).
-    By {
-        /// The key file.
-        key: std::path::PathBuf,
-        /// Which layout held the signature.
-        layout: &'static str,
-    },
-    /// No signature that counts; why, in words ("no signature yet", or
-    /// what was wrong with each one found).
-    Not(String),
-}
 
 /// Looks for a signature of `claim.digest` in `repository` on `reg` by
 /// one of `keys`: the `.sig` tag first, then the bundle referrers.
@@ -163,10 +148,10 @@ pub async fn scan(
     reg: &Registry,
     repository: &str,
     digest: &str,
-    max: super::scan::MaxSeverity,
+    max: crate::gate::scan::MaxSeverity,
     allow: &[String],
-) -> Result<super::scan::ScanVerdict, RegistryError> {
-    use super::scan::{ScanVerdict, from_artifact, from_findings};
+) -> Result<crate::gate::scan::ScanVerdict, RegistryError> {
+    use crate::gate::scan::{ScanVerdict, from_artifact, from_findings};
     let artifact = crate::harbor::scan_overview(reg, repository, digest).await?;
     let verdict = from_artifact(&artifact, max);
     if allow.is_empty() || !matches!(verdict, ScanVerdict::Refused(_)) {

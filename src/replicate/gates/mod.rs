@@ -1,4 +1,6 @@
-//! The gates' step of a copy (issue 26): before anything is written to
+//! The gates' step of a copy (issue 26), and the reads it needs from the
+//! source ([`read`]: signatures, the scan; [`judge`]: every gate of a rule
+//! at once; the decisions themselves are [`crate::gate`]'s, pure): before anything is written to
 //! the target, the rule's gates judge the artifact. What is judged is the
 //! artifact's digest; for a cosign tag (`sha256-<hex>.sig`, `.att`, the
 //! referrers fallback tag) or an OCI 1.1 referrer, its subject's, so a
@@ -7,6 +9,11 @@
 //! With the digest known from the event, the signature and the scan are
 //! asked in the same round as the source manifest: a signed, scanned
 //! artifact pays no round trip for its gates.
+
+pub mod judge;
+pub mod read;
+
+pub use judge::judge;
 
 use super::{CopyRequest, ReplicateError, Replicator};
 use crate::gate::{Decision, Gates, Verdict};
@@ -64,7 +71,7 @@ impl Replicator {
         digest: &str,
         gates: &Gates,
     ) -> Result<Decision, ReplicateError> {
-        Ok(crate::gate::judge(req.source, req.source_repository, digest, gates).await?)
+        Ok(judge(req.source, req.source_repository, digest, gates).await?)
     }
 
     fn count_verdicts(&self, rule: &str, decision: &Decision) {

@@ -1,13 +1,13 @@
 //! The gates' effect: reads what each gate of a rule needs from the source
 //! (its signatures, its scan), at once, and returns every verdict for
-//! [`super::policy::Decision::overall`]. A registry that cannot be reached
+//! [`crate::gate::Decision::overall`]. A registry that cannot be reached
 //! or refuses the account is an error (the job retries as any other); what
 //! a reachable source answers, however odd, is a verdict.
 
-use super::policy::{Decision, Gates, Verdict, scan_verdict, signature_verdict};
 use super::read;
-use super::scan::ScanVerdict;
-use super::signature::Claim;
+use crate::gate::policy::{Decision, Gates, Verdict, scan_verdict, signature_verdict};
+use crate::gate::scan::ScanVerdict;
+use crate::gate::signature::Claim;
 use crate::registry::{Registry, RegistryError};
 
 /// Judges `digest` in `repository` on the source `reg` by `gates`.
