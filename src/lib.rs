@@ -10,13 +10,15 @@
 //! ```text
 //! Harbor ─POST─▶ api ─▶ event ─▶ rules ─▶ jobs::Store (durable) ─▶ 202
 //! jobs::Workers ─claim─▶ replicate ─▶ registry (source: read, target: write)
-//!                              └─▶ jobs::Store, metrics
+//!                        │     └─▶ jobs::Store, metrics
+//!                        └─ gates first (signature, scan): held, refused or on
 //! ```
 //!
 //! Modules, each one concept (see `ARCHITECTURE.md` for why each exists):
 //! - [`config`]: the TOML file, validated, secrets from env or files.
 //! - [`event`]: webhook bodies (Harbor Default and CloudEvents) to events.
-//! - [`gate`]: signature and scan gate decisions (issue 26; not wired into jobs yet).
+//! - [`gate`]: whether an artifact may cross (cosign signature, Harbor scan):
+//!   pure decisions; the copier reads the evidence and holds what waits.
 //! - [`reference`]: OCI names, tags and digests, checked before any use.
 //! - [`rules`]: which events replicate, and to which target repository.
 //! - [`jobs`]: the job model, the durable store (sled embedded, or

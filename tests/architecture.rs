@@ -39,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
             "config",
             "event",
+            "gate",
             "live",
             "metrics",
             "reference",

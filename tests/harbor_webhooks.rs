@@ -37,7 +37,13 @@ async fn register_webhook_creates_then_updates_the_policy() {
     assert_eq!(p["enabled"], true);
     assert_eq!(
         p["event_types"],
-        serde_json::json!(["PUSH_ARTIFACT", "DELETE_ARTIFACT"])
+        serde_json::json!([
+            "PUSH_ARTIFACT",
+            "DELETE_ARTIFACT",
+            "SCANNING_COMPLETED",
+            "SCANNING_FAILED",
+            "SCANNING_STOPPED"
+        ])
     );
     // Harbor's PUT replaces the whole policy, so registering merges: the
     // first relay's target (another relay, for another target Harbor, may
@@ -182,7 +188,14 @@ async fn registering_again_keeps_what_the_admin_added_to_the_policy() {
     assert_eq!(p["description"], "relay + audit", "{p}");
     assert_eq!(
         p["event_types"],
-        serde_json::json!(["PUSH_ARTIFACT", "QUOTA_EXCEED", "DELETE_ARTIFACT"])
+        serde_json::json!([
+            "PUSH_ARTIFACT",
+            "QUOTA_EXCEED",
+            "DELETE_ARTIFACT",
+            "SCANNING_COMPLETED",
+            "SCANNING_FAILED",
+            "SCANNING_STOPPED"
+        ])
     );
     let targets = p["targets"].as_array().expect("targets");
     assert_eq!(targets.len(), 2, "{p}");
