@@ -261,13 +261,15 @@ async fn held_jobs_wait_for_a_release_or_their_time(b: &Backend) {
         1,
         "{n}: released by an event of its repository"
     );
+    // (A release during an attempt makes its hold due at once:
+    // `jobs::store::released`. This one came before the attempt.)
+    advance(1_000);
     let j = store
         .claim()
         .await
         .expect("claim")
         .expect("the released job");
     assert_eq!((j.id, j.attempts), (ids[0], 1), "{n}");
-    advance(1_000);
     store
         .finish(
             j.id,
@@ -318,6 +320,42 @@ async fn held_jobs_wait_for_a_release_or_their_time(b: &Backend) {
         .await
         .expect("a refused job may be retried by hand");
     assert_eq!((j.state, j.held_since_ms), (JobState::Queued, None), "{n}");
+    let _ = store
+        .claim()
+        .await
+        .expect("claim")
+        .expect("the retried job");
+    // A signature pushed while the job was reading its gates: its hold
+    // is due at once, not at gate_recheck.
+    let id = store
+        .enqueue(vec![spec("p/race", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let j = store.claim().await.expect("claim").expect("job");
+    assert_eq!(j.id, id, "{n}");
+    advance(10);
+    assert_eq!(
+        store.release("p/race").await.expect("release"),
+        0,
+        "{n}: running, not held"
+    );
+    let far = now() + 3_600_000;
+    store
+        .finish(
+            id,
+            Outcome::Held {
+                reason: "none yet".into(),
+                at_ms: far,
+            },
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.next_due().await.expect("due"),
+        Some(now()),
+        "{n}: due at once"
+    );
 }
 
 /// Manual retry of a failed job, refused for others and while another job
