@@ -236,3 +236,37 @@ async fn the_scan_is_read_from_harbors_artifact_api() {
         "None on top hides Unknown"
     );
 }
+
+/// A source that serves a signature layer whose bytes do not match its
+/// digest (one byte flipped on the way): "not signed", with the reason,
+/// never a verified signature and never an error that stops the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_layer_whose_bytes_do_not_match_its_digest_is_not_a_signature() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let direct = client(&source.url, None, TlsMode::System);
+    let proxy = support::fault::FaultProxy::start(&source.url).await;
+    let reg = client(&proxy.url, None, TlsMode::System);
+    let ci = CosignKey::new("ci");
+    let keys = [trusted(&ci, "ci.pub")];
+    let a = TestImage::pushed(&direct, "library/app", &[1_000]).await;
+    let signed = payload(&a.digest, "h/library/app");
+    push_sig_tag(&direct, "library/app", &a.digest, &signed, &ci).await;
+    let layer = harbor_relay::manifest::sha256_digest(signed.as_bytes());
+    proxy.inject(
+        Some("GET"),
+        &format!("/blobs/{layer}"),
+        1,
+        support::fault::Fault::FlipByte(10),
+    );
+    let got = read(&reg, "library/app", &a.digest, &keys).await;
+    assert!(
+        matches!(&got, Signed::Not(w) if w.contains(&layer)),
+        "a corrupted payload counted: {got:?}"
+    );
+    assert_eq!(proxy.injected(), 1, "the fault was served");
+    // The same layer served intact verifies.
+    assert_eq!(
+        read(&reg, "library/app", &a.digest, &keys).await,
+        by_ci(".sig tag")
+    );
+}
