@@ -6,7 +6,8 @@
 //!     cargo bench --bench replication
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
-//! Scenarios (see docs/performance.md): big, huge, many, noop, shared,
+//! Scenarios (see docs/performance.md): big, huge, many, noop, gated (`many`
+//! with both gates on, against the same with them off), shared,
 //! latency on loopback, each with its floor (all the CPU the copy took,
 //! registries' and copier's, over the cores); and wan-many, wan-big,
 //! wan-one with the source across a [`WanLink`] (delay and a shared
@@ -33,6 +34,7 @@
 mod support;
 
 mod content;
+mod gated;
 mod measure;
 mod scenarios;
 mod wan;
@@ -256,7 +258,7 @@ fn main() {
         return;
     }
     let scenarios = std::env::var("BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "big,huge,many,shared,latency,wan-many,wan-big,wan-one".into());
+        .unwrap_or_else(|_| "big,huge,many,gated,shared,latency,wan-many,wan-big,wan-one".into());
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -278,7 +280,7 @@ fn main() {
             print(&new);
             rows.extend(new);
         };
-        if ["big", "huge", "many", "noop", "shared", "latency"]
+        if ["big", "huge", "many", "noop", "gated", "shared", "latency"]
             .iter()
             .any(|s| want(s))
         {
@@ -301,6 +303,9 @@ fn main() {
             if want("many") || want("noop") {
                 let (m, n) = many(&mut b, runs).await;
                 show(vec![m, n], &mut rows);
+            }
+            if want("gated") {
+                show(gated::gated(&mut b, runs).await, &mut rows);
             }
             if want("shared") {
                 show(vec![shared(&mut b, runs).await], &mut rows);

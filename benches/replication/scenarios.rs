@@ -5,7 +5,7 @@ use super::*;
 /// Webhooks in flight at once in `many`: under the listener's default
 /// `server.max_connections_per_client` (128), which closes connections past
 /// it. Harbor's job service delivers with far fewer workers.
-const WEBHOOK_CLIENTS: usize = 100;
+pub(crate) const WEBHOOK_CLIENTS: usize = 100;
 
 /// One big image, cold target: `skopeo copy` against `harbor-relay replicate`.
 pub(crate) async fn one_image(

@@ -98,6 +98,21 @@ impl Bench {
         client(&self.target().url, Some((USER, PASS)), pinned(&self.pki))
     }
 
+    /// The target's `[registries.integrated]` entry (and its token realm).
+    pub(crate) fn target_toml(&self) -> String {
+        registry_toml(
+            "integrated",
+            &self.target().url,
+            Some((USER, PASS)),
+            &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display()),
+        ) + &std::env::var("BENCH_TARGET_EXTRA").unwrap_or_default()
+            + &self
+                .issuer
+                .as_ref()
+                .map(|i| i.realm_toml())
+                .unwrap_or_default()
+    }
+
     pub(crate) fn registries_toml(&self) -> String {
         format!(
             "{}{}",
