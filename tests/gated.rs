@@ -59,6 +59,19 @@ fn scan_event(kind: &str, repo: &str, digest: &str) -> Vec<u8> {
     .expect("json")
 }
 
+/// What `rules test --gates` prints for `image`.
+fn gates_verdicts(file: &ConfigFile, image: &str) -> String {
+    let args = [
+        "rules",
+        "test",
+        "--config",
+        file.path.as_str(),
+        "--gates",
+        image,
+    ];
+    expect_success(&relay_cmd(&args))
+}
+
 /// One job's id from a push webhook.
 async fn one_job(relay: &Relay, body: Vec<u8>) -> u64 {
     let ids = relay.push(body).await;
@@ -150,30 +163,14 @@ async fn the_signature_gate_holds_until_signed_and_refuses_what_is_not_a_signatu
     // Reconcile passes the same gates: the difference stays uncopied.
     let file = ConfigFile::new(&config);
     // `rules test --gates` says what a job would: read, nothing written.
-    let out = relay_cmd(&[
-        "rules",
-        "test",
-        "--config",
-        file.path.as_str(),
-        "--gates",
-        "team/app:1",
-    ]);
-    let stdout = expect_success(&out);
+    let stdout = gates_verdicts(&file, "team/app:1");
     assert!(
         stdout.contains(&format!("rule 'signed': gates on {}", a.digest)),
         "{stdout}"
     );
     assert!(stdout.contains("signature: pass — signed by"), "{stdout}");
     assert!(stdout.contains("=> a job would copy it now"), "{stdout}");
-    let out = relay_cmd(&[
-        "rules",
-        "test",
-        "--config",
-        file.path.as_str(),
-        "--gates",
-        "team/other:1",
-    ]);
-    let stdout = expect_success(&out);
+    let stdout = gates_verdicts(&file, "team/other:1");
     assert!(
         stdout.contains("signature: hold — waiting for a signature"),
         "{stdout}"

@@ -36,7 +36,9 @@ async fn daemon(b: &Bench, harbor: &FakeHarbor, rule_extra: &str) -> Relay {
 
 pub(crate) async fn gated(b: &mut Bench, runs: usize) -> Vec<Row> {
     if b.source_issuer.is_some() {
-        eprintln!("gated: skipped (the Harbor double fronts a source without auth; unset BENCH_SOURCE_AUTH)");
+        eprintln!(
+            "gated: skipped (the Harbor double fronts a source without auth; unset BENCH_SOURCE_AUTH)"
+        );
         return Vec::new();
     }
     let (imgs, bytes) = many_images(b).await;
@@ -46,7 +48,14 @@ pub(crate) async fn gated(b: &mut Bench, runs: usize) -> Vec<Row> {
     let key = b.work.path().join("ci.pub");
     std::fs::write(&key, ci.public_pem()).expect("key file");
     for (repo, _, digest) in &imgs {
-        push_sig_tag(&b.src, repo, digest, &payload(digest, &format!("h/{repo}")), &ci).await;
+        push_sig_tag(
+            &b.src,
+            repo,
+            digest,
+            &payload(digest, &format!("h/{repo}")),
+            &ci,
+        )
+        .await;
         harbor.scanned(digest, &[("CVE-2026-1", "Low")]);
     }
     let (mut open, mut gated, mut used_open, mut used_gated) =

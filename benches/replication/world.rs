@@ -122,17 +122,7 @@ impl Bench {
                 self.source_issuer.as_ref().map(|_| (USER, PASS)),
                 ""
             ) + &self.source_realm_toml(),
-            registry_toml(
-                "integrated",
-                &self.target().url,
-                Some((USER, PASS)),
-                &format!("{{ ca_file = \"{}\" }}", self.pki.ca_pem.display())
-            ) + &std::env::var("BENCH_TARGET_EXTRA").unwrap_or_default()
-                + &self
-                    .issuer
-                    .as_ref()
-                    .map(|i| i.realm_toml())
-                    .unwrap_or_default()
+            self.target_toml()
         )
     }
 

@@ -426,12 +426,7 @@ impl SledStore {
                 if !job.state.is_waiting() {
                     continue;
                 }
-                self.waiting_count(job.state)
-                    .fetch_sub(1, Ordering::Relaxed);
-                transition::promote(&mut job);
-                self.save(&job)?;
-                self.queue.insert(key(id), &[])?;
-                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.requeue(&mut job)?;
                 moved += 1;
             }
         }
@@ -440,6 +435,18 @@ impl SledStore {
             self.wake.notify_waiters();
         }
         Ok(moved)
+    }
+
+    /// A waiting job (retrying or held, its delayed key removed) back in
+    /// the queue. Called under the write guard.
+    fn requeue(&self, job: &mut Job) -> Result<(), StoreError> {
+        self.waiting_count(job.state)
+            .fetch_sub(1, Ordering::Relaxed);
+        transition::promote(job);
+        self.save(job)?;
+        self.queue.insert(key(job.id), &[])?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// When the earliest retry is due, if any.

@@ -62,11 +62,7 @@ impl SledStore {
             }
             for (k, mut job) in due {
                 self.delayed.remove(&k)?;
-                self.held.fetch_sub(1, Ordering::Relaxed);
-                transition::promote(&mut job);
-                self.save(&job)?;
-                self.queue.insert(key(job.id), &[])?;
-                self.queued.fetch_add(1, Ordering::Relaxed);
+                self.requeue(&mut job)?;
                 moved += 1;
             }
         }
