@@ -82,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             limiter: None,
             started: std::time::Instant::now(),
             board: Default::default(),
+            outages: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/webhooks/harbor", listener.local_addr()?);

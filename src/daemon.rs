@@ -84,6 +84,7 @@ pub async fn run_reloadable(
     let metrics = daemon_metrics(&config, &store, &me)?;
 
     let board = Arc::new(crate::jobs::workers::Board::default());
+    let outages = Arc::new(crate::jobs::outage::Outages::default());
     let ctx = Arc::new(Context {
         store: store.clone(),
         live: live.clone(),
@@ -95,6 +96,7 @@ pub async fn run_reloadable(
         .with_stop(shutdown.clone()),
         metrics: metrics.clone(),
         board: board.clone(),
+        outages: outages.clone(),
     });
     let readiness = Arc::new(Readiness::default());
     let workers = Workers::spawn(
@@ -113,6 +115,7 @@ pub async fn run_reloadable(
         limiter: api::webhook_limiter(config.server.webhook_rate_limit),
         started: std::time::Instant::now(),
         board,
+        outages,
     });
     let metrics_server = metrics_listener.map(|l| {
         tokio::spawn(api::serve(
@@ -213,6 +216,9 @@ fn daemon_metrics(config: &Config, store: &Store, me: &str) -> Result<Arc<Metric
     metrics.describe(backend, me)?;
     metrics.queue_depth.set(store.queued() as i64);
     metrics.init_rules(config.rules.iter().map(|r| r.name.as_str()));
+    for name in config.registries.keys() {
+        metrics.registry_up.with_label_values(&[name]).set(1);
+    }
     Ok(Arc::new(metrics))
 }
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub jobs_retrying: IntGauge,
     /// Failed attempts that will be retried, by `rule`.
     pub job_retries: IntCounterVec,
+    /// 0 while a probe watches a registry found down, else 1.
+    pub registry_up: prometheus::IntGaugeVec,
     /// Jobs held at a gate (waiting for a signature or a scan).
     pub jobs_held: IntGauge,
     /// How long the longest-held job has waited at its gate (0: none).
@@ -249,6 +251,13 @@ impl Metrics {
                 "Failed replication attempts that will be retried, by rule.",
                 &["rule"],
             )?,
+            registry_up: m.add(prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "harbor_relay_registry_up",
+                    "0 while the relay finds the registry down (no connection, or 502/503/504) and one probe watches it; 1 otherwise.",
+                ),
+                &["registry"],
+            ))?,
             jobs_held: m.gauge(
                 "harbor_relay_jobs_held",
                 "Replication jobs held at a gate, waiting for a signature or a scan.",

@@ -444,3 +444,82 @@ async fn a_proxy_limiting_body_size_gets_chunks_instead() {
         "{err}"
     );
 }
+
+/// A target that stops is one fact: the jobs that find it down wait (their
+/// own backoff is an hour here), one probe watches it, and its first
+/// answer after it is back queues them all; the status page and
+/// `harbor_relay_registry_up` say it is down meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_waiting_for_a_target_that_was_down_go_when_it_answers_again() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let port = free_port();
+    let target = RegistryProc::start_on(port, None, Auth::None).await;
+    let target_url = target.url.clone();
+    drop(target);
+    let config = format!(
+        "{}{}{RULE}",
+        registry_toml("external", &source.url, None, ""),
+        registry_toml("integrated", &target_url, None, "")
+            .trim_end()
+            .to_string()
+            + "\nrequest_attempts = 1\n\n",
+    );
+    let relay = Relay::start_with_jobs(
+        "retry_initial_delay = \"1h\"\nretry_max_delay = \"1h\"\n",
+        &config,
+    )
+    .await;
+    let mut images = Vec::new();
+    for i in 0..3 {
+        let img = TestImage::pushed(&src, &format!("library/app{i}"), &[20_000]).await;
+        let ids = relay
+            .push(push_event(
+                &format!("library/app{i}"),
+                Some("1"),
+                &img.digest,
+            ))
+            .await;
+        images.push((i, img, ids[0]));
+    }
+    for (_, _, id) in &images {
+        let j = relay.wait_state(*id, "retrying").await;
+        assert!(
+            j["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cannot connect"),
+            "{j}"
+        );
+    }
+    let (_, metrics) = relay.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("harbor_relay_registry_up{registry=\"integrated\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("harbor_relay_registry_up{registry=\"external\"} 1"),
+        "{metrics}"
+    );
+    let (_, page) = relay.get("/").await;
+    assert!(
+        page.as_str().unwrap_or_default().contains("down since"),
+        "{page}"
+    );
+
+    let _target = RegistryProc::start_on(port, None, Auth::None).await;
+    let dst = client(&target_url, None, TlsMode::System);
+    for (i, img, id) in &images {
+        relay.wait_success(*id).await;
+        assert_image_on(&dst, &format!("library/app{i}"), img, Some("1")).await;
+    }
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("harbor_relay_registry_up{registry=\"integrated\"} 1"),
+        "{metrics}"
+    );
+}

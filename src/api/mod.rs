@@ -64,6 +64,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// Bytes moved so far by each running job, for the status page.
     pub board: Arc<crate::jobs::workers::Board>,
+    /// The registries known to be down, for the status page.
+    pub outages: Arc<crate::jobs::outage::Outages>,
 }
 
 /// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),

@@ -201,7 +201,7 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
                 }
             }
         }
-        (registries_table(&live))
+        (registries_table(&live, &app.outages))
     };
     layout("harbor-relay", body).into_response()
 }
@@ -273,18 +273,22 @@ fn gated_table(jobs: &[crate::jobs::Job], empty: &str) -> Markup {
 }
 
 /// Each registry with its requests, retries, 429s and errors.
-fn registries_table(live: &crate::live::Live) -> Markup {
+fn registries_table(live: &crate::live::Live, outages: &crate::jobs::outage::Outages) -> Markup {
     let mut registries: Vec<(&String, &crate::registry::Registry)> =
         live.registries.iter().collect();
     registries.sort_by_key(|(n, _)| n.as_str());
     html! {
             h2 { "Registries" }
             table {
-                tr { th { "registry" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
+                tr { th { "registry" } th { "state" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
                 @for (name, reg) in &registries {
                     @let s = reg.stats();
                     tr {
                         td { (name) }
+                        @match outages.down_since(name) {
+                            Some(since) => td.failed { "down since " (humantime::format_rfc3339_seconds(since)) "; one probe watches it" },
+                            None => td.ok { "up" },
+                        }
                         td { (live.config.registries.get(*name).map(|c| c.url.to_string()).unwrap_or_default()) }
                         td { (s.requests.load(std::sync::atomic::Ordering::Relaxed)) }
                         td { (s.retries.load(std::sync::atomic::Ordering::Relaxed)) }

@@ -4,6 +4,7 @@
 //! [`workers`], which run them through [`crate::replicate`]. A job holds no
 //! credentials: only names of registries, repositories and references.
 
+pub mod outage;
 pub mod plan;
 pub mod store;
 mod view;
@@ -330,6 +331,10 @@ pub struct Job {
     /// delivery folds into it, so a push after the delete copies again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub window_closed: bool,
+    /// The registry that was down when its last attempt failed: the one
+    /// probe watching that registry queues it again when it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<String>,
     /// When a gate first held it (`hold_for` counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_since_ms: Option<u64>,
@@ -360,4 +365,14 @@ pub enum Outcome {
     },
     /// A gate refused it for good.
     Refused(String),
+    /// Failed because `registry` is down: try again at `at_ms`, or as
+    /// soon as that registry answers again, whichever comes first.
+    Down {
+        /// Why it failed.
+        error: String,
+        /// The registry that is down.
+        registry: String,
+        /// When to try again by itself (Unix milliseconds).
+        at_ms: u64,
+    },
 }

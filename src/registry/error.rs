@@ -129,6 +129,21 @@ impl RegistryError {
         )
     }
 
+    /// The registry, when this says it is down (no connection, or a `502`,
+    /// `503` or `504` after the request's own retries): one fact about the
+    /// registry, which one probe watches for every job that met it.
+    pub fn unreachable(&self) -> Option<&str> {
+        match self {
+            RegistryError::Connect { registry, .. }
+            | RegistryError::Status {
+                registry,
+                status: 502..=504,
+                ..
+            } => Some(registry),
+            _ => None,
+        }
+    }
+
     /// True when the registry said the thing asked for does not exist.
     pub fn is_not_found(&self) -> bool {
         matches!(self, RegistryError::NotFound { .. })

@@ -92,6 +92,15 @@ impl ReplicateError {
         }
     }
 
+    /// The registry that was down, when that is why the copy failed
+    /// ([`RegistryError::unreachable`]).
+    pub fn unreachable(&self) -> Option<&str> {
+        match self {
+            ReplicateError::Registry(e) => e.unreachable(),
+            _ => None,
+        }
+    }
+
     /// A [`ReplicateError::SourceRead`] for `blob` of `req`'s source.
     pub(super) fn source_read(
         req: &CopyRequest<'_>,

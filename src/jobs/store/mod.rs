@@ -145,6 +145,11 @@ impl Store {
         each!(self, s => s.release(repository).await)
     }
 
+    /// Queues at once the jobs waiting for `registry`, which answers again.
+    pub async fn release_down(&self, registry: &str) -> Result<usize, StoreError> {
+        each!(self, s => s.release_down(registry).await)
+    }
+
     /// When the longest-held job was first held (Unix ms), if any is.
     pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
         each!(self, s => s.oldest_held().await)

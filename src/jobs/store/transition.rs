@@ -22,6 +22,7 @@ pub fn new_job(id: u64, spec: JobSpec, now_ms: u64) -> Job {
         relay: None,
         window_closed: false,
         held_since_ms: None,
+        down: None,
     }
 }
 
@@ -118,6 +119,7 @@ pub enum After {
 
 /// Applies how an attempt ended.
 pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
+    job.down = None;
     let after = match outcome {
         Outcome::Succeeded(summary) => {
             job.state = JobState::Succeeded;
@@ -148,6 +150,17 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
             job.last_error = Some(reason);
             job.next_attempt_ms = Some(at_ms);
             job.held_since_ms.get_or_insert(now_ms);
+            After::Retrying(at_ms)
+        }
+        Outcome::Down {
+            error,
+            registry,
+            at_ms,
+        } => {
+            job.state = JobState::Retrying;
+            job.last_error = Some(error);
+            job.next_attempt_ms = Some(at_ms);
+            job.down = Some(registry);
             After::Retrying(at_ms)
         }
         Outcome::Refused(reason) => {
@@ -213,6 +226,11 @@ pub fn cancel(job: &mut Job, why: String, now_ms: u64) {
 /// the gates again, it is not let through.
 pub fn released_by(job: &Job, repository: &str) -> bool {
     job.state == JobState::Held && job.spec.source_repository == repository
+}
+
+/// Whether a retrying job waits for `registry` to answer again.
+pub fn waits_for(job: &Job, registry: &str) -> bool {
+    job.state == JobState::Retrying && job.down.as_deref() == Some(registry)
 }
 
 /// Whether `job` may be queued again by hand: a failed or refused one.

@@ -73,6 +73,34 @@ impl SledStore {
         Ok(moved)
     }
 
+    /// Queues at once the jobs that wait for `registry` to answer again
+    /// ([`transition::waits_for`]). Returns how many.
+    pub async fn release_down(&self, registry: &str) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        {
+            let _g = self.guard();
+            let mut due = Vec::new();
+            for item in self.delayed.iter() {
+                let (k, _) = item?;
+                if let Some(job) = self.load(id_of(&k))?
+                    && transition::waits_for(&job, registry)
+                {
+                    due.push((k, job));
+                }
+            }
+            for (k, mut job) in due {
+                self.delayed.remove(&k)?;
+                self.requeue(&mut job)?;
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.durable().await?;
+            self.wake.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     /// When the longest-held job was first held, if any job is held.
     pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
         if self.held() == 0 {

@@ -307,6 +307,15 @@ impl PgStore {
         .await
     }
 
+    /// Queues at once the jobs that wait for `registry` to answer again.
+    pub async fn release_down(&self, registry: &str) -> Result<usize, StoreError> {
+        self.promote_where(
+            "SELECT job FROM relay_jobs WHERE state = 'retrying' AND job->>'down' = $1 FOR UPDATE SKIP LOCKED",
+            &registry,
+        )
+        .await
+    }
+
     /// When the longest-held job was first held, across the fleet.
     pub async fn oldest_held(&self) -> Result<Option<u64>, StoreError> {
         let row = self

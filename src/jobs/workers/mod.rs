@@ -19,12 +19,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use backon::BackoffBuilder;
+mod decide;
 
-use super::{Action, Job, Outcome, Store, Summary, now_ms};
+use super::{Action, Job, Outcome, Store, now_ms};
 use crate::live::Shared;
 use crate::metrics::Metrics;
 use crate::replicate::Replicator;
+pub use decide::RetryPolicy;
+use decide::{Attempt, Holding, decide};
 
 /// What workers share.
 pub struct Context {
@@ -38,6 +40,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Bytes moved so far by each running job.
     pub board: Arc<Board>,
+    /// The registries found down, each watched by one probe.
+    pub outages: Arc<super::outage::Outages>,
 }
 
 /// The jobs running here: bytes moved so far by each (what the status
@@ -75,43 +79,6 @@ impl Board {
 
     fn end(&self, id: u64) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-    }
-}
-
-/// Attempts and backoff for failed jobs.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts before a job counts as failed.
-    pub max_attempts: u32,
-    /// Wait before the first retry.
-    pub initial_delay: Duration,
-    /// Longest wait.
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    /// The policy `[jobs]` asks for.
-    pub fn from_config(jobs: &crate::config::JobsConfig) -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: jobs.max_attempts,
-            initial_delay: jobs.retry_initial_delay,
-            max_delay: jobs.retry_max_delay,
-        }
-    }
-
-    /// The wait after failed attempt number `attempt` (1-based): doubling
-    /// from the initial delay up to the maximum, plus up to 100% jitter so
-    /// that jobs failed together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.initial_delay)
-            .with_max_delay(self.max_delay)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(self.max_delay)
     }
 }
 
@@ -258,7 +225,7 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
         tokio::pin!(notified);
         notified.as_mut().enable();
         match ctx.store.claim().await {
-            Ok(Some(job)) => run_job(&ctx, job).await,
+            Ok(Some(job)) => run_job(&ctx, job, &shutdown).await,
             Ok(None) => {
                 ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
                 tokio::select! {
@@ -274,69 +241,6 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
                 }
             }
         }
-    }
-}
-
-/// How one attempt of a job ended, before policy decides what follows.
-#[derive(Debug)]
-enum Attempt {
-    /// Copied (or deleted).
-    Done(Summary),
-    /// Stopped between chunks for shutdown: not a failure.
-    Interrupted,
-    /// Failed; `permanent` when retrying cannot help.
-    Failed { error: String, permanent: bool },
-    /// A gate holds it (nothing written): not a failure.
-    Held(String),
-    /// A gate refused it for good (nothing written).
-    Refused(String),
-}
-
-/// A gated job's timing: when a gate first held it, and its rule's
-/// `hold_for` and `gate_recheck`.
-#[derive(Debug, Clone, Copy)]
-struct Holding {
-    since_ms: Option<u64>,
-    hold_for: Duration,
-    recheck: Duration,
-}
-
-/// What to record after an attempt: a pure decision (tested below), so the
-/// retry policy is read in one place.
-fn decide(
-    attempt: Attempt,
-    attempts: u32,
-    retry: &RetryPolicy,
-    holding: Option<Holding>,
-    now_ms: u64,
-) -> Outcome {
-    match attempt {
-        Attempt::Done(s) => Outcome::Succeeded(s),
-        Attempt::Interrupted => Outcome::Interrupted,
-        Attempt::Refused(why) => Outcome::Refused(why),
-        Attempt::Held(reason) => {
-            let Some(h) = holding else {
-                return Outcome::Failed(format!("held, and its rule has no gates now: {reason}"));
-            };
-            let since = h.since_ms.unwrap_or(now_ms);
-            if now_ms.saturating_sub(since) >= h.hold_for.as_millis() as u64 {
-                return Outcome::Failed(format!(
-                    "held for {} (hold_for) and not released: {reason}",
-                    humantime::format_duration(h.hold_for)
-                ));
-            }
-            Outcome::Held {
-                reason,
-                at_ms: now_ms + h.recheck.as_millis() as u64,
-            }
-        }
-        Attempt::Failed { error, permanent } if permanent || attempts >= retry.max_attempts => {
-            Outcome::Failed(error)
-        }
-        Attempt::Failed { error, .. } => Outcome::Retry {
-            error,
-            at_ms: now_ms + retry.delay(attempts).as_millis() as u64,
-        },
     }
 }
 
@@ -360,6 +264,7 @@ async fn attempt(
                 spec.rule
             ),
             permanent: true,
+            down: None,
         };
     }
     let (Some(source), Some(target)) = (
@@ -372,6 +277,7 @@ async fn attempt(
                 spec.from, spec.to
             ),
             permanent: true,
+            down: None,
         };
     };
     let work = async {
@@ -408,6 +314,7 @@ async fn attempt(
         Ok(Err(crate::replicate::ReplicateError::Refused(why))) => Attempt::Refused(why),
         Ok(Err(e)) => Attempt::Failed {
             permanent: e.is_permanent(),
+            down: e.unreachable().map(str::to_string),
             error: e.to_string(),
         },
         Err(error) => {
@@ -415,13 +322,14 @@ async fn attempt(
             Attempt::Failed {
                 error,
                 permanent: true,
+                down: None,
             }
         }
     }
 }
 
 /// Runs one claimed job and records its outcome.
-async fn run_job(ctx: &Context, job: Job) {
+async fn run_job(ctx: &Arc<Context>, job: Job, shutdown: &CancellationToken) {
     let spec = &job.spec;
     let span = tracing::info_span!(
         "job",
@@ -456,11 +364,38 @@ async fn run_job(ctx: &Context, job: Job) {
             });
         let outcome = decide(tried, job.attempts, &retry, holding, now_ms());
         report(ctx, &job, &outcome, started.elapsed(), &retry);
+        let down = match &outcome {
+            Outcome::Down { registry, .. } => Some(registry.clone()),
+            _ => None,
+        };
         record(ctx, job.id, outcome).await;
+        // After the record: a probe that queues the registry's waiting
+        // jobs before this one is recorded would miss it, but then it has
+        // marked the registry up, and this starts a new probe.
+        if let Some(registry) = down {
+            watch(ctx, &live, &registry, shutdown);
+        }
         update_gauges(ctx);
     }
     .instrument(span)
     .await
+}
+
+/// Starts the one probe of a registry found down, unless one runs.
+fn watch(ctx: &Arc<Context>, live: &crate::live::Live, name: &str, shutdown: &CancellationToken) {
+    let Some(registry) = live.registries.get(name) else {
+        return;
+    };
+    if ctx.outages.mark_down(name) {
+        tokio::spawn(super::outage::probe(
+            name.to_string(),
+            registry.clone(),
+            ctx.store.clone(),
+            ctx.outages.clone(),
+            ctx.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 }
 
 /// Records an attempt's outcome, trying again while the store fails (a
@@ -542,7 +477,7 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
                 .inc();
             tracing::warn!(reason = %reason, "refused at a gate: nothing written, not retried");
         }
-        Outcome::Retry { error, at_ms } => {
+        Outcome::Retry { error, at_ms } | Outcome::Down { error, at_ms, .. } => {
             ctx.metrics.job_retries.with_label_values(&[rule]).inc();
             tracing::warn!(
                 error = %error,
@@ -580,88 +515,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 3,
-            initial_delay: Duration::from_secs(10),
-            max_delay: Duration::from_secs(60),
-        }
-    }
-
-    fn failed(permanent: bool) -> Attempt {
-        Attempt::Failed {
-            error: "e".into(),
-            permanent,
-        }
-    }
-
-    #[test]
-    fn a_failed_attempt_is_retried_until_attempts_run_out_unless_permanent() {
-        let p = policy();
-        match decide(failed(false), 1, &p, None, 1_000) {
-            Outcome::Retry { error, at_ms } => {
-                assert_eq!(error, "e");
-                assert!((11_000..=21_000).contains(&at_ms), "{at_ms}");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            decide(failed(false), 3, &p, None, 0),
-            Outcome::Failed("e".into())
-        );
-        assert_eq!(
-            decide(failed(true), 1, &p, None, 0),
-            Outcome::Failed("e".into())
-        );
-        assert_eq!(
-            decide(Attempt::Interrupted, 3, &p, None, 0),
-            Outcome::Interrupted
-        );
-        assert_eq!(
-            decide(Attempt::Done(Summary::default()), 1, &p, None, 0),
-            Outcome::Succeeded(Summary::default())
-        );
-    }
-
-    #[test]
-    fn a_held_job_looks_again_after_gate_recheck_and_fails_after_hold_for() {
-        let p = policy();
-        let h = Holding {
-            since_ms: Some(1_000),
-            hold_for: Duration::from_secs(60),
-            recheck: Duration::from_secs(5),
-        };
-        let held = || Attempt::Held("waiting for a signature".into());
-        assert_eq!(
-            decide(held(), 9, &p, Some(h), 30_000),
-            Outcome::Held {
-                reason: "waiting for a signature".into(),
-                at_ms: 35_000
-            },
-            "a hold is not an attempt: max_attempts does not end it"
-        );
-        match decide(held(), 1, &p, Some(h), 61_000) {
-            Outcome::Failed(e) => {
-                assert!(e.starts_with("held for 1m (hold_for)"), "{e}");
-                assert!(e.ends_with("waiting for a signature"), "{e}");
-            }
-            other => panic!("{other:?}"),
-        }
-        let first = Holding {
-            since_ms: None,
-            ..h
-        };
-        assert!(matches!(
-            decide(held(), 1, &p, Some(first), 500_000),
-            Outcome::Held { at_ms: 505_000, .. }
-        ));
-        assert!(matches!(decide(held(), 1, &p, None, 0), Outcome::Failed(_)));
-        assert_eq!(
-            decide(Attempt::Refused("critical".into()), 1, &p, Some(h), 0),
-            Outcome::Refused("critical".into())
-        );
-    }
 
     #[tokio::test]
     async fn a_panic_becomes_the_jobs_error_and_the_caller_goes_on() {
