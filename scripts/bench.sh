@@ -10,11 +10,13 @@
 # Scenarios: big (1 GiB in 4 layers), huge (one 4 GiB layer), many (200
 # images from 200 webhooks vs one skopeo sync) and noop (the same again,
 # already replicated), gated (the same 200 with the signature and scan gates
-# on, against them off, through the Harbor double), shared (20 repositories
+# on, against them off, through the Harbor double), outage (the same 200 with
+# the target stopped for 20 s: the last image after it is back), shared (20 repositories
 # sharing 3 base layers),
 # latency (webhook to target, 1 MiB image), ingest (durable webhooks/s), and
 # across a WAN link to the source (tests/support/wan.rs): wan-many (20 small
-# images, 100 ms RTT), wan-big (8 x 10 MiB and one 256 MiB layer, 40 ms RTT,
+# images, 100 ms RTT), wan-small-layers (8 x 10 x 1 MiB, 40 ms RTT, 200 Mbit/s,
+# against a plain parallel fetch of the same blobs), wan-big (8 x 10 MiB and one 256 MiB layer, 40 ms RTT,
 # 200 Mbit/s), wan-one (webhook to tag, in RTTs); and ha (the many images
 # with 1, 2 and 3 relays sharing a PostgreSQL queue; not in the default list).
 #
@@ -43,7 +45,7 @@ if [ "${BENCH_REGISTRY_STORAGE:-tmpfs}" = tmpfs ] && [ -z "${BENCH_REGISTRY_DIR:
 fi
 log "registries' storage: ${BENCH_REGISTRY_DIR:-\$TMPDIR (disk)}"
 
-scenarios=${BENCH_SCENARIOS:-big,huge,many,gated,shared,latency,wan-many,wan-big,wan-one,ingest}
+scenarios=${BENCH_SCENARIOS:-big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-one,ingest}
 mkdir -p target/bench
 
 if [[ ",$scenarios," == *,ingest,* ]]; then

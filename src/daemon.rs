@@ -97,6 +97,7 @@ pub async fn run_reloadable(
         metrics: metrics.clone(),
         board: board.clone(),
         outages: outages.clone(),
+        admission: Default::default(),
     });
     let readiness = Arc::new(Readiness::default());
     let workers = Workers::spawn(

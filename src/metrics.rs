@@ -117,7 +117,7 @@ impl Drop for InFlight {
 /// time (so the registry module needs no metrics handle; see
 /// [`crate::registry::Stats`]).
 type StatsField = fn(&crate::registry::Stats) -> u64;
-const REGISTRY_COUNTERS: [(&str, &str, StatsField); 6] = [
+const REGISTRY_COUNTERS: [(&str, &str, StatsField); 8] = [
     (
         "harbor_relay_registry_requests_total",
         "HTTP requests sent to a registry (each attempt counts), by registry.",
@@ -147,6 +147,16 @@ const REGISTRY_COUNTERS: [(&str, &str, StatsField); 6] = [
         "harbor_relay_registry_written_bytes_total",
         "Blob bytes written to a registry (direction: out), by registry.",
         |s| s.bytes_written.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_concurrency_raised_total",
+        "Times a registry's adaptive request limit grew, by registry.",
+        |s| s.concurrency_raised.load(Ordering::Relaxed),
+    ),
+    (
+        "harbor_relay_concurrency_lowered_total",
+        "Times a registry's adaptive request limit was cut (429, 503, or answers far slower than its fastest), by registry.",
+        |s| s.concurrency_lowered.load(Ordering::Relaxed),
     ),
 ];
 
@@ -369,6 +379,20 @@ impl Metrics {
                     .inc_by(field(registries[*r].stats()));
             }
             families.extend(prometheus::core::Collector::collect(&vec));
+        }
+        if let Ok(gauge) = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "harbor_relay_concurrency",
+                "Requests a registry gets at once now: its adaptive limit (capped by max_concurrent_requests), by registry.",
+            ),
+            &["registry"],
+        ) {
+            for r in &names {
+                gauge
+                    .with_label_values(&[r.as_str()])
+                    .set(registries[*r].concurrency() as i64);
+            }
+            families.extend(prometheus::core::Collector::collect(&gauge));
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {

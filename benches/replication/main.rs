@@ -7,7 +7,9 @@
 //!     BENCH_SCENARIOS=big,noop BENCH_RUNS=5 cargo bench --bench replication
 //!
 //! Scenarios (see docs/performance.md): big, huge, many, noop, gated (`many`
-//! with both gates on, against the same with them off), shared,
+//! with both gates on, against the same with them off), outage (`many`
+//! with the target stopped for 20 s: the last image after it is back),
+//! shared,
 //! latency on loopback, each with its floor (all the CPU the copy took,
 //! registries' and copier's, over the cores); and wan-many, wan-big,
 //! wan-one with the source across a [`WanLink`] (delay and a shared
@@ -36,6 +38,7 @@ mod support;
 mod content;
 mod gated;
 mod measure;
+mod outage;
 mod scenarios;
 mod wan;
 mod world;
@@ -257,8 +260,9 @@ fn main() {
         rt.block_on(minimal_copy(&args));
         return;
     }
-    let scenarios = std::env::var("BENCH_SCENARIOS")
-        .unwrap_or_else(|_| "big,huge,many,gated,shared,latency,wan-many,wan-big,wan-one".into());
+    let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| {
+        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-one".into()
+    });
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -280,9 +284,11 @@ fn main() {
             print(&new);
             rows.extend(new);
         };
-        if ["big", "huge", "many", "noop", "gated", "shared", "latency"]
-            .iter()
-            .any(|s| want(s))
+        if [
+            "big", "huge", "many", "noop", "gated", "outage", "shared", "latency",
+        ]
+        .iter()
+        .any(|s| want(s))
         {
             let mut b = Bench::new(setup).await;
             if want("big") {
@@ -307,6 +313,9 @@ fn main() {
             if want("gated") {
                 show(gated::gated(&mut b, runs).await, &mut rows);
             }
+            if want("outage") {
+                show(outage::outage(&mut b, runs).await, &mut rows);
+            }
             if want("shared") {
                 show(vec![shared(&mut b, runs).await], &mut rows);
             }
@@ -320,6 +329,9 @@ fn main() {
         }
         if want("wan-many") {
             show(wan::wan_many(setup, runs).await, &mut rows);
+        }
+        if want("wan-small-layers") {
+            show(wan::wan_small_layers(setup, runs).await, &mut rows);
         }
         if want("wan-big") {
             show(wan::wan_big(setup, runs).await, &mut rows);

@@ -107,6 +107,7 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut used_relay, mut used_skopeo, mut used_noop) = (Vec::new(), Vec::new(), Vec::new());
     let mut mounted = Vec::new();
+    let mut limits_seen = Vec::new();
     for _ in 0..runs {
         b.fresh_target().await;
         let before = b.usage();
@@ -126,7 +127,11 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
             &metrics_text(&daemon).await,
             "harbor_relay_blobs_total{outcome=\"mounted\"}",
         ));
-        // No-op: the same 200 again, everything already there.
+        limits_seen.push(limits(&daemon).await);
+        // No-op: the same 200 again, everything already there, on a
+        // relay with an empty store (the same daemon would join each event
+        // to its job, which succeeded within `coalesce_window`).
+        let daemon = b.relay_daemon().await;
         let before = b.usage();
         noop_relay.push(replicate_all(&daemon, &imgs, WEBHOOK_CLIENTS).await);
         used_noop.push(b.settled_usage().await.since(before));
@@ -148,7 +153,7 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         skopeo: Some(median_of(&skopeo)),
         bytes,
         floor: cpu_floor(r.registries_cpu, relay.cpu_seconds + relay.sender_cpu),
-        extra: json!({"images": 200, "repositories": 20, "runs": runs, "blobs_mounted": median(mounted), "idle_share": relay.idle_share, "iowait_share": relay.iowait_share, "sender_cpu_seconds": relay.sender_cpu, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
+        extra: json!({"images": 200, "repositories": 20, "runs": runs, "limits": limits_seen, "blobs_mounted": median(mounted), "idle_share": relay.idle_share, "iowait_share": relay.iowait_share, "sender_cpu_seconds": relay.sender_cpu, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
         scenario: "no-op",

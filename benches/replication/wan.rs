@@ -65,13 +65,122 @@ fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
     total
 }
 
-/// The relay daemon on a fresh target, from one webhook per image.
-async fn relay_from_webhooks(b: &mut Bench, imgs: &[(String, String, String)]) -> (Measure, Usage) {
+/// The relay daemon on a fresh target, from one webhook per image; with
+/// the registries' adaptive limits at the end.
+async fn relay_from_webhooks(
+    b: &mut Bench,
+    imgs: &[(String, String, String)],
+) -> (Measure, Usage, Value) {
     b.fresh_target().await;
     let daemon = b.relay_daemon().await;
     let before = b.usage();
     let m = replicate_all(&daemon, imgs, imgs.len()).await;
-    (m, b.settled_usage().await.since(before))
+    (
+        m,
+        b.settled_usage().await.since(before),
+        limits(&daemon).await,
+    )
+}
+
+/// The anchor of `wan-small-layers`: every blob of `imgs` fetched through
+/// the same link by a plain HTTP client, `parallel` at a time (what
+/// `curl --parallel --parallel-max 8` does), bodies read and dropped. No
+/// manifests, no target, no checks: what the link allows.
+async fn plain_parallel_fetch(b: &Bench, blobs: &[(String, String)], parallel: usize) -> f64 {
+    let http = reqwest::Client::new();
+    let base = b.source_url();
+    let t = Instant::now();
+    let got: Vec<u64> = futures_util::stream::iter(blobs)
+        .map(|(repo, digest)| {
+            let (http, url) = (&http, format!("{base}/v2/{repo}/blobs/{digest}"));
+            async move {
+                let resp = http.get(url).send().await.expect("GET blob");
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let mut body = resp.bytes_stream();
+                let mut n = 0u64;
+                while let Some(chunk) = body.next().await {
+                    n += chunk.expect("blob body").len() as u64;
+                }
+                n
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    assert!(got.iter().all(|n| *n > 0));
+    t.elapsed().as_secs_f64()
+}
+
+/// `wan-small-layers`: 8 images of 10 layers of 1 MiB across a 40 ms RTT,
+/// 200 Mbit/s link, against the link's floor and, in the same run, a plain
+/// parallel fetch of the same blobs through the same link (issue 28).
+pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
+    let bw = 200_000_000u64;
+    let rtt = Duration::from_millis(40);
+    let mut b = Bench::new(Setup {
+        wan: Some((rtt, Some(bw))),
+        ..setup
+    })
+    .await;
+    check_link(&b, rtt).await;
+    let mut blobs = Vec::new();
+    let mut imgs = Vec::new();
+    let mut bytes = 0;
+    for i in 0..8u64 {
+        let layers: Vec<(u64, u64)> = (0..10).map(|j| (24_000_000 + i * 100 + j, MIB)).collect();
+        let img = GenImage::new(&layers);
+        let repo = format!("wan/small-{i:02}");
+        img.push(&b.src, &repo, "1").await;
+        bytes += img.bytes();
+        blobs.extend(img.layers.iter().map(|(_, _, d)| (repo.clone(), d.clone())));
+        imgs.push((repo, "1".to_string(), img.digest.clone()));
+    }
+    let floor = b
+        .link
+        .as_ref()
+        .and_then(|l| l.floor_seconds(bytes))
+        .expect("a capped link");
+    let plain_ok = b.source_issuer.is_none();
+    let (mut relay, mut plain, mut used, mut seen) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if plain_ok {
+            plain.push(plain_parallel_fetch(&b, &blobs, 8).await);
+        }
+        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
+        relay.push(m);
+        used.push(u);
+        seen.push(l);
+    }
+    let relay = median_of(&relay);
+    let plain = (!plain.is_empty()).then(|| median(plain));
+    let u = Usage::median(&used);
+    let mut rows = vec![Row {
+        scenario: "wan-small",
+        relay,
+        skopeo: None,
+        bytes,
+        floor: Some(("link", floor)),
+        extra: json!({"images": 8, "layers": 10, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000,
+            "runs": runs, "source_requests": u.source_requests, "limits": seen,
+            "ratio_to_plain_fetch": plain.map(|p| relay.seconds / p)}),
+    }];
+    if let Some(p) = plain {
+        rows.push(Row {
+            scenario: "  plain get",
+            relay: Measure {
+                seconds: p,
+                ..Default::default()
+            },
+            skopeo: None,
+            bytes,
+            floor: Some(("link", floor)),
+            extra: json!({"copier": "reqwest, 8 blob GETs at a time, bodies dropped: the link's anchor"}),
+        });
+    } else {
+        eprintln!("wan-small-layers: no plain fetch anchor with BENCH_SOURCE_AUTH=token");
+    }
+    rows
 }
 
 /// `wan-many`: 20 images of 3 layers of 100 KiB across a 100 ms RTT, no
@@ -102,18 +211,20 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
         .map(|(r, t, _)| (r.clone(), t.clone()))
         .collect();
     let (mut relay, mut sync, mut seq, mut used) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut seen = Vec::new();
     for _ in 0..runs {
         b.fresh_target().await;
         seq.push(skopeo_in_sequence(&b, &imgs));
         b.fresh_target().await;
         sync.push(b.skopeo_sync(&pairs));
-        let (m, u) = relay_from_webhooks(&mut b, &imgs).await;
+        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
         relay.push(m);
         used.push(u);
+        seen.push(l);
     }
     let (relay, u) = (median_of(&relay), Usage::median(&used));
     let rtts = relay.seconds / rtt.as_secs_f64();
-    let extra = json!({"images": 20, "rtt_ms": 100, "runs": runs, "relay_rtts": rtts,
+    let extra = json!({"images": 20, "rtt_ms": 100, "runs": runs, "relay_rtts": rtts, "limits": seen,
         "source_requests": u.source_requests, "source_requests_per_image": u.source_requests / 20.0,
         "source_tokens": u.source_token_requests, "target_tokens": u.token_requests});
     vec![
@@ -162,13 +273,15 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
         .as_ref()
         .and_then(|l| l.floor_seconds(bytes))
         .expect("a capped link");
-    let (mut relay, mut sync, mut used) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut relay, mut sync, mut used, mut seen) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         b.fresh_target().await;
         sync.push(b.skopeo_sync(&pairs));
-        let (m, u) = relay_from_webhooks(&mut b, &imgs).await;
+        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
         relay.push(m);
         used.push(u);
+        seen.push(l);
     }
     let u = Usage::median(&used);
     vec![Row {
@@ -177,7 +290,7 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
         skopeo: Some(median_of(&sync)),
         bytes,
         floor: Some(("link", floor)),
-        extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs,
+        extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs, "limits": seen,
             "source_requests": u.source_requests, "source_tokens": u.source_token_requests}),
     }]
 }

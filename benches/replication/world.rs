@@ -331,12 +331,10 @@ pub(crate) fn webhook_clients(n: usize) -> &'static [reqwest::Client] {
     &all[..n.clamp(1, WEBHOOK_SENDERS)]
 }
 
-/// The daemon's `[jobs]` in the bench (`BENCH_JOBS` replaces it): 16
-/// workers, enough in-flight requests to keep both cores busy while the
-/// registries wait on the disk (distribution's filesystem driver `fsync`s
-/// every blob it writes; 8 workers left 7-8% of the machine idle in
-/// `many`, 16 about 6%); no coalescing, so the no-op runs every job again.
-pub(crate) const DAEMON_JOBS: &str = "workers = 16\ncoalesce_window = \"0s\"\n";
+/// The daemon's `[jobs]` in the bench (`BENCH_JOBS` replaces it, for
+/// exploring): none, so every row is what a user gets with the shipped
+/// defaults (issue 28).
+pub(crate) const DAEMON_JOBS: &str = "";
 
 /// The most webhook senders a scenario may use.
 pub(crate) const WEBHOOK_SENDERS: usize = 100;
@@ -508,6 +506,23 @@ pub(crate) fn metric(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).map(str::trim))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Each registry's adaptive request limit now, and how often it was cut
+/// and raised so far: what the relay settled on by itself.
+pub(crate) async fn limits(relay: &Relay) -> Value {
+    let text = metrics_text(relay).await;
+    let mut out = serde_json::Map::new();
+    for r in ["external", "integrated"] {
+        let of = |name: &str| metric(&text, &format!("{name}{{registry=\"{r}\"}}"));
+        out.insert(
+            r.into(),
+            json!({"limit": of("harbor_relay_concurrency"),
+                "cut": of("harbor_relay_concurrency_lowered_total"),
+                "raised": of("harbor_relay_concurrency_raised_total")}),
+        );
+    }
+    Value::Object(out)
 }
 
 pub(crate) async fn metrics_text(relay: &Relay) -> String {

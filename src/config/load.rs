@@ -11,6 +11,10 @@ use std::time::Duration;
 use super::raw::*;
 use super::*;
 
+/// `jobs.workers` when not set: the most jobs at once, a cap; how many run
+/// follows the registries' adaptive limits (`jobs::workers::admit`).
+pub const AUTO_WORKERS: usize = 32;
+
 /// Turns the file as written into the validated configuration, with
 /// errors that name the file and the key.
 pub(super) struct Loader<'a> {
@@ -331,7 +335,7 @@ impl Loader<'_> {
     }
 
     fn jobs(&self, raw: RawJobs) -> Result<JobsConfig, ConfigError> {
-        let workers = raw.workers.unwrap_or(4);
+        let workers = raw.workers.unwrap_or(AUTO_WORKERS);
         if !(1..=256).contains(&workers) {
             return Err(self.invalid("jobs.workers", "must be between 1 and 256"));
         }

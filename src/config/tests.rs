@@ -53,7 +53,7 @@ fn parses_a_good_file_with_defaults() {
     assert_eq!(rule.target_project, "{project}");
     assert_eq!(rule.tags, vec!["**"]);
     assert!(rule.exclude_tags.is_empty());
-    assert_eq!(c.jobs.workers, 4);
+    assert_eq!(c.jobs.workers, 32, "a cap: the registries decide below it");
     assert_eq!(c.jobs.blob_concurrency, 4);
     assert_eq!(c.jobs.max_attempts, 8);
     assert_eq!(c.jobs.retention, Duration::from_secs(7 * 24 * 3600));

@@ -374,5 +374,8 @@ pub enum Outcome {
         registry: String,
         /// When to try again by itself (Unix milliseconds).
         at_ms: u64,
+        /// The job was already waiting for this registry: the outage is
+        /// one fact, so its repeats do not use up the job's attempts.
+        again: bool,
     },
 }

@@ -17,7 +17,9 @@
 //! - [`transport`]: TLS per registry (system roots, one pinned CA, or none),
 //!   connect and stall timeouts, retries on connect errors, 408, 429 and
 //!   5xx with backoff, and `Retry-After` honoured for every request to the
-//!   host while it lasts.
+//!   host while it lasts;
+//! - [`limit`]: how many requests the registry gets at once, adapted to
+//!   its answers (AIMD with a latency signal).
 
 pub mod auth;
 mod authn;
@@ -25,6 +27,7 @@ mod blobs;
 mod classify;
 mod error;
 mod grant;
+mod limit;
 mod listing;
 mod manifests;
 mod pacer;
@@ -174,6 +177,12 @@ impl Registry {
     /// Requests, retries, 429s and bytes moved, for metrics.
     pub fn stats(&self) -> &Stats {
         &self.t.stats
+    }
+
+    /// How many requests this registry gets at once now: the adaptive
+    /// limit, which also paces how many jobs run (`jobs::workers`).
+    pub fn concurrency(&self) -> usize {
+        self.t.limiter.limit()
     }
 
     pub(super) fn url(&self, path: &str) -> String {

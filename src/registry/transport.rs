@@ -25,12 +25,12 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use reqwest::header::{HeaderMap, LOCATION, RETRY_AFTER};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::RegistryError;
 use super::auth::{Challenge, TokenCache};
 use super::classify::error_chain;
+use super::limit::{Change, Limiter, Sample};
 use super::pacer::Pacer;
 use super::trust::{cut, host_of, same_origin};
 use crate::config::{RegistryConfig, RegistryLimits, Secret, TlsMode};
@@ -59,7 +59,9 @@ pub(super) struct Transport {
     pub(super) challenge: Mutex<Option<Challenge>>,
     pub(super) tokens: Mutex<TokenCache>,
     not_before: Mutex<Option<Instant>>,
-    permits: Option<Semaphore>,
+    /// Requests in flight at once: adaptive, capped by
+    /// `max_concurrent_requests` (see [`super::limit`]).
+    pub(super) limiter: Limiter,
     pub(super) pacer: Option<std::sync::Arc<Pacer>>,
     pub(super) create_projects: bool,
     pub(super) is_harbor: bool,
@@ -90,6 +92,10 @@ pub struct Stats {
     pub bytes_read: std::sync::Arc<AtomicU64>,
     /// Blob bytes written to this registry.
     pub bytes_written: std::sync::Arc<AtomicU64>,
+    /// Times the adaptive request limit grew.
+    pub concurrency_raised: AtomicU64,
+    /// Times it was cut (a `429`, a `503`, a queue at the registry).
+    pub concurrency_lowered: AtomicU64,
 }
 
 /// What to put in `Authorization`.
@@ -220,7 +226,11 @@ impl Transport {
             challenge: Mutex::new(None),
             tokens: Mutex::new(TokenCache::default()),
             not_before: Mutex::new(None),
-            permits: limits.max_concurrent_requests.map(Semaphore::new),
+            limiter: Limiter::new(
+                limits
+                    .max_concurrent_requests
+                    .unwrap_or(super::limit::AUTO_MAX),
+            ),
             create_projects: cfg.create_projects,
             is_harbor: cfg.is_harbor,
             pacer: limits
@@ -349,10 +359,7 @@ impl Transport {
         make: &(dyn Fn(&Client) -> RequestBuilder + Sync),
     ) -> (reqwest::Method, Result<Response, reqwest::Error>) {
         self.wait_pacing().await;
-        let _permit = match &self.permits {
-            Some(s) => s.acquire().await.ok(),
-            None => None,
-        };
+        let _permit = self.limiter.acquire().await;
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let request = apply(make(&self.http), auth).build();
@@ -365,7 +372,34 @@ impl Transport {
             Err(e) => Err(e),
         };
         tracing::trace!(registry = %self.name, %what, status = ?sent.as_ref().map(|r| r.status().as_u16()).ok(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+        if let Ok(r) = &sent {
+            self.sampled(&method, r.status(), started.elapsed());
+        }
         (method, sent)
+    }
+
+    /// Tells the adaptive limit what one answer says about the load.
+    fn sampled(&self, method: &reqwest::Method, status: StatusCode, took: Duration) {
+        let sample = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => Sample::Overloaded,
+            _ => Sample::Answered {
+                // A body sent is part of an upload's time: only bodiless
+                // requests compare.
+                latency: (method == reqwest::Method::GET || method == reqwest::Method::HEAD)
+                    .then_some(took),
+                in_flight: self.limiter.in_flight(),
+            },
+        };
+        let change = self.limiter.record(sample);
+        let counter = match change {
+            Change::Raised => &self.stats.concurrency_raised,
+            Change::Lowered => &self.stats.concurrency_lowered,
+            Change::Same => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if change == Change::Lowered {
+            tracing::debug!(registry = %self.name, limit = self.limiter.limit(), ?status, "the registry pushes back: fewer requests at once");
+        }
     }
 
     /// Every request to this host waits until `now + wait` (`wait` is

@@ -178,6 +178,30 @@ impl RegistryProc {
         r
     }
 
+    /// Stops the registry (SIGKILL), keeping its storage, for a test of
+    /// a registry that goes away and comes back ([`RegistryProc::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped registry again on the same port, storage and
+    /// config; its access log goes on where it was.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .expect("log");
+        self.child = Command::new(registry_binary())
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        self.wait_ready().await;
+    }
+
     async fn wait_ready(&self) {
         let wait = Deadline::new(Duration::from_secs(15));
         while wait.open() {

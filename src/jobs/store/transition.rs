@@ -156,7 +156,11 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
             error,
             registry,
             at_ms,
+            again,
         } => {
+            if again {
+                job.attempts = job.attempts.saturating_sub(1);
+            }
             job.state = JobState::Retrying;
             job.last_error = Some(error);
             job.next_attempt_ms = Some(at_ms);

@@ -82,6 +82,7 @@ pub(super) fn decide(
     attempts: u32,
     retry: &RetryPolicy,
     holding: Option<Holding>,
+    waiting_for: Option<&str>,
     now_ms: u64,
 ) -> Outcome {
     match attempt {
@@ -105,6 +106,16 @@ pub(super) fn decide(
             }
         }
         Attempt::Failed {
+            error,
+            permanent: false,
+            down: Some(registry),
+        } if waiting_for == Some(registry.as_str()) => Outcome::Down {
+            error,
+            registry,
+            at_ms: now_ms + retry.delay(attempts.saturating_sub(1)).as_millis() as u64,
+            again: true,
+        },
+        Attempt::Failed {
             error, permanent, ..
         } if permanent || attempts >= retry.max_attempts => Outcome::Failed(error),
         Attempt::Failed {
@@ -115,6 +126,7 @@ pub(super) fn decide(
             error,
             registry,
             at_ms: now_ms + retry.delay(attempts).as_millis() as u64,
+            again: false,
         },
         Attempt::Failed { error, .. } => Outcome::Retry {
             error,
@@ -146,7 +158,7 @@ mod tests {
     #[test]
     fn a_failed_attempt_is_retried_until_attempts_run_out_unless_permanent() {
         let p = policy();
-        match decide(failed(false), 1, &p, None, 1_000) {
+        match decide(failed(false), 1, &p, None, None, 1_000) {
             Outcome::Retry { error, at_ms } => {
                 assert_eq!(error, "e");
                 assert!((11_000..=21_000).contains(&at_ms), "{at_ms}");
@@ -154,19 +166,19 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            decide(failed(false), 3, &p, None, 0),
+            decide(failed(false), 3, &p, None, None, 0),
             Outcome::Failed("e".into())
         );
         assert_eq!(
-            decide(failed(true), 1, &p, None, 0),
+            decide(failed(true), 1, &p, None, None, 0),
             Outcome::Failed("e".into())
         );
         assert_eq!(
-            decide(Attempt::Interrupted, 3, &p, None, 0),
+            decide(Attempt::Interrupted, 3, &p, None, None, 0),
             Outcome::Interrupted
         );
         assert_eq!(
-            decide(Attempt::Done(Summary::default()), 1, &p, None, 0),
+            decide(Attempt::Done(Summary::default()), 1, &p, None, None, 0),
             Outcome::Succeeded(Summary::default())
         );
     }
@@ -179,7 +191,7 @@ mod tests {
             permanent: false,
             down: Some("integrated".into()),
         };
-        match decide(down, 1, &p, None, 1_000) {
+        match decide(down, 1, &p, None, None, 1_000) {
             Outcome::Down {
                 registry, at_ms, ..
             } => {
@@ -197,8 +209,32 @@ mod tests {
             down: Some("integrated".into()),
         };
         assert!(
-            matches!(decide(last, 3, &p, None, 0), Outcome::Failed(_)),
+            matches!(decide(last, 3, &p, None, None, 0), Outcome::Failed(_)),
             "attempts still end"
+        );
+        let again = Attempt::Failed {
+            error: "cannot connect".into(),
+            permanent: false,
+            down: Some("integrated".into()),
+        };
+        assert!(
+            matches!(
+                decide(again, 3, &p, None, Some("integrated"), 0),
+                Outcome::Down { again: true, .. }
+            ),
+            "the same outage again does not use up the job's attempts"
+        );
+        let elsewhere = Attempt::Failed {
+            error: "cannot connect".into(),
+            permanent: false,
+            down: Some("external".into()),
+        };
+        assert!(
+            matches!(
+                decide(elsewhere, 3, &p, None, Some("integrated"), 0),
+                Outcome::Failed(_)
+            ),
+            "another registry's outage is a new failure"
         );
     }
 
@@ -212,14 +248,14 @@ mod tests {
         };
         let held = || Attempt::Held("waiting for a signature".into());
         assert_eq!(
-            decide(held(), 9, &p, Some(h), 30_000),
+            decide(held(), 9, &p, Some(h), None, 30_000),
             Outcome::Held {
                 reason: "waiting for a signature".into(),
                 at_ms: 35_000
             },
             "a hold is not an attempt: max_attempts does not end it"
         );
-        match decide(held(), 1, &p, Some(h), 61_000) {
+        match decide(held(), 1, &p, Some(h), None, 61_000) {
             Outcome::Failed(e) => {
                 assert!(e.starts_with("held for 1m (hold_for)"), "{e}");
                 assert!(e.ends_with("waiting for a signature"), "{e}");
@@ -231,12 +267,15 @@ mod tests {
             ..h
         };
         assert!(matches!(
-            decide(held(), 1, &p, Some(first), 500_000),
+            decide(held(), 1, &p, Some(first), None, 500_000),
             Outcome::Held { at_ms: 505_000, .. }
         ));
-        assert!(matches!(decide(held(), 1, &p, None, 0), Outcome::Failed(_)));
+        assert!(matches!(
+            decide(held(), 1, &p, None, None, 0),
+            Outcome::Failed(_)
+        ));
         assert_eq!(
-            decide(Attempt::Refused("critical".into()), 1, &p, Some(h), 0),
+            decide(Attempt::Refused("critical".into()), 1, &p, Some(h), None, 0),
             Outcome::Refused("critical".into())
         );
     }

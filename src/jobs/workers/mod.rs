@@ -25,6 +25,9 @@ use super::{Action, Job, Outcome, Store, now_ms};
 use crate::live::Shared;
 use crate::metrics::Metrics;
 use crate::replicate::Replicator;
+mod admit;
+
+pub use admit::Admission;
 pub use decide::RetryPolicy;
 use decide::{Attempt, Holding, decide};
 
@@ -42,6 +45,8 @@ pub struct Context {
     pub board: Arc<Board>,
     /// The registries found down, each watched by one probe.
     pub outages: Arc<super::outage::Outages>,
+    /// The jobs running now, within the registries' limits.
+    pub admission: Admission,
 }
 
 /// The jobs running here: bytes moved so far by each (what the status
@@ -221,6 +226,20 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
         if shutdown.is_cancelled() {
             return;
         }
+        let limit = || {
+            let live = ctx.live.get();
+            // The registries the rules use: one configured for later,
+            // idle, never earns a limit and must not hold the others back.
+            let used = live.config.rules.iter().flat_map(|r| [&r.from, &r.to]);
+            admit::job_limit(
+                live.config.jobs.workers,
+                used.filter_map(|name| live.registries.get(name))
+                    .map(|r| r.concurrency()),
+            )
+        };
+        let Some(_slot) = ctx.admission.enter(limit, &shutdown).await else {
+            return;
+        };
         let notified = ctx.store.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -362,7 +381,14 @@ async fn run_job(ctx: &Arc<Context>, job: Job, shutdown: &CancellationToken) {
                 hold_for: g.hold_for,
                 recheck: g.recheck,
             });
-        let outcome = decide(tried, job.attempts, &retry, holding, now_ms());
+        let outcome = decide(
+            tried,
+            job.attempts,
+            &retry,
+            holding,
+            job.down.as_deref(),
+            now_ms(),
+        );
         report(ctx, &job, &outcome, started.elapsed(), &retry);
         let down = match &outcome {
             Outcome::Down { registry, .. } => Some(registry.clone()),
