@@ -280,7 +280,7 @@ fn registries_table(live: &crate::live::Live, outages: &crate::jobs::outage::Out
     html! {
             h2 { "Registries" }
             table {
-                tr { th { "registry" } th { "state" } th { "url" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
+                tr { th { "registry" } th { "state" } th { "url" } th title="adaptive: grows while used, cut on 429, 503 or slow answers" { "requests at once" } th { "requests" } th { "retries" } th { "429s" } th { "errors" } }
                 @for (name, reg) in &registries {
                     @let s = reg.stats();
                     tr {
@@ -290,6 +290,7 @@ fn registries_table(live: &crate::live::Live, outages: &crate::jobs::outage::Out
                             None => td.ok { "up" },
                         }
                         td { (live.config.registries.get(*name).map(|c| c.url.to_string()).unwrap_or_default()) }
+                        td { (reg.concurrency()) " (cut " (s.concurrency_lowered.load(std::sync::atomic::Ordering::Relaxed)) "×)" }
                         td { (s.requests.load(std::sync::atomic::Ordering::Relaxed)) }
                         td { (s.retries.load(std::sync::atomic::Ordering::Relaxed)) }
                         td { (s.throttled.load(std::sync::atomic::Ordering::Relaxed)) }

@@ -13,8 +13,8 @@
 //!   start), then grows by one per full window of answers;
 //! - it grows only while at least half of it is in use: an idle registry
 //!   does not earn a limit it never tested;
-//! - a `429` or `503`, or an answer slower than twice the baseline plus
-//!   [`LATENCY_SLACK`], cuts it to [`DECREASE`] of itself, once per window
+//! - a `429` or `503`, or answers slower (smoothed, as TCP smooths its
+//!   RTT) than twice the baseline plus [`LATENCY_SLACK`], cut it to [`DECREASE`] of itself, once per window
 //!   (one burst of 429s is one signal, as one loss event halves TCP's window
 //!   once);
 //! - the baseline is the fastest answer (`GET`/`HEAD`, to headers) of the
@@ -38,10 +38,10 @@ pub const MIN: usize = 2;
 pub const AUTO_MAX: usize = 64;
 /// What a push-back leaves of the limit.
 pub const DECREASE: f64 = 0.75;
-/// Latency under this much above twice the baseline is noise, not a queue
-/// (a loopback registry's 1 ms baseline would otherwise read a 3 ms answer
-/// as overload).
-pub const LATENCY_SLACK: Duration = Duration::from_millis(5);
+/// Smoothed latency under this much above twice the baseline is noise, not
+/// a queue (a loopback registry's 1 ms baseline would otherwise read a busy
+/// machine's scheduling as overload).
+pub const LATENCY_SLACK: Duration = Duration::from_millis(20);
 /// Answers over which the baseline is the fastest.
 pub const BASELINE_WINDOW: u32 = 256;
 
@@ -76,6 +76,9 @@ pub struct Aimd {
     baseline: Option<Duration>,
     window_min: Option<Duration>,
     window_seen: u32,
+    /// Recent latency, smoothed as TCP smooths its RTT (RFC 6298's 1/8),
+    /// so that one slow answer is not a queue.
+    smoothed: Option<Duration>,
 }
 
 impl Aimd {
@@ -90,6 +93,7 @@ impl Aimd {
             baseline: None,
             window_min: None,
             window_seen: 0,
+            smoothed: None,
         }
     }
 
@@ -143,10 +147,15 @@ impl Aimd {
                 self.window_seen = 0;
             }
         }
+        let smoothed = match self.smoothed {
+            None => latency,
+            Some(s) => (s * 7 + latency) / 8,
+        };
+        self.smoothed = Some(smoothed);
         let Some(base) = self.baseline else {
             return false;
         };
-        latency > base * 2 + LATENCY_SLACK
+        smoothed > base * 2 + LATENCY_SLACK
     }
 }
 
@@ -311,20 +320,25 @@ mod tests {
     fn answers_far_slower_than_the_fastest_recent_one_are_a_push_back() {
         let mut a = Aimd::new(AUTO_MAX);
         a.on(ok(100, 1));
-        assert_eq!(a.on(ok(240, 1)), Change::Same, "2 x 100 ms + 50 ms slack");
-        for _ in 0..20 {
-            a.on(ok(120, 1));
-        }
-        assert_eq!(a.on(ok(300, 1)), Change::Lowered, "a queue at the registry");
+        assert_eq!(
+            a.on(ok(400, 1)),
+            Change::Same,
+            "one slow answer is not a queue"
+        );
+        let cut = (0..10).position(|_| a.on(ok(400, 1)) == Change::Lowered);
+        assert!(
+            cut.is_some(),
+            "answers 4x the fastest, again and again: a queue"
+        );
         assert_eq!(a.limit(), 12);
         // A registry slower for good: once a whole window has seen
-        // nothing faster, 300 ms is the new normal and the limit grows.
+        // nothing faster, 400 ms is the new normal and the limit grows.
         for _ in 0..2 * BASELINE_WINDOW {
-            a.on(ok(300, 1));
+            a.on(ok(400, 1));
         }
         let settled = a.limit();
         for _ in 0..50 {
-            assert_ne!(a.on(ok(300, settled)), Change::Lowered);
+            assert_ne!(a.on(ok(400, settled)), Change::Lowered);
         }
         assert!(a.limit() > settled, "{} > {settled}", a.limit());
         // Uploads (no latency) never read as slow.
