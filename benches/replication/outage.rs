@@ -77,6 +77,7 @@ pub(crate) async fn outage(b: &mut Bench, runs: usize) -> Vec<Row> {
         // A time lost, not a copy's: no MB/s.
         bytes: 0,
         floor: None,
+        floor_min: None,
         extra: json!({"images": imgs.len(), "runs": runs,
             "measured": "seconds lost beyond the outage: (wall with it) - (wall without it) - outage",
             "outage_seconds": OUTAGE.as_secs(), "goal_seconds": 2,

@@ -55,6 +55,7 @@ pub(crate) async fn one_image(
         skopeo: Some(skopeo),
         bytes: img.bytes(),
         floor: cpu_floor(Usage::median(&used_relay).registries_cpu, relay.cpu_seconds),
+        floor_min: min_floor(Usage::median(&used_relay).registries_cpu, img.bytes()),
         extra: json!({"runs": runs, "registries_cpu_seconds": Usage::median(&used_relay).registries_cpu, "registries_cpu_seconds_skopeo": Usage::median(&used_skopeo).registries_cpu}),
     }];
     if with_minimal {
@@ -65,6 +66,7 @@ pub(crate) async fn one_image(
             skopeo: Some(skopeo),
             bytes: img.bytes(),
             floor: cpu_floor(Usage::median(&used_minimal).registries_cpu, minimal.cpu_seconds),
+            floor_min: min_floor(Usage::median(&used_minimal).registries_cpu, img.bytes()),
             extra: json!({"runs": runs, "copier": "minimal: reqwest, rustls, sha2, 4 blobs at a time, no checks", "registries_cpu_seconds": Usage::median(&used_minimal).registries_cpu}),
         });
     }
@@ -153,6 +155,7 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
         skopeo: Some(median_of(&skopeo)),
         bytes,
         floor: cpu_floor(r.registries_cpu, relay.cpu_seconds + relay.sender_cpu),
+        floor_min: min_floor(r.registries_cpu, bytes),
         extra: json!({"images": 200, "repositories": 20, "runs": runs, "limits": limits_seen, "blobs_mounted": median(mounted), "idle_share": relay.idle_share, "iowait_share": relay.iowait_share, "sender_cpu_seconds": relay.sender_cpu, "registries_cpu_seconds": r.registries_cpu, "target_cpu_seconds": r.target_cpu, "registries_cpu_seconds_skopeo": s.registries_cpu, "requests": r.requests, "requests_skopeo": s.requests, "token_requests": r.token_requests, "token_requests_skopeo": s.token_requests, "source_token_requests": r.source_token_requests, "source_token_requests_skopeo": s.source_token_requests, "source_requests_per_image": r.source_requests / 200.0, "target_requests_per_image": (r.requests - r.source_requests) / 200.0, "source_requests_per_image_skopeo": s.source_requests / 200.0, "target_requests_per_image_skopeo": (s.requests - s.source_requests) / 200.0, "tcp_connections": r.tcp_connections, "tcp_connections_skopeo": s.tcp_connections}),
     };
     let noop = Row {
@@ -164,6 +167,7 @@ pub(crate) async fn many(b: &mut Bench, runs: usize) -> (Row, Row) {
             n.registries_cpu,
             noop_relay.cpu_seconds + noop_relay.sender_cpu,
         ),
+        floor_min: None,
         extra: json!({"requests_per_tag": n.requests / imgs.len() as f64, "runs": runs, "idle_share": noop_relay.idle_share, "iowait_share": noop_relay.iowait_share, "sender_cpu_seconds": noop_relay.sender_cpu, "registries_cpu_seconds": n.registries_cpu, "target_cpu_seconds": n.target_cpu}),
     };
     (many, noop)
@@ -207,6 +211,7 @@ pub(crate) async fn shared(b: &mut Bench, runs: usize) -> Row {
         skopeo: None,
         bytes: unique,
         floor: None,
+        floor_min: None,
         extra: json!({"uploaded_bytes": up, "unique_bytes": unique, "overhead": up / unique as f64 - 1.0, "runs": runs}),
     }
 }
@@ -251,6 +256,7 @@ pub(crate) async fn latency(b: &mut Bench) -> Row {
         skopeo: None,
         bytes: MIB,
         floor: None,
+        floor_min: None,
         extra: json!({"p50_seconds": percentile(lat.clone(), 0.5), "p99_seconds": percentile(lat, 0.99), "pushes": 100, "queued_p50_seconds": median(queued), "copy_p50_seconds": median(running)}),
     }
 }
@@ -317,6 +323,7 @@ pub(crate) async fn ha(b: &mut Bench, runs: usize) -> Vec<Row> {
             skopeo: None,
             bytes,
             floor: None,
+            floor_min: None,
             extra: json!({"relays": relays, "images": imgs.len(), "runs": runs, "store": "postgres"}),
         });
     }

@@ -143,17 +143,22 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
     let plain_ok = b.source_issuer.is_none();
     let (mut relay, mut plain, mut used, mut seen) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut busy_share = Vec::new();
     for _ in 0..runs {
         if plain_ok {
             plain.push(plain_parallel_fetch(&b, &blobs, 8).await);
         }
+        let busy0 = b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
         let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
+        let busy = b.link.as_ref().map_or(0.0, |l| l.busy_seconds()) - busy0;
+        busy_share.push(busy / m.seconds);
         relay.push(m);
         used.push(u);
         seen.push(l);
     }
     let relay = median_of(&relay);
     let plain = (!plain.is_empty()).then(|| median(plain));
+    let busy_share = median(busy_share);
     let u = Usage::median(&used);
     let mut rows = vec![Row {
         scenario: "wan-small",
@@ -161,8 +166,10 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
         skopeo: None,
         bytes,
         floor: Some(("link", floor)),
+        floor_min: None,
         extra: json!({"images": 8, "layers": 10, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000,
             "runs": runs, "source_requests": u.source_requests, "limits": seen,
+            "link_busy_share": busy_share,
             "ratio_to_plain_fetch": plain.map(|p| relay.seconds / p)}),
     }];
     if let Some(p) = plain {
@@ -175,6 +182,7 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
             skopeo: None,
             bytes,
             floor: Some(("link", floor)),
+            floor_min: None,
             extra: json!({"copier": "reqwest, 8 blob GETs at a time, bodies dropped: the link's anchor"}),
         });
     } else {
@@ -234,6 +242,7 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
             skopeo: Some(median_of(&sync)),
             bytes,
             floor: None,
+            floor_min: None,
             extra: extra.clone(),
         },
         Row {
@@ -242,6 +251,7 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
             skopeo: Some(median_of(&seq)),
             bytes,
             floor: None,
+            floor_min: None,
             extra: json!({"skopeo": "copy, one image after another"}),
         },
     ]
@@ -275,22 +285,28 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
         .expect("a capped link");
     let (mut relay, mut sync, mut used, mut seen) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut busy_share = Vec::new();
     for _ in 0..runs {
         b.fresh_target().await;
         sync.push(b.skopeo_sync(&pairs));
+        let busy0 = b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
         let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
+        let busy = b.link.as_ref().map_or(0.0, |l| l.busy_seconds()) - busy0;
+        busy_share.push(busy / m.seconds);
         relay.push(m);
         used.push(u);
         seen.push(l);
     }
     let u = Usage::median(&used);
+    let busy_share = median(busy_share);
     vec![Row {
         scenario: "wan-big",
         relay: median_of(&relay),
         skopeo: Some(median_of(&sync)),
         bytes,
         floor: Some(("link", floor)),
-        extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs, "limits": seen,
+        floor_min: None,
+        extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs, "limits": seen, "link_busy_share": busy_share,
             "source_requests": u.source_requests, "source_tokens": u.source_token_requests}),
     }]
 }
@@ -344,6 +360,7 @@ pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
         skopeo: None,
         bytes: 3 * 100 * KIB,
         floor: Some(("rtt", rtt.as_secs_f64())),
+        floor_min: None,
         extra: json!({"rtts_warm_p50": warm / rtt.as_secs_f64(), "rtts_warm_max": took.iter().cloned().fold(0.0, f64::max) / rtt.as_secs_f64(),
             "rtts_first": first.unwrap_or(f64::NAN) / rtt.as_secs_f64(), "pushes": pushes,
             "source_requests_per_image": requests / pushes as f64}),

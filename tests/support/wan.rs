@@ -24,6 +24,8 @@ use tokio::time::Instant;
 struct Pipe {
     bits_per_second: Option<u64>,
     free_at: Mutex<Instant>,
+    /// Time the pipe has spent carrying bytes so far, in nanoseconds.
+    busy_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Pipe {
@@ -36,7 +38,12 @@ impl Pipe {
         };
         let mut free = self.free_at.lock().expect("pipe");
         let start = (*free).max(now);
-        let done = start + Duration::from_secs_f64(n as f64 * 8.0 / bps as f64);
+        let carrying = Duration::from_secs_f64(n as f64 * 8.0 / bps as f64);
+        self.busy_ns.fetch_add(
+            carrying.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let done = start + carrying;
         *free = done;
         done
     }
@@ -47,6 +54,8 @@ pub struct WanLink {
     pub addr: SocketAddr,
     pub rtt: Duration,
     pub bits_per_second: Option<u64>,
+    /// Towards the client (what a copier reads).
+    down: Arc<Pipe>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,9 +81,11 @@ impl WanLink {
             Arc::new(Pipe {
                 bits_per_second,
                 free_at: Mutex::new(Instant::now()),
+                busy_ns: Default::default(),
             })
         };
         let (up, down) = (pipe(), pipe());
+        let link_down = down.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -100,6 +111,7 @@ impl WanLink {
             addr,
             rtt,
             bits_per_second,
+            down: link_down,
             task,
         }
     }
@@ -107,6 +119,13 @@ impl WanLink {
     /// `http://<addr>`, for a plain-HTTP upstream.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Seconds the link towards the client has spent carrying bytes so
+    /// far (a capped link only): over a copy's wall time, how busy the
+    /// copier kept it.
+    pub fn busy_seconds(&self) -> f64 {
+        self.down.busy_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
     }
 
     /// Seconds the link needs, at least, to carry `bytes` one way.
