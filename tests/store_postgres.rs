@@ -582,6 +582,87 @@ async fn the_ledger_outlives_the_relay_that_wrote_it(b: &Backend) {
     assert_eq!(c.upload("integrated\np/app\nsha256:aa").await, None, "{n}");
 }
 
+/// A job that failed on a registry that is down waits for its time or for
+/// that registry's first answer (`Store::release_down`, what the probe
+/// calls); a job that failed otherwise is not released by it; the same
+/// outage again gives the attempt back.
+async fn jobs_waiting_for_a_registry_go_when_it_answers(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let at = now() + 3_600_000;
+    let down = |again| Outcome::Down {
+        error: "cannot connect".into(),
+        registry: "integrated".into(),
+        at_ms: at,
+        again,
+    };
+    let id = store
+        .enqueue(vec![spec("p/down", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let j = store.claim().await.expect("claim").expect("job");
+    store.finish(j.id, down(false)).await.expect("finish");
+    let other = store
+        .enqueue(vec![spec("p/other", "1")])
+        .await
+        .expect("enqueue")[0]
+        .id;
+    let j = store.claim().await.expect("claim").expect("job");
+    store
+        .finish(
+            j.id,
+            Outcome::Retry {
+                error: "500".into(),
+                at_ms: at,
+            },
+        )
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.release_down("external").await.expect("release"),
+        0,
+        "{n}"
+    );
+    assert_eq!(
+        store.release_down("integrated").await.expect("release"),
+        1,
+        "{n}: only the job that waits for it"
+    );
+    let j = store
+        .claim()
+        .await
+        .expect("claim")
+        .expect("the released job");
+    assert_eq!((j.id, j.attempts), (id, 2), "{n}");
+    store.finish(j.id, down(true)).await.expect("finish");
+    let j = store.get(id).await.expect("get").expect("job");
+    assert_eq!(
+        (j.state, j.attempts),
+        (JobState::Retrying, 1),
+        "{n}: the same outage again uses no attempt"
+    );
+    assert_eq!(
+        store.release_down("integrated").await.expect("release"),
+        1,
+        "{n}"
+    );
+    let j = store
+        .claim()
+        .await
+        .expect("claim")
+        .expect("the released job");
+    store
+        .finish(j.id, Outcome::Succeeded(Summary::default()))
+        .await
+        .expect("finish");
+    let j = store.get(id).await.expect("get").expect("job");
+    assert_eq!((j.state, j.down), (JobState::Succeeded, None), "{n}");
+    assert!(store.claim().await.expect("claim").is_none(), "{n}");
+    let o = store.get(other).await.expect("get").expect("job");
+    assert_eq!(o.state, JobState::Retrying, "{n}: still waits for its time");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_hold_the_stores_invariants() {
     let _turn = TURN.lock().await;
@@ -602,6 +683,9 @@ async fn both_backends_hold_the_stores_invariants() {
     }
     for b in both().await {
         held_jobs_wait_for_a_release_or_their_time(&b).await;
+    }
+    for b in both().await {
+        jobs_waiting_for_a_registry_go_when_it_answers(&b).await;
     }
 }
 

@@ -47,35 +47,20 @@ impl SledStore {
         if self.held() == 0 {
             return Ok(0);
         }
-        let mut moved = 0;
-        {
-            let _g = self.guard();
-            let mut due = Vec::new();
-            for item in self.delayed.iter() {
-                let (k, _) = item?;
-                let id = id_of(&k);
-                if let Some(job) = self.load(id)?
-                    && transition::released_by(&job, repository)
-                {
-                    due.push((k, job));
-                }
-            }
-            for (k, mut job) in due {
-                self.delayed.remove(&k)?;
-                self.requeue(&mut job)?;
-                moved += 1;
-            }
-        }
-        if moved > 0 {
-            self.durable().await?;
-            self.wake.notify_waiters();
-        }
-        Ok(moved)
+        self.requeue_where(|job| transition::released_by(job, repository))
+            .await
     }
 
     /// Queues at once the jobs that wait for `registry` to answer again
     /// ([`transition::waits_for`]). Returns how many.
     pub async fn release_down(&self, registry: &str) -> Result<usize, StoreError> {
+        self.requeue_where(|job| transition::waits_for(job, registry))
+            .await
+    }
+
+    /// Queues every waiting job that `pick` chooses, durably. Returns how
+    /// many.
+    async fn requeue_where(&self, pick: impl Fn(&Job) -> bool) -> Result<usize, StoreError> {
         let mut moved = 0;
         {
             let _g = self.guard();
@@ -83,7 +68,7 @@ impl SledStore {
             for item in self.delayed.iter() {
                 let (k, _) = item?;
                 if let Some(job) = self.load(id_of(&k))?
-                    && transition::waits_for(&job, registry)
+                    && pick(&job)
                 {
                     due.push((k, job));
                 }
