@@ -22,10 +22,12 @@
 //! - [`reference`]: OCI names, tags and digests, checked before any use.
 //! - [`rules`]: which events replicate, and to which target repository.
 //! - [`jobs`]: the job model, the durable store (sled embedded, or
-//!   PostgreSQL shared by several relays), the worker pool.
+//!   PostgreSQL shared by several relays), the worker pool (as many jobs
+//!   at once as the registries take), one probe per registry found down.
 //! - [`replicate`]: copying one artifact: manifests, children, blobs, tag.
 //! - [`manifest`]: manifest media types and children, bytes untouched.
-//! - [`registry`]: one OCI Distribution client per registry (auth, TLS).
+//! - [`registry`]: one OCI Distribution client per registry (auth, TLS,
+//!   and its adaptive limit of requests at once).
 //! - [`harbor`]: Harbor's REST API: create target projects, register the webhook.
 //! - [`api`]: the axum router: webhook, jobs API, health, metrics.
 //! - [`reconcile`]: the periodic catch-up pass (and scheduled pulls).

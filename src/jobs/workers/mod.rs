@@ -237,15 +237,21 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
                     .map(|r| r.concurrency()),
             )
         };
-        let Some(_slot) = ctx.admission.enter(limit, &shutdown).await else {
-            return;
-        };
         let notified = ctx.store.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let Some(slot) = ctx.admission.enter(limit, &shutdown).await else {
+            return;
+        };
         match ctx.store.claim().await {
-            Ok(Some(job)) => run_job(&ctx, job, &shutdown).await,
+            Ok(Some(job)) => {
+                run_job(&ctx, job, &shutdown).await;
+                drop(slot);
+            }
             Ok(None) => {
+                // An idle worker holds no place: the others must not
+                // wait for it, nor look again every LOOK_EVERY.
+                drop(slot);
                 ctx.metrics.queue_depth.set(ctx.store.queued() as i64);
                 tokio::select! {
                     _ = &mut notified => {}
@@ -253,6 +259,7 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
                 }
             }
             Err(e) => {
+                drop(slot);
                 tracing::error!(worker = n, error = %e, "cannot claim a job; retrying in 5s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
