@@ -62,11 +62,7 @@ pub(crate) async fn outage(b: &mut Bench, runs: usize) -> Vec<Row> {
         lost.push(last - t0 - OUTAGE.as_secs_f64() - plain[plain.len() - 1]);
         first.push(first_back - back);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (plain, lost, first) = (median(&mut plain), median(&mut lost), median(&mut first));
+    let (plain, lost, first) = (median(plain), median(lost), median(first));
     vec![Row {
         scenario: "outage",
         relay: Measure {
@@ -84,13 +80,4 @@ pub(crate) async fn outage(b: &mut Bench, runs: usize) -> Vec<Row> {
             "many_without_outage_seconds": plain,
             "first_image_after_back_seconds": first}),
     }]
-}
-
-/// When each of `ids` finished, by the daemon's record (Unix seconds).
-async fn finished_times(relay: &Relay, ids: &[u64]) -> Vec<f64> {
-    futures_util::stream::iter(ids)
-        .map(|id| async move { job_time(&relay.job(*id).await, "finished_at") })
-        .buffer_unordered(16)
-        .collect()
-        .await
 }

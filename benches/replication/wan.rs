@@ -6,25 +6,45 @@ use super::*;
 
 const KIB: u64 = 1024;
 
+/// What [`images`] pushed: (repository, tag, digest) per image, their
+/// bytes, and (repository, digest) of every layer.
+struct Pushed {
+    imgs: Vec<(String, String, String)>,
+    bytes: u64,
+    blobs: Vec<(String, String)>,
+}
+
 /// `count` images of `layers` (seed, size each), one per repository
 /// `wan/<name>-NN`, pushed to the source directly.
-async fn images(
-    b: &Bench,
-    name: &str,
-    count: u64,
-    layers: &[(u64, u64)],
-) -> (Vec<(String, String, String)>, u64) {
-    let mut out = Vec::new();
-    let mut bytes = 0;
+async fn images(b: &Bench, name: &str, count: u64, layers: &[(u64, u64)]) -> Pushed {
+    let mut out = Pushed {
+        imgs: Vec::new(),
+        bytes: 0,
+        blobs: Vec::new(),
+    };
     for i in 0..count {
         let mine: Vec<(u64, u64)> = layers.iter().map(|&(s, n)| (s + i * 1000, n)).collect();
         let img = GenImage::new(&mine);
         let repo = format!("wan/{name}-{i:02}");
         img.push(&b.src, &repo, "1").await;
-        bytes += img.bytes();
-        out.push((repo, "1".to_string(), img.digest.clone()));
+        out.bytes += img.bytes();
+        out.blobs
+            .extend(img.layers.iter().map(|(_, _, d)| (repo.clone(), d.clone())));
+        out.imgs.push((repo, "1".to_string(), img.digest.clone()));
     }
-    (out, bytes)
+    out
+}
+
+/// A bench world whose source is across a link of this RTT and
+/// bandwidth, checked before use.
+async fn wan_bench(setup: Setup, rtt: Duration, bits_per_second: Option<u64>) -> Bench {
+    let b = Bench::new(Setup {
+        wan: Some((rtt, bits_per_second)),
+        ..setup
+    })
+    .await;
+    check_link(&b, rtt).await;
+    b
 }
 
 /// A new connection's first request across the link takes the TCP
@@ -65,21 +85,32 @@ fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
     total
 }
 
-/// The relay daemon on a fresh target, from one webhook per image; with
-/// the registries' adaptive limits at the end.
-async fn relay_from_webhooks(
-    b: &mut Bench,
-    imgs: &[(String, String, String)],
-) -> (Measure, Usage, Value) {
+/// One daemon run of [`relay_from_webhooks`].
+struct RelayRun {
+    measure: Measure,
+    used: Usage,
+    /// The registries' adaptive limits at the end ([`limits`]).
+    limits: Value,
+    /// Of the run's wall time, the share the link towards the relay was
+    /// carrying bytes (0 on an uncapped link).
+    busy_share: f64,
+}
+
+/// The relay daemon on a fresh target, from one webhook per image.
+async fn relay_from_webhooks(b: &mut Bench, imgs: &[(String, String, String)]) -> RelayRun {
     b.fresh_target().await;
     let daemon = b.relay_daemon().await;
     let before = b.usage();
-    let m = replicate_all(&daemon, imgs, imgs.len()).await;
-    (
-        m,
-        b.settled_usage().await.since(before),
-        limits(&daemon).await,
-    )
+    let busy = |b: &Bench| b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
+    let busy0 = busy(b);
+    let measure = replicate_all(&daemon, imgs, imgs.len()).await;
+    let busy_share = (busy(b) - busy0) / measure.seconds;
+    RelayRun {
+        measure,
+        used: b.settled_usage().await.since(before),
+        limits: limits(&daemon).await,
+        busy_share,
+    }
 }
 
 /// The anchor of `wan-small-layers`: every blob of `imgs` fetched through
@@ -117,24 +148,9 @@ async fn plain_parallel_fetch(b: &Bench, blobs: &[(String, String)], parallel: u
 pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
     let bw = 200_000_000u64;
     let rtt = Duration::from_millis(40);
-    let mut b = Bench::new(Setup {
-        wan: Some((rtt, Some(bw))),
-        ..setup
-    })
-    .await;
-    check_link(&b, rtt).await;
-    let mut blobs = Vec::new();
-    let mut imgs = Vec::new();
-    let mut bytes = 0;
-    for i in 0..8u64 {
-        let layers: Vec<(u64, u64)> = (0..10).map(|j| (24_000_000 + i * 100 + j, MIB)).collect();
-        let img = GenImage::new(&layers);
-        let repo = format!("wan/small-{i:02}");
-        img.push(&b.src, &repo, "1").await;
-        bytes += img.bytes();
-        blobs.extend(img.layers.iter().map(|(_, _, d)| (repo.clone(), d.clone())));
-        imgs.push((repo, "1".to_string(), img.digest.clone()));
-    }
+    let mut b = wan_bench(setup, rtt, Some(bw)).await;
+    let tens: Vec<(u64, u64)> = (0..10).map(|j| (24_000_000 + j, MIB)).collect();
+    let Pushed { imgs, bytes, blobs } = images(&b, "small", 8, &tens).await;
     let floor = b
         .link
         .as_ref()
@@ -148,13 +164,11 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
         if plain_ok {
             plain.push(plain_parallel_fetch(&b, &blobs, 8).await);
         }
-        let busy0 = b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
-        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
-        let busy = b.link.as_ref().map_or(0.0, |l| l.busy_seconds()) - busy0;
-        busy_share.push(busy / m.seconds);
-        relay.push(m);
-        used.push(u);
-        seen.push(l);
+        let run = relay_from_webhooks(&mut b, &imgs).await;
+        busy_share.push(run.busy_share);
+        relay.push(run.measure);
+        used.push(run.used);
+        seen.push(run.limits);
     }
     let relay = median_of(&relay);
     let plain = (!plain.is_empty()).then(|| median(plain));
@@ -196,14 +210,9 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
 /// against `skopeo copy` of each in sequence.
 pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
     let rtt = Duration::from_millis(100);
-    let mut b = Bench::new(Setup {
-        wan: Some((rtt, None)),
-        ..setup
-    })
-    .await;
-    check_link(&b, rtt).await;
+    let mut b = wan_bench(setup, rtt, None).await;
     let layer = 100 * KIB;
-    let (imgs, bytes) = images(
+    let Pushed { imgs, bytes, .. } = images(
         &b,
         "many",
         20,
@@ -225,10 +234,10 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
         seq.push(skopeo_in_sequence(&b, &imgs));
         b.fresh_target().await;
         sync.push(b.skopeo_sync(&pairs));
-        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
-        relay.push(m);
-        used.push(u);
-        seen.push(l);
+        let run = relay_from_webhooks(&mut b, &imgs).await;
+        relay.push(run.measure);
+        used.push(run.used);
+        seen.push(run.limits);
     }
     let (relay, u) = (median_of(&relay), Usage::median(&used));
     let rtts = relay.seconds / rtt.as_secs_f64();
@@ -263,17 +272,16 @@ pub(crate) async fn wan_many(setup: Setup, runs: usize) -> Vec<Row> {
 pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
     let bw = 200_000_000u64;
     let rtt = Duration::from_millis(40);
-    let mut b = Bench::new(Setup {
-        wan: Some((rtt, Some(bw))),
-        ..setup
-    })
-    .await;
-    check_link(&b, rtt).await;
+    let mut b = wan_bench(setup, rtt, Some(bw)).await;
     let tens: Vec<(u64, u64)> = (0..10).map(|j| (21_000_000 + j, MIB)).collect();
-    let (mut imgs, mut bytes) = images(&b, "big", 8, &tens).await;
-    let (one, more) = images(&b, "huge", 1, &[(22_000_000, 256 * MIB)]).await;
-    imgs.extend(one);
-    bytes += more;
+    let Pushed {
+        mut imgs,
+        mut bytes,
+        ..
+    } = images(&b, "big", 8, &tens).await;
+    let one = images(&b, "huge", 1, &[(22_000_000, 256 * MIB)]).await;
+    imgs.extend(one.imgs);
+    bytes += one.bytes;
     let pairs: Vec<(String, String)> = imgs
         .iter()
         .map(|(r, t, _)| (r.clone(), t.clone()))
@@ -289,13 +297,11 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
     for _ in 0..runs {
         b.fresh_target().await;
         sync.push(b.skopeo_sync(&pairs));
-        let busy0 = b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
-        let (m, u, l) = relay_from_webhooks(&mut b, &imgs).await;
-        let busy = b.link.as_ref().map_or(0.0, |l| l.busy_seconds()) - busy0;
-        busy_share.push(busy / m.seconds);
-        relay.push(m);
-        used.push(u);
-        seen.push(l);
+        let run = relay_from_webhooks(&mut b, &imgs).await;
+        busy_share.push(run.busy_share);
+        relay.push(run.measure);
+        used.push(run.used);
+        seen.push(run.limits);
     }
     let u = Usage::median(&used);
     let busy_share = median(busy_share);
@@ -317,12 +323,7 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
 /// kept apart).
 pub(crate) async fn wan_one(setup: Setup, pushes: u64) -> Row {
     let rtt = Duration::from_millis(100);
-    let mut b = Bench::new(Setup {
-        wan: Some((rtt, None)),
-        ..setup
-    })
-    .await;
-    check_link(&b, rtt).await;
+    let mut b = wan_bench(setup, rtt, None).await;
     b.fresh_target().await;
     let daemon = b.relay_daemon().await;
     let http = reqwest::Client::new();

@@ -459,15 +459,22 @@ pub(crate) fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-/// When the last of `ids` finished, by the daemon's own record (Unix
-/// seconds, millisecond precision).
-pub(crate) async fn last_finished(relay: &Relay, ids: &[u64]) -> f64 {
-    let times: Vec<f64> = futures_util::stream::iter(ids)
+/// When each of `ids` finished, by the daemon's own record (Unix seconds,
+/// millisecond precision).
+pub(crate) async fn finished_times(relay: &Relay, ids: &[u64]) -> Vec<f64> {
+    futures_util::stream::iter(ids)
         .map(|id| async move { job_time(&relay.job(*id).await, "finished_at") })
         .buffer_unordered(16)
         .collect()
-        .await;
-    times.into_iter().fold(f64::NAN, f64::max)
+        .await
+}
+
+/// When the last of `ids` finished.
+pub(crate) async fn last_finished(relay: &Relay, ids: &[u64]) -> f64 {
+    finished_times(relay, ids)
+        .await
+        .into_iter()
+        .fold(f64::NAN, f64::max)
 }
 
 /// Sends one webhook per image (`concurrency` at a time) to a running

@@ -1,5 +1,5 @@
 //! A rule's gates and how their verdicts combine: pure, tested here in
-//! milliseconds. [`super::judge`] fetches what they need; the worker
+//! milliseconds. `replicate::gates::judge` fetches what they need; the worker
 //! records what [`Decision::overall`] says (pass, hold, refuse).
 
 use std::time::Duration;

@@ -61,8 +61,8 @@ pub fn answers(look: &Result<&'static str, crate::registry::RegistryError>) -> b
     }
 }
 
-/// The probe's wait after `n` failed looks: doubling from [`PROBE_FIRST`]
-/// up to [`PROBE_MAX`], so a registry back is seen within a second.
+/// The probe's wait after `n` failed looks: doubling from `PROBE_FIRST`
+/// up to `PROBE_MAX`, so a registry back is seen within a second.
 pub fn probe_wait(n: u32) -> Duration {
     PROBE_FIRST
         .saturating_mul(2u32.saturating_pow(n.min(16)))

@@ -137,12 +137,7 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
             job.attempts = job.attempts.saturating_sub(1);
             After::Queued
         }
-        Outcome::Retry { error, at_ms } => {
-            job.state = JobState::Retrying;
-            job.last_error = Some(error);
-            job.next_attempt_ms = Some(at_ms);
-            After::Retrying(at_ms)
-        }
+        Outcome::Retry { error, at_ms } => retry_at(job, error, at_ms),
         Outcome::Held { reason, at_ms } => {
             // A look at the gates is not an attempt: attempts count copies.
             job.state = JobState::Held;
@@ -161,11 +156,8 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
             if again {
                 job.attempts = job.attempts.saturating_sub(1);
             }
-            job.state = JobState::Retrying;
-            job.last_error = Some(error);
-            job.next_attempt_ms = Some(at_ms);
             job.down = Some(registry);
-            After::Retrying(at_ms)
+            retry_at(job, error, at_ms)
         }
         Outcome::Refused(reason) => {
             job.state = JobState::Refused;
@@ -178,6 +170,14 @@ pub fn finish(job: &mut Job, outcome: Outcome, now_ms: u64) -> After {
         job.next_attempt_ms = None;
     }
     after
+}
+
+/// The job waits for its next attempt at `at_ms`, after `error`.
+fn retry_at(job: &mut Job, error: String, at_ms: u64) -> After {
+    job.state = JobState::Retrying;
+    job.last_error = Some(error);
+    job.next_attempt_ms = Some(at_ms);
+    After::Retrying(at_ms)
 }
 
 /// A retrying or held job whose time has come (or an event of its

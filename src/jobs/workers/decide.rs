@@ -155,6 +155,15 @@ mod tests {
         }
     }
 
+    /// An attempt that could not reach `registry`.
+    fn unreachable(registry: &str) -> Attempt {
+        Attempt::Failed {
+            error: "cannot connect".into(),
+            permanent: false,
+            down: Some(registry.into()),
+        }
+    }
+
     #[test]
     fn a_failed_attempt_is_retried_until_attempts_run_out_unless_permanent() {
         let p = policy();
@@ -186,12 +195,7 @@ mod tests {
     #[test]
     fn a_registry_that_is_down_is_named_so_its_probe_can_release_the_job() {
         let p = policy();
-        let down = Attempt::Failed {
-            error: "cannot connect".into(),
-            permanent: false,
-            down: Some("integrated".into()),
-        };
-        match decide(down, 1, &p, None, None, 1_000) {
+        match decide(unreachable("integrated"), 1, &p, None, None, 1_000) {
             Outcome::Down {
                 registry, at_ms, ..
             } => {
@@ -203,35 +207,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let last = Attempt::Failed {
-            error: "cannot connect".into(),
-            permanent: false,
-            down: Some("integrated".into()),
-        };
-        assert!(
-            matches!(decide(last, 3, &p, None, None, 0), Outcome::Failed(_)),
-            "attempts still end"
-        );
-        let again = Attempt::Failed {
-            error: "cannot connect".into(),
-            permanent: false,
-            down: Some("integrated".into()),
-        };
         assert!(
             matches!(
-                decide(again, 3, &p, None, Some("integrated"), 0),
+                decide(unreachable("integrated"), 3, &p, None, None, 0),
+                Outcome::Failed(_)
+            ),
+            "attempts still end"
+        );
+        assert!(
+            matches!(
+                decide(
+                    unreachable("integrated"),
+                    3,
+                    &p,
+                    None,
+                    Some("integrated"),
+                    0
+                ),
                 Outcome::Down { again: true, .. }
             ),
             "the same outage again does not use up the job's attempts"
         );
-        let elsewhere = Attempt::Failed {
-            error: "cannot connect".into(),
-            permanent: false,
-            down: Some("external".into()),
-        };
         assert!(
             matches!(
-                decide(elsewhere, 3, &p, None, Some("integrated"), 0),
+                decide(unreachable("external"), 3, &p, None, Some("integrated"), 0),
                 Outcome::Failed(_)
             ),
             "another registry's outage is a new failure"

@@ -1,9 +1,11 @@
 //! The worker pool: takes queued jobs from the store, runs each through the
 //! replicator, records the outcome.
 //!
-//! A failed attempt is retried with exponential backoff and jitter, unless
-//! retrying cannot help (an untrusted certificate, refused credentials, an
-//! artifact that does not exist) or the attempts are used up. A scheduler
+//! As many jobs run at once as the registries take, within `workers`
+//! ([`admit`]). A failed attempt is retried with exponential backoff and
+//! jitter, unless retrying cannot help (an untrusted certificate, refused
+//! credentials, an artifact that does not exist) or the attempts are used
+//! up. A scheduler
 //! task moves due retries back to the queue and prunes old finished jobs.
 //!
 //! On shutdown a worker takes no new job and finishes the one it has; the
@@ -19,13 +21,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod admit;
 mod decide;
 
 use super::{Action, Job, Outcome, Store, now_ms};
 use crate::live::Shared;
 use crate::metrics::Metrics;
 use crate::replicate::Replicator;
-mod admit;
 
 pub use admit::Admission;
 pub use decide::RetryPolicy;

@@ -1,5 +1,5 @@
 //! The gates' step of a copy (issue 26), and the reads it needs from the
-//! source ([`read`]: signatures, the scan; [`judge`]: every gate of a rule
+//! source ([`read`]: signatures, the scan; [`judge()`]: every gate of a rule
 //! at once; the decisions themselves are [`crate::gate`]'s, pure): before anything is written to
 //! the target, the rule's gates judge the artifact. What is judged is the
 //! artifact's digest; for a cosign tag (`sha256-<hex>.sig`, `.att`, the
