@@ -137,7 +137,13 @@ async fn connection_reset_in_the_middle_of_a_large_blob() {
     let layer = img.blob_digests()[1].clone();
     f.src_proxy
         .inject(Some("GET"), &layer, 1, Fault::ResetAfter(50 << 20));
-    let relay = Relay::start_with_jobs(FAST_RETRIES, &f.config("")).await;
+    // One GET for the whole layer (tests/ranged.rs resets a range).
+    let config = f.config("").replacen(
+        "\n\n[registries.integrated]",
+        "\nsource_streams = 1\n\n[registries.integrated]",
+        1,
+    );
+    let relay = Relay::start_with_jobs(FAST_RETRIES, &config).await;
     let ids = relay
         .push(push_event("library/reset", Some("1"), &img.digest))
         .await;

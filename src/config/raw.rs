@@ -84,6 +84,8 @@ pub(super) struct RawRegistry {
     pub(super) stall_timeout: Option<String>,
     pub(super) chunk_size_threshold: Option<RawSize>,
     pub(super) chunk_size: Option<RawSize>,
+    pub(super) range_threshold: Option<RawSize>,
+    pub(super) source_streams: Option<usize>,
     pub(super) create_projects: Option<bool>,
     pub(super) kind: Option<String>,
     pub(super) token_realm_hosts: Option<Vec<String>>,

@@ -196,6 +196,16 @@ impl Loader<'_> {
                     "must be at least 64KiB",
                 )?
                 .unwrap_or(defaults.chunk_size),
+            range_threshold: self
+                .size(&key("range_threshold"), r.range_threshold)?
+                .unwrap_or(defaults.range_threshold),
+            source_streams: match r.source_streams {
+                None => defaults.source_streams,
+                Some(n @ 1..=64) => n,
+                Some(_) => {
+                    return Err(self.invalid(key("source_streams"), "must be between 1 and 64"));
+                }
+            },
             max_retry_after: self
                 .duration(&key("max_retry_after"), r.max_retry_after)?
                 .unwrap_or(defaults.max_retry_after),

@@ -256,6 +256,31 @@ fn registry_limits_take_sizes_and_durations() {
 }
 
 #[test]
+fn range_reads_have_defaults_and_are_checked() {
+    let c = parse(GOOD).expect("valid");
+    let l = &c.registries["integrated"].limits;
+    assert_eq!((l.range_threshold, l.source_streams), (64 * 1024 * 1024, 8));
+    let c = parse(&GOOD.replace(
+        "tls = { insecure_skip_verify = true }",
+        "range_threshold = \"256MiB\"\nsource_streams = 1",
+    ))
+    .expect("valid");
+    let l = &c.registries["integrated"].limits;
+    assert_eq!(
+        (l.range_threshold, l.source_streams),
+        (256 * 1024 * 1024, 1)
+    );
+    let e = error_of(&GOOD.replace(
+        "tls = { insecure_skip_verify = true }",
+        "source_streams = 0",
+    ));
+    assert!(
+        e.contains("registries.integrated.source_streams") && e.contains("between 1 and 64"),
+        "{e}"
+    );
+}
+
+#[test]
 fn trust_limits_have_defaults_and_are_checked() {
     let c = parse(GOOD).expect("valid");
     let r = &c.registries["integrated"];

@@ -309,6 +309,12 @@ pub struct RegistryLimits {
     pub chunk_size_threshold: u64,
     /// Size of each chunk (raised to the registry's `OCI-Chunk-Min-Length`).
     pub chunk_size: u64,
+    /// Blobs read from this registry that are bigger than this are read
+    /// over several `Range` requests at once.
+    pub range_threshold: u64,
+    /// The most range requests one blob read from this registry has at
+    /// once (1: one `GET` per blob); how many are used is found per blob.
+    pub source_streams: usize,
     /// Longest `Retry-After` honoured; a registry asking for more waits
     /// this long (a huge value must not freeze every request to it).
     pub max_retry_after: Duration,
@@ -333,6 +339,8 @@ impl Default for RegistryLimits {
             stall_timeout: Duration::from_secs(60),
             chunk_size_threshold: 64 * 1024 * 1024,
             chunk_size: 16 * 1024 * 1024,
+            range_threshold: 64 * 1024 * 1024,
+            source_streams: 8,
             max_retry_after: Duration::from_secs(600),
             max_list_bytes: 64 * 1024 * 1024,
             max_list_entries: 1_000_000,

@@ -8,8 +8,17 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 
+use super::ranged::{self, Blob};
 use super::verify::{self, ByteStream, Mismatch};
 use super::{Registry, RegistryError, pull};
+
+fn blob(repository: &str, digest: &str, size: u64) -> Blob {
+    Blob {
+        repository: repository.to_string(),
+        digest: digest.to_string(),
+        size,
+    }
+}
 
 impl Registry {
     /// Counts a blob stream's bytes into `counter` and holds it to
@@ -53,33 +62,44 @@ impl Registry {
         digest: &str,
         size: u64,
     ) -> Result<(ByteStream, Arc<AtomicU64>), RegistryError> {
-        let what = format!("reading blob {repository}@{digest}");
-        let url = self.url(&format!("{repository}/blobs/{digest}"));
-        let resp = self
-            .t
-            .send(&what, &pull(repository), true, &|c| c.get(&url))
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(self.t.status_error(resp, &what).await);
-        }
-        let raw: ByteStream = Box::pin(
-            resp.bytes_stream()
-                .map(|r| r.map_err(std::io::Error::other)),
-        );
-        let raw = self.metered(raw, &self.t.stats.bytes_read);
+        let raw = if self.t.ranges.apply(size) {
+            self.ranged_from(blob(repository, digest, size), 0).await?
+        } else {
+            let what = format!("reading blob {repository}@{digest}");
+            let url = self.url(&format!("{repository}/blobs/{digest}"));
+            let resp = self
+                .t
+                .send(&what, &pull(repository), true, &|c| c.get(&url))
+                .await?;
+            if resp.status() != StatusCode::OK {
+                return Err(self.t.status_error(resp, &what).await);
+            }
+            let raw: ByteStream = Box::pin(
+                resp.bytes_stream()
+                    .map(|r| r.map_err(std::io::Error::other)),
+            );
+            self.metered(raw, &self.t.stats.bytes_read)
+        };
         let seen = Arc::new(AtomicU64::new(0));
         let verified = verify::Verify::new(raw, digest, size, seen.clone());
         Ok((Box::pin(verified), seen))
     }
 
-    /// Reads a blob from `offset` on (`Range`), unverified: the caller
+    /// Reads a blob of `size` bytes from `offset` on (`Range`; by several
+    /// ranges at once when the rest is big), unverified: the caller
     /// hashes, having restored the hash of the part before `offset`.
     pub async fn get_blob_from(
         &self,
         repository: &str,
         digest: &str,
         offset: u64,
+        size: u64,
     ) -> Result<ByteStream, RegistryError> {
+        if self.t.ranges.apply(size.saturating_sub(offset)) {
+            return self
+                .ranged_from(blob(repository, digest, size), offset)
+                .await;
+        }
         let what = format!("reading blob {repository}@{digest} from byte {offset}");
         let url = self.url(&format!("{repository}/blobs/{digest}"));
         let resp = self
@@ -93,11 +113,23 @@ impl Registry {
                 }
             })
             .await?;
-        let skip = match resp.status() {
-            StatusCode::PARTIAL_CONTENT => 0,
+        let content_range = resp
+            .headers()
+            .get(reqwest::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        let asked = (offset, size.saturating_sub(1));
+        let skip = match ranged::judge(resp.status().as_u16(), content_range, asked, size) {
+            _ if offset == 0 && resp.status() == StatusCode::OK => 0,
+            ranged::Answer::Piece => 0,
             // The registry ignored Range: drop the bytes we already have.
-            StatusCode::OK => offset,
-            _ => return Err(self.t.status_error(resp, &what).await),
+            ranged::Answer::Whole => offset,
+            ranged::Answer::Lie(why) => {
+                self.distrust(digest, &why);
+                return self
+                    .plain_from(&blob(repository, digest, size), offset)
+                    .await;
+            }
+            ranged::Answer::Status(_) => return Err(self.t.status_error(resp, &what).await),
         };
         let raw: ByteStream = Box::pin(
             resp.bytes_stream()
@@ -113,7 +145,7 @@ impl Registry {
 }
 
 /// Drops the first `n` bytes of a stream.
-fn skip_bytes(s: ByteStream, n: u64) -> ByteStream {
+pub(super) fn skip_bytes(s: ByteStream, n: u64) -> ByteStream {
     let mut left = n;
     Box::pin(s.filter_map(move |item| {
         let out = match item {

@@ -18,6 +18,8 @@
 //!   connect and stall timeouts, retries on connect errors, 408, 429 and
 //!   5xx with backoff, and `Retry-After` honoured for every request to the
 //!   host while it lasts;
+//! - [`ranged`]: a big blob read over several `Range` GETs at once, put
+//!   back in order;
 //! - [`limit`]: how many requests the registry gets at once, adapted to
 //!   its answers (AIMD with a latency signal).
 
@@ -31,6 +33,7 @@ mod limit;
 mod listing;
 mod manifests;
 mod pacer;
+mod ranged;
 mod transport;
 mod trust;
 mod uploads;

@@ -62,6 +62,8 @@ pub(super) struct Transport {
     /// Requests in flight at once: adaptive, capped by
     /// `max_concurrent_requests` (see [`super::limit`]).
     pub(super) limiter: Limiter,
+    /// How big blobs are read by ranges (see [`super::ranged`]).
+    pub(super) ranges: super::ranged::Ranges,
     pub(super) pacer: Option<std::sync::Arc<Pacer>>,
     pub(super) create_projects: bool,
     pub(super) is_harbor: bool,
@@ -231,6 +233,7 @@ impl Transport {
                     .max_concurrent_requests
                     .unwrap_or(super::limit::AUTO_MAX),
             ),
+            ranges: super::ranged::Ranges::new(limits.range_threshold, limits.source_streams),
             create_projects: cfg.create_projects,
             is_harbor: cfg.is_harbor,
             pacer: limits

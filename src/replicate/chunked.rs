@@ -156,7 +156,12 @@ async fn copy_resumably(
     // holds beyond it only go through the hasher.
     let source = req
         .source
-        .get_blob_from(req.source_repository, &blob.digest, session.hashed)
+        .get_blob_from(
+            req.source_repository,
+            &blob.digest,
+            session.hashed,
+            blob.size,
+        )
         .await?;
     let feed = Arc::new(tokio::sync::Mutex::new(Feed {
         source,

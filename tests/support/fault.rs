@@ -37,6 +37,16 @@ pub enum Fault {
     /// Hold the request without reading it, then answer 503 without
     /// forwarding (a request stuck in front of the registry).
     HoldThenFail(Duration),
+    /// Forward without the request's `Range`: the registry answers `200`
+    /// with the whole blob (a source, or a proxy, that ignores ranges).
+    DropRange,
+    /// Forward with the asked range moved on by this many bytes; with
+    /// `hide`, the answer's `Content-Range` is rewritten to the range that
+    /// was asked (the bytes are wrong, the headers right).
+    ShiftRange { by: u64, hide: bool },
+    /// Forward, but end the body cleanly (no `Content-Length`) after this
+    /// many bytes: a short answer that is not an error on the wire.
+    EndAfter(u64),
 }
 
 /// A fault for the first `times` requests that match.
@@ -58,6 +68,8 @@ pub struct Log {
     pub uploaded: AtomicU64,
     /// Faults injected so far.
     pub injected: AtomicUsize,
+    /// Response body bytes sent to the client (what it read).
+    pub downloaded: AtomicU64,
 }
 
 /// A check in front of the forwarding (a Harbor's `v2auth`): `Some`
@@ -197,6 +209,11 @@ impl FaultProxy {
         self.log.uploaded.load(Ordering::Relaxed)
     }
 
+    /// Response body bytes the client was sent.
+    pub fn downloaded(&self) -> u64 {
+        self.log.downloaded.load(Ordering::Relaxed)
+    }
+
     pub fn injected(&self) -> usize {
         self.log.injected.load(Ordering::Relaxed)
     }
@@ -275,17 +292,32 @@ async fn handle(State(st): State<Arc<St>>, req: Request) -> Response {
         .http
         .request(parts.method.clone(), format!("{}{}", st.upstream, path_q));
     for (name, value) in parts.headers.iter() {
+        if name == "range" {
+            match &fault {
+                Some(Fault::DropRange) => continue,
+                Some(Fault::ShiftRange { by, .. }) => {
+                    fwd = fwd.header(name, shifted(value.to_str().unwrap_or(""), *by));
+                    continue;
+                }
+                _ => {}
+            }
+        }
         if name != "host" && name != "transfer-encoding" {
             fwd = fwd.header(name, value);
         }
     }
+    let asked_range = parts
+        .headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     match fwd.body(reqwest::Body::wrap_stream(upload)).send().await {
         Ok(resp) => {
             record(resp.status().as_u16());
             if let Some(observe) = &st.observer {
                 observe(&method, &path_q, resp.status().as_u16(), &parts.headers);
             }
-            faulty_response(&st, resp, fault)
+            faulty_response(&st, resp, fault, asked_range)
         }
         Err(e) => {
             record(502);
@@ -344,9 +376,32 @@ fn counted_upload(
 /// The upstream's answer, with `Location` pointing back through the proxy
 /// and the response body reset, stalled or with a byte flipped as `fault`
 /// says.
-fn faulty_response(st: &St, resp: reqwest::Response, fault: Option<Fault>) -> Response {
+fn faulty_response(
+    st: &St,
+    resp: reqwest::Response,
+    fault: Option<Fault>,
+    asked_range: Option<String>,
+) -> Response {
     let mut out = Response::builder().status(resp.status().as_u16());
     for (name, value) in resp.headers().iter() {
+        if name == "content-length" && matches!(fault, Some(Fault::EndAfter(_))) {
+            continue;
+        }
+        if name == "content-range"
+            && let (Some(Fault::ShiftRange { hide: true, .. }), Some(asked)) =
+                (&fault, &asked_range)
+        {
+            // `bytes=a-b` asked; the answer says `bytes a-b/<total>`.
+            let total = value
+                .to_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("*");
+            let range = asked.trim_start_matches("bytes=");
+            out = out.header(name, format!("bytes {range}/{total}"));
+            continue;
+        }
         if name == "location" {
             let v = value.to_str().unwrap_or("").replace(&st.upstream, &st.me);
             out = out.header(name, v);
@@ -355,7 +410,9 @@ fn faulty_response(st: &St, resp: reqwest::Response, fault: Option<Fault>) -> Re
         }
     }
     let mut sent: u64 = 0;
+    let log = st.log.clone();
     let stream = resp.bytes_stream().then(move |chunk| {
+        let log = log.clone();
         let fault = fault.clone();
         let start = sent;
         let chunk = chunk.map_err(std::io::Error::other);
@@ -366,6 +423,9 @@ fn faulty_response(st: &St, resp: reqwest::Response, fault: Option<Fault>) -> Re
             let mut b = chunk?;
             let end = start + b.len() as u64;
             match fault {
+                Some(Fault::EndAfter(n)) if end > n => {
+                    b.truncate(n.saturating_sub(start) as usize);
+                }
                 Some(Fault::ResetAfter(n)) if end > n => {
                     return Err(std::io::Error::other("injected connection reset"));
                 }
@@ -379,9 +439,21 @@ fn faulty_response(st: &St, resp: reqwest::Response, fault: Option<Fault>) -> Re
                 }
                 _ => {}
             }
+            log.downloaded.fetch_add(b.len() as u64, Ordering::Relaxed);
             Ok::<_, std::io::Error>(b)
         }
     });
     out.body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `bytes=a-b` moved on by `by` bytes.
+fn shifted(range: &str, by: u64) -> String {
+    let r = range.trim_start_matches("bytes=");
+    let (a, b) = r.split_once('-').unwrap_or((r, ""));
+    let a: u64 = a.parse().unwrap_or(0);
+    match b.parse::<u64>() {
+        Ok(b) => format!("bytes={}-{}", a + by, b + by),
+        Err(_) => format!("bytes={}-", a + by),
+    }
 }
