@@ -51,8 +51,9 @@ pub struct Metrics {
     pub leases_held: IntGauge,
     /// Jobs this relay took over from a relay whose lease ran out.
     pub lease_takeovers: prometheus::IntCounter,
-    /// From the event's time to the tag written on the target.
-    pub replication_lag: Histogram,
+    /// From the event's time to the tag written on the target, per target
+    /// registry (each site's SLO).
+    pub replication_lag: prometheus::HistogramVec,
     /// When a rule last replicated something successfully (Unix seconds).
     pub last_success: prometheus::GaugeVec,
     /// Blobs being copied right now.
@@ -290,11 +291,16 @@ impl Metrics {
                 "harbor_relay_lease_takeovers_total",
                 "Jobs this relay took over from another relay whose lease ran out (it died or lost the database).",
             )?,
-            replication_lag: m.histogram(
-                "harbor_relay_replication_lag_seconds",
-                "Time from the event (Harbor's occur_at) to the artifact written on the target.",
-                vec![0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0],
-            )?,
+            replication_lag: m.add(prometheus::HistogramVec::new(
+                HistogramOpts::new(
+                    "harbor_relay_replication_lag_seconds",
+                    "Time from the event (Harbor's occur_at) to the artifact written on the target, per target registry.",
+                )
+                .buckets(vec![
+                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                ]),
+                &["target"],
+            ))?,
             last_success: m.timestamps(
                 "harbor_relay_last_success_timestamp_seconds",
                 "When a rule last replicated an artifact successfully, in Unix seconds.",

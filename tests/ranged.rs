@@ -11,7 +11,7 @@ use harbor_relay::registry::Registry;
 use support::fault::{Fault, FaultProxy};
 use support::*;
 
-/// The layer: five pieces of the relay's 8 MiB.
+/// The layer: ten of the relay's 4 MiB pieces.
 const LAYER: usize = 40 << 20;
 
 struct World {
@@ -98,7 +98,10 @@ async fn a_big_blob_is_read_by_ranges_once_and_lands_exact() {
         assert_eq!(job["attempts"], 1, "{repo}: {job}");
         assert_image_on(&w.dst, repo, &img, Some("1")).await;
         let layer = &img.blob_digests()[1];
-        assert_eq!(w.reads_of(layer), 5, "{repo}: read as five ranges");
+        // Pieces while the relay measures whether more flows help (here,
+        // on loopback, they do not), then the rest in one request.
+        let reads = w.reads_of(layer);
+        assert!(reads >= 2, "{repo}: read by ranges: {reads} GETs");
         let read = w.proxy.downloaded() - before;
         assert!(
             read < LAYER as u64 + (1 << 20),

@@ -36,6 +36,7 @@
 mod support;
 
 mod content;
+mod flows;
 mod gated;
 mod measure;
 mod outage;
@@ -117,6 +118,8 @@ struct Setup {
     source_token: bool,
     /// Round-trip time and bandwidth (bits/s) of the link to the source.
     wan: Option<(Duration, Option<u64>)>,
+    /// What each TCP connection over that link gets at most (bits/s).
+    flow_cap: Option<u64>,
 }
 
 /// Counters around a copy: registries' CPU seconds (both, and the target's
@@ -309,7 +312,7 @@ fn main() {
         return;
     }
     let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| {
-        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-one".into()
+        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,wan-one".into()
     });
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
@@ -321,6 +324,7 @@ fn main() {
         target_token: target_auth == "token",
         source_token: source_auth == "token",
         wan: None,
+        flow_cap: None,
     };
     let _ = CALIBRATION.set(calibrate());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -383,6 +387,9 @@ fn main() {
         }
         if want("wan-big") {
             show(wan::wan_big(setup, runs).await, &mut rows);
+        }
+        if want("wan-flows") {
+            show(flows::wan_flows(setup, runs).await, &mut rows);
         }
         if want("wan-one") {
             show(vec![wan::wan_one(setup, 11).await], &mut rows);

@@ -8,15 +8,15 @@ const KIB: u64 = 1024;
 
 /// What [`images`] pushed: (repository, tag, digest) per image, their
 /// bytes, and (repository, digest) of every layer.
-struct Pushed {
-    imgs: Vec<(String, String, String)>,
-    bytes: u64,
-    blobs: Vec<(String, String)>,
+pub(crate) struct Pushed {
+    pub(crate) imgs: Vec<(String, String, String)>,
+    pub(crate) bytes: u64,
+    pub(crate) blobs: Vec<(String, String)>,
 }
 
 /// `count` images of `layers` (seed, size each), one per repository
 /// `wan/<name>-NN`, pushed to the source directly.
-async fn images(b: &Bench, name: &str, count: u64, layers: &[(u64, u64)]) -> Pushed {
+pub(crate) async fn images(b: &Bench, name: &str, count: u64, layers: &[(u64, u64)]) -> Pushed {
     let mut out = Pushed {
         imgs: Vec::new(),
         bytes: 0,
@@ -50,7 +50,7 @@ async fn wan_bench(setup: Setup, rtt: Duration, bits_per_second: Option<u64>) ->
 /// A new connection's first request across the link takes the TCP
 /// handshake's round trip and the request's: at least two RTTs, or the
 /// link is not what the numbers claim.
-async fn check_link(b: &Bench, rtt: Duration) {
+pub(crate) async fn check_link(b: &Bench, rtt: Duration) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -74,7 +74,7 @@ async fn check_link(b: &Bench, rtt: Duration) {
 }
 
 /// `skopeo copy` of each image in turn (what a cron job does).
-fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
+pub(crate) fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
     let mut total = Measure::default();
     for (repo, tag, _) in imgs {
         let m = b.skopeo_copy(repo, tag);

@@ -31,7 +31,9 @@ impl Bench {
         let creds = source_issuer.as_ref().map(|_| (USER, PASS));
         let src = client(&source.url, creds, harbor_relay::config::TlsMode::System);
         let link = match setup.wan {
-            Some((rtt, bw)) => Some(WanLink::start(source.addr, rtt, bw).await),
+            Some((rtt, bw)) => {
+                Some(WanLink::start_capped(source.addr, rtt, bw, setup.flow_cap).await)
+            }
             None => None,
         };
         let issuer = match setup.target_token {
@@ -243,13 +245,24 @@ impl Bench {
     }
 
     pub(crate) async fn relay_daemon(&self) -> Relay {
+        self.relay_daemon_with("", None).await
+    }
+
+    /// [`Bench::relay_daemon`] with `source_keys` added to the source's
+    /// entry (an anchor's settings).
+    pub(crate) async fn relay_daemon_with(&self, source_keys: &str, log: Option<&str>) -> Relay {
+        let registries = self.registries_toml().replacen(
+            "\n[registries.integrated]",
+            &format!("{source_keys}\n[registries.integrated]"),
+            1,
+        );
         Relay::start_env(
             free_port(),
             &std::env::var("BENCH_JOBS").unwrap_or_else(|_| DAEMON_JOBS.into()),
-            &format!("{}{RULE}", self.registries_toml()),
+            &format!("{registries}{RULE}"),
             &[(
                 "RUST_LOG",
-                &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
+                &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| log.unwrap_or("warn").into()),
             )],
         )
         .await

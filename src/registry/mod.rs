@@ -48,6 +48,7 @@ use crate::config::RegistryConfig;
 
 pub use blobs::{SourceFault, Tap};
 pub use error::RegistryError;
+pub use ranged::PIECE as RANGE_PIECE;
 pub use transport::Stats;
 pub use trust::cut;
 pub use uploads::MountOrUpload;

@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -50,11 +50,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::verify::ByteStream;
 use super::{Registry, RegistryError, pull};
 
-/// Bytes asked in one range request. Big enough that the request's round
-/// trip is a small share of a piece's time on a slow flow (8 MiB at
-/// 50 Mbit/s is 1.3 s against a 100 ms RTT), small enough that eight
-/// pieces held ahead are 64 MiB.
-pub const PIECE: u64 = 8 * 1024 * 1024;
+/// Bytes asked in one range request once the width is found. Each piece
+/// being read then has its successor asked already, so no flow waits a
+/// round trip between pieces, and the size only bounds what is held:
+/// eight pieces read ahead are 32 MiB.
+pub const PIECE: u64 = 4 * 1024 * 1024;
+
+/// Bytes asked in one range request while the width is searched: small,
+/// so that each round of the search is short (2 MiB at 50 Mbit/s is a
+/// third of a second) and the flows the search has not opened yet cost
+/// little time.
+const SEARCH_PIECE: u64 = 2 * 1024 * 1024;
 
 /// A round's delivery rate must beat the best so far by this factor for
 /// the width to double again (BBR's startup uses 1.25).
@@ -162,6 +168,11 @@ impl Width {
         self.now
     }
 
+    /// True once the search has ended.
+    pub(super) fn settled(&self) -> bool {
+        self.settled
+    }
+
     /// The first byte was handed on at `at`: the first round starts.
     pub(super) fn begin(&mut self, at: Instant) {
         self.round.started.get_or_insert(at);
@@ -212,7 +223,18 @@ pub(super) struct Ranges {
     pub budget: Arc<Semaphore>,
     /// Set once the registry answered a range request with a lie.
     pub distrusted: std::sync::atomic::AtomicBool,
+    /// The width the last search found, and when: blobs read from this
+    /// registry within [`LEARNED_FOR`] of it use it without a search.
+    learned: std::sync::Mutex<Option<(usize, Instant)>>,
+    /// One blob searches at a time; the others read with one flow until
+    /// it has found the width, then use that (so four big blobs at once
+    /// on a path that needs one flow hold one piece of probe, not four).
+    searching: std::sync::atomic::AtomicBool,
 }
+
+/// How long a width found by one blob holds for the next ones before a
+/// blob searches again (paths change).
+const LEARNED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Ranges {
     /// Settings for a registry; `streams` of 1 turns ranged reads off.
@@ -222,12 +244,39 @@ impl Ranges {
             streams: streams.max(1),
             budget: Arc::new(Semaphore::new(streams.saturating_sub(1))),
             distrusted: Default::default(),
+            learned: Default::default(),
+            searching: Default::default(),
         }
     }
 
-    /// Whether the `rest` bytes still to read go by ranges.
+    /// The width a recent search found.
+    fn learned(&self) -> Option<usize> {
+        let learned = *self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        learned.and_then(|(w, at)| (at.elapsed() < LEARNED_FOR).then_some(w))
+    }
+
+    /// Takes the search, if no other blob holds it.
+    fn begin_search(&self) -> bool {
+        self.searching
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Ends a search; `found` is its width, if it got that far.
+    fn end_search(&self, found: Option<usize>) {
+        if let Some(w) = found {
+            *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some((w, Instant::now()));
+        }
+        self.searching.store(false, Ordering::Release);
+    }
+
+    /// Whether the `rest` bytes still to read go by ranges: not when a
+    /// recent search found that one flow does as well as several.
     pub(super) fn apply(&self, rest: u64) -> bool {
-        self.streams > 1 && rest > self.threshold && !self.distrusted.load(Ordering::Relaxed)
+        self.streams > 1
+            && rest > self.threshold
+            && !self.distrusted.load(Ordering::Relaxed)
+            && self.learned() != Some(1)
     }
 }
 
@@ -259,6 +308,10 @@ struct Slot {
     last: u64,
     state: State,
     held: VecDeque<Bytes>,
+    /// What a piece read ahead of its turn holds: one buffer of its
+    /// length, not the network's frames (whose buffers would each stay
+    /// allocated until the piece's turn).
+    ahead: BytesMut,
     got: u64,
 }
 
@@ -335,7 +388,9 @@ impl Registry {
         blob: Blob,
         from: u64,
     ) -> Result<ByteStream, RegistryError> {
-        let Some(first) = piece(from, blob.size, PIECE) else {
+        // The first piece is a search piece whoever searches: a small
+        // request finds out whether the source serves ranges at all.
+        let Some(first) = piece(from, blob.size, SEARCH_PIECE) else {
             return self.plain_from(&blob, from).await;
         };
         let resp = self.ask(&blob, first).await?;
@@ -362,15 +417,18 @@ impl Registry {
             last: first.1,
             state,
             held: VecDeque::new(),
+            ahead: BytesMut::new(),
             got: 0,
         };
-        let streams = self.t.ranges.streams;
+        let ranges = &self.t.ranges;
+        let search = ranges.learned().is_none() && ranges.begin_search();
         Ok(Box::pin(Ranged {
+            search,
             reg: self.clone(),
             next: first.1 + 1,
             emitted: from,
             slots: VecDeque::from([slot]),
-            width: Width::new(streams),
+            width: Width::new(ranges.streams),
             flows: Vec::new(),
             fallback: None,
             blob,
@@ -399,6 +457,9 @@ enum Fallback {
 
 /// The stream [`Registry::ranged_from`] returns; see the module doc.
 struct Ranged {
+    /// This blob searches the width (see [`Ranges`]); otherwise it uses
+    /// the width found, one flow until there is one.
+    search: bool,
     reg: Registry,
     blob: Blob,
     /// The first byte no piece has asked for yet.
@@ -416,7 +477,11 @@ struct Ranged {
 impl Ranged {
     /// Pieces read at once now: the width, within the budget held.
     fn reading(&mut self) -> usize {
-        let want = self.width.now();
+        let want = if self.search {
+            self.width.now()
+        } else {
+            self.reg.t.ranges.learned().unwrap_or(1)
+        };
         while self.flows.len() + 1 < want {
             match self.reg.t.ranges.budget.clone().try_acquire_owned() {
                 Ok(p) => self.flows.push(p),
@@ -427,12 +492,22 @@ impl Ranged {
         self.flows.len() + 1
     }
 
-    /// Asks pieces until `reading` are in hand plus one asked ahead (its
-    /// answer waits while the others are read, so its flow starts without
-    /// a round trip when its turn comes).
+    /// Asks pieces until `reading` are being read and more are asked ahead
+    /// (their answers wait, unread, while the others are read, so a flow
+    /// whose piece ends goes on without a round trip): one while the width
+    /// is searched (more would be flows the search does not count), as
+    /// many as are read once it is found.
     fn top_up(&mut self, reading: usize) {
-        while self.slots.len() < reading + 1 {
-            let Some(range) = piece(self.next, self.blob.size, PIECE) else {
+        // Once one flow is known to do as well as several, the rest is one
+        // request: no more requests than a plain `GET` costs the source.
+        let learned = self.reg.t.ranges.learned();
+        let (len, ahead) = match (self.search, learned) {
+            (true, _) => (SEARCH_PIECE, 1),
+            (false, Some(1)) => (u64::MAX, 1),
+            (false, _) => (PIECE, reading),
+        };
+        while self.slots.len() < reading + ahead {
+            let Some(range) = piece(self.next, self.blob.size, len) else {
                 return;
             };
             self.next = range.1 + 1;
@@ -441,6 +516,7 @@ impl Ranged {
                 last: range.1,
                 state: State::Asking(self.reg.ask(&self.blob, range)),
                 held: VecDeque::new(),
+                ahead: BytesMut::new(),
                 got: 0,
             });
         }
@@ -477,6 +553,9 @@ impl Ranged {
             if i >= reading {
                 continue;
             }
+            if i == 0 && !slot.ahead.is_empty() {
+                slot.held.push_back(slot.ahead.split().freeze());
+            }
             let (len, first, last) = (slot.len(), slot.first, slot.last);
             let State::Reading(body) = &mut slot.state else {
                 continue;
@@ -492,7 +571,14 @@ impl Ranged {
                                 "sent more than the {len} bytes of range {first}-{last}"
                             )));
                         }
-                        slot.held.push_back(b);
+                        if i == 0 {
+                            slot.held.push_back(b);
+                        } else {
+                            if slot.ahead.capacity() == 0 {
+                                slot.ahead.reserve(len as usize);
+                            }
+                            slot.ahead.extend_from_slice(&b);
+                        }
                     }
                     Poll::Ready(Some(Err(e))) => return Err(Fault::Broken(e.to_string())),
                     Poll::Ready(None) if slot.got < len => {
@@ -514,6 +600,9 @@ impl Ranged {
     /// Gives up on ranges: the rest comes over one `GET`.
     fn fall_back(&mut self, fault: Fault) {
         let from = self.emitted;
+        if std::mem::take(&mut self.search) {
+            self.reg.t.ranges.end_search(None);
+        }
         self.slots.clear();
         self.flows.clear();
         let (reg, blob) = (self.reg.clone(), self.blob.clone());
@@ -551,6 +640,15 @@ impl Ranged {
     }
 }
 
+impl Drop for Ranged {
+    fn drop(&mut self) {
+        if self.search {
+            // Ended (or failed) before the search did: another blob tries.
+            self.reg.t.ranges.end_search(None);
+        }
+    }
+}
+
 impl Stream for Ranged {
     type Item = std::io::Result<Bytes>;
 
@@ -579,7 +677,19 @@ impl Stream for Ranged {
             }
             let len = head.len();
             this.slots.pop_front();
+            let before = this.width.now();
             this.width.delivered(len, Instant::now());
+            if !this.search {
+                continue;
+            }
+            if this.width.now() != before {
+                tracing::debug!(registry = %this.reg.t.name, digest = %this.blob.digest, from = before, to = this.width.now(), rate = this.width.best.1, "range reads at once");
+            }
+            if this.width.settled() {
+                tracing::info!(registry = %this.reg.t.name, digest = %this.blob.digest, width = this.width.now(), "range reads: this many at once read fastest (kept for ten minutes)");
+                this.reg.t.ranges.end_search(Some(this.width.now()));
+                this.search = false;
+            }
         }
     }
 }

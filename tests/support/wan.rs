@@ -10,6 +10,11 @@
 //!   at `bits_per_second`, so parallel connections split the link instead
 //!   of each getting their own.
 //!
+//! - a cap per connection, if given ([`WanLink::start_capped`]): each
+//!   TCP connection also drains through a pipe of its own at that rate,
+//!   as WAN optimisers, firewalls and long fat pipes with small windows
+//!   hold each flow well below the link.
+//!
 //! Both directions are modelled; the link's floor for moving `n` bytes one
 //! way is `n × 8 / bits_per_second`.
 
@@ -73,18 +78,29 @@ impl WanLink {
         rtt: Duration,
         bits_per_second: Option<u64>,
     ) -> WanLink {
+        Self::start_capped(upstream, rtt, bits_per_second, None).await
+    }
+
+    /// Like [`WanLink::start`], each connection also held to
+    /// `per_connection` bits per second each way.
+    pub async fn start_capped(
+        upstream: SocketAddr,
+        rtt: Duration,
+        bits_per_second: Option<u64>,
+        per_connection: Option<u64>,
+    ) -> WanLink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let pipe = || {
+        let pipe = |bits_per_second| {
             Arc::new(Pipe {
                 bits_per_second,
                 free_at: Mutex::new(Instant::now()),
                 busy_ns: Default::default(),
             })
         };
-        let (up, down) = (pipe(), pipe());
+        let (up, down) = (pipe(bits_per_second), pipe(bits_per_second));
         let link_down = down.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -103,7 +119,14 @@ impl WanLink {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     let half = rtt / 2;
-                    tokio::join!(carry(cr, sw, up, half), carry(sr, cw, down, half));
+                    let flow = |link: Arc<Pipe>| Link {
+                        link,
+                        flow: per_connection.map(|bps| pipe(Some(bps))),
+                    };
+                    tokio::join!(
+                        carry(cr, sw, flow(up), half),
+                        carry(sr, cw, flow(down), half)
+                    );
                 });
             }
         });
@@ -135,15 +158,43 @@ impl WanLink {
     }
 }
 
+/// One direction of one connection: the shared link, and the
+/// connection's own cap if there is one.
+struct Link {
+    link: Arc<Pipe>,
+    flow: Option<Arc<Pipe>>,
+}
+
+impl Link {
+    /// When `n` bytes handed over now are through both.
+    fn book(&self, n: usize) -> Instant {
+        let through_link = self.link.book(n);
+        match &self.flow {
+            Some(flow) => through_link.max(flow.book(n)),
+            None => through_link,
+        }
+    }
+}
+
+/// Bytes one connection has in flight at most, each way: a TCP receive
+/// window of a Linux host that reads as data comes (`tcp_rmem`'s default
+/// grows to a few MiB; a client that stops reading holds it where it is).
+const WINDOW: usize = 1 << 20;
+
 /// Moves bytes one way: each chunk is delivered once the pipe has carried
 /// it and half an RTT has passed, in order.
 async fn carry(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    pipe: Arc<Pipe>,
+    pipe: Link,
     delay: Duration,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    // What is in flight on this connection is bounded, as TCP's receive
+    // window bounds it: a client that does not read stops the sender once
+    // a window is on its way, instead of the link carrying on for it.
+    let window = Arc::new(tokio::sync::Semaphore::new(WINDOW));
+    let freed = window.clone();
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -151,6 +202,10 @@ async fn carry(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let Ok(room) = window.acquire_many(n as u32).await else {
+                break;
+            };
+            room.forget();
             let at = pipe.book(n) + delay;
             if tx.send((at, buf[..n].to_vec())).is_err() {
                 break;
@@ -169,6 +224,7 @@ async fn carry(
             if to.write_all(&bytes).await.is_err() {
                 return;
             }
+            freed.add_permits(bytes.len());
         }
         let _ = to.shutdown().await;
     };

@@ -465,6 +465,7 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
             if let Some(at) = spec.occurred_at {
                 ctx.metrics
                     .replication_lag
+                    .with_label_values(&[spec.to.as_str()])
                     .observe((now - at as f64).max(0.0));
             }
             ctx.metrics.last_success.with_label_values(&[rule]).set(now);
