@@ -142,7 +142,7 @@ async fn live_metrics_pass_promtool_and_feed_alerts_and_dashboard() {
     );
     assert_eq!(value("harbor_relay_transfers_in_flight"), 0.0);
     assert!(value("harbor_relay_store_size_bytes") > 0.0);
-    assert!(value("harbor_relay_replication_lag_seconds_count") >= 1.0);
+    assert!(value("harbor_relay_replication_lag_seconds_count{target=\"integrated\"}") >= 1.0);
     // No tag or digest as a label value.
     assert!(!text.contains(&img.digest) && !text.contains("library/app"));
 

@@ -54,7 +54,7 @@ async fn single_image_by_tag_reaches_pinned_ca_target() {
         "{text}"
     );
     assert!(
-        text.contains("harbor_relay_replication_lag_seconds_count 1"),
+        text.contains("harbor_relay_replication_lag_seconds_count{target=\"integrated\"} 1"),
         "{text}"
     );
     assert!(
