@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use reqwest::StatusCode;
 
 use super::ranged::{self, Blob};
 use super::verify::{self, ByteStream, Mismatch};
@@ -62,23 +61,11 @@ impl Registry {
         digest: &str,
         size: u64,
     ) -> Result<(ByteStream, Arc<AtomicU64>), RegistryError> {
+        let whole = blob(repository, digest, size);
         let raw = if self.t.ranges.apply(size) {
-            self.ranged_from(blob(repository, digest, size), 0).await?
+            self.ranged_from(whole, 0).await?
         } else {
-            let what = format!("reading blob {repository}@{digest}");
-            let url = self.url(&format!("{repository}/blobs/{digest}"));
-            let resp = self
-                .t
-                .send(&what, &pull(repository), true, &|c| c.get(&url))
-                .await?;
-            if resp.status() != StatusCode::OK {
-                return Err(self.t.status_error(resp, &what).await);
-            }
-            let raw: ByteStream = Box::pin(
-                resp.bytes_stream()
-                    .map(|r| r.map_err(std::io::Error::other)),
-            );
-            self.metered(raw, &self.t.stats.bytes_read)
+            self.plain_from(&whole, 0).await?
         };
         let seen = Arc::new(AtomicU64::new(0));
         let verified = verify::Verify::new(raw, digest, size, seen.clone());
@@ -113,13 +100,10 @@ impl Registry {
                 }
             })
             .await?;
-        let content_range = resp
-            .headers()
-            .get(reqwest::header::CONTENT_RANGE)
-            .and_then(|v| v.to_str().ok());
+        let content_range = ranged::header(&resp, reqwest::header::CONTENT_RANGE);
         let asked = (offset, size.saturating_sub(1));
-        let skip = match ranged::judge(resp.status().as_u16(), content_range, asked, size) {
-            _ if offset == 0 && resp.status() == StatusCode::OK => 0,
+        let status = resp.status().as_u16();
+        let skip = match ranged::judge(status, content_range.as_deref(), asked, size) {
             ranged::Answer::Piece => 0,
             // The registry ignored Range: drop the bytes we already have.
             ranged::Answer::Whole => offset,

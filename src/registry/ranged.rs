@@ -350,7 +350,7 @@ impl Registry {
     }
 
     /// The body of a response as a metered byte stream.
-    fn body(&self, resp: reqwest::Response) -> ByteStream {
+    pub(super) fn body(&self, resp: reqwest::Response) -> ByteStream {
         let raw: ByteStream = Box::pin(
             resp.bytes_stream()
                 .map(|r| r.map_err(std::io::Error::other)),
@@ -377,7 +377,12 @@ impl Registry {
         if resp.status() != reqwest::StatusCode::OK {
             return Err(self.t.status_error(resp, &what).await);
         }
-        Ok(super::blobs::skip_bytes(self.body(resp), from))
+        let body = self.body(resp);
+        Ok(if from == 0 {
+            body
+        } else {
+            super::blobs::skip_bytes(body, from)
+        })
     }
 
     /// Reads `blob` from byte `from` on by ranges, unverified (the caller
@@ -443,7 +448,11 @@ impl Registry {
     }
 }
 
-fn header(resp: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+/// A response header as text, if it is.
+pub(super) fn header(
+    resp: &reqwest::Response,
+    name: reqwest::header::HeaderName,
+) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
