@@ -517,7 +517,7 @@ fn start_reconcilers(
         };
         let (Some(source), Some(target)) = (
             live.registries.get(&rule.config.from),
-            live.registries.get(&rule.config.to),
+            live.registries.get(&rule.to),
         ) else {
             continue;
         };

@@ -10,11 +10,16 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use crate::config::RuleConfig;
 use crate::reference::{Reference, is_referrer_tag};
 
-/// A compiled rule.
+/// A compiled rule, for one of its targets: a rule with several `to`
+/// compiles into one `Rule` per target, so that everything per target
+/// (plans, reconcile passes, prune) reads one name.
 #[derive(Debug, Clone)]
 pub struct Rule {
     /// The rule as configured.
     pub config: RuleConfig,
+    /// The target registry this compiled rule writes to (one of
+    /// `config.to`).
+    pub to: String,
     projects: GlobSet,
     repositories: GlobSet,
     tags: GlobSet,
@@ -31,6 +36,9 @@ pub struct Plan {
     pub from: String,
     /// Target registry name.
     pub to: String,
+    /// The rule has other targets too: this plan's job is one of a
+    /// fan-out, run with its siblings over one read of the source.
+    pub fanout: bool,
     /// Repository on the source.
     pub source_repository: String,
     /// Repository on the target.
@@ -102,8 +110,11 @@ fn globset(patterns: &[String]) -> Result<GlobSet, globset::Error> {
 
 impl Rule {
     /// Compiles a configured rule.
+    /// Compiles `config` for its first target; [`RuleSet::new`] compiles
+    /// every target.
     pub fn new(config: RuleConfig) -> Result<Rule, globset::Error> {
         Ok(Rule {
+            to: config.to.first().cloned().unwrap_or_default(),
             projects: globset(&config.projects)?,
             repositories: globset(&config.repositories)?,
             tags: globset(&config.tags)?,
@@ -175,6 +186,30 @@ impl Rule {
         self.projects.is_match(project) && self.repositories.is_match(inside(project, repository))
     }
 
+    /// The same rule for another of its targets.
+    pub fn for_target(&self, to: &str) -> Rule {
+        Rule {
+            to: to.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// True when the rule has several targets: its jobs for one artifact
+    /// run together over one read of the source ([`crate::replicate::Tee`]).
+    pub fn fans_out(&self) -> bool {
+        self.config.to.len() > 1
+    }
+
+    /// The name this rule's per-target work goes by where one name per
+    /// target is needed (the reconcile turn): the rule's own when it has
+    /// one target.
+    pub fn turn_name(&self) -> String {
+        match self.fans_out() {
+            true => format!("{} -> {}", self.config.name, self.to),
+            false => self.config.name.clone(),
+        }
+    }
+
     /// True if this rule replicates deletions.
     pub fn replicates_deletes(&self) -> bool {
         self.config.replicate_deletes
@@ -241,7 +276,8 @@ impl Rule {
         Plan {
             rule: self.config.name.clone(),
             from: self.config.from.clone(),
-            to: self.config.to.clone(),
+            to: self.to.clone(),
+            fanout: self.fans_out(),
             source_repository: source_repository.to_string(),
             target_repository,
             overwrite: self.config.overwrite,
@@ -266,13 +302,14 @@ pub struct RuleSet {
 impl RuleSet {
     /// Compiles every rule.
     pub fn new(configs: &[RuleConfig]) -> Result<RuleSet, globset::Error> {
-        Ok(RuleSet {
-            rules: configs
-                .iter()
-                .cloned()
-                .map(Rule::new)
-                .collect::<Result<_, _>>()?,
-        })
+        let mut rules = Vec::new();
+        for config in configs {
+            let rule = Rule::new(config.clone())?;
+            for to in &config.to {
+                rules.push(rule.for_target(to));
+            }
+        }
+        Ok(RuleSet { rules })
     }
 
     /// Every plan for one artifact; empty means no rule matches, and the
@@ -308,7 +345,11 @@ impl RuleSet {
         for r in self.rules.iter().filter(|r| keep(r)) {
             match r.plan(project, repository, reference) {
                 Ok(p) => plans.push(p),
-                Err(s) => skips.push((r.config.name.clone(), s)),
+                // A rule skips for every target alike: said once.
+                Err(s) if !skips.iter().any(|(n, _)| *n == r.config.name) => {
+                    skips.push((r.config.name.clone(), s))
+                }
+                Err(_) => {}
             }
         }
         (plans, skips)
@@ -320,7 +361,7 @@ impl RuleSet {
         self.rules.iter().any(|r| r.covers(project, repository))
     }
 
-    /// The rules, in order.
+    /// The rules, in order, each target of a fan-out rule as its own.
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter()
     }
@@ -384,6 +425,39 @@ mod tests {
 
     fn tag(t: &str) -> Reference {
         Reference::Tag(t.into())
+    }
+
+    #[test]
+    fn a_rule_with_several_targets_plans_one_job_per_target_as_a_fan_out() {
+        let sites = RuleSet::new(&[RuleConfig {
+            to: vec!["site-a".into(), "site-b".into(), "site-c".into()],
+            tags: vec!["v*".into()],
+            ..RuleConfig::new("r", "external", "integrated")
+        }])
+        .expect("valid");
+        let (plans, skips) = sites.plans("library", "library/app", &tag("v1"));
+        assert!(skips.is_empty());
+        let to: Vec<&str> = plans.iter().map(|p| p.to.as_str()).collect();
+        assert_eq!(to, ["site-a", "site-b", "site-c"]);
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.fanout && p.target_repository == "library/app")
+        );
+        // A skip is said once, not once per target.
+        let (plans, skips) = sites.plans("library", "library/app", &tag("latest"));
+        assert!(plans.is_empty());
+        assert_eq!(skips.len(), 1, "{skips:?}");
+        // Each target's reconcile takes its own turn.
+        let turns: std::collections::BTreeSet<String> = sites.iter().map(Rule::turn_name).collect();
+        assert_eq!(turns.len(), 3);
+        // One target: the plan is as it always was, its key too.
+        let one = rule(&["**"], &["**"], &[], "{project}");
+        let plan = one
+            .plan("library", "library/app", &tag("v1"))
+            .expect("plans");
+        assert!(!plan.fanout);
+        assert_eq!(one.turn_name(), "r");
     }
 
     #[test]

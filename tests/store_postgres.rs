@@ -663,6 +663,75 @@ async fn jobs_waiting_for_a_registry_go_when_it_answers(b: &Backend) {
     assert_eq!(o.state, JobState::Retrying, "{n}: still waits for its time");
 }
 
+/// A fan-out's jobs: one per target, none folded into another; claiming
+/// one claims the others queued beside it, and not another artifact's.
+async fn a_fan_outs_jobs_are_claimed_together(b: &Backend) {
+    let n = b.name();
+    let store = b.open("relay-a").await;
+    let fan = |repo: &str, to: &str| JobSpec {
+        to: to.into(),
+        fanout: true,
+        ..spec(repo, "1")
+    };
+    let ids: Vec<u64> = store
+        .enqueue(vec![
+            fan("p/app", "site-a"),
+            fan("p/app", "site-b"),
+            fan("p/app", "site-c"),
+            fan("p/other", "site-a"),
+            spec("p/app", "1"),
+        ])
+        .await
+        .expect("enqueue")
+        .iter()
+        .map(|e| {
+            assert!(!e.coalesced, "{n}");
+            e.id
+        })
+        .collect();
+    let first = store.claim().await.expect("claim").expect("a job");
+    assert_eq!(first.id, ids[0], "{n}");
+    let siblings = store.claim_siblings(&first).await.expect("siblings");
+    let got: Vec<(u64, &str, JobState)> = siblings
+        .iter()
+        .map(|j| (j.id, j.spec.to.as_str(), j.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[1], "site-b", JobState::Running),
+            (ids[2], "site-c", JobState::Running)
+        ],
+        "{n}"
+    );
+    assert_eq!((store.running(), store.queued()), (3, 2), "{n}");
+    // Each is its own job: the store has them running, and they finish apart.
+    for id in &ids[1..3] {
+        let j = store.get(*id).await.expect("get").expect("job");
+        assert_eq!((j.state, j.attempts), (JobState::Running, 1), "{n}");
+    }
+    let next = store.claim().await.expect("claim").expect("a job");
+    assert_eq!(next.id, ids[3], "{n}");
+    assert!(
+        store
+            .claim_siblings(&next)
+            .await
+            .expect("siblings")
+            .is_empty(),
+        "{n}"
+    );
+    let last = store.claim().await.expect("claim").expect("a job");
+    assert_eq!(last.id, ids[4], "{n}");
+    assert!(
+        store
+            .claim_siblings(&last)
+            .await
+            .expect("siblings")
+            .is_empty(),
+        "{n}: one target, no siblings"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_hold_the_stores_invariants() {
     let _turn = TURN.lock().await;
@@ -686,6 +755,9 @@ async fn both_backends_hold_the_stores_invariants() {
     }
     for b in both().await {
         jobs_waiting_for_a_registry_go_when_it_answers(&b).await;
+    }
+    for b in both().await {
+        a_fan_outs_jobs_are_claimed_together(&b).await;
     }
 }
 

@@ -191,7 +191,7 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
             @for r in &rules {
                 tr {
                     td { (r.name) }
-                    td { (r.from) " → " (r.to) }
+                    td { (r.from) " → " (r.to.join(", ")) }
                     td { (finished(&r.name, "succeeded")) }
                     td { (finished(&r.name, "failed")) }
                     td { (when(app.metrics.last_success.with_label_values(&[r.name.as_str()]).get())) }

@@ -185,7 +185,11 @@ async fn check_registry(config: &Config, reg: &RegistryConfig, out: &mut Report)
     if !check_api(reg, &ping, out) {
         return skip_rest(out, &["push"]);
     }
-    let rules: Vec<&RuleConfig> = config.rules.iter().filter(|r| r.to == reg.name).collect();
+    let rules: Vec<&RuleConfig> = config
+        .rules
+        .iter()
+        .filter(|r| r.to.contains(&reg.name))
+        .collect();
     let missing = if reg.is_harbor || reg.create_projects {
         match check_harbor(reg, &client, &rules, out).await {
             Some(m) => m,

@@ -57,15 +57,21 @@ pub async fn register_webhook(
 pub async fn reconcile(path: PathBuf, rule: Option<String>, dry_run: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let rules = harbor_relay::rules::RuleSet::new(&config.rules)?;
-    let names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+    let mut names: Vec<&str> = rules.iter().map(|r| r.config.name.as_str()).collect();
+    names.dedup();
     let chosen: Vec<&harbor_relay::rules::Rule> = match &rule {
-        Some(name) => match rules.get(name) {
-            Some(r) => vec![r],
-            None => bail!(
+        // Each of a fan-out rule's targets is a pass of its own.
+        Some(name) => match rules
+            .iter()
+            .filter(|r| r.config.name == *name)
+            .collect::<Vec<_>>()
+        {
+            found if found.is_empty() => bail!(
                 "no rule '{name}' in {} (rules: {})",
                 path.display(),
                 names.join(", ")
             ),
+            found => found,
         },
         // Without --rule: every rule that reconciles on its own.
         None => rules
@@ -99,11 +105,13 @@ async fn reconcile_rule(
     rule: &harbor_relay::rules::Rule,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    println!("rule '{}':", rule.config.name);
-    let (Some(source), Some(target)) = (
-        registries.get(&rule.config.from),
-        registries.get(&rule.config.to),
-    ) else {
+    match rule.fans_out() {
+        true => println!("rule '{}', target {}:", rule.config.name, rule.to),
+        false => println!("rule '{}':", rule.config.name),
+    }
+    let (Some(source), Some(target)) =
+        (registries.get(&rule.config.from), registries.get(&rule.to))
+    else {
         bail!("the rule's registries are not configured");
     };
     let report = harbor_relay::reconcile::pass(rule, source, target).await?;
@@ -135,7 +143,7 @@ fn print_report(
             d.source_repository,
             d.tag,
             d.source_digest,
-            rule.config.to,
+            rule.to,
             d.target_repository,
             d.tag,
             d.target_digest.as_deref().unwrap_or("missing")
@@ -145,7 +153,7 @@ fn print_report(
         println!(
             "{}prune {}/{}",
             if dry_run { "would " } else { "" },
-            rule.config.to,
+            rule.to,
             s.describe()
         );
     }
@@ -170,7 +178,7 @@ async fn prune_stale(
     let mut failed = 0;
     for s in &report.stale {
         match harbor_relay::reconcile::prune::remove(target, s).await {
-            Ok(()) => println!("pruned {}/{}", rule.config.to, s.describe()),
+            Ok(()) => println!("pruned {}/{}", rule.to, s.describe()),
             Err(e) => {
                 failed += 1;
                 eprintln!("failed to prune {}: {e}", s.describe());
@@ -251,37 +259,12 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
             }
         );
     }
+    let mut told: Vec<&str> = Vec::new();
     for p in &plans {
-        if let Some(types) = &p.artifact_types {
-            println!(
-                "rule '{}': only {} artifacts (artifact_types); decided from the manifest when the job runs",
-                p.rule,
-                types.join(", ")
-            );
-        }
-        if let Some(labels) = &p.labels {
-            println!(
-                "rule '{}': only artifacts carrying the Harbor labels {} (labels); read from the source's artifact API when the job runs",
-                p.rule,
-                labels.join(", ")
-            );
-        }
-        if let Some(g) = rules.get(&p.rule).and_then(|r| r.config.gates.as_ref()) {
-            let mut what = Vec::new();
-            if let Some(sig) = &g.signature {
-                what.push(format!("require_signature: {} key(s)", sig.keys.len()));
-            }
-            if let Some(scan) = &g.scan {
-                what.push(format!("max_severity: {}", scan.max.word()));
-            }
-            println!(
-                "rule '{}': gated ({}): nothing is copied before they pass; `--gates` reads them now",
-                p.rule,
-                what.join(", ")
-            );
-        }
-        if let Some(note) = rules.get(&p.rule).and_then(|r| prune_note(r, p)) {
-            println!("{note}");
+        // What a rule says of the artifact is the same for each target.
+        if !told.contains(&p.rule.as_str()) {
+            told.push(&p.rule);
+            rule_notes(&rules, p);
         }
         let harbor = config
             .registries
@@ -303,6 +286,41 @@ pub fn rules_test(path: PathBuf, image: String) -> anyhow::Result<()> {
         bail!("nothing would be replicated: no rule takes {image}");
     }
     Ok(())
+}
+
+/// What `rules test` says of a rule once, whatever its targets.
+fn rule_notes(rules: &harbor_relay::rules::RuleSet, p: &harbor_relay::rules::Plan) {
+    if let Some(types) = &p.artifact_types {
+        println!(
+            "rule '{}': only {} artifacts (artifact_types); decided from the manifest when the job runs",
+            p.rule,
+            types.join(", ")
+        );
+    }
+    if let Some(labels) = &p.labels {
+        println!(
+            "rule '{}': only artifacts carrying the Harbor labels {} (labels); read from the source's artifact API when the job runs",
+            p.rule,
+            labels.join(", ")
+        );
+    }
+    if let Some(g) = rules.get(&p.rule).and_then(|r| r.config.gates.as_ref()) {
+        let mut what = Vec::new();
+        if let Some(sig) = &g.signature {
+            what.push(format!("require_signature: {} key(s)", sig.keys.len()));
+        }
+        if let Some(scan) = &g.scan {
+            what.push(format!("max_severity: {}", scan.max.word()));
+        }
+        println!(
+            "rule '{}': gated ({}): nothing is copied before they pass; `--gates` reads them now",
+            p.rule,
+            what.join(", ")
+        );
+    }
+    if let Some(note) = rules.get(&p.rule).and_then(|r| prune_note(r, p)) {
+        println!("{note}");
+    }
 }
 
 /// What `prune = true` does for a rule's target repository, in words.
@@ -438,6 +456,7 @@ pub async fn replicate(
             last_attempt: true,
             rule: "replicate",
             gates: None,
+            seat: None,
         })
         .await?;
     let manifests = match (s.manifests_copied, s.tag_written) {

@@ -111,12 +111,20 @@ pub(super) struct RawTls {
     pub(super) insecure_skip_verify: bool,
 }
 
+/// A rule's `to`: one registry name, or a list of them (a fan-out).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawTargets {
+    One(String),
+    Many(Vec<String>),
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
     pub(super) name: Option<String>,
     pub(super) from: String,
-    pub(super) to: String,
+    pub(super) to: RawTargets,
     pub(super) projects: Option<Vec<String>>,
     pub(super) repositories: Option<Vec<String>>,
     pub(super) target_project: Option<String>,

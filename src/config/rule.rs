@@ -19,13 +19,12 @@ impl Loader<'_> {
         registries: &BTreeMap<String, RegistryConfig>,
     ) -> Result<RuleConfig, ConfigError> {
         let key = |k: &str| format!("rules[{i}].{k}");
-        for (k, v) in [("from", &r.from), ("to", &r.to)] {
-            self.known_registry(&key(k), v, registries)?;
-        }
+        self.known_registry(&key("from"), &r.from, registries)?;
+        let to = self.targets(&key("to"), &r.from, &r.to, registries)?;
         let gates = self.gates(i, &r, &registries[&r.from])?;
         let name = match r.name {
             Some(n) => self.expand(&key("name"), &n)?,
-            None => format!("{}-to-{}", r.from, r.to),
+            None => format!("{}-to-{}", r.from, to.join("+")),
         };
         if name.is_empty() {
             return Err(self.invalid(key("name"), "is empty"));
@@ -40,7 +39,7 @@ impl Loader<'_> {
         Ok(RuleConfig {
             name,
             from: r.from,
-            to: r.to,
+            to,
             projects,
             repositories,
             target_project,
@@ -67,6 +66,38 @@ impl Loader<'_> {
     }
 
     /// `rules[].from`/`to` name a registry of the config.
+    /// A rule's `to`: one name or a list, each a configured registry other
+    /// than the source, none twice.
+    fn targets(
+        &self,
+        key: &str,
+        from: &str,
+        raw: &RawTargets,
+        registries: &BTreeMap<String, RegistryConfig>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let names = match raw {
+            RawTargets::One(n) => vec![n.clone()],
+            RawTargets::Many(n) => n.clone(),
+        };
+        if names.is_empty() {
+            return Err(self.invalid(key, "names no registry: give one name or a list of them"));
+        }
+        for (j, name) in names.iter().enumerate() {
+            let here = match raw {
+                RawTargets::One(_) => key.to_string(),
+                RawTargets::Many(_) => format!("{key}[{j}]"),
+            };
+            self.known_registry(&here, name, registries)?;
+            if names[..j].contains(name) {
+                return Err(self.invalid(here, format!("names '{name}' twice")));
+            }
+            if name == from && names.len() > 1 {
+                return Err(self.invalid(here, format!("'{name}' is the rule's source")));
+            }
+        }
+        Ok(names)
+    }
+
     fn known_registry(
         &self,
         key: &str,

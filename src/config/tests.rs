@@ -223,6 +223,38 @@ fn password_file_is_read_and_trimmed() {
 }
 
 #[test]
+fn a_rule_takes_one_target_or_a_list_of_them() {
+    let one = parse(GOOD).expect("parses");
+    assert_eq!(one.rules[0].to, vec!["integrated".to_string()]);
+    assert_eq!(one.rules[0].name, "external-to-integrated");
+    let sites = GOOD.replace(
+        "[[rules]]",
+        "[registries.site-b]\nurl = \"https://b.local\"\n[[rules]]",
+    );
+    let many = parse(&sites.replace("to = \"integrated\"", "to = [\"integrated\", \"site-b\"]"))
+        .expect("parses");
+    assert_eq!(many.rules[0].to, vec!["integrated", "site-b"]);
+    assert_eq!(many.rules[0].name, "external-to-integrated+site-b");
+    for (to, key, says) in [
+        ("[]", "rules[0].to", "names no registry"),
+        (
+            "[\"integrated\", \"nowhere\"]",
+            "rules[0].to[1]",
+            "unknown registry 'nowhere'",
+        ),
+        ("[\"site-b\", \"site-b\"]", "rules[0].to[1]", "twice"),
+        (
+            "[\"site-b\", \"external\"]",
+            "rules[0].to[1]",
+            "the rule's source",
+        ),
+    ] {
+        let e = error_of(&sites.replace("to = \"integrated\"", &format!("to = {to}")));
+        assert!(e.contains(key) && e.contains(says), "{to}: {e}");
+    }
+}
+
+#[test]
 fn duplicate_default_rule_names_are_refused() {
     let text = format!("{GOOD}\n[[rules]]\nfrom = \"external\"\nto = \"integrated\"\n");
     let e = error_of(&text);

@@ -372,8 +372,10 @@ pub struct RuleConfig {
     pub name: String,
     /// Source registry name.
     pub from: String,
-    /// Target registry name.
-    pub to: String,
+    /// Target registry names: one, or several for a fan-out (one read of
+    /// each blob from the source streamed to every target that lacks it).
+    /// Never empty, no name twice.
+    pub to: Vec<String>,
     /// Globs over the source project (Harbor namespace).
     pub projects: Vec<String>,
     /// Globs over the repository path inside the project.
@@ -423,7 +425,7 @@ impl RuleConfig {
         RuleConfig {
             name: name.to_string(),
             from: from.to_string(),
-            to: to.to_string(),
+            to: vec![to.to_string()],
             projects: vec!["**".into()],
             repositories: vec!["**".into()],
             target_project: "{project}".into(),

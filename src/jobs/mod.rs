@@ -120,6 +120,11 @@ pub struct JobSpec {
     pub from: String,
     /// Target registry name.
     pub to: String,
+    /// One of a fan-out: the rule has other targets, whose jobs for the
+    /// same artifact ([`JobSpec::fanout_group`]) a worker claims with this
+    /// one and runs over one read of the source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fanout: bool,
     /// Repository on the source.
     pub source_repository: String,
     /// Repository on the target.
@@ -180,6 +185,7 @@ impl JobSpec {
             rule: plan.rule,
             from: plan.from,
             to: plan.to,
+            fanout: plan.fanout,
             source_repository: plan.source_repository,
             target_repository: plan.target_repository,
             reference,
@@ -226,6 +232,7 @@ impl JobSpec {
             last_attempt: false,
             rule: &self.rule,
             gates,
+            seat: None,
         }
     }
 
@@ -283,7 +290,25 @@ impl JobSpec {
 
     /// Two deliveries of the same event (or the same push seen twice) give
     /// the same key; while a job with this key is active, new ones join it.
+    /// A fan-out's jobs differ only in their target, which their keys
+    /// then name; a rule with one target needs no more than its name (and
+    /// keeps the keys stores already hold).
     pub fn dedupe_key(&self) -> String {
+        let group = self.group_key();
+        match self.fanout {
+            true => format!("{group}\n{}", self.to),
+            false => group,
+        }
+    }
+
+    /// What the jobs of one fan-out (one artifact, one rule, each target)
+    /// share: a worker that claims one of them claims the others queued
+    /// beside it. `None` for a job with one target.
+    pub fn fanout_group(&self) -> Option<String> {
+        self.fanout.then(|| self.group_key())
+    }
+
+    fn group_key(&self) -> String {
         format!(
             "{}\n{}\n{}\n{}\n{}\n{}",
             self.action.as_str(),

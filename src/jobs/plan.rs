@@ -68,3 +68,48 @@ pub fn for_event(rules: &RuleSet, ev: &Event, skipped: &mut Vec<String>) -> Vec<
     }
     specs
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuleConfig;
+
+    fn event(tag: &str) -> Event {
+        Event {
+            kind: EventKind::Push,
+            project: "library".into(),
+            repository: "library/app".into(),
+            artifacts: vec![crate::event::Artifact {
+                reference: Reference::Tag(tag.into()),
+                digest: None,
+            }],
+            occurred_at: None,
+        }
+    }
+
+    #[test]
+    fn a_fan_out_makes_one_job_per_target_none_folded_into_another_all_in_one_group() {
+        let sites = RuleSet::new(&[RuleConfig {
+            to: vec!["site-a".into(), "site-b".into(), "site-c".into()],
+            ..RuleConfig::new("r", "external", "integrated")
+        }])
+        .expect("valid");
+        let specs = for_event(&sites, &event("v1"), &mut Vec::new());
+        assert_eq!(specs.len(), 3);
+        let keys: std::collections::BTreeSet<String> =
+            specs.iter().map(|s| s.dedupe_key()).collect();
+        assert_eq!(keys.len(), 3, "one job per target");
+        let groups: std::collections::BTreeSet<Option<String>> =
+            specs.iter().map(|s| s.fanout_group()).collect();
+        assert_eq!(groups.len(), 1, "one group");
+        assert!(groups.iter().all(Option::is_some));
+        // One target: no group, and the key stores already hold.
+        let one = RuleSet::new(&[RuleConfig::new("r", "external", "integrated")]).expect("valid");
+        let specs = for_event(&one, &event("v1"), &mut Vec::new());
+        assert_eq!(specs[0].fanout_group(), None);
+        assert_eq!(
+            specs[0].dedupe_key(),
+            "copy\nr\nlibrary/app\nlibrary/app\n:v1\n"
+        );
+    }
+}

@@ -299,7 +299,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let name = rule.config.name.clone();
+    let name = rule.turn_name();
     loop {
         // Relays sharing a store take turns: one pass per interval in all.
         match store.reconcile_turn(&name, interval).await {

@@ -49,6 +49,9 @@ impl Replicator {
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         let (target, repo) = (req.target, req.target_repository);
+        // In a fan-out: this copy's word on the blob, which the other
+        // targets' copies wait for; dropped unused, it says "no read".
+        let answer = req.seat.map(|s| s.answer(&blob.digest));
         let known = self
             .ledger
             .blob_locations(target.name(), &blob.digest)
@@ -81,19 +84,27 @@ impl Replicator {
                 decide::Held::Read => {}
             }
             if big {
-                return self.copy_chunked(req, blob, progress).await;
+                return self.copy_chunked(req, blob, progress, answer).await;
             }
         }
         // One POST that either finds the blob in the repository after all
         // (a mount from itself) or opens the upload session, while the
         // source starts sending: for a new blob, two round trips fewer than
         // HEAD, then POST, then GET.
-        let (opened, read) = futures_util::future::join(
-            target.mount_or_begin(repo, &blob.digest, repo),
+        let open = || async {
             req.source
-                .get_blob(req.source_repository, &blob.digest, blob.size),
-        )
-        .await;
+                .get_blob(req.source_repository, &blob.digest, blob.size)
+                .await
+                .map(|(body, _)| body)
+        };
+        let read = async {
+            match answer {
+                Some(answer) => answer.read(blob.size, open).await,
+                None => open().await,
+            }
+        };
+        let (opened, read) =
+            futures_util::future::join(target.mount_or_begin(repo, &blob.digest, repo), read).await;
         let location = match opened? {
             // Skipped only on the source's word too: its answer to the GET.
             MountOrUpload::Mounted => {
@@ -105,7 +116,7 @@ impl Replicator {
             MountOrUpload::Upload(location) => location,
         };
         let body = match read {
-            Ok((body, _)) => body,
+            Ok(body) => body,
             Err(e) => {
                 target.cancel_upload(repo, location.as_str()).await;
                 return Err(e.into());
@@ -210,7 +221,7 @@ impl Replicator {
             // it again in chunks, which such proxies usually let through.
             if chunkable && matches!(e, RegistryError::Status { status: 413, .. }) {
                 tracing::info!(digest = %blob.digest, size = blob.size, "target refused one request this large (413); uploading in chunks");
-                return self.copy_chunked(req, blob, progress).await;
+                return self.copy_chunked(req, blob, progress, None).await;
             }
             return Err(e.into());
         }
@@ -237,6 +248,7 @@ impl Replicator {
         req: &CopyRequest<'_>,
         blob: &Descriptor,
         progress: &Progress,
+        answer: Option<super::tee::Answer<'_>>,
     ) -> Result<(), ReplicateError> {
         let on_chunk = |n: u64| {
             if let Some(m) = &self.metrics {
@@ -246,8 +258,15 @@ impl Replicator {
                 moved.fetch_add(n, Ordering::Relaxed);
             }
         };
-        let done =
-            chunked::copy(req, blob, self.ledger.as_ref(), &on_chunk, &self.stopping).await?;
+        let done = chunked::copy(
+            req,
+            blob,
+            self.ledger.as_ref(),
+            &on_chunk,
+            &self.stopping,
+            answer,
+        )
+        .await?;
         self.blob_copied(progress, done.sent);
         if done.resumed {
             progress.blobs_resumed.fetch_add(1, Ordering::Relaxed);

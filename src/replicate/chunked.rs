@@ -116,8 +116,9 @@ pub async fn copy(
     ledger: &dyn Ledger,
     on_chunk: &(dyn Fn(u64) + Sync),
     stopping: &tokio_util::sync::CancellationToken,
+    answer: Option<super::tee::Answer<'_>>,
 ) -> Result<Chunked, ReplicateError> {
-    let copied = copy_resumably(req, blob, ledger, on_chunk, stopping).await;
+    let copied = copy_resumably(req, blob, ledger, on_chunk, stopping, answer).await;
     if let Err(e) = &copied
         && req.last_attempt
         && !matches!(e, ReplicateError::Interrupted)
@@ -140,6 +141,7 @@ async fn copy_resumably(
     ledger: &dyn Ledger,
     on_chunk: &(dyn Fn(u64) + Sync),
     stopping: &tokio_util::sync::CancellationToken,
+    answer: Option<super::tee::Answer<'_>>,
 ) -> Result<Chunked, ReplicateError> {
     let (target, repo) = (req.target, req.target_repository);
     let key = upload_key(target.name(), repo, &blob.digest);
@@ -153,16 +155,20 @@ async fn copy_resumably(
     let chunk = configured.max(session.min_chunk.unwrap_or(0)).max(1);
 
     // Read from where the hash state stands; bytes the target already
-    // holds beyond it only go through the hasher.
-    let source = req
-        .source
-        .get_blob_from(
+    // holds beyond it only go through the hasher. From the start, in a
+    // fan-out, the read is the one shared with the other targets.
+    let from = || {
+        req.source.get_blob_from(
             req.source_repository,
             &blob.digest,
             session.hashed,
             blob.size,
         )
-        .await?;
+    };
+    let source = match answer {
+        Some(answer) if session.hashed == 0 => answer.read(blob.size, from).await?,
+        _ => from().await?,
+    };
     let feed = Arc::new(tokio::sync::Mutex::new(Feed {
         source,
         leftover: None,

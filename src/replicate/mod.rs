@@ -38,6 +38,7 @@ mod platforms;
 mod progress;
 mod referrers;
 mod summary;
+pub mod tee;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub use platforms::platform_subset;
 use progress::Progress;
 use referrers::{find_referrers, referrer_subjects};
 pub use summary::Summary;
+pub use tee::{Seat, Tee};
 
 /// How deep indexes may nest (an index of indexes is legal but rare; a
 /// deeper chain is treated as malformed rather than followed forever).
@@ -117,6 +119,9 @@ pub struct CopyRequest<'a> {
     pub rule: &'a str,
     /// The rule's gates: judged before anything is written to the target.
     pub gates: Option<&'a crate::gate::Gates>,
+    /// This copy's seat at its fan-out's [`Tee`]: blobs read from offset 0
+    /// are read once for every target of the fan-out. `None`: one target.
+    pub seat: Option<&'a Seat>,
 }
 
 impl CopyRequest<'_> {

@@ -220,6 +220,7 @@ pub fn job_spec(repo: &str, tag: &str) -> harbor_relay::jobs::JobSpec {
         rule: "r".into(),
         from: "external".into(),
         to: "integrated".into(),
+        fanout: false,
         source_repository: repo.into(),
         target_repository: repo.into(),
         reference: Reference::Tag(tag.into()),

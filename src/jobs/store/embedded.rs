@@ -357,6 +357,38 @@ impl SledStore {
         Ok(job)
     }
 
+    /// The queued jobs of `job`'s fan-out ([`JobSpec::fanout_group`]),
+    /// marked running as [`SledStore::claim`] marks one: enqueued with it,
+    /// they sit just after it in the queue, so only the next
+    /// [`super::SIBLINGS_SCAN`] ids are looked at.
+    pub async fn claim_siblings(&self, job: &Job) -> Result<Vec<Job>, StoreError> {
+        let Some(group) = job.spec.fanout_group() else {
+            return Ok(Vec::new());
+        };
+        let _g = self.guard();
+        let mut found = Vec::new();
+        let ids = key(job.id + 1)..=key(job.id + super::SIBLINGS_SCAN);
+        let keys: Vec<_> = self.queue.range(ids).keys().collect::<Result<_, _>>()?;
+        for k in keys {
+            let Some(mut sibling) = self.load(id_of(&k))? else {
+                continue;
+            };
+            if sibling.state != JobState::Queued
+                || sibling.spec.fanout_group().as_deref() != Some(group.as_str())
+            {
+                continue;
+            }
+            if self.queue.remove(&k)?.is_some() {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            transition::start(&mut sibling, (self.clock)());
+            self.save(&sibling)?;
+            self.running.fetch_add(1, Ordering::Relaxed);
+            found.push(sibling);
+        }
+        Ok(found)
+    }
+
     /// Records how an attempt ended: done, failed for good, or to be
     /// retried later.
     pub async fn finish(&self, id: u64, outcome: Outcome) -> Result<Option<Job>, StoreError> {

@@ -23,6 +23,12 @@ pub mod released;
 pub mod transfer;
 pub mod transition;
 
+/// How far past a fan-out job's id its siblings are looked for: they are
+/// enqueued together (one webhook, one transaction), so they sit within a
+/// few ids of it unless many other enqueues interleave; one missed runs
+/// alone, reading what its target lacks again.
+pub const SIBLINGS_SCAN: u64 = 64;
+
 /// Default for [`SledStore::set_coalesce_window`]: ten minutes.
 pub const DEFAULT_COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -122,6 +128,16 @@ impl Store {
     /// Takes the next job for a worker.
     pub async fn claim(&self) -> Result<Option<crate::jobs::Job>, StoreError> {
         each!(self, s => s.claim().await)
+    }
+
+    /// The other queued jobs of a fan-out `job` belongs to, claimed with
+    /// it (none for a job with one target): a worker runs them together
+    /// over one read of the source.
+    pub async fn claim_siblings(
+        &self,
+        job: &crate::jobs::Job,
+    ) -> Result<Vec<crate::jobs::Job>, StoreError> {
+        each!(self, s => s.claim_siblings(job).await)
     }
 
     /// Records how an attempt ended.

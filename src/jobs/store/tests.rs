@@ -28,6 +28,7 @@ pub(crate) fn spec(tag: &str) -> JobSpec {
         rule: "r".into(),
         from: "external".into(),
         to: "integrated".into(),
+        fanout: false,
         source_repository: "library/nginx".into(),
         target_repository: "library/nginx".into(),
         reference: Reference::Tag(tag.into()),

@@ -232,7 +232,11 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
             let live = ctx.live.get();
             // The registries the rules use: one configured for later,
             // idle, never earns a limit and must not hold the others back.
-            let used = live.config.rules.iter().flat_map(|r| [&r.from, &r.to]);
+            let used = live
+                .config
+                .rules
+                .iter()
+                .flat_map(|r| std::iter::once(&r.from).chain(&r.to));
             admit::job_limit(
                 live.config.jobs.workers,
                 used.filter_map(|name| live.registries.get(name))
@@ -247,7 +251,12 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
         };
         match ctx.store.claim().await {
             Ok(Some(job)) => {
-                run_job(&ctx, job, &shutdown).await;
+                let siblings = siblings(&ctx, &job).await;
+                if siblings.is_empty() {
+                    run_job(&ctx, job, &shutdown, None).await;
+                } else {
+                    run_fanout(&ctx, job, siblings, &shutdown).await;
+                }
                 drop(slot);
             }
             Ok(None) => {
@@ -272,6 +281,45 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
     }
 }
 
+/// The queued jobs of `job`'s fan-out, claimed with it; none when it has
+/// none or the store cannot say (each then runs alone).
+async fn siblings(ctx: &Context, job: &Job) -> Vec<Job> {
+    if !job.spec.fanout {
+        return Vec::new();
+    }
+    match ctx.store.claim_siblings(job).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(id = job.id, error = %e, "cannot claim the other targets' jobs of this fan-out; it runs alone");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs a fan-out's jobs at once, one [`crate::replicate::Seat`] each at
+/// one tee: each blob the targets lack is read from the source once. Each
+/// job keeps its own outcome, retries and record.
+async fn run_fanout(
+    ctx: &Arc<Context>,
+    job: Job,
+    siblings: Vec<Job>,
+    shutdown: &CancellationToken,
+) {
+    let mut jobs = vec![job];
+    jobs.extend(siblings);
+    tracing::info!(
+        jobs = ?jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        targets = ?jobs.iter().map(|j| j.spec.to.as_str()).collect::<Vec<_>>(),
+        "fan-out: one read of the source for these targets"
+    );
+    let seats = crate::replicate::Tee::seats(jobs.len());
+    let runs = jobs
+        .into_iter()
+        .zip(seats)
+        .map(|(job, seat)| run_job(ctx, job, shutdown, Some(seat)));
+    futures_util::future::join_all(runs).await;
+}
+
 /// Runs the copy (or delete) a job asks for, once. A panic in it (a bug an
 /// odd answer reached) fails this job with the panic's message; the worker
 /// goes on.
@@ -282,6 +330,7 @@ async fn attempt(
     moved: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
     last_attempt: bool,
+    seat: Option<crate::replicate::Seat>,
 ) -> Attempt {
     let rule = live.config.rules.iter().find(|r| r.name == spec.rule);
     let gates = rule.and_then(|r| r.gates.as_ref());
@@ -319,6 +368,7 @@ async fn attempt(
                 req.moved = Some(moved);
                 req.cancel = Some(cancel.clone());
                 req.last_attempt = last_attempt;
+                req.seat = seat.as_ref();
                 ctx.replicator.copy(&req).await
             }
         }
@@ -357,7 +407,12 @@ async fn attempt(
 }
 
 /// Runs one claimed job and records its outcome.
-async fn run_job(ctx: &Arc<Context>, job: Job, shutdown: &CancellationToken) {
+async fn run_job(
+    ctx: &Arc<Context>,
+    job: Job,
+    shutdown: &CancellationToken,
+    seat: Option<crate::replicate::Seat>,
+) {
     let spec = &job.spec;
     let span = tracing::info_span!(
         "job",
@@ -377,7 +432,7 @@ async fn run_job(ctx: &Arc<Context>, job: Job, shutdown: &CancellationToken) {
         let started = Instant::now();
         let (moved, cancel) = ctx.board.start(job.id);
         let last = job.attempts >= retry.max_attempts;
-        let tried = attempt(ctx, &live, spec, moved, cancel, last).await;
+        let tried = attempt(ctx, &live, spec, moved, cancel, last, seat).await;
         ctx.board.end(job.id);
         let holding = live
             .config

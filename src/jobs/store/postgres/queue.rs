@@ -202,6 +202,54 @@ impl PgStore {
         Ok(Some(job))
     }
 
+    /// The queued jobs of `job`'s fan-out ([`JobSpec::fanout_group`]),
+    /// leased to this relay as [`PgStore::claim`] leases one. Their dedupe
+    /// keys start with the group's; only ids just after `job`'s are looked
+    /// at (they were enqueued with it), and a sibling another relay holds
+    /// is skipped.
+    pub async fn claim_siblings(&self, job: &Job) -> Result<Vec<Job>, StoreError> {
+        let Some(group) = job.spec.fanout_group() else {
+            return Ok(Vec::new());
+        };
+        let prefix = format!("{group}\n");
+        let now = (self.clock)();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let rows = tx
+            .query(
+                "SELECT job FROM relay_jobs
+                 WHERE state = 'queued' AND id > $1 AND id <= $2
+                   AND left(dedupe_key, length($3)) = $3
+                 ORDER BY id FOR UPDATE SKIP LOCKED",
+                &[
+                    &ms(job.id),
+                    &ms(job.id + crate::jobs::store::SIBLINGS_SCAN),
+                    &prefix,
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut sibling = Self::job_of(&row, "job")?;
+            if sibling.spec.fanout_group().as_deref() != Some(group.as_str()) {
+                continue;
+            }
+            transition::start(&mut sibling, now);
+            sibling.relay = Some(self.owner.clone());
+            Self::save(&tx, &sibling, Some((&self.owner, now + self.lease_ms))).await?;
+            found.push(sibling);
+        }
+        tx.commit().await.map_err(db)?;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        for sibling in &found {
+            decrement(&self.queued);
+            self.running.fetch_add(1, Ordering::Relaxed);
+            held.insert(sibling.id);
+        }
+        Ok(found)
+    }
+
     /// Renews the leases this relay holds; returns how many rows it still
     /// holds.
     pub async fn renew_leases(&self) -> Result<usize, StoreError> {

@@ -1,0 +1,312 @@
+//! One read of a blob from the source for every target of a fan-out.
+//!
+//! A rule with several targets makes one job per target (each with its own
+//! state, ledger entries and retries); a worker claims them together and
+//! runs their copies at once, each holding a [`Seat`] at one [`Tee`]. Each
+//! copy decides per blob, against its own target, as it always does
+//! (present, mounted, resumed, or to be read); the tee only changes where
+//! the bytes of a blob read from offset 0 come from:
+//!
+//! - a copy that must read a blob asks the tee ([`Answer::read`]); one that
+//!   does not (its target has it, a mount took) says so by dropping its
+//!   [`Answer`] unused, and a copy that ends leaves every blob it has not
+//!   answered;
+//! - once every seat still copying has answered for the blob, or the first
+//!   reader has waited [`GATHER`], one reader opens the source and the
+//!   bytes go to every reader that asked, each through its own bounded
+//!   channel: the slowest target paces the read;
+//! - a target that takes nothing for [`STALL`] while the others wait is cut
+//!   off (its upload fails, its job retries alone); a reader that asks
+//!   after the read began reads on its own.
+//!
+//! Nothing a target does reaches another's copy: each gets the same bytes,
+//! hashed by the source stream's verifier (whose error every reader gets)
+//! and checked again by its own registry.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::registry::{ByteStream, RegistryError};
+
+/// How long the first copy to ask for a blob waits for the other seats'
+/// answers: they ask their own targets at the same time, so this is only
+/// reached when one is far slower (or gone without saying); then it reads
+/// alone later.
+pub const GATHER: Duration = Duration::from_secs(2);
+
+/// How long one target may take nothing while the others wait for it.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// How many chunks the read may be ahead of a reader: what the tee holds
+/// per blob is this many chunks, shared by every reader.
+const AHEAD: usize = 4;
+
+/// The meeting point of one fan-out's copies.
+#[derive(Clone)]
+pub struct Tee(Arc<Shared>);
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Seats whose copy has not ended.
+    live: BTreeSet<usize>,
+    blobs: HashMap<String, Gathering>,
+}
+
+#[derive(Default)]
+struct Gathering {
+    /// When the first reader asked.
+    since: Option<Instant>,
+    answered: BTreeSet<usize>,
+    readers: Vec<oneshot::Sender<ByteStream>>,
+    /// The read began: later readers read alone.
+    started: bool,
+}
+
+/// Whether the read of a blob begins now: every seat still copying has
+/// answered, or the first reader has waited [`GATHER`].
+fn due(live: &BTreeSet<usize>, answered: &BTreeSet<usize>, waited: Duration) -> bool {
+    live.is_subset(answered) || waited >= GATHER
+}
+
+impl Tee {
+    /// A tee with `n` seats, one per copy of the fan-out.
+    pub fn seats(n: usize) -> Vec<Seat> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                live: (0..n).collect(),
+                blobs: HashMap::new(),
+            }),
+            changed: Notify::new(),
+        });
+        (0..n)
+            .map(|id| Seat {
+                id,
+                tee: Tee(shared.clone()),
+            })
+            .collect()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One copy's place at a [`Tee`]; dropping it (the copy ended) answers
+/// for every blob it did not.
+pub struct Seat {
+    id: usize,
+    tee: Tee,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.tee.state().live.remove(&self.id);
+        self.tee.0.changed.notify_waiters();
+    }
+}
+
+impl Seat {
+    /// This copy's answer for `digest`: [`Answer::read`] it, or drop it to
+    /// say the blob needs no read for this target.
+    pub fn answer(&self, digest: &str) -> Answer<'_> {
+        Answer {
+            seat: self,
+            digest: digest.to_string(),
+            used: false,
+        }
+    }
+
+    fn pass(&self, digest: &str) {
+        let mut state = self.tee.state();
+        let g = state.blobs.entry(digest.to_string()).or_default();
+        g.answered.insert(self.id);
+        drop(state);
+        self.tee.0.changed.notify_waiters();
+    }
+}
+
+/// A copy's pending answer for one blob (see [`Seat::answer`]).
+pub struct Answer<'a> {
+    seat: &'a Seat,
+    digest: String,
+    used: bool,
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.seat.pass(&self.digest);
+        }
+    }
+}
+
+impl Answer<'_> {
+    /// The blob's bytes from offset 0, `size` of them: the shared read's, or
+    /// `open`'s own when the shared read began without this copy (or could
+    /// not open).
+    pub async fn read<F, Fut>(mut self, size: u64, open: F) -> Result<ByteStream, RegistryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ByteStream, RegistryError>>,
+    {
+        self.used = true;
+        let tee = self.seat.tee.clone();
+        let joined = {
+            let mut state = tee.state();
+            let g = state.blobs.entry(self.digest.clone()).or_default();
+            (!g.started).then(|| {
+                g.since.get_or_insert_with(Instant::now);
+                g.answered.insert(self.seat.id);
+                let (tx, rx) = oneshot::channel();
+                g.readers.push(tx);
+                rx
+            })
+        };
+        let Some(mut mine) = joined else {
+            return open().await;
+        };
+        tee.0.changed.notify_waiters();
+        loop {
+            let changed = tee.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (lead, since) = self.lead_if_due(&tee);
+            if let Some(readers) = lead {
+                return self.lead(readers, size, open, mine).await;
+            }
+            tokio::select! {
+                got = &mut mine => return match got {
+                    Ok(stream) => Ok(stream),
+                    // The reader that led could not open the source: each
+                    // reads alone and says why.
+                    Err(_) => open().await,
+                },
+                () = &mut changed => {}
+                () = tokio::time::sleep_until((since + GATHER).into()) => {}
+            }
+        }
+    }
+
+    /// The readers to serve, if the read is due and nobody leads it yet;
+    /// and when the first reader asked.
+    fn lead_if_due(&self, tee: &Tee) -> (Option<Vec<oneshot::Sender<ByteStream>>>, Instant) {
+        let mut state = tee.state();
+        let State { live, blobs } = &mut *state;
+        let Some(g) = blobs.get_mut(&self.digest) else {
+            return (None, Instant::now());
+        };
+        let since = g.since.unwrap_or_else(Instant::now);
+        if g.started || !due(live, &g.answered, since.elapsed()) {
+            return (None, since);
+        }
+        g.started = true;
+        (Some(std::mem::take(&mut g.readers)), since)
+    }
+
+    /// Opens the source and hands every reader its channel of the bytes.
+    async fn lead<F, Fut>(
+        &self,
+        readers: Vec<oneshot::Sender<ByteStream>>,
+        size: u64,
+        open: F,
+        mine: oneshot::Receiver<ByteStream>,
+    ) -> Result<ByteStream, RegistryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<ByteStream, RegistryError>>,
+    {
+        let source = open().await?;
+        let mut outs = Vec::with_capacity(readers.len());
+        for reader in readers {
+            let (tx, rx) = mpsc::channel(AHEAD);
+            // A reader gone (its copy ended) gets nothing.
+            if reader.send(receiving(rx, size)).is_ok() {
+                outs.push(tx);
+            }
+        }
+        tracing::debug!(digest = %self.digest, readers = outs.len(), "one read of the source for this many targets");
+        tokio::spawn(pump(source, outs));
+        match mine.await {
+            Ok(stream) => Ok(stream),
+            Err(_) => Err(RegistryError::Other {
+                registry: "(fan-out)".into(),
+                what: format!("reading blob {}", self.digest),
+                detail: "the shared read of this blob ended before it began".into(),
+            }),
+        }
+    }
+}
+
+/// A reader's side: the chunks the pump sends, and an error if they end
+/// short of `size` without one (it was cut off for stalling).
+fn receiving(rx: mpsc::Receiver<std::io::Result<Bytes>>, size: u64) -> ByteStream {
+    let stream = futures_util::stream::unfold(
+        (rx, 0u64, false),
+        move |(mut rx, seen, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Ok(b)) => {
+                    let seen = seen + b.len() as u64;
+                    Some((Ok(b), (rx, seen, false)))
+                }
+                Some(Err(e)) => Some((Err(e), (rx, seen, true))),
+                None if seen < size => Some((
+                    Err(std::io::Error::other(format!(
+                        "the shared read of this blob stopped for this target after {seen} of {size} bytes (it took nothing for {}s while the other targets waited)",
+                        STALL.as_secs()
+                    ))),
+                    (rx, seen, true),
+                )),
+                None => None,
+            }
+        },
+    );
+    Box::pin(stream)
+}
+
+/// Reads `source` and sends each chunk to every reader, waiting for the
+/// slowest; a reader that takes nothing for [`STALL`] is dropped, and the
+/// read stops when no reader is left.
+async fn pump(mut source: ByteStream, mut outs: Vec<mpsc::Sender<std::io::Result<Bytes>>>) {
+    while let Some(item) = source.next().await {
+        let last = item.is_err();
+        let sends = outs.iter().map(|tx| {
+            let item = match &item {
+                Ok(b) => Ok(b.clone()),
+                Err(e) => Err(same_error(e)),
+            };
+            tokio::time::timeout(STALL, tx.send(item))
+        });
+        let sent = futures_util::future::join_all(sends).await;
+        let mut kept = sent.iter().map(|r| matches!(r, Ok(Ok(()))));
+        outs.retain(|_| kept.next().unwrap_or(false));
+        if last || outs.is_empty() {
+            return;
+        }
+    }
+}
+
+/// The same stream error for another reader, keeping what it says of the
+/// content (a [`crate::registry::verify::Mismatch`]).
+fn same_error(e: &std::io::Error) -> std::io::Error {
+    use crate::registry::verify;
+    match verify::mismatch_of(e) {
+        Some(kind) => verify::mismatch(kind, e.to_string()),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
