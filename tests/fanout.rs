@@ -1,0 +1,243 @@
+//! One push, several targets (issue 29): a rule with `to = [..]` reads each
+//! blob from the source once for all of them. Real registries: the source
+//! behind the fault proxy, which counts what the relay reads; the targets
+//! behind proxies of their own where what reaches them is counted.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use harbor_relay::config::TlsMode;
+use harbor_relay::registry::Registry;
+use support::fault::FaultProxy;
+use support::*;
+
+const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
+
+/// The rule: the source to three sites.
+fn config(source: &str, sites: &[String], source_extra: &str) -> String {
+    let mut text = format!("[registries.external]\nurl = \"{source}\"\n{source_extra}\n");
+    for (name, url) in SITES.iter().zip(sites) {
+        text.push_str(&registry_toml(name, url, None, ""));
+    }
+    text.push_str("[[rules]]\nfrom = \"external\"\nto = [\"site-a\", \"site-b\", \"site-c\"]\n");
+    text
+}
+
+/// Every byte of `img` the source serves once: blobs and manifest.
+fn unique_bytes(img: &TestImage) -> u64 {
+    (img.config.len() + img.manifest.len() + img.layers.iter().map(|l| l.len()).sum::<usize>())
+        as u64
+}
+
+/// GETs of `digest` at the source so far.
+fn reads_of(proxy: &FaultProxy, digest: &str) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|(_, m, p, _)| m == "GET" && p.ends_with(digest))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let proxy = FaultProxy::start(&source.url).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let mut targets = Vec::new();
+    for _ in SITES {
+        targets.push(RegistryProc::start(None, Auth::None).await);
+    }
+    let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+    let relay = Relay::start(&config(&proxy.url, &urls, "")).await;
+    let mut images = Vec::new();
+    for repo in ["library/app", "library/api"] {
+        let img = TestImage::pushed(&src, repo, &[1 << 20, 1 << 20, 512 << 10]).await;
+        let ids = relay.push(push_event(repo, Some("1"), &img.digest)).await;
+        assert_eq!(ids.len(), 3, "one job per target: {ids:?}");
+        images.push((repo, img, ids));
+    }
+    for (repo, img, ids) in &images {
+        let mut to = BTreeSet::new();
+        for id in ids {
+            let job = relay.wait_job(*id).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            assert_eq!(job["attempts"], 1, "{job}");
+            to.insert(job["target_registry"].as_str().expect("target").to_string());
+        }
+        assert_eq!(
+            to,
+            SITES.iter().map(|s| s.to_string()).collect(),
+            "each target has its own job"
+        );
+        for url in &urls {
+            let dst = client(url, None, TlsMode::System);
+            assert_image_on(&dst, repo, img, Some("1")).await;
+        }
+    }
+    let unique: u64 = images.iter().map(|(_, img, _)| unique_bytes(img)).sum();
+    let read = proxy.downloaded();
+    assert!(
+        read as f64 / unique as f64 <= 1.01,
+        "the source served {read} bytes for {unique} unique bytes"
+    );
+    for (_, img, _) in &images {
+        for d in img.blob_digests() {
+            assert_eq!(reads_of(&proxy, &d), 1, "{d} read once");
+        }
+    }
+    assert!(relay.logs().contains("fan-out: one read of the source"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_down_for_ten_seconds_does_not_hold_the_others_and_catches_up() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let proxy = FaultProxy::start(&source.url).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let a = RegistryProc::start(None, Auth::None).await;
+    let b = RegistryProc::start(None, Auth::None).await;
+    // site-c refuses connections: nothing listens on its port yet.
+    let c_port = free_port();
+    let c_url = format!("http://127.0.0.1:{c_port}");
+    let urls = vec![a.url.clone(), b.url.clone(), c_url.clone()];
+    let relay = Relay::start(&config(&proxy.url, &urls, "")).await;
+    let img = TestImage::pushed(&src, "library/app", &[1 << 20, 1 << 20, 1 << 20]).await;
+    let pushed = Instant::now();
+    let ids = relay
+        .push(push_event("library/app", Some("1"), &img.digest))
+        .await;
+    assert_eq!(ids.len(), 3);
+    for id in &ids[..2] {
+        let job = relay.wait_job(*id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let others_done = pushed.elapsed();
+    assert!(
+        others_done < Duration::from_secs(10),
+        "the two up finished while the third was down: {others_done:?}"
+    );
+    let c_job = relay.job(ids[2]).await;
+    assert!(
+        ["running", "retrying"].contains(&c_job["state"].as_str().unwrap_or_default()),
+        "still trying the target that is down: {c_job}"
+    );
+    for url in &urls[..2] {
+        assert_image_on(
+            &client(url, None, TlsMode::System),
+            "library/app",
+            &img,
+            Some("1"),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(pushed.elapsed())).await;
+    let c = RegistryProc::start_on(c_port, None, Auth::None).await;
+    let job = relay.wait_job(ids[2]).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["target_registry"], "site-c", "{job}");
+    assert_image_on(
+        &client(&c.url, None, TlsMode::System),
+        "library/app",
+        &img,
+        Some("1"),
+    )
+    .await;
+    // Once for the two, once more for the late one: what it lacked.
+    for d in img.blob_digests() {
+        let reads = reads_of(&proxy, &d);
+        assert!((1..=2).contains(&reads), "{d} read {reads} times");
+    }
+}
+
+/// Targets behind proxies of their own: what reaches each is counted.
+struct Site {
+    registry: RegistryProc,
+    proxy: FaultProxy,
+    direct: Registry,
+}
+
+impl Site {
+    async fn start() -> Site {
+        let registry = RegistryProc::start(None, Auth::None).await;
+        let proxy = FaultProxy::start(&registry.url).await;
+        let direct = client(&registry.url, None, TlsMode::System);
+        Site {
+            registry,
+            proxy,
+            direct,
+        }
+    }
+
+    /// The blobs of `digests` the target holds in `repo`.
+    async fn holds(&self, repo: &str, digests: &[String]) -> BTreeSet<String> {
+        let mut held = BTreeSet::new();
+        for d in digests {
+            if self.direct.has_blob(repo, d).await.expect("HEAD") {
+                held.insert(d.clone());
+            }
+        }
+        held
+    }
+
+    /// Blob uploads (`PUT ?digest=`) that reached the target after `since`.
+    fn uploads_since(&self, since: Instant) -> Vec<String> {
+        self.proxy
+            .requests()
+            .into_iter()
+            .filter(|(at, m, p, _)| *at >= since && m == "PUT" && p.contains("digest="))
+            .map(|(_, _, p, _)| p)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_fan_out_loses_nothing_and_sends_no_target_a_blob_it_has() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let mut sites = Vec::new();
+    for _ in SITES {
+        sites.push(Site::start().await);
+    }
+    let urls: Vec<String> = sites.iter().map(|s| s.proxy.url.clone()).collect();
+    // Paced, so that the kill lands mid-copy: 48 MiB at 16 MiB/s.
+    let text = config(&source.url, &urls, "max_bytes_per_second = \"16MiB\"\n");
+    let mut relay = Relay::start(&text).await;
+    let repo = "library/app";
+    let img = TestImage::pushed(&src, repo, &[12 << 20; 4]).await;
+    let digests = img.blob_digests();
+    let ids = relay.push(push_event(repo, Some("1"), &img.digest)).await;
+    assert_eq!(ids.len(), 3);
+    let wait = Deadline::new(Duration::from_secs(60));
+    while sites.iter().all(|s| {
+        s.uploads_since(Instant::now() - Duration::from_secs(600))
+            .len()
+            < 2
+    }) {
+        wait.tick(|| format!("no blob reached a target; log:\n{}", relay.logs()))
+            .await;
+    }
+    relay.kill9();
+    let killed = Instant::now();
+    let mut had = Vec::new();
+    for s in &sites {
+        had.push(s.holds(repo, &digests).await);
+    }
+    let missing: usize = had.iter().map(|h| digests.len() - h.len()).sum();
+    assert!(missing > 0, "killed mid fan-out: {had:?}");
+    relay.start_again().await;
+    for id in &ids {
+        let job = relay.wait_job(*id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    for (s, held) in sites.iter().zip(&had) {
+        assert_image_on(&s.direct, repo, &img, Some("1")).await;
+        for put in s.uploads_since(killed) {
+            assert!(
+                !held.iter().any(|d| put.contains(d.as_str())),
+                "{} was sent {put} after the restart, which it held: {held:?}",
+                s.registry.url
+            );
+        }
+    }
+}
