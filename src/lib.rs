@@ -20,11 +20,13 @@
 //! - [`gate`]: whether an artifact may cross (cosign signature, Harbor scan):
 //!   pure decisions; the copier reads the evidence and holds what waits.
 //! - [`reference`]: OCI names, tags and digests, checked before any use.
-//! - [`rules`]: which events replicate, and to which target repository.
+//! - [`rules`]: which events replicate, and to which target repository (or
+//!   repositories: a rule with several targets is a fan-out).
 //! - [`jobs`]: the job model, the durable store (sled embedded, or
 //!   PostgreSQL shared by several relays), the worker pool (as many jobs
 //!   at once as the registries take), one probe per registry found down.
-//! - [`replicate`]: copying one artifact: manifests, children, blobs, tag.
+//! - [`replicate`]: copying one artifact: manifests, children, blobs, tag;
+//!   a fan-out's copies share one read of each blob ([`replicate::Tee`]).
 //! - [`manifest`]: manifest media types and children, bytes untouched.
 //! - [`registry`]: one OCI Distribution client per registry (auth, TLS,
 //!   and its adaptive limit of requests at once).

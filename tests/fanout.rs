@@ -88,6 +88,23 @@ async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
         }
     }
     assert!(relay.logs().contains("fan-out: one read of the source"));
+    // The status page: each site, nothing waiting, two images replicated.
+    let (status, page) = relay.get("/").await;
+    assert_eq!(status, 200);
+    let page = page.as_str().expect("html").to_string();
+    for site in SITES {
+        let row = format!("<tr><td>{site}</td><td>0</td><td>0</td><td>2</td><td>");
+        assert!(page.contains(&row), "{row} in the Sites table:\n{page}");
+    }
+    // The lag histogram has one series per site.
+    let (_, metrics) = relay.get("/metrics").await;
+    for site in SITES {
+        let series = format!("harbor_relay_replication_lag_seconds_count{{target=\"{site}\"}} 2");
+        assert!(
+            metrics.as_str().is_some_and(|m| m.contains(&series)),
+            "{series}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,7 @@
 mod support;
 
 mod content;
+mod fanout;
 mod flows;
 mod gated;
 mod measure;
@@ -312,7 +313,7 @@ fn main() {
         return;
     }
     let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| {
-        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,wan-one".into()
+        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,fan-out,wan-one".into()
     });
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
@@ -390,6 +391,9 @@ fn main() {
         }
         if want("wan-flows") {
             show(flows::wan_flows(setup, runs).await, &mut rows);
+        }
+        if want("fan-out") {
+            show(fanout::fan_out(setup, runs).await, &mut rows);
         }
         if want("wan-one") {
             show(vec![wan::wan_one(setup, 11).await], &mut rows);

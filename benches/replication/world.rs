@@ -116,16 +116,17 @@ impl Bench {
     }
 
     pub(crate) fn registries_toml(&self) -> String {
-        format!(
-            "{}{}",
-            registry_toml(
-                "external",
-                &self.source_url(),
-                self.source_issuer.as_ref().map(|_| (USER, PASS)),
-                ""
-            ) + &self.source_realm_toml(),
-            self.target_toml()
-        )
+        format!("{}{}", self.source_toml(), self.target_toml())
+    }
+
+    /// The source's `[registries.external]` entry (and its token realm).
+    pub(crate) fn source_toml(&self) -> String {
+        registry_toml(
+            "external",
+            &self.source_url(),
+            self.source_issuer.as_ref().map(|_| (USER, PASS)),
+            "",
+        ) + &self.source_realm_toml()
     }
 
     /// The source's `token_realm_hosts` line (its issuer, or the link to
@@ -182,6 +183,23 @@ impl Bench {
 
     /// One `skopeo sync` of `images` (repository → tags).
     pub(crate) fn skopeo_sync(&self, images: &[(String, String)]) -> Measure {
+        let dest = [
+            "--dest-cert-dir".to_string(),
+            self.work.path().display().to_string(),
+            "--dest-creds".to_string(),
+            format!("{USER}:{PASS}"),
+        ];
+        self.skopeo_sync_to(images, Self::host(&self.target().url), &dest)
+    }
+
+    /// One `skopeo sync` of `images` to the registry at `host`, with
+    /// `dest` (its TLS and credentials options).
+    pub(crate) fn skopeo_sync_to(
+        &self,
+        images: &[(String, String)],
+        host: &str,
+        dest: &[String],
+    ) -> Measure {
         let mut yaml = format!(
             "{}:\n  tls-verify: false\n  images:\n",
             Self::host(&self.source_url())
@@ -206,11 +224,9 @@ impl Bench {
                     "--preserve-digests",
                 ])
                 .args(self.src_creds())
-                .arg("--dest-cert-dir")
-                .arg(self.work.path())
-                .args(["--dest-creds", &format!("{USER}:{PASS}")])
+                .args(dest)
                 .arg(&file)
-                .arg(Self::host(&self.target().url)),
+                .arg(host),
         )
     }
 

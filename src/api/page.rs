@@ -23,6 +23,9 @@ use crate::jobs::{JobState, JobView};
 /// Failed jobs shown on the front page.
 const FAILURES_SHOWN: usize = 10;
 
+/// Waiting jobs the embedded store looks at for the backlog per site.
+const BACKLOG_SCAN: usize = 10_000;
+
 /// True if the request may see the pages: no token configured, or the
 /// token as a Bearer token or as the password of Basic auth.
 fn allowed(app: &AppState, headers: &HeaderMap) -> bool {
@@ -143,6 +146,11 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         .list(Some(JobState::Refused), FAILURES_SHOWN)
         .await
         .unwrap_or_default();
+    let waiting = app
+        .store
+        .waiting_by_target(BACKLOG_SCAN)
+        .await
+        .unwrap_or_default();
     let finished = |rule: &str, outcome: &str| {
         app.metrics
             .jobs_finished
@@ -201,9 +209,51 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
                 }
             }
         }
+        (sites_table(&rules, &waiting, &running, &app.metrics))
         (registries_table(&live, &app.outages))
     };
     layout("harbor-relay", body).into_response()
+}
+
+/// Each target the rules write to: its backlog (jobs waiting, and running
+/// here) and how long pushes took to reach it (push to tag, since start).
+fn sites_table(
+    rules: &[&crate::config::RuleConfig],
+    waiting: &std::collections::BTreeMap<String, usize>,
+    running: &[crate::jobs::Job],
+    metrics: &crate::metrics::Metrics,
+) -> Markup {
+    let mut sites: Vec<&str> = rules
+        .iter()
+        .flat_map(|r| r.to.iter().map(String::as_str))
+        .collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let lag = |site: &str| {
+        let h = metrics.replication_lag.with_label_values(&[site]);
+        let n = h.get_sample_count();
+        match n {
+            0 => ("—".to_string(), 0),
+            _ => (format!("{:.1} s", h.get_sample_sum() / n as f64), n),
+        }
+    };
+    html! {
+        h2 { "Sites" }
+        table {
+            tr { th { "target" } th { "waiting" } th { "running" } th { "replicated since start" } th title="from the push (the event's time) to the tag on this target" { "mean lag" } }
+            @for site in &sites {
+                @let (mean, n) = lag(site);
+                tr {
+                    td { (site) }
+                    td { (waiting.get(*site).copied().unwrap_or(0)) }
+                    td { (running.iter().filter(|j| j.spec.to == *site).count()) }
+                    td { (n) }
+                    td { (mean) }
+                }
+            }
+        }
+        p.muted { "waiting: queued, retrying or held for this target; lag: the event's time to the tag on the target, for jobs that carried one" }
+    }
 }
 
 /// The jobs being copied, with the bytes moved so far and, on a shared

@@ -549,6 +549,31 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Jobs waiting (queued, retrying, held) by target registry, looking at
+    /// `cap` of them at most: the status page's backlog per site.
+    pub fn waiting_by_target(
+        &self,
+        cap: usize,
+    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        let mut out = std::collections::BTreeMap::new();
+        // Both trees' keys end with the job's id.
+        let ids = self
+            .queue
+            .iter()
+            .keys()
+            .chain(self.delayed.iter().keys())
+            .map(|k| k.map(|k| id_of(&k)));
+        for id in ids.take(cap) {
+            if let Some(job) = self.load(id?)?
+                && job.state.is_active()
+                && job.state != JobState::Running
+            {
+                *out.entry(job.spec.to).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+
     /// Bytes the store takes on disk (0 if it cannot tell).
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

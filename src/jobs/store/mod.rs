@@ -140,6 +140,18 @@ impl Store {
         each!(self, s => s.claim_siblings(job).await)
     }
 
+    /// Jobs waiting (queued, retrying, held) by target registry, looking
+    /// at `cap` of them at most on the embedded store: each site's backlog.
+    pub async fn waiting_by_target(
+        &self,
+        cap: usize,
+    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        match self {
+            Store::Sled(s) => s.waiting_by_target(cap),
+            Store::Postgres { store, .. } => store.waiting_by_target(cap).await,
+        }
+    }
+
     /// Records how an attempt ended.
     pub async fn finish(
         &self,

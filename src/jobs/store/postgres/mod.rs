@@ -253,6 +253,31 @@ impl PgStore {
         Ok(serde_json::from_value(v)?)
     }
 
+    /// Jobs waiting (queued, retrying, held) by target registry, in the
+    /// whole fleet (`cap` is for the embedded store's scan).
+    pub async fn waiting_by_target(
+        &self,
+        _cap: usize,
+    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT job->'spec'->>'to' AS target, count(*) AS n FROM relay_jobs
+                 WHERE state IN ('queued','retrying','held') GROUP BY 1",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let target: Option<String> = r.get("target");
+                (target.unwrap_or_default(), r.get::<_, i64>("n") as usize)
+            })
+            .collect())
+    }
+
     /// When the earliest retry is due, if any.
     pub async fn next_due(&self) -> Result<Option<u64>, StoreError> {
         let row = self
