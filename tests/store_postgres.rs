@@ -689,6 +689,18 @@ async fn a_fan_outs_jobs_are_claimed_together(b: &Backend) {
             e.id
         })
         .collect();
+    // Each site's backlog, for the status page.
+    let waiting = store.waiting_by_target(100).await.expect("backlog");
+    let want: std::collections::BTreeMap<String, usize> = [
+        ("integrated", 1),
+        ("site-a", 2),
+        ("site-b", 1),
+        ("site-c", 1),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_string(), n))
+    .collect();
+    assert_eq!(waiting, want, "{n}");
     let first = store.claim().await.expect("claim").expect("a job");
     assert_eq!(first.id, ids[0], "{n}");
     let siblings = store.claim_siblings(&first).await.expect("siblings");
@@ -705,6 +717,9 @@ async fn a_fan_outs_jobs_are_claimed_together(b: &Backend) {
         "{n}"
     );
     assert_eq!((store.running(), store.queued()), (3, 2), "{n}");
+    let waiting = store.waiting_by_target(100).await.expect("backlog");
+    assert_eq!(waiting.get("site-b"), None, "{n}: running is not waiting");
+    assert_eq!(waiting.get("site-a"), Some(&1), "{n}");
     // Each is its own job: the store has them running, and they finish apart.
     for id in &ids[1..3] {
         let j = store.get(*id).await.expect("get").expect("job");

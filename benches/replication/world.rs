@@ -456,15 +456,16 @@ pub(crate) fn job_time(job: &Value, key: &str) -> f64 {
 /// time is then read from the jobs themselves, see [`last_finished`], so
 /// looking more often would only load the machine being measured).
 pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
-    let ok =
-        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}";
-    let failed =
-        "harbor_relay_jobs_finished_total{outcome=\"failed\",rule=\"external-to-integrated\"}";
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let text = metrics_text(relay).await;
-        assert_eq!(metric(&text, failed), 0.0, "jobs failed:\n{}", relay.logs());
-        if metric(&text, ok) >= before + ids.len() as f64 {
+        assert_eq!(
+            finished(&text, "failed"),
+            0.0,
+            "jobs failed:\n{}",
+            relay.logs()
+        );
+        if finished(&text, "succeeded") >= before + ids.len() as f64 {
             return;
         }
         assert!(Instant::now() < deadline, "jobs did not finish");
@@ -474,10 +475,16 @@ pub(crate) async fn all_done(relay: &Relay, ids: &[u64], before: f64) {
 
 /// Jobs the daemon has finished successfully so far.
 pub(crate) async fn succeeded(relay: &Relay) -> f64 {
-    metric(
-        &metrics_text(relay).await,
-        "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"}",
-    )
+    finished(&metrics_text(relay).await, "succeeded")
+}
+
+/// Jobs finished with `outcome`, under every rule.
+fn finished(text: &str, outcome: &str) -> f64 {
+    let series = format!("harbor_relay_jobs_finished_total{{outcome=\"{outcome}\",rule=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series.as_str()))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Unix time now, in seconds: the clock the daemon's job times use.

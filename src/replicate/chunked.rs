@@ -166,7 +166,17 @@ async fn copy_resumably(
         )
     };
     let source = match answer {
-        Some(answer) if session.hashed == 0 => answer.read(blob.size, from).await?,
+        // Verified as every reader of a shared read is (the others may
+        // upload it in one request, hashed by the stream alone).
+        Some(answer) if session.hashed == 0 => {
+            let verified = || async {
+                req.source
+                    .get_blob(req.source_repository, &blob.digest, blob.size)
+                    .await
+                    .map(|(body, _)| body)
+            };
+            answer.read(blob.size, verified).await?
+        }
         _ => from().await?,
     };
     let feed = Arc::new(tokio::sync::Mutex::new(Feed {
