@@ -15,11 +15,15 @@ use support::*;
 
 const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
 
-/// The rule: the source to three sites.
-fn config(source: &str, sites: &[String], source_extra: &str) -> String {
+/// The rule: the source to three sites; `site_c_extra` adds keys to
+/// site-c's entry.
+fn config(source: &str, sites: &[String], source_extra: &str, site_c_extra: &str) -> String {
     let mut text = format!("[registries.external]\nurl = \"{source}\"\n{source_extra}\n");
     for (name, url) in SITES.iter().zip(sites) {
         text.push_str(&registry_toml(name, url, None, ""));
+        if *name == "site-c" {
+            text.push_str(site_c_extra);
+        }
     }
     text.push_str("[[rules]]\nfrom = \"external\"\nto = [\"site-a\", \"site-b\", \"site-c\"]\n");
     text
@@ -49,11 +53,17 @@ async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
     for _ in SITES {
         targets.push(RegistryProc::start(None, Auth::None).await);
     }
-    let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
-    let relay = Relay::start(&config(&proxy.url, &urls, "")).await;
+    let mut urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+    // site-c takes the 1.5 MiB layer in resumable chunks: its share of the
+    // read feeds a chunked upload, the others' one PUT each.
+    let c_proxy = FaultProxy::start(&urls[2]).await;
+    urls[2] = c_proxy.url.clone();
+    let chunked = "chunk_size_threshold = \"1MiB\"\nchunk_size = \"256KiB\"\n";
+    let relay = Relay::start(&config(&proxy.url, &urls, "", chunked)).await;
+    urls[2] = targets[2].url.clone();
     let mut images = Vec::new();
     for repo in ["library/app", "library/api"] {
-        let img = TestImage::pushed(&src, repo, &[1 << 20, 1 << 20, 512 << 10]).await;
+        let img = TestImage::pushed(&src, repo, &[3 << 19, 1 << 20, 512 << 10]).await;
         let ids = relay.push(push_event(repo, Some("1"), &img.digest)).await;
         assert_eq!(ids.len(), 3, "one job per target: {ids:?}");
         images.push((repo, img, ids));
@@ -88,6 +98,15 @@ async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
         }
     }
     assert!(relay.logs().contains("fan-out: one read of the source"));
+    let patches = c_proxy
+        .requests()
+        .iter()
+        .filter(|(_, m, _, _)| m == "PATCH")
+        .count();
+    assert!(
+        patches >= 2 * 6,
+        "site-c got the big layers in chunks: {patches} PATCHes"
+    );
     // The status page: each site, nothing waiting, two images replicated.
     let (status, page) = relay.get("/").await;
     assert_eq!(status, 200);
@@ -118,7 +137,7 @@ async fn a_target_down_for_ten_seconds_does_not_hold_the_others_and_catches_up()
     let c_port = free_port();
     let c_url = format!("http://127.0.0.1:{c_port}");
     let urls = vec![a.url.clone(), b.url.clone(), c_url.clone()];
-    let relay = Relay::start(&config(&proxy.url, &urls, "")).await;
+    let relay = Relay::start(&config(&proxy.url, &urls, "", "")).await;
     let img = TestImage::pushed(&src, "library/app", &[1 << 20, 1 << 20, 1 << 20]).await;
     let pushed = Instant::now();
     let ids = relay
@@ -218,7 +237,7 @@ async fn kill_9_mid_fan_out_loses_nothing_and_sends_no_target_a_blob_it_has() {
     }
     let urls: Vec<String> = sites.iter().map(|s| s.proxy.url.clone()).collect();
     // Paced, so that the kill lands mid-copy: 48 MiB at 16 MiB/s.
-    let text = config(&source.url, &urls, "max_bytes_per_second = \"16MiB\"\n");
+    let text = config(&source.url, &urls, "max_bytes_per_second = \"16MiB\"\n", "");
     let mut relay = Relay::start(&text).await;
     let repo = "library/app";
     let img = TestImage::pushed(&src, repo, &[12 << 20; 4]).await;
