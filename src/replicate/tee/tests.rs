@@ -33,6 +33,21 @@ fn opener(
     }
 }
 
+/// Each of `seats` reads blob `sha256:a` (`data`, from one counting
+/// `open` each) through the tee, at once; the bytes each got.
+async fn read_together(seats: &[Seat], opens: &AtomicUsize, data: &[Bytes]) -> Vec<Vec<u8>> {
+    let size = data.iter().map(|b| b.len() as u64).sum();
+    let reads = seats.iter().map(|s| async move {
+        let body = s
+            .answer("sha256:a")
+            .read(size, opener(opens, data.to_vec()))
+            .await
+            .expect("opens");
+        drain(body).await.expect("reads")
+    });
+    futures_util::future::join_all(reads).await
+}
+
 fn all(data: &[Bytes]) -> Vec<u8> {
     data.iter().flat_map(|b| b.to_vec()).collect()
 }
@@ -54,18 +69,9 @@ fn the_read_begins_when_every_seat_still_copying_has_answered_or_after_gather() 
 #[tokio::test(start_paused = true)]
 async fn three_readers_share_one_read_and_get_the_same_bytes() {
     let data = chunks(50);
-    let size = 50_000;
     let opens = AtomicUsize::new(0);
     let seats = Tee::seats(3);
-    let reads = seats.iter().map(|s| async {
-        let body = s
-            .answer("sha256:a")
-            .read(size, opener(&opens, data.clone()))
-            .await
-            .expect("opens");
-        drain(body).await.expect("reads")
-    });
-    let got = futures_util::future::join_all(reads).await;
+    let got = read_together(&seats, &opens, &data).await;
     assert_eq!(opens.load(Ordering::SeqCst), 1, "one read of the source");
     for g in got {
         assert_eq!(g, all(&data));
@@ -80,15 +86,7 @@ async fn a_seat_that_needs_no_read_is_not_waited_for() {
     let started = tokio::time::Instant::now();
     // Seat 2 has the blob: its answer is dropped unused.
     drop(seats[2].answer("sha256:a"));
-    let reads = seats[..2].iter().map(|s| async {
-        let body = s
-            .answer("sha256:a")
-            .read(3000, opener(&opens, data.clone()))
-            .await
-            .expect("opens");
-        drain(body).await.expect("reads")
-    });
-    let got = futures_util::future::join_all(reads).await;
+    let got = read_together(&seats[..2], &opens, &data).await;
     assert_eq!(opens.load(Ordering::SeqCst), 1);
     assert!(got.iter().all(|g| *g == all(&data)));
     assert!(started.elapsed() < GATHER, "nobody waited out GATHER");
@@ -100,15 +98,7 @@ async fn a_silent_seat_is_waited_for_gather_then_reads_alone() {
     let opens = AtomicUsize::new(0);
     let seats = Tee::seats(3);
     let started = tokio::time::Instant::now();
-    let reads = seats[..2].iter().map(|s| async {
-        let body = s
-            .answer("sha256:a")
-            .read(3000, opener(&opens, data.clone()))
-            .await
-            .expect("opens");
-        drain(body).await.expect("reads")
-    });
-    let got = futures_util::future::join_all(reads).await;
+    let got = read_together(&seats[..2], &opens, &data).await;
     assert!(started.elapsed() >= GATHER, "{:?}", started.elapsed());
     assert_eq!(opens.load(Ordering::SeqCst), 1);
     assert!(got.iter().all(|g| *g == all(&data)));
