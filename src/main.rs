@@ -29,7 +29,25 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// Big buffers go back to the system when freed. glibc raises its mmap
+/// threshold to the size of each mmapped block freed, so after the first
+/// 4 MiB range piece every later one came from the heap arenas, which keep
+/// what they had: a 1 GiB ranged read held ~30 MB more than its pieces
+/// (docs/performance.md, `wan-flows`). A fixed threshold turns that off.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_big_buffers() {
+    // SAFETY: mallopt only sets an allocator parameter; called first thing
+    // in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_big_buffers() {}
+
 fn main() -> std::process::ExitCode {
+    return_big_buffers();
     let cli = Cli::parse();
     // The daemon's config may set the log level and format: read it first.
     // Loaded once, here, and handed to the daemon.
