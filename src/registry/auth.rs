@@ -7,7 +7,7 @@
 //! A mount needs `pull` on the *source* repository as well as `pull,push`
 //! on the target one, so scopes are always a list.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -96,31 +96,75 @@ impl TokenResponse {
 /// Cached bearer tokens by scope set.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: HashMap<String, (String, Instant)>,
+    tokens: HashMap<String, Cached>,
+    /// Scope sets whose token is being renewed early, in the background.
+    renewing: HashSet<String>,
+}
+
+struct Cached {
+    token: String,
+    until: Instant,
+    /// From here on, the token is renewed in the background while it is
+    /// still used: no request waits for the token service at expiry.
+    renew_at: Instant,
+}
+
+/// What [`TokenCache::lookup`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A token to use.
+    Fresh(String),
+    /// A token to use, past three quarters of its life: the caller starts
+    /// the one background renewal for these scopes.
+    Renew(String),
+    /// None: the caller asks the token service before its request.
+    Missing,
 }
 
 impl TokenCache {
-    /// A still-valid token for these scopes.
-    pub fn get(&self, scopes: &str) -> Option<String> {
-        self.tokens
-            .get(scopes)
-            .filter(|(_, until)| Instant::now() < *until)
-            .map(|(t, _)| t.clone())
+    /// The token for these scopes at `now`, and whether to renew it.
+    pub fn lookup(&mut self, scopes: &str, now: Instant) -> Lookup {
+        let Some(c) = self.tokens.get(scopes).filter(|c| now < c.until) else {
+            return Lookup::Missing;
+        };
+        if now >= c.renew_at && self.renewing.insert(scopes.to_string()) {
+            Lookup::Renew(c.token.clone())
+        } else {
+            Lookup::Fresh(c.token.clone())
+        }
     }
 
-    /// Remembers a token.
-    pub fn put(&mut self, scopes: &str, token: String, life: Duration) {
+    /// Remembers a token, got at `now`, to use for `life`.
+    pub fn put_at(&mut self, scopes: &str, token: String, life: Duration, now: Instant) {
         if self.tokens.len() > 1000 {
-            let now = Instant::now();
-            self.tokens.retain(|_, (_, until)| *until > now);
+            self.tokens.retain(|_, c| c.until > now);
         }
-        self.tokens
-            .insert(scopes.to_string(), (token, Instant::now() + life));
+        self.renewing.remove(scopes);
+        self.tokens.insert(
+            scopes.to_string(),
+            Cached {
+                token,
+                until: now + life,
+                renew_at: now + life * 3 / 4,
+            },
+        );
+    }
+
+    /// Remembers a token got now.
+    pub fn put(&mut self, scopes: &str, token: String, life: Duration) {
+        self.put_at(scopes, token, life, Instant::now());
+    }
+
+    /// An early renewal failed: the token in hand stays until it expires,
+    /// and the next use past its renewal time tries again.
+    pub fn renewal_failed(&mut self, scopes: &str) {
+        self.renewing.remove(scopes);
     }
 
     /// Forgets a token the registry refused.
     pub fn forget(&mut self, scopes: &str) {
         self.tokens.remove(scopes);
+        self.renewing.remove(scopes);
     }
 }
 
@@ -154,6 +198,37 @@ mod tests {
         assert_eq!(p["realm"], "a,b");
         assert_eq!(p["service"], "plain");
         assert_eq!(p["scope"], "x y");
+    }
+
+    #[test]
+    fn a_token_past_three_quarters_of_its_life_is_renewed_once_in_the_background() {
+        let mut c = TokenCache::default();
+        let t0 = Instant::now();
+        let life = Duration::from_secs(100);
+        assert_eq!(c.lookup("s", t0), Lookup::Missing);
+        c.put_at("s", "one".into(), life, t0);
+        assert_eq!(
+            c.lookup("s", t0 + Duration::from_secs(74)),
+            Lookup::Fresh("one".into())
+        );
+        // One caller starts the renewal; the others use the token meanwhile.
+        let late = t0 + Duration::from_secs(80);
+        assert_eq!(c.lookup("s", late), Lookup::Renew("one".into()));
+        assert_eq!(c.lookup("s", late), Lookup::Fresh("one".into()));
+        assert_eq!(c.lookup("other", late), Lookup::Missing);
+        // A failed renewal is tried again by the next use; a new token
+        // starts its own life.
+        c.renewal_failed("s");
+        assert_eq!(c.lookup("s", late), Lookup::Renew("one".into()));
+        c.put_at("s", "two".into(), life, late);
+        assert_eq!(
+            c.lookup("s", late + Duration::from_secs(70)),
+            Lookup::Fresh("two".into())
+        );
+        // Expired is missing, renewing or not.
+        assert_eq!(c.lookup("s", late + life), Lookup::Missing);
+        c.forget("s");
+        assert_eq!(c.lookup("s", late), Lookup::Missing);
     }
 
     #[test]

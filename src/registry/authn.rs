@@ -107,8 +107,14 @@ impl Transport {
             Some(Challenge::Basic) => Ok(self.basic()),
             Some(Challenge::Bearer { realm, service }) => {
                 let key = scopes.join(" ");
-                if let Some(t) = lock(&self.tokens).get(&key) {
-                    return Ok(AuthHeader::Bearer(t));
+                let found = lock(&self.tokens).lookup(&key, std::time::Instant::now());
+                match found {
+                    auth::Lookup::Fresh(t) => return Ok(AuthHeader::Bearer(t)),
+                    auth::Lookup::Renew(t) => {
+                        self.renew_early(realm, service, scopes.to_vec(), what);
+                        return Ok(AuthHeader::Bearer(t));
+                    }
+                    auth::Lookup::Missing => {}
                 }
                 // Boxed: the token request goes through `exchange` too.
                 let token =
@@ -116,6 +122,28 @@ impl Transport {
                 Ok(AuthHeader::Bearer(token))
             }
         }
+    }
+
+    /// Renews the token for `scopes` in the background while the one in
+    /// hand is still used (issue 28: no job waits for the token service
+    /// when a token expires); a failure is logged, and the next use past
+    /// the renewal time tries again.
+    fn renew_early(&self, realm: String, service: Option<String>, scopes: Vec<String>, what: &str) {
+        let key = scopes.join(" ");
+        let Some(me) = self.me.upgrade() else {
+            lock(&self.tokens).renewal_failed(&key);
+            return;
+        };
+        let what = format!("{what} (renewing its token early)");
+        tokio::spawn(async move {
+            if let Err(e) = me
+                .fetch_token(&realm, service.as_deref(), &scopes, &what)
+                .await
+            {
+                tracing::debug!(registry = %me.name, error = %e, "early token renewal failed; the token in hand stays until it expires");
+                lock(&me.tokens).renewal_failed(&key);
+            }
+        });
     }
 
     /// The Docker token flow: `GET <realm>?service=…&scope=…`, with Basic

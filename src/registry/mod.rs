@@ -88,8 +88,12 @@ impl Registry {
     /// Builds the client for a configured registry. A bad TLS setting is an
     /// error here, never a silently different client.
     pub fn new(cfg: &RegistryConfig) -> Result<Registry, RegistryError> {
+        let mut t = transport::Transport::new(cfg)?;
         Ok(Registry {
-            t: Arc::new(transport::Transport::new(cfg)?),
+            t: Arc::new_cyclic(|me| {
+                t.me = me.clone();
+                t
+            }),
         })
     }
 

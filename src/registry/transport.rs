@@ -58,6 +58,8 @@ pub(super) struct Transport {
     pub(super) password_note: Option<String>,
     pub(super) challenge: Mutex<Option<Challenge>>,
     pub(super) tokens: Mutex<TokenCache>,
+    /// This transport, for the tasks it starts (an early token renewal).
+    pub(super) me: std::sync::Weak<Transport>,
     not_before: Mutex<Option<Instant>>,
     /// Requests in flight at once: adaptive, capped by
     /// `max_concurrent_requests` (see [`super::limit`]).
@@ -227,6 +229,7 @@ impl Transport {
             password_note: cfg.password_note.clone(),
             challenge: Mutex::new(None),
             tokens: Mutex::new(TokenCache::default()),
+            me: std::sync::Weak::new(),
             not_before: Mutex::new(None),
             limiter: Limiter::new(
                 limits

@@ -115,3 +115,35 @@ async fn concurrent_first_requests_all_learn_the_auth_challenge() {
         assert!(!r.expect("no 401 after the challenge is known"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_renewed_in_the_background_before_it_expires() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let t = TokenTarget::start().await;
+    // 12 s tokens: used for 7 s (a 5 s margin), renewed after 5.25 s.
+    t.issuer.expires_in.store(12, Ordering::Relaxed);
+    let digest = format!("sha256:{:064x}", 7);
+    let asked = || t.issuer.requests.load(Ordering::Relaxed);
+    assert!(!t.dst.has_blob("renew/app", &digest).await.expect("HEAD"));
+    let first = asked();
+    let got = Instant::now();
+    // Past three quarters of its life: the request goes out with the token
+    // in hand, and the renewal happens beside it.
+    tokio::time::sleep(Duration::from_millis(5_600)).await;
+    assert!(!t.dst.has_blob("renew/app", &digest).await.expect("HEAD"));
+    let wait = Deadline::new(Duration::from_secs(1));
+    while asked() == first {
+        wait.tick(|| "no token was asked for in the background".to_string())
+            .await;
+    }
+    assert_eq!(asked(), first + 1, "one renewal, not one per request");
+    // After the old token's time: the renewed one serves, nothing is asked.
+    tokio::time::sleep(Duration::from_secs(8).saturating_sub(got.elapsed())).await;
+    assert!(!t.dst.has_blob("renew/app", &digest).await.expect("HEAD"));
+    assert_eq!(
+        asked(),
+        first + 1,
+        "the request at expiry waited for no token"
+    );
+}

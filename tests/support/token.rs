@@ -21,6 +21,8 @@ pub struct TokenIssuer {
     pub requests: Arc<std::sync::atomic::AtomicUsize>,
     /// The scope parameters of every token request, space-joined.
     pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The `expires_in` of the tokens it gives (Harbor's 1800 s unless set).
+    pub expires_in: Arc<std::sync::atomic::AtomicU64>,
     _dir: TempDir,
     _task: tokio::task::JoinHandle<()>,
 }
@@ -58,7 +60,9 @@ impl TokenIssuer {
         let (cert_pem, x5c, key) = signing_key(&dir);
         let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let scopes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let expires_in = Arc::new(std::sync::atomic::AtomicU64::new(1800));
         let st = Arc::new(IssuerState {
+            expires_in: expires_in.clone(),
             user: user.into(),
             pass: pass.into(),
             x5c,
@@ -81,6 +85,7 @@ impl TokenIssuer {
             cert_pem,
             requests,
             scopes,
+            expires_in,
             _dir: dir,
             _task: task,
         })
@@ -114,6 +119,7 @@ struct IssuerState {
     key: jsonwebtoken::EncodingKey,
     requests: Arc<std::sync::atomic::AtomicUsize>,
     scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    expires_in: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// `GET /token?scope=…`: a signed token granting what [`granted`] says.
@@ -151,7 +157,7 @@ async fn token(
         .expect("time")
         .as_secs();
     // `MakeToken` (`authutils.go`): 30 minutes by default.
-    let expires_in = 1800;
+    let expires_in = st.expires_in.load(std::sync::atomic::Ordering::Relaxed);
     let sub = if ok { st.user.as_str() } else { "" };
     let claims = json!({
         "iss": "test-issuer", "sub": sub, "aud": "test-registry",
