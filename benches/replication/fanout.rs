@@ -9,7 +9,7 @@
 //! job reading its own copy), and `skopeo sync` to each site in turn (in
 //! the first run only: it takes minutes).
 
-use super::wan::{Pushed, check_link, images};
+use super::wan::{Pushed, check_link, images, rtts_beyond};
 use super::*;
 
 const RTT: Duration = Duration::from_millis(100);
@@ -67,9 +67,9 @@ enum How {
     RulePerSite,
 }
 
-/// One daemon run to fresh sites: its measure and the bytes the source's
-/// link carried towards the relay.
-async fn run(b: &Bench, pushed: &Pushed, how: How) -> (Measure, u64) {
+/// One daemon run to fresh sites: its measure, the bytes the source's
+/// link carried towards the relay, and the share of the run it was busy.
+async fn run(b: &Bench, pushed: &Pushed, how: How) -> (Measure, u64, f64) {
     let sites = Sites::start().await;
     let daemon = Relay::start_env(
         free_port(),
@@ -84,8 +84,9 @@ async fn run(b: &Bench, pushed: &Pushed, how: How) -> (Measure, u64) {
     let carried = |b: &Bench| b.link.as_ref().map_or(0.0, WanLink::busy_seconds);
     let before = carried(b);
     let m = replicate_all(&daemon, &pushed.imgs, pushed.imgs.len()).await;
-    let read = ((carried(b) - before) * LINK as f64 / 8.0) as u64;
-    (m, read)
+    let busy = carried(b) - before;
+    let read = (busy * LINK as f64 / 8.0) as u64;
+    (m, read, busy / m.seconds)
 }
 
 /// `skopeo sync` of every image to each site in turn.
@@ -131,13 +132,14 @@ pub(crate) async fn fan_out(setup: Setup, runs: usize) -> Vec<Row> {
         .and_then(|l| l.floor_seconds(pushed.bytes))
         .expect("a capped link");
     let (mut fan, mut one, mut per_site, mut skopeo) = (vec![], vec![], vec![], vec![]);
-    let (mut fan_read, mut per_site_read) = (vec![], vec![]);
+    let (mut fan_read, mut per_site_read, mut fan_busy) = (vec![], vec![], vec![]);
     for run_no in 0..runs {
-        let (m, read) = run(&b, &pushed, How::FanOut).await;
+        let (m, read, busy) = run(&b, &pushed, How::FanOut).await;
         fan.push(m);
         fan_read.push(read as f64);
+        fan_busy.push(busy);
         one.push(run(&b, &pushed, How::OneSite).await.0);
-        let (m, read) = run(&b, &pushed, How::RulePerSite).await;
+        let (m, read, _) = run(&b, &pushed, How::RulePerSite).await;
         per_site.push(m);
         per_site_read.push(read as f64);
         // Once: three `skopeo sync`s across the links take minutes.
@@ -161,6 +163,7 @@ pub(crate) async fn fan_out(setup: Setup, runs: usize) -> Vec<Row> {
                 "link_mbit_per_s": LINK / 1_000_000, "runs": runs,
                 "source_read_over_unique": read_share(fan_read),
                 "time_over_one_target": fan.seconds / one.seconds,
+                "source_link_busy_share": median(fan_busy), "rtts_beyond_floor": rtts_beyond(fan.seconds, floor, RTT),
                 "skopeo": "skopeo sync to each site in turn, first run only"}),
         },
         Row {

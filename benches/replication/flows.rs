@@ -9,7 +9,7 @@
 //! that is already 21 s, and their share of the link does not depend on
 //! the size (they are held by the flow, not by start-up).
 
-use super::wan::{Pushed, check_link, images, skopeo_in_sequence};
+use super::wan::{Pushed, check_link, images, rtts_beyond, skopeo_in_sequence};
 use super::*;
 
 const RTT: Duration = Duration::from_millis(100);
@@ -36,9 +36,12 @@ pub(crate) async fn wan_flows(setup: Setup, runs: usize) -> Vec<Row> {
     };
     let (big_floor, small_floor) = (floor(big.bytes), floor(small.bytes));
     let (mut relay, mut one_flow, mut skopeo) = (Vec::new(), Vec::new(), Vec::new());
-    let mut widths = Vec::new();
+    let (mut widths, mut busy) = (Vec::new(), Vec::new());
+    let carried = |b: &Bench| b.link.as_ref().map_or(0.0, WanLink::busy_seconds);
     for _ in 0..runs {
+        let before = carried(&b);
         let (m, w) = daemon_run(&mut b, &big, "").await;
+        busy.push((carried(&b) - before) / m.seconds);
         relay.push(m);
         widths.push(w);
         one_flow.push(daemon_run(&mut b, &small, "source_streams = 1\n").await.0);
@@ -61,6 +64,7 @@ pub(crate) async fn wan_flows(setup: Setup, runs: usize) -> Vec<Row> {
             extra: json!({"rtt_ms": RTT.as_millis() as u64, "link_mbit_per_s": LINK / 1_000_000,
                 "flow_mbit_per_s": PER_FLOW / 1_000_000, "runs": runs,
                 "share_of_link": share(&relay, big_floor),
+                "link_busy_share": median(busy), "rtts_beyond_floor": rtts_beyond(relay.seconds, big_floor, RTT),
                 "range_bytes_held_at_most": held, "widths_found": widths}),
         },
         Row {

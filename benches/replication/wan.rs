@@ -73,6 +73,12 @@ pub(crate) async fn check_link(b: &Bench, rtt: Duration) {
     );
 }
 
+/// What a run took beyond its link's floor, in round trips: the round
+/// trips on its critical path that carried no bytes (or an idle link).
+pub(crate) fn rtts_beyond(seconds: f64, floor: f64, rtt: Duration) -> f64 {
+    (seconds - floor).max(0.0) / rtt.as_secs_f64()
+}
+
 /// `skopeo copy` of each image in turn (what a cron job does).
 pub(crate) fn skopeo_in_sequence(b: &Bench, imgs: &[(String, String, String)]) -> Measure {
     let mut total = Measure::default();
@@ -184,6 +190,7 @@ pub(crate) async fn wan_small_layers(setup: Setup, runs: usize) -> Vec<Row> {
         extra: json!({"images": 8, "layers": 10, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000,
             "runs": runs, "source_requests": u.source_requests, "limits": seen,
             "link_busy_share": busy_share,
+            "rtts_beyond_floor": rtts_beyond(relay.seconds, floor, Duration::from_millis(40)),
             "ratio_to_plain_fetch": plain.map(|p| relay.seconds / p)}),
     }];
     if let Some(p) = plain {
@@ -305,14 +312,16 @@ pub(crate) async fn wan_big(setup: Setup, runs: usize) -> Vec<Row> {
     }
     let u = Usage::median(&used);
     let busy_share = median(busy_share);
+    let relay = median_of(&relay);
     vec![Row {
         scenario: "wan-big",
-        relay: median_of(&relay),
+        relay,
         skopeo: Some(median_of(&sync)),
         bytes,
         floor: Some(("link", floor)),
         floor_min: None,
         extra: json!({"images": 9, "rtt_ms": 40, "mbit_per_s": bw / 1_000_000, "runs": runs, "limits": seen, "link_busy_share": busy_share,
+            "rtts_beyond_floor": rtts_beyond(relay.seconds, floor, Duration::from_millis(40)),
             "source_requests": u.source_requests, "source_tokens": u.source_token_requests}),
     }]
 }
