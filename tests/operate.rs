@@ -59,7 +59,7 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
         .args(["check", "rules"])
         .arg(&rules));
     assert!(ok, "promtool check rules:\n{out}{err}");
-    assert!(out.contains("SUCCESS: 9 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     let (ok, out, err) = run(tool("promtool", "apt-get install prometheus")
         .current_dir(repo_file("deploy/prometheus"))
         .args(["test", "rules", "alerts_test.yml"]));
