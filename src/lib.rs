@@ -19,7 +19,7 @@
 //! - [`event`]: webhook bodies (Harbor Default and CloudEvents) to events.
 //! - [`gate`]: whether an artifact may cross (cosign signature, Harbor scan):
 //!   pure decisions; the copier reads the evidence and holds what waits.
-//! - [`reference`]: OCI names, tags and digests, checked before any use.
+//! - [`reference`](mod@reference): OCI names, tags and digests, checked before any use.
 //! - [`rules`]: which events replicate, and to which target repository (or
 //!   repositories: a rule with several targets is a fan-out).
 //! - [`jobs`]: the job model, the durable store (sled embedded, or

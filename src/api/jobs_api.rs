@@ -13,6 +13,26 @@ use serde_json::json;
 use super::{AppState, error};
 use crate::jobs::{CancelError, JobState, JobView, RetryError};
 
+/// A job id from the path, or `400` saying it must be a number: one
+/// check for every handler that takes `{id}`.
+pub(super) struct JobId(u64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for JobId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<JobId, Response> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        raw.parse()
+            .map(JobId)
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "job id must be a number"))
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
     state: Option<String>,
@@ -45,10 +65,7 @@ pub(super) async fn list_jobs(
     }
 }
 
-pub(super) async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, "job id must be a number");
-    };
+pub(super) async fn get_job(State(app): State<Arc<AppState>>, JobId(id): JobId) -> Response {
     match app.store.get(id).await {
         Ok(Some(j)) => axum::Json(JobView::from(&j)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
@@ -56,13 +73,7 @@ pub(super) async fn get_job(State(app): State<Arc<AppState>>, Path(id): Path<Str
     }
 }
 
-pub(super) async fn retry_job(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, "job id must be a number");
-    };
+pub(super) async fn retry_job(State(app): State<Arc<AppState>>, JobId(id): JobId) -> Response {
     match app.store.retry(id).await {
         Ok(j) => {
             tracing::info!(id, "failed job queued again by API request");
@@ -80,13 +91,7 @@ pub(super) async fn retry_job(
 /// Cancels a job: a waiting one fails at once (`200`); one running on this
 /// relay is told to stop, cancels its uploads and fails (`202`); one
 /// running on another relay of the fleet is refused, naming it (`409`).
-pub(super) async fn cancel_job(
-    State(app): State<Arc<AppState>>,
-    Path(id): Path<String>,
-) -> Response {
-    let Ok(id) = id.parse::<u64>() else {
-        return error(StatusCode::BAD_REQUEST, "job id must be a number");
-    };
+pub(super) async fn cancel_job(State(app): State<Arc<AppState>>, JobId(id): JobId) -> Response {
     let why = "cancelled by an operator (jobs cancel)";
     match app.store.cancel(id, why).await {
         Ok(j) => {

@@ -68,7 +68,7 @@ pub struct AppState {
     pub outages: Arc<crate::jobs::outage::Outages>,
 }
 
-/// Builds the main router: webhooks, the jobs API (behind [`api_guard`]),
+/// Builds the main router: webhooks, the jobs API (behind `api_guard`),
 /// health, readiness and, unless `server.metrics_listen` moves them,
 /// metrics.
 pub fn router(state: Arc<AppState>) -> Router {

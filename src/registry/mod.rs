@@ -14,13 +14,13 @@
 //!   upload as `POST` then one streamed `PUT` with a known length, and
 //!   `POST …?mount=&from=`;
 //! - auth ([`auth`]): the `401` challenge, Basic, or the Docker token flow;
-//! - [`transport`]: TLS per registry (system roots, one pinned CA, or none),
+//! - `transport`: TLS per registry (system roots, one pinned CA, or none),
 //!   connect and stall timeouts, retries on connect errors, 408, 429 and
 //!   5xx with backoff, and `Retry-After` honoured for every request to the
 //!   host while it lasts;
-//! - [`ranged`]: a big blob read over several `Range` GETs at once, put
+//! - `ranged`: a big blob read over several `Range` GETs at once, put
 //!   back in order;
-//! - [`limit`]: how many requests the registry gets at once, adapted to
+//! - `limit`: how many requests the registry gets at once, adapted to
 //!   its answers (AIMD with a latency signal).
 
 pub mod auth;

@@ -49,7 +49,7 @@ pub enum ReplicateError {
         "the artifact's indexes list more than {0} manifests and blobs in all; not copied (a graph this size is malformed or built to make the relay work)"
     )]
     TooMany(u64),
-    /// An index nests deeper than [`MAX_DEPTH`].
+    /// An index nests deeper than `MAX_DEPTH`.
     #[error("manifest {0}: indexes nested more than {MAX_DEPTH} deep")]
     TooDeep(String),
     /// The daemon is stopping; the upload stopped between two chunks and

@@ -190,7 +190,7 @@ impl Replicator {
     }
 
     /// Copies one artifact and says what it did: runs the steps
-    /// [`decide`] chooses, asking what can be asked at once together.
+    /// `decide` chooses, asking what can be asked at once together.
     pub async fn copy(&self, req: &CopyRequest<'_>) -> Result<Summary, ReplicateError> {
         let tagged = matches!(req.reference, Reference::Tag(_));
         if let Some(summary) = self.unlabelled(req).await? {

@@ -231,3 +231,23 @@ async fn a_tls_handshake_on_the_plain_listener_is_named_in_the_log() {
     }
     assert!(relay.logs().contains("127.0.0.1"), "the peer is named");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_id_that_is_not_a_number_is_refused_by_every_jobs_route() {
+    let w = World::new().await;
+    let relay = Relay::start(&w.config()).await;
+    let answers = [
+        relay.get("/api/v1/jobs/12x").await,
+        relay.post("/api/v1/jobs/12x/retry").await,
+        relay.post("/api/v1/jobs/12x/cancel").await,
+    ];
+    for (status, body) in answers {
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.to_string().contains("job id must be a number"),
+            "{body}"
+        );
+    }
+    let (status, body) = relay.get("/api/v1/jobs/987654").await;
+    assert_eq!(status, 404, "{body}");
+}

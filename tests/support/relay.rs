@@ -440,6 +440,22 @@ impl Relay {
         )
     }
 
+    /// POSTs to `path` with no body; returns status and JSON body.
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub async fn job(&self, id: u64) -> Value {
         let (status, v) = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(status, 200, "{v}");

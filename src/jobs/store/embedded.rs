@@ -173,7 +173,7 @@ impl SledStore {
     }
 
     /// Sets `jobs.max_queued`: how many jobs may wait before
-    /// [`Store::enqueue`] refuses more.
+    /// [`super::Store::enqueue`] refuses more.
     pub fn set_max_queued(&self, max: usize) {
         self.max_queued.store(max.max(1), Ordering::Relaxed);
     }
@@ -641,7 +641,7 @@ impl crate::replicate::ledger::LocalLedger for SledStore {
         }
     }
 
-    /// Not flushed here: the chunk loop awaits [`LocalLedger::persist`], which
+    /// Not flushed here: the chunk loop awaits `LocalLedger::persist`, which
     /// flushes on sled's own thread pool instead of blocking a runtime
     /// worker for an fsync.
     fn save_upload(&self, key: &str, record: &UploadRecord) {

@@ -2,7 +2,7 @@
 //! replicator, records the outcome.
 //!
 //! As many jobs run at once as the registries take, within `workers`
-//! ([`admit`]). A failed attempt is retried with exponential backoff and
+//! (`admit`). A failed attempt is retried with exponential backoff and
 //! jitter, unless retrying cannot help (an untrusted certificate, refused
 //! credentials, an artifact that does not exist) or the attempts are used
 //! up. A scheduler

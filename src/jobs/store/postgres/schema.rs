@@ -58,7 +58,7 @@ const MIGRATION_LOCK: i64 = 0x6872_6d69_6772_6174;
 /// checked against `store.ca_file` or the system's trust store (`require`,
 /// the default the config gives a URL without `sslmode`, as libpq's
 /// `verify-full`; `prefer` may fall back to the clear). Every connection
-/// goes through [`super::guard`]: without TLS, a password is never sent in
+/// goes through `guard`: without TLS, a password is never sent in
 /// cleartext or as MD5.
 #[derive(Clone)]
 pub enum DbTls {
