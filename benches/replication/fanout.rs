@@ -71,20 +71,11 @@ enum How {
 /// link carried towards the relay, and the share of the run it was busy.
 async fn run(b: &Bench, pushed: &Pushed, how: How) -> (Measure, u64, f64) {
     let sites = Sites::start().await;
-    let daemon = Relay::start_env(
-        free_port(),
-        &std::env::var("BENCH_JOBS").unwrap_or_else(|_| DAEMON_JOBS.into()),
-        &format!("{}{}{}", b.source_toml(), sites.toml(), rules(how)),
-        &[(
-            "RUST_LOG",
-            &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| "warn".into()),
-        )],
-    )
-    .await;
-    let carried = |b: &Bench| b.link.as_ref().map_or(0.0, WanLink::busy_seconds);
-    let before = carried(b);
+    let rest = format!("{}{}{}", b.source_toml(), sites.toml(), rules(how));
+    let daemon = Bench::daemon(&rest, None).await;
+    let before = b.link_busy();
     let m = replicate_all(&daemon, &pushed.imgs, pushed.imgs.len()).await;
-    let busy = carried(b) - before;
+    let busy = b.link_busy() - before;
     let read = (busy * LINK as f64 / 8.0) as u64;
     (m, read, busy / m.seconds)
 }

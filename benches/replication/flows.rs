@@ -37,11 +37,10 @@ pub(crate) async fn wan_flows(setup: Setup, runs: usize) -> Vec<Row> {
     let (big_floor, small_floor) = (floor(big.bytes), floor(small.bytes));
     let (mut relay, mut one_flow, mut skopeo) = (Vec::new(), Vec::new(), Vec::new());
     let (mut widths, mut busy) = (Vec::new(), Vec::new());
-    let carried = |b: &Bench| b.link.as_ref().map_or(0.0, WanLink::busy_seconds);
     for _ in 0..runs {
-        let before = carried(&b);
+        let before = b.link_busy();
         let (m, w) = daemon_run(&mut b, &big, "").await;
-        busy.push((carried(&b) - before) / m.seconds);
+        busy.push((b.link_busy() - before) / m.seconds);
         relay.push(m);
         widths.push(w);
         one_flow.push(daemon_run(&mut b, &small, "source_streams = 1\n").await.0);

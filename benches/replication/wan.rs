@@ -107,10 +107,9 @@ async fn relay_from_webhooks(b: &mut Bench, imgs: &[(String, String, String)]) -
     b.fresh_target().await;
     let daemon = b.relay_daemon().await;
     let before = b.usage();
-    let busy = |b: &Bench| b.link.as_ref().map_or(0.0, |l| l.busy_seconds());
-    let busy0 = busy(b);
+    let busy0 = b.link_busy();
     let measure = replicate_all(&daemon, imgs, imgs.len()).await;
-    let busy_share = (busy(b) - busy0) / measure.seconds;
+    let busy_share = (b.link_busy() - busy0) / measure.seconds;
     RelayRun {
         measure,
         used: b.settled_usage().await.since(before),

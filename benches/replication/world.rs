@@ -272,16 +272,29 @@ impl Bench {
             &format!("{source_keys}\n[registries.integrated]"),
             1,
         );
+        Self::daemon(&format!("{registries}{RULE}"), log).await
+    }
+
+    /// The daemon with `rest` (registries and rules) as its config, the
+    /// `[jobs]` of `BENCH_JOBS` (the shipped defaults without it), and
+    /// `log` as its `RUST_LOG` unless `BENCH_RELAY_LOG` says otherwise.
+    pub(crate) async fn daemon(rest: &str, log: Option<&str>) -> Relay {
         Relay::start_env(
             free_port(),
             &std::env::var("BENCH_JOBS").unwrap_or_else(|_| DAEMON_JOBS.into()),
-            &format!("{registries}{RULE}"),
+            rest,
             &[(
                 "RUST_LOG",
                 &std::env::var("BENCH_RELAY_LOG").unwrap_or_else(|_| log.unwrap_or("warn").into()),
             )],
         )
         .await
+    }
+
+    /// Seconds the link towards the copiers has carried bytes so far (0
+    /// without a capped link): a run's share of it is how busy it kept it.
+    pub(crate) fn link_busy(&self) -> f64 {
+        self.link.as_ref().map_or(0.0, WanLink::busy_seconds)
     }
 
     /// What the registries, the token issuer and the machine have used so far.

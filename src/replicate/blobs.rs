@@ -91,20 +91,11 @@ impl Replicator {
         // (a mount from itself) or opens the upload session, while the
         // source starts sending: for a new blob, two round trips fewer than
         // HEAD, then POST, then GET.
-        let open = || async {
-            req.source
-                .get_blob(req.source_repository, &blob.digest, blob.size)
-                .await
-                .map(|(body, _)| body)
-        };
-        let read = async {
-            match answer {
-                Some(answer) => answer.read(blob.size, open).await,
-                None => open().await,
-            }
-        };
-        let (opened, read) =
-            futures_util::future::join(target.mount_or_begin(repo, &blob.digest, repo), read).await;
+        let (opened, read) = futures_util::future::join(
+            target.mount_or_begin(repo, &blob.digest, repo),
+            read_from_start(req, blob, answer),
+        )
+        .await;
         let location = match opened? {
             // Skipped only on the source's word too: its answer to the GET.
             MountOrUpload::Mounted => {
@@ -273,6 +264,25 @@ impl Replicator {
             self.count("resumed");
         }
         Ok(())
+    }
+}
+
+/// `blob` from the source from its first byte, verified; in a fan-out,
+/// through this copy's `answer`: the read shared with the other targets.
+pub(super) async fn read_from_start(
+    req: &CopyRequest<'_>,
+    blob: &Descriptor,
+    answer: Option<super::tee::Answer<'_>>,
+) -> Result<crate::registry::ByteStream, RegistryError> {
+    let open = || async {
+        req.source
+            .get_blob(req.source_repository, &blob.digest, blob.size)
+            .await
+            .map(|(body, _)| body)
+    };
+    match answer {
+        Some(answer) => answer.read(blob.size, open).await,
+        None => open().await,
     }
 }
 

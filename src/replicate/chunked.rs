@@ -169,13 +169,7 @@ async fn copy_resumably(
         // Verified as every reader of a shared read is (the others may
         // upload it in one request, hashed by the stream alone).
         Some(answer) if session.hashed == 0 => {
-            let verified = || async {
-                req.source
-                    .get_blob(req.source_repository, &blob.digest, blob.size)
-                    .await
-                    .map(|(body, _)| body)
-            };
-            answer.read(blob.size, verified).await?
+            super::blobs::read_from_start(req, blob, Some(answer)).await?
         }
         _ => from().await?,
     };

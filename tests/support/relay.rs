@@ -426,28 +426,17 @@ impl Relay {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("GET");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        Self::answer(self.http.get(format!("{}{path}", self.url)), "GET").await
     }
 
     /// POSTs to `path` with no body; returns status and JSON body.
     pub async fn post(&self, path: &str) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("POST");
+        Self::answer(self.http.post(format!("{}{path}", self.url)), "POST").await
+    }
+
+    /// Sends `req`: its status, and its body as JSON (or as a string).
+    async fn answer(req: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
+        let resp = req.send().await.expect(what);
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
         (

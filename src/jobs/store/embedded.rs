@@ -565,8 +565,10 @@ impl SledStore {
             .map(|k| k.map(|k| id_of(&k)));
         for id in ids.take(cap) {
             if let Some(job) = self.load(id?)?
-                && job.state.is_active()
-                && job.state != JobState::Running
+                && matches!(
+                    job.state,
+                    JobState::Queued | JobState::Retrying | JobState::Held
+                )
             {
                 *out.entry(job.spec.to).or_default() += 1;
             }
