@@ -58,7 +58,7 @@ pub use platforms::platform_subset;
 use progress::Progress;
 use referrers::{find_referrers, referrer_subjects};
 pub use summary::Summary;
-pub use tee::{Seat, Tee};
+pub use tee::{Seat, Tee, Tees};
 
 /// How deep indexes may nest (an index of indexes is legal but rare; a
 /// deeper chain is treated as malformed rather than followed forever).
@@ -73,6 +73,7 @@ pub struct Replicator {
     ledger: Arc<dyn Ledger>,
     stopping: tokio_util::sync::CancellationToken,
     projects: Arc<crate::harbor::ProjectCache>,
+    tees: Arc<tee::Tees>,
 }
 
 /// One copy's endpoints.
@@ -157,7 +158,14 @@ impl Replicator {
             ledger,
             stopping: tokio_util::sync::CancellationToken::new(),
             projects: Arc::default(),
+            tees: Arc::default(),
         }
+    }
+
+    /// A seat at the tee of fan-out `group`, for one of its copies: the
+    /// copies of a fan-out running at once read each blob once.
+    pub fn seat(&self, group: &str) -> Seat {
+        self.tees.seat(group)
     }
 
     /// Chunked uploads stop between two chunks once `stopping` is

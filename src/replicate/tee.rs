@@ -2,7 +2,9 @@
 //!
 //! A rule with several targets makes one job per target (each with its own
 //! state, ledger entries and retries); a worker claims them together and
-//! runs their copies at once, each holding a [`Seat`] at one [`Tee`]. Each
+//! runs their copies at once, each holding a [`Seat`] at the [`Tee`] of
+//! their group ([`Tees`]: siblings another worker claimed at the same
+//! moment meet there too). Each
 //! copy decides per blob, against its own target, as it always does
 //! (present, mounted, resumed, or to be read); the tee only changes where
 //! the bytes of a blob read from offset 0 come from:
@@ -59,6 +61,8 @@ struct Shared {
 struct State {
     /// Seats whose copy has not ended.
     live: BTreeSet<usize>,
+    /// The id the next seat gets.
+    next: usize,
     blobs: HashMap<String, Gathering>,
 }
 
@@ -79,25 +83,58 @@ fn due(live: &BTreeSet<usize>, answered: &BTreeSet<usize>, waited: Duration) -> 
 }
 
 impl Tee {
+    /// A tee with no seat yet.
+    fn new() -> Tee {
+        Tee(Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+        }))
+    }
+
     /// A tee with `n` seats, one per copy of the fan-out.
     pub fn seats(n: usize) -> Vec<Seat> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                live: (0..n).collect(),
-                blobs: HashMap::new(),
-            }),
-            changed: Notify::new(),
-        });
-        (0..n)
-            .map(|id| Seat {
-                id,
-                tee: Tee(shared.clone()),
-            })
-            .collect()
+        let tee = Tee::new();
+        (0..n).map(|_| tee.join()).collect()
+    }
+
+    /// A new seat: from now on, the reads wait for its answers too.
+    fn join(&self) -> Seat {
+        let mut state = self.state();
+        let id = state.next;
+        state.next += 1;
+        state.live.insert(id);
+        Seat {
+            id,
+            tee: self.clone(),
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The tees of the fan-outs copying now, by group
+/// (a job's `fanout_group`): the copies of one fan-out meet
+/// at one tee however they were claimed (together by one worker, or by
+/// several workers at once).
+#[derive(Default)]
+pub struct Tees(Mutex<HashMap<String, std::sync::Weak<Shared>>>);
+
+impl Tees {
+    /// A seat at `group`'s tee, made if no copy of the group holds one.
+    pub fn seat(&self, group: &str) -> Seat {
+        let mut tees = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        tees.retain(|_, t| t.strong_count() > 0);
+        let tee = match tees.get(group).and_then(std::sync::Weak::upgrade) {
+            Some(shared) => Tee(shared),
+            None => {
+                let tee = Tee::new();
+                tees.insert(group.to_string(), Arc::downgrade(&tee.0));
+                tee
+            }
+        };
+        tee.join()
     }
 }
 
@@ -201,7 +238,7 @@ impl Answer<'_> {
     /// and when the first reader asked.
     fn lead_if_due(&self, tee: &Tee) -> (Option<Vec<oneshot::Sender<ByteStream>>>, Instant) {
         let mut state = tee.state();
-        let State { live, blobs } = &mut *state;
+        let State { live, blobs, .. } = &mut *state;
         let Some(g) = blobs.get_mut(&self.digest) else {
             return (None, Instant::now());
         };

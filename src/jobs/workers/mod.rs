@@ -253,7 +253,7 @@ async fn worker(n: usize, ctx: Arc<Context>, shutdown: CancellationToken) {
             Ok(Some(job)) => {
                 let siblings = siblings(&ctx, &job).await;
                 if siblings.is_empty() {
-                    run_job(&ctx, job, &shutdown, None).await;
+                    run_job(&ctx, job, &shutdown).await;
                 } else {
                     run_fanout(&ctx, job, siblings, &shutdown).await;
                 }
@@ -296,9 +296,10 @@ async fn siblings(ctx: &Context, job: &Job) -> Vec<Job> {
     }
 }
 
-/// Runs a fan-out's jobs at once, one [`crate::replicate::Seat`] each at
-/// one tee: each blob the targets lack is read from the source once. Each
-/// job keeps its own outcome, retries and record.
+/// Runs a fan-out's jobs at once, so that their copies meet at their
+/// group's tee ([`Replicator::seat`]) and each blob the targets lack is
+/// read from the source once. Each job keeps its own outcome, retries and
+/// record.
 async fn run_fanout(
     ctx: &Arc<Context>,
     job: Job,
@@ -312,11 +313,7 @@ async fn run_fanout(
         targets = ?jobs.iter().map(|j| j.spec.to.as_str()).collect::<Vec<_>>(),
         "fan-out: one read of the source for these targets"
     );
-    let seats = crate::replicate::Tee::seats(jobs.len());
-    let runs = jobs
-        .into_iter()
-        .zip(seats)
-        .map(|(job, seat)| run_job(ctx, job, shutdown, Some(seat)));
+    let runs = jobs.into_iter().map(|job| run_job(ctx, job, shutdown));
     futures_util::future::join_all(runs).await;
 }
 
@@ -330,7 +327,6 @@ async fn attempt(
     moved: Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
     last_attempt: bool,
-    seat: Option<crate::replicate::Seat>,
 ) -> Attempt {
     let rule = live.config.rules.iter().find(|r| r.name == spec.rule);
     let gates = rule.and_then(|r| r.gates.as_ref());
@@ -368,6 +364,9 @@ async fn attempt(
                 req.moved = Some(moved);
                 req.cancel = Some(cancel.clone());
                 req.last_attempt = last_attempt;
+                // A fan-out's copy reads through its group's tee, where
+                // its siblings running now meet it.
+                let seat = spec.fanout_group().map(|g| ctx.replicator.seat(&g));
                 req.seat = seat.as_ref();
                 ctx.replicator.copy(&req).await
             }
@@ -407,12 +406,7 @@ async fn attempt(
 }
 
 /// Runs one claimed job and records its outcome.
-async fn run_job(
-    ctx: &Arc<Context>,
-    job: Job,
-    shutdown: &CancellationToken,
-    seat: Option<crate::replicate::Seat>,
-) {
+async fn run_job(ctx: &Arc<Context>, job: Job, shutdown: &CancellationToken) {
     let spec = &job.spec;
     let span = tracing::info_span!(
         "job",
@@ -432,7 +426,7 @@ async fn run_job(
         let started = Instant::now();
         let (moved, cancel) = ctx.board.start(job.id);
         let last = job.attempts >= retry.max_attempts;
-        let tried = attempt(ctx, &live, spec, moved, cancel, last, seat).await;
+        let tried = attempt(ctx, &live, spec, moved, cancel, last).await;
         ctx.board.end(job.id);
         let holding = live
             .config

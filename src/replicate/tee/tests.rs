@@ -222,3 +222,33 @@ async fn when_the_shared_open_fails_each_reader_opens_alone_and_says_why() {
     }
     assert_eq!(opens.load(Ordering::SeqCst), 2, "the follower asked itself");
 }
+
+#[tokio::test(start_paused = true)]
+async fn copies_of_one_group_meet_at_one_tee_however_they_were_claimed() {
+    let data = chunks(3);
+    let opens = AtomicUsize::new(0);
+    let tees = Tees::default();
+    // Two siblings that started apart (two workers), and another fan-out.
+    let siblings = [tees.seat("group-1"), tees.seat("group-1")];
+    let other = tees.seat("group-2");
+    let started = tokio::time::Instant::now();
+    let got = read_together(&siblings, &opens, &data).await;
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1,
+        "the siblings share one read"
+    );
+    assert!(got.iter().all(|g| *g == all(&data)));
+    assert!(
+        started.elapsed() < GATHER,
+        "nobody waited for the other group"
+    );
+    drop(siblings);
+    // A later retry of the group, alone: its own tee, no wait.
+    let alone = [tees.seat("group-1")];
+    let started = tokio::time::Instant::now();
+    read_together(&alone, &opens, &data).await;
+    assert_eq!(opens.load(Ordering::SeqCst), 2);
+    assert!(started.elapsed() < GATHER);
+    drop(other);
+}
