@@ -33,6 +33,7 @@ pub mod chunked;
 mod decide;
 mod error;
 pub mod gates;
+mod graph;
 pub mod ledger;
 mod platforms;
 mod progress;
@@ -40,13 +41,12 @@ mod referrers;
 mod summary;
 pub mod tee;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::manifest::{Children, Descriptor, Manifest};
+use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::reference::Reference;
 use crate::registry::{Registry, RegistryError};
@@ -484,14 +484,23 @@ impl Replicator {
                 return Ok(Vec::new());
             }
             let subjects = referrer_subjects(top);
-            futures_util::future::try_join_all(subjects.iter().map(|d| find_referrers(req, d)))
+            let asks: Vec<_> = subjects.iter().map(|d| find_referrers(req, d)).collect();
+            stream::iter(asks)
+                .buffer_unordered(graph::CHILDREN_AT_ONCE)
+                .try_collect::<Vec<_>>()
                 .await
         };
         let ((), found) = futures_util::future::try_join(content, lookup).await?;
         self.record_tag(req, source_digest, &top.digest).await;
-        for f in found {
-            self.copy_referrers(req, f, &progress).await?;
-        }
+        // Each subject's at once (an index's platforms are signed each).
+        let copies: Vec<_> = found
+            .into_iter()
+            .map(|f| self.copy_referrers(req, f, &progress))
+            .collect();
+        stream::iter(copies)
+            .buffer_unordered(graph::CHILDREN_AT_ONCE)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(progress.summary(top.digest.clone(), note))
     }
 
@@ -543,89 +552,6 @@ impl Replicator {
             digest: digest.to_string(),
             deleted,
             ..Summary::default()
-        })
-    }
-
-    /// Copies a manifest's content (blobs, or child manifests, recursively)
-    /// and then the manifest itself, by digest, or under `under` (the
-    /// job's tag) for the top manifest of a tagged copy.
-    fn copy_manifest<'a>(
-        &'a self,
-        req: &'a CopyRequest<'a>,
-        m: &'a Manifest,
-        depth: usize,
-        progress: &'a Progress,
-        under: Option<&'a Reference>,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), ReplicateError>> {
-        Box::pin(async move {
-            if depth > MAX_DEPTH {
-                return Err(ReplicateError::TooDeep(m.digest.clone()));
-            }
-            let children = m.children().map_err(|source| ReplicateError::Manifest {
-                registry: req.source.name().to_string(),
-                source,
-            })?;
-            match children {
-                Children::Manifests(list) => {
-                    progress.visit(list.len())?;
-                    for child in list {
-                        req.check_cancel()?;
-                        if progress.is_present(&child.digest) {
-                            continue;
-                        }
-                        if req
-                            .target
-                            .has_manifest(req.target_repository, &child.digest)
-                            .await?
-                        {
-                            progress.now_present(&child.digest);
-                            continue;
-                        }
-                        let cm = req
-                            .source
-                            .get_manifest(
-                                req.source_repository,
-                                &Reference::Digest(child.digest.clone()),
-                            )
-                            .await?;
-                        self.copy_manifest(req, &cm, depth + 1, progress, None)
-                            .await?;
-                        progress.now_present(&child.digest);
-                    }
-                }
-                Children::Blobs(blobs) => {
-                    let (limit, key) = decide::blob_limit(
-                        (req.source.name(), req.source.max_blob_size()),
-                        (req.target.name(), req.target.max_blob_size()),
-                        req.max_blob_size,
-                    );
-                    progress.visit(blobs.len())?;
-                    if let Some(b) = decide::too_big(&blobs, limit) {
-                        return Err(ReplicateError::TooBig {
-                            digest: b.digest.clone(),
-                            size: b.size,
-                            limit,
-                            key,
-                        });
-                    }
-                    let mut seen = HashSet::new();
-                    let unique: Vec<Descriptor> = blobs
-                        .into_iter()
-                        .filter(|b| seen.insert(b.digest.clone()))
-                        .collect();
-                    stream::iter(unique)
-                        .map(|b| async move { self.copy_blob(req, &b, progress).await })
-                        .buffer_unordered(self.blob_concurrency)
-                        .try_collect::<Vec<()>>()
-                        .await?;
-                }
-            }
-            let by_digest = Reference::Digest(m.digest.clone());
-            req.target
-                .put_manifest(req.target_repository, under.unwrap_or(&by_digest), m)
-                .await?;
-            progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
-            Ok(())
         })
     }
 }

@@ -2,8 +2,9 @@
 //! OCI 1.1 API, the `sha256-<hex>` fallback tag, cosign's tags) and copied
 //! after their subject.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
 
 use super::{CopyRequest, Progress, ReplicateError, Replicator};
 use crate::manifest::{Children, Descriptor, Manifest};
@@ -88,9 +89,6 @@ impl Replicator {
         found: Referrers,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
-        let (source, target) = (req.source, req.target);
-        let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
-        let mut copied = HashSet::new();
         let Referrers {
             subject,
             listed,
@@ -98,49 +96,89 @@ impl Replicator {
             resolved,
         } = found;
         if let Some(list) = listed {
-            for d in list {
-                if !copied.insert(d.digest.clone())
-                    || target.has_manifest(dst_repo, &d.digest).await?
-                {
-                    continue;
-                }
-                let m = source
-                    .get_manifest(src_repo, &Reference::Digest(d.digest.clone()))
-                    .await?;
-                // A cosign signature a Harbor lists as an accessory has no
-                // subject: it is found by its tag, which it gets back.
-                let tag = match (m.subject(), m.cosign_suffix()) {
-                    (None, Some(suffix)) => subject
-                        .strip_prefix("sha256:")
-                        .map(|hex| Reference::Tag(format!("sha256-{hex}{suffix}"))),
-                    _ => None,
-                };
-                self.copy_manifest(req, &m, 1, progress, tag.as_ref())
-                    .await?;
-                progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        for (tag, digest) in tags.iter().zip(resolved) {
-            let Some(digest) = digest else {
-                continue;
-            };
-            let m = source
-                .get_manifest(src_repo, &Reference::Digest(digest.clone()))
+            let subject = subject.as_str();
+            // At once, but no more than a batch of an index's children: a
+            // source may list thousands.
+            let copies: Vec<_> = super::graph::unique(list)
+                .into_iter()
+                .map(|d| self.copy_listed(req, subject, d, progress))
+                .collect();
+            stream::iter(copies)
+                .buffer_unordered(super::graph::CHILDREN_AT_ONCE)
+                .try_collect::<Vec<()>>()
                 .await?;
-            let fallback_index = !tag.as_str().contains('.');
-            if fallback_index && !m.is_index() {
-                tracing::warn!(tag = %tag, "referrers fallback tag is not an index; not copied");
-                continue;
-            }
-            if target.resolve(dst_repo, tag).await?.as_deref() == Some(digest.as_str()) {
-                continue;
-            }
-            if !target.has_manifest(dst_repo, &digest).await? {
-                self.copy_manifest(req, &m, 1, progress, None).await?;
-            }
-            target.put_manifest(dst_repo, tag, &m).await?;
-            progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }
+        futures_util::future::try_join_all(
+            tags.iter()
+                .zip(resolved)
+                .filter_map(|(tag, digest)| Some((tag, digest?)))
+                .map(|(tag, digest)| self.copy_tagged(req, tag, digest, progress)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// One referrer the source's API listed for `subject`, unless the
+    /// target holds it.
+    async fn copy_listed(
+        &self,
+        req: &CopyRequest<'_>,
+        subject: &str,
+        d: Descriptor,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        if req
+            .target
+            .has_manifest(req.target_repository, &d.digest)
+            .await?
+        {
+            return Ok(());
+        }
+        let m = req
+            .source
+            .get_manifest(req.source_repository, &Reference::Digest(d.digest.clone()))
+            .await?;
+        // A cosign signature a Harbor lists as an accessory has no
+        // subject: it is found by its tag, which it gets back.
+        let tag = match (m.subject(), m.cosign_suffix()) {
+            (None, Some(suffix)) => subject
+                .strip_prefix("sha256:")
+                .map(|hex| Reference::Tag(format!("sha256-{hex}{suffix}"))),
+            _ => None,
+        };
+        self.copy_manifest(req, &m, 1, progress, tag.as_ref())
+            .await?;
+        progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// What a fallback or cosign `tag` points at on the source (`digest`),
+    /// under the same tag on the target.
+    async fn copy_tagged(
+        &self,
+        req: &CopyRequest<'_>,
+        tag: &Reference,
+        digest: String,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        let (source, target) = (req.source, req.target);
+        let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
+        let m = source
+            .get_manifest(src_repo, &Reference::Digest(digest.clone()))
+            .await?;
+        let fallback_index = !tag.as_str().contains('.');
+        if fallback_index && !m.is_index() {
+            tracing::warn!(tag = %tag, "referrers fallback tag is not an index; not copied");
+            return Ok(());
+        }
+        if target.resolve(dst_repo, tag).await?.as_deref() == Some(digest.as_str()) {
+            return Ok(());
+        }
+        if !target.has_manifest(dst_repo, &digest).await? {
+            self.copy_manifest(req, &m, 1, progress, None).await?;
+        }
+        target.put_manifest(dst_repo, tag, &m).await?;
+        progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

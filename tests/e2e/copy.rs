@@ -111,6 +111,65 @@ async fn multi_arch_index_copies_every_platform_and_keeps_its_digest() {
     }
 }
 
+/// An index's platforms are copied together, not one after another: the
+/// source is asked for all four child manifests at once, and blobs of
+/// different platforms move at once (four GETs held together, where each
+/// platform has three blobs). Across a WAN each round trip is paid once
+/// per index, not once per platform.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_s_platforms_are_copied_together() {
+    use crate::support::fault::{FaultProxy, Meeting};
+    let w = World::new().await;
+    let index = TestIndex::with_platforms(4);
+    index.push(&w.src, "library/wide", "1").await;
+    let children: Vec<String> = index.images.iter().map(|i| i.digest.clone()).collect();
+    let manifests = Meeting::new(4, std::time::Duration::from_secs(5), move |m, path| {
+        m == "GET"
+            && children
+                .iter()
+                .any(|d| path.ends_with(&format!("/manifests/{d}")))
+    });
+    let blobs = Meeting::new(4, std::time::Duration::from_secs(5), |m, path| {
+        m == "GET" && path.contains("/blobs/sha256:")
+    });
+    let proxy = FaultProxy::start_gated(
+        &w.source.url,
+        axum::Router::new(),
+        Some(Meeting::gate(vec![manifests.clone(), blobs.clone()])),
+    )
+    .await;
+    let config = w.config().replacen(&w.source.url, &proxy.url, 1);
+    assert_ne!(config, w.config(), "the source goes through the proxy");
+    let relay = Relay::start(&config).await;
+    let ids = relay
+        .push(push_event("library/wide", Some("1"), &index.digest))
+        .await;
+    let job = relay.wait_success(ids[0]).await;
+    assert_eq!(job["manifests_copied"], 5, "{job}");
+    assert_eq!(job["blobs_copied"], 12, "{job}");
+    assert_eq!(manifests.arrived(), 4, "each child manifest read once");
+    assert_eq!(blobs.arrived(), 12, "each blob read once");
+    assert!(
+        manifests.met(),
+        "the four child manifests were not asked at once ({} asked)",
+        manifests.arrived()
+    );
+    assert!(
+        blobs.met(),
+        "four blobs were never read at once ({} read)",
+        blobs.arrived()
+    );
+    let top = w
+        .dst
+        .get_manifest("library/wide", &Reference::Tag("1".into()))
+        .await
+        .expect("index on target");
+    assert_eq!(top.bytes, index.manifest);
+    for img in &index.images {
+        assert_image_on(&w.dst, "library/wide", img, None).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloudevents_body_is_replicated() {
     let w = World::new().await;

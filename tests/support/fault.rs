@@ -457,3 +457,89 @@ fn shifted(range: &str, by: u64) -> String {
         Err(_) => format!("bytes={}-", a + by),
     }
 }
+
+/// Which requests (method, path and query) a [`Meeting`] holds.
+pub type Matcher = dyn Fn(&axum::http::Method, &str) -> bool + Send + Sync;
+
+/// A [`Gate`] that holds the first `n` requests it `matches` until all `n`
+/// have arrived, then lets them through together: whether they ever were
+/// in flight at once is [`Meeting::met`]. A client that sends them one
+/// after another leaves the first held until `patience` runs out, and the
+/// meeting unmet (the requests then go on, so the copy still ends).
+pub struct Meeting {
+    n: usize,
+    matches: Box<Matcher>,
+    patience: Duration,
+    /// (matching requests that arrived, those held now).
+    arrived: Mutex<(usize, usize)>,
+    all_here: tokio::sync::Notify,
+    met: std::sync::atomic::AtomicBool,
+}
+
+impl Meeting {
+    pub fn new(
+        n: usize,
+        patience: Duration,
+        matches: impl Fn(&axum::http::Method, &str) -> bool + Send + Sync + 'static,
+    ) -> Arc<Meeting> {
+        Arc::new(Meeting {
+            n,
+            matches: Box::new(matches),
+            patience,
+            arrived: Mutex::new((0, 0)),
+            all_here: tokio::sync::Notify::new(),
+            met: Default::default(),
+        })
+    }
+
+    /// All `n` were held at once.
+    pub fn met(&self) -> bool {
+        self.met.load(Ordering::SeqCst)
+    }
+
+    /// How many matching requests arrived.
+    pub fn arrived(&self) -> usize {
+        self.arrived.lock().expect("meeting").0
+    }
+
+    async fn hold(&self, method: &axum::http::Method, path: &str) {
+        if !(self.matches)(method, path) {
+            return;
+        }
+        if self.met() {
+            self.arrived.lock().expect("meeting").0 += 1;
+            return;
+        }
+        let notified = self.all_here.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let waiting = {
+            let mut a = self.arrived.lock().expect("meeting");
+            a.0 += 1;
+            a.1 += 1;
+            a.1
+        };
+        if waiting >= self.n {
+            self.met.store(true, Ordering::SeqCst);
+            self.all_here.notify_waiters();
+            return;
+        }
+        if tokio::time::timeout(self.patience, notified).await.is_err() {
+            // Gone on alone: it no longer counts as held.
+            self.arrived.lock().expect("meeting").1 -= 1;
+        }
+    }
+
+    /// These meetings as one proxy gate, each request put to each.
+    pub fn gate(meetings: Vec<Arc<Meeting>>) -> Gate {
+        Arc::new(move |method, path, _headers| {
+            let meetings = meetings.clone();
+            Box::pin(async move {
+                for m in &meetings {
+                    m.hold(&method, &path).await;
+                }
+                None
+            })
+        })
+    }
+}

@@ -96,7 +96,7 @@ impl TestImage {
     }
 }
 
-/// A two-platform OCI index.
+/// A multi-platform OCI index (two platforms unless asked).
 pub struct TestIndex {
     pub images: Vec<TestImage>,
     pub manifest: Bytes,
@@ -105,25 +105,36 @@ pub struct TestIndex {
 
 impl TestIndex {
     pub fn random() -> TestIndex {
-        let images = vec![
-            TestImage::from_layers(
-                vec![random_bytes(300_000), random_bytes(50_000)],
-                "linux",
-                "amd64",
-            ),
-            TestImage::from_layers(
-                vec![random_bytes(280_000), random_bytes(40_000)],
-                "linux",
-                "arm64",
-            ),
-        ];
+        Self::with_platforms(2)
+    }
+
+    /// An index of `n` platform images (`linux/arch0`, `linux/arch1`, ...;
+    /// the first two are amd64 and arm64), each of two layers.
+    pub fn with_platforms(n: usize) -> TestIndex {
+        let arch = |i: usize| match i {
+            0 => "amd64".to_string(),
+            1 => "arm64".to_string(),
+            _ => format!("arch{i}"),
+        };
+        let images: Vec<TestImage> = (0..n)
+            .map(|i| {
+                TestImage::from_layers(
+                    vec![
+                        random_bytes(300_000 - 20_000 * i),
+                        random_bytes(50_000 - 10_000 * (i % 2)),
+                    ],
+                    "linux",
+                    &arch(i),
+                )
+            })
+            .collect();
         let manifest = Bytes::from(
             serde_json::to_vec_pretty(&json!({
                 "schemaVersion": 2,
                 "mediaType": OCI_INDEX,
-                "manifests": images.iter().zip(["amd64", "arm64"]).map(|(i, arch)| json!({
+                "manifests": images.iter().enumerate().map(|(n, i)| json!({
                     "mediaType": OCI_MANIFEST, "digest": i.digest, "size": i.manifest.len(),
-                    "platform": {"os": "linux", "architecture": arch}
+                    "platform": {"os": "linux", "architecture": arch(n)}
                 })).collect::<Vec<_>>(),
             }))
             .expect("index json"),

@@ -1,0 +1,224 @@
+//! Walking a manifest's graph onto the target: what it points at first,
+//! then the manifest itself.
+//!
+//! An index's child manifests are taken [`CHILDREN_AT_ONCE`] at a time:
+//! the target is asked about each of them at once (and the source for
+//! those it lacks), then the blobs of all the platform images among them
+//! move in one stream of `blob_concurrency`, in the index's order, then
+//! those images are written at once. A 4-platform image so pays the
+//! round trips of one platform, not four, and a job still moves at most
+//! `blob_concurrency` blobs at a time. The order is the index's, the same
+//! for every target of a fan-out, so their copies ask the [`Tee`](super::Tee)
+//! for the same blobs in the same order.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use super::{CopyRequest, MAX_DEPTH, Progress, ReplicateError, Replicator, decide};
+use crate::manifest::{Children, Descriptor, Manifest};
+use crate::reference::Reference;
+
+/// How many child manifests of an index are asked about and copied
+/// together. What a batch holds in memory is at most this many manifests
+/// (each at most [`crate::manifest::MAX_MANIFEST_BYTES`]), so 8 bounds it
+/// at 32 MiB against a source that serves the largest it may.
+pub(super) const CHILDREN_AT_ONCE: usize = 8;
+
+/// Each descriptor once, in its first place: an index may list a
+/// manifest twice, and platform images may share a layer.
+pub(super) fn unique(list: Vec<Descriptor>) -> Vec<Descriptor> {
+    let mut seen = HashSet::new();
+    list.into_iter()
+        .filter(|d| seen.insert(d.digest.clone()))
+        .collect()
+}
+
+impl Replicator {
+    /// Copies a manifest's content (blobs, or child manifests, recursively)
+    /// and then the manifest itself, by digest, or under `under` (the
+    /// job's tag) for the top manifest of a tagged copy.
+    pub(super) fn copy_manifest<'a>(
+        &'a self,
+        req: &'a CopyRequest<'a>,
+        m: &'a Manifest,
+        depth: usize,
+        progress: &'a Progress,
+        under: Option<&'a Reference>,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), ReplicateError>> {
+        Box::pin(async move {
+            if depth > MAX_DEPTH {
+                return Err(ReplicateError::TooDeep(m.digest.clone()));
+            }
+            match children(req, m)? {
+                Children::Manifests(list) => {
+                    progress.visit(list.len())?;
+                    for batch in unique(list).chunks(CHILDREN_AT_ONCE) {
+                        self.copy_children(req, batch, depth + 1, progress).await?;
+                    }
+                }
+                Children::Blobs(blobs) => {
+                    let blobs = image_blobs(req, blobs, progress)?;
+                    self.copy_blobs(req, blobs, progress).await?;
+                }
+            }
+            let by_digest = Reference::Digest(m.digest.clone());
+            req.target
+                .put_manifest(req.target_repository, under.unwrap_or(&by_digest), m)
+                .await?;
+            progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    /// One batch of an index's children, at `depth`: those the target
+    /// lacks are read, their images' blobs copied in one stream, then the
+    /// images written; a nested index goes down on its own.
+    async fn copy_children(
+        &self,
+        req: &CopyRequest<'_>,
+        batch: &[Descriptor],
+        depth: usize,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        req.check_cancel()?;
+        let missing = futures_util::future::try_join_all(
+            batch.iter().map(|c| self.missing_child(req, c, progress)),
+        )
+        .await?;
+        let mut images = Vec::new();
+        let mut blobs = Vec::new();
+        let mut indexes = Vec::new();
+        for m in missing.into_iter().flatten() {
+            if depth > MAX_DEPTH {
+                return Err(ReplicateError::TooDeep(m.digest.clone()));
+            }
+            match children(req, &m)? {
+                Children::Blobs(list) => {
+                    blobs.extend(image_blobs(req, list, progress)?);
+                    images.push(m);
+                }
+                Children::Manifests(_) => indexes.push(m),
+            }
+        }
+        self.copy_blobs(req, unique(blobs), progress).await?;
+        futures_util::future::try_join_all(images.iter().map(|m| async move {
+            req.target
+                .put_manifest(
+                    req.target_repository,
+                    &Reference::Digest(m.digest.clone()),
+                    m,
+                )
+                .await?;
+            progress.manifests_copied.fetch_add(1, Ordering::Relaxed);
+            progress.now_present(&m.digest);
+            Ok::<_, ReplicateError>(())
+        }))
+        .await?;
+        for m in &indexes {
+            req.check_cancel()?;
+            self.copy_manifest(req, m, depth, progress, None).await?;
+            progress.now_present(&m.digest);
+        }
+        Ok(())
+    }
+
+    /// A child manifest the target lacks, read from the source; `None` if
+    /// this job found or wrote it already, or the target holds it.
+    async fn missing_child(
+        &self,
+        req: &CopyRequest<'_>,
+        child: &Descriptor,
+        progress: &Progress,
+    ) -> Result<Option<Manifest>, ReplicateError> {
+        if progress.is_present(&child.digest) {
+            return Ok(None);
+        }
+        if req
+            .target
+            .has_manifest(req.target_repository, &child.digest)
+            .await?
+        {
+            progress.now_present(&child.digest);
+            return Ok(None);
+        }
+        let m = req
+            .source
+            .get_manifest(
+                req.source_repository,
+                &Reference::Digest(child.digest.clone()),
+            )
+            .await?;
+        Ok(Some(m))
+    }
+
+    /// Moves `blobs` (each once), `blob_concurrency` at a time.
+    async fn copy_blobs(
+        &self,
+        req: &CopyRequest<'_>,
+        blobs: Vec<Descriptor>,
+        progress: &Progress,
+    ) -> Result<(), ReplicateError> {
+        stream::iter(unique(blobs))
+            .map(|b| async move { self.copy_blob(req, &b, progress).await })
+            .buffer_unordered(self.blob_concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+}
+
+/// What `m` points at, or why it cannot be read.
+fn children(req: &CopyRequest<'_>, m: &Manifest) -> Result<Children, ReplicateError> {
+    m.children().map_err(|source| ReplicateError::Manifest {
+        registry: req.source.name().to_string(),
+        source,
+    })
+}
+
+/// An image's blobs, counted against the job's cap and each within the
+/// size limit that applies (the registries' and the rule's).
+fn image_blobs(
+    req: &CopyRequest<'_>,
+    blobs: Vec<Descriptor>,
+    progress: &Progress,
+) -> Result<Vec<Descriptor>, ReplicateError> {
+    let (limit, key) = decide::blob_limit(
+        (req.source.name(), req.source.max_blob_size()),
+        (req.target.name(), req.target.max_blob_size()),
+        req.max_blob_size,
+    );
+    progress.visit(blobs.len())?;
+    if let Some(b) = decide::too_big(&blobs, limit) {
+        return Err(ReplicateError::TooBig {
+            digest: b.digest.clone(),
+            size: b.size,
+            limit,
+            key,
+        });
+    }
+    Ok(blobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Descriptor {
+        Descriptor {
+            media_type: crate::manifest::OCI_MANIFEST.to_string(),
+            digest: format!("sha256:{}", c.to_string().repeat(64)),
+            size: 5,
+        }
+    }
+
+    #[test]
+    fn each_descriptor_is_kept_once_in_its_first_place() {
+        let got: Vec<String> = unique(vec![d('a'), d('b'), d('a'), d('c'), d('b')])
+            .into_iter()
+            .map(|x| x.digest)
+            .collect();
+        assert_eq!(got, [d('a').digest, d('b').digest, d('c').digest]);
+    }
+}
