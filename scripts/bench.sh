@@ -17,7 +17,10 @@
 # across a WAN link to the source (tests/support/wan.rs): wan-many (20 small
 # images, 100 ms RTT), wan-small-layers (8 x 10 x 1 MiB, 40 ms RTT, 200 Mbit/s,
 # against a plain parallel fetch of the same blobs), wan-big (8 x 10 MiB and one 256 MiB layer, 40 ms RTT,
-# 200 Mbit/s), wan-one (webhook to tag, in RTTs); and ha (the many images
+# 200 Mbit/s), wan-flows (one 1 GiB layer over a link that caps each
+# connection), fan-out (20 images to 3 sites, each blob read once),
+# wan-one (webhook to tag, in RTTs), wan-index (the same for an index of 4
+# platforms, against skopeo copy --all); and ha (the many images
 # with 1, 2 and 3 relays sharing a PostgreSQL queue; not in the default list).
 #
 # The registries keep their storage on tmpfs (/dev/shm) when it has 12 GiB
@@ -45,7 +48,7 @@ if [ "${BENCH_REGISTRY_STORAGE:-tmpfs}" = tmpfs ] && [ -z "${BENCH_REGISTRY_DIR:
 fi
 log "registries' storage: ${BENCH_REGISTRY_DIR:-\$TMPDIR (disk)}"
 
-scenarios=${BENCH_SCENARIOS:-big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-one,ingest}
+scenarios=${BENCH_SCENARIOS:-big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,fan-out,wan-one,wan-index,ingest}
 mkdir -p target/bench
 
 if [[ ",$scenarios," == *,ingest,* ]]; then

@@ -84,6 +84,11 @@ impl GenImage {
     }
 
     pub(crate) async fn push(&self, reg: &Registry, repo: &str, tag: &str) {
+        self.push_as(reg, repo, &Reference::Tag(tag.into())).await;
+    }
+
+    /// Its blobs, then its manifest under `reference` (a tag or its digest).
+    pub(crate) async fn push_as(&self, reg: &Registry, repo: &str, reference: &Reference) {
         for (seed, size, digest) in &self.layers {
             if !reg.has_blob(repo, digest).await.expect("HEAD") {
                 reg.put_blob(repo, digest, *size, layer_stream(*seed, *size))
@@ -96,9 +101,55 @@ impl GenImage {
             .expect("push config");
         let m = harbor_relay::manifest::Manifest::from_bytes(self.manifest.clone(), None)
             .expect("manifest");
-        reg.put_manifest(repo, &Reference::Tag(tag.into()), &m)
+        reg.put_manifest(repo, reference, &m)
             .await
             .expect("push manifest");
+    }
+}
+
+/// A multi-platform index of [`GenImage`]s (`linux/arch0`, `linux/arch1`...).
+pub(crate) struct GenIndex {
+    pub(crate) images: Vec<GenImage>,
+    pub(crate) manifest: Bytes,
+    pub(crate) digest: String,
+}
+
+impl GenIndex {
+    pub(crate) fn new(images: Vec<GenImage>) -> GenIndex {
+        let manifest = Bytes::from(
+            serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": harbor_relay::manifest::OCI_INDEX,
+                "manifests": images.iter().enumerate().map(|(n, i)| json!({
+                    "mediaType": OCI_MANIFEST, "digest": i.digest, "size": i.manifest.len(),
+                    "platform": {"os": "linux", "architecture": format!("arch{n}")}
+                })).collect::<Vec<_>>(),
+            }))
+            .expect("json"),
+        );
+        let digest = sha256_digest(&manifest);
+        GenIndex {
+            images,
+            manifest,
+            digest,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.images.iter().map(GenImage::bytes).sum()
+    }
+
+    /// Each platform image by digest, then the index under `tag`.
+    pub(crate) async fn push(&self, reg: &Registry, repo: &str, tag: &str) {
+        for i in &self.images {
+            i.push_as(reg, repo, &Reference::Digest(i.digest.clone()))
+                .await;
+        }
+        let m = harbor_relay::manifest::Manifest::from_bytes(self.manifest.clone(), None)
+            .expect("index");
+        reg.put_manifest(repo, &Reference::Tag(tag.into()), &m)
+            .await
+            .expect("push index");
     }
 }
 

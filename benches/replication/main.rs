@@ -39,6 +39,7 @@ mod content;
 mod fanout;
 mod flows;
 mod gated;
+mod index;
 mod measure;
 mod outage;
 mod scenarios;
@@ -313,7 +314,7 @@ fn main() {
         return;
     }
     let scenarios = std::env::var("BENCH_SCENARIOS").unwrap_or_else(|_| {
-        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,fan-out,wan-one".into()
+        "big,huge,many,gated,outage,shared,latency,wan-many,wan-small-layers,wan-big,wan-flows,fan-out,wan-one,wan-index".into()
     });
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
@@ -394,6 +395,9 @@ fn main() {
         }
         if want("fan-out") {
             show(fanout::fan_out(setup, runs).await, &mut rows);
+        }
+        if want("wan-index") {
+            show(index::wan_index(setup, 6).await, &mut rows);
         }
         if want("wan-one") {
             show(vec![wan::wan_one(setup, 11).await], &mut rows);

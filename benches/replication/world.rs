@@ -163,9 +163,15 @@ impl Bench {
     }
 
     pub(crate) fn skopeo_copy(&self, repo: &str, tag: &str) -> Measure {
+        self.skopeo_copy_with(repo, tag, &[])
+    }
+
+    /// `skopeo copy` with `extra` arguments (`--all`: every platform).
+    pub(crate) fn skopeo_copy_with(&self, repo: &str, tag: &str, extra: &[&str]) -> Measure {
         measured(
             self.skopeo()
                 .args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+                .args(extra)
                 .args(self.src_creds())
                 .arg("--dest-cert-dir")
                 .arg(self.work.path())

@@ -226,7 +226,8 @@ impl std::fmt::Debug for PostgresStore {
 pub struct JobsConfig {
     /// Jobs run at the same time.
     pub workers: usize,
-    /// Blobs of one job copied at the same time.
+    /// Blobs of one image copied at the same time (an index's platform
+    /// images are copied together, each with as many).
     pub blob_concurrency: usize,
     /// How long SIGTERM waits for running jobs before leaving them to the
     /// next start.

@@ -4,10 +4,11 @@
 //! An index's child manifests are taken [`CHILDREN_AT_ONCE`] at a time:
 //! the target is asked about each of them at once (and the source for
 //! those it lacks), then the blobs of all the platform images among them
-//! move in one stream of `blob_concurrency`, in the index's order, then
-//! those images are written at once. A 4-platform image so pays the
-//! round trips of one platform, not four, and a job still moves at most
-//! `blob_concurrency` blobs at a time. The order is the index's, the same
+//! move in one stream, `blob_concurrency` per image as when they went one
+//! by one, in the index's order, then those images are written at once.
+//! A 4-platform image so pays the round trips of one platform, not four
+//! (the registries' adaptive limits bound the requests of every job
+//! together, whatever a job asks). The order is the index's, the same
 //! for every target of a fan-out, so their copies ask the [`Tee`](super::Tee)
 //! for the same blobs in the same order.
 
@@ -60,7 +61,8 @@ impl Replicator {
                 }
                 Children::Blobs(blobs) => {
                     let blobs = image_blobs(req, blobs, progress)?;
-                    self.copy_blobs(req, blobs, progress).await?;
+                    self.copy_blobs(req, blobs, self.blob_concurrency, progress)
+                        .await?;
                 }
             }
             let by_digest = Reference::Digest(m.digest.clone());
@@ -102,7 +104,10 @@ impl Replicator {
                 Children::Manifests(_) => indexes.push(m),
             }
         }
-        self.copy_blobs(req, unique(blobs), progress).await?;
+        // `blob_concurrency` for each image, as when they were copied one
+        // by one: the registries' limits bound the requests in any case.
+        let at_once = self.blob_concurrency * images.len().max(1);
+        self.copy_blobs(req, blobs, at_once, progress).await?;
         futures_util::future::try_join_all(images.iter().map(|m| async move {
             req.target
                 .put_manifest(
@@ -153,16 +158,17 @@ impl Replicator {
         Ok(Some(m))
     }
 
-    /// Moves `blobs` (each once), `blob_concurrency` at a time.
+    /// Moves `blobs` (each once), `at_once` at a time.
     async fn copy_blobs(
         &self,
         req: &CopyRequest<'_>,
         blobs: Vec<Descriptor>,
+        at_once: usize,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         stream::iter(unique(blobs))
             .map(|b| async move { self.copy_blob(req, &b, progress).await })
-            .buffer_unordered(self.blob_concurrency)
+            .buffer_unordered(at_once)
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())

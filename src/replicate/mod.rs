@@ -144,7 +144,7 @@ impl CopyRequest<'_> {
 }
 
 impl Replicator {
-    /// A replicator moving `blob_concurrency` blobs of a job at a time,
+    /// A replicator moving `blob_concurrency` blobs of an image at a time,
     /// remembering uploads and blob locations in `ledger`.
     pub fn new(
         blob_concurrency: usize,

@@ -113,8 +113,8 @@ async fn multi_arch_index_copies_every_platform_and_keeps_its_digest() {
 
 /// An index's platforms are copied together, not one after another: the
 /// source is asked for all four child manifests at once, and blobs of
-/// different platforms move at once (four GETs held together, where each
-/// platform has three blobs). Across a WAN each round trip is paid once
+/// different platforms move at once (eight GETs held together, where each
+/// platform has three and one image alone moves `blob_concurrency`, 4). Across a WAN each round trip is paid once
 /// per index, not once per platform.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_index_s_platforms_are_copied_together() {
@@ -129,7 +129,7 @@ async fn an_index_s_platforms_are_copied_together() {
                 .iter()
                 .any(|d| path.ends_with(&format!("/manifests/{d}")))
     });
-    let blobs = Meeting::new(4, std::time::Duration::from_secs(5), |m, path| {
+    let blobs = Meeting::new(8, std::time::Duration::from_secs(5), |m, path| {
         m == "GET" && path.contains("/blobs/sha256:")
     });
     let proxy = FaultProxy::start_gated(
@@ -156,7 +156,7 @@ async fn an_index_s_platforms_are_copied_together() {
     );
     assert!(
         blobs.met(),
-        "four blobs were never read at once ({} read)",
+        "eight blobs were never read at once ({} read)",
         blobs.arrived()
     );
     let top = w
