@@ -116,16 +116,11 @@ pub(crate) struct GenIndex {
 
 impl GenIndex {
     pub(crate) fn new(images: Vec<GenImage>) -> GenIndex {
-        let manifest = Bytes::from(
-            serde_json::to_vec(&json!({
-                "schemaVersion": 2,
-                "mediaType": harbor_relay::manifest::OCI_INDEX,
-                "manifests": images.iter().enumerate().map(|(n, i)| json!({
-                    "mediaType": OCI_MANIFEST, "digest": i.digest, "size": i.manifest.len(),
-                    "platform": {"os": "linux", "architecture": format!("arch{n}")}
-                })).collect::<Vec<_>>(),
-            }))
-            .expect("json"),
+        let manifest = index_bytes(
+            images
+                .iter()
+                .enumerate()
+                .map(|(n, i)| (i.digest.as_str(), i.manifest.len(), format!("arch{n}"))),
         );
         let digest = sha256_digest(&manifest);
         GenIndex {

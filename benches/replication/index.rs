@@ -3,7 +3,7 @@
 //! the webhook to the tag written, against `skopeo copy --all` of the
 //! same index and against one platform alone (`wan-one`'s shape).
 
-use super::wan::{check_link, rtts_beyond};
+use super::wan::check_link;
 use super::*;
 
 const KIB: u64 = 1024;
@@ -75,7 +75,6 @@ pub(crate) async fn wan_index(setup: Setup, pushes: u64) -> Vec<Row> {
         floor_min: None,
         extra: json!({"platforms": PLATFORMS, "rtts_warm_p50": warm / rtt.as_secs_f64(),
             "rtts_warm_max": took.iter().cloned().fold(0.0, f64::max) / rtt.as_secs_f64(),
-            "rtts_beyond_one_rtt": rtts_beyond(warm, rtt.as_secs_f64(), rtt),
             "pushes": pushes, "source_requests_per_index": requests / pushes as f64}),
     }]
 }

@@ -85,17 +85,24 @@ impl Replicator {
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         req.check_cancel()?;
-        let missing = futures_util::future::try_join_all(
-            batch.iter().map(|c| self.missing_child(req, c, progress)),
+        let missing: Vec<Manifest> = futures_util::future::try_join_all(
+            batch
+                .iter()
+                .map(|c| self.missing_manifest(req, &c.digest, progress)),
         )
-        .await?;
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        if let Some(m) = missing.first()
+            && depth > MAX_DEPTH
+        {
+            return Err(ReplicateError::TooDeep(m.digest.clone()));
+        }
         let mut images = Vec::new();
         let mut blobs = Vec::new();
         let mut indexes = Vec::new();
-        for m in missing.into_iter().flatten() {
-            if depth > MAX_DEPTH {
-                return Err(ReplicateError::TooDeep(m.digest.clone()));
-            }
+        for m in missing {
             match children(req, &m)? {
                 Children::Blobs(list) => {
                     blobs.extend(image_blobs(req, list, progress)?);
@@ -129,30 +136,30 @@ impl Replicator {
         Ok(())
     }
 
-    /// A child manifest the target lacks, read from the source; `None` if
-    /// this job found or wrote it already, or the target holds it.
-    async fn missing_child(
+    /// A manifest the target lacks, read from the source; `None` if this
+    /// job found or wrote it already, or the target holds it.
+    pub(super) async fn missing_manifest(
         &self,
         req: &CopyRequest<'_>,
-        child: &Descriptor,
+        digest: &str,
         progress: &Progress,
     ) -> Result<Option<Manifest>, ReplicateError> {
-        if progress.is_present(&child.digest) {
+        if progress.is_present(digest) {
             return Ok(None);
         }
         if req
             .target
-            .has_manifest(req.target_repository, &child.digest)
+            .has_manifest(req.target_repository, digest)
             .await?
         {
-            progress.now_present(&child.digest);
+            progress.now_present(digest);
             return Ok(None);
         }
         let m = req
             .source
             .get_manifest(
                 req.source_repository,
-                &Reference::Digest(child.digest.clone()),
+                &Reference::Digest(digest.to_string()),
             )
             .await?;
         Ok(Some(m))

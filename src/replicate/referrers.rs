@@ -119,7 +119,7 @@ impl Replicator {
     }
 
     /// One referrer the source's API listed for `subject`, unless the
-    /// target holds it.
+    /// target holds it (or this job found or wrote it already).
     async fn copy_listed(
         &self,
         req: &CopyRequest<'_>,
@@ -127,17 +127,9 @@ impl Replicator {
         d: Descriptor,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
-        if req
-            .target
-            .has_manifest(req.target_repository, &d.digest)
-            .await?
-        {
+        let Some(m) = self.missing_manifest(req, &d.digest, progress).await? else {
             return Ok(());
-        }
-        let m = req
-            .source
-            .get_manifest(req.source_repository, &Reference::Digest(d.digest.clone()))
-            .await?;
+        };
         // A cosign signature a Harbor lists as an accessory has no
         // subject: it is found by its tag, which it gets back.
         let tag = match (m.subject(), m.cosign_suffix()) {
@@ -148,6 +140,7 @@ impl Replicator {
         };
         self.copy_manifest(req, &m, 1, progress, tag.as_ref())
             .await?;
+        progress.now_present(&m.digest);
         progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

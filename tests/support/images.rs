@@ -96,6 +96,22 @@ impl TestImage {
     }
 }
 
+/// An OCI index listing image manifests (digest, size), each for
+/// `linux/<architecture>`.
+pub fn index_bytes<'a>(children: impl Iterator<Item = (&'a str, usize, String)>) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": children.map(|(digest, size, arch)| json!({
+                "mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+                "platform": {"os": "linux", "architecture": arch}
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("index json"),
+    )
+}
+
 /// A multi-platform OCI index (two platforms unless asked).
 pub struct TestIndex {
     pub images: Vec<TestImage>,
@@ -128,16 +144,11 @@ impl TestIndex {
                 )
             })
             .collect();
-        let manifest = Bytes::from(
-            serde_json::to_vec_pretty(&json!({
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": images.iter().enumerate().map(|(n, i)| json!({
-                    "mediaType": OCI_MANIFEST, "digest": i.digest, "size": i.manifest.len(),
-                    "platform": {"os": "linux", "architecture": arch(n)}
-                })).collect::<Vec<_>>(),
-            }))
-            .expect("index json"),
+        let manifest = index_bytes(
+            images
+                .iter()
+                .enumerate()
+                .map(|(n, i)| (i.digest.as_str(), i.manifest.len(), arch(n))),
         );
         let digest = sha256_digest(&manifest);
         TestIndex {
