@@ -58,6 +58,8 @@ pub struct Metrics {
     pub last_success: prometheus::GaugeVec,
     /// Blobs being copied right now.
     pub transfers_in_flight: IntGauge,
+    /// A fan-out's shared reads of a blob, by `began` (answered, waited).
+    pub fanout_reads: IntCounterVec,
     /// Size of the job store on disk.
     pub store_size: IntGauge,
     /// Requests refused for a missing or wrong secret, by `endpoint`
@@ -309,6 +311,11 @@ impl Metrics {
                 "harbor_relay_transfers_in_flight",
                 "Blobs being copied from a source to a target right now.",
             )?,
+            fanout_reads: m.counters(
+                "harbor_relay_fanout_reads_total",
+                "Blobs read once from the source for several targets of a fan-out, by when the read began: answered (every target's copy had said whether it needs the blob) or waited (after 2 s without the word of a slow or silent target's copy, which reads on its own later if it needs the blob).",
+                &["began"],
+            )?,
             store_size: m.gauge(
                 "harbor_relay_store_size_bytes",
                 "Size of the embedded job store on disk.",
@@ -331,6 +338,9 @@ impl Metrics {
         }
         for o in ["copied", "skipped", "mounted", "resumed"] {
             self.blobs.with_label_values(&[o]);
+        }
+        for b in ["answered", "waited"] {
+            self.fanout_reads.with_label_values(&[b]);
         }
     }
 

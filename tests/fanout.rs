@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use harbor_relay::config::TlsMode;
+use harbor_relay::reference::Reference;
 use harbor_relay::registry::Registry;
 use support::fault::FaultProxy;
 use support::*;
@@ -276,4 +277,68 @@ async fn kill_9_mid_fan_out_loses_nothing_and_sends_no_target_a_blob_it_has() {
             );
         }
     }
+}
+
+/// The value of the series `name` (with its labels) in the relay's metrics.
+async fn metric(relay: &Relay, series: &str) -> Option<f64> {
+    let (_, text) = relay.get("/metrics").await;
+    let text = text.as_str().expect("metrics text").to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let proxy = FaultProxy::start(&source.url).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let mut targets = Vec::new();
+    for _ in SITES {
+        targets.push(RegistryProc::start(None, Auth::None).await);
+    }
+    let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
+    let repo = "library/multi";
+    let index = TestIndex::with_platforms(2);
+    index.push(&src, repo, "1").await;
+    // site-a holds the first platform, site-b the second (pushed there by
+    // digest, as an older index sharing it would have); site-c nothing.
+    // Each lacks something, so every copy stays to the end.
+    for (site, image) in urls.iter().zip(&index.images) {
+        let dst = client(site, None, TlsMode::System);
+        image
+            .push(&dst, repo, &Reference::Digest(image.digest.clone()))
+            .await;
+    }
+    let relay = Relay::start(&config(&proxy.url, &urls, "", "")).await;
+    let ids = relay.push(push_event(repo, Some("1"), &index.digest)).await;
+    assert_eq!(ids.len(), 3, "one job per target: {ids:?}");
+    for id in &ids {
+        let job = relay.wait_job(*id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    for url in &urls {
+        let dst = client(url, None, TlsMode::System);
+        let tag = Reference::Tag("1".into());
+        let there = dst.resolve(repo, &tag).await.expect("resolve");
+        assert_eq!(there.as_deref(), Some(index.digest.as_str()), "{url}");
+        for image in &index.images {
+            assert_image_on(&dst, repo, image, None).await;
+        }
+    }
+    for image in &index.images {
+        for d in image.blob_digests() {
+            assert_eq!(reads_of(&proxy, &d), 1, "{d} read once");
+        }
+    }
+    // The copy whose target held a platform said so once, for all of that
+    // platform's blobs: no shared read waited out GATHER for its word
+    // (before, each of those blobs waited 2 s for it).
+    let waited = r#"harbor_relay_fanout_reads_total{began="waited"}"#;
+    let answered = r#"harbor_relay_fanout_reads_total{began="answered"}"#;
+    assert_eq!(metric(&relay, waited).await, Some(0.0), "{}", relay.logs());
+    let shared = metric(&relay, answered).await.expect("the series");
+    assert!(
+        shared >= 6.0,
+        "each platform's 3 blobs read once for two sites: {shared}"
+    );
 }

@@ -16,10 +16,11 @@ impl Replicator {
     pub(super) async fn copy_blob(
         &self,
         req: &CopyRequest<'_>,
-        blob: &Descriptor,
+        wanted: &super::graph::Wanted,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         req.check_cancel()?;
+        let blob = &wanted.blob;
         // One upload of a digest per target at a time, whatever the
         // repository: a second job that wants the same blob waits, then
         // finds it present or mounts it from where the first put it (so a
@@ -35,7 +36,7 @@ impl Replicator {
         // scheduler repeats a failed job (whose next attempt skips or mounts
         // what this one copied, and resumes chunked uploads); see
         // ARCHITECTURE.md, "Who retries what".
-        self.copy_blob_once(req, blob, progress).await?;
+        self.copy_blob_once(req, wanted, progress).await?;
         self.ledger
             .blob_seen(req.target.name(), &blob.digest, req.target_repository)
             .await;
@@ -45,13 +46,14 @@ impl Replicator {
     async fn copy_blob_once(
         &self,
         req: &CopyRequest<'_>,
-        blob: &Descriptor,
+        wanted: &super::graph::Wanted,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
         let (target, repo) = (req.target, req.target_repository);
+        let blob = &wanted.blob;
         // In a fan-out: this copy's word on the blob, which the other
         // targets' copies wait for; dropped unused, it says "no read".
-        let answer = req.seat.map(|s| s.answer(&blob.digest));
+        let answer = req.seat.map(|s| s.answer(&blob.digest, &wanted.owners));
         let known = self
             .ledger
             .blob_locations(target.name(), &blob.digest)

@@ -27,6 +27,56 @@ use crate::reference::Reference;
 /// at 32 MiB against a source that serves the largest it may.
 pub(super) const CHILDREN_AT_ONCE: usize = 8;
 
+/// A blob to move, and the manifests it is moved for: its image, and the
+/// indexes above it. In a fan-out, a copy whose target holds one of them
+/// has the blob too (see [`Seat::holds`](super::Seat::holds)).
+pub(super) struct Wanted {
+    pub(super) blob: Descriptor,
+    pub(super) owners: Vec<String>,
+}
+
+/// Each blob once, in its first place, moved for every manifest that
+/// lists it: platform images may share a layer.
+fn unique_wanted(list: Vec<Wanted>) -> Vec<Wanted> {
+    let mut at: std::collections::HashMap<String, usize> = Default::default();
+    let mut out: Vec<Wanted> = Vec::new();
+    for w in list {
+        match at.get(&w.blob.digest) {
+            Some(&i) => {
+                let owners = &mut out[i].owners;
+                for o in w.owners {
+                    if !owners.contains(&o) {
+                        owners.push(o);
+                    }
+                }
+            }
+            None => {
+                at.insert(w.blob.digest.clone(), out.len());
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+/// `blobs`, each moved for `owners`.
+fn wanted(blobs: Vec<Descriptor>, owners: &[String]) -> Vec<Wanted> {
+    blobs
+        .into_iter()
+        .map(|blob| Wanted {
+            blob,
+            owners: owners.to_vec(),
+        })
+        .collect()
+}
+
+/// `above` and then `digest`: the manifests a blob of `digest` is moved for.
+fn chain(above: &[String], digest: &str) -> Vec<String> {
+    let mut chain = above.to_vec();
+    chain.push(digest.to_string());
+    chain
+}
+
 /// Each descriptor once, in its first place: an index may list a
 /// manifest twice, and platform images may share a layer.
 pub(super) fn unique(list: Vec<Descriptor>) -> Vec<Descriptor> {
@@ -39,7 +89,8 @@ pub(super) fn unique(list: Vec<Descriptor>) -> Vec<Descriptor> {
 impl Replicator {
     /// Copies a manifest's content (blobs, or child manifests, recursively)
     /// and then the manifest itself, by digest, or under `under` (the
-    /// job's tag) for the top manifest of a tagged copy.
+    /// job's tag) for the top manifest of a tagged copy. `above` are the
+    /// indexes this one was reached through.
     pub(super) fn copy_manifest<'a>(
         &'a self,
         req: &'a CopyRequest<'a>,
@@ -47,20 +98,23 @@ impl Replicator {
         depth: usize,
         progress: &'a Progress,
         under: Option<&'a Reference>,
+        above: &'a [String],
     ) -> futures_util::future::BoxFuture<'a, Result<(), ReplicateError>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
                 return Err(ReplicateError::TooDeep(m.digest.clone()));
             }
+            let chain = chain(above, &m.digest);
             match children(req, m)? {
                 Children::Manifests(list) => {
                     progress.visit(list.len())?;
                     for batch in unique(list).chunks(CHILDREN_AT_ONCE) {
-                        self.copy_children(req, batch, depth + 1, progress).await?;
+                        self.copy_children(req, batch, depth + 1, progress, &chain)
+                            .await?;
                     }
                 }
                 Children::Blobs(blobs) => {
-                    let blobs = image_blobs(req, blobs, progress)?;
+                    let blobs = wanted(image_blobs(req, blobs, progress)?, &chain);
                     self.copy_blobs(req, blobs, self.blob_concurrency, progress)
                         .await?;
                 }
@@ -74,15 +128,17 @@ impl Replicator {
         })
     }
 
-    /// One batch of an index's children, at `depth`: those the target
-    /// lacks are read, their images' blobs copied in one stream, then the
-    /// images written; a nested index goes down on its own.
+    /// One batch of an index's children, at `depth` below the indexes
+    /// `above`: those the target lacks are read, their images' blobs
+    /// copied in one stream, then the images written; a nested index goes
+    /// down on its own.
     async fn copy_children(
         &self,
         req: &CopyRequest<'_>,
         batch: &[Descriptor],
         depth: usize,
         progress: &Progress,
+        above: &[String],
     ) -> Result<(), ReplicateError> {
         req.check_cancel()?;
         let missing: Vec<Manifest> = futures_util::future::try_join_all(
@@ -105,7 +161,8 @@ impl Replicator {
         for m in missing {
             match children(req, &m)? {
                 Children::Blobs(list) => {
-                    blobs.extend(image_blobs(req, list, progress)?);
+                    let owners = chain(above, &m.digest);
+                    blobs.extend(wanted(image_blobs(req, list, progress)?, &owners));
                     images.push(m);
                 }
                 Children::Manifests(_) => indexes.push(m),
@@ -130,7 +187,8 @@ impl Replicator {
         .await?;
         for m in &indexes {
             req.check_cancel()?;
-            self.copy_manifest(req, m, depth, progress, None).await?;
+            self.copy_manifest(req, m, depth, progress, None, above)
+                .await?;
             progress.now_present(&m.digest);
         }
         Ok(())
@@ -153,6 +211,7 @@ impl Replicator {
             .await?
         {
             progress.now_present(digest);
+            req.target_holds(digest);
             return Ok(None);
         }
         let m = req
@@ -169,12 +228,12 @@ impl Replicator {
     async fn copy_blobs(
         &self,
         req: &CopyRequest<'_>,
-        blobs: Vec<Descriptor>,
+        blobs: Vec<Wanted>,
         at_once: usize,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
-        stream::iter(unique(blobs))
-            .map(|b| async move { self.copy_blob(req, &b, progress).await })
+        stream::iter(unique_wanted(blobs))
+            .map(|w| async move { self.copy_blob(req, &w, progress).await })
             .buffer_unordered(at_once)
             .try_collect::<Vec<()>>()
             .await?;
@@ -224,6 +283,38 @@ mod tests {
             digest: format!("sha256:{}", c.to_string().repeat(64)),
             size: 5,
         }
+    }
+
+    #[test]
+    fn a_layer_two_images_share_is_moved_once_for_both() {
+        let own = |c: char, image: &str| Wanted {
+            blob: d(c),
+            owners: vec!["sha256:index".to_string(), image.to_string()],
+        };
+        let got = unique_wanted(vec![
+            own('a', "sha256:amd64"),
+            own('b', "sha256:amd64"),
+            own('a', "sha256:arm64"),
+        ]);
+        let got: Vec<(String, Vec<String>)> =
+            got.into_iter().map(|w| (w.blob.digest, w.owners)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    d('a').digest,
+                    vec![
+                        "sha256:index".into(),
+                        "sha256:amd64".into(),
+                        "sha256:arm64".into()
+                    ]
+                ),
+                (
+                    d('b').digest,
+                    vec!["sha256:index".into(), "sha256:amd64".into()]
+                ),
+            ]
+        );
     }
 
     #[test]

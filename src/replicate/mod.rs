@@ -134,6 +134,14 @@ impl CopyRequest<'_> {
         }
     }
 
+    /// This copy's target holds `manifest`: the other copies of its
+    /// fan-out do not wait for its word on that manifest's blobs.
+    fn target_holds(&self, manifest: &str) {
+        if let Some(seat) = self.seat {
+            seat.holds(manifest);
+        }
+    }
+
     /// Resolves when the job is cancelled (never without a token).
     async fn cancelled(&self) {
         match &self.cancel {
@@ -151,6 +159,7 @@ impl Replicator {
         metrics: Option<Arc<Metrics>>,
         ledger: Arc<dyn Ledger>,
     ) -> Replicator {
+        let fanout_reads = metrics.as_ref().map(|m| m.fanout_reads.clone());
         Replicator {
             blob_concurrency: blob_concurrency.max(1),
             inflight: Inflight::default(),
@@ -158,7 +167,7 @@ impl Replicator {
             ledger,
             stopping: tokio_util::sync::CancellationToken::new(),
             projects: Arc::default(),
-            tees: Arc::default(),
+            tees: Arc::new(tee::Tees::counted(fanout_reads)),
         }
     }
 
@@ -455,6 +464,7 @@ impl Replicator {
                 }
             };
             if present {
+                req.target_holds(&top.digest);
                 // Another tag has it already: only the tag is written.
                 tracing::debug!(digest = %top.digest, "manifest already on target");
                 if let Reference::Tag(_) = req.reference {
@@ -467,7 +477,8 @@ impl Replicator {
                 // Copy what the manifest needs, then write it: under the tag
                 // in one PUT for a tagged copy, which is the tag written last.
                 let under = matches!(req.reference, Reference::Tag(_)).then_some(req.reference);
-                self.copy_manifest(req, top, 0, &progress, under).await?;
+                self.copy_manifest(req, top, 0, &progress, under, &[])
+                    .await?;
                 progress
                     .tag_written
                     .store(under.is_some(), Ordering::Relaxed);

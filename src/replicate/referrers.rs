@@ -138,7 +138,7 @@ impl Replicator {
                 .map(|hex| Reference::Tag(format!("sha256-{hex}{suffix}"))),
             _ => None,
         };
-        self.copy_manifest(req, &m, 1, progress, tag.as_ref())
+        self.copy_manifest(req, &m, 1, progress, tag.as_ref(), &[])
             .await?;
         progress.now_present(&m.digest);
         progress.referrers_copied.fetch_add(1, Ordering::Relaxed);
@@ -167,8 +167,9 @@ impl Replicator {
         if target.resolve(dst_repo, tag).await?.as_deref() == Some(digest.as_str()) {
             return Ok(());
         }
-        if !target.has_manifest(dst_repo, &digest).await? {
-            self.copy_manifest(req, &m, 1, progress, None).await?;
+        match target.has_manifest(dst_repo, &digest).await? {
+            true => req.target_holds(&digest),
+            false => self.copy_manifest(req, &m, 1, progress, None, &[]).await?,
         }
         target.put_manifest(dst_repo, tag, &m).await?;
         progress.referrers_copied.fetch_add(1, Ordering::Relaxed);

@@ -9,10 +9,13 @@
 //! (present, mounted, resumed, or to be read); the tee only changes where
 //! the bytes of a blob read from offset 0 come from:
 //!
-//! - a copy that must read a blob asks the tee ([`Answer::read`]); one that
-//!   does not (its target has it, a mount took) says so by dropping its
-//!   [`Answer`] unused, and a copy that ends leaves every blob it has not
-//!   answered;
+//! - a copy that must read a blob asks the tee ([`Answer::read`]), naming
+//!   the manifests it reads it for; one that does not (its target has it, a
+//!   mount took) says so by dropping its [`Answer`] unused; one whose
+//!   target holds a manifest says so once ([`Seat::holds`]), which answers
+//!   for every blob read for that manifest (a registry takes a manifest
+//!   only once it holds its blobs, so that copy never asks for them); and a
+//!   copy that ends leaves every blob it has not answered;
 //! - once every seat still copying has answered for the blob, or the first
 //!   reader has waited [`GATHER`], one reader opens the source and the
 //!   bytes go to every reader that asked, each through its own bounded
@@ -25,12 +28,13 @@
 //! hashed by the source stream's verifier (whose error every reader gets)
 //! and checked again by its own registry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use prometheus::IntCounterVec;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::registry::{ByteStream, RegistryError};
@@ -55,12 +59,16 @@ pub struct Tee(Arc<Shared>);
 struct Shared {
     state: Mutex<State>,
     changed: Notify,
+    /// `harbor_relay_fanout_reads_total`, when the daemon counts.
+    reads: Option<IntCounterVec>,
 }
 
 #[derive(Default)]
 struct State {
     /// Seats whose copy has not ended.
     live: BTreeSet<usize>,
+    /// The manifests each seat's target holds, as its copy found them.
+    held: HashMap<usize, HashSet<String>>,
     /// The id the next seat gets.
     next: usize,
     blobs: HashMap<String, Gathering>,
@@ -71,29 +79,67 @@ struct Gathering {
     /// When the first reader asked.
     since: Option<Instant>,
     answered: BTreeSet<usize>,
+    /// The manifests the readers read the blob for: a seat that holds one
+    /// of them has answered.
+    owners: HashSet<String>,
     readers: Vec<oneshot::Sender<ByteStream>>,
     /// The read began: later readers read alone.
     started: bool,
 }
 
-/// Whether the read of a blob begins now: every seat still copying has
-/// answered, or the first reader has waited [`GATHER`].
-fn due(live: &BTreeSet<usize>, answered: &BTreeSet<usize>, waited: Duration) -> bool {
-    live.is_subset(answered) || waited >= GATHER
+/// Whether the read of a blob begins now, and why.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Due {
+    /// Not yet: a seat still copying has not answered.
+    No,
+    /// Every seat still copying has answered (for the blob, or by holding
+    /// a manifest it is read for).
+    Answered,
+    /// The first reader has waited [`GATHER`] for a seat that has not.
+    Waited,
+}
+
+impl Due {
+    /// The `began` label of `harbor_relay_fanout_reads_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Due::No | Due::Answered => "answered",
+            Due::Waited => "waited",
+        }
+    }
+}
+
+fn due(
+    live: &BTreeSet<usize>,
+    held: &HashMap<usize, HashSet<String>>,
+    g: &Gathering,
+    waited: Duration,
+) -> Due {
+    let answered = |seat: &usize| {
+        g.answered.contains(seat) || held.get(seat).is_some_and(|h| !h.is_disjoint(&g.owners))
+    };
+    if live.iter().all(answered) {
+        Due::Answered
+    } else if waited >= GATHER {
+        Due::Waited
+    } else {
+        Due::No
+    }
 }
 
 impl Tee {
-    /// A tee with no seat yet.
-    fn new() -> Tee {
+    /// A tee with no seat yet, counting its reads in `reads`.
+    fn new(reads: Option<IntCounterVec>) -> Tee {
         Tee(Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
+            reads,
         }))
     }
 
     /// A tee with `n` seats, one per copy of the fan-out.
     pub fn seats(n: usize) -> Vec<Seat> {
-        let tee = Tee::new();
+        let tee = Tee::new(None);
         (0..n).map(|_| tee.join()).collect()
     }
 
@@ -119,17 +165,29 @@ impl Tee {
 /// at one tee however they were claimed (together by one worker, or by
 /// several workers at once).
 #[derive(Default)]
-pub struct Tees(Mutex<HashMap<String, std::sync::Weak<Shared>>>);
+pub struct Tees {
+    open: Mutex<HashMap<String, std::sync::Weak<Shared>>>,
+    reads: Option<IntCounterVec>,
+}
 
 impl Tees {
+    /// Tees that count their shared reads in `reads`
+    /// (`harbor_relay_fanout_reads_total`, by `began`).
+    pub fn counted(reads: Option<IntCounterVec>) -> Tees {
+        Tees {
+            open: Mutex::default(),
+            reads,
+        }
+    }
+
     /// A seat at `group`'s tee, made if no copy of the group holds one.
     pub fn seat(&self, group: &str) -> Seat {
-        let mut tees = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tees = self.open.lock().unwrap_or_else(|p| p.into_inner());
         tees.retain(|_, t| t.strong_count() > 0);
         let tee = match tees.get(group).and_then(std::sync::Weak::upgrade) {
             Some(shared) => Tee(shared),
             None => {
-                let tee = Tee::new();
+                let tee = Tee::new(self.reads.clone());
                 tees.insert(group.to_string(), Arc::downgrade(&tee.0));
                 tee
             }
@@ -147,20 +205,39 @@ pub struct Seat {
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        self.tee.state().live.remove(&self.id);
+        let mut state = self.tee.state();
+        state.live.remove(&self.id);
+        state.held.remove(&self.id);
+        drop(state);
         self.tee.0.changed.notify_waiters();
     }
 }
 
 impl Seat {
-    /// This copy's answer for `digest`: [`Answer::read`] it, or drop it to
-    /// say the blob needs no read for this target.
-    pub fn answer(&self, digest: &str) -> Answer<'_> {
+    /// This copy's answer for `digest`, which it wants for the manifests
+    /// `owners` (the image, and the indexes above it): [`Answer::read`] it,
+    /// or drop it to say the blob needs no read for this target.
+    pub fn answer(&self, digest: &str, owners: &[String]) -> Answer<'_> {
         Answer {
             seat: self,
             digest: digest.to_string(),
+            owners: owners.to_vec(),
             used: false,
         }
+    }
+
+    /// This copy's target holds `manifest` (so every blob it points at,
+    /// and every manifest below it): the other copies do not wait for this
+    /// one's answer for the blobs they read for it.
+    pub fn holds(&self, manifest: &str) {
+        let mut state = self.tee.state();
+        state
+            .held
+            .entry(self.id)
+            .or_default()
+            .insert(manifest.to_string());
+        drop(state);
+        self.tee.0.changed.notify_waiters();
     }
 
     fn pass(&self, digest: &str) {
@@ -176,6 +253,7 @@ impl Seat {
 pub struct Answer<'a> {
     seat: &'a Seat,
     digest: String,
+    owners: Vec<String>,
     used: bool,
 }
 
@@ -204,6 +282,7 @@ impl Answer<'_> {
             (!g.started).then(|| {
                 g.since.get_or_insert_with(Instant::now);
                 g.answered.insert(self.seat.id);
+                g.owners.extend(self.owners.iter().cloned());
                 let (tx, rx) = oneshot::channel();
                 g.readers.push(tx);
                 rx
@@ -238,15 +317,21 @@ impl Answer<'_> {
     /// and when the first reader asked.
     fn lead_if_due(&self, tee: &Tee) -> (Option<Vec<oneshot::Sender<ByteStream>>>, Instant) {
         let mut state = tee.state();
-        let State { live, blobs, .. } = &mut *state;
+        let State {
+            live, held, blobs, ..
+        } = &mut *state;
         let Some(g) = blobs.get_mut(&self.digest) else {
             return (None, Instant::now());
         };
         let since = g.since.unwrap_or_else(Instant::now);
-        if g.started || !due(live, &g.answered, since.elapsed()) {
+        let why = due(live, held, g, since.elapsed());
+        if g.started || why == Due::No {
             return (None, since);
         }
         g.started = true;
+        if let Some(reads) = &tee.0.reads {
+            reads.with_label_values(&[why.label()]).inc();
+        }
         (Some(std::mem::take(&mut g.readers)), since)
     }
 

@@ -39,7 +39,7 @@ async fn read_together(seats: &[Seat], opens: &AtomicUsize, data: &[Bytes]) -> V
     let size = data.iter().map(|b| b.len() as u64).sum();
     let reads = seats.iter().map(|s| async move {
         let body = s
-            .answer("sha256:a")
+            .answer("sha256:a", &[])
             .read(size, opener(opens, data.to_vec()))
             .await
             .expect("opens");
@@ -52,18 +52,72 @@ fn all(data: &[Bytes]) -> Vec<u8> {
     data.iter().flat_map(|b| b.to_vec()).collect()
 }
 
+/// A blob's gathering: answered by `answered`, read for `owners`.
+fn gathering(answered: &[usize], owners: &[&str]) -> Gathering {
+    Gathering {
+        answered: answered.iter().copied().collect(),
+        owners: owners.iter().map(|o| o.to_string()).collect(),
+        ..Gathering::default()
+    }
+}
+
 #[test]
 fn the_read_begins_when_every_seat_still_copying_has_answered_or_after_gather() {
     let live: BTreeSet<usize> = [0, 1, 2].into();
-    let some: BTreeSet<usize> = [0, 2].into();
-    let every: BTreeSet<usize> = [0, 1, 2].into();
-    assert!(!due(&live, &some, Duration::ZERO));
-    assert!(!due(&live, &some, GATHER - Duration::from_millis(1)));
-    assert!(due(&live, &some, GATHER));
-    assert!(due(&live, &every, Duration::ZERO));
+    let none = HashMap::new();
+    let some = gathering(&[0, 2], &[]);
+    assert_eq!(due(&live, &none, &some, Duration::ZERO), Due::No);
+    let almost = GATHER - Duration::from_millis(1);
+    assert_eq!(due(&live, &none, &some, almost), Due::No);
+    assert_eq!(due(&live, &none, &some, GATHER), Due::Waited);
+    let every = gathering(&[0, 1, 2], &[]);
+    assert_eq!(due(&live, &none, &every, Duration::ZERO), Due::Answered);
     // A seat whose copy ended is not waited for.
     let left: BTreeSet<usize> = [0, 2].into();
-    assert!(due(&left, &some, Duration::ZERO));
+    assert_eq!(due(&left, &none, &some, Duration::ZERO), Due::Answered);
+}
+
+#[test]
+fn a_seat_whose_target_holds_a_manifest_the_blob_is_read_for_has_answered() {
+    let live: BTreeSet<usize> = [0, 1].into();
+    let g = gathering(&[0], &["sha256:index", "sha256:image"]);
+    let holds = |m: &str| HashMap::from([(1, HashSet::from([m.to_string()]))]);
+    let now = Duration::ZERO;
+    assert_eq!(due(&live, &holds("sha256:image"), &g, now), Due::Answered);
+    assert_eq!(due(&live, &holds("sha256:index"), &g, now), Due::Answered);
+    // Another image's manifest says nothing of this blob.
+    assert_eq!(due(&live, &holds("sha256:other"), &g, now), Due::No);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_seat_that_holds_the_manifest_releases_the_readers_at_once() {
+    let data = chunks(3);
+    let opens = AtomicUsize::new(0);
+    let seats = Tee::seats(2);
+    let owners = ["sha256:image".to_string()];
+    let started = tokio::time::Instant::now();
+    let read = async {
+        let body = seats[0]
+            .answer("sha256:a", &owners)
+            .read(3000, opener(&opens, data.clone()))
+            .await
+            .expect("opens");
+        drain(body).await.expect("reads")
+    };
+    let found = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Seat 1's target has the image: it never asks for its blobs, and
+        // its copy goes on (its seat stays).
+        seats[1].holds("sha256:image");
+    };
+    let (got, ()) = tokio::join!(read, found);
+    assert_eq!(got, all(&data));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < GATHER,
+        "{waited:?}"
+    );
+    assert_eq!(opens.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -85,7 +139,7 @@ async fn a_seat_that_needs_no_read_is_not_waited_for() {
     let seats = Tee::seats(3);
     let started = tokio::time::Instant::now();
     // Seat 2 has the blob: its answer is dropped unused.
-    drop(seats[2].answer("sha256:a"));
+    drop(seats[2].answer("sha256:a", &[]));
     let got = read_together(&seats[..2], &opens, &data).await;
     assert_eq!(opens.load(Ordering::SeqCst), 1);
     assert!(got.iter().all(|g| *g == all(&data)));
@@ -104,7 +158,7 @@ async fn a_silent_seat_is_waited_for_gather_then_reads_alone() {
     assert!(got.iter().all(|g| *g == all(&data)));
     // The third asks after the read began: it reads on its own.
     let late = seats[2]
-        .answer("sha256:a")
+        .answer("sha256:a", &[])
         .read(3000, opener(&opens, data.clone()))
         .await
         .expect("opens");
@@ -121,7 +175,7 @@ async fn a_seat_that_leaves_releases_the_others_at_once() {
     let started = tokio::time::Instant::now();
     let read = async {
         let body = seats[0]
-            .answer("sha256:a")
+            .answer("sha256:a", &[])
             .read(3000, opener(&opens, data.clone()))
             .await
             .expect("opens");
@@ -148,7 +202,7 @@ async fn a_reader_that_takes_nothing_is_cut_off_and_the_others_finish() {
     let (fast, slow) = tokio::join!(
         async {
             let body = seats[0]
-                .answer("sha256:a")
+                .answer("sha256:a", &[])
                 .read(40_000, opener(&opens, data.clone()))
                 .await
                 .expect("opens");
@@ -156,7 +210,7 @@ async fn a_reader_that_takes_nothing_is_cut_off_and_the_others_finish() {
         },
         async {
             let mut body = seats[1]
-                .answer("sha256:a")
+                .answer("sha256:a", &[])
                 .read(40_000, opener(&opens, data.clone()))
                 .await
                 .expect("opens");
@@ -192,7 +246,11 @@ async fn a_source_error_reaches_every_reader_with_its_kind() {
         ])))
     };
     let reads = seats.iter().map(|s| async {
-        let body = s.answer("sha256:a").read(3, open).await.expect("opens");
+        let body = s
+            .answer("sha256:a", &[])
+            .read(3, open)
+            .await
+            .expect("opens");
         drain(body).await
     });
     for got in futures_util::future::join_all(reads).await {
@@ -215,7 +273,7 @@ async fn when_the_shared_open_fails_each_reader_opens_alone_and_says_why() {
     };
     let reads = seats
         .iter()
-        .map(|s| async { s.answer("sha256:a").read(3, open).await.map(|_| ()) });
+        .map(|s| async { s.answer("sha256:a", &[]).read(3, open).await.map(|_| ()) });
     for got in futures_util::future::join_all(reads).await {
         let e = got.expect_err("not found");
         assert!(e.to_string().contains("not found"), "{e}");
@@ -251,4 +309,29 @@ async fn copies_of_one_group_meet_at_one_tee_however_they_were_claimed() {
     assert_eq!(opens.load(Ordering::SeqCst), 2);
     assert!(started.elapsed() < GATHER);
     drop(other);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shared_reads_are_counted_by_whether_they_waited() {
+    let reads = prometheus::IntCounterVec::new(prometheus::Opts::new("reads", "test"), &["began"])
+        .expect("counter");
+    let tees = Tees::counted(Some(reads.clone()));
+    let seats = [tees.seat("g"), tees.seat("g"), tees.seat("g")];
+    let data = chunks(3);
+    let opens = AtomicUsize::new(0);
+    // All three answer: one read, at once.
+    read_together(&seats, &opens, &data).await;
+    // Blob b: the third is silent, and the first two wait it out.
+    let reads_b = seats[..2].iter().map(|s| async {
+        let body = s
+            .answer("sha256:b", &[])
+            .read(3000, opener(&opens, data.clone()))
+            .await
+            .expect("opens");
+        drain(body).await.expect("reads")
+    });
+    futures_util::future::join_all(reads_b).await;
+    assert_eq!(reads.with_label_values(&["answered"]).get(), 1);
+    assert_eq!(reads.with_label_values(&["waited"]).get(), 1);
+    assert_eq!(opens.load(Ordering::SeqCst), 2);
 }
