@@ -36,6 +36,16 @@ fn unique_bytes(img: &TestImage) -> u64 {
         as u64
 }
 
+/// GETs of `repo`'s manifest `reference` at the source so far.
+fn manifest_reads(proxy: &FaultProxy, repo: &str, reference: &str) -> usize {
+    let path = format!("/v2/{repo}/manifests/{reference}");
+    proxy
+        .requests()
+        .iter()
+        .filter(|(_, m, p, _)| m == "GET" && *p == path)
+        .count()
+}
+
 /// GETs of `digest` at the source so far.
 fn reads_of(proxy: &FaultProxy, digest: &str) -> usize {
     proxy
@@ -93,10 +103,12 @@ async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
         read as f64 / unique as f64 <= 1.01,
         "the source served {read} bytes for {unique} unique bytes"
     );
-    for (_, img, _) in &images {
+    for (repo, img, _) in &images {
         for d in img.blob_digests() {
             assert_eq!(reads_of(&proxy, &d), 1, "{d} read once");
         }
+        // The manifest too: a Harbor counts each GET as a pull.
+        assert_eq!(manifest_reads(&proxy, repo, "1"), 1, "{repo}:1 read once");
     }
     assert!(relay.logs().contains("fan-out: one read of the source"));
     let patches = c_proxy
@@ -325,10 +337,14 @@ async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
             assert_image_on(&dst, repo, image, None).await;
         }
     }
+    assert_eq!(manifest_reads(&proxy, repo, "1"), 1, "the index read once");
     for image in &index.images {
         for d in image.blob_digests() {
             assert_eq!(reads_of(&proxy, &d), 1, "{d} read once");
         }
+        // Two sites lack each platform: one read of its manifest for both.
+        let reads = manifest_reads(&proxy, repo, &image.digest);
+        assert_eq!(reads, 1, "{} read once", image.digest);
     }
     // The copy whose target held a platform said so once, for all of that
     // platform's blobs: no shared read waited out GATHER for its word

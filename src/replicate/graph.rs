@@ -215,11 +215,7 @@ impl Replicator {
             return Ok(None);
         }
         let m = req
-            .source
-            .get_manifest(
-                req.source_repository,
-                &Reference::Digest(digest.to_string()),
-            )
+            .source_manifest(&Reference::Digest(digest.to_string()))
             .await?;
         Ok(Some(m))
     }

@@ -134,6 +134,19 @@ impl CopyRequest<'_> {
         }
     }
 
+    /// The source's manifest `reference` in the job's source repository:
+    /// in a fan-out, one read for every copy.
+    async fn source_manifest(&self, reference: &Reference) -> Result<Manifest, RegistryError> {
+        let fetch = || self.source.get_manifest(self.source_repository, reference);
+        match self.seat {
+            Some(seat) => {
+                seat.manifest(self.source_repository, reference, fetch)
+                    .await
+            }
+            None => fetch().await,
+        }
+    }
+
     /// This copy's target holds `manifest`: the other copies of its
     /// fan-out do not wait for its word on that manifest's blobs.
     fn target_holds(&self, manifest: &str) {
@@ -296,11 +309,7 @@ impl Replicator {
             async {
                 match read {
                     Some(m) => Ok(m),
-                    None => {
-                        req.source
-                            .get_manifest(req.source_repository, req.reference)
-                            .await
-                    }
+                    None => req.source_manifest(req.reference).await,
                 }
             },
             async {

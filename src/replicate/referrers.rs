@@ -154,10 +154,9 @@ impl Replicator {
         digest: String,
         progress: &Progress,
     ) -> Result<(), ReplicateError> {
-        let (source, target) = (req.source, req.target);
-        let (src_repo, dst_repo) = (req.source_repository, req.target_repository);
-        let m = source
-            .get_manifest(src_repo, &Reference::Digest(digest.clone()))
+        let (target, dst_repo) = (req.target, req.target_repository);
+        let m = req
+            .source_manifest(&Reference::Digest(digest.clone()))
             .await?;
         let fallback_index = !tag.as_str().contains('.');
         if fallback_index && !m.is_index() {

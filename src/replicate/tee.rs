@@ -24,6 +24,9 @@
 //!   off (its upload fails, its job retries alone); a reader that asks
 //!   after the read began reads on its own.
 //!
+//! The manifests the copies read from the source are shared the same way
+//! ([`manifests`]): one read of each for the fan-out.
+//!
 //! Nothing a target does reaches another's copy: each gets the same bytes,
 //! hashed by the source stream's verifier (whose error every reader gets)
 //! and checked again by its own registry.
@@ -37,7 +40,11 @@ use futures_util::StreamExt as _;
 use prometheus::IntCounterVec;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::manifest::Manifest;
+use crate::reference::Reference;
 use crate::registry::{ByteStream, RegistryError};
+
+pub mod manifests;
 
 /// How long the first copy to ask for a blob waits for the other seats'
 /// answers: they ask their own targets at the same time, so this is only
@@ -61,6 +68,8 @@ struct Shared {
     changed: Notify,
     /// `harbor_relay_fanout_reads_total`, when the daemon counts.
     reads: Option<IntCounterVec>,
+    /// The manifests read from the source for the copies.
+    manifests: manifests::Manifests,
 }
 
 #[derive(Default)]
@@ -134,6 +143,7 @@ impl Tee {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             reads,
+            manifests: manifests::Manifests::default(),
         }))
     }
 
@@ -238,6 +248,24 @@ impl Seat {
             .insert(manifest.to_string());
         drop(state);
         self.tee.0.changed.notify_waiters();
+    }
+
+    /// The source's manifest `reference` in `repository`: one read for
+    /// every copy of the fan-out that asks, `fetch`'s for the first (see
+    /// [`manifests`]).
+    pub async fn manifest<F, Fut>(
+        &self,
+        repository: &str,
+        reference: &Reference,
+        fetch: F,
+    ) -> Result<Manifest, RegistryError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Manifest, RegistryError>>,
+    {
+        // A tag has no `:`, so a tag and a digest never share a key.
+        let key = format!("{repository}@{}", reference.as_str());
+        self.tee.0.manifests.get(key, fetch).await
     }
 
     fn pass(&self, digest: &str) {

@@ -32,8 +32,7 @@ impl Replicator {
         let early = early_digest(req);
         let (top, first) = futures_util::future::try_join(
             async {
-                req.source
-                    .get_manifest(req.source_repository, req.reference)
+                req.source_manifest(req.reference)
                     .await
                     .map_err(ReplicateError::from)
             },
