@@ -20,7 +20,8 @@ pub struct Metrics {
     /// no_rule, unauthorized, bad_request, too_large, unsupported_media_type, rate_limited,
     /// queue_full, invalid, error).
     pub webhooks: IntCounterVec,
-    /// Jobs finished, by `rule` and `outcome` (succeeded, failed).
+    /// Jobs finished, by `rule`, `target` (the site, for a fan-out) and
+    /// `outcome` (succeeded, failed, refused).
     pub jobs_finished: IntCounterVec,
     /// Blobs handled, by `outcome` (copied, skipped).
     pub blobs: IntCounterVec,
@@ -230,8 +231,8 @@ impl Metrics {
             )?,
             jobs_finished: m.counters(
                 "harbor_relay_jobs_finished_total",
-                "Replication jobs finished, by rule and outcome.",
-                &["rule", "outcome"],
+                "Replication jobs finished, by rule, target registry and outcome.",
+                &["rule", "target", "outcome"],
             )?,
             blobs: m.counters(
                 "harbor_relay_blobs_total",
@@ -364,14 +365,40 @@ impl Metrics {
 
     /// Makes each rule's series visible at zero, so that alerts and rates
     /// work before the first job of a rule finishes.
-    pub fn init_rules<'a>(&self, rules: impl IntoIterator<Item = &'a str>) {
-        for rule in rules {
-            for outcome in ["succeeded", "failed", "refused"] {
-                self.jobs_finished.with_label_values(&[rule, outcome]);
+    pub fn init_rules<'a>(&self, rules: impl IntoIterator<Item = &'a crate::config::RuleConfig>) {
+        for r in rules {
+            let rule = r.name.as_str();
+            for target in &r.to {
+                for outcome in ["succeeded", "failed", "refused"] {
+                    self.jobs_finished
+                        .with_label_values(&[rule, target, outcome]);
+                }
             }
             self.job_retries.with_label_values(&[rule]);
             self.reconcile.differences.with_label_values(&[rule]);
         }
+    }
+
+    /// Jobs of `rule` finished with `outcome`, whatever their target (also
+    /// one a reload took out of the rule).
+    pub fn jobs_finished_of(&self, rule: &str, outcome: &str) -> u64 {
+        use prometheus::core::Collector as _;
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+        };
+        self.jobs_finished
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                label(m, "rule").as_deref() == Some(rule)
+                    && label(m, "outcome").as_deref() == Some(outcome)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
     }
 
     /// Marks a blob transfer in flight until the guard is dropped.
@@ -415,5 +442,39 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RuleConfig;
+
+    #[test]
+    fn a_fan_outs_jobs_are_counted_per_site_and_summed_per_rule() {
+        let m = Metrics::new().expect("metrics");
+        let mut rule = RuleConfig::new("tanzu", "external", "site-a");
+        rule.to.push("site-b".into());
+        m.init_rules([&rule]);
+        let text = m.render(&HashMap::new());
+        for site in ["site-a", "site-b"] {
+            let zero = format!(
+                "harbor_relay_jobs_finished_total{{outcome=\"failed\",rule=\"tanzu\",target=\"{site}\"}} 0"
+            );
+            assert!(text.contains(&zero), "{zero} before any job:\n{text}");
+        }
+        let done = |site: &str, outcome: &str| {
+            m.jobs_finished
+                .with_label_values(&["tanzu", site, outcome])
+                .inc()
+        };
+        done("site-a", "succeeded");
+        done("site-b", "succeeded");
+        done("site-b", "failed");
+        // A site a reload took out of the rule still counts.
+        done("site-old", "succeeded");
+        assert_eq!(m.jobs_finished_of("tanzu", "succeeded"), 3);
+        assert_eq!(m.jobs_finished_of("tanzu", "failed"), 1);
+        assert_eq!(m.jobs_finished_of("other", "failed"), 0);
     }
 }

@@ -151,12 +151,7 @@ pub(super) async fn front(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         .waiting_by_target(BACKLOG_SCAN)
         .await
         .unwrap_or_default();
-    let finished = |rule: &str, outcome: &str| {
-        app.metrics
-            .jobs_finished
-            .with_label_values(&[rule, outcome])
-            .get()
-    };
+    let finished = |rule: &str, outcome: &str| app.metrics.jobs_finished_of(rule, outcome);
     let rules: Vec<&crate::config::RuleConfig> = live.config.rules.iter().collect();
     let total = |outcome: &str| -> u64 { rules.iter().map(|r| finished(&r.name, outcome)).sum() };
     let when = |secs: f64| {

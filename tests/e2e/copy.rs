@@ -34,7 +34,7 @@ async fn single_image_by_tag_reaches_pinned_ca_target() {
     let text = metrics.as_str().expect("text").to_string();
     assert!(
         text.contains(
-            "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\"} 1"
+            "harbor_relay_jobs_finished_total{outcome=\"succeeded\",rule=\"external-to-integrated\",target=\"integrated\"} 1"
         ),
         "{text}"
     );

@@ -520,7 +520,7 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
             ctx.metrics.last_success.with_label_values(&[rule]).set(now);
             ctx.metrics
                 .jobs_finished
-                .with_label_values(&[rule, "succeeded"])
+                .with_label_values(&[rule, spec.to.as_str(), "succeeded"])
                 .inc();
             tracing::info!(
                 digest = %s.digest,
@@ -539,7 +539,7 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
             ctx.metrics.job_duration.observe(elapsed.as_secs_f64());
             ctx.metrics
                 .jobs_finished
-                .with_label_values(&[rule, "failed"])
+                .with_label_values(&[rule, spec.to.as_str(), "failed"])
                 .inc();
             let why = if job.attempts < retry.max_attempts {
                 "retrying cannot fix this".to_string()
@@ -558,7 +558,7 @@ fn report(ctx: &Context, job: &Job, outcome: &Outcome, elapsed: Duration, retry:
         Outcome::Refused(reason) => {
             ctx.metrics
                 .jobs_finished
-                .with_label_values(&[rule, "refused"])
+                .with_label_values(&[rule, spec.to.as_str(), "refused"])
                 .inc();
             tracing::warn!(reason = %reason, "refused at a gate: nothing written, not retried");
         }
