@@ -346,6 +346,21 @@ async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
         let reads = manifest_reads(&proxy, repo, &image.digest);
         assert_eq!(reads, 1, "{} read once", image.digest);
     }
+    // And what refers to each: one lookup of the referrers API, and of
+    // each cosign tag, for the three sites.
+    let subjects = std::iter::once(&index.digest).chain(index.images.iter().map(|i| &i.digest));
+    for subject in subjects {
+        let api = format!("/v2/{repo}/referrers/{subject}");
+        let sig = format!("/v2/{repo}/manifests/sha256-{}.sig", &subject[7..]);
+        for (method, path) in [("GET", api), ("HEAD", sig)] {
+            let asked = proxy
+                .requests()
+                .iter()
+                .filter(|(_, m, p, _)| m == method && *p == path)
+                .count();
+            assert_eq!(asked, 1, "{method} {path}");
+        }
+    }
     // The copy whose target held a platform said so once, for all of that
     // platform's blobs: no shared read waited out GATHER for its word
     // (before, each of those blobs waited 2 s for it).

@@ -11,6 +11,7 @@ use crate::manifest::{Children, Descriptor, Manifest};
 use crate::reference::Reference;
 
 /// What refers to a subject on the source, found before it is copied.
+#[derive(Clone)]
 pub(super) struct Referrers {
     /// The subject's digest.
     subject: String,
@@ -47,13 +48,34 @@ pub(super) fn tags_to_ask(api: Option<bool>, harbor: bool) -> &'static [&'static
     }
 }
 
-/// Asks the source, all at once, for the referrers of `subject`: the
-/// referrers API and the tags [`tags_to_ask`] names (the `sha256-<hex>`
-/// fallback tag, cosign's `.sig`, `.att` and `.sbom`).
+impl super::tee::reads::Weigh for Referrers {
+    fn weight(&self) -> usize {
+        // A descriptor read from JSON is about this much; a tag and a
+        // digest each a little less.
+        const EACH: usize = 256;
+        (self.listed.as_ref().map_or(0, Vec::len) + self.tags.len()) * EACH
+    }
+}
+
+/// What refers to `subject` on the source ([`look_up`]): in a fan-out, one
+/// lookup for every copy.
 pub(super) async fn find_referrers(
     req: &CopyRequest<'_>,
     subject: &str,
 ) -> Result<Referrers, ReplicateError> {
+    match req.seat {
+        Some(seat) => {
+            let find = || look_up(req, subject);
+            seat.referrers(req.source_repository, subject, find).await
+        }
+        None => look_up(req, subject).await,
+    }
+}
+
+/// Asks the source, all at once, for the referrers of `subject`: the
+/// referrers API and the tags [`tags_to_ask`] names (the `sha256-<hex>`
+/// fallback tag, cosign's `.sig`, `.att` and `.sbom`).
+async fn look_up(req: &CopyRequest<'_>, subject: &str) -> Result<Referrers, ReplicateError> {
     let (source, src_repo) = (req.source, req.source_repository);
     let hex = subject.strip_prefix("sha256:").unwrap_or_default();
     let tags: Vec<Reference> = if hex.is_empty() {

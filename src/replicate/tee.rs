@@ -24,8 +24,9 @@
 //!   off (its upload fails, its job retries alone); a reader that asks
 //!   after the read began reads on its own.
 //!
-//! The manifests the copies read from the source are shared the same way
-//! ([`manifests`]): one read of each for the fan-out.
+//! The manifests the copies read from the source, and the lookups of the
+//! referrers, are shared the same way ([`reads`]): one read of each for
+//! the fan-out.
 //!
 //! Nothing a target does reaches another's copy: each gets the same bytes,
 //! hashed by the source stream's verifier (whose error every reader gets)
@@ -44,7 +45,7 @@ use crate::manifest::Manifest;
 use crate::reference::Reference;
 use crate::registry::{ByteStream, RegistryError};
 
-pub mod manifests;
+pub mod reads;
 
 /// How long the first copy to ask for a blob waits for the other seats'
 /// answers: they ask their own targets at the same time, so this is only
@@ -69,7 +70,9 @@ struct Shared {
     /// `harbor_relay_fanout_reads_total`, when the daemon counts.
     reads: Option<IntCounterVec>,
     /// The manifests read from the source for the copies.
-    manifests: manifests::Manifests,
+    manifests: reads::Reads<Manifest>,
+    /// The referrers looked up on the source, by subject.
+    referrers: reads::Reads<super::referrers::Referrers>,
 }
 
 #[derive(Default)]
@@ -143,7 +146,8 @@ impl Tee {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             reads,
-            manifests: manifests::Manifests::default(),
+            manifests: reads::Reads::default(),
+            referrers: reads::Reads::default(),
         }))
     }
 
@@ -252,7 +256,7 @@ impl Seat {
 
     /// The source's manifest `reference` in `repository`: one read for
     /// every copy of the fan-out that asks, `fetch`'s for the first (see
-    /// [`manifests`]).
+    /// [`reads`]).
     pub async fn manifest<F, Fut>(
         &self,
         repository: &str,
@@ -266,6 +270,22 @@ impl Seat {
         // A tag has no `:`, so a tag and a digest never share a key.
         let key = format!("{repository}@{}", reference.as_str());
         self.tee.0.manifests.get(key, fetch).await
+    }
+
+    /// What refers to `subject` in the source's `repository`: one lookup
+    /// for every copy of the fan-out that asks, `find`'s for the first.
+    pub(super) async fn referrers<F, Fut, E>(
+        &self,
+        repository: &str,
+        subject: &str,
+        find: F,
+    ) -> Result<super::referrers::Referrers, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<super::referrers::Referrers, E>>,
+    {
+        let key = format!("{repository}@{subject}");
+        self.tee.0.referrers.get(key, find).await
     }
 
     fn pass(&self, digest: &str) {

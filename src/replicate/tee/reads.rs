@@ -1,22 +1,24 @@
-//! One read of a manifest from the source for every copy of a fan-out.
+//! One read from the source for every copy of a fan-out, of what is not a
+//! blob: manifests, and the lookups of a subject's referrers.
 //!
 //! The copies of a fan-out read the same manifests: the pushed one (by
 //! tag or digest), an index's children, the referrers. Read once per copy,
 //! three sites cost three pulls of each on the source: a Harbor counts
 //! each manifest `GET` as a pull of the artifact (its pull count, its
 //! audit log, its `PULL_ARTIFACT` webhooks) and a rate-limited source
-//! spends three times its budget. So the first copy to ask reads it, and
-//! the copies that ask meanwhile or later get the same bytes.
+//! spends three times its budget. The same holds for the referrers API and
+//! the cosign tags asked for each subject. So the first copy to ask reads
+//! it, and the copies that ask meanwhile or later get the same answer.
 //!
 //! - A read that fails is not shared: the copies that waited for it each
 //!   read on their own at once, and get their own answer (a source's error
 //!   decides a job's retry, so each must see it).
 //! - A read whose copy ends before it does (cancelled, failed elsewhere)
 //!   lets the waiting copies read on their own, as a failure does.
-//! - What is kept is bounded ([`KEPT_BYTES`] per fan-out): past it, each
-//!   copy reads for itself. Manifests are a few KiB; a source serving the
-//!   largest it may (4 MiB each) cannot make a fan-out hold more than that
-//!   bound plus the reads in flight.
+//! - What is kept is bounded ([`KEPT_BYTES`] per fan-out and kind): past
+//!   it, each copy reads for itself. Manifests are a few KiB; a source
+//!   serving the largest it may (4 MiB each) cannot make a fan-out hold
+//!   more than that bound plus the reads in flight.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,44 +26,62 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use crate::manifest::Manifest;
-use crate::registry::RegistryError;
 
-/// How many manifest bytes one fan-out keeps for its copies.
+/// How many bytes of each kind one fan-out keeps for its copies.
 pub const KEPT_BYTES: usize = 16 << 20;
 
-/// The manifests of one fan-out, by source repository and reference.
-#[derive(Default)]
-pub(super) struct Manifests(Mutex<Kept>);
+/// What is kept, weighed against [`KEPT_BYTES`].
+pub(in crate::replicate) trait Weigh {
+    /// About how many bytes this holds.
+    fn weight(&self) -> usize;
+}
 
-#[derive(Default)]
-struct Kept {
-    slots: HashMap<String, Slot>,
+impl Weigh for Manifest {
+    fn weight(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// One fan-out's answers of one kind, by what was asked.
+pub(super) struct Reads<V>(Mutex<Kept<V>>);
+
+impl<V> Default for Reads<V> {
+    fn default() -> Self {
+        Reads(Mutex::new(Kept {
+            slots: HashMap::new(),
+            bytes: 0,
+        }))
+    }
+}
+
+struct Kept<V> {
+    slots: HashMap<String, Slot<V>>,
     bytes: usize,
 }
 
-enum Slot {
-    /// One copy reads it; these wait for its bytes.
-    Reading(Vec<oneshot::Sender<Manifest>>),
-    Read(Manifest),
+enum Slot<V> {
+    /// One copy reads it; these wait for its answer.
+    Reading(Vec<oneshot::Sender<V>>),
+    Read(V),
 }
 
 /// What a copy that asks does.
-enum Turn {
-    Have(Manifest),
-    Wait(oneshot::Receiver<Manifest>),
+enum Turn<V> {
+    Have(V),
+    Wait(oneshot::Receiver<V>),
     Lead,
     /// The fan-out keeps no more: read alone.
     Alone,
 }
 
-impl Manifests {
-    /// The manifest under `key`: the fan-out's read of it, or `fetch`'s
+impl<V: Clone + Weigh> Reads<V> {
+    /// The answer under `key`: the fan-out's read of it, or `fetch`'s
     /// when this copy is the first to ask, the shared read failed, or the
     /// fan-out keeps no more.
-    pub(super) async fn get<F, Fut>(&self, key: String, fetch: F) -> Result<Manifest, RegistryError>
+    pub(super) async fn get<F, Fut, E>(&self, key: String, fetch: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Manifest, RegistryError>>,
+        Fut: std::future::Future<Output = Result<V, E>>,
     {
         match self.turn(&key) {
             Turn::Have(m) => Ok(m),
@@ -82,7 +102,7 @@ impl Manifests {
         }
     }
 
-    fn turn(&self, key: &str) -> Turn {
+    fn turn(&self, key: &str) -> Turn<V> {
         let mut kept = self.lock();
         if kept.bytes >= KEPT_BYTES && !kept.slots.contains_key(key) {
             return Turn::Alone;
@@ -102,21 +122,21 @@ impl Manifests {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept<V>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// The copy reading a manifest for the others: if it ends without an
-/// answer, the slot is cleared and the waiting copies read on their own.
-struct Lead<'a> {
-    kept: &'a Manifests,
+/// The copy reading for the others: if it ends without an answer, the
+/// slot is cleared and the waiting copies read on their own.
+struct Lead<'a, V: Clone + Weigh> {
+    kept: &'a Reads<V>,
     key: String,
     done: bool,
 }
 
-impl Lead<'_> {
-    fn finish(mut self, got: Result<Manifest, RegistryError>) -> Result<Manifest, RegistryError> {
+impl<V: Clone + Weigh> Lead<'_, V> {
+    fn finish<E>(mut self, got: Result<V, E>) -> Result<V, E> {
         self.done = true;
         let mut kept = self.kept.lock();
         let waiting = match kept.slots.remove(&self.key) {
@@ -124,7 +144,7 @@ impl Lead<'_> {
             _ => Vec::new(),
         };
         if let Ok(m) = &got {
-            kept.bytes += m.bytes.len();
+            kept.bytes += m.weight();
             kept.slots.insert(self.key.clone(), Slot::Read(m.clone()));
             for w in waiting {
                 let _ = w.send(m.clone());
@@ -135,7 +155,7 @@ impl Lead<'_> {
     }
 }
 
-impl Drop for Lead<'_> {
+impl<V: Clone + Weigh> Drop for Lead<'_, V> {
     fn drop(&mut self) {
         if !self.done {
             self.kept.lock().slots.remove(&self.key);
@@ -149,6 +169,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::registry::RegistryError;
+
+    type Manifests = Reads<Manifest>;
 
     fn manifest(n: usize) -> Manifest {
         let body = format!(
