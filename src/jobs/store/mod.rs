@@ -4,7 +4,7 @@
 //!   jump VM; `store.path`.
 //! - [`PgStore`] (`postgres/`), PostgreSQL: several relays share one
 //!   queue; `store.url`. Tested with the same suite as sled against a real
-//!   server (`tests/store_postgres.rs`).
+//!   server (`tests/store_postgres/`).
 //!
 //! Either way a job is accepted (and a webhook answered `2xx`) only once
 //! it is committed, duplicates fold into the active job with the same
