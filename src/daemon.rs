@@ -216,7 +216,7 @@ fn daemon_metrics(config: &Config, store: &Store, me: &str) -> Result<Arc<Metric
     };
     metrics.describe(backend, me)?;
     metrics.queue_depth.set(store.queued() as i64);
-    metrics.init_rules(&config.rules);
+    metrics.init_rules(config.rules.iter().map(|r| (r.name.as_str(), &r.to[..])));
     for name in config.registries.keys() {
         metrics.registry_up.with_label_values(&[name]).set(1);
     }
@@ -290,7 +290,9 @@ impl Running {
             let jobs = &live.config.jobs;
             self.ctx.store.set_max_queued(jobs.max_queued);
             self.ctx.store.set_coalesce_window(jobs.coalesce_window);
-            self.metrics.init_rules(&live.config.rules);
+            let rules = live.config.rules.iter();
+            self.metrics
+                .init_rules(rules.map(|r| (r.name.as_str(), &r.to[..])));
             start_reconcilers(
                 &live,
                 &self.ctx,
