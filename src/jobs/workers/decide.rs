@@ -66,6 +66,23 @@ pub(super) enum Attempt {
     Refused(String),
 }
 
+/// The longest a held job waits between two looks at its gates by itself
+/// (unless its rule's `gate_recheck` is longer).
+pub(super) const MAX_RECHECK: Duration = Duration::from_secs(30 * 60);
+
+/// How long a job held for `held` waits before it looks at its gates again
+/// by itself: `recheck` at first, then a quarter of the time it has been
+/// held, at most [`MAX_RECHECK`]. Each look reads the source (a Harbor
+/// counts the manifest read as a pull, and answers the signature and scan
+/// lookups), and what a hold waits for sends an event that releases it at
+/// once (the `.sig` push, `SCANNING_COMPLETED`): the timer is for an
+/// event that was lost. So an artifact never signed costs about 80 looks
+/// in a day, not the 1,440 of one a minute, and a lost event is made up for
+/// within a quarter of the wait so far.
+pub(super) fn next_look(held: Duration, recheck: Duration) -> Duration {
+    (held / 4).clamp(recheck, MAX_RECHECK.max(recheck))
+}
+
 /// A gated job's timing: when a gate first held it, and its rule's
 /// `hold_for` and `gate_recheck`.
 #[derive(Debug, Clone, Copy)]
@@ -100,9 +117,13 @@ pub(super) fn decide(
                     humantime::format_duration(h.hold_for)
                 ));
             }
+            let held = Duration::from_millis(now_ms.saturating_sub(since));
+            let look = now_ms + next_look(held, h.recheck).as_millis() as u64;
+            // The last look is when `hold_for` runs out, so it fails on time.
+            let end = since + h.hold_for.as_millis() as u64;
             Outcome::Held {
                 reason,
-                at_ms: now_ms + h.recheck.as_millis() as u64,
+                at_ms: look.min(end),
             }
         }
         Attempt::Failed {
@@ -238,6 +259,44 @@ mod tests {
     }
 
     #[test]
+    fn a_held_job_looks_less_often_the_longer_it_is_held() {
+        let (min, s) = (Duration::from_secs(60), Duration::from_secs);
+        assert_eq!(next_look(s(0), min), min, "gate_recheck at first");
+        assert_eq!(next_look(s(3 * 60), min), min);
+        assert_eq!(next_look(s(3600), min), s(15 * 60), "a quarter of the wait");
+        assert_eq!(next_look(s(24 * 3600), min), MAX_RECHECK, "at most");
+        let long = s(3 * 3600);
+        assert_eq!(
+            next_look(s(24 * 3600), long),
+            long,
+            "a longer gate_recheck wins"
+        );
+        // A day held, looking each time it is told to: about 80 looks, not
+        // the 1,440 of one a minute.
+        let (mut at, mut looks) = (s(0), 0);
+        while at < s(24 * 3600) {
+            at += next_look(at, min);
+            looks += 1;
+        }
+        assert!((60..=100).contains(&looks), "{looks} looks in a day");
+        // The last look is when hold_for runs out, not after it.
+        let h = Holding {
+            since_ms: Some(0),
+            hold_for: s(3600),
+            recheck: min,
+        };
+        let held = Attempt::Held("no signature yet".into());
+        let now = 3_500_000;
+        assert!(matches!(
+            decide(held, 1, &policy(), Some(h), None, now),
+            Outcome::Held {
+                at_ms: 3_600_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn a_held_job_looks_again_after_gate_recheck_and_fails_after_hold_for() {
         let p = policy();
         let h = Holding {
@@ -247,10 +306,10 @@ mod tests {
         };
         let held = || Attempt::Held("waiting for a signature".into());
         assert_eq!(
-            decide(held(), 9, &p, Some(h), None, 30_000),
+            decide(held(), 9, &p, Some(h), None, 10_000),
             Outcome::Held {
                 reason: "waiting for a signature".into(),
-                at_ms: 35_000
+                at_ms: 15_000
             },
             "a hold is not an attempt: max_attempts does not end it"
         );

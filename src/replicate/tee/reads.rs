@@ -5,7 +5,8 @@
 //! tag or digest), an index's children, the referrers. Read once per copy,
 //! three sites cost three pulls of each on the source: a Harbor counts
 //! each manifest `GET` as a pull of the artifact (its pull count, its
-//! audit log, its `PULL_ARTIFACT` webhooks) and a rate-limited source
+//! audit log, its `PULL_ARTIFACT` webhooks; a `HEAD` is not one:
+//! `src/server/registry/manifest.go`, `getManifest`) and a rate-limited source
 //! spends three times its budget. The same holds for the referrers API and
 //! the cosign tags asked for each subject. So the first copy to ask reads
 //! it, and the copies that ask meanwhile or later get the same answer.
