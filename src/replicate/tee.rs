@@ -112,11 +112,13 @@ enum Due {
 }
 
 impl Due {
-    /// The `began` label of `harbor_relay_fanout_reads_total`.
-    fn label(self) -> &'static str {
+    /// The `began` label of `harbor_relay_fanout_reads_total`, for a read
+    /// that begins (`None`: not yet).
+    fn label(self) -> Option<&'static str> {
         match self {
-            Due::No | Due::Answered => "answered",
-            Due::Waited => "waited",
+            Due::No => None,
+            Due::Answered => Some("answered"),
+            Due::Waited => Some("waited"),
         }
     }
 }
@@ -372,13 +374,13 @@ impl Answer<'_> {
             return (None, Instant::now());
         };
         let since = g.since.unwrap_or_else(Instant::now);
-        let why = due(live, held, g, since.elapsed());
-        if g.started || why == Due::No {
+        let began = due(live, held, g, since.elapsed()).label();
+        let (Some(began), false) = (began, g.started) else {
             return (None, since);
-        }
+        };
         g.started = true;
         if let Some(reads) = &tee.0.reads {
-            reads.with_label_values(&[why.label()]).inc();
+            reads.with_label_values(&[began]).inc();
         }
         (Some(std::mem::take(&mut g.readers)), since)
     }
