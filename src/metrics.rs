@@ -61,6 +61,9 @@ pub struct Metrics {
     pub transfers_in_flight: IntGauge,
     /// A fan-out's shared reads of a blob, by `began` (answered, waited).
     pub fanout_reads: IntCounterVec,
+    /// Targets of a fan-out cut loose from a shared read for holding the
+    /// others back: each read the rest of that blob from the source alone.
+    pub fanout_detached: IntCounter,
     /// Size of the job store on disk.
     pub store_size: IntGauge,
     /// Requests refused for a missing or wrong secret, by `endpoint`
@@ -316,6 +319,10 @@ impl Metrics {
                 "harbor_relay_fanout_reads_total",
                 "Blobs read once from the source for several targets of a fan-out, by when the read began: answered (every target's copy had said whether it needs the blob) or waited (after 2 s without the word of a slow or silent target's copy, which reads on its own later if it needs the blob).",
                 &["began"],
+            )?,
+            fanout_detached: m.counter(
+                "harbor_relay_fanout_detached_total",
+                "Targets of a fan-out cut loose from a blob's shared read because they held the other targets back (2 s in all, and a quarter of the read's time): each read the rest of that blob from the source alone, so a slow site does not pace the others.",
             )?,
             store_size: m.gauge(
                 "harbor_relay_store_size_bytes",

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use harbor_relay::config::TlsMode;
 use harbor_relay::reference::Reference;
 use harbor_relay::registry::Registry;
-use support::fault::FaultProxy;
+use support::fault::{Fault, FaultProxy};
 use support::*;
 
 const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
@@ -372,4 +372,58 @@ async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
         shared >= 6.0,
         "each platform's 3 blobs read once for two sites: {shared}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_falls_behind_reads_the_rest_alone_and_the_others_go_on() {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let proxy = FaultProxy::start(&source.url).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let mut targets = Vec::new();
+    for _ in SITES {
+        targets.push(RegistryProc::start(None, Auth::None).await);
+    }
+    // site-c stops taking the layer for 8 s, 1 MiB in (a site across a
+    // slow link, or a registry busy elsewhere): more than the socket
+    // buffers between it and the relay hold, so it holds the read back.
+    let c_proxy = FaultProxy::start(&targets[2].url).await;
+    let urls = [&targets[0].url, &targets[1].url, &c_proxy.url].map(|u| u.to_string());
+    let img = TestImage::pushed(&src, "library/far", &[32 << 20]).await;
+    let layer = img.blob_digests()[1].clone();
+    c_proxy.inject(
+        Some("PUT"),
+        &format!("digest={}", layer.replace(':', "%3A")),
+        1,
+        Fault::StallUpload(1 << 20, Duration::from_secs(8)),
+    );
+    let relay = Relay::start(&config(&proxy.url, &urls, "", "")).await;
+    let ids = relay
+        .push(push_event("library/far", Some("1"), &img.digest))
+        .await;
+    let mut by_site = std::collections::BTreeMap::new();
+    for id in &ids {
+        let job = relay.job(*id).await;
+        let site = job["target_registry"].as_str().expect("target").to_string();
+        by_site.insert(site, *id);
+    }
+    // site-a and site-b finish while site-c is still stalled.
+    for site in ["site-a", "site-b"] {
+        let job = relay.wait_job(by_site[site]).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let c = relay.job(by_site["site-c"]).await;
+    assert_ne!(c["state"], "succeeded", "site-c paced nobody: {c}");
+    let c = relay.wait_job(by_site["site-c"]).await;
+    assert_eq!(c["state"], "succeeded", "{c}");
+    assert_eq!(c["attempts"], 1, "cut loose is not a failure: {c}");
+    assert_eq!(c_proxy.injected(), 1, "the stall was never injected");
+    for target in &targets {
+        let dst = client(&target.url, None, TlsMode::System);
+        assert_image_on(&dst, "library/far", &img, Some("1")).await;
+    }
+    // The layer: once for all three, then the rest of it for site-c.
+    assert_eq!(reads_of(&proxy, &layer), 2, "{}", relay.logs());
+    let detached = metric(&relay, "harbor_relay_fanout_detached_total").await;
+    assert_eq!(detached, Some(1.0));
+    assert!(relay.logs().contains("reads the rest of this blob alone"));
 }

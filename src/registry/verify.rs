@@ -57,9 +57,26 @@ pub fn mismatch_of(e: &std::io::Error) -> Option<Mismatch> {
         .map(|m| m.kind)
 }
 
+#[derive(Clone)]
 enum Hasher {
     Sha256(Sha256),
     Sha512(Sha512),
+}
+
+/// Where a verified stream stands: the bytes it passed and their hash, so
+/// that another stream of the rest ([`Verify::resume`]) checks the whole
+/// blob as this one would have.
+#[derive(Clone)]
+pub struct Resume {
+    offset: u64,
+    hasher: Hasher,
+}
+
+impl Resume {
+    /// How many bytes were passed: the rest begins there.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
 }
 
 /// Wraps a byte stream; see the module doc.
@@ -89,6 +106,29 @@ impl Verify {
             seen,
             done: false,
         }
+    }
+
+    /// Verifies `rest`, the bytes of the blob from `at`'s offset on, as
+    /// the stream `at` was taken from would have: the digest and size
+    /// are of the whole blob.
+    pub fn resume(rest: ByteStream, digest: &str, size: u64, at: Resume) -> Verify {
+        Verify {
+            inner: rest,
+            hasher: Some(at.hasher),
+            expected: digest.to_string(),
+            size,
+            seen: Arc::new(AtomicU64::new(at.offset)),
+            done: false,
+        }
+    }
+
+    /// Where this stream stands now (`None` once it has ended).
+    pub fn resume_point(&self) -> Option<Resume> {
+        let hasher = self.hasher.clone().filter(|_| !self.done)?;
+        Some(Resume {
+            offset: self.seen.load(Ordering::Relaxed),
+            hasher,
+        })
     }
 
     fn finish(&mut self) -> Option<std::io::Error> {
@@ -219,6 +259,40 @@ mod tests {
             mismatch_of(&std::io::Error::other("connection reset")),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_checks_the_whole_blob() {
+        let digest = crate::manifest::sha256_digest(b"hello world");
+        let mut first = Verify::new(
+            stream(vec![b"hello ", b"world"]),
+            &digest,
+            11,
+            Arc::default(),
+        );
+        let head = first.next().await.expect("a chunk").expect("bytes");
+        assert_eq!(&head[..], b"hello ");
+        let at = first.resume_point().expect("still reading");
+        assert_eq!(at.offset(), 6);
+        let rest = run(Verify::resume(
+            stream(vec![b"world"]),
+            &digest,
+            11,
+            at.clone(),
+        ))
+        .await;
+        assert_eq!(rest.expect("the rest completes the blob"), b"world");
+        let wrong = run(Verify::resume(
+            stream(vec![b"w0rld"]),
+            &digest,
+            11,
+            at.clone(),
+        ))
+        .await;
+        assert!(wrong.expect_err("corrupt rest").contains("digest mismatch"));
+        let long = run(Verify::resume(stream(vec![b"world!"]), &digest, 11, at)).await;
+        assert!(long.expect_err("long rest").contains("size mismatch"));
+        assert!(run(first).await.is_ok());
     }
 
     #[tokio::test]

@@ -276,16 +276,24 @@ pub(super) async fn read_from_start(
     blob: &Descriptor,
     answer: Option<super::tee::Answer<'_>>,
 ) -> Result<crate::registry::ByteStream, RegistryError> {
-    let open = || async {
-        req.source
+    let Some(answer) = answer else {
+        return req
+            .source
             .get_blob(req.source_repository, &blob.digest, blob.size)
             .await
-            .map(|(body, _)| body)
+            .map(|(body, _)| body);
     };
-    match answer {
-        Some(answer) => answer.read(blob.size, open).await,
-        None => open().await,
-    }
+    let (source, repository) = (req.source.clone(), req.source_repository.to_string());
+    let (digest, size) = (blob.digest.clone(), blob.size);
+    let from: super::tee::OpenFrom = std::sync::Arc::new(move |offset| {
+        let (source, repository, digest) = (source.clone(), repository.clone(), digest.clone());
+        Box::pin(async move {
+            source
+                .get_blob_from(&repository, &digest, offset, size)
+                .await
+        })
+    });
+    answer.read(blob.size, from).await
 }
 
 /// Per-(target registry, digest) upload turns.

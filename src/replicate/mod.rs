@@ -172,7 +172,10 @@ impl Replicator {
         metrics: Option<Arc<Metrics>>,
         ledger: Arc<dyn Ledger>,
     ) -> Replicator {
-        let fanout_reads = metrics.as_ref().map(|m| m.fanout_reads.clone());
+        let fanout_counts = metrics.as_ref().map(|m| tee::Counts {
+            reads: m.fanout_reads.clone(),
+            detached: m.fanout_detached.clone(),
+        });
         Replicator {
             blob_concurrency: blob_concurrency.max(1),
             inflight: Inflight::default(),
@@ -180,7 +183,7 @@ impl Replicator {
             ledger,
             stopping: tokio_util::sync::CancellationToken::new(),
             projects: Arc::default(),
-            tees: Arc::new(tee::Tees::counted(fanout_reads)),
+            tees: Arc::new(tee::Tees::counted(fanout_counts)),
         }
     }
 

@@ -19,7 +19,13 @@
 //! - once every seat still copying has answered for the blob, or the first
 //!   reader has waited [`GATHER`], one reader opens the source and the
 //!   bytes go to every reader that asked, each through its own bounded
-//!   channel: the slowest target paces the read;
+//!   channel, hashed once by the read;
+//! - a target slower than the others holds the read back only so long
+//!   ([`lags`]: [`LAG`] in all, and a quarter of the read's time): then it
+//!   is cut loose, and reads the rest of the blob from the source alone,
+//!   from the byte it had reached, its hash carried on
+//!   ([`crate::registry::verify::Resume`]), so the other targets go at their
+//!   own pace and its upload never sees a seam;
 //! - a target that takes nothing for [`STALL`] while the others wait is cut
 //!   off (its upload fails, its job retries alone); a reader that asks
 //!   after the read began reads on its own.
@@ -36,16 +42,20 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::StreamExt as _;
-use prometheus::IntCounterVec;
+use futures_util::future::BoxFuture;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::manifest::Manifest;
 use crate::reference::Reference;
+use crate::registry::verify::Verify;
 use crate::registry::{ByteStream, RegistryError};
 
+mod pump;
 pub mod reads;
+
+pub use pump::{LAG, cut_after, lags};
+use pump::{Out, pump, receiving};
 
 /// How long the first copy to ask for a blob waits for the other seats'
 /// answers: they ask their own targets at the same time, so this is only
@@ -60,6 +70,21 @@ pub const STALL: Duration = Duration::from_secs(30);
 /// per blob is this many chunks, shared by every reader.
 const AHEAD: usize = 4;
 
+/// Opens the source's blob from a byte on, unverified (the tee verifies):
+/// from 0 for the shared read, from where a reader that was cut loose
+/// stood for the rest of its copy. `'static`, as that reader's stream is.
+pub type OpenFrom =
+    Arc<dyn Fn(u64) -> BoxFuture<'static, Result<ByteStream, RegistryError>> + Send + Sync>;
+
+/// What the daemon counts of its fan-outs' reads.
+#[derive(Clone)]
+pub struct Counts {
+    /// `harbor_relay_fanout_reads_total`, by `began`.
+    pub reads: IntCounterVec,
+    /// `harbor_relay_fanout_detached_total`: targets cut loose.
+    pub detached: IntCounter,
+}
+
 /// The meeting point of one fan-out's copies.
 #[derive(Clone)]
 pub struct Tee(Arc<Shared>);
@@ -67,8 +92,8 @@ pub struct Tee(Arc<Shared>);
 struct Shared {
     state: Mutex<State>,
     changed: Notify,
-    /// `harbor_relay_fanout_reads_total`, when the daemon counts.
-    reads: Option<IntCounterVec>,
+    /// What the daemon counts, when it does.
+    counts: Option<Counts>,
     /// The manifests read from the source for the copies.
     manifests: reads::Reads<Manifest>,
     /// The referrers looked up on the source, by subject.
@@ -142,12 +167,12 @@ fn due(
 }
 
 impl Tee {
-    /// A tee with no seat yet, counting its reads in `reads`.
-    fn new(reads: Option<IntCounterVec>) -> Tee {
+    /// A tee with no seat yet, counting its reads in `counts`.
+    fn new(counts: Option<Counts>) -> Tee {
         Tee(Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
-            reads,
+            counts,
             manifests: reads::Reads::default(),
             referrers: reads::Reads::default(),
         }))
@@ -183,16 +208,15 @@ impl Tee {
 #[derive(Default)]
 pub struct Tees {
     open: Mutex<HashMap<String, std::sync::Weak<Shared>>>,
-    reads: Option<IntCounterVec>,
+    counts: Option<Counts>,
 }
 
 impl Tees {
-    /// Tees that count their shared reads in `reads`
-    /// (`harbor_relay_fanout_reads_total`, by `began`).
-    pub fn counted(reads: Option<IntCounterVec>) -> Tees {
+    /// Tees that count their reads in `counts`.
+    pub fn counted(counts: Option<Counts>) -> Tees {
         Tees {
             open: Mutex::default(),
-            reads,
+            counts,
         }
     }
 
@@ -203,7 +227,7 @@ impl Tees {
         let tee = match tees.get(group).and_then(std::sync::Weak::upgrade) {
             Some(shared) => Tee(shared),
             None => {
-                let tee = Tee::new(self.reads.clone());
+                let tee = Tee::new(self.counts.clone());
                 tees.insert(group.to_string(), Arc::downgrade(&tee.0));
                 tee
             }
@@ -316,14 +340,10 @@ impl Drop for Answer<'_> {
 }
 
 impl Answer<'_> {
-    /// The blob's bytes from offset 0, `size` of them: the shared read's, or
-    /// `open`'s own when the shared read began without this copy (or could
-    /// not open).
-    pub async fn read<F, Fut>(mut self, size: u64, open: F) -> Result<ByteStream, RegistryError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<ByteStream, RegistryError>>,
-    {
+    /// The blob's bytes from offset 0, `size` of them, verified: the shared
+    /// read's, or `from`'s own when the shared read began without this copy
+    /// (or could not open), or when this copy's target was cut loose.
+    pub async fn read(mut self, size: u64, from: OpenFrom) -> Result<ByteStream, RegistryError> {
         self.used = true;
         let tee = self.seat.tee.clone();
         let joined = {
@@ -339,7 +359,7 @@ impl Answer<'_> {
             })
         };
         let Some(mut mine) = joined else {
-            return open().await;
+            return self.alone(size, &from).await;
         };
         tee.0.changed.notify_waiters();
         loop {
@@ -348,14 +368,14 @@ impl Answer<'_> {
             changed.as_mut().enable();
             let (lead, since) = self.lead_if_due(&tee);
             if let Some(readers) = lead {
-                return self.lead(readers, size, open, mine).await;
+                return self.lead(readers, size, from, mine).await;
             }
             tokio::select! {
                 got = &mut mine => return match got {
                     Ok(stream) => Ok(stream),
                     // The reader that led could not open the source: each
                     // reads alone and says why.
-                    Err(_) => open().await,
+                    Err(_) => self.alone(size, &from).await,
                 },
                 () = &mut changed => {}
                 () = tokio::time::sleep_until((since + GATHER).into()) => {}
@@ -379,35 +399,49 @@ impl Answer<'_> {
             return (None, since);
         };
         g.started = true;
-        if let Some(reads) = &tee.0.reads {
-            reads.with_label_values(&[began]).inc();
+        if let Some(counts) = &tee.0.counts {
+            counts.reads.with_label_values(&[began]).inc();
         }
         (Some(std::mem::take(&mut g.readers)), since)
     }
 
+    /// This copy's own read of the whole blob, verified.
+    async fn alone(&self, size: u64, from: &OpenFrom) -> Result<ByteStream, RegistryError> {
+        let raw = from(0).await?;
+        Ok(Box::pin(Verify::new(
+            raw,
+            &self.digest,
+            size,
+            Arc::default(),
+        )))
+    }
+
     /// Opens the source and hands every reader its channel of the bytes.
-    async fn lead<F, Fut>(
+    async fn lead(
         &self,
         readers: Vec<oneshot::Sender<ByteStream>>,
         size: u64,
-        open: F,
+        from: OpenFrom,
         mine: oneshot::Receiver<ByteStream>,
-    ) -> Result<ByteStream, RegistryError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<ByteStream, RegistryError>>,
-    {
-        let source = open().await?;
+    ) -> Result<ByteStream, RegistryError> {
+        let raw = from(0).await?;
+        let source = Verify::new(raw, &self.digest, size, Arc::default());
+        let digest: Arc<str> = self.digest.as_str().into();
         let mut outs = Vec::with_capacity(readers.len());
         for reader in readers {
             let (tx, rx) = mpsc::channel(AHEAD);
+            let stream = receiving(rx, size, digest.clone(), from.clone());
             // A reader gone (its copy ended) gets nothing.
-            if reader.send(receiving(rx, size)).is_ok() {
-                outs.push(tx);
+            if reader.send(stream).is_ok() {
+                outs.push(Out {
+                    tx,
+                    held: Duration::ZERO,
+                });
             }
         }
         tracing::debug!(digest = %self.digest, readers = outs.len(), "one read of the source for this many targets");
-        tokio::spawn(pump(source, outs));
+        let detached = self.seat.tee.0.counts.as_ref().map(|c| c.detached.clone());
+        tokio::spawn(pump(source, outs, digest, detached));
         match mine.await {
             Ok(stream) => Ok(stream),
             Err(_) => Err(RegistryError::Other {
@@ -416,67 +450,6 @@ impl Answer<'_> {
                 detail: "the shared read of this blob ended before it began".into(),
             }),
         }
-    }
-}
-
-/// A reader's side: the chunks the pump sends, and an error if they end
-/// short of `size` without one (it was cut off for stalling).
-fn receiving(rx: mpsc::Receiver<std::io::Result<Bytes>>, size: u64) -> ByteStream {
-    let stream = futures_util::stream::unfold(
-        (rx, 0u64, false),
-        move |(mut rx, seen, done)| async move {
-            if done {
-                return None;
-            }
-            match rx.recv().await {
-                Some(Ok(b)) => {
-                    let seen = seen + b.len() as u64;
-                    Some((Ok(b), (rx, seen, false)))
-                }
-                Some(Err(e)) => Some((Err(e), (rx, seen, true))),
-                None if seen < size => Some((
-                    Err(std::io::Error::other(format!(
-                        "the shared read of this blob stopped for this target after {seen} of {size} bytes (it took nothing for {}s while the other targets waited)",
-                        STALL.as_secs()
-                    ))),
-                    (rx, seen, true),
-                )),
-                None => None,
-            }
-        },
-    );
-    Box::pin(stream)
-}
-
-/// Reads `source` and sends each chunk to every reader, waiting for the
-/// slowest; a reader that takes nothing for [`STALL`] is dropped, and the
-/// read stops when no reader is left.
-async fn pump(mut source: ByteStream, mut outs: Vec<mpsc::Sender<std::io::Result<Bytes>>>) {
-    while let Some(item) = source.next().await {
-        let last = item.is_err();
-        let sends = outs.iter().map(|tx| {
-            let item = match &item {
-                Ok(b) => Ok(b.clone()),
-                Err(e) => Err(same_error(e)),
-            };
-            tokio::time::timeout(STALL, tx.send(item))
-        });
-        let sent = futures_util::future::join_all(sends).await;
-        let mut kept = sent.iter().map(|r| matches!(r, Ok(Ok(()))));
-        outs.retain(|_| kept.next().unwrap_or(false));
-        if last || outs.is_empty() {
-            return;
-        }
-    }
-}
-
-/// The same stream error for another reader, keeping what it says of the
-/// content (a [`crate::registry::verify::Mismatch`]).
-fn same_error(e: &std::io::Error) -> std::io::Error {
-    use crate::registry::verify;
-    match verify::mismatch_of(e) {
-        Some(kind) => verify::mismatch(kind, e.to_string()),
-        None => std::io::Error::new(e.kind(), e.to_string()),
     }
 }
 

@@ -1,0 +1,266 @@
+//! The shared read of one blob: the pump that reads the source once and
+//! hands each chunk to every reader, and each reader's side of it,
+//! including the rest of the blob read alone by a reader that fell behind
+//! (see the parent module).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use super::{OpenFrom, STALL};
+use crate::registry::ByteStream;
+use crate::registry::verify::{Resume, Verify};
+
+/// How long, in all, one target may hold the shared read of a blob back
+/// (the others waiting for it to take a chunk) before it is cut loose to
+/// read the rest alone; see [`lags`].
+pub const LAG: Duration = Duration::from_secs(2);
+
+/// The share of the read's time one target must have held it back, as
+/// well as [`LAG`], to be cut loose: a target a little slower than the
+/// others (which would re-read most of the blob) stays.
+const LAG_SHARE: f64 = 0.25;
+
+/// Whether a reader that held the read back `held` in all, in a read
+/// going for `elapsed`, is cut loose: it held it back for [`LAG`] and for a
+/// quarter of the time ([`LAG_SHARE`]: the others went at most 3/4 as
+/// fast as they could).
+pub fn lags(held: Duration, elapsed: Duration) -> bool {
+    held >= LAG && held.as_secs_f64() >= elapsed.as_secs_f64() * LAG_SHARE
+}
+
+/// What the read sends a reader.
+pub(super) enum Piece {
+    /// The next bytes, or the read's error.
+    Data(std::io::Result<Bytes>),
+    /// The reader held the read back too long ([`lags`]): it reads the
+    /// rest alone, from where this says it stands.
+    Loose(Box<Resume>),
+}
+
+/// One reader of a shared read, as the pump sees it.
+pub(super) struct Out {
+    pub(super) tx: mpsc::Sender<Piece>,
+    /// How long, in all, the others waited for this reader to take a
+    /// chunk.
+    pub(super) held: Duration,
+}
+
+/// Where a reader takes its next bytes from.
+enum Feed {
+    /// The shared read, and the bytes taken from it so far.
+    Shared(mpsc::Receiver<Piece>, u64),
+    /// Its own read of the rest, after it was cut loose.
+    Alone(ByteStream),
+    Done,
+}
+
+/// A reader's side: the chunks the pump sends; when it is cut loose, its
+/// own read of the rest from `from`, verified as one stream with what came
+/// before; and an error if the shared chunks end short of `size` without
+/// one (it was cut off for stalling).
+pub(super) fn receiving(
+    rx: mpsc::Receiver<Piece>,
+    size: u64,
+    digest: Arc<str>,
+    from: OpenFrom,
+) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(
+        Feed::Shared(rx, 0),
+        move |feed| {
+            let (digest, from) = (digest.clone(), from.clone());
+            async move { next_piece(feed, size, &digest, &from).await }
+        },
+    ))
+}
+
+async fn next_piece(
+    feed: Feed,
+    size: u64,
+    digest: &str,
+    from: &OpenFrom,
+) -> Option<(std::io::Result<Bytes>, Feed)> {
+    let (mut rx, seen) = match feed {
+        Feed::Done => return None,
+        Feed::Alone(rest) => return next_alone(rest).await,
+        Feed::Shared(rx, seen) => (rx, seen),
+    };
+    match rx.recv().await {
+        Some(Piece::Data(Ok(b))) => {
+            let seen = seen + b.len() as u64;
+            Some((Ok(b), Feed::Shared(rx, seen)))
+        }
+        Some(Piece::Data(Err(e))) => Some((Err(e), Feed::Done)),
+        Some(Piece::Loose(at)) => match from(at.offset()).await {
+            Ok(rest) => next_alone(Box::pin(Verify::resume(rest, digest, size, *at))).await,
+            Err(e) => Some((
+                Err(std::io::Error::other(format!(
+                    "this target fell behind the others' shared read and could not read the rest alone: {e}"
+                ))),
+                Feed::Done,
+            )),
+        },
+        None if seen < size => Some((
+            Err(std::io::Error::other(format!(
+                "the shared read of this blob stopped for this target after {seen} of {size} bytes (it took nothing for {}s while the other targets waited)",
+                STALL.as_secs()
+            ))),
+            Feed::Done,
+        )),
+        None => None,
+    }
+}
+
+async fn next_alone(mut rest: ByteStream) -> Option<(std::io::Result<Bytes>, Feed)> {
+    let item = rest.next().await?;
+    let feed = if item.is_ok() {
+        Feed::Alone(rest)
+    } else {
+        Feed::Done
+    };
+    Some((item, feed))
+}
+
+/// Reads `source` and sends each chunk to every reader: one that held the
+/// others back too long is cut loose ([`cut_after`]), one that takes
+/// nothing for [`STALL`] with nobody else taking either is dropped, and the
+/// read stops when no reader is left.
+pub(super) async fn pump(
+    mut source: Verify,
+    mut outs: Vec<Out>,
+    digest: Arc<str>,
+    detached: Option<IntCounter>,
+) {
+    // Tokio's clock, which tests can pause.
+    let began = tokio::time::Instant::now();
+    loop {
+        // Where a reader cut loose during this chunk stands.
+        let before = source.resume_point();
+        let Some(item) = source.next().await else {
+            return;
+        };
+        let last = item.is_err();
+        let fates = deliver(&outs, &item, began).await;
+        let mut kept = Vec::with_capacity(outs.len());
+        for (mut out, fate) in outs.into_iter().zip(fates) {
+            match (fate, &before) {
+                (Fate::Took(held), _) => {
+                    out.held += held;
+                    kept.push(out);
+                }
+                (Fate::Loose, Some(at)) => loosen(out, at, &digest, detached.as_ref()),
+                (Fate::Loose | Fate::Gone, _) => {}
+            }
+        }
+        outs = kept;
+        if last || outs.is_empty() {
+            return;
+        }
+    }
+}
+
+/// What became of one reader for one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It took the chunk, holding the others back this long beyond the
+    /// quickest.
+    Took(Duration),
+    /// It held the others back too long: it reads the rest alone.
+    Loose,
+    /// It took nothing for [`STALL`] (or its copy ended): dropped.
+    Gone,
+}
+
+/// How much longer a reader that held the read back `held` so far, in a
+/// read going for `elapsed`, may hold it before it [`lags`]: the least `w`
+/// for which `lags(held + w, elapsed + w)`.
+pub fn cut_after(held: Duration, elapsed: Duration) -> Duration {
+    let to_lag = LAG.saturating_sub(held);
+    let share = (elapsed.as_secs_f64() * LAG_SHARE - held.as_secs_f64()) / (1.0 - LAG_SHARE);
+    to_lag.max(Duration::from_secs_f64(share.max(0.0)))
+}
+
+/// Sends one chunk (or the read's error) to every reader: the fate of
+/// each, once each has taken it, or has been waited for as long as it may
+/// be once another took it ([`cut_after`]), or for [`STALL`].
+async fn deliver(
+    outs: &[Out],
+    item: &std::io::Result<Bytes>,
+    began: tokio::time::Instant,
+) -> Vec<Fate> {
+    use futures_util::stream::FuturesUnordered;
+    let at = tokio::time::Instant::now();
+    let mut sends: FuturesUnordered<_> = outs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let item = match item {
+                Ok(b) => Ok(b.clone()),
+                Err(e) => Err(same_error(e)),
+            };
+            async move { (i, o.tx.send(Piece::Data(item)).await.is_ok()) }
+        })
+        .collect();
+    let mut took: Vec<Option<Duration>> = vec![None; outs.len()];
+    let mut gone = vec![false; outs.len()];
+    // When the first reader took the chunk.
+    let mut first: Option<tokio::time::Instant> = None;
+    loop {
+        let pending = (0..outs.len()).filter(|&i| took[i].is_none() && !gone[i]);
+        let deadline = pending
+            .map(|i| match first {
+                Some(f) => (f + cut_after(outs[i].held, f - began)).min(at + STALL),
+                None => at + STALL,
+            })
+            .min();
+        let Some(deadline) = deadline else { break };
+        tokio::select! {
+            done = sends.next() => match done {
+                Some((i, true)) => {
+                    took[i] = Some(at.elapsed());
+                    first.get_or_insert_with(tokio::time::Instant::now);
+                }
+                Some((i, false)) => gone[i] = true,
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let quickest = took.iter().flatten().min().copied().unwrap_or_default();
+    (0..outs.len())
+        .map(|i| match took[i] {
+            Some(t) => Fate::Took(t.saturating_sub(quickest)),
+            // Others took it and it was waited for as long as it may be.
+            None if first.is_some() && !gone[i] && at.elapsed() < STALL => Fate::Loose,
+            None => Fate::Gone,
+        })
+        .collect()
+}
+
+/// Tells `out` to read the rest alone from `at`: the word waits in its
+/// channel behind the chunks it has not taken, and the read goes on
+/// without it.
+fn loosen(out: Out, at: &Resume, digest: &str, detached: Option<&IntCounter>) {
+    tracing::info!(%digest, offset = at.offset(), held_s = out.held.as_secs_f64(), "a target fell behind the others' shared read; it reads the rest of this blob alone");
+    if let Some(c) = detached {
+        c.inc();
+    }
+    let at = Box::new(at.clone());
+    tokio::spawn(async move {
+        let _ = out.tx.send(Piece::Loose(at)).await;
+    });
+}
+
+/// The same stream error for another reader, keeping what it says of the
+/// content (a [`crate::registry::verify::Mismatch`]).
+fn same_error(e: &std::io::Error) -> std::io::Error {
+    use crate::registry::verify;
+    match verify::mismatch_of(e) {
+        Some(kind) => verify::mismatch(kind, e.to_string()),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
