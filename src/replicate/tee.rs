@@ -54,7 +54,7 @@ use crate::registry::{ByteStream, RegistryError};
 mod pump;
 pub mod reads;
 
-pub use pump::{LAG, cut_after, lags};
+pub use pump::{LAG, lags};
 use pump::{Out, pump, receiving};
 
 /// How long the first copy to ask for a blob waits for the other seats'

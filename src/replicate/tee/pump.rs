@@ -126,7 +126,7 @@ async fn next_alone(mut rest: ByteStream) -> Option<(std::io::Result<Bytes>, Fee
 }
 
 /// Reads `source` and sends each chunk to every reader: one that held the
-/// others back too long is cut loose ([`cut_after`]), one that takes
+/// others back too long is cut loose ([`deliver`]), one that takes
 /// nothing for [`STALL`] with nobody else taking either is dropped, and the
 /// read stops when no reader is left.
 pub(super) async fn pump(
@@ -166,8 +166,8 @@ pub(super) async fn pump(
 /// What became of one reader for one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
-    /// It took the chunk, holding the others back this long beyond the
-    /// quickest.
+    /// It took the chunk, having held the others back (left them idle)
+    /// this long.
     Took(Duration),
     /// It held the others back too long: it reads the rest alone.
     Loose,
@@ -175,18 +175,22 @@ enum Fate {
     Gone,
 }
 
-/// How much longer a reader that held the read back `held` so far, in a
-/// read going for `elapsed`, may hold it before it [`lags`]: the least `w`
-/// for which `lags(held + w, elapsed + w)`.
-pub fn cut_after(held: Duration, elapsed: Duration) -> Duration {
-    let to_lag = LAG.saturating_sub(held);
-    let share = (elapsed.as_secs_f64() * LAG_SHARE - held.as_secs_f64()) / (1.0 - LAG_SHARE);
-    to_lag.max(Duration::from_secs_f64(share.max(0.0)))
+/// How often the pump looks, while a reader has not taken a chunk the
+/// others took, at whether the others sit idle.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Whether the reader behind `tx` has taken everything it was sent (it
+/// waits on the read, or will as soon as its upload takes what it holds).
+fn idle<T>(tx: &mpsc::Sender<T>) -> bool {
+    tx.capacity() == tx.max_capacity()
 }
 
-/// Sends one chunk (or the read's error) to every reader: the fate of
-/// each, once each has taken it, or has been waited for as long as it may
-/// be once another took it ([`cut_after`]), or for [`STALL`].
+/// Sends one chunk (or the read's error) to every reader, and says what
+/// became of each. While a reader has not taken it after another did, the
+/// time during which a reader that took it sits idle is charged to it
+/// (time a reader is merely later than another, with chunks still queued
+/// before it, holds nobody back); once [`lags`] says so it is cut loose.
+/// Nobody taking it for [`STALL`] ends the wait.
 async fn deliver(
     outs: &[Out],
     item: &std::io::Result<Bytes>,
@@ -205,37 +209,58 @@ async fn deliver(
             async move { (i, o.tx.send(Piece::Data(item)).await.is_ok()) }
         })
         .collect();
-    let mut took: Vec<Option<Duration>> = vec![None; outs.len()];
-    let mut gone = vec![false; outs.len()];
-    // When the first reader took the chunk.
-    let mut first: Option<tokio::time::Instant> = None;
+    let n = outs.len();
+    // Per reader: the idle time charged when it took the chunk.
+    let mut took: Vec<Option<Duration>> = vec![None; n];
+    let mut gone = vec![false; n];
+    let mut loose = vec![false; n];
+    // How long, since a reader first took the chunk, one that took it sat
+    // idle.
+    let mut idled = Duration::ZERO;
+    let mut first = false;
     loop {
-        let pending = (0..outs.len()).filter(|&i| took[i].is_none() && !gone[i]);
-        let deadline = pending
-            .map(|i| match first {
-                Some(f) => (f + cut_after(outs[i].held, f - began)).min(at + STALL),
-                None => at + STALL,
-            })
-            .min();
-        let Some(deadline) = deadline else { break };
+        let waiting = |i: usize| took[i].is_none() && !gone[i] && !loose[i];
+        if !(0..n).any(waiting) {
+            break;
+        }
+        let wake = if first {
+            tokio::time::Instant::now() + TICK
+        } else {
+            at + STALL
+        };
         tokio::select! {
             done = sends.next() => match done {
                 Some((i, true)) => {
-                    took[i] = Some(at.elapsed());
-                    first.get_or_insert_with(tokio::time::Instant::now);
+                    // One marked loose that took it after all goes on.
+                    loose[i] = false;
+                    took[i] = Some(idled);
+                    first = true;
                 }
                 Some((i, false)) => gone[i] = true,
                 None => break,
             },
-            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep_until(wake.min(at + STALL)) => {
+                if at.elapsed() >= STALL {
+                    break;
+                }
+                if (0..n).any(|j| took[j].is_some() && idle(&outs[j].tx)) {
+                    idled += TICK;
+                }
+                let elapsed = began.elapsed();
+                let lagging: Vec<usize> = (0..n)
+                    .filter(|&i| took[i].is_none() && !gone[i] && !loose[i])
+                    .filter(|&i| lags(outs[i].held + idled, elapsed))
+                    .collect();
+                for i in lagging {
+                    loose[i] = true;
+                }
+            }
         }
     }
-    let quickest = took.iter().flatten().min().copied().unwrap_or_default();
-    (0..outs.len())
+    (0..n)
         .map(|i| match took[i] {
-            Some(t) => Fate::Took(t.saturating_sub(quickest)),
-            // Others took it and it was waited for as long as it may be.
-            None if first.is_some() && !gone[i] && at.elapsed() < STALL => Fate::Loose,
+            Some(charged) => Fate::Took(charged),
+            None if loose[i] => Fate::Loose,
             None => Fate::Gone,
         })
         .collect()

@@ -301,15 +301,6 @@ fn a_reader_is_cut_loose_once_it_held_the_read_back_lag_and_a_quarter_of_the_tim
     // A little slower than the others over a long read: it stays.
     assert!(!lags(s(5), s(60)));
     assert!(lags(s(15), s(60)));
-    // How much longer a reader may hold the read back: to LAG, or to a
-    // quarter of the time, whichever comes later.
-    assert_eq!(cut_after(Duration::ZERO, Duration::ZERO), LAG);
-    assert_eq!(cut_after(s(1), s(1)), s(1));
-    assert_eq!(cut_after(s(3), s(4)), Duration::ZERO);
-    assert_eq!(cut_after(s(6), s(60)), s(12));
-    assert!(lags(s(6 + 12), s(60 + 12)));
-    let almost = s(12) - Duration::from_millis(100);
-    assert!(!lags(s(6) + almost, s(60) + almost));
 }
 
 /// Two readers of `source`: one takes each chunk at once, the other takes
@@ -482,5 +473,39 @@ async fn shared_reads_are_counted_by_whether_they_waited() {
     assert_eq!(counted.reads.with_label_values(&["answered"]).get(), 1);
     assert_eq!(counted.reads.with_label_values(&["waited"]).get(), 1);
     assert_eq!(a.opens() + b.opens(), 2);
+    assert_eq!(counted.detached.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readers_at_one_pace_are_not_cut_loose_however_out_of_step() {
+    let source = Source::new(&chunks(200));
+    let counted = counts();
+    let tees = Tees::counted(Some(counted.clone()));
+    let seats = [tees.seat("g"), tees.seat("g")];
+    let digest = source.digest();
+    // Both take a chunk every 100 ms, the second 50 ms after the first:
+    // always later, never slower.
+    let reads = seats.iter().enumerate().map(|(i, seat)| {
+        let digest = digest.clone();
+        let source = source.clone();
+        async move {
+            let mut body = seat
+                .answer(&digest, &[])
+                .read(source.size(), source.from())
+                .await
+                .expect("opens");
+            tokio::time::sleep(Duration::from_millis(50 * i as u64)).await;
+            let mut got = Vec::new();
+            while let Some(item) = body.next().await {
+                got.extend_from_slice(&item.expect("bytes"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            got
+        }
+    });
+    for got in futures_util::future::join_all(reads).await {
+        assert_eq!(got, all(&source.data));
+    }
+    assert_eq!(source.opens(), 1, "one read for both");
     assert_eq!(counted.detached.get(), 0);
 }
