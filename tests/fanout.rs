@@ -30,6 +30,19 @@ fn config(source: &str, sites: &[String], source_extra: &str, site_c_extra: &str
     text
 }
 
+/// A source behind a proxy that counts what the relay reads (and a client
+/// of it), and one registry per site.
+async fn world() -> (RegistryProc, FaultProxy, Registry, Vec<RegistryProc>) {
+    let source = RegistryProc::start(None, Auth::None).await;
+    let proxy = FaultProxy::start(&source.url).await;
+    let src = client(&source.url, None, TlsMode::System);
+    let mut targets = Vec::new();
+    for _ in SITES {
+        targets.push(RegistryProc::start(None, Auth::None).await);
+    }
+    (source, proxy, src, targets)
+}
+
 /// Every byte of `img` the source serves once: blobs and manifest.
 fn unique_bytes(img: &TestImage) -> u64 {
     (img.config.len() + img.manifest.len() + img.layers.iter().map(|l| l.len()).sum::<usize>())
@@ -57,13 +70,7 @@ fn reads_of(proxy: &FaultProxy, digest: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_push_to_three_targets_reads_each_blob_from_the_source_once() {
-    let source = RegistryProc::start(None, Auth::None).await;
-    let proxy = FaultProxy::start(&source.url).await;
-    let src = client(&source.url, None, TlsMode::System);
-    let mut targets = Vec::new();
-    for _ in SITES {
-        targets.push(RegistryProc::start(None, Auth::None).await);
-    }
+    let (_source, proxy, src, targets) = world().await;
     let mut urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
     // site-c takes the 1.5 MiB layer in resumable chunks: its share of the
     // read feeds a chunked upload, the others' one PUT each.
@@ -301,13 +308,7 @@ async fn metric(relay: &Relay, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
-    let source = RegistryProc::start(None, Auth::None).await;
-    let proxy = FaultProxy::start(&source.url).await;
-    let src = client(&source.url, None, TlsMode::System);
-    let mut targets = Vec::new();
-    for _ in SITES {
-        targets.push(RegistryProc::start(None, Auth::None).await);
-    }
+    let (_source, proxy, src, targets) = world().await;
     let urls: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
     let repo = "library/multi";
     let index = TestIndex::with_platforms(2);
@@ -376,13 +377,7 @@ async fn a_target_that_holds_one_platform_does_not_hold_the_others_reads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_that_falls_behind_reads_the_rest_alone_and_the_others_go_on() {
-    let source = RegistryProc::start(None, Auth::None).await;
-    let proxy = FaultProxy::start(&source.url).await;
-    let src = client(&source.url, None, TlsMode::System);
-    let mut targets = Vec::new();
-    for _ in SITES {
-        targets.push(RegistryProc::start(None, Auth::None).await);
-    }
+    let (_source, proxy, src, targets) = world().await;
     // site-c stops taking the layer for 8 s, 1 MiB in (a site across a
     // slow link, or a registry busy elsewhere): more than the socket
     // buffers between it and the relay hold, so it holds the read back.

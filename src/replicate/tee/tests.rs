@@ -77,16 +77,19 @@ impl Source {
     }
 }
 
+/// `seat`'s stream of `source`'s blob, through the tee.
+async fn body(seat: &Seat, source: &Arc<Source>) -> ByteStream {
+    seat.answer(&source.digest(), &[])
+        .read(source.size(), source.from())
+        .await
+        .expect("opens")
+}
+
 /// Each of `seats` reads `source`'s blob through the tee, at once; the
 /// bytes each got.
 async fn read_together(seats: &[Seat], source: &Arc<Source>) -> Vec<Vec<u8>> {
-    let digest = source.digest();
     let reads = seats.iter().map(|s| async {
-        let body = s
-            .answer(&digest, &[])
-            .read(source.size(), source.from())
-            .await
-            .expect("opens");
+        let body = body(s, source).await;
         drain(body).await.expect("reads")
     });
     futures_util::future::join_all(reads).await
@@ -197,11 +200,7 @@ async fn a_silent_seat_is_waited_for_gather_then_reads_alone() {
     assert_eq!(source.opens(), 1);
     assert!(got.iter().all(|g| *g == all(&source.data)));
     // The third asks after the read began: it reads on its own.
-    let late = seats[2]
-        .answer(&source.digest(), &[])
-        .read(source.size(), source.from())
-        .await
-        .expect("opens");
+    let late = body(&seats[2], &source).await;
     assert_eq!(drain(late).await.expect("reads"), all(&source.data));
     assert_eq!(source.opens(), 2);
 }
@@ -213,11 +212,7 @@ async fn a_seat_that_leaves_releases_the_others_at_once() {
     let gone = seats.pop().expect("two seats");
     let started = tokio::time::Instant::now();
     let read = async {
-        let body = seats[0]
-            .answer(&source.digest(), &[])
-            .read(source.size(), source.from())
-            .await
-            .expect("opens");
+        let body = body(&seats[0], &source).await;
         drain(body).await.expect("reads")
     };
     let leave = async {
@@ -237,23 +232,14 @@ async fn a_seat_that_leaves_releases_the_others_at_once() {
 async fn a_reader_that_takes_nothing_while_the_others_take_is_cut_loose_and_reads_alone() {
     let source = Source::new(&chunks(40));
     let seats = Tee::seats(2);
-    let digest = source.digest();
     let started = tokio::time::Instant::now();
     let (fast, slow) = tokio::join!(
         async {
-            let body = seats[0]
-                .answer(&digest, &[])
-                .read(source.size(), source.from())
-                .await
-                .expect("opens");
+            let body = body(&seats[0], &source).await;
             (drain(body).await, started.elapsed())
         },
         async {
-            let mut body = seats[1]
-                .answer(&digest, &[])
-                .read(source.size(), source.from())
-                .await
-                .expect("opens");
+            let mut body = body(&seats[1], &source).await;
             // One chunk, then a target that stops taking, then comes back.
             let mut got = body.next().await.expect("a chunk")?.to_vec();
             tokio::time::sleep(STALL * 3).await;
@@ -278,11 +264,7 @@ async fn a_reader_that_takes_nothing_while_the_others_take_is_cut_loose_and_read
 async fn a_reader_that_takes_nothing_with_nobody_else_taking_is_cut_off() {
     let source = Source::new(&chunks(40));
     let seats = Tee::seats(1);
-    let mut body = seats[0]
-        .answer(&source.digest(), &[])
-        .read(source.size(), source.from())
-        .await
-        .expect("opens");
+    let mut body = body(&seats[0], &source).await;
     assert!(body.next().await.is_some_and(|f| f.is_ok()));
     tokio::time::sleep(STALL * 3).await;
     let err = drain(body)
@@ -310,24 +292,15 @@ async fn fast_and_slow(
     tees: &Tees,
 ) -> (Vec<u8>, std::io::Result<Vec<u8>>, Duration) {
     let seats = [tees.seat("g"), tees.seat("g")];
-    let digest = source.digest();
     let started = tokio::time::Instant::now();
     let (fast, slow) = tokio::join!(
         async {
-            let body = seats[0]
-                .answer(&digest, &[])
-                .read(source.size(), source.from())
-                .await
-                .expect("opens");
+            let body = body(&seats[0], source).await;
             let got = drain(body).await.expect("the fast target gets it all");
             (got, started.elapsed())
         },
         async {
-            let mut body = seats[1]
-                .answer(&digest, &[])
-                .read(source.size(), source.from())
-                .await
-                .expect("opens");
+            let mut body = body(&seats[1], source).await;
             let mut got = Vec::new();
             while let Some(item) = body.next().await {
                 got.extend_from_slice(&item?);
@@ -482,18 +455,12 @@ async fn readers_at_one_pace_are_not_cut_loose_however_out_of_step() {
     let counted = counts();
     let tees = Tees::counted(Some(counted.clone()));
     let seats = [tees.seat("g"), tees.seat("g")];
-    let digest = source.digest();
     // Both take a chunk every 100 ms, the second 50 ms after the first:
     // always later, never slower.
     let reads = seats.iter().enumerate().map(|(i, seat)| {
-        let digest = digest.clone();
         let source = source.clone();
         async move {
-            let mut body = seat
-                .answer(&digest, &[])
-                .read(source.size(), source.from())
-                .await
-                .expect("opens");
+            let mut body = body(seat, &source).await;
             tokio::time::sleep(Duration::from_millis(50 * i as u64)).await;
             let mut got = Vec::new();
             while let Some(item) = body.next().await {
