@@ -274,23 +274,13 @@ mod tests {
         assert_eq!(&head[..], b"hello ");
         let at = first.resume_point().expect("still reading");
         assert_eq!(at.offset(), 6);
-        let rest = run(Verify::resume(
-            stream(vec![b"world"]),
-            &digest,
-            11,
-            at.clone(),
-        ))
-        .await;
-        assert_eq!(rest.expect("the rest completes the blob"), b"world");
-        let wrong = run(Verify::resume(
-            stream(vec![b"w0rld"]),
-            &digest,
-            11,
-            at.clone(),
-        ))
-        .await;
+        let rest =
+            |part: &'static [u8]| run(Verify::resume(stream(vec![part]), &digest, 11, at.clone()));
+        let whole = rest(b"world").await;
+        assert_eq!(whole.expect("the rest completes the blob"), b"world");
+        let wrong = rest(b"w0rld").await;
         assert!(wrong.expect_err("corrupt rest").contains("digest mismatch"));
-        let long = run(Verify::resume(stream(vec![b"world!"]), &digest, 11, at)).await;
+        let long = rest(b"world!").await;
         assert!(long.expect_err("long rest").contains("size mismatch"));
         assert!(run(first).await.is_ok());
     }

@@ -26,9 +26,9 @@
 //!   from the byte it had reached, its hash carried on
 //!   ([`crate::registry::verify::Resume`]), so the other targets go at their
 //!   own pace and its upload never sees a seam;
-//! - a target that takes nothing for [`STALL`] while the others wait is cut
-//!   off (its upload fails, its job retries alone); a reader that asks
-//!   after the read began reads on its own.
+//! - a target that takes nothing for [`STALL`] while nobody else takes
+//!   either is cut off (its upload fails, its job retries alone); a reader
+//!   that asks after the read began reads on its own.
 //!
 //! The manifests the copies read from the source, and the lookups of the
 //! referrers, are shared the same way ([`reads`]): one read of each for

@@ -16,8 +16,8 @@ use crate::registry::ByteStream;
 use crate::registry::verify::{Resume, Verify};
 
 /// How long, in all, one target may hold the shared read of a blob back
-/// (the others waiting for it to take a chunk) before it is cut loose to
-/// read the rest alone; see [`lags`].
+/// (the others sitting idle until it takes a chunk) before it is cut loose
+/// to read the rest alone; see [`lags`].
 pub const LAG: Duration = Duration::from_secs(2);
 
 /// The share of the read's time one target must have held it back, as
@@ -45,7 +45,7 @@ pub(super) enum Piece {
 /// One reader of a shared read, as the pump sees it.
 pub(super) struct Out {
     pub(super) tx: mpsc::Sender<Piece>,
-    /// How long, in all, the others waited for this reader to take a
+    /// How long, in all, the others sat idle until this reader took a
     /// chunk.
     pub(super) held: Duration,
 }
@@ -137,23 +137,18 @@ pub(super) async fn pump(
 ) {
     // Tokio's clock, which tests can pause.
     let began = tokio::time::Instant::now();
-    loop {
-        // Where a reader cut loose during this chunk stands.
-        let before = source.resume_point();
-        let Some(item) = source.next().await else {
-            return;
-        };
+    while let Some(item) = source.next().await {
         let last = item.is_err();
         let fates = deliver(&outs, &item, began).await;
         let mut kept = Vec::with_capacity(outs.len());
         for (mut out, fate) in outs.into_iter().zip(fates) {
-            match (fate, &before) {
-                (Fate::Took(held), _) => {
+            match fate {
+                Fate::Took(held) => {
                     out.held += held;
                     kept.push(out);
                 }
-                (Fate::Loose, Some(at)) => loosen(out, at, &digest, detached.as_ref()),
-                (Fate::Loose | Fate::Gone, _) => {}
+                Fate::Loose => loosen(out, &item, &source, &digest, detached.as_ref()),
+                Fate::Gone => {}
             }
         }
         outs = kept;
@@ -202,10 +197,7 @@ async fn deliver(
         .iter()
         .enumerate()
         .map(|(i, o)| {
-            let item = match item {
-                Ok(b) => Ok(b.clone()),
-                Err(e) => Err(same_error(e)),
-            };
+            let item = copy_of(item);
             async move { (i, o.tx.send(Piece::Data(item)).await.is_ok()) }
         })
         .collect();
@@ -217,13 +209,12 @@ async fn deliver(
     // How long, since a reader first took the chunk, one that took it sat
     // idle.
     let mut idled = Duration::ZERO;
-    let mut first = false;
     loop {
         let waiting = |i: usize| took[i].is_none() && !gone[i] && !loose[i];
         if !(0..n).any(waiting) {
             break;
         }
-        let wake = if first {
+        let wake = if took.iter().any(Option::is_some) {
             tokio::time::Instant::now() + TICK
         } else {
             at + STALL
@@ -234,7 +225,6 @@ async fn deliver(
                     // One marked loose that took it after all goes on.
                     loose[i] = false;
                     took[i] = Some(idled);
-                    first = true;
                 }
                 Some((i, false)) => gone[i] = true,
                 None => break,
@@ -248,8 +238,7 @@ async fn deliver(
                 }
                 let elapsed = began.elapsed();
                 let lagging: Vec<usize> = (0..n)
-                    .filter(|&i| took[i].is_none() && !gone[i] && !loose[i])
-                    .filter(|&i| lags(outs[i].held + idled, elapsed))
+                    .filter(|&i| waiting(i) && lags(outs[i].held + idled, elapsed))
                     .collect();
                 for i in lagging {
                     loose[i] = true;
@@ -266,18 +255,42 @@ async fn deliver(
         .collect()
 }
 
-/// Tells `out` to read the rest alone from `at`: the word waits in its
-/// channel behind the chunks it has not taken, and the read goes on
-/// without it.
-fn loosen(out: Out, at: &Resume, digest: &str, detached: Option<&IntCounter>) {
-    tracing::info!(%digest, offset = at.offset(), held_s = out.held.as_secs_f64(), "a target fell behind the others' shared read; it reads the rest of this blob alone");
-    if let Some(c) = detached {
-        c.inc();
+/// Tells `out`, which has not taken `item`, to read the rest alone: it
+/// gets `item`, then the word of where `source` stands after it, each
+/// waiting in its channel behind the chunks it has not taken, and the read
+/// goes on without it. The resume point is only taken here, off the path
+/// of every chunk; after the last chunk (or the read's error) there is no
+/// rest, and `out` just gets `item`.
+fn loosen(
+    out: Out,
+    item: &std::io::Result<Bytes>,
+    source: &Verify,
+    digest: &str,
+    detached: Option<&IntCounter>,
+) {
+    let at = source.resume_point();
+    if let Some(at) = &at {
+        tracing::info!(%digest, offset = at.offset(), held_s = out.held.as_secs_f64(), "a target fell behind the others' shared read; it reads the rest of this blob alone");
+        if let Some(c) = detached {
+            c.inc();
+        }
     }
-    let at = Box::new(at.clone());
+    let item = copy_of(item);
     tokio::spawn(async move {
-        let _ = out.tx.send(Piece::Loose(at)).await;
+        if out.tx.send(Piece::Data(item)).await.is_ok()
+            && let Some(at) = at
+        {
+            let _ = out.tx.send(Piece::Loose(Box::new(at))).await;
+        }
     });
+}
+
+/// The same chunk, or the same error, for another reader.
+fn copy_of(item: &std::io::Result<Bytes>) -> std::io::Result<Bytes> {
+    match item {
+        Ok(b) => Ok(b.clone()),
+        Err(e) => Err(same_error(e)),
+    }
 }
 
 /// The same stream error for another reader, keeping what it says of the
